@@ -1,1 +1,16 @@
-fn main(){}
+//! End-to-end tests: the real `edge-agent` binary on real models and files.
+//! Run them with `tests/run`, which prepares the models and reference outputs first.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+/// Local inference on the real models, compared with onnxruntime.
+mod accuracy;
+/// Malformed models, specs and inputs: clear errors, right exit codes, no panics.
+mod bad_input;
+/// The command line: inspect, infer, bench output formats.
+mod cli;
+/// Configuration errors and overrides.
+mod config;
+/// The daemon: demo, sources, streaming state through `edge-agent run`.
+mod daemon;

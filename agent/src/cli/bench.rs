@@ -1,0 +1,289 @@
+//! `edge-agent bench`: latency, throughput and memory of a model through the engine,
+//! measured in the same run as calling tract directly, so the engine's overhead is a
+//! ratio that machine noise affects equally on both sides.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use super::input;
+use crate::engine::stats::{Latency, Percentiles};
+use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The model directory (model.toml and the model file).
+    #[arg(long, short, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Measured requests per mode (engine and direct tract).
+    #[arg(long, short = 'n', default_value_t = 500)]
+    pub iterations: usize,
+    /// Unmeasured requests per mode before measuring.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Engine worker threads.
+    #[arg(long, short = 't', default_value_t = 1)]
+    pub threads: usize,
+    /// Client threads sending requests at once (default: --threads).
+    #[arg(long, short = 'c')]
+    pub concurrency: Option<usize>,
+    /// An input file; default: deterministic pseudo-random data of the input's shape.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Alternate the two modes in this many rounds (spreads machine noise evenly).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Skip the direct tract baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// Print JSON (stable, for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One mode's figures.
+#[derive(Debug, Serialize)]
+pub struct ModeReport {
+    pub requests: u64,
+    pub throughput_rps: f64,
+    pub mean_ms: f64,
+    #[serde(flatten)]
+    pub latency: Percentiles,
+}
+
+/// The whole report (`--json`).
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub version: String,
+    pub threads: usize,
+    pub concurrency: usize,
+    pub iterations: usize,
+    pub load_ms: f64,
+    pub optimise_ms: f64,
+    pub engine: ModeReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tract_direct: Option<ModeReport>,
+    /// engine p50 / direct p50 (1.03 = 3% overhead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead_p50: Option<f64>,
+    pub peak_rss_bytes: u64,
+}
+
+struct Mode {
+    latency: Latency,
+    busy: Duration,
+    sum: Duration,
+}
+
+impl Mode {
+    fn new() -> Mode {
+        Mode { latency: Latency::default(), busy: Duration::ZERO, sum: Duration::ZERO }
+    }
+
+    fn report(&self) -> ModeReport {
+        let n = self.latency.count();
+        ModeReport {
+            requests: n,
+            throughput_rps: if self.busy.is_zero() { 0.0 } else { n as f64 / self.busy.as_secs_f64() },
+            mean_ms: if n == 0 { 0.0 } else { self.sum.as_secs_f64() * 1000.0 / n as f64 },
+            latency: self.latency.percentiles(),
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging(crate::config::LogFormat::Human, "warn");
+    anyhow::ensure!(args.iterations > 0, "--iterations must be at least 1");
+    anyhow::ensure!((1..=256).contains(&args.threads), "--threads must be 1 to 256");
+    let concurrency = args.concurrency.unwrap_or(args.threads).clamp(1, 1024);
+    let rounds = args.rounds.clamp(1, args.iterations);
+    let dir = super::model_dir(&args.model)?;
+    let model = LoadedModel::load_dir(&dir)?;
+    let data = match &args.input {
+        Some(path) => input::prepare(path, None, &model.spec)?
+            .inputs
+            .into_iter()
+            .next()
+            .context("the input gave no model input")?,
+        None => pseudo_random(model.spec.data_input().len()),
+    };
+    let engine = Engine::start(&EngineConfig {
+        threads: args.threads,
+        queue: concurrency * 2 + 8,
+        max_streams: concurrency + 8,
+    });
+    let model = engine.install(model);
+
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
+    let modes = if args.no_baseline { 1 } else { 2 };
+    bar.set_length(((args.iterations + args.warmup) * modes) as u64);
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix("bench");
+
+    // Warm-up: first runs pay for page faults and lazy allocations.
+    let warm =
+        |engine_mode: bool| run_block(&engine, &model, &data, concurrency, args.warmup, engine_mode, &bar);
+    if args.warmup > 0 {
+        warm(true)?;
+        if !args.no_baseline {
+            warm(false)?;
+        }
+    }
+
+    let mut eng = Mode::new();
+    let mut direct = Mode::new();
+    for r in 0..rounds {
+        let n = args.iterations / rounds + usize::from(r < args.iterations % rounds);
+        let (lat, busy) = run_block(&engine, &model, &data, concurrency, n, true, &bar)?;
+        merge(&mut eng, lat, busy);
+        if !args.no_baseline {
+            let (lat, busy) = run_block(&engine, &model, &data, concurrency, n, false, &bar)?;
+            merge(&mut direct, lat, busy);
+        }
+    }
+    bar.finish_and_clear();
+
+    let engine_report = eng.report();
+    let direct_report = (!args.no_baseline).then(|| direct.report());
+    let overhead = direct_report
+        .as_ref()
+        .filter(|d| d.latency.p50_ms > 0.0)
+        .map(|d| engine_report.latency.p50_ms / d.latency.p50_ms);
+    let report = BenchReport {
+        model: model.name().to_string(),
+        version: model.version().to_string(),
+        threads: args.threads,
+        concurrency,
+        iterations: args.iterations,
+        load_ms: model.info.load_ms,
+        optimise_ms: model.info.optimise_ms,
+        engine: engine_report,
+        tract_direct: direct_report,
+        overhead_p50: overhead,
+        peak_rss_bytes: crate::telemetry::memory().peak_rss,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(mode: &mut Mode, lat: Vec<Duration>, busy: Duration) {
+    for d in lat {
+        mode.latency.record(d);
+        mode.sum += d;
+    }
+    mode.busy += busy;
+}
+
+/// Runs `n` requests from `clients` threads, through the engine or straight into tract.
+/// Returns each request's latency and the block's wall time.
+fn run_block(
+    engine: &Engine,
+    model: &Arc<LoadedModel>,
+    data: &[f32],
+    clients: usize,
+    n: usize,
+    through_engine: bool,
+    bar: &ProgressBar,
+) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let share = n / clients + usize::from(c < n % clients);
+                s.spawn(move || -> anyhow::Result<Vec<Duration>> {
+                    let mut out = Vec::with_capacity(share);
+                    for _ in 0..share {
+                        let t = Instant::now();
+                        if through_engine {
+                            engine.infer_blocking(Request {
+                                model: model.name().to_string(),
+                                stream: Some(format!("bench-{c}")),
+                                data: data.to_vec(),
+                                deadline: t + Duration::from_secs(60),
+                                reset: false,
+                            })?;
+                        } else {
+                            direct_call(model, data)?;
+                        }
+                        out.push(t.elapsed());
+                        bar.inc(1);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a benchmark client thread panicked"))))
+            .collect()
+    });
+    let busy = started.elapsed();
+    let mut all = Vec::with_capacity(n);
+    for r in results {
+        all.extend(r?);
+    }
+    Ok((all, busy))
+}
+
+/// What a program calling tract itself would do per request: build the input tensors,
+/// run the plan, read the outputs as f32.
+fn direct_call(model: &LoadedModel, data: &[f32]) -> anyhow::Result<()> {
+    let inputs = model.assemble(data, None)?;
+    let outputs = model.plan().run(inputs)?;
+    for o in outputs.iter() {
+        let cast = o.cast_to::<f32>()?;
+        std::hint::black_box(cast.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<f32>>());
+    }
+    Ok(())
+}
+
+/// Deterministic values in [-1, 1) (a linear congruential sequence).
+fn pseudo_random(n: usize) -> Vec<f32> {
+    let mut x: u32 = 0x2545_F491;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn print_human(r: &BenchReport) {
+    println!(
+        "{} {}  threads {}  concurrency {}  {} requests per mode  (load {:.1} ms, optimise {:.1} ms)",
+        r.model, r.version, r.threads, r.concurrency, r.iterations, r.load_ms, r.optimise_ms
+    );
+    println!("  {:<14} {:>9} {:>9} {:>9} {:>9} {:>11}", "", "p50 ms", "p95 ms", "p99 ms", "mean ms", "req/s");
+    let row = |name: &str, m: &ModeReport| {
+        println!(
+            "  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11.1}",
+            name, m.latency.p50_ms, m.latency.p95_ms, m.latency.p99_ms, m.mean_ms, m.throughput_rps
+        );
+    };
+    row("engine", &r.engine);
+    if let Some(d) = &r.tract_direct {
+        row("tract direct", d);
+    }
+    if let Some(o) = r.overhead_p50 {
+        println!("  engine overhead at p50: {:+.1}%", (o - 1.0) * 100.0);
+    }
+    println!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
+}

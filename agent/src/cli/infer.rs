@@ -1,0 +1,138 @@
+//! `edge-agent infer`: one model, one input file, printed results.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::input::{self, InputFormat};
+use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
+use crate::pipeline::{PostProcessor, SegmentState};
+use crate::service::raw_outputs;
+
+/// Arguments of `infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// The model directory (model.toml and the model file).
+    #[arg(long, short, value_name = "DIR")]
+    pub model: PathBuf,
+    /// The input: JSON numbers, raw f32/i16, a WAV file, or a PNG/JPEG image.
+    #[arg(long, short, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The input's format, when its extension does not tell.
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormat>,
+    /// Print JSON (stable, for scripts) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Include the raw output tensors.
+    #[arg(long)]
+    pub raw: bool,
+    /// Give up on a window after this many milliseconds.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    pub deadline_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    version: &'a str,
+    input: String,
+    results: Vec<WindowResult>,
+}
+
+#[derive(Serialize)]
+struct WindowResult {
+    window: usize,
+    latency_ms: f64,
+    outputs: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<Value>,
+}
+
+pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
+    super::init_logging(crate::config::LogFormat::Human, "warn");
+    let dir = super::model_dir(&args.model)?;
+    let model = LoadedModel::load_dir(&dir)?;
+    let prepared = input::prepare(&args.input, args.format, &model.spec)?;
+    let post = PostProcessor::new(&model.spec.post);
+    let engine = Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4 });
+    let model = engine.install(model);
+
+    let mut segment = SegmentState::default();
+    let mut results = Vec::with_capacity(prepared.inputs.len());
+    for (window, data) in prepared.inputs.into_iter().enumerate() {
+        let started = Instant::now();
+        let resp = engine
+            .infer_blocking(Request {
+                model: model.name().to_string(),
+                stream: Some("cli".into()),
+                data,
+                deadline: started + Duration::from_millis(args.deadline_ms),
+                reset: false,
+            })
+            .with_context(|| format!("input {} (window {window})", args.input.display()))?;
+        let values = resp.post_output().map(|o| o.values.as_slice()).unwrap_or(&[]);
+        let outputs = post.apply(values, window as u64, Some(&mut segment));
+        let raw = (args.raw || model.spec.post.raw).then(|| raw_outputs(&resp.outputs));
+        results.push(WindowResult {
+            window,
+            latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+            outputs,
+            raw,
+        });
+    }
+
+    let report = Report {
+        model: model.name(),
+        version: model.version(),
+        input: args.input.display().to_string(),
+        results,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_human(&report, prepared.format);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(r: &Report, format: InputFormat) {
+    println!("model {} {}  input {} ({format:?})", r.model, r.version, r.input);
+    for w in &r.results {
+        let mut parts = Vec::new();
+        if let Some(Value::String(l)) = w.outputs.get("label") {
+            parts.push(format!("label {l}"));
+        }
+        if let Some(s) = w.outputs.get("score").and_then(Value::as_f64) {
+            parts.push(format!("score {s:.4}"));
+        }
+        if let Some(Value::Array(top)) = w.outputs.get("top") {
+            let shown: Vec<String> = top
+                .iter()
+                .map(|t| {
+                    let name = t
+                        .get("label")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| t.get("class").map(|c| c.to_string()).unwrap_or_default());
+                    format!("{name} {:.4}", t.get("score").and_then(Value::as_f64).unwrap_or(0.0))
+                })
+                .collect();
+            parts.push(format!("top [{}]", shown.join(", ")));
+        }
+        if let Some(Value::Object(seg)) = w.outputs.get("segment") {
+            parts.push(format!("segment {}", seg.get("event").and_then(Value::as_str).unwrap_or("")));
+        }
+        println!("  #{:<4} {}  ({:.2} ms)", w.window, parts.join("  "), w.latency_ms);
+        if let Some(Value::Object(raw)) = &w.raw {
+            for (name, t) in raw {
+                println!("        {name} {}: {}", t["shape"], t["data"]);
+            }
+        }
+    }
+}

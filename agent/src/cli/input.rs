@@ -1,0 +1,115 @@
+//! Reading an input file for `infer` and `bench`: by extension or `--format`.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::engine::spec::{ModelSpec, PayloadFormat};
+use crate::pipeline::{self, Payload, Windower};
+
+/// How an input file is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// JSON numbers (`.json`).
+    Json,
+    /// Little-endian f32 (`.f32`, `.raw`).
+    F32,
+    /// Little-endian i16 PCM (`.i16`, `.pcm`).
+    I16,
+    /// WAV audio (`.wav`).
+    Wav,
+    /// PNG or JPEG (`.png`, `.jpg`, `.jpeg`).
+    Image,
+}
+
+impl InputFormat {
+    /// Chooses a format from the file's extension.
+    pub fn detect(path: &Path) -> anyhow::Result<InputFormat> {
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+        Ok(match ext.as_str() {
+            "json" => InputFormat::Json,
+            "f32" | "raw" | "bin" => InputFormat::F32,
+            "i16" | "pcm" => InputFormat::I16,
+            "wav" => InputFormat::Wav,
+            "png" | "jpg" | "jpeg" => InputFormat::Image,
+            _ => bail!(
+                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image",
+                path.display()
+            ),
+        })
+    }
+}
+
+/// The model inputs cut from one file: one per window, or just one.
+pub struct Prepared {
+    pub inputs: Vec<Vec<f32>>,
+    pub format: InputFormat,
+}
+
+/// Reads and pre-processes `path` for the model described by `spec`.
+pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> anyhow::Result<Prepared> {
+    let format = match format {
+        Some(f) => f,
+        None => InputFormat::detect(path)?,
+    };
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let max = spec.limits.max_payload_bytes;
+    // WAV files are streams, cut into windows; every other file is one payload.
+    if format != InputFormat::Wav && meta.len() > max as u64 {
+        bail!(
+            "input {} is {} bytes, over the model's limit of {max} bytes (limits.max_payload_bytes in its model.toml)",
+            path.display(),
+            meta.len()
+        );
+    }
+    let values = match format {
+        InputFormat::Wav => {
+            let (_, mut samples) =
+                crate::sources::read_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if let Some(s) = spec.pre.scale {
+                samples.iter_mut().for_each(|v| *v *= s);
+            }
+            pipeline::check_finite(&samples).with_context(|| format!("input {}", path.display()))?;
+            samples
+        }
+        InputFormat::Json => decode_file(path, spec, PayloadFormat::Json)?,
+        InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?,
+        InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
+        InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
+    };
+    let inputs = match &spec.pre.window {
+        Some(w) if format != InputFormat::Image => {
+            let windows = Windower::new(w).push(&values);
+            if windows.is_empty() {
+                bail!(
+                    "input {} has {} samples, fewer than one window of {} (pre.window.size)",
+                    path.display(),
+                    values.len(),
+                    w.size
+                );
+            }
+            windows.into_iter().map(|w| w.data).collect()
+        }
+        _ => {
+            let want = spec.data_input();
+            if values.len() != want.len() {
+                bail!(
+                    "input {} has {} values but the model input `{}` {:?} takes {}",
+                    path.display(),
+                    values.len(),
+                    want.name,
+                    want.shape,
+                    want.len()
+                );
+            }
+            vec![values]
+        }
+    };
+    Ok(Prepared { inputs, format })
+}
+
+fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    pipeline::decode(spec, Payload::Encoded(encoding, bytes))
+        .with_context(|| format!("input {}", path.display()))
+}

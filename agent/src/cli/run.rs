@@ -1,0 +1,75 @@
+//! `edge-agent run`: the daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::{Config, LogFormat, Overrides};
+use crate::service::{self, ResultSink};
+
+/// Arguments of `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter such as `info` or `debug` (overrides log.level).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Engine worker threads (overrides engine.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device id (overrides agent.device_id).
+    #[arg(long)]
+    pub device_id: Option<String>,
+    /// Do not write results to standard output (overrides output.stdout).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let flags = Overrides {
+        log_format: args.log_format,
+        log_level: args.log_level.clone(),
+        threads: args.threads,
+        device_id: args.device_id.clone(),
+        state_dir: None,
+    };
+    let config = Config::load(&args.config, &flags)?;
+    super::init_logging(config.log.format, &config.log.level);
+    let sink = ResultSink { stdout: config.output.stdout && !args.quiet };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edge-agent-rt")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = runtime.block_on(service::run(config, sink, shutdown_signal()))?;
+    Ok(if summary.results == 0 && summary.failed > 0 {
+        ExitCode::from(super::EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

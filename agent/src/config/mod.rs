@@ -1,0 +1,579 @@
+//! The agent's configuration: one TOML file, overridden by `EDGE_AGENT_<SECTION>_<KEY>`
+//! environment variables, then by command-line flags; validated once at start.
+//!
+//! [`RawConfig`] is what the file says; [`Config`] exists only after validation, so the
+//! rest of the agent never sees an unchecked value. Every problem is reported at once,
+//! each as `file:line: key: what is wrong; how to fix it`.
+
+mod error;
+pub mod locate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use error::ConfigError;
+
+use crate::engine::EngineConfig;
+use crate::engine::spec::ModelSpec;
+use locate::{line_of, line_of_path};
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "EDGE_AGENT_";
+
+/// `[agent]`: who this device is and where it keeps state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Device id used in topics and results; default: the host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Where the agent keeps state (models, spool, trust); relative to the config file.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection { device_id: None, state_dir: default_state_dir() }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/edge-agent")
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines for a terminal or journald.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `edge_agent=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { format: LogFormat::Human, level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// `[engine]`: worker pool sizing and request deadlines.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    #[serde(default = "default_max_streams")]
+    pub max_streams: usize,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        EngineSection {
+            threads: default_threads(),
+            queue: default_queue(),
+            deadline_ms: default_deadline_ms(),
+            max_streams: default_max_streams(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    1
+}
+fn default_queue() -> usize {
+    64
+}
+fn default_deadline_ms() -> u64 {
+    1000
+}
+fn default_max_streams() -> usize {
+    1024
+}
+
+/// `[[model]]`: a model directory (holding `model.toml` and the model file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Relative to the config file.
+    pub path: PathBuf,
+}
+
+/// Encoding of a file replayed by a `file` source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// By extension: `.wav`, `.csv`, anything else NDJSON.
+    #[default]
+    Auto,
+    /// One JSON array of numbers (or object with `data`, optional `stream`) per line.
+    Ndjson,
+    /// One row of numbers per line; a non-numeric first line is a header.
+    Csv,
+    /// 16-bit PCM or 32-bit float WAV, mono (multi-channel files are mixed down).
+    Wav,
+}
+
+/// `[[source]]`: where sensor data comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceEntry {
+    /// A vibration-like signal with injected anomalies, for demos and soak tests.
+    Simulated(SimulatedSource),
+    /// Replays a file (NDJSON, CSV or WAV).
+    File(FileSource),
+    /// Reads NDJSON lines from standard input.
+    Stdin(StdinSource),
+}
+
+/// A simulated vibration sensor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedSource {
+    pub model: String,
+    #[serde(default = "default_sim_stream")]
+    pub stream: String,
+    /// Samples per second of the simulated sensor.
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: u32,
+    /// Samples are delivered in chunks of this many milliseconds.
+    #[serde(default = "default_chunk_ms")]
+    pub chunk_ms: u64,
+    /// Real-time factor: 1 is real time, 10 ten times faster, 0 as fast as possible.
+    #[serde(default = "default_speed")]
+    pub speed: f64,
+    /// An anomaly starts every this many seconds of signal (0: none).
+    #[serde(default = "default_anomaly_every")]
+    pub anomaly_every_s: f64,
+    /// Length of each anomaly in seconds.
+    #[serde(default = "default_anomaly_len")]
+    pub anomaly_len_s: f64,
+    /// Seconds of signal to produce; 0 runs until stopped.
+    #[serde(default)]
+    pub duration_s: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_sim_stream() -> String {
+    "sim-1".into()
+}
+fn default_sample_rate() -> u32 {
+    1000
+}
+fn default_chunk_ms() -> u64 {
+    100
+}
+fn default_speed() -> f64 {
+    1.0
+}
+fn default_anomaly_every() -> f64 {
+    6.0
+}
+fn default_anomaly_len() -> f64 {
+    2.0
+}
+fn default_seed() -> u64 {
+    7
+}
+
+/// A file replayed into a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSource {
+    pub model: String,
+    /// Relative to the config file.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub format: FileFormat,
+    /// Stream id; default: the file name. NDJSON lines may name their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Real-time factor for WAV files (needs the sample rate): 0 replays as fast as the
+    /// model takes it.
+    #[serde(default)]
+    pub speed: f64,
+}
+
+/// NDJSON on standard input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinSource {
+    pub model: String,
+    #[serde(default = "default_stdin_stream")]
+    pub stream: String,
+}
+
+fn default_stdin_stream() -> String {
+    "stdin".into()
+}
+
+impl SourceEntry {
+    /// The model this source feeds.
+    pub fn model(&self) -> &str {
+        match self {
+            SourceEntry::Simulated(s) => &s.model,
+            SourceEntry::File(s) => &s.model,
+            SourceEntry::Stdin(s) => &s.model,
+        }
+    }
+
+    /// The source's kind, as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceEntry::Simulated(_) => "simulated",
+            SourceEntry::File(_) => "file",
+            SourceEntry::Stdin(_) => "stdin",
+        }
+    }
+}
+
+/// `[output]`: where results go (MQTT comes in its own section).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// Write each result as a JSON line on standard output.
+    #[serde(default = "yes")]
+    pub stdout: bool,
+}
+
+impl Default for OutputSection {
+    fn default() -> Self {
+        OutputSection { stdout: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelEntry>,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceEntry>,
+    #[serde(default)]
+    pub output: OutputSection,
+}
+
+/// Overrides given as command-line flags (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub threads: Option<usize>,
+    pub device_id: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A model the config names, with its spec already read.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+/// A validated configuration: paths resolved, values in range, references checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    pub device_id: String,
+    pub state_dir: PathBuf,
+    pub log: LogSection,
+    pub engine: EngineConfig,
+    pub deadline: Duration,
+    pub models: Vec<ModelConfig>,
+    pub sources: Vec<SourceEntry>,
+    pub output: OutputSection,
+}
+
+/// One problem found by validation: the key it concerns and the message.
+struct Problem {
+    key: String,
+    message: String,
+}
+
+impl Config {
+    /// Reads, overrides and validates a config file, with the process environment.
+    pub fn load(path: &Path, flags: &Overrides) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> =
+            std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        Self::load_with_env(path, flags, &env)
+    }
+
+    /// As [`Config::load`], with the environment given (for tests).
+    pub fn load_with_env(
+        path: &Path,
+        flags: &Overrides,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
+            message: e.message().trim().to_string(),
+        })?;
+        if !env.is_empty() {
+            raw = apply_env(raw, env)?;
+        }
+        apply_flags(&mut raw, flags);
+        validate(raw, path, &text)
+    }
+}
+
+/// Applies `EDGE_AGENT_<SECTION>_<KEY>` variables: `EDGE_AGENT_ENGINE_THREADS=4` sets
+/// `engine.threads`. Values are read as TOML (numbers, booleans) and otherwise as
+/// strings. Arrays of tables (`[[model]]`, `[[source]]`) cannot be set this way.
+fn apply_env(raw: RawConfig, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
+    let mut table = toml::Table::try_from(&raw)
+        .map_err(|e| ConfigError::Env { var: "(all)".into(), message: e.to_string() })?;
+    for (var, value) in env {
+        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+        let Some((section, key)) = rest.split_once('_') else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: "expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_ENGINE_THREADS".into(),
+            });
+        };
+        let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!("no section [{section}]; sections are agent, log, engine, output"),
+            });
+        };
+        let parsed = value
+            .parse::<toml::Value>()
+            .ok()
+            .or_else(|| {
+                toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"))
+            })
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        sec.insert(key.to_string(), parsed);
+    }
+    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        let var = env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");
+        ConfigError::Env { var, message: e.message().trim().to_string() }
+    })
+}
+
+fn apply_flags(raw: &mut RawConfig, f: &Overrides) {
+    if let Some(v) = f.log_format {
+        raw.log.format = v;
+    }
+    if let Some(v) = &f.log_level {
+        raw.log.level = v.clone();
+    }
+    if let Some(v) = f.threads {
+        raw.engine.threads = v;
+    }
+    if let Some(v) = &f.device_id {
+        raw.agent.device_id = Some(v.clone());
+    }
+    if let Some(v) = &f.state_dir {
+        raw.agent.state_dir = v.clone();
+    }
+}
+
+/// Whether `s` may be used as an id in topics and paths.
+pub fn is_valid_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
+
+    let device_id = match raw.agent.device_id.clone() {
+        Some(id) => id,
+        None => hostname(),
+    };
+    if !is_valid_id(&device_id) {
+        problem(
+            "agent.device_id",
+            format!(
+                "`{device_id}` may only use A-Z a-z 0-9 . _ - (1 to 128 characters); set agent.device_id"
+            ),
+        );
+    }
+    let e = &raw.engine;
+    if !(1..=256).contains(&e.threads) {
+        problem(
+            "engine.threads",
+            format!("{} is out of range; use 1 to 256 (about one per core)", e.threads),
+        );
+    }
+    if !(1..=1_000_000).contains(&e.queue) {
+        problem("engine.queue", format!("{} is out of range; use 1 to 1000000", e.queue));
+    }
+    if !(1..=3_600_000).contains(&e.deadline_ms) {
+        problem(
+            "engine.deadline_ms",
+            format!("{} is out of range; use 1 to 3600000 (one hour)", e.deadline_ms),
+        );
+    }
+    if e.max_streams == 0 {
+        problem("engine.max_streams", "0 streams would serve nothing; use at least 1".into());
+    }
+    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+        problem(
+            "log.level",
+            format!("`{}` is not a log filter; use error, warn, info, debug or trace", raw.log.level),
+        );
+    }
+
+    let mut models = Vec::new();
+    for (i, m) in raw.models.iter().enumerate() {
+        let key = format!("model.{i}.path");
+        let dir = resolve(&m.path);
+        match ModelSpec::load_dir(&dir) {
+            Ok(spec) => {
+                if models.iter().any(|x: &ModelConfig| x.name == spec.spec.name) {
+                    problem(
+                        &key,
+                        format!("a second model named `{}`; each model name may appear once", spec.spec.name),
+                    );
+                }
+                models.push(ModelConfig { name: spec.spec.name, dir });
+            }
+            Err(err) => problem(&key, err.to_string()),
+        }
+    }
+    for (i, s) in raw.sources.iter().enumerate() {
+        let key = format!("source.{i}");
+        if !models.iter().any(|m| m.name == s.model()) {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            problem(
+                &format!("{key}.model"),
+                format!(
+                    "no model named `{}` is configured (configured: {}); add a [[model]] or fix the name",
+                    s.model(),
+                    if names.is_empty() { "none".into() } else { names.join(", ") }
+                ),
+            );
+        }
+        match s {
+            SourceEntry::Simulated(sim) => {
+                if !(1..=1_000_000).contains(&sim.sample_rate) {
+                    problem(
+                        &format!("{key}.sample_rate"),
+                        format!("{} is out of range; use 1 to 1000000", sim.sample_rate),
+                    );
+                }
+                if sim.chunk_ms == 0 {
+                    problem(&format!("{key}.chunk_ms"), "must be at least 1".into());
+                }
+                if !(sim.speed >= 0.0 && sim.speed.is_finite()) {
+                    problem(
+                        &format!("{key}.speed"),
+                        format!("{} is not valid; use 0 (as fast as possible) or more", sim.speed),
+                    );
+                }
+                if !is_valid_id(&sim.stream) {
+                    problem(
+                        &format!("{key}.stream"),
+                        format!("`{}` may only use A-Z a-z 0-9 . _ -", sim.stream),
+                    );
+                }
+            }
+            SourceEntry::File(f) => {
+                let p = resolve(&f.path);
+                if !p.is_file() {
+                    problem(&format!("{key}.path"), format!("{} is not a readable file", p.display()));
+                }
+                if !(f.speed >= 0.0 && f.speed.is_finite()) {
+                    problem(&format!("{key}.speed"), format!("{} is not valid; use 0 or more", f.speed));
+                }
+            }
+            SourceEntry::Stdin(_) => {}
+        }
+    }
+    if raw.sources.iter().filter(|s| matches!(s, SourceEntry::Stdin(_))).count() > 1 {
+        problem("source", "only one stdin source can exist".into());
+    }
+
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|p| {
+                let line = line_of_path(text, &p.key).unwrap_or(0);
+                format!("{}:{}: {}: {}", path.display(), line, p.key, p.message)
+            })
+            .collect();
+        return Err(ConfigError::Invalid { count: lines.len(), problems: lines.join("\n") });
+    }
+
+    let sources = raw
+        .sources
+        .into_iter()
+        .map(|s| match s {
+            SourceEntry::File(mut f) => {
+                f.path = resolve(&f.path);
+                SourceEntry::File(f)
+            }
+            other => other,
+        })
+        .collect();
+    Ok(Config {
+        file: path.to_path_buf(),
+        device_id,
+        state_dir: resolve(&raw.agent.state_dir),
+        log: raw.log,
+        engine: EngineConfig {
+            threads: raw.engine.threads,
+            queue: raw.engine.queue,
+            max_streams: raw.engine.max_streams,
+        },
+        deadline: Duration::from_millis(raw.engine.deadline_ms),
+        models,
+        sources,
+        output: raw.output,
+    })
+}
+
+/// The host name, reduced to the characters allowed in a device id.
+fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let id: String = raw.trim().chars().map(|c| if is_valid_id(&c.to_string()) { c } else { '-' }).collect();
+    if id.is_empty() { "edge-device".into() } else { id }
+}

@@ -1,0 +1,458 @@
+//! The inference engine: models optimised once, run on a pool of worker threads fed by a
+//! bounded queue, with deadlines, counted rejections and recurrent state per stream.
+//!
+//! Callers submit a [`Request`] and get a [`Ticket`] back at once: either the request is
+//! queued, or it is rejected right away (queue full, unknown model, bad input length).
+//! tract is CPU-bound, so it runs on dedicated threads and never on the async executor;
+//! tickets can be awaited from async code or waited on from plain threads.
+
+pub mod error;
+pub mod model;
+pub mod panic;
+pub mod spec;
+pub mod stats;
+pub mod streams;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use tokio::sync::oneshot;
+use tract_onnx::prelude::*;
+
+pub use error::{InferError, LoadError, SpecError};
+pub use model::LoadedModel;
+pub use stats::{ModelReport, Percentiles};
+
+use stats::Stats;
+use streams::{StreamTable, TakeError};
+
+/// Sizing of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Worker threads, each running one request at a time.
+    pub threads: usize,
+    /// Requests that may wait for a worker; one more is rejected.
+    pub queue: usize,
+    /// Live streams with recurrent state; the least recently used is evicted beyond it.
+    pub max_streams: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { threads: 1, queue: 64, max_streams: 1024 }
+    }
+}
+
+/// One inference request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub model: String,
+    /// Stream id for stateful models; requests without one share the stream `default`.
+    pub stream: Option<String>,
+    /// The data input's values, already pre-processed, flat in row-major order.
+    pub data: Vec<f32>,
+    /// The request fails with a deadline error if no worker has started it by then.
+    pub deadline: Instant,
+    /// Start the stream's recurrent state afresh before this call.
+    pub reset: bool,
+}
+
+/// One output tensor, as `f32`.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// The result of one request.
+pub struct Response {
+    /// The model (and so the version) that computed it.
+    pub model: Arc<LoadedModel>,
+    /// Every output of the model, in graph order.
+    pub outputs: Vec<Output>,
+    /// Time spent waiting for a worker.
+    pub queued: Duration,
+    /// Time spent running the model.
+    pub run: Duration,
+}
+
+impl Response {
+    /// The output read by post-processing.
+    pub fn post_output(&self) -> Option<&Output> {
+        self.outputs.get(self.model.post_output())
+    }
+}
+
+type Reply = Result<Response, InferError>;
+
+struct Job {
+    model: Arc<LoadedModel>,
+    stream: String,
+    data: Vec<f32>,
+    deadline: Instant,
+    reset: bool,
+    submitted: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A queued request's result, to wait for.
+pub struct Ticket {
+    rx: oneshot::Receiver<Reply>,
+    deadline: Instant,
+    model: String,
+}
+
+/// Extra time a caller waits past the deadline for a request a worker has started: a run
+/// that started in time is allowed to finish.
+const RUN_GRACE: Duration = Duration::from_secs(30);
+
+impl Ticket {
+    /// Waits for the result from async code.
+    pub async fn wait(self) -> Reply {
+        let limit = tokio::time::Instant::from_std(self.deadline + RUN_GRACE);
+        match tokio::time::timeout_at(limit, self.rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(InferError::ShuttingDown),
+            Err(_) => Err(InferError::Run {
+                model: self.model,
+                reason: "no result in time: a worker seems stuck".into(),
+            }),
+        }
+    }
+
+    /// Waits for the result from a plain thread (not from inside an async runtime).
+    pub fn wait_blocking(self) -> Reply {
+        self.rx.blocking_recv().unwrap_or(Err(InferError::ShuttingDown))
+    }
+}
+
+struct Shared {
+    models: ArcSwap<BTreeMap<String, Arc<LoadedModel>>>,
+    streams: StreamTable,
+    stats: Stats,
+    /// Per worker: milliseconds since `epoch` when its current job started, 0 when idle.
+    /// Lets a watchdog tell a wedged worker from an idle one.
+    busy_since: Vec<AtomicU64>,
+    /// Per worker: jobs finished.
+    done: Vec<AtomicU64>,
+    epoch: Instant,
+}
+
+/// The engine. Cheap to share behind an `Arc`; safe to call from many threads and tasks.
+pub struct Engine {
+    shared: Arc<Shared>,
+    tx: RwLock<Option<Sender<Job>>>,
+    capacity: usize,
+    workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Health of the worker pool, for status reports and watchdogs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolReport {
+    pub threads: usize,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub busy: usize,
+    /// Longest time a worker has been on its current job.
+    pub longest_job_ms: u64,
+    pub jobs_done: u64,
+    pub live_streams: usize,
+    pub streams_evicted: u64,
+}
+
+impl Engine {
+    /// Starts the worker threads.
+    pub fn start(config: &EngineConfig) -> Engine {
+        let threads = config.threads.max(1);
+        let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue.max(1));
+        let shared = Arc::new(Shared {
+            models: ArcSwap::from_pointee(BTreeMap::new()),
+            streams: StreamTable::new(config.max_streams),
+            stats: Stats::default(),
+            busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            done: (0..threads).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+        });
+        let mut workers = Vec::with_capacity(threads);
+        for ix in 0..threads {
+            let rx = rx.clone();
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("engine-{ix}"))
+                .spawn(move || worker(ix, rx, shared));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => tracing::error!(error = %e, worker = ix, "cannot start engine worker thread"),
+            }
+        }
+        Engine {
+            shared,
+            tx: RwLock::new(Some(tx)),
+            capacity: config.queue.max(1),
+            workers: std::sync::Mutex::new(workers),
+        }
+    }
+
+    /// Makes a model available under its name, replacing an older one. Requests already
+    /// queued or running keep the model they were submitted with.
+    pub fn install(&self, model: LoadedModel) -> Arc<LoadedModel> {
+        let model = Arc::new(model);
+        let name = model.name().to_string();
+        self.shared.models.rcu(|old| {
+            let mut next = BTreeMap::clone(old);
+            next.insert(name.clone(), model.clone());
+            next
+        });
+        model
+    }
+
+    /// The model currently serving `name`.
+    pub fn model(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.shared.models.load().get(name).cloned()
+    }
+
+    /// All models currently serving, by name.
+    pub fn models(&self) -> BTreeMap<String, Arc<LoadedModel>> {
+        BTreeMap::clone(&self.shared.models.load())
+    }
+
+    /// Queues a request, or rejects it at once (counted).
+    pub fn submit(&self, req: Request) -> Result<Ticket, InferError> {
+        let Some(model) = self.model(&req.model) else {
+            let loaded: Vec<String> = self.shared.models.load().keys().cloned().collect();
+            let err = InferError::UnknownModel { model: req.model.clone(), loaded: loaded.join(", ") };
+            self.shared.stats.with(&req.model, |s| *s.errors.entry(err.kind()).or_default() += 1);
+            return Err(err);
+        };
+        let input = model.spec.data_input();
+        if req.data.len() != input.len() {
+            let err = InferError::Input {
+                model: req.model.clone(),
+                source: crate::pipeline::InputError::Length {
+                    input: input.name.clone(),
+                    got: req.data.len(),
+                    want: input.len(),
+                    shape: input.shape.clone(),
+                },
+            };
+            self.count_error(&req.model, &err);
+            return Err(err);
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            model,
+            stream: req.stream.unwrap_or_else(|| "default".to_string()),
+            data: req.data,
+            deadline: req.deadline,
+            reset: req.reset,
+            submitted: Instant::now(),
+            reply,
+        };
+        let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = guard.as_ref() else {
+            return Err(InferError::ShuttingDown);
+        };
+        match tx.try_send(job) {
+            Ok(()) => Ok(Ticket { rx, deadline: req.deadline, model: req.model }),
+            Err(TrySendError::Full(_)) => {
+                let err = InferError::QueueFull { capacity: self.capacity };
+                self.count_error(&req.model, &err);
+                Err(err)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(InferError::ShuttingDown),
+        }
+    }
+
+    /// Submits and waits from a plain thread.
+    pub fn infer_blocking(&self, req: Request) -> Reply {
+        self.submit(req)?.wait_blocking()
+    }
+
+    /// Counts an error found outside the engine (pre-processing) against a model.
+    pub fn count_error(&self, model: &str, err: &InferError) {
+        let kind = err.kind();
+        let rejected = err.is_rejection();
+        self.shared.stats.with(model, |s| {
+            let map = if rejected { &mut s.rejected } else { &mut s.errors };
+            *map.entry(kind).or_default() += 1;
+        });
+    }
+
+    /// Forgets a stream's recurrent state.
+    pub fn reset_stream(&self, model: &str, stream: &str) -> bool {
+        self.model(model).is_some_and(|m| self.shared.streams.reset(m.id, stream))
+    }
+
+    /// Per-model counters and latency percentiles.
+    pub fn stats(&self) -> BTreeMap<String, ModelReport> {
+        self.shared.stats.report()
+    }
+
+    /// State of the worker pool.
+    pub fn pool(&self) -> PoolReport {
+        let now = self.shared.epoch.elapsed().as_millis() as u64;
+        let started: Vec<u64> = self.shared.busy_since.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let queue_depth =
+            self.tx.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.len()).unwrap_or(0);
+        PoolReport {
+            threads: started.len(),
+            queue_depth,
+            queue_capacity: self.capacity,
+            busy: started.iter().filter(|s| **s != 0).count(),
+            longest_job_ms: started
+                .iter()
+                .filter(|s| **s != 0)
+                .map(|s| now.saturating_sub(*s))
+                .max()
+                .unwrap_or(0),
+            jobs_done: self.shared.done.iter().map(|d| d.load(Ordering::Relaxed)).sum(),
+            live_streams: self.shared.streams.len(),
+            streams_evicted: self.shared.streams.evicted(),
+        }
+    }
+
+    /// Stops taking requests, lets the workers finish what is queued, and joins them.
+    pub fn shutdown(&self) {
+        self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in workers {
+            let name = w.thread().name().unwrap_or("engine").to_string();
+            if w.join().is_err() {
+                tracing::error!(worker = %name, "engine worker ended with a panic");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>) {
+    // One tract run state per model: reusing it saves re-allocating the plan's buffers on
+    // every call. Keyed by load id; cleared when models change often enough to pile up.
+    let mut states: HashMap<u64, TypedSimpleState> = HashMap::new();
+    while let Ok(job) = rx.recv() {
+        let started = Instant::now();
+        let since = (shared.epoch.elapsed().as_millis() as u64).max(1);
+        shared.busy_since[ix].store(since, Ordering::Relaxed);
+        let result = run_job(&job, &mut states, &shared);
+        let name = job.model.name().to_string();
+        shared.stats.with(&name, |s| match &result {
+            Ok(r) => {
+                s.ok += 1;
+                s.latency.record(job.submitted.elapsed());
+                s.run.record(r.run);
+            }
+            Err(e) if e.is_rejection() => *s.rejected.entry(e.kind()).or_default() += 1,
+            Err(e) => *s.errors.entry(e.kind()).or_default() += 1,
+        });
+        if let Err(e) = &result {
+            tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
+        }
+        // The caller may have given up waiting; nothing to do then.
+        let _ = job.reply.send(result);
+        shared.busy_since[ix].store(0, Ordering::Relaxed);
+        shared.done[ix].fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(worker = ix, us = started.elapsed().as_micros() as u64, "job done");
+    }
+}
+
+fn run_job(job: &Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shared) -> Reply {
+    let model = &job.model;
+    let now = Instant::now();
+    if now > job.deadline {
+        let deadline_ms = job.deadline.saturating_duration_since(job.submitted).as_millis() as u64;
+        return Err(InferError::Deadline {
+            waited_ms: (now - job.submitted).as_millis() as u64,
+            deadline_ms,
+        });
+    }
+    let queued = now - job.submitted;
+    let stateful = model.is_stateful();
+    let previous = if stateful {
+        if job.reset {
+            shared.streams.reset(model.id, &job.stream);
+        }
+        match shared.streams.take(model.id, &job.stream) {
+            Ok(s) => s,
+            Err(TakeError::Busy) => {
+                return Err(InferError::StreamBusy {
+                    model: model.name().into(),
+                    stream: job.stream.clone(),
+                });
+            }
+        }
+    } else {
+        None
+    };
+    let fail = |reason: String| InferError::Run { model: model.name().into(), reason };
+
+    let outcome = (|| {
+        if states.len() > 16 {
+            states.clear();
+        }
+        let state = match states.entry(model.id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(model.spawn_state().map_err(|e| fail(format!("{e:#}")))?)
+            }
+        };
+        let inputs = model.assemble(&job.data, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
+        let started = Instant::now();
+        let ran = panic::contain(|| state.run(inputs));
+        let run = started.elapsed();
+        match ran {
+            Ok(Ok(outputs)) => Ok((outputs, run)),
+            Ok(Err(e)) => Err(fail(format!("{e:#}"))),
+            Err(message) => {
+                // The run state may be half-updated after a panic: rebuild it next time.
+                states.remove(&model.id);
+                Err(InferError::Panic { model: model.name().into(), message })
+            }
+        }
+    })();
+
+    match outcome {
+        Ok((outputs, run)) => {
+            if stateful {
+                shared.streams.put(model.id, &job.stream, Some(model.next_state(&outputs)));
+            }
+            let outputs = outputs
+                .iter()
+                .zip(&model.outputs)
+                .map(|(v, info)| to_output(&info.name, v))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(fail)?;
+            Ok(Response { model: model.clone(), outputs, queued, run })
+        }
+        Err(e) => {
+            if stateful {
+                shared.streams.put(model.id, &job.stream, previous);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn to_output(name: &str, value: &TValue) -> Result<Output, String> {
+    let cast = value.cast_to::<f32>().map_err(|e| format!("output `{name}` cannot be read as f32: {e:#}"))?;
+    let values: Vec<f32> = cast
+        .to_plain_array_view::<f32>()
+        .map_err(|e| format!("output `{name}`: {e:#}"))?
+        .iter()
+        .copied()
+        .collect();
+    Ok(Output { name: name.to_string(), shape: value.shape().to_vec(), values })
+}

@@ -1,0 +1,110 @@
+//! Counters and latency histograms of the engine, per model.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// A latency histogram in microseconds, 1 µs to 10 minutes, 3 significant digits.
+#[derive(Debug, Clone)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        // Bounds are constants that hdrhistogram accepts; it can only fail on bad bounds.
+        #[allow(clippy::expect_used)]
+        Latency(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latency {
+    /// Records one duration (saturating at the upper bound).
+    pub fn record(&mut self, d: Duration) {
+        self.0.saturating_record(d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
+    }
+
+    /// Number of recorded values.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+
+    /// p50/p95/p99/max in milliseconds.
+    pub fn percentiles(&self) -> Percentiles {
+        let q = |p: f64| self.0.value_at_quantile(p) as f64 / 1000.0;
+        Percentiles {
+            p50_ms: q(0.50),
+            p95_ms: q(0.95),
+            p99_ms: q(0.99),
+            max_ms: self.0.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// Counts of one model since start.
+#[derive(Debug, Clone, Default)]
+pub struct ModelStats {
+    pub ok: u64,
+    /// Failed requests by error kind (bad_input, run_failed, panic, ...).
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Requests turned away before running (queue full, deadline, shutdown).
+    pub rejected: BTreeMap<&'static str, u64>,
+    /// Time from submission to result.
+    pub latency: Latency,
+    /// Time spent inside the model run alone.
+    pub run: Latency,
+}
+
+/// A snapshot for reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub ok: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<&'static str, u64>,
+    pub latency: Percentiles,
+    pub run: Percentiles,
+}
+
+/// All models' stats.
+///
+/// A `Mutex`: updated once per request by worker threads for well under a microsecond;
+/// never held across a model run or an await.
+#[derive(Debug, Default)]
+pub struct Stats(Mutex<BTreeMap<String, ModelStats>>);
+
+impl Stats {
+    /// Applies `f` to a model's stats.
+    pub fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelStats) -> R) -> R {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(map.entry(model.to_string()).or_default())
+    }
+
+    /// A report per model.
+    pub fn report(&self) -> BTreeMap<String, ModelReport> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    ModelReport {
+                        ok: s.ok,
+                        errors: s.errors.clone(),
+                        rejected: s.rejected.clone(),
+                        latency: s.latency.percentiles(),
+                        run: s.run.percentiles(),
+                    },
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,168 @@
+//! Payload decoding: JSON numbers, raw little-endian samples, images.
+
+use serde_json::Value;
+
+use super::error::InputError;
+use super::image::image_to_tensor;
+use crate::engine::spec::{ModelSpec, PayloadFormat};
+
+/// One request's content before pre-processing.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// Bytes in the encoding named by the model spec's `pre.format`.
+    Bytes(Vec<u8>),
+    /// Bytes in an explicit encoding (the CLI chooses by file extension).
+    Encoded(PayloadFormat, Vec<u8>),
+    /// Samples already decoded by a source (simulated signal, WAV, CSV).
+    Samples(Vec<f32>),
+    /// A parsed JSON value (NDJSON lines): an array of numbers, flat or nested.
+    Json(Value),
+}
+
+/// Decodes a payload into flat `f32` values (before windowing), rejecting oversized,
+/// malformed and non-finite input.
+pub fn decode(spec: &ModelSpec, payload: Payload) -> Result<Vec<f32>, InputError> {
+    let max = spec.limits.max_payload_bytes;
+    let (format, bytes) = match payload {
+        Payload::Samples(values) => {
+            let bytes = values.len() * 4;
+            if bytes > max {
+                return Err(InputError::TooLarge { bytes, max });
+            }
+            let mut values = values;
+            apply_scale(spec, &mut values);
+            check_finite(&values)?;
+            return Ok(values);
+        }
+        Payload::Json(v) => {
+            let mut values = json_array(v, spec)?;
+            if values.len() * 4 > max {
+                return Err(InputError::TooLarge { bytes: values.len() * 4, max });
+            }
+            apply_scale(spec, &mut values);
+            check_finite(&values)?;
+            return Ok(values);
+        }
+        Payload::Bytes(b) => (spec.pre.format, b),
+        Payload::Encoded(f, b) => (f, b),
+    };
+    if bytes.len() > max {
+        return Err(InputError::TooLarge { bytes: bytes.len(), max });
+    }
+    if bytes.is_empty() {
+        return Err(InputError::Empty);
+    }
+    let mut values = match format {
+        PayloadFormat::Json => json_numbers(&bytes, spec)?,
+        PayloadFormat::F32le => le_samples(&bytes, 4, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))?,
+        PayloadFormat::I16le => {
+            le_samples(&bytes, 2, |c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)?
+        }
+        PayloadFormat::Image => {
+            let img = spec.pre.image.as_ref().ok_or(InputError::NoImageSpec)?;
+            // Image values are normalised by the image spec; the sample scale does not apply.
+            return image_to_tensor(&bytes, img);
+        }
+    };
+    apply_scale(spec, &mut values);
+    check_finite(&values)?;
+    Ok(values)
+}
+
+fn apply_scale(spec: &ModelSpec, values: &mut [f32]) {
+    if let Some(s) = spec.pre.scale {
+        values.iter_mut().for_each(|v| *v *= s);
+    }
+}
+
+/// Rejects NaN and infinities, naming the first.
+pub fn check_finite(values: &[f32]) -> Result<(), InputError> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(InputError::NotFinite { index, value: values[index] }),
+        None => Ok(()),
+    }
+}
+
+fn le_samples(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>, InputError> {
+    if !bytes.len().is_multiple_of(width) {
+        return Err(InputError::Alignment { bytes: bytes.len(), width });
+    }
+    Ok(bytes.chunks_exact(width).map(f).collect())
+}
+
+/// Parses a JSON array of numbers, flat or nested, or an object whose `data` field is
+/// one. A nested array must have the data input's shape (leading 1s may be left out).
+fn json_numbers(bytes: &[u8], spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
+    let value: Value =
+        serde_json::from_slice(bytes).map_err(|e| InputError::Json { reason: e.to_string() })?;
+    json_array(value, spec)
+}
+
+fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
+    let array = match value {
+        Value::Object(mut map) => map.remove("data").ok_or_else(|| InputError::Json {
+            reason: "an object needs a `data` field holding the numbers".into(),
+        })?,
+        other => other,
+    };
+    let mut out = Vec::new();
+    let mut shape = Vec::new();
+    flatten(&array, 0, &mut shape, &mut out)?;
+    if shape.len() > 1 && spec.pre.window.is_none() {
+        let input = spec.data_input();
+        let strip = |s: &[usize]| s.iter().skip_while(|d| **d == 1).copied().collect::<Vec<_>>();
+        if strip(&shape) != strip(&input.shape) {
+            return Err(InputError::Shape {
+                input: input.name.clone(),
+                got: shape,
+                want: input.shape.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn flatten(v: &Value, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f32>) -> Result<(), InputError> {
+    match v {
+        Value::Array(items) => {
+            if shape.len() == depth {
+                shape.push(items.len());
+            } else if shape[depth] != items.len() {
+                return Err(InputError::Json {
+                    reason: format!(
+                        "ragged array: rows at depth {depth} have {} and {} items",
+                        shape[depth],
+                        items.len()
+                    ),
+                });
+            }
+            items.iter().try_for_each(|i| flatten(i, depth + 1, shape, out))
+        }
+        Value::Number(n) => {
+            if depth < shape.len() {
+                return Err(InputError::Json { reason: "numbers and arrays mixed at the same depth".into() });
+            }
+            // serde_json gives f64; f32 is what models take. Overflow becomes inf and is
+            // rejected by the finiteness check.
+            out.push(n.as_f64().unwrap_or(f64::NAN) as f32);
+            Ok(())
+        }
+        Value::Null => Err(InputError::Json {
+            reason: format!("null at value {} (NaN cannot be written in JSON; send a number)", out.len()),
+        }),
+        other => {
+            Err(InputError::Json { reason: format!("value {} is {}, not a number", out.len(), kind(other)) })
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

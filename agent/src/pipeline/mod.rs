@@ -1,0 +1,20 @@
+//! Declarative pre- and post-processing, driven by a model's spec.
+//!
+//! Pre-processing turns a payload (bytes in the spec's format, or samples from a
+//! source) into the flat `f32` data of the model's data input; windows cut a stream of
+//! samples into overlapping model inputs. Post-processing turns the raw output into an
+//! answer (softmax, argmax, top-k, threshold, labels, segments).
+
+mod decode;
+mod error;
+mod image;
+mod post;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+pub use decode::{Payload, check_finite, decode};
+pub use error::InputError;
+pub use post::{PostProcessor, SegmentState};
+pub use window::{Window, Windower};

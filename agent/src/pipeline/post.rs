@@ -1,0 +1,114 @@
+//! Post-processing: from a raw output tensor to an answer.
+
+use serde_json::{Map, Value, json};
+
+use crate::engine::spec::PostSpec;
+
+/// Per-stream memory of the segment hysteresis.
+#[derive(Debug, Default, Clone)]
+pub struct SegmentState {
+    active: bool,
+    /// Window index where the current segment started.
+    start: u64,
+}
+
+/// Applies a model's post-processing spec.
+#[derive(Debug, Clone)]
+pub struct PostProcessor {
+    spec: PostSpec,
+}
+
+impl PostProcessor {
+    /// A processor for `spec`.
+    pub fn new(spec: &PostSpec) -> PostProcessor {
+        PostProcessor { spec: spec.clone() }
+    }
+
+    /// Turns the post output's values into the `outputs` object of a result. `window` is
+    /// the stream's window index, used by segments; `segment` is the stream's hysteresis
+    /// state (segments need one per stream).
+    pub fn apply(
+        &self,
+        values: &[f32],
+        window: u64,
+        segment: Option<&mut SegmentState>,
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
+        if probs.is_empty() {
+            return out;
+        }
+        let score;
+        if probs.len() == 1 {
+            score = probs[0];
+            out.insert("score".into(), json!(score));
+            if let Some(th) = self.spec.threshold {
+                let active = score >= th;
+                out.insert("active".into(), json!(active));
+                if self.spec.labels.len() == 2 {
+                    out.insert("label".into(), json!(self.spec.labels[usize::from(active)]));
+                }
+            }
+        } else {
+            let best = argmax(&probs);
+            score = probs[best];
+            out.insert("class".into(), json!(best));
+            if let Some(label) = self.spec.labels.get(best) {
+                out.insert("label".into(), json!(label));
+            }
+            out.insert("score".into(), json!(score));
+            if let Some(th) = self.spec.threshold {
+                out.insert("confident".into(), json!(score >= th));
+            }
+            if let Some(k) = self.spec.top_k {
+                let mut order: Vec<usize> = (0..probs.len()).collect();
+                order.sort_by(|a, b| probs[*b].total_cmp(&probs[*a]));
+                let top: Vec<Value> = order
+                    .into_iter()
+                    .take(k)
+                    .map(|i| match self.spec.labels.get(i) {
+                        Some(l) => json!({"class": i, "label": l, "score": probs[i]}),
+                        None => json!({"class": i, "score": probs[i]}),
+                    })
+                    .collect();
+                out.insert("top".into(), Value::Array(top));
+            }
+            if self.spec.softmax {
+                out.insert("probs".into(), json!(probs));
+            }
+        }
+        if let (Some(seg), Some(state)) = (&self.spec.segments, segment) {
+            // Hysteresis: on at `on`, off below `off`, so a score hovering near one
+            // threshold does not toggle the segment on every window.
+            let was = state.active;
+            if !was && score >= seg.on {
+                state.active = true;
+                state.start = window;
+                out.insert("segment".into(), json!({"event": "start", "start": window}));
+            } else if was && score < seg.off {
+                state.active = false;
+                out.insert("segment".into(), json!({"event": "end", "start": state.start, "end": window}));
+            }
+            out.insert("active".into(), json!(state.active));
+        }
+        out
+    }
+}
+
+/// Numerically stable softmax.
+pub fn softmax(values: &[f32]) -> Vec<f32> {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = values.iter().map(|v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if v.total_cmp(&values[best]).is_gt() {
+            best = i;
+        }
+    }
+    best
+}

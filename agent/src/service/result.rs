@@ -1,0 +1,112 @@
+//! Results: numbering, time stamps, and where they are written.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+/// A result as computed by a stream task, before the sink numbers it.
+#[derive(Debug, Clone)]
+pub struct ResultRecord {
+    pub model: String,
+    pub version: String,
+    pub stream: String,
+    pub source: String,
+    /// Window (or message) index within the stream.
+    pub window: u64,
+    /// Sample offset of the window in the stream, for windowed models.
+    pub offset: Option<u64>,
+    pub latency_ms: f64,
+    pub outputs: Map<String, Value>,
+}
+
+/// The result as published (stdout line now; MQTT payload later). Field order is part
+/// of the format users parse; add fields at the end.
+#[derive(Debug, Serialize)]
+struct Published<'a> {
+    seq: u64,
+    ts: String,
+    device: &'a str,
+    model: &'a str,
+    version: &'a str,
+    stream: &'a str,
+    source: &'a str,
+    place: &'static str,
+    reason: Option<&'static str>,
+    latency_ms: f64,
+    window: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    outputs: &'a Map<String, Value>,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, Default)]
+pub struct ResultSink {
+    /// Write JSON lines to standard output.
+    pub stdout: bool,
+}
+
+impl ResultSink {
+    /// Writes results until the channel closes; returns how many were written.
+    pub async fn run(self, mut rx: mpsc::Receiver<ResultRecord>, device: String) -> u64 {
+        let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+        let mut stdout_ok = self.stdout;
+        let mut seq = 0u64;
+        let mut last_label: HashMap<(String, String), String> = HashMap::new();
+        while let Some(r) = rx.recv().await {
+            let published = Published {
+                seq,
+                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                device: &device,
+                model: &r.model,
+                version: &r.version,
+                stream: &r.stream,
+                source: &r.source,
+                place: "local",
+                reason: None,
+                latency_ms: (r.latency_ms * 1000.0).round() / 1000.0,
+                window: r.window,
+                offset: r.offset,
+                outputs: &r.outputs,
+            };
+            seq += 1;
+            // A person watching the log sees changes, not every window.
+            if let Some(Value::String(label)) = r.outputs.get("label") {
+                let key = (r.model.clone(), r.stream.clone());
+                if last_label.get(&key) != Some(label) {
+                    tracing::info!(model = %r.model, stream = %r.stream, %label,
+                        score = r.outputs.get("score").and_then(serde_json::Value::as_f64).unwrap_or(0.0), window = r.window, "label");
+                    last_label.insert(key, label.clone());
+                }
+            }
+            if stdout_ok {
+                let mut line = match serde_json::to_vec(&published) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot encode a result");
+                        continue;
+                    }
+                };
+                line.push(b'\n');
+                let mut written = out.write_all(&line).await;
+                // Flush when no more results are waiting: batches writes under load,
+                // shows each result at once when idle.
+                if written.is_ok() && rx.is_empty() {
+                    written = out.flush().await;
+                }
+                if let Err(e) = written {
+                    tracing::warn!(error = %e, "stdout closed: results are no longer written there");
+                    stdout_ok = false;
+                }
+            }
+        }
+        if stdout_ok {
+            let _ = out.flush().await;
+        }
+        seq
+    }
+}

@@ -1,0 +1,60 @@
+//! Sensor sources: each turns some input into [`SensorMessage`]s on a bounded channel.
+//!
+//! A source task ends when its input ends (file, stdin, a simulated duration) or when
+//! the shutdown token fires; it sends with backpressure, so a slow engine slows a file
+//! replay down instead of dropping samples.
+
+mod file;
+mod ndjson;
+mod simulated;
+mod stdin;
+
+#[cfg(test)]
+mod tests;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SourceEntry;
+use crate::pipeline::Payload;
+
+pub use file::read_wav;
+pub use simulated::VibrationSim;
+
+/// One message from a sensor.
+#[derive(Debug, Clone)]
+pub struct SensorMessage {
+    /// The model it is for.
+    pub model: String,
+    /// The stream it belongs to (a sensor): windows and recurrent state are per stream.
+    pub stream: String,
+    /// Where it came from, for results (`simulated`, a file path, `stdin`, a topic).
+    pub source: String,
+    pub payload: Payload,
+    /// Start the stream afresh (windows and state) with this message.
+    pub reset: bool,
+}
+
+/// A source that could not be read; reported once, the agent goes on without it.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+}
+
+/// Runs one configured source until it ends or `token` fires.
+pub async fn run(entry: SourceEntry, tx: mpsc::Sender<SensorMessage>, token: CancellationToken) {
+    let kind = entry.kind();
+    let result = match entry {
+        SourceEntry::Simulated(s) => {
+            simulated::run(s, tx, token).await;
+            Ok(())
+        }
+        SourceEntry::File(f) => file::run(f, tx, token).await,
+        SourceEntry::Stdin(s) => stdin::run(s, tx, token).await,
+    };
+    match result {
+        Ok(()) => tracing::info!(source = kind, "source finished"),
+        Err(e) => tracing::error!(source = kind, error = %e, "source stopped"),
+    }
+}

@@ -1,0 +1,111 @@
+use std::process::Command;
+
+use crate::common::*;
+
+fn check(config: &str, env: &[(&str, &str)]) -> (i32, String) {
+    let dir = tempdir();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, config.replace("DEMO", &demo_model().display().to_string())).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--config", path.to_str().unwrap()]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_with(&mut cmd, None, secs(30));
+    (out.status.code().expect("exit code"), stderr(&out))
+}
+
+#[test]
+fn unknown_key_names_file_and_line() {
+    let (code, err) = check("[agent]\ndevice_id = \"x\"\n\n[engine]\nthreads = 1\nthread = 2\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("agent.toml:6:"), "line of the bad key: {err}");
+    assert!(err.contains("unknown field `thread`"), "{err}");
+}
+
+#[test]
+fn every_invalid_value_is_reported_at_once_with_its_line() {
+    let config = r#"[agent]
+device_id = "bad id!"
+
+[engine]
+threads = 0
+queue = 0
+
+[[model]]
+path = "DEMO"
+
+[[model]]
+path = "no/such/model"
+
+[[source]]
+kind = "simulated"
+model = "vibraton"
+"#;
+    let (code, err) = check(config, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("5 problem(s)"), "{err}");
+    assert!(err.contains("agent.toml:2: agent.device_id"), "{err}");
+    assert!(err.contains("agent.toml:5: engine.threads: 0 is out of range"), "{err}");
+    assert!(err.contains("agent.toml:6: engine.queue"), "{err}");
+    assert!(err.contains("agent.toml:12: model.1.path") && err.contains("model.toml"), "{err}");
+    assert!(
+        err.contains("agent.toml:16: source.0.model") && err.contains("no model named `vibraton`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_overrides_keys_and_is_checked() {
+    let base = "[agent]\ndevice_id = \"x\"\n[[model]]\npath = \"DEMO\"\n";
+    let (code, err) = check(base, &[("EDGE_AGENT_ENGINE_THREADS", "0")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("engine.threads: 0 is out of range"), "{err}");
+
+    let (code, err) = check(base, &[("EDGE_AGENT_ENGINE_THREADS", "many")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("EDGE_AGENT_ENGINE_THREADS"), "names the variable: {err}");
+
+    let (code, err) = check(base, &[("EDGE_AGENT_ENGNE_THREADS", "2")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no section [engne]"), "{err}");
+
+    // A valid override is applied: the device id shows up in results.
+    let with_source = format!(
+        "{base}[[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nspeed = 0.0\nduration_s = 1.0\n"
+    );
+    let dir = tempdir();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, with_source.replace("DEMO", &demo_model().display().to_string())).unwrap();
+    let out = run_with(
+        Command::new(bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env("EDGE_AGENT_AGENT_DEVICE_ID", "from-env"),
+        None,
+        secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = json_lines(&out.stdout);
+    assert!(!lines.is_empty());
+    assert_eq!(lines[0]["device"], "from-env");
+
+    // Flags win over the environment.
+    let out = run_with(
+        Command::new(bin())
+            .args(["run", "--config", path.to_str().unwrap(), "--device-id", "from-flag"])
+            .env("EDGE_AGENT_AGENT_DEVICE_ID", "from-env"),
+        None,
+        secs(30),
+    );
+    assert_eq!(json_lines(&out.stdout)[0]["device"], "from-flag");
+}
+
+#[test]
+fn syntax_error_and_missing_file() {
+    let (code, err) = check("[agent\n", &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("agent.toml:1:"), "{err}");
+    let out = run(&["run", "--config", "/nonexistent/agent.toml"], secs(10));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read config file /nonexistent/agent.toml"));
+}
