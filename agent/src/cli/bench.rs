@@ -210,6 +210,9 @@ fn run_block(
                 let share = n / clients + usize::from(c < n % clients);
                 s.spawn(move || -> anyhow::Result<Vec<Duration>> {
                     let mut out = Vec::with_capacity(share);
+                    // A careful direct caller keeps one run state per thread, as the
+                    // engine's workers do: the baseline is the best tract can do.
+                    let mut state = model.spawn_state()?;
                     for _ in 0..share {
                         let t = Instant::now();
                         if through_engine {
@@ -221,7 +224,7 @@ fn run_block(
                                 reset: false,
                             })?;
                         } else {
-                            direct_call(model, data)?;
+                            direct_call(model, &mut state, data)?;
                         }
                         out.push(t.elapsed());
                         bar.inc(1);
@@ -245,9 +248,13 @@ fn run_block(
 
 /// What a program calling tract itself would do per request: build the input tensors,
 /// run the plan, read the outputs as f32.
-fn direct_call(model: &LoadedModel, data: &[f32]) -> anyhow::Result<()> {
+fn direct_call(
+    model: &LoadedModel,
+    state: &mut tract_onnx::prelude::TypedSimpleState,
+    data: &[f32],
+) -> anyhow::Result<()> {
     let inputs = model.assemble(data, None)?;
-    let outputs = model.plan().run(inputs)?;
+    let outputs = state.run(inputs)?;
     for o in outputs.iter() {
         let cast = o.cast_to::<f32>()?;
         std::hint::black_box(cast.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<f32>>());

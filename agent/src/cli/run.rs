@@ -49,7 +49,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(service::run(config, sink, shutdown_signal()))?;
+    let summary = runtime.block_on(service::run(config, sink, shutdown_signal()));
+    // A read of standard input may still block a runtime thread; it must not keep the
+    // process alive after the daemon has finished.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let summary = summary?;
     Ok(if summary.results == 0 && summary.failed > 0 {
         ExitCode::from(super::EXIT_FAILED)
     } else {

@@ -327,11 +327,6 @@ impl LoadedModel {
         self.plan.spawn()
     }
 
-    /// The tract plan, for benchmarks that call tract directly.
-    pub fn plan(&self) -> &Arc<TypedSimplePlan> {
-        &self.plan
-    }
-
     /// Builds the graph inputs for one call: `data` (already checked for length) plus the
     /// stream's state (or zeros) and constants.
     pub fn assemble(&self, data: &[f32], state: Option<&[TValue]>) -> TractResult<TVec<TValue>> {

@@ -156,7 +156,7 @@ pub async fn run(
     tracing::info!(
         results = summary.results,
         failed = summary.failed,
-        peak_rss_mb = mem.peak_rss / 1_048_576,
+        peak_rss_kib = mem.peak_rss / 1024,
         "edge-agent stopped"
     );
     Ok(summary)
