@@ -16,7 +16,7 @@ sed -e "s|speed = 4.0|speed = 0.0\nduration_s = $((SECS * 40))|" "$TMP/paced.tom
 
 report() { # name, log file
     local line; line="$(grep '"edge-agent stopped"' "$2" | tail -1)"
-    python3 -c 'import json,sys; v=json.loads(sys.argv[2]); print(f"{sys.argv[1]}: {v[\"results\"]} results, peak RSS {int(v[\"peak_rss_kib\"])/1024:.1f} MiB")' "$1" "$line"
+    python3 -c 'import json,sys; v=json.loads(sys.argv[2]); print("%s: %d results, peak RSS %.1f MiB" % (sys.argv[1], v["results"], int(v["peak_rss_kib"]) / 1024))' "$1" "$line"
 }
 "$BIN" run --config "$TMP/fast.toml" --log-format json --quiet 2> "$TMP/fast.log"
 report "full speed ($((SECS * 40)) s of signal)" "$TMP/fast.log"

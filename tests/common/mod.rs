@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+
 use std::time::{Duration, Instant};
 
 /// The built `edge-agent` binary.
@@ -156,4 +157,103 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
 /// Seconds, for limits.
 pub const fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// An HTTP client that returns error statuses as responses.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// A running daemon with the API on, stopped on drop.
+pub struct Daemon {
+    pub child: Guard,
+    /// Everything the daemon logged so far (read continuously so the pipe never fills).
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `body` (config without [agent] and [api]) and starts `edge-agent CMD`,
+    /// waiting until the API answers ready. `api_extra` goes into the [api] table.
+    pub fn start(cmd: &str, body: &str, api_extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempdir();
+        let port = free_port();
+        let socket = dir.path().join("api.sock");
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, Self::config_text(dir.path(), port, &socket, body, api_extra))
+            .expect("config");
+        let mut command = Command::new(bin());
+        command.args([cmd, "--config", config.to_str().unwrap(), "--log-format", "json"]);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child =
+            Guard(command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.0.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let d = Daemon { child, log, port, socket, dir, config };
+        d.wait_ready(Duration::from_secs(60));
+        d
+    }
+
+    /// The config text the daemon runs with.
+    pub fn config_text(dir: &Path, port: u16, socket: &Path, body: &str, api_extra: &str) -> String {
+        format!(
+            "[agent]\ndevice_id = \"it\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\nsocket = \"{}\"\n{api_extra}\n\n{body}\n",
+            dir.join("state").display(),
+            socket.display()
+        )
+    }
+
+    /// The base URL of the TCP API.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Waits until `/v2/health/ready` answers 200.
+    pub fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        let agent = http();
+        while start.elapsed() < limit {
+            if let Ok(r) = agent.get(&self.url("/v2/health/ready")).call()
+                && r.status() == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("daemon not ready within {limit:?}");
+    }
+
+    /// Stops the daemon with SIGTERM; returns its exit status and log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        signal(&self.child.0, "TERM");
+        let status =
+            wait_timeout(&mut self.child.0, Duration::from_secs(30)).expect("daemon stops after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100)); // let the reader take the last lines
+        let log = self.log.lock().unwrap().clone();
+        (status, log)
+    }
 }

@@ -6,6 +6,8 @@ mod common;
 
 /// Local inference on the real models, compared with onnxruntime.
 mod accuracy;
+/// The local API: Open Inference Protocol v2, status, metrics, limits; status and doctor.
+mod api;
 /// Malformed models, specs and inputs: clear errors, right exit codes, no panics.
 mod bad_input;
 /// The command line: inspect, infer, bench output formats.
@@ -14,3 +16,5 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// The daemon under systemd: notify, watchdog, reload.
+mod service;

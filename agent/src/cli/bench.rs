@@ -40,6 +40,9 @@ pub struct BenchArgs {
     /// Alternate the two modes in this many rounds (spreads machine noise evenly).
     #[arg(long, default_value_t = 10)]
     pub rounds: usize,
+    /// How long idle engine workers and waiting clients poll before sleeping, in µs.
+    #[arg(long, default_value_t = 50, value_name = "US")]
+    pub spin_us: u64,
     /// Skip the direct tract baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -69,6 +72,8 @@ pub struct BenchReport {
     pub load_ms: f64,
     pub optimise_ms: f64,
     pub engine: ModeReport,
+    /// Inside the engine: the model run alone, without queueing and hand-over.
+    pub engine_run: Percentiles,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tract_direct: Option<ModeReport>,
     /// engine p50 / direct p50 (1.03 = 3% overhead).
@@ -119,6 +124,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         threads: args.threads,
         queue: concurrency * 2 + 8,
         max_streams: concurrency + 8,
+        spin: Duration::from_micros(args.spin_us),
     });
     let model = engine.install(model);
 
@@ -172,6 +178,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         load_ms: model.info.load_ms,
         optimise_ms: model.info.optimise_ms,
         engine: engine_report,
+        engine_run: engine.stats().get(model.name()).map(|r| r.run.clone()).unwrap_or_default(),
         tract_direct: direct_report,
         overhead_p50: overhead,
         peak_rss_bytes: crate::telemetry::memory().peak_rss,
@@ -224,7 +231,7 @@ fn run_block(
                                 reset: false,
                             })?;
                         } else {
-                            direct_call(model, &mut state, data)?;
+                            direct_call(model, &mut state, data.to_vec())?;
                         }
                         out.push(t.elapsed());
                         bar.inc(1);
@@ -251,7 +258,7 @@ fn run_block(
 fn direct_call(
     model: &LoadedModel,
     state: &mut tract_onnx::prelude::TypedSimpleState,
-    data: &[f32],
+    data: Vec<f32>,
 ) -> anyhow::Result<()> {
     let inputs = model.assemble(data, None)?;
     let outputs = state.run(inputs)?;
@@ -286,6 +293,10 @@ fn print_human(r: &BenchReport) {
         );
     };
     row("engine", &r.engine);
+    println!(
+        "  {:<14} {:>9.3} {:>9.3} {:>9.3}",
+        "  model run", r.engine_run.p50_ms, r.engine_run.p95_ms, r.engine_run.p99_ms
+    );
     if let Some(d) = &r.tract_direct {
         row("tract direct", d);
     }

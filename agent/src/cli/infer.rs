@@ -60,7 +60,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let model = LoadedModel::load_dir(&dir)?;
     let prepared = input::prepare(&args.input, args.format, &model.spec)?;
     let post = PostProcessor::new(&model.spec.post);
-    let engine = Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4 });
+    let engine =
+        Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, ..EngineConfig::default() });
     let model = engine.install(model);
 
     let mut segment = SegmentState::default();

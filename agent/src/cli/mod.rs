@@ -2,10 +2,12 @@
 //! `anyhow` here, each with the context a person needs.
 
 mod bench;
+mod doctor;
 mod infer;
 mod input;
 mod model;
 mod run;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +42,13 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Measure a model's latency, throughput and memory, next to calling tract directly.
     Bench(bench::BenchArgs),
+    /// Serve the local API alone (Open Inference Protocol v2), without sensor sources:
+    /// the same binary as a cloud inference endpoint.
+    Serve(run::RunArgs),
+    /// Ask the running daemon how it is doing (exit 3 if it is not running).
+    Status(status::StatusArgs),
+    /// Check a device's setup without the daemon: config, state dir, models, clock, API.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Runs a parsed command line.
@@ -50,6 +59,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Infer(args) => infer::run(args),
         Command::Model(cmd) => model::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => run::daemon(args, true),
+        Command::Status(args) => status::run(args),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
 

@@ -1,10 +1,11 @@
-//! `edge-agent run`: the daemon.
+//! `edge-agent run` (the daemon) and `edge-agent serve` (the API alone).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use tokio::sync::mpsc;
 
 use crate::config::{Config, LogFormat, Overrides};
 use crate::service::{self, ResultSink};
@@ -33,12 +34,19 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    daemon(args, false)
+}
+
+/// Runs the daemon; `serve` turns the API on and the sources off.
+pub fn daemon(args: RunArgs, serve: bool) -> anyhow::Result<ExitCode> {
     let flags = Overrides {
         log_format: args.log_format,
         log_level: args.log_level.clone(),
         threads: args.threads,
         device_id: args.device_id.clone(),
         state_dir: None,
+        api: serve,
+        no_sources: serve,
     };
     let config = Config::load(&args.config, &flags)?;
     super::init_logging(config.log.format, &config.log.level);
@@ -49,7 +57,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let summary = runtime.block_on(service::run(config, sink, shutdown_signal()));
+    let summary = runtime.block_on(async {
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        tokio::spawn(forward_sighup(reload_tx));
+        service::run(config, flags, sink, shutdown_signal(), reload_rx).await
+    });
     // A read of standard input may still block a runtime thread; it must not keep the
     // process alive after the daemon has finished.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -75,5 +87,21 @@ async fn shutdown_signal() {
             tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the agent");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// Turns each SIGHUP into a reload request.
+async fn forward_sighup(tx: mpsc::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        // A reload already waiting covers this one too.
+        let _ = tx.try_send(());
     }
 }

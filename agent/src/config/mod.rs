@@ -91,6 +91,9 @@ pub struct EngineSection {
     pub deadline_ms: u64,
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Microseconds an idle worker polls for work before sleeping (0: sleep at once).
+    #[serde(default = "default_spin_us")]
+    pub spin_us: u64,
 }
 
 impl Default for EngineSection {
@@ -100,6 +103,7 @@ impl Default for EngineSection {
             queue: default_queue(),
             deadline_ms: default_deadline_ms(),
             max_streams: default_max_streams(),
+            spin_us: default_spin_us(),
         }
     }
 }
@@ -115,6 +119,9 @@ fn default_deadline_ms() -> u64 {
 }
 fn default_max_streams() -> usize {
     1024
+}
+fn default_spin_us() -> u64 {
+    50
 }
 
 /// `[[model]]`: a model directory (holding `model.toml` and the model file).
@@ -273,6 +280,71 @@ fn yes() -> bool {
     true
 }
 
+/// `[api]`: the local HTTP API (Open Inference Protocol v2, status, metrics). Present
+/// means on; absent means off (`edge-agent serve` turns it on with these defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// TCP address; empty for none. Loopback only, unless `allow_remote`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Unix socket path; default `$RUNTIME_DIRECTORY/api.sock` under systemd, else none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Inference requests in flight; more get 503 at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Open connections; more are closed at accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Listen on a non-loopback address (a cloud endpoint in a container).
+    #[serde(default)]
+    pub allow_remote: bool,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            listen: default_listen(),
+            socket: None,
+            max_body_bytes: default_max_body(),
+            max_concurrency: default_max_concurrency(),
+            max_connections: default_max_connections(),
+            header_timeout_ms: default_header_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            allow_remote: false,
+        }
+    }
+}
+
+/// Default TCP address of the API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8470";
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_max_body() -> usize {
+    16 * 1024 * 1024
+}
+fn default_max_concurrency() -> usize {
+    64
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_header_timeout() -> u64 {
+    5000
+}
+fn default_body_timeout() -> u64 {
+    10_000
+}
+
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -289,7 +361,12 @@ pub struct RawConfig {
     pub sources: Vec<SourceEntry>,
     #[serde(default)]
     pub output: OutputSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSection>,
 }
+
+/// Sections that environment variables may set.
+const SECTIONS: [&str; 5] = ["agent", "log", "engine", "output", "api"];
 
 /// Overrides given as command-line flags (highest precedence).
 #[derive(Debug, Clone, Default)]
@@ -299,6 +376,10 @@ pub struct Overrides {
     pub threads: Option<usize>,
     pub device_id: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// Turn the API on (with its defaults where the file has no `[api]`).
+    pub api: bool,
+    /// Ignore the configured sources (`edge-agent serve`).
+    pub no_sources: bool,
 }
 
 /// A model the config names, with its spec already read.
@@ -321,6 +402,15 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub sources: Vec<SourceEntry>,
     pub output: OutputSection,
+    pub api: Option<ApiConfig>,
+}
+
+/// The validated API settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    pub listen: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub limits: ApiSection,
 }
 
 /// One problem found by validation: the key it concerns and the message.
@@ -372,10 +462,18 @@ fn apply_env(raw: RawConfig, env: &[(String, String)]) -> Result<RawConfig, Conf
                 message: "expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_ENGINE_THREADS".into(),
             });
         };
-        let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+        if !SECTIONS.contains(&section) {
             return Err(ConfigError::Env {
                 var: var.clone(),
-                message: format!("no section [{section}]; sections are agent, log, engine, output"),
+                message: format!("no section [{section}]; sections are {}", SECTIONS.join(", ")),
+            });
+        }
+        let entry =
+            table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(sec) = entry else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!("[{section}] is not a table"),
             });
         };
         let parsed = value
@@ -408,6 +506,12 @@ fn apply_flags(raw: &mut RawConfig, f: &Overrides) {
     }
     if let Some(v) = &f.state_dir {
         raw.agent.state_dir = v.clone();
+    }
+    if f.api && raw.api.is_none() {
+        raw.api = Some(ApiSection::default());
+    }
+    if f.no_sources {
+        raw.sources.clear();
     }
 }
 
@@ -449,6 +553,9 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             "engine.deadline_ms",
             format!("{} is out of range; use 1 to 3600000 (one hour)", e.deadline_ms),
         );
+    }
+    if e.spin_us > 10_000 {
+        problem("engine.spin_us", format!("{} µs would burn a core while idle; use 0 to 10000", e.spin_us));
     }
     if e.max_streams == 0 {
         problem("engine.max_streams", "0 streams would serve nothing; use at least 1".into());
@@ -529,6 +636,39 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
     if raw.sources.iter().filter(|s| matches!(s, SourceEntry::Stdin(_))).count() > 1 {
         problem("source", "only one stdin source can exist".into());
     }
+    let api = raw.api.as_ref().map(|a| {
+        let listen = (!a.listen.is_empty()).then(|| a.listen.clone());
+        if let Some(l) = &listen {
+            match l.parse::<std::net::SocketAddr>() {
+                Ok(addr) if !addr.ip().is_loopback() && !a.allow_remote => problem(
+                    "api.listen",
+                    format!(
+                        "{l} is not a loopback address; the local API serves this device only: use 127.0.0.1:PORT, or set api.allow_remote = true (a cloud endpoint in a container)"
+                    ),
+                ),
+                Ok(_) => {}
+                Err(_) => problem("api.listen", format!("`{l}` is not an address such as 127.0.0.1:8470")),
+            }
+        }
+        let socket = a.socket.as_ref().map(|p| resolve(p)).or_else(|| {
+            std::env::var_os("RUNTIME_DIRECTORY").map(|d| PathBuf::from(d).join("api.sock"))
+        });
+        if listen.is_none() && socket.is_none() {
+            problem("api.listen", "neither a TCP address nor a unix socket: set api.listen or api.socket".into());
+        }
+        for (key, v, lo, hi) in [
+            ("api.max_body_bytes", a.max_body_bytes as u64, 1024, 1 << 30),
+            ("api.max_concurrency", a.max_concurrency as u64, 1, 100_000),
+            ("api.max_connections", a.max_connections as u64, 1, 100_000),
+            ("api.header_timeout_ms", a.header_timeout_ms, 100, 600_000),
+            ("api.body_timeout_ms", a.body_timeout_ms, 100, 600_000),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                problem(key, format!("{v} is out of range; use {lo} to {hi}"));
+            }
+        }
+        ApiConfig { listen, socket, limits: a.clone() }
+    });
 
     if !problems.is_empty() {
         let lines: Vec<String> = problems
@@ -561,11 +701,13 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             threads: raw.engine.threads,
             queue: raw.engine.queue,
             max_streams: raw.engine.max_streams,
+            spin: Duration::from_micros(raw.engine.spin_us),
         },
         deadline: Duration::from_millis(raw.engine.deadline_ms),
         models,
         sources,
         output: raw.output,
+        api,
     })
 }
 

@@ -43,11 +43,18 @@ pub struct EngineConfig {
     pub queue: usize,
     /// Live streams with recurrent state; the least recently used is evicted beyond it.
     pub max_streams: usize,
+    /// How long an idle worker (and a blocking waiter) polls before it sleeps. Waking a
+    /// sleeping thread costs tens of microseconds on small machines, twice per request;
+    /// a short poll saves that under load and costs nothing measurable when idle.
+    pub spin: Duration,
 }
+
+/// Default of [`EngineConfig::spin`].
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { threads: 1, queue: 64, max_streams: 1024 }
+        EngineConfig { threads: 1, queue: 64, max_streams: 1024, spin: DEFAULT_SPIN }
     }
 }
 
@@ -109,6 +116,7 @@ pub struct Ticket {
     rx: oneshot::Receiver<Reply>,
     deadline: Instant,
     model: String,
+    spin: Duration,
 }
 
 /// Extra time a caller waits past the deadline for a request a worker has started: a run
@@ -130,7 +138,15 @@ impl Ticket {
     }
 
     /// Waits for the result from a plain thread (not from inside an async runtime).
-    pub fn wait_blocking(self) -> Reply {
+    pub fn wait_blocking(mut self) -> Reply {
+        let start = Instant::now();
+        while start.elapsed() < self.spin {
+            match self.rx.try_recv() {
+                Ok(reply) => return reply,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(InferError::ShuttingDown),
+                Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
         self.rx.blocking_recv().unwrap_or(Err(InferError::ShuttingDown))
     }
 }
@@ -152,6 +168,7 @@ pub struct Engine {
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Job>>>,
     capacity: usize,
+    spin: Duration,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -186,9 +203,10 @@ impl Engine {
         for ix in 0..threads {
             let rx = rx.clone();
             let shared = shared.clone();
+            let spin = config.spin;
             let spawned = std::thread::Builder::new()
                 .name(format!("engine-{ix}"))
-                .spawn(move || worker(ix, rx, shared));
+                .spawn(move || worker(ix, rx, shared, spin));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => tracing::error!(error = %e, worker = ix, "cannot start engine worker thread"),
@@ -198,6 +216,7 @@ impl Engine {
             shared,
             tx: RwLock::new(Some(tx)),
             capacity: config.queue.max(1),
+            spin: config.spin,
             workers: std::sync::Mutex::new(workers),
         }
     }
@@ -230,7 +249,7 @@ impl Engine {
         let Some(model) = self.model(&req.model) else {
             let loaded: Vec<String> = self.shared.models.load().keys().cloned().collect();
             let err = InferError::UnknownModel { model: req.model.clone(), loaded: loaded.join(", ") };
-            self.shared.stats.with(&req.model, |s| *s.errors.entry(err.kind()).or_default() += 1);
+            self.count_error(&req.model, &err);
             return Err(err);
         };
         let input = model.spec.data_input();
@@ -262,7 +281,7 @@ impl Engine {
             return Err(InferError::ShuttingDown);
         };
         match tx.try_send(job) {
-            Ok(()) => Ok(Ticket { rx, deadline: req.deadline, model: req.model }),
+            Ok(()) => Ok(Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }),
             Err(TrySendError::Full(_)) => {
                 let err = InferError::QueueFull { capacity: self.capacity };
                 self.count_error(&req.model, &err);
@@ -279,12 +298,28 @@ impl Engine {
 
     /// Counts an error found outside the engine (pre-processing) against a model.
     pub fn count_error(&self, model: &str, err: &InferError) {
-        let kind = err.kind();
-        let rejected = err.is_rejection();
-        self.shared.stats.with(model, |s| {
-            let map = if rejected { &mut s.rejected } else { &mut s.errors };
-            *map.entry(kind).or_default() += 1;
+        self.shared.stats.record_error(model, err.kind(), err.is_rejection(), err.to_string());
+    }
+
+    /// The most recent failures, oldest first.
+    pub fn recent_errors(&self) -> Vec<stats::ErrorEntry> {
+        self.shared.stats.recent_errors()
+    }
+
+    /// Latency histograms per model.
+    pub fn latencies(&self) -> BTreeMap<String, stats::Latency> {
+        self.shared.stats.latencies()
+    }
+
+    /// Stops serving a model; requests already queued keep the model they hold.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut removed = false;
+        self.shared.models.rcu(|old| {
+            let mut next = BTreeMap::clone(old);
+            removed = next.remove(name).is_some();
+            next
         });
+        removed
     }
 
     /// Forgets a stream's recurrent state.
@@ -320,18 +355,50 @@ impl Engine {
         }
     }
 
-    /// Stops taking requests, lets the workers finish what is queued, and joins them.
+    /// Stops taking requests, lets the workers finish what is queued, and joins them;
+    /// a worker still busy after [`JOIN_GRACE`] is logged and left behind (it ends with
+    /// the process) rather than hanging shutdown.
     pub fn shutdown(&self) {
         self.tx.write().unwrap_or_else(|p| p.into_inner()).take();
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        if workers.is_empty() {
+            return;
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let count = workers.len();
         for w in workers {
-            let name = w.thread().name().unwrap_or("engine").to_string();
-            if w.join().is_err() {
-                tracing::error!(worker = %name, "engine worker ended with a panic");
+            let done_tx = done_tx.clone();
+            // A joiner per worker, so one stuck worker does not hide the others' end.
+            let _ = std::thread::Builder::new().name("engine-join".into()).spawn(move || {
+                let name = w.thread().name().unwrap_or("engine").to_string();
+                let panicked = w.join().is_err();
+                let _ = done_tx.send((name, panicked));
+            });
+        }
+        let deadline = Instant::now() + JOIN_GRACE;
+        let mut finished = 0;
+        while finished < count {
+            match done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((name, true)) => {
+                    finished += 1;
+                    tracing::error!(worker = %name, "engine worker ended with a panic");
+                }
+                Ok(_) => finished += 1,
+                Err(_) => {
+                    tracing::error!(
+                        stuck = count - finished,
+                        grace_s = JOIN_GRACE.as_secs(),
+                        "engine workers still busy; leaving them behind"
+                    );
+                    return;
+                }
             }
         }
     }
 }
+
+/// How long [`Engine::shutdown`] waits for busy workers.
+pub const JOIN_GRACE: Duration = Duration::from_secs(5);
 
 impl Drop for Engine {
     fn drop(&mut self) {
@@ -339,25 +406,39 @@ impl Drop for Engine {
     }
 }
 
-fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>) {
+/// The next job: polls for up to `spin`, then sleeps until one arrives. None once the
+/// engine shuts down and the queue is empty.
+fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
+            Err(crossbeam_channel::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
+fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
     // One tract run state per model: reusing it saves re-allocating the plan's buffers on
     // every call. Keyed by load id; cleared when models change often enough to pile up.
     let mut states: HashMap<u64, TypedSimpleState> = HashMap::new();
-    while let Ok(job) = rx.recv() {
+    while let Some(job) = next_job(&rx, spin) {
         let started = Instant::now();
         let since = (shared.epoch.elapsed().as_millis() as u64).max(1);
         shared.busy_since[ix].store(since, Ordering::Relaxed);
-        let result = run_job(&job, &mut states, &shared);
+        let mut job = job;
+        let result = run_job(&mut job, &mut states, &shared);
         let name = job.model.name().to_string();
-        shared.stats.with(&name, |s| match &result {
-            Ok(r) => {
+        match &result {
+            Ok(r) => shared.stats.with(&name, |s| {
                 s.ok += 1;
                 s.latency.record(job.submitted.elapsed());
                 s.run.record(r.run);
-            }
-            Err(e) if e.is_rejection() => *s.rejected.entry(e.kind()).or_default() += 1,
-            Err(e) => *s.errors.entry(e.kind()).or_default() += 1,
-        });
+            }),
+            Err(e) => shared.stats.record_error(&name, e.kind(), e.is_rejection(), e.to_string()),
+        }
         if let Err(e) = &result {
             tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
         }
@@ -369,7 +450,7 @@ fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>) {
     }
 }
 
-fn run_job(job: &Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shared) -> Reply {
+fn run_job(job: &mut Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shared) -> Reply {
     let model = &job.model;
     let now = Instant::now();
     if now > job.deadline {
@@ -380,6 +461,12 @@ fn run_job(job: &Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shar
         });
     }
     let queued = now - job.submitted;
+    if wedge_fault() {
+        tracing::error!("EDGE_TEST_FAULT=wedge-worker: this worker now hangs for good");
+        loop {
+            std::thread::park();
+        }
+    }
     let stateful = model.is_stateful();
     let previous = if stateful {
         if job.reset {
@@ -409,7 +496,8 @@ fn run_job(job: &Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shar
                 v.insert(model.spawn_state().map_err(|e| fail(format!("{e:#}")))?)
             }
         };
-        let inputs = model.assemble(&job.data, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
+        let data = std::mem::take(&mut job.data);
+        let inputs = model.assemble(data, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
         let started = Instant::now();
         let ran = panic::contain(|| state.run(inputs));
         let run = started.elapsed();
@@ -444,6 +532,14 @@ fn run_job(job: &Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shar
             Err(e)
         }
     }
+}
+
+/// Test-only fault switch: with `EDGE_TEST_FAULT=wedge-worker` in the environment, a
+/// worker hangs forever on its first request, so tests can prove the systemd watchdog
+/// notices a wedged worker. Read once; never set it on a device.
+fn wedge_fault() -> bool {
+    static FAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAULT.get_or_init(|| std::env::var("EDGE_TEST_FAULT").is_ok_and(|v| v == "wedge-worker"))
 }
 
 fn to_output(name: &str, value: &TValue) -> Result<Output, String> {

@@ -328,12 +328,19 @@ impl LoadedModel {
     }
 
     /// Builds the graph inputs for one call: `data` (already checked for length) plus the
-    /// stream's state (or zeros) and constants.
-    pub fn assemble(&self, data: &[f32], state: Option<&[TValue]>) -> TractResult<TVec<TValue>> {
+    /// stream's state (or zeros) and constants. An f32 input takes `data` without a copy.
+    pub fn assemble(&self, data: Vec<f32>, state: Option<&[TValue]>) -> TractResult<TVec<TValue>> {
         let mut inputs = TVec::with_capacity(self.feeds.len());
+        let mut data = Some(data);
         for feed in &self.feeds {
             let value: TValue = match feed {
-                Feed::Data { dtype, shape } => tensor_from_f32(*dtype, shape, data)?.into(),
+                Feed::Data { dtype: DType::F32, shape } => {
+                    let values = data.take().unwrap_or_default();
+                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), values)?.into_tensor().into()
+                }
+                Feed::Data { dtype, shape } => {
+                    tensor_from_f32(*dtype, shape, data.as_deref().unwrap_or_default())?.into()
+                }
                 Feed::State { slot, zeros } => match state.and_then(|s| s.get(*slot)) {
                     Some(v) => v.clone(),
                     None => TValue::from_const(zeros.clone()),

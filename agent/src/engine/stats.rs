@@ -39,6 +39,16 @@ impl Latency {
         self.0.len()
     }
 
+    /// Number of recorded values at or below `micros`.
+    pub fn count_at_or_below(&self, micros: u64) -> u64 {
+        self.0.count_between(0, micros)
+    }
+
+    /// Sum of recorded values in seconds (approximate: each value at its bucket's middle).
+    pub fn sum_seconds(&self) -> f64 {
+        self.0.mean() * self.0.len() as f64 / 1e6
+    }
+
     /// p50/p95/p99/max in milliseconds.
     pub fn percentiles(&self) -> Percentiles {
         let q = |p: f64| self.0.value_at_quantile(p) as f64 / 1000.0;
@@ -75,23 +85,63 @@ pub struct ModelReport {
     pub run: Percentiles,
 }
 
+/// One recent failure, for status reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorEntry {
+    pub ts: String,
+    pub model: String,
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// How many recent failures status reports keep.
+const RECENT_ERRORS: usize = 16;
+
 /// All models' stats.
 ///
 /// A `Mutex`: updated once per request by worker threads for well under a microsecond;
 /// never held across a model run or an await.
 #[derive(Debug, Default)]
-pub struct Stats(Mutex<BTreeMap<String, ModelStats>>);
+pub struct Stats {
+    models: Mutex<BTreeMap<String, ModelStats>>,
+    recent: Mutex<std::collections::VecDeque<ErrorEntry>>,
+}
 
 impl Stats {
+    /// Counts a failed or rejected request and remembers it among the recent errors.
+    pub fn record_error(&self, model: &str, kind: &'static str, rejected: bool, message: String) {
+        self.with(model, |s| {
+            let map = if rejected { &mut s.rejected } else { &mut s.errors };
+            *map.entry(kind).or_default() += 1;
+        });
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        let ts = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        recent.push_back(ErrorEntry { ts, model: model.to_string(), kind, message });
+    }
+
+    /// The most recent failures, oldest first.
+    pub fn recent_errors(&self) -> Vec<ErrorEntry> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
     /// Applies `f` to a model's stats.
     pub fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelStats) -> R) -> R {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.models.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry(model.to_string()).or_default())
+    }
+
+    /// Raw latency histograms per model (for Prometheus buckets).
+    pub fn latencies(&self) -> BTreeMap<String, Latency> {
+        let map = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, s)| (k.clone(), s.latency.clone())).collect()
     }
 
     /// A report per model.
     pub fn report(&self) -> BTreeMap<String, ModelReport> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.models.lock().unwrap_or_else(|p| p.into_inner());
         map.iter()
             .map(|(k, s)| {
                 (

@@ -28,7 +28,8 @@ fn request(model: &str, stream: &str, data: Vec<f32>) -> Request {
 
 #[test]
 fn full_queue_is_an_immediate_counted_rejection() {
-    let engine = Engine::start(&EngineConfig { threads: 1, queue: 2, max_streams: 8 });
+    let engine =
+        Engine::start(&EngineConfig { threads: 1, queue: 2, max_streams: 8, ..EngineConfig::default() });
     engine.install(LoadedModel::load_dir(&demo_dir()).unwrap());
     let started = Instant::now();
     let tickets: Vec<_> =
@@ -70,7 +71,12 @@ fn unknown_model_and_wrong_length_are_refused_at_submit() {
 
 #[test]
 fn many_callers_at_once_get_their_own_answers() {
-    let engine = Arc::new(Engine::start(&EngineConfig { threads: 2, queue: 256, max_streams: 64 }));
+    let engine = Arc::new(Engine::start(&EngineConfig {
+        threads: 2,
+        queue: 256,
+        max_streams: 64,
+        ..EngineConfig::default()
+    }));
     engine.install(LoadedModel::load_dir(&demo_dir()).unwrap());
     // Two distinct inputs with distinct answers; every caller must get its own.
     let quiet = vec![0.0f32; 256];
@@ -101,7 +107,8 @@ fn stream_state_is_per_stream_resettable_and_bounded() {
     let Some(dir) = vad_dir() else {
         panic!("silero-vad is not in the test cache: run tests/run --prepare-only");
     };
-    let engine = Engine::start(&EngineConfig { threads: 2, queue: 16, max_streams: 2 });
+    let engine =
+        Engine::start(&EngineConfig { threads: 2, queue: 16, max_streams: 2, ..EngineConfig::default() });
     engine.install(LoadedModel::load_dir(&dir).unwrap());
     let tone: Vec<f32> = (0..576).map(|i| 0.5 * (i as f32 * 0.07).sin()).collect();
     let score = |stream: &str, reset: bool| -> f32 {

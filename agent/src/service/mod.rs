@@ -1,11 +1,14 @@
-//! The daemon: start-up, the data path, shutdown.
+//! The daemon: start-up, the data path, reload, shutdown.
 //!
-//! Read [`run`] first: it wires sources → router → one task per stream (decode,
-//! window, infer, post-process) → the result sink, all joined by bounded channels under
-//! one cancellation token.
+//! Read [`run`] first: it loads the models, opens the API, wires sources → router → one
+//! task per stream (decode, window, infer, post-process) → the result sink, all joined
+//! by bounded channels under one cancellation token, and tells systemd what it does.
 
+pub mod health;
+mod reload;
 mod result;
 mod stream;
+pub mod systemd;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,9 +19,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
+use crate::config::{Config, Overrides};
 use crate::engine::{Engine, LoadedModel};
 use crate::sources::{self, SensorMessage};
+use health::Health;
+use systemd::Notifier;
 
 pub use result::{ResultRecord, ResultSink};
 pub use stream::raw_outputs;
@@ -37,6 +43,10 @@ pub enum StartError {
         #[source]
         source: crate::engine::LoadError,
     },
+    #[error(transparent)]
+    Api(#[from] api::BindError),
+    #[error("cannot create the state directory {path}: {source}; create it or set agent.state_dir")]
+    StateDir { path: String, source: std::io::Error },
 }
 
 /// What a run did, for the final log line and for tests.
@@ -51,29 +61,69 @@ pub struct RunSummary {
 pub fn start_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
     let engine = Engine::start(&config.engine);
     for m in &config.models {
-        let loaded = LoadedModel::load_dir(&m.dir)
-            .map_err(|source| StartError::Model { dir: m.dir.display().to_string(), source })?;
-        tracing::info!(
-            model = %loaded.name(),
-            version = %loaded.version(),
-            load_ms = format!("{:.1}", loaded.info.load_ms),
-            optimise_ms = format!("{:.1}", loaded.info.optimise_ms),
-            "model loaded"
-        );
-        engine.install(loaded);
+        engine.install(load_model(&m.dir)?);
     }
     Ok(Arc::new(engine))
 }
 
-/// Runs the daemon until every source has ended or `shutdown` completes, then drains.
+fn load_model(dir: &std::path::Path) -> Result<LoadedModel, StartError> {
+    let loaded = LoadedModel::load_dir(dir)
+        .map_err(|source| StartError::Model { dir: dir.display().to_string(), source })?;
+    tracing::info!(
+        model = %loaded.name(),
+        version = %loaded.version(),
+        load_ms = format!("{:.1}", loaded.info.load_ms),
+        optimise_ms = format!("{:.1}", loaded.info.optimise_ms),
+        "model loaded"
+    );
+    Ok(loaded)
+}
+
+/// Runs the daemon until `shutdown` completes (or, with no API, every source has ended),
+/// then drains. Each message on `reloads` re-reads the configuration file (SIGHUP).
 pub async fn run(
     config: Config,
+    flags: Overrides,
     sink: ResultSink,
     shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<()>,
 ) -> Result<RunSummary, StartError> {
+    let notifier = Arc::new(Notifier::from_env());
+    let health = Arc::new(Health::new(&config.device_id, config.deadline));
+    notifier.status("loading models");
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let engine = start_engine(&config)?;
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
+
+    // The API: bound before READY, so that READY means "answers requests".
+    if let Some(api) = &config.api {
+        let listeners = Listeners::bind(api.listen.as_deref(), api.socket.as_deref()).await?;
+        if let Some(addr) = listeners.tcp_addr() {
+            tracing::info!(%addr, "API listening");
+            health.set_connection("api_tcp", format!("listening {addr}"));
+        }
+        if let Some(path) = listeners.unix_path() {
+            tracing::info!(path = %path.display(), "API listening on unix socket");
+            health.set_connection("api_unix", format!("listening {}", path.display()));
+        }
+        let l = &api.limits;
+        let state = ApiState {
+            engine: engine.clone(),
+            health: health.clone(),
+            limits: Arc::new(ApiLimits {
+                max_body_bytes: l.max_body_bytes,
+                max_concurrency: l.max_concurrency,
+                max_connections: l.max_connections,
+                header_timeout: Duration::from_millis(l.header_timeout_ms),
+                body_timeout: Duration::from_millis(l.body_timeout_ms),
+            }),
+            inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
+            counters: Arc::new(ApiCounters::default()),
+        };
+        listeners.serve(state, token.child_token(), &tracker);
+    }
 
     // Sources → router.
     let (source_tx, source_rx) = mpsc::channel::<SensorMessage>(256);
@@ -83,39 +133,60 @@ pub async fn run(
     }
     sources_tracker.close();
     drop(source_tx);
-    if config.sources.is_empty() {
-        tracing::warn!("no [[source]] configured: the agent idles until stopped");
-    }
 
     // Results → sink.
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
     let sink_task = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
 
     // Router → one task per stream.
-    let router = tracker.spawn(route(source_rx, engine.clone(), config.clone(), result_tx, tracker.clone()));
+    let router = tracker.spawn(route(
+        source_rx,
+        engine.clone(),
+        health.clone(),
+        config.engine.max_streams,
+        result_tx,
+        tracker.clone(),
+    ));
 
+    tracker.spawn(systemd::watchdog(notifier.clone(), engine.clone(), token.child_token()));
+    health.set_ready(true);
+    let serving = format!("serving {} model(s), {} source(s)", engine.models().len(), config.sources.len());
+    health.set_doing(serving.clone());
+    notifier.send(&format!("READY=1\nSTATUS={serving}"));
     tracing::info!(
         device = %config.device_id,
         models = config.models.len(),
         sources = config.sources.len(),
         threads = config.engine.threads,
+        api = config.api.is_some(),
         "edge-agent running"
     );
 
-    // Idle forever when nothing is configured, rather than exiting at once.
-    let sources_done = async {
-        if config.sources.is_empty() {
-            std::future::pending::<()>().await
+    // With the API on, the agent serves until stopped; without it, it ends with its
+    // sources (a file replay), and idles forever when it has none.
+    let finite = config.api.is_none() && !config.sources.is_empty();
+    let sources_done =
+        async { if finite { sources_tracker.wait().await } else { std::future::pending::<()>().await } };
+    tokio::pin!(shutdown);
+    tokio::pin!(sources_done);
+    let mut reloader = reload::Reloader::new(config.clone(), flags);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested: stopping sources, draining in-flight requests");
+                break;
+            }
+            _ = &mut sources_done => {
+                tracing::info!("all sources finished: draining");
+                break;
+            }
+            Some(()) = reloads.recv() => reloader.reload(&engine, &health, &notifier),
         }
-        sources_tracker.wait().await
-    };
-    tokio::select! {
-        _ = shutdown => {
-            tracing::info!("shutdown requested: stopping sources, draining in-flight requests");
-            token.cancel();
-        }
-        _ = sources_done => tracing::info!("all sources finished: draining"),
     }
+    notifier.send("STOPPING=1\nSTATUS=draining in-flight requests");
+    health.set_draining();
+    health.set_doing("draining");
+    token.cancel();
 
     tracker.close();
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
@@ -132,25 +203,17 @@ pub async fn run(
                 tasks = tracker.len(),
                 "drain timed out; stopping anyway"
             );
-            token.cancel();
             0
         }
     };
-    let written = sink_task.await.unwrap_or_default();
+    let written = if sink_task.is_finished() { sink_task.await.unwrap_or_default() } else { 0 };
     engine.shutdown();
 
     let mut summary = RunSummary { results: written, failed: 0, dropped_streams: dropped };
     for (model, r) in engine.stats() {
         let failed: u64 = r.errors.values().sum::<u64>() + r.rejected.values().sum::<u64>();
         summary.failed += failed;
-        tracing::info!(
-            %model,
-            ok = r.ok,
-            failed,
-            p50_ms = r.latency.p50_ms,
-            p99_ms = r.latency.p99_ms,
-            "model summary"
-        );
+        tracing::info!(%model, ok = r.ok, failed, p50_ms = r.latency.p50_ms, p99_ms = r.latency.p99_ms, "model summary");
     }
     let mem = crate::telemetry::memory();
     tracing::info!(
@@ -167,7 +230,8 @@ pub async fn run(
 async fn route(
     mut rx: mpsc::Receiver<SensorMessage>,
     engine: Arc<Engine>,
-    config: Config,
+    health: Arc<Health>,
+    max_streams: usize,
     results: mpsc::Sender<ResultRecord>,
     tracker: TaskTracker,
 ) -> u64 {
@@ -178,14 +242,14 @@ async fn route(
         if !streams.contains_key(&key) {
             // Finished stream tasks free their slot.
             streams.retain(|_, tx| !tx.is_closed());
-            if streams.len() >= config.engine.max_streams {
+            if streams.len() >= max_streams {
                 dropped += 1;
-                tracing::warn!(model = %msg.model, stream = %msg.stream, limit = config.engine.max_streams,
+                tracing::warn!(model = %msg.model, stream = %msg.stream, limit = max_streams,
                     "too many live streams: message dropped; raise engine.max_streams");
                 continue;
             }
             let (tx, srx) = mpsc::channel(STREAM_QUEUE);
-            tracker.spawn(stream::run(srx, engine.clone(), config.deadline, results.clone()));
+            tracker.spawn(stream::run(srx, engine.clone(), health.clone(), results.clone()));
             streams.insert(key.clone(), tx);
         }
         if let Some(tx) = streams.get(&key)

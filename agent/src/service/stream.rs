@@ -55,7 +55,7 @@ impl ErrorLog {
 pub(super) async fn run(
     mut rx: mpsc::Receiver<SensorMessage>,
     engine: Arc<Engine>,
-    deadline: Duration,
+    health: Arc<super::health::Health>,
     results: mpsc::Sender<ResultRecord>,
 ) {
     let mut pipe: Option<Pipeline> = None;
@@ -99,7 +99,7 @@ pub(super) async fn run(
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
                 data,
-                deadline: started + deadline,
+                deadline: started + health.deadline(),
                 reset,
             };
             reset = false;

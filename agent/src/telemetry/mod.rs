@@ -22,3 +22,15 @@ pub fn memory() -> Memory {
     };
     Memory { rss: field("VmRSS:"), peak_rss: field("VmHWM:") }
 }
+
+/// CPU time (user + system) used by this process so far, in seconds (Linux `/proc`).
+pub fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces, hence the last ')').
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name
+    // and state. Clock ticks are 100 per second on every Linux architecture we target.
+    (ticks(11) + ticks(12)) / 100.0
+}

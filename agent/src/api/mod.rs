@@ -1,0 +1,286 @@
+//! The local HTTP API, on loopback TCP and on a unix socket: the Open Inference Protocol
+//! v2 (`/v2/...`), `GET /status` (JSON) and `GET /metrics` (Prometheus text).
+//!
+//! Protection against slow and greedy clients, so one client never stalls the others:
+//! headers must arrive within `header_timeout`, a body within `body_timeout`; bodies are
+//! capped at `max_body_bytes`; inference requests beyond `max_concurrency` in flight get
+//! 503 at once; connections beyond `max_connections` are closed at accept.
+
+mod error;
+pub mod oip;
+mod status;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use error::ApiError;
+
+use crate::engine::Engine;
+use crate::service::health::Health;
+
+/// Limits of the API.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    pub max_body_bytes: usize,
+    pub max_concurrency: usize,
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+}
+
+/// Counters of the API itself.
+#[derive(Debug, Default)]
+pub struct ApiCounters {
+    pub overloaded: AtomicU64,
+    pub refused_connections: AtomicU64,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+    pub health: Arc<Health>,
+    pub limits: Arc<ApiLimits>,
+    pub inflight: Arc<Semaphore>,
+    pub counters: Arc<ApiCounters>,
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "cannot listen on {addr}: {source}; another process (a running edge-agent?) may hold the port: change api.listen"
+    )]
+    Tcp { addr: String, source: std::io::Error },
+    #[error("cannot listen on unix socket {path}: {source}; check that its directory exists and is writable")]
+    Unix { path: PathBuf, source: std::io::Error },
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/models/{name}", get(oip::model_metadata))
+        .route("/v2/models/{name}/ready", get(oip::model_ready))
+        .route("/v2/models/{name}/infer", post(oip::infer))
+        .route("/v2/models/{name}/versions/{version}", get(oip::model_version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(oip::model_version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_version))
+        .route("/status", get(status::status))
+        .route("/metrics", get(status::metrics))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+        .with_state(state)
+}
+
+/// Reads a whole body, within a size and a time limit.
+///
+/// Past the size limit the rest is read and dropped (up to four times the limit, still
+/// within the time limit) before answering 413: clients that upload before reading
+/// would otherwise see a broken pipe instead of the answer. A far larger upload is cut
+/// off.
+pub async fn read_body(body: Body, max: usize, limit: Duration) -> Result<axum::body::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let read = async {
+        let mut buf = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+            let Some(data) = frame.data_ref() else { continue };
+            seen += data.len();
+            if seen <= max {
+                buf.extend_from_slice(data);
+            } else if seen > max.saturating_mul(4) {
+                break;
+            }
+        }
+        if seen > max {
+            return Err(ApiError {
+                status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!("request body exceeds {max} bytes (api.max_body_bytes)"),
+            });
+        }
+        Ok(axum::body::Bytes::from(buf))
+    };
+    match tokio::time::timeout(limit, read).await {
+        Err(_) => Err(ApiError {
+            status: axum::http::StatusCode::REQUEST_TIMEOUT,
+            message: format!("the request body did not arrive within {} ms", limit.as_millis()),
+        }),
+        Ok(r) => r,
+    }
+}
+
+/// Reads and drops a body, up to `max` bytes and `limit` time, keeping no more than one
+/// chunk in memory.
+pub async fn discard_body(body: Body, max: usize, limit: Duration) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let _ = tokio::time::timeout(limit, async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
+            if seen > max {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The bound listeners, before serving.
+pub struct Listeners {
+    tcp: Option<TcpListener>,
+    unix: Option<(UnixListener, PathBuf)>,
+}
+
+impl Listeners {
+    /// Binds the TCP address and the unix socket (a stale socket file is replaced).
+    pub async fn bind(tcp: Option<&str>, unix: Option<&Path>) -> Result<Listeners, BindError> {
+        let tcp = match tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BindError::Tcp { addr: addr.to_string(), source })?,
+            ),
+            None => None,
+        };
+        let unix = match unix {
+            Some(path) => {
+                if path.exists() {
+                    // Only a socket nobody answers on is stale; a live one means another
+                    // agent runs, and binding must fail rather than steal its socket.
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(BindError::Unix {
+                            path: path.to_path_buf(),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::AddrInUse,
+                                "another process answers on it",
+                            ),
+                        });
+                    }
+                    let _ = std::fs::remove_file(path);
+                }
+                let l = UnixListener::bind(path)
+                    .map_err(|source| BindError::Unix { path: path.to_path_buf(), source })?;
+                Some((l, path.to_path_buf()))
+            }
+            None => None,
+        };
+        Ok(Listeners { tcp, unix })
+    }
+
+    /// The TCP address actually bound (port 0 picks a free one).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The unix socket path.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|(_, p)| p.as_path())
+    }
+
+    /// Serves until `token` fires, then lets open requests finish.
+    pub fn serve(self, state: ApiState, token: CancellationToken, tracker: &TaskTracker) {
+        let app = router(state.clone());
+        let conns = Arc::new(Semaphore::new(state.limits.max_connections));
+        if let Some(l) = self.tcp {
+            let (app, conns, token, t) = (app.clone(), conns.clone(), token.clone(), tracker.clone());
+            let st = state.clone();
+            tracker.spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = token.cancelled() => break,
+                        a = l.accept() => a,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            connection(stream, app.clone(), &conns, &st, &token, &t);
+                        }
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+            });
+        }
+        if let Some((l, path)) = self.unix {
+            let (token, t) = (token.clone(), tracker.clone());
+            tracker.spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        _ = token.cancelled() => break,
+                        a = l.accept() => a,
+                    };
+                    match accepted {
+                        Ok((stream, _)) => connection(stream, app.clone(), &conns, &state, &token, &t),
+                        Err(e) => accept_failed(e).await,
+                    }
+                }
+                let _ = std::fs::remove_file(&path);
+            });
+        }
+    }
+}
+
+/// Accept errors (out of file descriptors, mostly) are retried after a pause rather than
+/// spinning or ending the listener.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn connection<S>(
+    stream: S,
+    app: Router,
+    conns: &Arc<Semaphore>,
+    state: &ApiState,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(permit) = conns.clone().try_acquire_owned() else {
+        state.counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+        return; // dropping the stream closes it
+    };
+    let header_timeout = state.limits.header_timeout;
+    let token = token.clone();
+    tracker.spawn(async move {
+        let _permit = permit;
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            }
+            _ = token.cancelled() => {
+                // Finish the request in progress, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    });
+}

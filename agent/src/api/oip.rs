@@ -1,0 +1,411 @@
+//! The Open Inference Protocol v2 REST API (KServe, Triton, MLServer): health, server
+//! and model metadata, readiness, inference with JSON tensors.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::ApiState;
+use super::error::ApiError;
+use crate::engine::spec::{DType, InputFrom};
+use crate::engine::{LoadedModel, Request};
+use crate::pipeline::{InputError, PostProcessor, check_finite};
+
+/// OIP datatype name of an engine dtype name (`f32` → `FP32`).
+pub fn oip_datatype(dtype: &str) -> &'static str {
+    match dtype {
+        "f32" => "FP32",
+        "f64" => "FP64",
+        "f16" => "FP16",
+        "i64" => "INT64",
+        "i32" => "INT32",
+        "i16" => "INT16",
+        "i8" => "INT8",
+        "u8" => "UINT8",
+        "u16" => "UINT16",
+        "u32" => "UINT32",
+        "u64" => "UINT64",
+        "bool" => "BOOL",
+        _ => "BYTES",
+    }
+}
+
+fn spec_datatype(dt: DType) -> &'static str {
+    oip_datatype(dt.name())
+}
+
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<RequestInput>,
+    #[serde(default)]
+    outputs: Option<Vec<RequestOutput>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    #[allow(dead_code)] // accepted as the protocol allows; none are acted on
+    parameters: Option<Map<String, Value>>,
+    data: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestOutput {
+    name: String,
+    #[serde(default)]
+    #[allow(dead_code)]
+    parameters: Option<Map<String, Value>>,
+}
+
+#[derive(Debug, Serialize)]
+struct InferResponse {
+    model_name: String,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    parameters: Map<String, Value>,
+    outputs: Vec<ResponseOutput>,
+}
+
+#[derive(Debug, Serialize)]
+struct ResponseOutput {
+    name: String,
+    shape: Vec<usize>,
+    datatype: &'static str,
+    data: Vec<Value>,
+}
+
+/// `GET /v2/health/live`: the process answers.
+pub async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `GET /v2/health/ready`: models loaded and not draining.
+pub async fn ready(State(st): State<ApiState>) -> StatusCode {
+    if st.health.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+/// `GET /v2`: server metadata.
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "edge-agent",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+}
+
+fn find_model(st: &ApiState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
+    let model = st.engine.model(name).ok_or_else(|| {
+        let loaded: Vec<String> = st.engine.models().keys().cloned().collect();
+        ApiError::not_found(format!("model `{name}` is not loaded (loaded: {})", loaded.join(", ")))
+    })?;
+    if let Some(v) = version
+        && v != model.version()
+    {
+        return Err(ApiError::not_found(format!(
+            "model `{name}` version `{v}` is not loaded (serving version `{}`)",
+            model.version()
+        )));
+    }
+    Ok(model)
+}
+
+fn metadata(model: &LoadedModel) -> Value {
+    let tensors = |list: &[crate::engine::model::TensorInfo], inputs: bool| -> Vec<Value> {
+        list.iter()
+            .filter(|t| {
+                // Only what a client sends or reads: state and constants are the agent's business.
+                let spec = model.spec.inputs.iter().find(|i| i.name == t.name);
+                if inputs {
+                    spec.is_none_or(|i| i.from == InputFrom::Data)
+                } else {
+                    !model.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(t.name.as_str()))
+                }
+            })
+            .map(|t| json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": t.shape}))
+            .collect()
+    };
+    json!({
+        "name": model.name(),
+        "versions": [model.version()],
+        "platform": "onnx_onnxv1",
+        "inputs": tensors(&model.inputs, true),
+        "outputs": tensors(&model.outputs, false),
+    })
+}
+
+/// `GET /v2/models/{name}`.
+pub async fn model_metadata(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let model = find_model(&st, &name, None)?;
+    Ok(Json(metadata(&model)))
+}
+
+/// `GET /v2/models/{name}/versions/{version}`.
+pub async fn model_version_metadata(
+    State(st): State<ApiState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let model = find_model(&st, &name, Some(&version))?;
+    Ok(Json(metadata(&model)))
+}
+
+fn readiness(st: &ApiState, name: &str, version: Option<&str>) -> Response {
+    match find_model(st, name, version) {
+        Ok(m) => {
+            let ready = st.health.is_ready();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(json!({"name": m.name(), "ready": ready}))).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v2/models/{name}/ready`.
+pub async fn model_ready(State(st): State<ApiState>, Path(name): Path<String>) -> Response {
+    readiness(&st, &name, None)
+}
+
+/// `GET /v2/models/{name}/versions/{version}/ready`.
+pub async fn model_version_ready(
+    State(st): State<ApiState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&st, &name, Some(&version))
+}
+
+/// `POST /v2/models/{name}/infer`.
+pub async fn infer(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_inner(st, name, None, body).await
+}
+
+/// `POST /v2/models/{name}/versions/{version}/infer`.
+pub async fn infer_version(
+    State(st): State<ApiState>,
+    Path((name, version)): Path<(String, String)>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    infer_inner(st, name, Some(version), body).await
+}
+
+async fn infer_inner(
+    st: ApiState,
+    name: String,
+    version: Option<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    // Overload answers at once rather than queueing without bound. The body is still
+    // read (and discarded, within the same limits): a server that answers before taking
+    // the upload makes clients fail with a broken pipe instead of reading the 503.
+    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+        st.counters.overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::discard_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await;
+        return Err(ApiError::unavailable(format!(
+            "too many requests in flight (limit {}); retry later",
+            st.limits.max_concurrency
+        )));
+    };
+    let bytes = super::read_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await?;
+    let req: InferRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("request body is not a valid inference request: {e}")))?;
+    let model = find_model(&st, &name, version.as_deref())?;
+    let data = data_tensor(&model, &req)?;
+    let requested = requested_outputs(&model, req.outputs.as_deref())?;
+    let params = req.parameters.unwrap_or_default();
+    let stream = match params.get("stream") {
+        None => None,
+        Some(Value::String(s)) if crate::config::is_valid_id(s) => Some(s.clone()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "parameters.stream must be an id (A-Z a-z 0-9 . _ -), got {other}"
+            )));
+        }
+    };
+    let reset = matches!(params.get("reset"), Some(Value::Bool(true)));
+
+    let ticket = st.engine.submit(Request {
+        model: name.clone(),
+        stream: stream.or_else(|| Some("api".into())),
+        data,
+        deadline: Instant::now() + st.health.deadline(),
+        reset,
+    })?;
+    let resp = ticket.wait().await?;
+
+    let post = PostProcessor::new(&resp.model.spec.post);
+    let values = resp.post_output().map(|o| o.values.as_slice()).unwrap_or(&[]);
+    let result = post.apply(values, 0, None);
+    let outputs = resp
+        .outputs
+        .iter()
+        .zip(&resp.model.outputs)
+        .filter(|(o, _)| requested.iter().any(|r| r == &o.name))
+        .map(|(o, info)| {
+            let datatype = oip_datatype(&info.dtype);
+            let data = o
+                .values
+                .iter()
+                .map(|v| match datatype {
+                    "FP32" | "FP64" | "FP16" => json!(v),
+                    "BOOL" => json!(*v != 0.0),
+                    _ => json!(*v as i64),
+                })
+                .collect();
+            ResponseOutput { name: o.name.clone(), shape: o.shape.clone(), datatype, data }
+        })
+        .collect();
+    let mut parameters = Map::new();
+    parameters.insert("place".into(), json!("local"));
+    parameters.insert("reason".into(), Value::Null);
+    parameters.insert("latency_ms".into(), json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
+    parameters.insert("result".into(), Value::Object(result));
+    let body = InferResponse {
+        model_name: resp.model.name().to_string(),
+        model_version: resp.model.version().to_string(),
+        id: req.id,
+        parameters,
+        outputs,
+    };
+    Ok(Json(body).into_response())
+}
+
+/// Checks the request's inputs against the model and returns the data input's values.
+fn data_tensor(model: &LoadedModel, req: &InferRequest) -> Result<Vec<f32>, ApiError> {
+    let want = model.spec.data_input();
+    for input in &req.inputs {
+        match model.spec.inputs.iter().find(|i| i.name == input.name) {
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "model `{}` has no input `{}`; it takes `{}` {:?} {}",
+                    model.name(),
+                    input.name,
+                    want.name,
+                    want.shape,
+                    spec_datatype(want.dtype)
+                )));
+            }
+            Some(i) if i.from != InputFrom::Data => {
+                return Err(ApiError::bad_request(format!(
+                    "input `{}` is managed by the agent ({}); send only `{}`{}",
+                    input.name,
+                    if i.from == InputFrom::State {
+                        "recurrent state, kept per stream"
+                    } else {
+                        "a constant"
+                    },
+                    want.name,
+                    if i.from == InputFrom::State { " and name the stream in parameters.stream" } else { "" }
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let input = req.inputs.iter().find(|i| i.name == want.name).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "input `{}` is missing; model `{}` takes `{}` {:?} {}",
+            want.name,
+            model.name(),
+            want.name,
+            want.shape,
+            spec_datatype(want.dtype)
+        ))
+    })?;
+    let expected = spec_datatype(want.dtype);
+    if input.datatype != expected {
+        return Err(ApiError::bad_request(format!(
+            "input `{}` has datatype {} but the model takes {expected}",
+            input.name, input.datatype
+        )));
+    }
+    let shape_ok = input.shape.len() == want.shape.len()
+        && input.shape.iter().zip(&want.shape).all(|(a, b)| *a >= 0 && *a as usize == *b);
+    if !shape_ok {
+        return Err(ApiError::bad_request(format!(
+            "input `{}` has shape {:?} but the model takes {:?}",
+            input.name, input.shape, want.shape
+        )));
+    }
+    let mut values = Vec::with_capacity(want.len());
+    flatten(&input.data, &mut values)
+        .map_err(|e| ApiError::bad_request(format!("input `{}`: {e}", input.name)))?;
+    if values.len() != want.len() {
+        return Err(ApiError::bad_request(format!(
+            "input `{}` has {} values but its shape {:?} holds {}",
+            input.name,
+            values.len(),
+            input.shape,
+            want.len()
+        )));
+    }
+    check_finite(&values)
+        .map_err(|e: InputError| ApiError::bad_request(format!("input `{}`: {e}", input.name)))?;
+    Ok(values)
+}
+
+/// Flattens nested JSON arrays of numbers or booleans.
+fn flatten(v: &Value, out: &mut Vec<f32>) -> Result<(), String> {
+    match v {
+        Value::Array(items) => items.iter().try_for_each(|i| flatten(i, out)),
+        Value::Number(n) => {
+            out.push(n.as_f64().map(|f| f as f32).unwrap_or(f32::NAN));
+            Ok(())
+        }
+        Value::Bool(b) => {
+            out.push(if *b { 1.0 } else { 0.0 });
+            Ok(())
+        }
+        other => Err(format!("value {} is not a number: {other}", out.len())),
+    }
+}
+
+/// Names of the outputs to return: the requested ones, or every output that is not
+/// recurrent state.
+fn requested_outputs(
+    model: &LoadedModel,
+    requested: Option<&[RequestOutput]>,
+) -> Result<Vec<String>, ApiError> {
+    let all: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
+    match requested {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .map(|r| {
+                if all.contains(&r.name.as_str()) {
+                    Ok(r.name.clone())
+                } else {
+                    Err(ApiError::bad_request(format!(
+                        "model `{}` has no output `{}` (outputs: {})",
+                        model.name(),
+                        r.name,
+                        all.join(", ")
+                    )))
+                }
+            })
+            .collect(),
+        _ => Ok(all
+            .into_iter()
+            .filter(|o| !model.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(*o)))
+            .map(str::to_string)
+            .collect()),
+    }
+}

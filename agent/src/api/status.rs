@@ -1,0 +1,219 @@
+//! `GET /status` (JSON for people and `edge-agent status`) and `GET /metrics`
+//! (Prometheus text exposition format).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use super::ApiState;
+use crate::engine::stats::ErrorEntry;
+use crate::engine::{ModelReport, PoolReport};
+
+/// One model in `/status`.
+#[derive(Debug, Serialize)]
+pub struct ModelStatus {
+    pub version: String,
+    pub state: &'static str,
+    #[serde(flatten)]
+    pub counts: Option<ModelReport>,
+}
+
+/// The `/status` document. Fields are only ever added.
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub version: &'static str,
+    pub device: String,
+    pub uptime_s: u64,
+    pub ready: bool,
+    pub doing: String,
+    pub models: BTreeMap<String, ModelStatus>,
+    pub engine: PoolReport,
+    pub api: ApiReport,
+    pub connections: BTreeMap<String, String>,
+    pub last_errors: Vec<ErrorEntry>,
+    pub memory: crate::telemetry::Memory,
+}
+
+/// API counters in `/status`.
+#[derive(Debug, Serialize)]
+pub struct ApiReport {
+    pub in_flight: usize,
+    pub max_concurrency: usize,
+    pub overloaded: u64,
+    pub refused_connections: u64,
+}
+
+/// Builds the status document.
+pub fn report(st: &ApiState) -> StatusReport {
+    let stats = st.engine.stats();
+    let models = st
+        .engine
+        .models()
+        .into_iter()
+        .map(|(name, m)| {
+            let counts = stats.get(&name).cloned();
+            (name, ModelStatus { version: m.version().to_string(), state: "active", counts })
+        })
+        .collect();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION"),
+        device: st.health.device.clone(),
+        uptime_s: st.health.started.elapsed().as_secs(),
+        ready: st.health.is_ready(),
+        doing: st.health.doing(),
+        models,
+        engine: st.engine.pool(),
+        api: ApiReport {
+            in_flight: st.limits.max_concurrency - st.inflight.available_permits(),
+            max_concurrency: st.limits.max_concurrency,
+            overloaded: st.counters.overloaded.load(Ordering::Relaxed),
+            refused_connections: st.counters.refused_connections.load(Ordering::Relaxed),
+        },
+        connections: st.health.connections(),
+        last_errors: st.engine.recent_errors(),
+        memory: crate::telemetry::memory(),
+    }
+}
+
+/// `GET /status`.
+pub async fn status(State(st): State<ApiState>) -> Json<StatusReport> {
+    Json(report(&st))
+}
+
+/// Histogram bucket bounds of `edge_agent_request_duration_seconds`.
+const BUCKETS_S: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// `GET /metrics`.
+pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
+    let mut out = String::new();
+    let stats = st.engine.stats();
+    let pool = st.engine.pool();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in lines {
+            let _ = writeln!(out, "{name}{l}");
+        }
+    };
+    let mut requests = Vec::new();
+    for (model, r) in &stats {
+        requests.push(format!("{{model=\"{}\",outcome=\"ok\",place=\"local\"}} {}", esc(model), r.ok));
+        for (kind, n) in &r.errors {
+            requests.push(format!(
+                "{{model=\"{}\",outcome=\"error\",kind=\"{kind}\",place=\"local\"}} {n}",
+                esc(model)
+            ));
+        }
+        for (kind, n) in &r.rejected {
+            requests.push(format!(
+                "{{model=\"{}\",outcome=\"rejected\",kind=\"{kind}\",place=\"local\"}} {n}",
+                esc(model)
+            ));
+        }
+    }
+    metric(
+        "edge_agent_requests_total",
+        "counter",
+        "Inference requests by model, outcome and place.",
+        requests,
+    );
+    let rejections = stats
+        .iter()
+        .flat_map(|(model, r)| {
+            r.rejected.iter().map(move |(k, n)| format!("{{model=\"{}\",reason=\"{k}\"}} {n}", esc(model)))
+        })
+        .collect();
+    metric("edge_agent_rejections_total", "counter", "Requests turned away before running.", rejections);
+    let mut hist = Vec::new();
+    for (model, lat) in st.engine.latencies() {
+        let m = esc(&model);
+        for b in BUCKETS_S {
+            hist.push(format!(
+                "_bucket{{model=\"{m}\",le=\"{b}\"}} {}",
+                lat.count_at_or_below((b * 1e6) as u64)
+            ));
+        }
+        hist.push(format!("_bucket{{model=\"{m}\",le=\"+Inf\"}} {}", lat.count()));
+        hist.push(format!("_sum{{model=\"{m}\"}} {}", lat.sum_seconds()));
+        hist.push(format!("_count{{model=\"{m}\"}} {}", lat.count()));
+    }
+    metric(
+        "edge_agent_request_duration_seconds",
+        "histogram",
+        "Time from submission to result of successful requests.",
+        hist,
+    );
+    metric(
+        "edge_agent_queue_depth",
+        "gauge",
+        "Requests waiting for an engine worker.",
+        vec![format!(" {}", pool.queue_depth)],
+    );
+    metric(
+        "edge_agent_queue_capacity",
+        "gauge",
+        "Size of the engine queue.",
+        vec![format!(" {}", pool.queue_capacity)],
+    );
+    metric(
+        "edge_agent_workers_busy",
+        "gauge",
+        "Engine workers running a request.",
+        vec![format!(" {}", pool.busy)],
+    );
+    metric(
+        "edge_agent_streams_live",
+        "gauge",
+        "Streams with recurrent state.",
+        vec![format!(" {}", pool.live_streams)],
+    );
+    metric(
+        "edge_agent_api_overloaded_total",
+        "counter",
+        "API inference requests answered 503 because too many were in flight.",
+        vec![format!(" {}", st.counters.overloaded.load(Ordering::Relaxed))],
+    );
+    let mem = crate::telemetry::memory();
+    metric(
+        "edge_agent_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the agent.",
+        vec![format!(" {}", mem.rss)],
+    );
+    metric(
+        "edge_agent_peak_resident_memory_bytes",
+        "gauge",
+        "Peak resident memory of the agent.",
+        vec![format!(" {}", mem.peak_rss)],
+    );
+    metric(
+        "edge_agent_cpu_seconds_total",
+        "counter",
+        "CPU time used by the agent (user and system).",
+        vec![format!(" {}", crate::telemetry::cpu_seconds())],
+    );
+    metric(
+        "edge_agent_uptime_seconds",
+        "gauge",
+        "Seconds since the agent started.",
+        vec![format!(" {}", st.health.started.elapsed().as_secs())],
+    );
+    metric(
+        "edge_agent_ready",
+        "gauge",
+        "1 when models are loaded and the agent serves.",
+        vec![format!(" {}", u8::from(st.health.is_ready()))],
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+/// Escapes a label value.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,148 @@
+//! `edge-agent status`: asks the running daemon over its unix socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::config::{Config, Overrides};
+
+/// Exit code: the daemon is not running (nothing answers on its socket).
+pub const EXIT_NOT_RUNNING: u8 = 3;
+
+/// Where the daemon's socket is under systemd (RuntimeDirectory=edge-agent).
+pub const DEFAULT_SOCKET: &str = "/run/edge-agent/api.sock";
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's unix socket (default: from --config, else /run/edge-agent/api.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's configuration file, to find its socket.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the daemon's status document (JSON, stable, for scripts).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One GET over a unix socket; returns (status code, body).
+pub fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    // HTTP/1.0: the answer ends when the connection closes; no chunked decoding needed.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+fn socket_path(args: &StatusArgs) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &args.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &args.config {
+        let config = Config::load(c, &Overrides::default())?;
+        if let Some(s) = config.api.and_then(|a| a.socket) {
+            return Ok(s);
+        }
+        anyhow::bail!("{} configures no api.socket; pass --socket", c.display());
+    }
+    Ok(std::env::var_os("RUNTIME_DIRECTORY")
+        .map(|d| PathBuf::from(d).join("api.sock"))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)))
+}
+
+pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let socket = socket_path(&args)?;
+    let (code, body) = match get(&socket, "/status") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
+            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+        }
+    };
+    anyhow::ensure!(code == 200, "the daemon answered {code} on {}: {body}", socket.display());
+    let v: Value =
+        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_human(&v);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_human(v: &Value) {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let up = n(&v["uptime_s"]);
+    println!(
+        "edge-agent {} on {}: {}, {} (up {}h {:02}m {:02}s)",
+        s(&v["version"]),
+        s(&v["device"]),
+        if v["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY" },
+        s(&v["doing"]),
+        up / 3600,
+        up / 60 % 60,
+        up % 60
+    );
+    println!("models");
+    if let Some(models) = v["models"].as_object() {
+        for (name, m) in models {
+            let sum = |key: &str| {
+                m[key].as_object().map(|o| o.values().filter_map(Value::as_u64).sum()).unwrap_or(0u64)
+            };
+            println!(
+                "  {name:<16} {:<10} {:<8} ok {:<8} errors {:<6} rejected {:<6} p50 {:.2} ms  p99 {:.2} ms",
+                s(&m["version"]),
+                s(&m["state"]),
+                n(&m["ok"]),
+                sum("errors"),
+                sum("rejected"),
+                f(&m["latency"]["p50_ms"]),
+                f(&m["latency"]["p99_ms"])
+            );
+        }
+    }
+    let e = &v["engine"];
+    println!(
+        "engine   {} thread(s), queue {}/{}, busy {}, {} done, {} live stream(s)",
+        n(&e["threads"]),
+        n(&e["queue_depth"]),
+        n(&e["queue_capacity"]),
+        n(&e["busy"]),
+        n(&e["jobs_done"]),
+        n(&e["live_streams"])
+    );
+    if let Some(conns) = v["connections"].as_object() {
+        println!("connections");
+        for (k, c) in conns {
+            println!("  {k:<16} {}", s(c));
+        }
+    }
+    match v["last_errors"].as_array() {
+        Some(errs) if !errs.is_empty() => {
+            println!("last errors");
+            for e in errs.iter().rev().take(5) {
+                println!("  {} {} {}: {}", s(&e["ts"]), s(&e["model"]), s(&e["kind"]), s(&e["message"]));
+            }
+        }
+        _ => println!("last errors: none"),
+    }
+    println!(
+        "memory   {:.1} MiB (peak {:.1} MiB)",
+        f(&v["memory"]["rss"]) / 1_048_576.0,
+        f(&v["memory"]["peak_rss"]) / 1_048_576.0
+    );
+}
