@@ -14,3 +14,5 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// Packaging: the systemd unit and the Debian package.
+mod packaging;
