@@ -18,3 +18,5 @@ mod config;
 mod daemon;
 /// The daemon under systemd: notify, watchdog, reload.
 mod service;
+/// Packaging: the systemd unit and the Debian package.
+mod packaging;
