@@ -16,7 +16,7 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
-/// The daemon under systemd: notify, watchdog, reload.
-mod service;
 /// Packaging: the systemd unit and the Debian package.
 mod packaging;
+/// The daemon under systemd: notify, watchdog, reload.
+mod service;
