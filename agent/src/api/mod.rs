@@ -97,6 +97,21 @@ pub fn router(state: ApiState) -> Router {
 /// would otherwise see a broken pipe instead of the answer. A far larger upload is cut
 /// off.
 pub async fn read_body(body: Body, max: usize, limit: Duration) -> Result<axum::body::Bytes, ApiError> {
+    consume_body(body, max, limit, true).await
+}
+
+/// Reads and drops a body within the same limits, keeping no more than one chunk in
+/// memory (for requests refused before their body is needed).
+pub async fn discard_body(body: Body, max: usize, limit: Duration) {
+    let _ = consume_body(body, max, limit, false).await;
+}
+
+async fn consume_body(
+    body: Body,
+    max: usize,
+    limit: Duration,
+    keep: bool,
+) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let read = async {
@@ -107,7 +122,7 @@ pub async fn read_body(body: Body, max: usize, limit: Duration) -> Result<axum::
                 frame.map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
             let Some(data) = frame.data_ref() else { continue };
             seen += data.len();
-            if seen <= max {
+            if keep && seen <= max {
                 buf.extend_from_slice(data);
             } else if seen > max.saturating_mul(4) {
                 break;
@@ -130,21 +145,58 @@ pub async fn read_body(body: Body, max: usize, limit: Duration) -> Result<axum::
     }
 }
 
-/// Reads and drops a body, up to `max` bytes and `limit` time, keeping no more than one
-/// chunk in memory.
-pub async fn discard_body(body: Body, max: usize, limit: Duration) {
-    use http_body_util::BodyExt;
-    let mut body = body;
-    let _ = tokio::time::timeout(limit, async {
-        let mut seen = 0usize;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map(|d| d.len()).unwrap_or(0);
-            if seen > max {
-                break;
+/// A listener the API accepts connections from (TCP or unix).
+trait Acceptor: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept_io(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Acceptor for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        let (stream, _) = self.accept().await?;
+        // Small JSON answers must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Acceptor for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept_io(&self) -> std::io::Result<Self::Io> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Accepts connections until `token` fires; `on_end` runs after the loop.
+fn accept_loop<A: Acceptor>(
+    listener: A,
+    app: Router,
+    conns: Arc<Semaphore>,
+    state: ApiState,
+    token: CancellationToken,
+    tracker: &TaskTracker,
+    on_end: impl FnOnce() + Send + 'static,
+) {
+    let t = tracker.clone();
+    tracker.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = token.cancelled() => break,
+                a = listener.accept_io() => a,
+            };
+            match accepted {
+                Ok(stream) => connection(stream, app.clone(), &conns, &state, &token, &t),
+                // Out of file descriptors, mostly: retry after a pause rather than spin
+                // or end the listener.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
-    })
-    .await;
+        on_end();
+    });
 }
 
 /// The bound listeners, before serving.
@@ -204,48 +256,14 @@ impl Listeners {
         let app = router(state.clone());
         let conns = Arc::new(Semaphore::new(state.limits.max_connections));
         if let Some(l) = self.tcp {
-            let (app, conns, token, t) = (app.clone(), conns.clone(), token.clone(), tracker.clone());
-            let st = state.clone();
-            tracker.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = token.cancelled() => break,
-                        a = l.accept() => a,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            connection(stream, app.clone(), &conns, &st, &token, &t);
-                        }
-                        Err(e) => accept_failed(e).await,
-                    }
-                }
-            });
+            accept_loop(l, app.clone(), conns.clone(), state.clone(), token.clone(), tracker, || {});
         }
         if let Some((l, path)) = self.unix {
-            let (token, t) = (token.clone(), tracker.clone());
-            tracker.spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        _ = token.cancelled() => break,
-                        a = l.accept() => a,
-                    };
-                    match accepted {
-                        Ok((stream, _)) => connection(stream, app.clone(), &conns, &state, &token, &t),
-                        Err(e) => accept_failed(e).await,
-                    }
-                }
+            accept_loop(l, app, conns, state, token, tracker, move || {
                 let _ = std::fs::remove_file(&path);
             });
         }
     }
-}
-
-/// Accept errors (out of file descriptors, mostly) are retried after a pause rather than
-/// spinning or ending the listener.
-async fn accept_failed(e: std::io::Error) {
-    tracing::warn!(error = %e, "accept failed; retrying in 100 ms");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn connection<S>(

@@ -3,11 +3,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{SensorMessage, SourceError, ndjson};
+use super::{SensorMessage, SourceError, ndjson, replay_lines};
 use crate::config::{FileFormat, FileSource};
 use crate::pipeline::Payload;
 
@@ -31,17 +30,12 @@ pub(super) async fn run(
         }
         f => f,
     };
-    let send = |payload: Payload, stream: String, reset: bool| {
-        let msg =
-            SensorMessage { model: cfg.model.clone(), stream, source: path_str.clone(), payload, reset };
-        let tx = tx.clone();
-        let token = token.clone();
-        async move {
-            tokio::select! {
-                _ = token.cancelled() => false,
-                r = tx.send(msg) => r.is_ok(),
-            }
-        }
+    let message = |payload, stream| SensorMessage {
+        model: cfg.model.clone(),
+        stream,
+        source: path_str.clone(),
+        payload,
+        reset: false,
     };
 
     if format == FileFormat::Wav {
@@ -50,8 +44,10 @@ pub(super) async fn run(
         let pause = (cfg.speed > 0.0)
             .then(|| Duration::from_secs_f64(WAV_CHUNK as f64 / f64::from(rate) / cfg.speed));
         for chunk in samples.chunks(WAV_CHUNK) {
-            if !send(Payload::Samples(chunk.to_vec()), stream.clone(), false).await {
-                return Ok(());
+            let msg = message(Payload::Samples(chunk.to_vec()), stream.clone());
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                r = tx.send(msg) => if r.is_err() { return Ok(()) },
             }
             if let Some(p) = pause {
                 tokio::time::sleep(p).await;
@@ -63,45 +59,15 @@ pub(super) async fn run(
     let file = tokio::fs::File::open(&cfg.path)
         .await
         .map_err(|e| SourceError::Read { path: path_str.clone(), reason: e.to_string() })?;
-    let mut lines = tokio::io::BufReader::new(file).lines();
-    let mut number = 0usize;
-    loop {
-        let line = tokio::select! {
-            _ = token.cancelled() => return Ok(()),
-            l = lines.next_line() => l,
-        };
-        let line = match line {
-            Ok(Some(l)) => l,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                return Err(SourceError::Read {
-                    path: path_str.clone(),
-                    reason: format!("line {}: {e}", number + 1),
-                });
-            }
-        };
-        number += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let parsed = match format {
-            FileFormat::Csv => match csv_row(&line) {
-                Some(row) => Ok((Payload::Samples(row), stream.clone(), false)),
-                None if number == 1 => continue, // a header
-                None => Err("not a row of numbers".to_string()),
-            },
-            _ => ndjson::parse_line(&line, &cfg.model, &stream, &path_str)
-                .map(|m| (m.payload, m.stream, m.reset)),
-        };
-        match parsed {
-            Ok((payload, s, reset)) => {
-                if !send(payload, s, reset).await {
-                    return Ok(());
-                }
-            }
-            Err(reason) => tracing::warn!(file = %path_str, line = number, %reason, "skipping a bad line"),
-        }
-    }
+    replay_lines(file, &path_str, &tx, &token, |line, number| match format {
+        FileFormat::Csv => match csv_row(line) {
+            Some(row) => Some(Ok(message(Payload::Samples(row), stream.clone()))),
+            None if number == 1 => None, // a header
+            None => Some(Err("not a row of numbers".to_string())),
+        },
+        _ => Some(ndjson::parse_line(line, &cfg.model, &stream, &path_str)),
+    })
+    .await
 }
 
 /// A stream id from a file name: its stem, with characters not allowed in ids replaced.

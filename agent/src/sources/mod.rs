@@ -12,6 +12,7 @@ mod stdin;
 #[cfg(test)]
 mod tests;
 
+use tokio::io::{AsyncBufReadExt, AsyncRead};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,5 +57,52 @@ pub async fn run(entry: SourceEntry, tx: mpsc::Sender<SensorMessage>, token: Can
     match result {
         Ok(()) => tracing::info!(source = kind, "source finished"),
         Err(e) => tracing::error!(source = kind, error = %e, "source stopped"),
+    }
+}
+
+/// Reads `reader` line by line until it ends or `token` fires. `parse` turns a non-empty
+/// line (and its 1-based number) into a message, `None` to skip it quietly (a header);
+/// a line it rejects is logged with its number and skipped. Messages are sent with
+/// backpressure.
+async fn replay_lines<R: AsyncRead + Unpin>(
+    reader: R,
+    what: &str,
+    tx: &mpsc::Sender<SensorMessage>,
+    token: &CancellationToken,
+    mut parse: impl FnMut(&str, usize) -> Option<Result<SensorMessage, String>>,
+) -> Result<(), SourceError> {
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    let mut number = 0usize;
+    loop {
+        let line = tokio::select! {
+            _ = token.cancelled() => return Ok(()),
+            l = lines.next_line() => l,
+        };
+        let line = match line {
+            Ok(Some(l)) => l,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(SourceError::Read {
+                    path: what.into(),
+                    reason: format!("line {}: {e}", number + 1),
+                });
+            }
+        };
+        number += 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse(&line, number) {
+            None => {}
+            Some(Ok(msg)) => {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok(()),
+                    r = tx.send(msg) => if r.is_err() { return Ok(()) },
+                }
+            }
+            Some(Err(reason)) => {
+                tracing::warn!(source = %what, line = number, %reason, "skipping a bad line")
+            }
+        }
     }
 }
