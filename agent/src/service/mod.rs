@@ -206,7 +206,15 @@ pub async fn run(
             0
         }
     };
-    let written = if sink_task.is_finished() { sink_task.await.unwrap_or_default() } else { 0 };
+    // The tracker reports a task done a moment before its handle holds the output, so
+    // wait on the handle itself; bounded, in case the drain above timed out.
+    let written = match tokio::time::timeout(Duration::from_secs(2), sink_task).await {
+        Ok(Ok(n)) => n,
+        _ => {
+            tracing::warn!("the result sink did not finish; some results may not have been written");
+            0
+        }
+    };
     engine.shutdown();
 
     let mut summary = RunSummary { results: written, failed: 0, dropped_streams: dropped };
