@@ -110,7 +110,7 @@ fn oip_bad_requests_get_clear_errors() {
         (tensor("x", json!([1, 3, 48, 192]), "INT64", json!(input)), 400, "datatype INT64 but the model takes FP32"),
         (tensor("y", json!([1, 3, 48, 192]), "FP32", json!(input)), 400, "has no input `y`"),
         (tensor("x", json!([1, 3, 48, 192]), "FP32", json!([1.0, 2.0])), 400, "has 2 values"),
-        (tensor("x", json!([1, 3, 48, 192]), "FP32", json!(["a"])), 400, "is not a number"),
+        (tensor("x", json!([1, 3, 48, 192]), "FP32", json!(["a"])), 400, "expected a number, a boolean, or an array of them"),
         (json!({"inputs": []}).to_string(), 400, "input `x` is missing"),
         (
             json!({"inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": input}], "outputs": [{"name": "nope"}]}).to_string(),
