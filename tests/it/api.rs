@@ -167,9 +167,8 @@ fn slow_clients_do_not_stall_others() {
         assert_eq!(s, 200);
     }
     let normal = started.elapsed();
-    for (i, s) in slow.iter_mut().enumerate() {
+    for s in slow.iter_mut() {
         let _ = s.write_all(b"X-Slow: 1\r\n"); // keeps trickling
-        let _ = i;
     }
     std::thread::sleep(Duration::from_millis(1500));
     // The header-trickling connections have been closed by the server.

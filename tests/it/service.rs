@@ -54,7 +54,7 @@ impl Systemd {
     }
 }
 
-fn start(dir: &tempfile::TempDir, systemd: &Systemd, watchdog_us: u64, fault: bool) -> Daemon {
+fn start(systemd: &Systemd, watchdog_us: u64, fault: bool) -> Daemon {
     let body = format!("[[model]]\npath = \"{}\"\n", demo_model().display());
     let mut env = vec![
         ("NOTIFY_SOCKET", systemd.path.to_str().unwrap().to_string()),
@@ -64,7 +64,6 @@ fn start(dir: &tempfile::TempDir, systemd: &Systemd, watchdog_us: u64, fault: bo
         env.push(("EDGE_TEST_FAULT", "wedge-worker".to_string()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _ = dir;
     Daemon::start("run", &body, "", &env)
 }
 
@@ -82,7 +81,7 @@ fn demo_request(d: &Daemon) -> u16 {
 fn ready_only_when_serving_then_watchdog_then_stopping() {
     let dir = tempdir();
     let systemd = Systemd::listen(dir.path());
-    let d = start(&dir, &systemd, 400_000, false);
+    let d = start(&systemd, 400_000, false);
     let ready_at = systemd.wait_for("READY=1", secs(30));
     let messages = systemd.all();
     let first_status = messages.iter().position(|(_, m)| m.contains("STATUS=loading models"));
@@ -104,7 +103,7 @@ fn ready_only_when_serving_then_watchdog_then_stopping() {
 fn watchdog_pings_stop_when_a_worker_is_wedged() {
     let dir = tempdir();
     let systemd = Systemd::listen(dir.path());
-    let d = start(&dir, &systemd, 400_000, true);
+    let d = start(&systemd, 400_000, true);
     let ready_at = systemd.wait_for("READY=1", secs(30));
     std::thread::sleep(Duration::from_millis(600));
     assert!(systemd.count_after("WATCHDOG=1", ready_at) >= 2, "pings while healthy");
@@ -130,7 +129,7 @@ fn watchdog_pings_stop_when_a_worker_is_wedged() {
 fn sighup_reloads_models_and_refuses_a_bad_config() {
     let dir = tempdir();
     let systemd = Systemd::listen(dir.path());
-    let d = start(&dir, &systemd, 0, false);
+    let d = start(&systemd, 0, false);
     systemd.wait_for("READY=1", secs(30));
     assert_eq!(http().get(&d.url("/v2/models/ppocr-cls")).call().unwrap().status(), 404);
 
@@ -170,7 +169,7 @@ fn sighup_reloads_models_and_refuses_a_bad_config() {
 fn sigterm_under_load_answers_every_accepted_request() {
     let dir = tempdir();
     let systemd = Systemd::listen(dir.path());
-    let d = start(&dir, &systemd, 0, false);
+    let d = start(&systemd, 0, false);
     systemd.wait_for("READY=1", secs(30));
     let url = d.url("/v2/models/vibration/infer");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
