@@ -16,7 +16,7 @@ use super::ApiState;
 use super::error::ApiError;
 use crate::engine::spec::{DType, InputFrom};
 use crate::engine::{LoadedModel, Request};
-use crate::pipeline::{InputError, PostProcessor, check_finite};
+use crate::pipeline::{InputError, check_finite};
 
 /// OIP datatype name of an engine dtype name (`f32` → `FP32`).
 pub fn oip_datatype(dtype: &str) -> &'static str {
@@ -161,8 +161,7 @@ pub async fn server_metadata() -> Json<Value> {
 
 fn find_model(st: &ApiState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ApiError> {
     let model = st.engine.model(name).ok_or_else(|| {
-        let loaded: Vec<String> = st.engine.models().keys().cloned().collect();
-        ApiError::not_found(format!("model `{name}` is not loaded (loaded: {})", loaded.join(", ")))
+        ApiError::not_found(format!("model `{name}` is not loaded (loaded: {})", st.engine.model_names()))
     })?;
     if let Some(v) = version
         && v != model.version()
@@ -184,7 +183,7 @@ fn metadata(model: &LoadedModel) -> Value {
                 if inputs {
                     spec.is_none_or(|i| i.from == InputFrom::Data)
                 } else {
-                    !model.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(t.name.as_str()))
+                    !model.is_state_output(&t.name)
                 }
             })
             .map(|t| json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": t.shape}))
@@ -304,9 +303,7 @@ async fn infer_inner(
     })?;
     let resp = ticket.wait().await?;
 
-    let post = PostProcessor::new(&resp.model.spec.post);
-    let values = resp.post_output().map(|o| o.values.as_slice()).unwrap_or(&[]);
-    let result = post.apply(values, 0, None);
+    let result = resp.model.post().apply(resp.post_values(), 0, None);
     let outputs = resp
         .outputs
         .iter()
@@ -435,10 +432,6 @@ fn requested_outputs(
                 }
             })
             .collect(),
-        _ => Ok(all
-            .into_iter()
-            .filter(|o| !model.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(*o)))
-            .map(str::to_string)
-            .collect()),
+        _ => Ok(all.into_iter().filter(|o| !model.is_state_output(o)).map(str::to_string).collect()),
     }
 }

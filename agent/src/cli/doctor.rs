@@ -259,13 +259,10 @@ fn listen(addr: &str) -> Check {
                 std::time::Duration::from_secs(2),
             )
             .ok()
-            .and_then(|mut s| {
-                use std::io::{Read, Write};
+            .and_then(|s| {
                 s.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
-                s.write_all(b"GET /v2 HTTP/1.0\r\n\r\n").ok()?;
-                let mut b = String::new();
-                s.read_to_string(&mut b).ok()?;
-                Some(b.contains("edge-agent"))
+                let (_, body) = crate::cli::status::request(s, "/v2").ok()?;
+                Some(body.contains("edge-agent"))
             })
             .unwrap_or(false);
             if ours {

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::input::{self, InputFormat};
 use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
-use crate::pipeline::{PostProcessor, SegmentState};
+use crate::pipeline::SegmentState;
 use crate::service::raw_outputs;
 
 /// Arguments of `infer`.
@@ -59,7 +59,6 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let dir = super::model_dir(&args.model)?;
     let model = LoadedModel::load_dir(&dir)?;
     let prepared = input::prepare(&args.input, args.format, &model.spec)?;
-    let post = PostProcessor::new(&model.spec.post);
     let engine =
         Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, ..EngineConfig::default() });
     let model = engine.install(model);
@@ -77,8 +76,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 reset: false,
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
-        let values = resp.post_output().map(|o| o.values.as_slice()).unwrap_or(&[]);
-        let outputs = post.apply(values, window as u64, Some(&mut segment));
+        let outputs = model.post().apply(resp.post_values(), window as u64, Some(&mut segment));
         let raw = (args.raw || model.spec.post.raw).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,

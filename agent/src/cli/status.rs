@@ -33,9 +33,15 @@ pub struct StatusArgs {
 
 /// One GET over a unix socket; returns (status code, body).
 pub fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)?;
+    let s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    request(s, path)
+}
+
+/// One GET over a connected stream (timeouts set by the caller); returns (status code,
+/// body).
+pub fn request(mut s: impl Read + Write, path: &str) -> std::io::Result<(u16, String)> {
     // HTTP/1.0: the answer ends when the connection closes; no chunked decoding needed.
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();

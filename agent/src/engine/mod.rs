@@ -97,6 +97,11 @@ impl Response {
     pub fn post_output(&self) -> Option<&Output> {
         self.outputs.get(self.model.post_output())
     }
+
+    /// The values post-processing reads (empty if the model gave no such output).
+    pub fn post_values(&self) -> &[f32] {
+        self.post_output().map(|o| o.values.as_slice()).unwrap_or(&[])
+    }
 }
 
 type Reply = Result<Response, InferError>;
@@ -239,6 +244,11 @@ impl Engine {
         self.shared.models.load().get(name).cloned()
     }
 
+    /// The names of the models serving, comma-separated (for error messages).
+    pub fn model_names(&self) -> String {
+        self.shared.models.load().keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+
     /// All models currently serving, by name.
     pub fn models(&self) -> BTreeMap<String, Arc<LoadedModel>> {
         BTreeMap::clone(&self.shared.models.load())
@@ -247,8 +257,7 @@ impl Engine {
     /// Queues a request, or rejects it at once (counted).
     pub fn submit(&self, req: Request) -> Result<Ticket, InferError> {
         let Some(model) = self.model(&req.model) else {
-            let loaded: Vec<String> = self.shared.models.load().keys().cloned().collect();
-            let err = InferError::UnknownModel { model: req.model.clone(), loaded: loaded.join(", ") };
+            let err = InferError::UnknownModel { model: req.model.clone(), loaded: self.model_names() };
             self.count_error(&req.model, &err);
             return Err(err);
         };
@@ -320,11 +329,6 @@ impl Engine {
             next
         });
         removed
-    }
-
-    /// Forgets a stream's recurrent state.
-    pub fn reset_stream(&self, model: &str, stream: &str) -> bool {
-        self.model(model).is_some_and(|m| self.shared.streams.reset(m.id, stream))
     }
 
     /// Per-model counters and latency percentiles.

@@ -14,6 +14,7 @@ use tract_onnx::tract_hir::infer::Factoid;
 use super::error::LoadError;
 use super::panic::contain;
 use super::spec::{DType, InputFrom, LoadedSpec, ModelSpec};
+use crate::pipeline::PostProcessor;
 
 /// Converts a spec dtype to tract's.
 pub fn datum_type(dt: DType) -> DatumType {
@@ -76,6 +77,8 @@ pub struct LoadedModel {
     state_outputs: Vec<usize>,
     /// Index of the output read by post-processing.
     post_output: usize,
+    /// The spec's post-processing, built once rather than per request.
+    post: PostProcessor,
 }
 
 /// What feeds one graph input on each call.
@@ -289,6 +292,7 @@ impl LoadedModel {
 
         Ok(LoadedModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            post: PostProcessor::new(&spec.post),
             spec,
             dir: dir.to_path_buf(),
             inputs,
@@ -319,6 +323,16 @@ impl LoadedModel {
     /// Index of the output read by post-processing.
     pub fn post_output(&self) -> usize {
         self.post_output
+    }
+
+    /// The model's post-processing.
+    pub fn post(&self) -> &PostProcessor {
+        &self.post
+    }
+
+    /// Whether the output `name` is recurrent state (fed back, not an answer).
+    pub fn is_state_output(&self, name: &str) -> bool {
+        self.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(name))
     }
 
     /// A fresh run state; worker threads keep one per model to avoid re-allocating the

@@ -11,14 +11,13 @@ use tokio::sync::mpsc;
 
 use super::result::ResultRecord;
 use crate::engine::{Engine, InferError, LoadedModel, Request};
-use crate::pipeline::{self, PostProcessor, SegmentState, Windower};
+use crate::pipeline::{self, SegmentState, Windower};
 use crate::sources::SensorMessage;
 
 /// Windows and post-processing memory of one stream, for one loaded model.
 struct Pipeline {
     model: Arc<LoadedModel>,
     windower: Option<Windower>,
-    post: PostProcessor,
     segment: SegmentState,
     next_index: u64,
 }
@@ -26,8 +25,7 @@ struct Pipeline {
 impl Pipeline {
     fn new(model: Arc<LoadedModel>) -> Pipeline {
         let windower = model.spec.pre.window.as_ref().map(Windower::new);
-        let post = PostProcessor::new(&model.spec.post);
-        Pipeline { model, windower, post, segment: SegmentState::default(), next_index: 0 }
+        Pipeline { model, windower, segment: SegmentState::default(), next_index: 0 }
     }
 }
 
@@ -62,10 +60,7 @@ pub(super) async fn run(
     let mut errors = ErrorLog { last: None, suppressed: 0 };
     while let Some(msg) = rx.recv().await {
         let Some(model) = engine.model(&msg.model) else {
-            let err = InferError::UnknownModel {
-                model: msg.model.clone(),
-                loaded: engine.models().keys().cloned().collect::<Vec<_>>().join(", "),
-            };
+            let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
             engine.count_error(&msg.model, &err);
             errors.report(&msg.model, &msg.stream, &err);
             continue;
@@ -109,8 +104,7 @@ pub(super) async fn run(
             };
             match reply {
                 Ok(resp) => {
-                    let values = resp.post_output().map(|o| o.values.as_slice()).unwrap_or(&[]);
-                    let mut outputs = p.post.apply(values, window, Some(&mut p.segment));
+                    let mut outputs = model.post().apply(resp.post_values(), window, Some(&mut p.segment));
                     if model.spec.post.raw {
                         outputs.insert("raw".into(), raw_outputs(&resp.outputs));
                     }
