@@ -8,16 +8,22 @@
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
 //! - [`service`]: the daemon: wiring sources → engine → results, start-up and shutdown.
-//! - [`telemetry`]: readings about the agent itself.
+//! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
+//! - [`spool`]: the on-disk store of messages accepted while the broker is unreachable.
+//! - [`commands`]: the MQTT command dispatcher and its commands.
+//! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 
 // Daemon paths must not panic on bad input; proven invariants say why with a local allow.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod mqtt;
 pub mod pipeline;
 pub mod service;
 pub mod sources;
+pub mod spool;
 pub mod telemetry;

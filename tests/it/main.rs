@@ -16,6 +16,8 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
+mod mqtt;
 /// Packaging: the systemd unit and the Debian package.
 mod packaging;
 /// The daemon under systemd: notify, watchdog, reload.

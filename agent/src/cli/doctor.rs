@@ -132,6 +132,9 @@ pub fn checks(file: &Path) -> Vec<Check> {
         });
     }
     out.push(clock());
+    if let Some(m) = &config.mqtt {
+        out.push(broker(m));
+    }
     if let Some(api) = &config.api {
         if let Some(addr) = &api.listen {
             out.push(listen(addr));
@@ -153,6 +156,42 @@ pub fn checks(file: &Path) -> Vec<Check> {
         }
     }
     out
+}
+
+/// The broker: TLS files usable, address reachable. Unreachable is a warning: the agent
+/// spools until the broker is back.
+fn broker(m: &crate::config::MqttConfig) -> Check {
+    use std::net::ToSocketAddrs;
+    if let Some(t) = &m.tls
+        && let Err(e) = crate::mqtt::options::tls_config(t)
+    {
+        return check("broker", Level::Fail, format!("TLS: {e}"), Some("fix the files under [mqtt.tls]"));
+    }
+    let target = format!("{}:{}", m.host, m.port);
+    let addrs: Vec<std::net::SocketAddr> = match target.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return check(
+                "broker",
+                Level::Warn,
+                format!("cannot resolve {target}: {e}"),
+                Some("check mqtt.host and the device's DNS"),
+            );
+        }
+    };
+    let reachable = addrs
+        .iter()
+        .any(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(2)).is_ok());
+    if reachable {
+        check("broker", Level::Ok, format!("{target} accepts connections"), None)
+    } else {
+        check(
+            "broker",
+            Level::Warn,
+            format!("{target} does not accept connections; the agent spools until it does"),
+            Some("start the broker or fix mqtt.host / mqtt.port"),
+        )
+    }
 }
 
 fn writable(dir: &Path) -> std::io::Result<()> {
@@ -196,7 +235,7 @@ fn state_dir(dir: &Path) -> Check {
             Some("give the agent's user write access"),
         );
     }
-    match free_bytes(dir) {
+    match crate::telemetry::disk_free(dir) {
         Some(free) if free < FAIL_FREE => check(
             "disk",
             Level::Fail,
@@ -217,15 +256,6 @@ fn state_dir(dir: &Path) -> Check {
         ),
         None => check("state", Level::Warn, format!("{} writable; free space unknown", dir.display()), None),
     }
-}
-
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn clock() -> Check {

@@ -2,11 +2,12 @@
 //! `anyhow` here, each with the context a person needs.
 
 mod bench;
-mod doctor;
+pub mod doctor;
 mod infer;
 mod input;
 mod model;
 mod run;
+mod spool;
 pub mod status;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Check a device's setup without the daemon: config, state dir, models, clock, API.
     Doctor(doctor::DoctorArgs),
+    /// Look inside the MQTT spool; decode compact (postcard) telemetry.
+    #[command(subcommand)]
+    Spool(spool::SpoolCommand),
 }
 
 /// Runs a parsed command line.
@@ -62,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => run::daemon(args, true),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Spool(cmd) => spool::run(cmd),
     }
 }
 

@@ -50,7 +50,7 @@ pub fn daemon(args: RunArgs, serve: bool) -> anyhow::Result<ExitCode> {
     };
     let config = Config::load(&args.config, &flags)?;
     super::init_logging(config.log.format, &config.log.level);
-    let sink = ResultSink { stdout: config.output.stdout && !args.quiet };
+    let sink = ResultSink { stdout: config.output.stdout && !args.quiet, ..ResultSink::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("edge-agent-rt")

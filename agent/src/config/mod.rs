@@ -7,6 +7,8 @@
 
 mod error;
 pub mod locate;
+pub mod mqtt;
+pub mod runtime;
 
 #[cfg(test)]
 mod tests;
@@ -17,6 +19,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use mqtt::{
+    FsyncMode, MqttConfig, MqttSection, MqttVersion, SensorSubscription, SpoolSection, TelemetryFormat,
+    TelemetrySection,
+};
 
 use crate::engine::EngineConfig;
 use crate::engine::spec::ModelSpec;
@@ -363,10 +369,16 @@ pub struct RawConfig {
     pub output: OutputSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttSection>,
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+    #[serde(default)]
+    pub spool: SpoolSection,
 }
 
 /// Sections that environment variables may set.
-const SECTIONS: [&str; 5] = ["agent", "log", "engine", "output", "api"];
+const SECTIONS: [&str; 8] = ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool"];
 
 /// Overrides given as command-line flags (highest precedence).
 #[derive(Debug, Clone, Default)]
@@ -403,6 +415,9 @@ pub struct Config {
     pub sources: Vec<SourceEntry>,
     pub output: OutputSection,
     pub api: Option<ApiConfig>,
+    pub mqtt: Option<MqttConfig>,
+    pub telemetry: TelemetrySection,
+    pub spool: SpoolSection,
 }
 
 /// The validated API settings.
@@ -440,11 +455,43 @@ impl Config {
             line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
             message: e.message().trim().to_string(),
         })?;
+        // The runtime overlay lives in the state directory, which env and flags may move.
+        let mut probe = raw.clone();
+        if !env.is_empty() {
+            probe = apply_env(probe, env)?;
+        }
+        apply_flags(&mut probe, flags);
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let state_dir = if probe.agent.state_dir.is_absolute() {
+            probe.agent.state_dir.clone()
+        } else {
+            base.join(&probe.agent.state_dir)
+        };
+        runtime::apply_overlay(&mut raw, &state_dir);
         if !env.is_empty() {
             raw = apply_env(raw, env)?;
         }
         apply_flags(&mut raw, flags);
         validate(raw, path, &text)
+    }
+
+    /// Reads the file as [`RawConfig`] with the runtime overlay of `state_dir` applied
+    /// (what `config/get` shows and `config/set` changes), and its text.
+    pub fn load_raw(path: &Path, state_dir: &Path) -> Result<(RawConfig, String), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
+            message: e.message().trim().to_string(),
+        })?;
+        runtime::apply_overlay(&mut raw, state_dir);
+        Ok((raw, text))
+    }
+
+    /// Validates a raw configuration as if read from `path` (whose text gives lines).
+    pub fn check_raw(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigError> {
+        validate(raw, path, text)
     }
 }
 
@@ -669,6 +716,9 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         }
         ApiConfig { listen, socket, limits: a.clone() }
     });
+    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let mqtt = raw.mqtt.as_ref().map(|m| mqtt::validate(m, &device_id, &model_names, &resolve, &mut problem));
+    mqtt::validate_rest(&raw.telemetry, &raw.spool, &mut problem);
 
     if !problems.is_empty() {
         let lines: Vec<String> = problems
@@ -708,6 +758,9 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         sources,
         output: raw.output,
         api,
+        mqtt,
+        telemetry: raw.telemetry,
+        spool: raw.spool,
     })
 }
 

@@ -7,6 +7,7 @@
 pub mod health;
 mod reload;
 mod result;
+mod seq;
 mod stream;
 pub mod systemd;
 
@@ -26,7 +27,7 @@ use crate::sources::{self, SensorMessage};
 use health::Health;
 use systemd::Notifier;
 
-pub use result::{ResultRecord, ResultSink};
+pub use result::{MqttResults, ResultRecord, ResultSink};
 pub use stream::raw_outputs;
 
 /// How long in-flight work may take to finish after shutdown is requested.
@@ -47,6 +48,10 @@ pub enum StartError {
     Api(#[from] api::BindError),
     #[error("cannot create the state directory {path}: {source}; create it or set agent.state_dir")]
     StateDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("result numbering in {path}: {source}")]
+    Seq { path: String, source: std::io::Error },
 }
 
 /// What a run did, for the final log line and for tests.
@@ -132,6 +137,23 @@ pub async fn run(
         sources_tracker.spawn(sources::run(entry, source_tx.clone(), token.child_token()));
     }
     sources_tracker.close();
+
+    // The MQTT link: sensor messages join the sources, results and the rest go out.
+    let mut sink = sink;
+    let mqtt = match &config.mqtt {
+        Some(m) => {
+            let started = start_mqtt(&config, m, &engine, &health, source_tx.clone(), &token, &tracker)?;
+            sink.mqtt = Some(MqttResults {
+                outbox: started.handle.outbox.clone(),
+                topics: started.handle.topics.clone(),
+            });
+            sink.seq = Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| {
+                StartError::Seq { path: config.state_dir.display().to_string(), source }
+            })?);
+            Some(started)
+        }
+        None => None,
+    };
     drop(source_tx);
 
     // Results → sink.
@@ -164,7 +186,7 @@ pub async fn run(
 
     // With the API on, the agent serves until stopped; without it, it ends with its
     // sources (a file replay), and idles forever when it has none.
-    let finite = config.api.is_none() && !config.sources.is_empty();
+    let finite = config.api.is_none() && config.mqtt.is_none() && !config.sources.is_empty();
     let sources_done =
         async { if finite { sources_tracker.wait().await } else { std::future::pending::<()>().await } };
     tokio::pin!(shutdown);
@@ -180,7 +202,12 @@ pub async fn run(
                 tracing::info!("all sources finished: draining");
                 break;
             }
-            Some(()) = reloads.recv() => reloader.reload(&engine, &health, &notifier),
+            Some(()) = reloads.recv() => {
+                let line = reloader.reload(&engine, &health, &notifier);
+                if let Some(m) = &mqtt {
+                    m.handle.event("config-reloaded", "info", None, serde_json::json!({"changes": line})).await;
+                }
+            }
         }
     }
     notifier.send("STOPPING=1\nSTATUS=draining in-flight requests");
@@ -188,6 +215,9 @@ pub async fn run(
     health.set_doing("draining");
     token.cancel();
 
+    // The outbox closes once every producer is gone: ours goes now, the sink's when the
+    // data path has drained.
+    let mqtt_closed = mqtt.map(|m| m.closed);
     tracker.close();
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
         let dropped = router.await.unwrap_or_default();
@@ -215,6 +245,11 @@ pub async fn run(
             0
         }
     };
+    if let Some(closed) = mqtt_closed
+        && tokio::time::timeout(Duration::from_secs(10), closed).await.is_err()
+    {
+        tracing::warn!("the MQTT outbox did not close in time; undelivered messages stay in the spool");
+    }
     engine.shutdown();
 
     let mut summary = RunSummary { results: written, failed: 0, dropped_streams: dropped };
@@ -231,6 +266,107 @@ pub async fn run(
         "edge-agent stopped"
     );
     Ok(summary)
+}
+
+/// Starts the MQTT link with its command dispatcher and telemetry, and announces the
+/// models.
+fn start_mqtt(
+    config: &Config,
+    m: &crate::config::MqttConfig,
+    engine: &Arc<Engine>,
+    health: &Arc<Health>,
+    to_streams: mpsc::Sender<SensorMessage>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<crate::mqtt::Started, StartError> {
+    let status_engine = engine.clone();
+    let status = Box::new(move |state: &str| {
+        let models: std::collections::BTreeMap<String, String> =
+            status_engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "state": state,
+            "version": env!("CARGO_PKG_VERSION"),
+            "models": models,
+            "since": crate::mqtt::now(),
+        }))
+        .unwrap_or_default()
+    });
+    let mut started = crate::mqtt::start(
+        m,
+        &config.spool,
+        &config.state_dir,
+        &config.device_id,
+        status,
+        engine.clone(),
+        health.clone(),
+        to_streams,
+        token.child_token(),
+        tracker,
+    )?;
+    let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(config.telemetry.clone());
+    let commands = std::mem::replace(&mut started.commands, mpsc::channel(1).1);
+    let (e, h, stats) = (engine.clone(), health.clone(), started.handle.stats.clone());
+    let ctx = crate::commands::Context {
+        engine: engine.clone(),
+        health: health.clone(),
+        config_file: config.file.clone(),
+        state_dir: config.state_dir.clone(),
+        started: h.started,
+        telemetry: telemetry_tx,
+        status: Box::new(move || status_document(&e, &h, &stats)),
+    };
+    tracker.spawn(crate::commands::run(commands, started.handle.clone(), ctx, m.max_command_bytes));
+    let sources = crate::telemetry::report::Sources {
+        device: config.device_id.clone(),
+        engine: engine.clone(),
+        outbox: started.handle.stats.clone(),
+        started: health.started,
+    };
+    tracker.spawn(crate::telemetry::report::run(
+        sources,
+        crate::telemetry::SystemSampler::new(&config.state_dir),
+        started.handle.topics.clone(),
+        started.handle.outbox.clone(),
+        telemetry_rx,
+        token.child_token(),
+    ));
+    let handle = started.handle.clone();
+    let models: Vec<(String, String)> =
+        engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
+    tracker.spawn(async move {
+        for (name, version) in models {
+            handle
+                .event("model-activated", "info", Some(&name), serde_json::json!({"version": version}))
+                .await;
+        }
+    });
+    Ok(started)
+}
+
+/// The status document of the `status` command (as `GET /status`, with the MQTT link).
+fn status_document(engine: &Engine, health: &Health, outbox: &crate::mqtt::OutboxStats) -> serde_json::Value {
+    let stats = engine.stats();
+    let models: serde_json::Map<String, serde_json::Value> = engine
+        .models()
+        .into_iter()
+        .map(|(name, m)| {
+            let counts = stats.get(&name);
+            (name, serde_json::json!({"version": m.version(), "state": "active", "counts": counts}))
+        })
+        .collect();
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "device": health.device,
+        "uptime_s": health.started.elapsed().as_secs(),
+        "ready": health.is_ready(),
+        "doing": health.doing(),
+        "models": models,
+        "engine": engine.pool(),
+        "connections": health.connections(),
+        "mqtt": outbox.report(),
+        "last_errors": engine.recent_errors(),
+        "memory": crate::telemetry::memory(),
+    })
 }
 
 /// Hands each message to its stream's task, creating tasks for new streams up to the

@@ -48,8 +48,9 @@ impl Reloader {
         Reloader { current, flags, models }
     }
 
-    /// Re-reads the configuration file and applies what can change at run time.
-    pub fn reload(&mut self, engine: &Engine, health: &Health, notifier: &Notifier) {
+    /// Re-reads the configuration file and applies what can change at run time; returns
+    /// what happened, in one line.
+    pub fn reload(&mut self, engine: &Engine, health: &Health, notifier: &Notifier) -> String {
         let file = self.current.file.clone();
         notifier.send("RELOADING=1\nSTATUS=reloading the configuration");
         tracing::info!(file = %file.display(), "reloading the configuration");
@@ -60,7 +61,7 @@ impl Reloader {
                 tracing::error!(error = %e, "new configuration refused; the running one stays");
                 notifier.send(&format!("READY=1\nSTATUS=reload refused: {first}"));
                 health.set_doing(format!("reload refused: {first}"));
-                return;
+                return format!("reload refused: {first}");
             }
         };
         let mut changed = Vec::new();
@@ -139,5 +140,6 @@ impl Reloader {
         // with the old values, and the next reload compares against those.
         self.current.models = next.models;
         self.current.deadline = next.deadline;
+        line
     }
 }

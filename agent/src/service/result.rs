@@ -8,8 +8,12 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::seq::SeqAllocator;
+use crate::mqtt::{Outgoing, Topics};
+use crate::spool::{Class, Record};
+
 /// A result as computed by a stream task, before the sink numbers it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ResultRecord {
     pub model: String,
     pub version: String,
@@ -21,6 +25,10 @@ pub struct ResultRecord {
     pub offset: Option<u64>,
     pub latency_ms: f64,
     pub outputs: Map<String, Value>,
+    /// The sender's id of the message that completed this result.
+    pub input_id: Option<Value>,
+    /// Broker copies of the sensor messages this result answers (see `mqtt::Ack`).
+    pub acks: Vec<crate::mqtt::Ack>,
 }
 
 /// The result as published (stdout line now; MQTT payload later). Field order is part
@@ -41,23 +49,43 @@ struct Published<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
     outputs: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_id: Option<&'a Value>,
 }
 
 /// Where results go.
-#[derive(Debug, Clone, Default)]
+#[derive(Default)]
 pub struct ResultSink {
     /// Write JSON lines to standard output.
     pub stdout: bool,
+    /// Publish on `{prefix}/{device}/results/{model}`.
+    pub mqtt: Option<MqttResults>,
+    /// Numbering that survives restarts; without it, numbering starts at 0.
+    pub seq: Option<SeqAllocator>,
+}
+
+/// The MQTT side of the sink.
+pub struct MqttResults {
+    pub outbox: mpsc::Sender<Outgoing>,
+    pub topics: Topics,
 }
 
 impl ResultSink {
     /// Writes results until the channel closes; returns how many were written.
-    pub async fn run(self, mut rx: mpsc::Receiver<ResultRecord>, device: String) -> u64 {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ResultRecord>, device: String) -> u64 {
         let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
         let mut stdout_ok = self.stdout;
-        let mut seq = 0u64;
+        let mut written = 0u64;
+        let mut memory_seq = 0u64;
         let mut last_label: HashMap<(String, String), String> = HashMap::new();
-        while let Some(r) = rx.recv().await {
+        while let Some(mut r) = rx.recv().await {
+            let seq = match self.seq.as_mut() {
+                Some(s) => s.next(),
+                None => {
+                    memory_seq += 1;
+                    memory_seq - 1
+                }
+            };
             let published = Published {
                 seq,
                 ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -72,8 +100,9 @@ impl ResultSink {
                 window: r.window,
                 offset: r.offset,
                 outputs: &r.outputs,
+                input_id: r.input_id.as_ref(),
             };
-            seq += 1;
+            written += 1;
             // A person watching the log sees changes, not every window.
             if let Some(Value::String(label)) = r.outputs.get("label") {
                 let key = (r.model.clone(), r.stream.clone());
@@ -83,22 +112,40 @@ impl ResultSink {
                     last_label.insert(key, label.clone());
                 }
             }
-            if stdout_ok {
-                let mut line = match serde_json::to_vec(&published) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot encode a result");
-                        continue;
-                    }
+            let mut line = match serde_json::to_vec(&published) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a result");
+                    continue;
+                }
+            };
+            if let Some(m) = &self.mqtt {
+                let out = Outgoing {
+                    record: Record {
+                        topic: m.topics.results(&r.model),
+                        qos: 1,
+                        retain: false,
+                        payload: line.clone(),
+                        class: Class::Result,
+                        correlation: None,
+                    },
+                    reply: None,
+                    acks: std::mem::take(&mut r.acks),
                 };
+                if m.outbox.send(out).await.is_err() {
+                    tracing::warn!("the MQTT outbox is closed; results are no longer published");
+                    self.mqtt = None;
+                }
+            }
+            if stdout_ok {
                 line.push(b'\n');
-                let mut written = out.write_all(&line).await;
+                let mut io = out.write_all(&line).await;
                 // Flush when no more results are waiting: batches writes under load,
                 // shows each result at once when idle.
-                if written.is_ok() && rx.is_empty() {
-                    written = out.flush().await;
+                if io.is_ok() && rx.is_empty() {
+                    io = out.flush().await;
                 }
-                if let Err(e) = written {
+                if let Err(e) = io {
                     tracing::warn!(error = %e, "stdout closed: results are no longer written there");
                     stdout_ok = false;
                 }
@@ -107,6 +154,6 @@ impl ResultSink {
         if stdout_ok {
             let _ = out.flush().await;
         }
-        seq
+        written
     }
 }

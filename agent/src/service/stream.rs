@@ -58,7 +58,11 @@ pub(super) async fn run(
 ) {
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0 };
-    while let Some(msg) = rx.recv().await {
+    while let Some(mut msg) = rx.recv().await {
+        // Dropping `ack` acknowledges the broker's copy: it rides on the message's last
+        // result (acknowledged once that is delivered or spooled), or goes when this
+        // iteration ends without one.
+        let ack = msg.ack.take();
         let Some(model) = engine.model(&msg.model) else {
             let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
             engine.count_error(&msg.model, &err);
@@ -88,6 +92,7 @@ pub(super) async fn run(
             }
         };
         let mut reset = msg.reset;
+        let mut records = Vec::with_capacity(inputs.len());
         for (data, window, offset) in inputs {
             let started = Instant::now();
             let req = Request {
@@ -117,12 +122,20 @@ pub(super) async fn run(
                         offset,
                         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
                         outputs,
+                        input_id: msg.input_id.clone(),
+                        acks: Vec::new(),
                     };
-                    if results.send(record).await.is_err() {
-                        return;
-                    }
+                    records.push(record);
                 }
                 Err(e) => errors.report(&msg.model, &msg.stream, &e),
+            }
+        }
+        if let (Some(last), Some(ack)) = (records.last_mut(), ack) {
+            last.acks.push(ack);
+        }
+        for record in records {
+            if results.send(record).await.is_err() {
+                return;
             }
         }
     }

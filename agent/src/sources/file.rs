@@ -36,6 +36,8 @@ pub(super) async fn run(
         source: path_str.clone(),
         payload,
         reset: false,
+        ack: None,
+        input_id: None,
     };
 
     if format == FileFormat::Wav {

@@ -23,7 +23,7 @@ pub use file::read_wav;
 pub use simulated::VibrationSim;
 
 /// One message from a sensor.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SensorMessage {
     /// The model it is for.
     pub model: String,
@@ -34,6 +34,10 @@ pub struct SensorMessage {
     pub payload: Payload,
     /// Start the stream afresh (windows and state) with this message.
     pub reset: bool,
+    /// The broker's copy (MQTT QoS 1): dropped once the message's results are safe.
+    pub ack: Option<crate::mqtt::Ack>,
+    /// The sender's id for the message, echoed on its results.
+    pub input_id: Option<serde_json::Value>,
 }
 
 /// A source that could not be read; reported once, the agent goes on without it.

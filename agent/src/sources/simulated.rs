@@ -208,6 +208,8 @@ pub(super) async fn run(cfg: SimulatedSource, tx: mpsc::Sender<SensorMessage>, t
             source: "simulated".into(),
             payload: Payload::Samples(samples),
             reset: false,
+            ack: None,
+            input_id: None,
         };
         tokio::select! {
             _ = token.cancelled() => return,

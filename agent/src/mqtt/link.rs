@@ -1,0 +1,131 @@
+//! The connection task: drives rumqttc's event loop, reconnects with capped exponential
+//! backoff and jitter, subscribes on every connection, and hands what arrives to the
+//! outbox (acknowledgements) and the inbound task (messages).
+//!
+//! It never waits on the data path: a slow model must not stop acknowledgements from
+//! flowing, or the broker would stop sending.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::ack::{Ack, AckBook};
+use super::client::{Client, EventLoop, Inbound, LinkEvent};
+use super::outbox::{LinkSignal, OutboxStats};
+use crate::service::health::Health;
+
+/// QoS 0 messages waiting for the inbound task beyond which new ones are dropped.
+/// QoS 1 messages are bounded by the broker's own in-flight window towards the agent.
+pub const INBOUND_BACKLOG: usize = 10_000;
+
+/// Everything the connection task needs.
+pub struct Link {
+    pub client: Client,
+    pub event_loop: EventLoop,
+    pub subscriptions: Vec<(String, u8)>,
+    pub acks: Arc<AckBook>,
+    pub to_outbox: mpsc::UnboundedSender<LinkSignal>,
+    pub inbound: mpsc::UnboundedSender<(Inbound, Option<Ack>)>,
+    pub backlog: Arc<AtomicUsize>,
+    pub stats: Arc<OutboxStats>,
+    pub health: Arc<Health>,
+    pub broker: String,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Link {
+    /// Runs until `stop` fires.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = self.reconnect_min;
+        let mut connected = false;
+        let mut last_complaint: Option<Instant> = None;
+        self.health.set_connection("mqtt", format!("connecting to {}", self.broker));
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                e = self.event_loop.poll() => e,
+            };
+            match event {
+                Ok(LinkEvent::Connected { session_present }) => {
+                    self.acks.advance();
+                    connected = true;
+                    backoff = self.reconnect_min;
+                    for (filter, qos) in &self.subscriptions {
+                        if let Err(e) = self.client.try_subscribe(filter, *qos) {
+                            tracing::error!(%filter, error = %e, "cannot subscribe");
+                        }
+                    }
+                    tracing::info!(broker = %self.broker, session_present, "MQTT connected");
+                    self.health.set_connection("mqtt", format!("connected to {}", self.broker));
+                    let _ = self.to_outbox.send(LinkSignal::Up);
+                }
+                Ok(LinkEvent::Message(m)) => {
+                    if m.qos == 0 && self.backlog.load(Ordering::Relaxed) >= INBOUND_BACKLOG {
+                        self.stats.dropped_inbound.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Registered here, at receipt: acknowledgements go out in this order,
+                    // and only on this connection.
+                    let ack = (m.qos > 0).then(|| Ack::new(self.client.clone(), m.pkid, self.acks.clone()));
+                    self.backlog.fetch_add(1, Ordering::Relaxed);
+                    if self.inbound.send((m, ack)).is_err() {
+                        self.backlog.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(LinkEvent::PubAck(pkid)) => {
+                    let _ = self.to_outbox.send(LinkSignal::PubAck(pkid));
+                }
+                Ok(LinkEvent::Sent { pkid, waiting }) => {
+                    let _ = self.to_outbox.send(LinkSignal::Sent { pkid, waiting });
+                }
+                Ok(LinkEvent::Other) => {}
+                Err(error) => {
+                    if self.to_outbox.is_closed() {
+                        // The outbox said goodbye and disconnected: this is the end.
+                        break;
+                    }
+                    // Acknowledgements of messages from the lost connection must not go
+                    // out on the next one.
+                    self.acks.advance();
+                    if connected {
+                        connected = false;
+                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(broker = %self.broker, %error, "MQTT connection lost; spooling until it is back");
+                        let (tx, rx) = oneshot::channel();
+                        if self.to_outbox.send(LinkSignal::Down(tx)).is_ok() {
+                            tokio::select! {
+                                _ = rx => {}
+                                _ = stop.cancelled() => break,
+                            }
+                        }
+                    } else if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                        tracing::warn!(broker = %self.broker, %error, retry_ms = backoff.as_millis() as u64,
+                            "cannot connect to the MQTT broker; retrying (spooling meanwhile)");
+                        last_complaint = Some(Instant::now());
+                    }
+                    self.health.set_connection("mqtt", format!("disconnected from {}: {error}", self.broker));
+                    self.event_loop.forget_pending();
+                    let sleep = jitter(backoff);
+                    backoff = (backoff * 2).min(self.reconnect_max);
+                    tokio::select! {
+                        _ = tokio::time::sleep(sleep) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A delay between half and all of `d`, so that a fleet that lost its broker at once
+/// does not come back at once.
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis().max(2) as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}

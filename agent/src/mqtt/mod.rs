@@ -1,0 +1,203 @@
+//! The link to the fleet: one MQTT connection (rumqttc, 3.1.1 or 5, TLS on rustls).
+//!
+//! Four tasks, joined by channels:
+//! - [`link`]: drives the connection, reconnects, subscribes;
+//! - [`inbound`]: sensor messages to the data path, commands to the dispatcher;
+//! - [`outbox`]: every publish, in order, through memory or the on-disk spool;
+//! - the producers (result sink, telemetry, events, command replies) hold an
+//!   [`Mqtt`] handle and send [`Outgoing`] messages to the outbox.
+
+mod ack;
+pub mod client;
+pub mod inbound;
+mod link;
+pub mod options;
+pub mod outbox;
+pub mod topics;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use ack::{Ack, AckBook};
+pub use inbound::CommandMsg;
+pub use outbox::{OutboxReport, OutboxStats, Outgoing};
+pub use topics::Topics;
+
+use crate::config::{FsyncMode, MqttConfig, SpoolSection};
+use crate::engine::Engine;
+use crate::service::health::Health;
+use crate::sources::SensorMessage;
+use crate::spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
+
+/// Messages producers may have waiting for the outbox.
+const OUTBOX_QUEUE: usize = 1024;
+/// How long the outbox may take to deliver what it holds at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the MQTT link could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    #[error("MQTT TLS: {0}")]
+    Tls(#[from] options::TlsError),
+    #[error("spool: {0}")]
+    Spool(#[from] crate::spool::SpoolError),
+}
+
+/// What producers use to publish.
+#[derive(Clone)]
+pub struct Mqtt {
+    pub outbox: mpsc::Sender<Outgoing>,
+    pub stats: Arc<OutboxStats>,
+    pub topics: Topics,
+}
+
+impl Mqtt {
+    /// Publishes an event (`{"ts","kind","severity","model"?,"detail"}`).
+    pub async fn event(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
+        let record = Record {
+            topic: self.topics.events(),
+            qos: 1,
+            retain: false,
+            payload: event_payload(kind, severity, model, detail),
+            class: Class::Event,
+            correlation: None,
+        };
+        let _ = self.outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await;
+    }
+}
+
+/// An event's JSON payload.
+pub fn event_payload(kind: &str, severity: &str, model: Option<&str>, detail: Value) -> Vec<u8> {
+    let mut v = serde_json::json!({"ts": now(), "kind": kind, "severity": severity, "detail": detail});
+    if let (Some(m), Some(obj)) = (model, v.as_object_mut()) {
+        obj.insert("model".into(), Value::String(m.into()));
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Now, as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The running link: the producers' handle, where commands arrive, and how to stop.
+pub struct Started {
+    pub handle: Mqtt,
+    pub commands: mpsc::Receiver<CommandMsg>,
+    /// Resolves when the outbox has delivered or spooled everything and disconnected.
+    pub closed: tokio::task::JoinHandle<()>,
+}
+
+/// What the online status says; read at each connection.
+pub type StatusFn = Box<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+/// Opens the spool and starts the link's tasks. The outbox runs until every [`Mqtt`]
+/// handle is dropped; the connection stays up until then, so that the last results and
+/// the offline status go out.
+#[allow(clippy::too_many_arguments)]
+pub fn start(
+    cfg: &MqttConfig,
+    spool_cfg: &SpoolSection,
+    state_dir: &std::path::Path,
+    device: &str,
+    status: StatusFn,
+    engine: Arc<Engine>,
+    health: Arc<Health>,
+    to_streams: mpsc::Sender<SensorMessage>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Started, MqttError> {
+    let topics =
+        Topics { prefix: cfg.prefix.clone(), device: device.to_string(), groups: cfg.groups.clone() };
+    let fsync = match spool_cfg.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(spool_cfg.fsync_interval_ms)),
+        FsyncMode::Never => FsyncPolicy::Never,
+    };
+    let fsync_every = match fsync {
+        FsyncPolicy::Interval(d) => Some(d),
+        _ => None,
+    };
+    let (spool, report) = Spool::open(SpoolConfig {
+        dir: state_dir.join("spool"),
+        max_bytes: spool_cfg.max_bytes,
+        segment_bytes: spool_cfg.segment_bytes,
+        fsync,
+    })?;
+    if report.records > 0 || report.torn_bytes_cut > 0 || !report.bad_segments.is_empty() {
+        tracing::info!(
+            records = report.records,
+            torn_bytes_cut = report.torn_bytes_cut,
+            bad_segments = report.bad_segments.len(),
+            "spool opened with undelivered messages; they go out first"
+        );
+    }
+    for bad in &report.bad_segments {
+        tracing::error!(problem = %bad, "spool segment damaged; its readable part is kept");
+    }
+
+    let will = options::Will { topic: topics.status(), payload: status("offline") };
+    let (client, event_loop) = options::build(cfg, will)?;
+    let stats = Arc::new(OutboxStats::default());
+    let acks = Arc::new(AckBook::default());
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel(OUTBOX_QUEUE);
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+
+    let status = Arc::new(status);
+    let (on, off) = (status.clone(), status);
+    let presence = outbox::Presence {
+        status_topic: topics.status(),
+        online: Box::new(move || on("online")),
+        offline: Box::new(move || off("offline")),
+        events_topic: topics.events(),
+    };
+    let outbox =
+        outbox::Outbox::new(client.clone(), spool, stats.clone(), presence, cfg.inflight, fsync_every);
+
+    let mut subscriptions: Vec<(String, u8)> = cfg.sensors.iter().map(|s| (s.topic.clone(), s.qos)).collect();
+    subscriptions.extend(topics.command_filters().into_iter().map(|f| (f, 1)));
+    let link_stop = CancellationToken::new();
+    let link = link::Link {
+        client: client.clone(),
+        event_loop,
+        subscriptions,
+        acks: acks.clone(),
+        to_outbox: link_tx,
+        inbound: inbound_tx,
+        backlog: backlog.clone(),
+        stats: stats.clone(),
+        health,
+        broker: format!("{}:{}", cfg.host, cfg.port),
+        reconnect_min: cfg.reconnect_min,
+        reconnect_max: cfg.reconnect_max,
+    };
+    tracker.spawn(link.run(link_stop.clone()));
+    let router = inbound::InboundRouter {
+        topics: topics.clone(),
+        sensors: cfg.sensors.clone(),
+        engine,
+        backlog,
+        to_streams,
+        to_commands: cmd_tx,
+        stop,
+    };
+    tracker.spawn(router.run(inbound_rx));
+    let closed = tracker.spawn(async move {
+        outbox.run(out_rx, link_rx, CLOSE_GRACE).await;
+        // Nothing acknowledged after this point would be backed by a delivered result.
+        acks.advance();
+        // Let the disconnect go out before the connection task stops.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        link_stop.cancel();
+    });
+    Ok(Started { handle: Mqtt { outbox: out_tx, stats, topics }, commands: cmd_rx, closed })
+}

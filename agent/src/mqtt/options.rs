@@ -1,0 +1,135 @@
+//! Connection options for rumqttc from the validated config: identity, credentials, TLS
+//! (rustls on ring), the last will, flow control.
+
+use std::sync::Arc;
+
+use rumqttc::v5;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::client::{Client, EventLoop};
+use crate::config::mqtt::TlsSection;
+use crate::config::{MqttConfig, MqttVersion};
+
+/// Room in the request queue: the outbox's in-flight window, sensor acks (bounded by the
+/// broker's in-flight window towards us), subscriptions and the odd status message.
+const REQUEST_QUEUE: usize = 4096;
+
+/// Why a TLS setting could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {reason}; give a PEM file")]
+    Pem { path: String, reason: String },
+    #[error("{path}: no certificate found; give a PEM file with at least one CERTIFICATE block")]
+    NoCertificate { path: String },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Builds a rustls client configuration: the given CAs only (a device trusts its fleet's
+/// broker, not the web), and a client certificate when configured.
+pub fn tls_config(t: &TlsSection) -> Result<rustls::ClientConfig, TlsError> {
+    let pem_err = |path: &std::path::Path, e: rustls_pki_types::pem::Error| TlsError::Pem {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.ca_file)
+        .map_err(|e| pem_err(&t.ca_file, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(&t.ca_file, e))?;
+    if cas.is_empty() {
+        return Err(TlsError::NoCertificate { path: t.ca_file.display().to_string() });
+    }
+    for ca in cas {
+        roots.add(ca)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match (&t.cert_file, &t.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| pem_err(cert, e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| pem_err(cert, e))?;
+            if chain.is_empty() {
+                return Err(TlsError::NoCertificate { path: cert.display().to_string() });
+            }
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
+
+/// The last will: the broker publishes it (retained) when the agent vanishes.
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Creates the client and its event loop (not yet connected).
+pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError> {
+    let tls = c
+        .tls
+        .as_ref()
+        .map(tls_config)
+        .transpose()?
+        .map(|cfg| rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(cfg))));
+    Ok(match c.version {
+        MqttVersion::V311 => {
+            let mut o = rumqttc::MqttOptions::new(&c.client_id, &c.host, c.port);
+            o.set_keep_alive(c.keep_alive)
+                .set_clean_session(c.clean_session)
+                .set_manual_acks(true)
+                .set_inflight(c.inflight)
+                .set_max_packet_size(c.max_packet_bytes, c.max_packet_bytes)
+                .set_request_channel_capacity(REQUEST_QUEUE)
+                .set_last_will(rumqttc::LastWill::new(
+                    will.topic,
+                    will.payload,
+                    rumqttc::QoS::AtLeastOnce,
+                    true,
+                ));
+            if let Some(u) = &c.username {
+                o.set_credentials(u, c.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = tls {
+                o.set_transport(t);
+            }
+            let (client, lp) = rumqttc::AsyncClient::new(o, REQUEST_QUEUE);
+            (Client::V4(client), EventLoop::V4(Box::new(lp)))
+        }
+        MqttVersion::V5 => {
+            let mut o = v5::MqttOptions::new(&c.client_id, &c.host, c.port);
+            o.set_keep_alive(c.keep_alive)
+                .set_clean_start(c.clean_session)
+                .set_manual_acks(true)
+                .set_outgoing_inflight_upper_limit(c.inflight)
+                .set_max_packet_size(Some(c.max_packet_bytes as u32))
+                .set_request_channel_capacity(REQUEST_QUEUE)
+                .set_last_will(v5::mqttbytes::v5::LastWill::new(
+                    will.topic,
+                    will.payload,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                    None,
+                ));
+            // A persistent session must outlive the connection (MQTT 5 ends it at
+            // disconnect unless told otherwise): keep it a week.
+            if !c.clean_session {
+                o.set_session_expiry_interval(Some(7 * 24 * 3600));
+            }
+            if let Some(u) = &c.username {
+                o.set_credentials(u, c.password.clone().unwrap_or_default());
+            }
+            if let Some(t) = tls {
+                o.set_transport(t);
+            }
+            let (client, lp) = v5::AsyncClient::new(o, REQUEST_QUEUE);
+            (Client::V5(client), EventLoop::V5(Box::new(lp)))
+        }
+    })
+}

@@ -1,0 +1,195 @@
+//! The telemetry report: what it holds, its two encodings, and the task that sends it.
+//!
+//! Counters are totals since start, so a consumer takes differences and a lost report
+//! loses nothing. The struct is the schema of both encodings: JSON (field names) and
+//! postcard (field order; no field may be skipped or reordered, only appended, and the
+//! `schema` number goes up when anything changes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::system::{SystemReading, SystemSampler};
+use crate::config::{TelemetryFormat, TelemetrySection};
+use crate::engine::Engine;
+use crate::mqtt::{OutboxReport, OutboxStats, Outgoing, Topics};
+use crate::spool::{Class, Record};
+
+/// Version of the report layout.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: u32,
+    pub ts: String,
+    pub device: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub models: BTreeMap<String, ModelCounts>,
+    pub engine: EngineCounts,
+    pub system: SystemReading,
+    pub agent: AgentReading,
+}
+
+/// One model's totals since start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCounts {
+    pub version: String,
+    pub ok: u64,
+    pub err: u64,
+    pub rejected: u64,
+    /// Computed on this device.
+    pub local: u64,
+    /// Computed in the cloud, by fallback reason (cloud fallback fills this).
+    pub cloud: BTreeMap<String, u64>,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    /// Requests waiting in the engine's queue (one queue, shared by all models).
+    pub queue: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineCounts {
+    pub threads: u64,
+    pub queue_depth: u64,
+    pub queue_capacity: u64,
+    pub busy: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentReading {
+    pub rss: u64,
+    pub peak_rss: u64,
+    pub cpu_s: f64,
+    pub mqtt: OutboxReport,
+}
+
+impl Report {
+    pub fn encode(&self, format: TelemetryFormat) -> Vec<u8> {
+        match format {
+            TelemetryFormat::Json => serde_json::to_vec(self).unwrap_or_default(),
+            TelemetryFormat::Postcard => postcard::to_allocvec(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// Reads a postcard-encoded report (for `edge-agent spool decode`).
+pub fn decode_postcard(bytes: &[u8]) -> Result<Report, String> {
+    postcard::from_bytes::<Report>(bytes).map_err(|e| {
+        format!("not a postcard telemetry report of schema {SCHEMA} ({e}); JSON reports need no decoding")
+    })
+}
+
+/// What the telemetry task reads from.
+pub struct Sources {
+    pub device: String,
+    pub engine: Arc<Engine>,
+    pub outbox: Arc<OutboxStats>,
+    pub started: Instant,
+}
+
+/// Builds a report now.
+pub fn build(src: &Sources, system: SystemReading) -> Report {
+    let stats = src.engine.stats();
+    let pool = src.engine.pool();
+    let models = src
+        .engine
+        .models()
+        .into_iter()
+        .map(|(name, m)| {
+            let s = stats.get(&name);
+            let ok = s.map_or(0, |s| s.ok);
+            let counts = ModelCounts {
+                version: m.version().to_string(),
+                ok,
+                err: s.map_or(0, |s| s.errors.values().sum()),
+                rejected: s.map_or(0, |s| s.rejected.values().sum()),
+                local: ok,
+                cloud: BTreeMap::new(),
+                p50_ms: s.map_or(0.0, |s| s.latency.p50_ms),
+                p95_ms: s.map_or(0.0, |s| s.latency.p95_ms),
+                p99_ms: s.map_or(0.0, |s| s.latency.p99_ms),
+                queue: pool.queue_depth as u64,
+            };
+            (name, counts)
+        })
+        .collect();
+    let mem = super::memory();
+    Report {
+        schema: SCHEMA,
+        ts: crate::mqtt::now(),
+        device: src.device.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_s: src.started.elapsed().as_secs(),
+        models,
+        engine: EngineCounts {
+            threads: pool.threads as u64,
+            queue_depth: pool.queue_depth as u64,
+            queue_capacity: pool.queue_capacity as u64,
+            busy: pool.busy as u64,
+        },
+        system,
+        agent: AgentReading {
+            rss: mem.rss,
+            peak_rss: mem.peak_rss,
+            cpu_s: super::cpu_seconds(),
+            mqtt: src.outbox.report(),
+        },
+    }
+}
+
+/// Publishes a report every `interval_s` (read from `settings`, so a `config/set`
+/// applies at the next tick) until `stop` fires.
+pub async fn run(
+    src: Sources,
+    mut sampler: SystemSampler,
+    topics: Topics,
+    outbox: mpsc::Sender<Outgoing>,
+    mut settings: watch::Receiver<TelemetrySection>,
+    stop: CancellationToken,
+) {
+    loop {
+        let current = settings.borrow_and_update().clone();
+        let wait = if current.interval_s == 0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs(current.interval_s)
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = settings.changed() => continue,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if current.interval_s == 0 {
+            continue;
+        }
+        // sysinfo reads /proc and /sys: small, but blocking.
+        let (s, reading) = match tokio::task::spawn_blocking(move || {
+            let r = sampler.sample();
+            (sampler, r)
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        sampler = s;
+        let report = build(&src, reading);
+        let record = Record {
+            topic: topics.telemetry(),
+            qos: current.qos,
+            retain: false,
+            payload: report.encode(current.format),
+            class: Class::Telemetry,
+            correlation: None,
+        };
+        if outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await.is_err() {
+            return;
+        }
+    }
+}

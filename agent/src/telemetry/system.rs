@@ -1,0 +1,76 @@
+//! Device readings: CPU, memory, temperature, free space of the state directory, uptime.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sysinfo::{Components, CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+
+/// One sample of the device.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SystemReading {
+    /// CPU use over all cores since the previous sample, 0 to 100.
+    pub cpu_pct: f32,
+    pub mem_total: u64,
+    pub mem_used: u64,
+    pub mem_avail: u64,
+    /// The hottest sensor, where the board has any (thermal zones, hwmon).
+    pub temp_c: Option<f32>,
+    /// Bytes free for the agent on the state directory's file system.
+    pub disk_free: u64,
+    pub uptime_s: u64,
+    pub load1: f64,
+}
+
+/// Keeps what sysinfo needs between samples (CPU use is a difference).
+pub struct SystemSampler {
+    system: System,
+    components: Components,
+    state_dir: PathBuf,
+}
+
+impl SystemSampler {
+    pub fn new(state_dir: &Path) -> SystemSampler {
+        let system = System::new_with_specifics(
+            RefreshKind::nothing()
+                .with_cpu(CpuRefreshKind::nothing().with_cpu_usage())
+                .with_memory(MemoryRefreshKind::nothing().with_ram()),
+        );
+        SystemSampler {
+            system,
+            components: Components::new_with_refreshed_list(),
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    pub fn sample(&mut self) -> SystemReading {
+        self.system.refresh_cpu_usage();
+        self.system.refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
+        self.components.refresh(false);
+        let temp_c = self
+            .components
+            .iter()
+            .filter_map(|c| c.temperature())
+            .filter(|t| t.is_finite())
+            .fold(None, |max: Option<f32>, t| Some(max.map_or(t, |m| m.max(t))));
+        SystemReading {
+            cpu_pct: self.system.global_cpu_usage(),
+            mem_total: self.system.total_memory(),
+            mem_used: self.system.used_memory(),
+            mem_avail: self.system.available_memory(),
+            temp_c,
+            disk_free: disk_free(&self.state_dir).unwrap_or(0),
+            uptime_s: System::uptime(),
+            load1: System::load_average().one,
+        }
+    }
+}
+
+/// Bytes available to unprivileged users on the file system holding `path`.
+pub fn disk_free(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}

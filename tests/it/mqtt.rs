@@ -1,0 +1,549 @@
+//! The MQTT link against a real Mosquitto started by each test: results, status and the
+//! last will, commands, store-and-forward across broker restarts and a SIGKILL, the
+//! spool's bound, TLS with client certificates, MQTT 5 request/response.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::broker::{Broker, BrokerOptions, Subscription};
+use crate::common::*;
+
+/// The agent's ACL: its own topics, the sensor topics, the fleet's command topics.
+const AGENT_ACL: &str = "user agent\ntopic readwrite edge/dev1/#\ntopic read edge/all/#\ntopic read edge/group/#\ntopic read sensors/#\ntopic write replies/#\n\nuser test\ntopic readwrite sensors/#\ntopic read edge/#\ntopic read replies/#\ntopic write edge/dev1/cmd/#\ntopic write edge/all/cmd/#\ntopic write edge/group/#\n\nuser outsider\ntopic read edge/#\n";
+
+fn broker_opts() -> BrokerOptions {
+    BrokerOptions {
+        users: vec![
+            ("agent".into(), "agent-pass".into()),
+            ("test".into(), "test-pass".into()),
+            ("outsider".into(), "outsider-pass".into()),
+        ],
+        acl: Some(AGENT_ACL.into()),
+        ..BrokerOptions::default()
+    }
+}
+
+/// The demo classifier without windows: each 256-sample message is one request, so every
+/// sensor message has exactly one result.
+fn flat_model(dir: &Path) -> PathBuf {
+    let dest = dir.join("flat");
+    copy_model(&demo_model(), &dest);
+    let spec = std::fs::read_to_string(dest.join("model.toml")).unwrap();
+    let spec = spec
+        .replacen("name = \"vibration\"", "name = \"flat\"", 1)
+        .replace("[pre.window]\nsize = 256\nhop = 128\n", "");
+    assert!(!spec.contains("[pre.window]"), "the demo spec changed; update this test");
+    std::fs::write(dest.join("model.toml"), spec).unwrap();
+    dest
+}
+
+/// A sensor message: 256 samples of a quiet signal, with an id.
+fn sensor_payload(id: u64) -> String {
+    let samples: Vec<String> = (0..256).map(|i| format!("{:.3}", ((i as f64) * 0.3).sin() * 0.1)).collect();
+    format!("{{\"id\":{id},\"data\":[{}]}}", samples.join(","))
+}
+
+/// A running agent whose config and state outlive it (for kill and restart).
+struct Agent {
+    child: Guard,
+    log: Arc<Mutex<String>>,
+}
+
+impl Agent {
+    fn start(config: &Path) -> Agent {
+        let mut child = Guard(
+            Command::new(bin())
+                .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--quiet"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn agent"),
+        );
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.0.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Agent { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn wait_log(&self, what: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains(what) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the agent did not log `{what}` within {limit:?}:\n{}", self.log());
+    }
+
+    fn kill(mut self) {
+        signal(&self.child.0, "KILL");
+        let _ = wait_timeout(&mut self.child.0, secs(10));
+    }
+
+    fn stop(mut self) -> String {
+        signal(&self.child.0, "TERM");
+        let status = wait_timeout(&mut self.child.0, secs(30)).expect("agent stops after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(status.success(), "agent exit {status:?}:\n{}", self.log());
+        self.log()
+    }
+}
+
+/// Writes a config for device `dev1` against `broker`; `extra` is appended.
+fn write_config(dir: &Path, broker: &Broker, model: &Path, mqtt_extra: &str, extra: &str) -> PathBuf {
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n[[model]]\npath = \"{model}\"\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
+         reconnect_min_ms = 100\nreconnect_max_ms = 1000\ngroups = [\"line-1\"]\nmax_command_bytes = 2048\n{mqtt_extra}\n\n\
+         [[mqtt.sensor]]\ntopic = \"sensors/+/accel\"\nmodel = \"flat\"\nstream_level = 1\n\n{extra}\n",
+        state = dir.join("state").display(),
+        model = model.display(),
+        port = broker.port,
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+fn json_of(payload: &str) -> Value {
+    serde_json::from_str(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload}"))
+}
+
+fn online(sub: &Subscription, limit: Duration) -> Value {
+    let (_, p) =
+        sub.wait_for("online status", limit, |t, p| t == "edge/dev1/status" && p.contains("\"online\""));
+    json_of(&p)
+}
+
+#[test]
+fn results_status_and_last_will() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let config = write_config(dir.path(), &broker, &model, "", "");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let results = broker.subscribe("test", "edge/dev1/results/#");
+    let agent = Agent::start(&config);
+    let s = online(&status, secs(30));
+    assert_eq!(s["models"]["flat"], "1", "{s}");
+    assert!(s["version"].is_string() && s["since"].is_string(), "{s}");
+
+    for (i, sensor) in ["pump-1", "pump-2", "pump-1"].iter().enumerate() {
+        broker.publish(
+            "test",
+            &format!("sensors/{sensor}/accel"),
+            sensor_payload(i as u64).as_bytes(),
+            1,
+            false,
+        );
+    }
+    let got = results.wait_count(3, secs(30), |t, _| t == "edge/dev1/results/flat");
+    // Streams run in parallel: order by input, then check each.
+    let mut got: Vec<Value> = got.iter().map(|(_, p)| json_of(p)).collect();
+    got.sort_by_key(|r| r["input_id"].as_u64());
+    let mut seqs = Vec::new();
+    for (i, r) in got.iter().enumerate() {
+        assert_eq!(r["input_id"], json!(i), "{r}");
+        assert_eq!(r["stream"], if i == 1 { "pump-2" } else { "pump-1" }, "{r}");
+        assert_eq!(r["source"], format!("sensors/{}/accel", r["stream"].as_str().unwrap()));
+        assert_eq!(r["place"], "local");
+        assert_eq!(r["version"], "1");
+        assert!(r["outputs"]["label"].is_string(), "{r}");
+        assert!(r["latency_ms"].as_f64().unwrap() > 0.0);
+        seqs.push(r["seq"].as_u64().unwrap());
+    }
+    // pump-1's two results in order; all three numbered differently.
+    assert!(seqs[2] > seqs[0], "seq increases within a stream: {seqs:?}");
+    let mut distinct = seqs.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{seqs:?}");
+    seqs.sort();
+
+    // Killed: the broker publishes the last will (retained).
+    agent.kill();
+    status
+        .wait_for("offline last will", secs(60), |t, p| t == "edge/dev1/status" && p.contains("\"offline\""));
+    let late = broker.subscribe("test", "edge/dev1/status");
+    late.wait_for("retained offline", secs(10), |_, p| p.contains("\"offline\""));
+
+    // Back: online again, and numbering goes on after the crash, never repeating.
+    let mark = status.messages().len();
+    let agent = Agent::start(&config);
+    status.wait_for_after("online after restart", mark, secs(30), |_, p| p.contains("\"online\""));
+    broker.publish("test", "sensors/pump-1/accel", sensor_payload(3).as_bytes(), 1, false);
+    let (_, p) = results.wait_for("result after restart", secs(30), |_, p| p.contains("\"input_id\":3"));
+    let seq = json_of(&p)["seq"].as_u64().unwrap();
+    assert!(seq > *seqs.last().unwrap(), "seq {seq} after restart must exceed {seqs:?}");
+
+    // A clean stop says offline itself.
+    let mark = status.messages().len();
+    agent.stop();
+    status.wait_for_after("offline at shutdown", mark, secs(10), |_, p| p.contains("\"offline\""));
+}
+
+/// Sends a command as `test` and returns its final reply.
+fn command(
+    broker: &Broker,
+    replies: &Subscription,
+    name: &str,
+    payload: &str,
+    id: impl Into<Value>,
+) -> Value {
+    let id: Value = id.into();
+    let mark = replies.messages().len();
+    broker.publish("test", &format!("edge/dev1/cmd/{name}"), payload.as_bytes(), 1, false);
+    let topic = format!("edge/dev1/cmd/{name}/reply");
+    let (_, p) = replies.wait_for_after(&format!("final reply to {name} {id}"), mark, secs(30), |t, p| {
+        t == topic
+            && serde_json::from_str::<Value>(p).is_ok_and(|v| v["id"] == id)
+            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
+    });
+    json_of(&p)
+}
+
+#[test]
+fn commands_life_cycle_and_bad_requests() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let config = write_config(dir.path(), &broker, &model, "", "[telemetry]\ninterval_s = 3600\n");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let replies = broker.subscribe("test", "edge/dev1/cmd/#");
+    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+
+    let r = command(&broker, &replies, "ping", r#"{"id":"p-1"}"#, "p-1");
+    assert_eq!(r["state"], "succeeded", "{r}");
+    assert_eq!(r["result"]["pong"], true);
+    let accepted =
+        replies.messages().iter().filter(|(_, p)| p.contains("\"p-1\"") && p.contains("accepted")).count();
+    assert_eq!(accepted, 1, "one accepted reply before the final one");
+
+    // The same id again: the recorded reply, not a second run.
+    let before = replies.messages().len();
+    broker.publish("test", "edge/dev1/cmd/ping", br#"{"id":"p-1"}"#, 1, false);
+    let (_, p) =
+        replies.wait_for_after("the repeated id's reply", before, secs(10), |t, _| t.ends_with("/reply"));
+    assert_eq!(json_of(&p), r, "a repeated id gets the recorded final reply");
+    std::thread::sleep(Duration::from_millis(500));
+    let accepted =
+        replies.messages().iter().filter(|(_, p)| p.contains("\"p-1\"") && p.contains("accepted")).count();
+    assert_eq!(accepted, 1, "a repeated id is not run again");
+
+    // Bad requests: each rejected with a reason, the agent keeps going.
+    let r = command(&broker, &replies, "ping", "{not json", Value::Null);
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("not a command request"), "{r}");
+    let r = command(&broker, &replies, "reboot-now", r#"{"id":"u-1"}"#, "u-1");
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("unknown command `reboot-now`"), "{r}");
+    let r = command(&broker, &replies, "ping", r#"{"id":7}"#, 7);
+    assert_eq!(r["state"], "rejected", "an id must be a string: {r}");
+    assert!(r["error"].as_str().unwrap().contains("expected a string"), "{r}");
+    let r = command(
+        &broker,
+        &replies,
+        "config/set",
+        r#"{"id":"s-1","args":{"key":"telemetry.interval_s","value":"soon"}}"#,
+        "s-1",
+    );
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("telemetry.interval_s"), "{r}");
+    let r = command(
+        &broker,
+        &replies,
+        "config/set",
+        r#"{"id":"s-2","args":{"key":"mqtt.host","value":"evil"}}"#,
+        "s-2",
+    );
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("cannot be changed at run time"), "{r}");
+    let r = command(
+        &broker,
+        &replies,
+        "config/set",
+        r#"{"id":"s-3","args":{"key":"engine.deadline_ms","value":0}}"#,
+        "s-3",
+    );
+    assert_eq!(r["state"], "rejected", "out of range: {r}");
+    let big = format!(r#"{{"id":"b-1","args":{{"pad":"{}"}}}}"#, "x".repeat(4000));
+    let r = command(&broker, &replies, "ping", &big, Value::Null);
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("max_command_bytes"), "{r}");
+    let r = command(&broker, &replies, "ping", r#"{"id":"e-1","expires":"2020-01-01T00:00:00Z"}"#, "e-1");
+    assert_eq!(r["state"], "rejected");
+    assert!(r["error"].as_str().unwrap().contains("expired"), "{r}");
+
+    // Outside the ACL: the broker drops it, so no reply is possible; the agent is fine.
+    let before = replies.messages().len();
+    broker.publish("outsider", "edge/dev1/cmd/ping", br#"{"id":"x-1"}"#, 1, false);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !replies.messages()[before..].iter().any(|(_, p)| p.contains("x-1")),
+        "an ACL-denied command must not run"
+    );
+
+    // Group and fleet topics reach the device; replies come on its own topic.
+    let r = command_on(&broker, &replies, "edge/group/line-1/cmd/ping", "g-1");
+    assert_eq!(r["state"], "succeeded");
+    let r = command_on(&broker, &replies, "edge/all/cmd/ping", "a-1");
+    assert_eq!(r["state"], "succeeded");
+
+    // Runtime settings: validated, applied at once, persisted, read back.
+    let r = command(
+        &broker,
+        &replies,
+        "config/set",
+        r#"{"id":"s-4","args":{"key":"telemetry.interval_s","value":1}}"#,
+        "s-4",
+    );
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let (_, t) = telemetry.wait_for("telemetry after config/set", secs(10), |_, _| true);
+    let t = json_of(&t);
+    assert!(t["models"]["flat"]["ok"].is_u64(), "{t}");
+    assert!(t["system"]["mem_total"].as_u64().unwrap() > 0, "{t}");
+    assert!(t["agent"]["rss"].as_u64().unwrap() > 0, "{t}");
+    assert!(t["agent"]["mqtt"]["connected"].as_bool().unwrap(), "{t}");
+    let overlay = std::fs::read_to_string(dir.path().join("state/runtime.toml")).unwrap();
+    assert!(overlay.contains("telemetry.interval_s") && overlay.contains('1'), "{overlay}");
+    let r = command(
+        &broker,
+        &replies,
+        "config/get",
+        r#"{"id":"g-2","args":{"key":"telemetry.interval_s"}}"#,
+        "g-2",
+    );
+    assert_eq!(r["result"]["value"], 1, "{r}");
+    let r = command(&broker, &replies, "config/get", r#"{"id":"g-3"}"#, "g-3");
+    assert_eq!(r["result"]["config"]["mqtt"]["password"], "(hidden)", "{r}");
+
+    let r = command(&broker, &replies, "models/list", r#"{"id":"m-1"}"#, "m-1");
+    assert_eq!(r["result"]["models"][0]["name"], "flat", "{r}");
+    let r = command(&broker, &replies, "status", r#"{"id":"st-1"}"#, "st-1");
+    assert_eq!(r["result"]["device"], "dev1", "{r}");
+    let r = command(&broker, &replies, "diagnostics", r#"{"id":"d-1"}"#, "d-1");
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let checks = r["result"]["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["check"] == "broker" && c["level"] == "ok"), "{r}");
+    assert!(
+        replies.messages().iter().any(|(_, p)| p.contains("\"d-1\"") && p.contains("\"running\"")),
+        "diagnostics reports progress"
+    );
+
+    // The setting survives a restart.
+    agent.stop();
+    let agent = Agent::start(&config);
+    let before = telemetry.messages().len();
+    telemetry.wait_count(before + 2, secs(10), |_, _| true);
+    agent.stop();
+}
+
+fn command_on(broker: &Broker, replies: &Subscription, topic: &str, id: &str) -> Value {
+    broker.publish("test", topic, format!(r#"{{"id":"{id}"}}"#).as_bytes(), 1, false);
+    let (_, p) = replies.wait_for(&format!("reply to {id}"), secs(30), |t, p| {
+        t == "edge/dev1/cmd/ping/reply" && p.contains(id) && !p.contains("accepted")
+    });
+    json_of(&p)
+}
+
+#[test]
+fn mqtt5_request_response_with_correlation() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let config = write_config(dir.path(), &broker, &model, "version = \"5\"", "");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let responses = broker.subscribe("test", "replies/#");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+    broker.publish_v5("test", "edge/dev1/cmd/ping", br#"{"id":"v5-1"}"#, "replies/me", b"corr-42");
+    let m = responses
+        .wait_for_message("reply on the response topic", secs(30), |m| m.text().contains("succeeded"));
+    assert_eq!(m.json()["id"], "v5-1");
+    assert_eq!(m.correlation_data.as_deref(), Some("corr-42"), "the correlation data is echoed");
+    agent.stop();
+}
+
+#[test]
+fn tls_with_client_certificates() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(BrokerOptions { tls: true, ..broker_opts() });
+    let tls = format!(
+        "\n[mqtt.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        broker.ca_file().display(),
+        broker.client_cert().display(),
+        broker.client_key().display()
+    );
+    // [mqtt.tls] must come after the [mqtt] keys and before [[mqtt.sensor]].
+    let config = write_config(dir.path(), &broker, &model, &tls, "");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let results = broker.subscribe("test", "edge/dev1/results/#");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+    broker.publish("test", "sensors/s1/accel", sensor_payload(1).as_bytes(), 1, false);
+    results.wait_for("a result over TLS", secs(30), |_, p| p.contains("\"input_id\":1"));
+    agent.stop();
+}
+
+/// Results by input id: the first arrival of each, and how many arrived in all.
+#[derive(Default)]
+struct Tally {
+    first: BTreeMap<u64, (String, u64)>,
+    arrivals: u64,
+}
+
+fn tally(messages: &[(String, String)]) -> Tally {
+    let mut t = Tally::default();
+    for (topic, p) in messages {
+        if !topic.starts_with("edge/dev1/results/") {
+            continue;
+        }
+        let r = json_of(p);
+        t.arrivals += 1;
+        let id = r["input_id"].as_u64().expect("input id");
+        t.first.entry(id).or_insert((r["stream"].as_str().unwrap().to_string(), r["seq"].as_u64().unwrap()));
+    }
+    t
+}
+
+#[test]
+fn ten_thousand_messages_through_broker_restarts_and_a_sigkill() {
+    const TOTAL: u64 = 10_000;
+    const SENSORS: u64 = 4;
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let mut broker = Broker::start(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() });
+    let config = write_config(dir.path(), &broker, &model, "", "[spool]\nfsync = \"always\"\n");
+    let collector = broker.subscribe_persistent("test", "edge/dev1/results/#", "collector");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let mut agent = Some(Agent::start(&config));
+    online(&status, secs(30));
+
+    let chunk = TOTAL / 10;
+    for c in 0..10 {
+        let lines: Vec<(String, String)> = (c * chunk..(c + 1) * chunk)
+            .map(|id| (format!("sensors/s{}/accel", id % SENSORS), sensor_payload(id)))
+            .collect();
+        broker.publish_many("test", &lines, 1);
+        match c {
+            // The broker goes away twice while the agent is busy.
+            2 | 6 => {
+                std::thread::sleep(Duration::from_millis(300));
+                broker.stop();
+                std::thread::sleep(Duration::from_secs(2));
+                broker.restart();
+            }
+            // The agent is killed mid-stream and started again.
+            4 => {
+                std::thread::sleep(Duration::from_millis(300));
+                agent.take().unwrap().kill();
+                std::thread::sleep(Duration::from_millis(500));
+                agent = Some(Agent::start(&config));
+            }
+            _ => {}
+        }
+    }
+    let start = Instant::now();
+    let mut t = tally(&collector.messages());
+    while (t.first.len() as u64) < TOTAL && start.elapsed() < secs(240) {
+        std::thread::sleep(Duration::from_millis(500));
+        t = tally(&collector.messages());
+    }
+    let missing: Vec<u64> = (0..TOTAL).filter(|id| !t.first.contains_key(id)).take(20).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {TOTAL} inputs have no result (first missing: {missing:?}); agent log:\n{}",
+        TOTAL - t.first.len() as u64,
+        agent.as_ref().map(|a| a.log()).unwrap_or_default()
+    );
+    // In order per stream: by first arrival, input ids of one sensor only go up.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut trail: Vec<(u64, u64, String)> = Vec::new();
+    let mut passed = std::collections::HashSet::new();
+    for (topic, p) in collector.messages() {
+        if !topic.starts_with("edge/dev1/results/") {
+            continue;
+        }
+        let r = json_of(&p);
+        let id = r["input_id"].as_u64().unwrap();
+        let stream = r["stream"].as_str().unwrap().to_string();
+        if !passed.insert(id) {
+            continue; // a duplicate (at least once): already counted at its first arrival
+        }
+        trail.push((id, r["seq"].as_u64().unwrap(), stream.clone()));
+        if let Some(prev) = last.get(&stream) {
+            let recent: Vec<_> = trail.iter().rev().filter(|(_, _, s)| *s == stream).take(12).collect();
+            assert!(id > *prev, "stream {stream}: input {id} after {prev}; recent (input, seq): {recent:?}");
+        }
+        last.insert(stream, id);
+    }
+    let duplicates = t.arrivals - TOTAL;
+    eprintln!("10k: {TOTAL} inputs, {} results delivered, {duplicates} duplicates", t.arrivals);
+    agent.unwrap().stop();
+}
+
+#[test]
+fn spool_drops_telemetry_first_and_reports_it() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let mut broker = Broker::start(broker_opts());
+    broker.stop();
+    // Offline from the start: a fast simulated sensor and telemetry every second fill a
+    // small spool.
+    let extra = "[telemetry]\ninterval_s = 1\n\n[spool]\nmax_bytes = 65536\nsegment_bytes = 4096\nfsync = \"never\"\n\n\
+                 [[source]]\nkind = \"simulated\"\nmodel = \"flat\"\nstream = \"sim\"\nsample_rate = 256000\nchunk_ms = 1\nspeed = 1\n";
+    let config = write_config(dir.path(), &broker, &model, "", extra);
+    let agent = Agent::start(&config);
+    agent.wait_log("spool full", secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    broker.restart();
+    let sub = broker.subscribe("test", "edge/dev1/#");
+    let (_, ev) = sub.wait_for("spool overflow event", secs(60), |t, p| {
+        t == "edge/dev1/events" && p.contains("spool-overflow")
+    });
+    let ev = json_of(&ev);
+    assert!(ev["detail"]["dropped_total"]["telemetry"].as_u64().unwrap() > 0, "telemetry goes first: {ev}");
+    // A fresh report after reconnecting counts what was dropped.
+    let (_, t) = sub.wait_for("telemetry with drops", secs(30), |t, p| {
+        t == "edge/dev1/telemetry"
+            && serde_json::from_str::<Value>(p).is_ok_and(|v| v["agent"]["mqtt"]["connected"] == true)
+    });
+    let t = json_of(&t);
+    let dropped = &t["agent"]["mqtt"]["dropped"];
+    assert!(dropped["telemetry"].as_u64().unwrap() > 0, "{t}");
+    // Results were dropped only once no telemetry was left to drop: none of the offline
+    // period's reports survived, while results did.
+    if dropped["result"].as_u64().unwrap() > 0 {
+        let replayed_offline_reports = sub
+            .messages()
+            .iter()
+            .filter(|(t, p)| t == "edge/dev1/telemetry" && p.contains("\"connected\":false"))
+            .count();
+        assert_eq!(replayed_offline_reports, 0, "a report survived while results were dropped: {t}");
+    }
+    assert!(sub.messages().iter().any(|(t, _)| t.starts_with("edge/dev1/results/")), "results replayed");
+    agent.stop();
+}
