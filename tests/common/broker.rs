@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::{Guard, free_port, signal, tempdir, wait_timeout};
+use super::{Guard, free_port, read_into, signal, tempdir, wait_timeout};
 
 /// How long the broker may take to accept connections, or to exit after SIGTERM. Generous:
 /// it takes milliseconds, but CI machines stall.
@@ -869,19 +869,6 @@ fn run_bounded(cmd: &mut Command, stdin: &[u8], limit: Duration) -> Result<Outpu
         Some(status) => Ok(Output { status, stdout, stderr }),
         None => Err(format!("did not finish within {limit:?}; stderr: {}", String::from_utf8_lossy(&stderr))),
     }
-}
-
-/// Reads a pipe to its end into `sink` on a thread (lossy UTF-8).
-fn read_into(mut pipe: impl Read + Send + 'static, sink: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
 }
 
 fn push(args: &mut Vec<OsString>, more: &[&str]) {

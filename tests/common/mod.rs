@@ -119,6 +119,20 @@ impl Drop for Guard {
     }
 }
 
+/// Reads a pipe to its end into `sink` on a thread (lossy UTF-8), so that the pipe never
+/// fills and the text can be looked at while the process runs.
+pub fn read_into(mut pipe: impl Read + Send + 'static, sink: std::sync::Arc<std::sync::Mutex<String>>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+}
+
 /// Sends a signal to a process.
 pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().expect("kill");
@@ -204,17 +218,7 @@ impl Daemon {
         let mut child =
             Guard(command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon"));
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.0.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        read_into(child.0.stderr.take().expect("stderr"), log.clone());
         let d = Daemon { child, log, port, socket, dir, config };
         d.wait_ready(Duration::from_secs(60));
         d

@@ -109,3 +109,50 @@ fn syntax_error_and_missing_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("cannot read config file /nonexistent/agent.toml"));
 }
+
+#[test]
+fn mqtt_settings_are_checked_with_their_lines() {
+    let config = r#"[agent]
+device_id = "x"
+
+[[model]]
+path = "DEMO"
+
+[mqtt]
+host = "127.0.0.1"
+keep_alive_s = 2
+password = "secret"
+groups = ["all"]
+
+[mqtt.tls]
+ca_file = "no/such/ca.pem"
+cert_file = "no/such/cert.pem"
+
+[[mqtt.sensor]]
+topic = "sensors/#/accel"
+model = "vibration"
+
+[[mqtt.sensor]]
+topic = "sensors/+/accel"
+model = "vibraton"
+stream_level = 7
+
+[spool]
+max_bytes = 1000
+"#;
+    let (code, err) = check(config, &[]);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "agent.toml:9: mqtt.keep_alive_s: 2 is out of range",
+        "agent.toml:11: mqtt.groups: `all` is not a group name",
+        "mqtt.username: a password needs a username",
+        "agent.toml:14: mqtt.tls.ca_file",
+        "agent.toml:15: mqtt.tls.cert_file: a client certificate needs its key",
+        "agent.toml:18: mqtt.sensor.0.topic: `sensors/#/accel` is not a topic filter",
+        "agent.toml:23: mqtt.sensor.1.model: no model named `vibraton`",
+        "agent.toml:24: mqtt.sensor.1.stream_level: `sensors/+/accel` has 3 levels (0 to 2); no level 7",
+        "agent.toml:27: spool.max_bytes",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}

@@ -3,7 +3,6 @@
 //! spool's bound, TLS with client certificates, MQTT 5 request/response.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -66,17 +65,7 @@ impl Agent {
                 .expect("spawn agent"),
         );
         let log = Arc::new(Mutex::new(String::new()));
-        let mut stderr = child.0.stderr.take().expect("stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        read_into(child.0.stderr.take().expect("stderr"), log.clone());
         Agent { child, log }
     }
 
@@ -179,6 +168,15 @@ fn results_status_and_last_will() {
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "{seqs:?}");
     seqs.sort();
+
+    // A malformed sensor message: counted, reported as an event, acknowledged.
+    let events = broker.subscribe("test", "edge/dev1/events");
+    broker.publish("test", "sensors/pump-1/accel", b"{\"id\": 9, \"data\": [1, \"x\"]}", 1, false);
+    let (_, e) = events.wait_for("request-failed event", secs(30), |_, p| p.contains("request-failed"));
+    let e = json_of(&e);
+    assert_eq!(e["model"], "flat", "{e}");
+    assert_eq!(e["detail"]["stream"], "pump-1", "{e}");
+    assert!(e["detail"]["error"].as_str().unwrap().contains("not a number"), "{e}");
 
     // Killed: the broker publishes the last will (retained).
     agent.kill();
@@ -519,6 +517,13 @@ fn spool_drops_telemetry_first_and_reports_it() {
     let agent = Agent::start(&config);
     agent.wait_log("spool full", secs(60));
     std::thread::sleep(Duration::from_secs(3));
+    // What waits can be looked at while the agent runs (read-only).
+    let out = run(&["spool", "inspect", dir.path().join("state/spool").to_str().unwrap()], secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let waiting = json_lines(&out.stdout);
+    assert!(waiting.iter().any(|r| r["class"] == "result" && r["payload"]["model"] == "flat"), "{waiting:?}");
+    assert!(waiting.windows(2).all(|w| w[1]["id"].as_u64() > w[0]["id"].as_u64()), "in order");
+    assert!(stderr(&out).contains("waiting"), "{}", stderr(&out));
     broker.restart();
     let sub = broker.subscribe("test", "edge/dev1/#");
     let (_, ev) = sub.wait_for("spool overflow event", secs(60), |t, p| {
@@ -545,5 +550,39 @@ fn spool_drops_telemetry_first_and_reports_it() {
         assert_eq!(replayed_offline_reports, 0, "a report survived while results were dropped: {t}");
     }
     assert!(sub.messages().iter().any(|(t, _)| t.starts_with("edge/dev1/results/")), "results replayed");
+    agent.stop();
+}
+
+#[test]
+fn postcard_telemetry_decodes_to_the_json_report() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let config =
+        write_config(dir.path(), &broker, &model, "", "[telemetry]\ninterval_s = 1\nformat = \"postcard\"\n");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+    let m = telemetry.wait_for_message("a postcard report", secs(30), |_| true);
+    assert!(serde_json::from_slice::<Value>(&m.payload).is_err(), "postcard, not JSON");
+    let file = dir.path().join("report.bin");
+    std::fs::write(&file, &m.payload).unwrap();
+    let out = run(&["spool", "decode", file.to_str().unwrap()], secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["schema"], 1);
+    assert_eq!(report["device"], "dev1");
+    assert!(report["models"]["flat"].is_object(), "{report}");
+    assert!(report["system"]["mem_total"].as_u64().unwrap() > 0, "{report}");
+    // The JSON form of the same report is several times larger.
+    let json_len = serde_json::to_vec(&report).unwrap().len();
+    eprintln!("telemetry: postcard {} bytes, JSON {json_len} bytes", m.payload.len());
+    assert!(m.payload.len() * 2 < json_len, "postcard {} vs JSON {json_len}", m.payload.len());
+    // Garbage is refused with a reason, not a panic.
+    std::fs::write(&file, b"not a report").unwrap();
+    let out = run(&["spool", "decode", file.to_str().unwrap()], secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not a postcard telemetry report"), "{}", stderr(&out));
     agent.stop();
 }

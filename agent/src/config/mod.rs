@@ -448,13 +448,7 @@ impl Config {
         flags: &Overrides,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
-            message: e.message().trim().to_string(),
-        })?;
+        let (mut raw, text) = read_file(path)?;
         // The runtime overlay lives in the state directory, which env and flags may move.
         let mut probe = raw.clone();
         if !env.is_empty() {
@@ -478,13 +472,7 @@ impl Config {
     /// Reads the file as [`RawConfig`] with the runtime overlay of `state_dir` applied
     /// (what `config/get` shows and `config/set` changes), and its text.
     pub fn load_raw(path: &Path, state_dir: &Path) -> Result<(RawConfig, String), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let mut raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
-            message: e.message().trim().to_string(),
-        })?;
+        let (mut raw, text) = read_file(path)?;
         runtime::apply_overlay(&mut raw, state_dir);
         Ok((raw, text))
     }
@@ -493,6 +481,18 @@ impl Config {
     pub fn check_raw(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigError> {
         validate(raw, path, text)
     }
+}
+
+/// Reads and parses a config file (syntax only), returning its text for line numbers.
+fn read_file(path: &Path) -> Result<(RawConfig, String), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line: e.span().map(|s| line_of(&text, s.start)).unwrap_or(0),
+        message: e.message().trim().to_string(),
+    })?;
+    Ok((raw, text))
 }
 
 /// Applies `EDGE_AGENT_<SECTION>_<KEY>` variables: `EDGE_AGENT_ENGINE_THREADS=4` sets

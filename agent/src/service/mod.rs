@@ -167,6 +167,7 @@ pub async fn run(
         health.clone(),
         config.engine.max_streams,
         result_tx,
+        mqtt.as_ref().map(|m| m.handle.clone()),
         tracker.clone(),
     ));
 
@@ -377,6 +378,7 @@ async fn route(
     health: Arc<Health>,
     max_streams: usize,
     results: mpsc::Sender<ResultRecord>,
+    events: Option<crate::mqtt::Mqtt>,
     tracker: TaskTracker,
 ) -> u64 {
     let mut streams: HashMap<(String, String), mpsc::Sender<SensorMessage>> = HashMap::new();
@@ -393,7 +395,7 @@ async fn route(
                 continue;
             }
             let (tx, srx) = mpsc::channel(STREAM_QUEUE);
-            tracker.spawn(stream::run(srx, engine.clone(), health.clone(), results.clone()));
+            tracker.spawn(stream::run(srx, engine.clone(), health.clone(), results.clone(), events.clone()));
             streams.insert(key.clone(), tx);
         }
         if let Some(tx) = streams.get(&key)

@@ -34,17 +34,24 @@ impl Pipeline {
 struct ErrorLog {
     last: Option<Instant>,
     suppressed: u64,
+    events: Option<crate::mqtt::Mqtt>,
 }
 
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ErrorLog {
-    fn report(&mut self, model: &str, stream: &str, err: &dyn std::fmt::Display) {
+    /// Logs (and, with MQTT, publishes as a `request-failed` event) at most once per
+    /// interval, with how many were left out.
+    async fn report(&mut self, model: &str, stream: &str, err: &(dyn std::fmt::Display + Sync)) {
         if self.last.is_some_and(|t| t.elapsed() < ERROR_LOG_INTERVAL) {
             self.suppressed += 1;
             return;
         }
         tracing::warn!(%model, %stream, error = %err, suppressed = self.suppressed, "request failed");
+        if let Some(m) = &self.events {
+            let detail = serde_json::json!({"stream": stream, "error": err.to_string(), "suppressed": self.suppressed});
+            m.event("request-failed", "warning", Some(model), detail).await;
+        }
         self.last = Some(Instant::now());
         self.suppressed = 0;
     }
@@ -55,9 +62,10 @@ pub(super) async fn run(
     engine: Arc<Engine>,
     health: Arc<super::health::Health>,
     results: mpsc::Sender<ResultRecord>,
+    events: Option<crate::mqtt::Mqtt>,
 ) {
     let mut pipe: Option<Pipeline> = None;
-    let mut errors = ErrorLog { last: None, suppressed: 0 };
+    let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
         // Dropping `ack` acknowledges the broker's copy: it rides on the message's last
         // result (acknowledged once that is delivered or spooled), or goes when this
@@ -66,7 +74,7 @@ pub(super) async fn run(
         let Some(model) = engine.model(&msg.model) else {
             let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
             engine.count_error(&msg.model, &err);
-            errors.report(&msg.model, &msg.stream, &err);
+            errors.report(&msg.model, &msg.stream, &err).await;
             continue;
         };
         // A new model version (or an explicit reset) starts the stream afresh.
@@ -80,7 +88,7 @@ pub(super) async fn run(
             Err(source) => {
                 let err = InferError::Input { model: msg.model.clone(), source };
                 engine.count_error(&msg.model, &err);
-                errors.report(&msg.model, &msg.stream, &err);
+                errors.report(&msg.model, &msg.stream, &err).await;
                 continue;
             }
         };
@@ -127,7 +135,7 @@ pub(super) async fn run(
                     };
                     records.push(record);
                 }
-                Err(e) => errors.report(&msg.model, &msg.stream, &e),
+                Err(e) => errors.report(&msg.model, &msg.stream, &e).await,
             }
         }
         if let (Some(last), Some(ack)) = (records.last_mut(), ack) {
