@@ -4,7 +4,7 @@
 # second and end-to-end p50/p99 latency at rising offered rates, next to the same model
 # called in-process (`edge-agent bench`, the baseline), and the agent's peak RSS.
 #
-#   tests/bench/mqtt.sh [BINARY] [MESSAGES_PER_RUN]
+#   tests/bench/mqtt.sh [BINARY] [MESSAGES_PER_RUN] [3.1.1|5]
 #
 # The load driver is Mosquitto's own C client (`mosquitto_pub -l`, QoS 1) fed by a small
 # pacing script; results are collected by `mosquitto_sub` with its receive time stamps.
@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN="${1:-target/release/edge-agent}"
 N="${2:-20000}"
+# MQTT version of the agent's connection: 3.1.1 or 5.
+VERSION="${3:-3.1.1}"
 [ -x "$BIN" ] || { echo "mqtt.sh: build $BIN first (cargo build --release)" >&2; exit 2; }
 command -v mosquitto >/dev/null || { echo "mqtt.sh: needs mosquitto and mosquitto-clients (tests/run installs them)" >&2; exit 2; }
 TMP="$(mktemp -d)"
@@ -57,6 +59,7 @@ path = "$TMP/flat"
 [mqtt]
 host = "127.0.0.1"
 port = $PORT
+version = "$VERSION"
 [[mqtt.sensor]]
 topic = "sensors/+/accel"
 model = "flat"
@@ -69,17 +72,19 @@ AGENT=$!
 for _ in $(seq 100); do grep -q "MQTT connected" "$TMP/agent.log" && break; sleep 0.1; done
 
 echo "machine: $(nproc) cores, $(uname -m); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-echo "command: tests/bench/mqtt.sh $BIN $N"
+echo "command: tests/bench/mqtt.sh $BIN $N $VERSION"
 echo
 echo "baseline, in-process (edge-agent bench, 1 thread):"
 "$BIN" bench --model "$TMP/flat" -n 20000 --json 2>/dev/null | python3 -c '
 import json, sys
 e = json.load(sys.stdin)["engine"]
-l = e["latency"]
-print("  engine p50 %.3f ms, p99 %.3f ms, %.0f inferences/s" % (l["p50_ms"], l["p99_ms"], e["throughput_rps"]))
+print("  engine p50 %.3f ms, p99 %.3f ms, %.0f inferences/s" % (e["p50_ms"], e["p99_ms"], e["throughput_rps"]))
 ' || echo "  (bench output not understood)"
 echo
-printf "%-10s %10s %10s %10s %10s\n" offered/s "results/s" "p50 ms" "p99 ms" "lost"
+rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$AGENT/status"; }
+echo "agent RSS idle after start: $(rss) MiB"
+echo
+printf "%-10s %10s %10s %10s %10s %12s\n" offered/s "results/s" "p50 ms" "p99 ms" "lost" "RSS MiB"
 for RATE in 1000 2000 5000 10000 0; do
     RUN="$TMP/run-$RATE"
     mkdir -p "$RUN"
@@ -142,8 +147,9 @@ for line in open(f"{run}/recv.txt"):
 lat.sort()
 q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 span = last - min(sent.values()) if last else float("nan")
-print("%-10s %10.0f %10.2f %10.2f %10d" % (rate if rate != "0" else "max", len(seen) / span, q(0.5), q(0.99), n - len(seen)))
+print("%-10s %10.0f %10.2f %10.2f %10d" % (rate if rate != "0" else "max", len(seen) / span, q(0.5), q(0.99), n - len(seen)), end="")
 PY
+    printf " %12s\n" "$(rss)"
 done
 echo
 grep -E "VmHWM|VmRSS" /proc/$AGENT/status | sed 's/^/agent /'

@@ -97,6 +97,10 @@ pub struct MqttSection {
     /// QoS 1 messages the agent publishes before waiting for acknowledgements.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
+    /// MQTT 5: QoS 1 messages the broker may send before the agent acknowledges them
+    /// (flow control that bounds the agent's memory under a flood).
+    #[serde(default = "default_receive_maximum")]
+    pub receive_maximum: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSection>,
     #[serde(default, rename = "sensor")]
@@ -122,6 +126,9 @@ fn default_max_command() -> usize {
     64 * 1024
 }
 fn default_inflight() -> u16 {
+    64
+}
+fn default_receive_maximum() -> u16 {
     64
 }
 
@@ -226,6 +233,7 @@ pub struct MqttConfig {
     pub max_packet_bytes: usize,
     pub max_command_bytes: usize,
     pub inflight: u16,
+    pub receive_maximum: u16,
     pub tls: Option<TlsSection>,
     pub sensors: Vec<SensorSubscription>,
 }
@@ -280,6 +288,9 @@ pub(super) fn validate(
     }
     if !(1..=10_000).contains(&m.inflight) {
         problem("mqtt.inflight", format!("{} is out of range; use 1 to 10000", m.inflight));
+    }
+    if m.receive_maximum == 0 {
+        problem("mqtt.receive_maximum", "0 is not allowed by MQTT 5; use 1 to 65535".into());
     }
     let password = match (&m.password, &m.password_file) {
         (Some(_), Some(_)) => {
@@ -375,6 +386,7 @@ pub(super) fn validate(
         max_packet_bytes: m.max_packet_bytes,
         max_command_bytes: m.max_command_bytes,
         inflight: m.inflight,
+        receive_maximum: m.receive_maximum,
         tls,
         sensors: m.sensors.clone(),
     }

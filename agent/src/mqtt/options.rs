@@ -109,6 +109,7 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
                 .set_manual_acks(true)
                 .set_outgoing_inflight_upper_limit(c.inflight)
                 .set_max_packet_size(Some(c.max_packet_bytes as u32))
+                .set_receive_maximum(Some(c.receive_maximum))
                 .set_request_channel_capacity(REQUEST_QUEUE)
                 .set_last_will(v5::mqttbytes::v5::LastWill::new(
                     will.topic,
