@@ -85,7 +85,7 @@ rss() { awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$AGENT/status"; }
 echo "agent RSS idle after start: $(rss) MiB"
 echo
 printf "%-10s %10s %10s %10s %10s %12s\n" offered/s "results/s" "p50 ms" "p99 ms" "lost" "RSS MiB"
-for RATE in 1000 2000 5000 10000 0; do
+for RATE in ${RATES:-1000 2000 5000 10000 0}; do
     RUN="$TMP/run-$RATE"
     mkdir -p "$RUN"
     mosquitto_sub -p "$PORT" -q 1 -t 'edge/bench/results/#' -F '%U %p' > "$RUN/recv.txt" &
@@ -117,12 +117,15 @@ for p in pubs:
 for p in pubs:
     p.wait()
 PY
-    # Wait until the results stop coming.
+    # Wait until every result is in, or none came for 5 s.
     LAST=-1
+    STILL=0
     while true; do
         sleep 1
         NOW=$(wc -l < "$RUN/recv.txt")
-        [ "$NOW" -eq "$LAST" ] && break
+        [ "$NOW" -ge "$N" ] && break
+        if [ "$NOW" -eq "$LAST" ]; then STILL=$((STILL + 1)); else STILL=0; fi
+        [ "$STILL" -ge 5 ] && break
         LAST=$NOW
     done
     kill $SUB 2>/dev/null || true
@@ -153,3 +156,4 @@ PY
 done
 echo
 grep -E "VmHWM|VmRSS" /proc/$AGENT/status | sed 's/^/agent /'
+grep -E "WARN|ERROR" "$TMP/agent.log" | head -5 | sed 's/^/agent log: /'

@@ -53,6 +53,10 @@ pub fn daemon(args: RunArgs, serve: bool) -> anyhow::Result<ExitCode> {
     let sink = ResultSink { stdout: config.output.stdout && !args.quiet, ..ResultSink::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Blocking work (spool I/O, sysinfo, diagnostics, stdin) is short and rare; a
+        // small pool keeps thread stacks and allocator arenas from piling up under a
+        // burst (measured: 54 threads and +40 MiB RSS without a cap).
+        .max_blocking_threads(4)
         .thread_name("edge-agent-rt")
         .enable_all()
         .build()

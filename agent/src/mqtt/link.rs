@@ -18,9 +18,8 @@ use super::client::{Client, EventLoop, Inbound, LinkEvent};
 use super::outbox::{LinkSignal, OutboxStats};
 use crate::service::health::Health;
 
-/// QoS 0 messages waiting for the inbound task beyond which new ones are dropped.
-/// QoS 1 messages are bounded by the broker's own in-flight window towards the agent.
-pub const INBOUND_BACKLOG: usize = 10_000;
+/// Messages waiting for the inbound task beyond which the connection stops reading.
+const INBOUND_PAUSE: usize = 256;
 
 /// Everything the connection task needs.
 pub struct Link {
@@ -46,6 +45,16 @@ impl Link {
         let mut last_complaint: Option<Instant> = None;
         self.health.set_connection("mqtt", format!("connecting to {}", self.broker));
         loop {
+            // A broker may send far more than the data path takes (Mosquitto does not
+            // bound what it sends an MQTT 3.1.1 client): past this backlog, stop reading
+            // until it drains, so the socket pushes back instead of memory growing. The
+            // outbox never waits on this task, so pausing cannot close a circle.
+            while self.backlog.load(Ordering::Relaxed) >= INBOUND_PAUSE {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            }
             let event = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
@@ -66,10 +75,6 @@ impl Link {
                     let _ = self.to_outbox.send(LinkSignal::Up);
                 }
                 Ok(LinkEvent::Message(m)) => {
-                    if m.qos == 0 && self.backlog.load(Ordering::Relaxed) >= INBOUND_BACKLOG {
-                        self.stats.dropped_inbound.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
                     // Registered here, at receipt: acknowledgements go out in this order,
                     // and only on this connection.
                     let ack = (m.qos > 0).then(|| Ack::new(self.client.clone(), m.pkid, self.acks.clone()));

@@ -11,9 +11,11 @@ use super::client::{Client, EventLoop};
 use crate::config::mqtt::TlsSection;
 use crate::config::{MqttConfig, MqttVersion};
 
-/// Room in the request queue: the outbox's in-flight window, sensor acks (bounded by the
-/// broker's in-flight window towards us), subscriptions and the odd status message.
-const REQUEST_QUEUE: usize = 4096;
+/// Room in the request queue: the outbox's in-flight window, subscriptions, and the
+/// acknowledgements of received messages, of which a 3.1.1 broker may send thousands in
+/// one read of the socket. A refused acknowledgement would only come back after a
+/// reconnect, so this is generous; the queue allocates as it fills.
+const REQUEST_QUEUE: usize = 65_536;
 
 /// Why a TLS setting could not be used.
 #[derive(Debug, thiserror::Error)]

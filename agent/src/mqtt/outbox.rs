@@ -72,8 +72,6 @@ pub struct OutboxStats {
     pub dropped_event: AtomicU64,
     pub dropped_reply: AtomicU64,
     pub dropped_telemetry: AtomicU64,
-    /// QoS 0 sensor messages dropped because the data path was behind.
-    pub dropped_inbound: AtomicU64,
 }
 
 /// A snapshot for reports.
@@ -95,7 +93,6 @@ pub struct DroppedReport {
     pub result: u64,
     pub event: u64,
     pub reply: u64,
-    pub inbound: u64,
 }
 
 impl OutboxStats {
@@ -113,7 +110,6 @@ impl OutboxStats {
                 result: l(&self.dropped_result),
                 event: l(&self.dropped_event),
                 reply: l(&self.dropped_reply),
-                inbound: l(&self.dropped_inbound),
             },
         }
     }
@@ -221,8 +217,10 @@ impl Outbox {
         let mut open = true;
         let mut closing_since: Option<Instant> = None;
         loop {
-            let accepting =
-                open && (!self.connected || !self.spool.is_empty() || self.memory.len() < MEMORY_QUEUE);
+            // Always taking messages: a full memory queue overflows to the spool, so
+            // producers never wait on the broker (and the connection task may pause
+            // reading without anything waiting on it in a circle).
+            let accepting = open;
             tokio::select! {
                 biased;
                 sig = link.recv() => match sig {
@@ -272,8 +270,10 @@ impl Outbox {
                 spoolable: true,
             };
             // Memory only while nothing older waits on disk: the spool is replayed
-            // first, so anything newer must queue behind it. (The caller stops taking
-            // messages when memory is full, so it stays bounded.)
+            // first, so anything newer must queue behind it.
+            if self.connected && self.spool.is_empty() && self.memory.len() >= MEMORY_QUEUE {
+                self.overflow_to_spool();
+            }
             if self.connected && self.spool.is_empty() {
                 self.memory.push_back(entry);
             } else {
@@ -281,6 +281,54 @@ impl Outbox {
             }
         }
         self.spill(to_spool);
+    }
+
+    /// The broker takes messages more slowly than they come: everything not yet
+    /// acknowledged moves to the spool, in order, the messages already in flight first
+    /// (they are older). Those stay in flight and are marked as read from the spool, so
+    /// that a lost connection replays them from there, before everything newer.
+    fn overflow_to_spool(&mut self) {
+        let in_flight: Vec<usize> = (0..self.inflight.len())
+            .filter(|&i| self.inflight[i].entry.spool_id.is_none() && self.inflight[i].entry.spoolable)
+            .collect();
+        let mut records: Vec<Record> =
+            in_flight.iter().map(|&i| self.inflight[i].entry.record.clone()).collect();
+        records.extend(self.memory.iter().map(|e| e.record.clone()));
+        let ids = match blocking(|| self.spool.append_batch(&records)) {
+            Ok((ids, dropped)) => {
+                self.note_dropped(dropped);
+                ids
+            }
+            Err(e) => {
+                self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot spool the backlog; it stays in memory");
+                return;
+            }
+        };
+        // The in-flight copies come first: read them past, they are already handed over.
+        match blocking(|| self.spool.next_batch(in_flight.len())) {
+            Ok(read) if read.len() == in_flight.len() => {
+                for (&i, (id, _)) in in_flight.iter().zip(read) {
+                    self.inflight[i].entry.spool_id = Some(id);
+                    self.handed.insert(id);
+                    self.last_handed = self.last_handed.max(id);
+                }
+            }
+            other => {
+                // Cannot happen with a spool that was empty; if it does, the in-flight
+                // messages are sent once more after the spool (at least once).
+                tracing::warn!(read = ?other.map(|r| r.len()), expected = in_flight.len(), ids = ids.len(),
+                    "spool overflow: in-flight messages not matched; they may be sent twice");
+                self.spool.rewind();
+            }
+        }
+        // The queue is on disk now: its sensor messages may be acknowledged.
+        self.memory.clear();
+        self.update_stats();
+        tracing::debug!(
+            count = records.len(),
+            "broker slower than the data path: backlog moved to the spool"
+        );
     }
 
     /// Appends entries to the spool in order; their acknowledgements go once they are
@@ -394,7 +442,8 @@ impl Outbox {
                     spool_id: None,
                     spoolable: false,
                 };
-                self.hand_over(status);
+                // A refused status is not retried: the next connection sends a fresh one.
+                let _ = self.hand_over(status);
             }
             LinkSignal::Down(done) => {
                 self.connected = false;
@@ -476,13 +525,16 @@ impl Outbox {
                             let reply = record.correlation.clone().map(|c| ReplyTo { correlation: Some(c) });
                             // Replayed history always goes with QoS 1.
                             let record = Record { qos: 1, ..record };
-                            self.hand_over(Entry {
+                            let entry = Entry {
                                 record,
                                 reply,
                                 acks: Vec::new(),
                                 spool_id: Some(id),
                                 spoolable: true,
-                            });
+                            };
+                            if !self.hand_over(entry) {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => break,
@@ -493,24 +545,38 @@ impl Outbox {
                     }
                 }
             } else if let Some(entry) = self.memory.pop_front() {
-                self.hand_over(entry);
+                if !self.hand_over(entry) {
+                    return;
+                }
             } else {
                 break;
             }
         }
     }
 
-    fn hand_over(&mut self, entry: Entry) {
+    /// Hands one message to the client; false if the client's queue refused it (the
+    /// message is kept: in memory, or in the spool to be read again).
+    fn hand_over(&mut self, entry: Entry) -> bool {
         let r = &entry.record;
         match self.client.try_publish(&r.topic, r.qos, r.retain, r.payload.clone(), entry.reply.as_ref()) {
-            Ok(()) => self.inflight.push_back(InFlight { entry, pkid: None }),
+            Ok(()) => {
+                self.inflight.push_back(InFlight { entry, pkid: None });
+                true
+            }
             Err(e) => {
-                // The request queue is sized above the window; this means the event
-                // loop is gone. Keep the entry for the next connection.
-                tracing::warn!(error = %e, "cannot hand a message to the MQTT client");
-                if entry.spool_id.is_none() {
-                    self.memory.push_front(entry);
+                // The request queue is sized far above the window; this means the event
+                // loop is gone or stalled. Try again later.
+                tracing::warn!(error = %e, "cannot hand a message to the MQTT client; will retry");
+                match entry.spool_id {
+                    None => self.memory.push_front(entry),
+                    Some(id) => {
+                        // Not handed after all: read it (and what follows) again later.
+                        self.handed.remove(&id);
+                        self.spool.rewind();
+                        self.last_handed = self.handed.last().copied().unwrap_or(self.acked);
+                    }
                 }
+                false
             }
         }
     }
