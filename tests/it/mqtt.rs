@@ -558,12 +558,34 @@ fn postcard_telemetry_decodes_to_the_json_report() {
     let dir = tempdir();
     let model = flat_model(dir.path());
     let broker = Broker::start(broker_opts());
-    let config =
-        write_config(dir.path(), &broker, &model, "", "[telemetry]\ninterval_s = 1\nformat = \"postcard\"\n");
+    let port = free_port();
+    let extra = format!(
+        "[telemetry]\ninterval_s = 1\nformat = \"postcard\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    let config = write_config(dir.path(), &broker, &model, "", &extra);
     let status = broker.subscribe("test", "edge/dev1/status");
     let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
     let agent = Agent::start(&config);
     online(&status, secs(30));
+
+    // The local API shows the link too.
+    let doc: Value = http()
+        .get(&format!("http://127.0.0.1:{port}/status"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(doc["mqtt"]["connected"], true, "{doc}");
+    let metrics = http()
+        .get(&format!("http://127.0.0.1:{port}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(metrics.contains("edge_agent_mqtt_connected 1"), "{metrics}");
+    assert!(metrics.contains("edge_agent_spool_dropped_total{class=\"telemetry\"} 0"), "{metrics}");
     let m = telemetry.wait_for_message("a postcard report", secs(30), |_| true);
     assert!(serde_json::from_slice::<Value>(&m.payload).is_err(), "postcard, not JSON");
     let file = dir.path().join("report.bin");

@@ -38,6 +38,9 @@ pub struct StatusReport {
     pub connections: BTreeMap<String, String>,
     pub last_errors: Vec<ErrorEntry>,
     pub memory: crate::telemetry::Memory,
+    /// The MQTT link (connected, published, spool, dropped), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::mqtt::OutboxReport>,
 }
 
 /// API counters in `/status`.
@@ -78,6 +81,7 @@ pub fn report(st: &ApiState) -> StatusReport {
         connections: st.health.connections(),
         last_errors: st.engine.recent_errors(),
         memory: crate::telemetry::memory(),
+        mqtt: st.health.mqtt(),
     }
 }
 
@@ -210,6 +214,48 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         "1 when models are loaded and the agent serves.",
         vec![format!(" {}", u8::from(st.health.is_ready()))],
     );
+    if let Some(m) = st.health.mqtt() {
+        metric(
+            "edge_agent_mqtt_connected",
+            "gauge",
+            "1 while connected to the MQTT broker.",
+            vec![format!(" {}", u8::from(m.connected))],
+        );
+        metric(
+            "edge_agent_mqtt_published_total",
+            "counter",
+            "Messages the broker acknowledged.",
+            vec![format!(" {}", m.published)],
+        );
+        metric(
+            "edge_agent_mqtt_reconnects_total",
+            "counter",
+            "Lost MQTT connections.",
+            vec![format!(" {}", m.reconnects)],
+        );
+        metric(
+            "edge_agent_spool_records",
+            "gauge",
+            "Messages waiting in the spool for the broker.",
+            vec![format!(" {}", m.spool_records)],
+        );
+        metric(
+            "edge_agent_spool_bytes",
+            "gauge",
+            "Size of the spool's files.",
+            vec![format!(" {}", m.spool_bytes)],
+        );
+        let d = &m.dropped;
+        metric(
+            "edge_agent_spool_dropped_total",
+            "counter",
+            "Messages dropped from the full spool, by class.",
+            [("telemetry", d.telemetry), ("result", d.result), ("event", d.event), ("reply", d.reply)]
+                .iter()
+                .map(|(c, n)| format!("{{class=\"{c}\"}} {n}"))
+                .collect(),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }
 

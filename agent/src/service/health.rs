@@ -19,6 +19,8 @@ pub struct Health {
     doing: Mutex<String>,
     /// The request deadline in milliseconds: shared here because a reload may change it.
     deadline_ms: AtomicU64,
+    /// The MQTT link's counters, once it is started (the API starts before it).
+    mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::OutboxStats>>,
 }
 
 impl Health {
@@ -32,7 +34,18 @@ impl Health {
             connections: Mutex::new(BTreeMap::new()),
             doing: Mutex::new("starting".into()),
             deadline_ms: AtomicU64::new(deadline.as_millis() as u64),
+            mqtt: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes the MQTT link's counters visible to `/status` and `/metrics`.
+    pub fn set_mqtt(&self, stats: std::sync::Arc<crate::mqtt::OutboxStats>) {
+        let _ = self.mqtt.set(stats);
+    }
+
+    /// The MQTT link's counters, when it runs.
+    pub fn mqtt(&self) -> Option<crate::mqtt::OutboxReport> {
+        self.mqtt.get().map(|s| s.report())
     }
 
     /// Ready to serve: models loaded, listeners bound, not draining.

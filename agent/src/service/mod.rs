@@ -304,9 +304,10 @@ fn start_mqtt(
         token.child_token(),
         tracker,
     )?;
+    health.set_mqtt(started.handle.stats.clone());
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(config.telemetry.clone());
     let commands = std::mem::replace(&mut started.commands, mpsc::channel(1).1);
-    let (e, h, stats) = (engine.clone(), health.clone(), started.handle.stats.clone());
+    let (e, h) = (engine.clone(), health.clone());
     let ctx = crate::commands::Context {
         engine: engine.clone(),
         health: health.clone(),
@@ -314,7 +315,7 @@ fn start_mqtt(
         state_dir: config.state_dir.clone(),
         started: h.started,
         telemetry: telemetry_tx,
-        status: Box::new(move || status_document(&e, &h, &stats)),
+        status: Box::new(move || status_document(&e, &h)),
     };
     tracker.spawn(crate::commands::run(commands, started.handle.clone(), ctx, m.max_command_bytes));
     let sources = crate::telemetry::report::Sources {
@@ -345,7 +346,7 @@ fn start_mqtt(
 }
 
 /// The status document of the `status` command (as `GET /status`, with the MQTT link).
-fn status_document(engine: &Engine, health: &Health, outbox: &crate::mqtt::OutboxStats) -> serde_json::Value {
+fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
     let stats = engine.stats();
     let models: serde_json::Map<String, serde_json::Value> = engine
         .models()
@@ -364,7 +365,7 @@ fn status_document(engine: &Engine, health: &Health, outbox: &crate::mqtt::Outbo
         "models": models,
         "engine": engine.pool(),
         "connections": health.connections(),
-        "mqtt": outbox.report(),
+        "mqtt": health.mqtt(),
         "last_errors": engine.recent_errors(),
         "memory": crate::telemetry::memory(),
     })
