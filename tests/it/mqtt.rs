@@ -608,3 +608,75 @@ fn postcard_telemetry_decodes_to_the_json_report() {
     assert!(stderr(&out).contains("not a postcard telemetry report"), "{}", stderr(&out));
     agent.stop();
 }
+
+#[test]
+fn each_sensor_keeps_its_own_windows_and_raw_payloads_decode() {
+    let dir = tempdir();
+    let flat = flat_model(dir.path());
+    // The flat model again, reading raw little-endian f32 instead of JSON.
+    let raw = dir.path().join("raw");
+    copy_model(&flat, &raw);
+    let spec = std::fs::read_to_string(raw.join("model.toml")).unwrap();
+    let spec = spec
+        .replacen("name = \"flat\"", "name = \"raw\"", 1)
+        .replace("format = \"json\"", "format = \"f32le\"");
+    std::fs::write(raw.join("model.toml"), spec).unwrap();
+    let broker = Broker::start(broker_opts());
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
+             [[model]]\npath = \"{demo}\"\n[[model]]\npath = \"{raw}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
+             [[mqtt.sensor]]\ntopic = \"sensors/+/accel\"\nmodel = \"vibration\"\nstream_level = 1\n\
+             [[mqtt.sensor]]\ntopic = \"sensors/+/raw\"\nmodel = \"raw\"\nstream_level = 1\n",
+            state = dir.path().join("state").display(),
+            demo = demo_model().display(),
+            raw = raw.display(),
+            port = broker.port,
+        ),
+    )
+    .unwrap();
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let results = broker.subscribe("test", "edge/dev1/results/#");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+
+    // Two sensors, interleaved, 128 samples a message: the 256-sample windows (hop 128)
+    // of each sensor are made from its own samples only.
+    let half = |k: u64| {
+        let v: Vec<String> =
+            (0..128).map(|i| format!("{:.3}", ((i + k * 128) as f64 * 0.3).sin() * 0.1)).collect();
+        format!("[{}]", v.join(","))
+    };
+    for k in 0..4 {
+        for sensor in ["a", "b"] {
+            broker.publish("test", &format!("sensors/{sensor}/accel"), half(k).as_bytes(), 1, false);
+        }
+    }
+    let got = results.wait_count(6, secs(30), |t, _| t == "edge/dev1/results/vibration");
+    for sensor in ["a", "b"] {
+        let mine: Vec<Value> =
+            got.iter().map(|(_, p)| json_of(p)).filter(|r| r["stream"] == sensor).collect();
+        let windows: Vec<u64> = mine.iter().map(|r| r["window"].as_u64().unwrap()).collect();
+        let offsets: Vec<u64> = mine.iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+        assert_eq!(windows, [0, 1, 2], "sensor {sensor}: {mine:?}");
+        assert_eq!(offsets, [0, 128, 256], "sensor {sensor}: {mine:?}");
+    }
+
+    // Raw f32: 256 little-endian floats, 1,024 bytes.
+    let bytes: Vec<u8> = (0..256).flat_map(|i| (((i as f32) * 0.3).sin() * 0.1).to_le_bytes()).collect();
+    broker.publish("test", "sensors/r1/raw", &bytes, 1, false);
+    let (_, p) = results.wait_for("a result from raw f32", secs(30), |t, _| t == "edge/dev1/results/raw");
+    let r = json_of(&p);
+    assert_eq!(r["stream"], "r1", "{r}");
+    assert!(r["outputs"]["label"].is_string(), "{r}");
+    // Three bytes are not whole floats: refused, reported, and the agent goes on.
+    let events = broker.subscribe("test", "edge/dev1/events");
+    broker.publish("test", "sensors/r2/raw", &[1, 2, 3], 1, false);
+    events.wait_for("request-failed for raw bytes", secs(30), |_, p| {
+        p.contains("request-failed") && p.contains("r2")
+    });
+    agent.stop();
+}
