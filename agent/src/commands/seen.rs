@@ -68,9 +68,6 @@ impl Seen {
     }
 
     fn write(&self) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&self.entries)?)?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        crate::durable::replace(&self.path, &serde_json::to_vec(&self.entries)?)
     }
 }

@@ -114,8 +114,5 @@ pub fn persist(state_dir: &Path, key: &str, value: &toml::Value) -> std::io::Res
         "# Written by edge-agent (config/set over MQTT). Overrides the config file; delete to reset.\n{}",
         toml::to_string(&table).map_err(std::io::Error::other)?
     );
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)
+    crate::durable::replace(&path, text.as_bytes())
 }

@@ -60,25 +60,19 @@ pub struct Mqtt {
 impl Mqtt {
     /// Publishes an event (`{"ts","kind","severity","model"?,"detail"}`).
     pub async fn event(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
-        let record = Record {
-            topic: self.topics.events(),
-            qos: 1,
-            retain: false,
-            payload: event_payload(kind, severity, model, detail),
-            class: Class::Event,
-            correlation: None,
-        };
+        let record = event_record(self.topics.events(), kind, severity, model, detail);
         let _ = self.outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await;
     }
 }
 
-/// An event's JSON payload.
-pub fn event_payload(kind: &str, severity: &str, model: Option<&str>, detail: Value) -> Vec<u8> {
+/// An event (`{"ts","kind","severity","model"?,"detail"}`) to publish on `topic`.
+pub fn event_record(topic: String, kind: &str, severity: &str, model: Option<&str>, detail: Value) -> Record {
     let mut v = serde_json::json!({"ts": now(), "kind": kind, "severity": severity, "detail": detail});
     if let (Some(m), Some(obj)) = (model, v.as_object_mut()) {
         obj.insert("model".into(), Value::String(m.into()));
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    let payload = serde_json::to_vec(&v).unwrap_or_default();
+    Record { topic, qos: 1, retain: false, payload, class: Class::Event, correlation: None }
 }
 
 /// Now, as RFC 3339 with milliseconds.

@@ -372,20 +372,13 @@ impl Outbox {
         }
         self.last_overflow_event = Some(Instant::now());
         self.drops_reported = totals.telemetry + totals.result + totals.event + totals.reply;
-        let event = super::event_payload(
+        let record = super::event_record(
+            self.presence.events_topic.clone(),
             "spool-overflow",
             if dropped.total() == dropped.telemetry { "warning" } else { "error" },
             None,
             serde_json::json!({"dropped_now": dropped, "dropped_total": totals}),
         );
-        let record = Record {
-            topic: self.presence.events_topic.clone(),
-            qos: 1,
-            retain: false,
-            payload: event,
-            class: Class::Event,
-            correlation: None,
-        };
         // Straight into the spool (we are offline or behind): one record, so it cannot
         // itself need much room.
         match self.spool.append(&record) {
@@ -404,20 +397,13 @@ impl Outbox {
             return;
         }
         self.drops_reported = total;
-        let payload = super::event_payload(
+        let record = super::event_record(
+            self.presence.events_topic.clone(),
             "spool-overflow",
             if total == totals.telemetry { "warning" } else { "error" },
             None,
             serde_json::json!({"dropped_total": totals, "while": "offline"}),
         );
-        let record = Record {
-            topic: self.presence.events_topic.clone(),
-            qos: 1,
-            retain: false,
-            payload,
-            class: Class::Event,
-            correlation: None,
-        };
         self.accept(vec![Outgoing { record, reply: None, acks: Vec::new() }]);
     }
 
@@ -453,9 +439,7 @@ impl Outbox {
                 self.handed.clear();
                 self.last_handed = self.acked;
                 self.waiting_pkid = None;
-                let mut back: Vec<Entry> =
-                    self.inflight.drain(..).map(|f| f.entry).filter(|e| e.spool_id.is_none()).collect();
-                back.extend(self.memory.drain(..));
+                let back = self.take_unsent();
                 self.spill(back);
                 let _ = done.send(());
             }
@@ -581,6 +565,15 @@ impl Outbox {
         }
     }
 
+    /// Everything handed to the client or waiting in memory that is not in the spool,
+    /// oldest first (in flight before waiting); spool records are read again from there.
+    fn take_unsent(&mut self) -> Vec<Entry> {
+        let mut unsent: Vec<Entry> =
+            self.inflight.drain(..).map(|f| f.entry).filter(|e| e.spool_id.is_none()).collect();
+        unsent.extend(self.memory.drain(..));
+        unsent
+    }
+
     fn persist_cursor(&mut self) {
         if let Err(e) = blocking(|| self.spool.persist_cursor()) {
             self.stats.spool_errors.fetch_add(1, Ordering::Relaxed);
@@ -604,13 +597,7 @@ impl Outbox {
     /// Shutdown: what is still in memory goes to the spool; connected, the agent says
     /// it is going offline (a clean disconnect does not trigger the last will).
     async fn finish(mut self, link: &mut mpsc::UnboundedReceiver<LinkSignal>) {
-        let leftover: Vec<Entry> = self
-            .inflight
-            .drain(..)
-            .map(|f| f.entry)
-            .filter(|e| e.spool_id.is_none())
-            .chain(self.memory.drain(..))
-            .collect();
+        let leftover = self.take_unsent();
         if !leftover.is_empty() {
             tracing::info!(count = leftover.len(), "spooling undelivered messages for the next start");
         }

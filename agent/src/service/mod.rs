@@ -142,15 +142,13 @@ pub async fn run(
     let mut sink = sink;
     let mqtt = match &config.mqtt {
         Some(m) => {
-            let started = start_mqtt(&config, m, &engine, &health, source_tx.clone(), &token, &tracker)?;
-            sink.mqtt = Some(MqttResults {
-                outbox: started.handle.outbox.clone(),
-                topics: started.handle.topics.clone(),
-            });
+            let (handle, closed) =
+                start_mqtt(&config, m, &engine, &health, source_tx.clone(), &token, &tracker)?;
+            sink.mqtt = Some(MqttResults { outbox: handle.outbox.clone(), topics: handle.topics.clone() });
             sink.seq = Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| {
                 StartError::Seq { path: config.state_dir.display().to_string(), source }
             })?);
-            Some(started)
+            Some((handle, closed))
         }
         None => None,
     };
@@ -167,7 +165,7 @@ pub async fn run(
         health.clone(),
         config.engine.max_streams,
         result_tx,
-        mqtt.as_ref().map(|m| m.handle.clone()),
+        mqtt.as_ref().map(|(handle, _)| handle.clone()),
         tracker.clone(),
     ));
 
@@ -205,8 +203,8 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => {
                 let line = reloader.reload(&engine, &health, &notifier);
-                if let Some(m) = &mqtt {
-                    m.handle.event("config-reloaded", "info", None, serde_json::json!({"changes": line})).await;
+                if let Some((handle, _)) = &mqtt {
+                    handle.event("config-reloaded", "info", None, serde_json::json!({"changes": line})).await;
                 }
             }
         }
@@ -218,7 +216,7 @@ pub async fn run(
 
     // The outbox closes once every producer is gone: ours goes now, the sink's when the
     // data path has drained.
-    let mqtt_closed = mqtt.map(|m| m.closed);
+    let mqtt_closed = mqtt.map(|(_, closed)| closed);
     tracker.close();
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
         let dropped = router.await.unwrap_or_default();
@@ -270,7 +268,7 @@ pub async fn run(
 }
 
 /// Starts the MQTT link with its command dispatcher and telemetry, and announces the
-/// models.
+/// models. Returns the producers' handle and what resolves once the outbox has closed.
 fn start_mqtt(
     config: &Config,
     m: &crate::config::MqttConfig,
@@ -279,7 +277,7 @@ fn start_mqtt(
     to_streams: mpsc::Sender<SensorMessage>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<crate::mqtt::Started, StartError> {
+) -> Result<(crate::mqtt::Mqtt, tokio::task::JoinHandle<()>), StartError> {
     let status_engine = engine.clone();
     let status = Box::new(move |state: &str| {
         let models: std::collections::BTreeMap<String, String> =
@@ -292,7 +290,7 @@ fn start_mqtt(
         }))
         .unwrap_or_default()
     });
-    let mut started = crate::mqtt::start(
+    let crate::mqtt::Started { handle, commands, closed } = crate::mqtt::start(
         m,
         &config.spool,
         &config.state_dir,
@@ -304,9 +302,8 @@ fn start_mqtt(
         token.child_token(),
         tracker,
     )?;
-    health.set_mqtt(started.handle.stats.clone());
+    health.set_mqtt(handle.stats.clone());
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(config.telemetry.clone());
-    let commands = std::mem::replace(&mut started.commands, mpsc::channel(1).1);
     let (e, h) = (engine.clone(), health.clone());
     let ctx = crate::commands::Context {
         engine: engine.clone(),
@@ -317,32 +314,32 @@ fn start_mqtt(
         telemetry: telemetry_tx,
         status: Box::new(move || status_document(&e, &h)),
     };
-    tracker.spawn(crate::commands::run(commands, started.handle.clone(), ctx, m.max_command_bytes));
+    tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
     let sources = crate::telemetry::report::Sources {
         device: config.device_id.clone(),
         engine: engine.clone(),
-        outbox: started.handle.stats.clone(),
+        outbox: handle.stats.clone(),
         started: health.started,
     };
     tracker.spawn(crate::telemetry::report::run(
         sources,
         crate::telemetry::SystemSampler::new(&config.state_dir),
-        started.handle.topics.clone(),
-        started.handle.outbox.clone(),
+        handle.topics.clone(),
+        handle.outbox.clone(),
         telemetry_rx,
         token.child_token(),
     ));
-    let handle = started.handle.clone();
+    let announcer = handle.clone();
     let models: Vec<(String, String)> =
         engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
     tracker.spawn(async move {
         for (name, version) in models {
-            handle
+            announcer
                 .event("model-activated", "info", Some(&name), serde_json::json!({"version": version}))
                 .await;
         }
     });
-    Ok(started)
+    Ok((handle, closed))
 }
 
 /// The status document of the `status` command (as `GET /status`, with the MQTT link).

@@ -5,7 +5,6 @@
 //! continues at the next block, so `seq` can jump forward (by less than [`BLOCK`]) but
 //! never repeats or goes back, and a consumer can still tell duplicates from new results.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Numbers reserved per write.
@@ -45,7 +44,7 @@ impl SeqAllocator {
     pub fn next(&mut self) -> u64 {
         if self.next >= self.reserved {
             let end = self.next + BLOCK;
-            match write_atomic(&self.path, end) {
+            match crate::durable::replace(&self.path, format!("{end}\n").as_bytes()) {
                 Ok(()) => {}
                 Err(e) => tracing::error!(path = %self.path.display(), error = %e,
                     "cannot reserve result numbers; after a crash seq may repeat"),
@@ -55,18 +54,6 @@ impl SeqAllocator {
         self.next += 1;
         self.next - 1
     }
-}
-
-fn write_atomic(path: &Path, value: u64) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    writeln!(f, "{value}")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
