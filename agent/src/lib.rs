@@ -12,6 +12,8 @@
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`spool`]: the on-disk store of messages accepted while the broker is unreachable.
 //! - [`commands`]: the MQTT command dispatcher and its commands.
+//! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
+//!   probation and rollback; `registry` publishing and serving.
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 
 // Daemon paths must not panic on bad input; proven invariants say why with a local allow.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod durable;
 pub mod engine;
 pub mod mqtt;
+pub mod ota;
 pub mod pipeline;
 pub mod service;
 pub mod sources;

@@ -8,7 +8,8 @@
 
 mod error;
 pub mod oip;
-mod status;
+mod ota;
+pub mod status;
 
 #[cfg(test)]
 mod tests;
@@ -86,6 +87,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(oip::infer_version))
         .route("/status", get(status::status))
         .route("/metrics", get(status::metrics))
+        .route("/ota/check", post(ota::check))
+        .route("/ota/apply", post(ota::apply))
+        .route("/ota/rollback", post(ota::rollback))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .with_state(state)
 }

@@ -19,7 +19,8 @@ use crate::engine::{ModelReport, PoolReport};
 #[derive(Debug, Serialize)]
 pub struct ModelStatus {
     pub version: String,
-    pub state: &'static str,
+    /// `active`, or with model updates: `probation`, `downloading`, `self-testing`, ...
+    pub state: String,
     #[serde(flatten)]
     pub counts: Option<ModelReport>,
 }
@@ -41,6 +42,17 @@ pub struct StatusReport {
     /// The MQTT link (connected, published, spool, dropped), when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<crate::mqtt::OutboxReport>,
+    /// Model updates: the registry's versions, the last check, each model's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ota: Option<serde_json::Value>,
+}
+
+/// A model's state: what the update task says, else `active`.
+pub fn model_state(ota: Option<&serde_json::Value>, name: &str) -> String {
+    ota.and_then(|o| o.pointer(&format!("/models/{name}/state")))
+        .and_then(|s| s.as_str())
+        .unwrap_or("active")
+        .to_string()
 }
 
 /// API counters in `/status`.
@@ -55,13 +67,15 @@ pub struct ApiReport {
 /// Builds the status document.
 pub fn report(st: &ApiState) -> StatusReport {
     let stats = st.engine.stats();
+    let ota = st.health.ota().map(|o| o.status());
     let models = st
         .engine
         .models()
         .into_iter()
         .map(|(name, m)| {
             let counts = stats.get(&name).cloned();
-            (name, ModelStatus { version: m.version().to_string(), state: "active", counts })
+            let state = model_state(ota.as_ref(), &name);
+            (name, ModelStatus { version: m.version().to_string(), state, counts })
         })
         .collect();
     StatusReport {
@@ -82,6 +96,7 @@ pub fn report(st: &ApiState) -> StatusReport {
         last_errors: st.engine.recent_errors(),
         memory: crate::telemetry::memory(),
         mqtt: st.health.mqtt(),
+        ota,
     }
 }
 

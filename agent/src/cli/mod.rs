@@ -6,9 +6,11 @@ pub mod doctor;
 mod infer;
 mod input;
 mod model;
+mod registry;
 mod run;
 mod spool;
 pub mod status;
+mod update;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,12 @@ pub enum Command {
     /// Look inside the MQTT spool; decode compact (postcard) telemetry.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
+    /// Check for model updates now, or install a signed version (asks the daemon).
+    #[command(subcommand)]
+    Update(update::UpdateCommand),
+    /// Publish models to a registry (a TUF repository of static files), check and serve it.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 /// Runs a parsed command line.
@@ -67,6 +75,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Spool(cmd) => spool::run(cmd),
+        Command::Update(cmd) => update::run(cmd),
+        Command::Registry(cmd) => registry::run(cmd),
     }
 }
 

@@ -15,6 +15,42 @@ use crate::engine::spec::{InputFrom, PostSpec, PreSpec};
 pub enum ModelCommand {
     /// Print a model's inputs, outputs, operators and load time.
     Inspect(InspectArgs),
+    /// Run a model directory's golden vectors (selftest.json), as a device does before
+    /// activating an update; or record them with --record.
+    Selftest(SelftestArgs),
+    /// List the running agent's models with their update state (asks the daemon).
+    List(super::update::DaemonArgs),
+    /// Go back to the previous version of a model on the running agent (asks the daemon);
+    /// the version left is marked bad and not installed again.
+    Rollback(RollbackArgs),
+}
+
+/// Arguments of `model selftest`.
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    /// The model directory (model.toml, the model file, selftest.json).
+    #[arg(long, short, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Record selftest.json from the inputs in FILE (`[{"name", "input": [...]}]`) and
+    /// the outputs this model gives for them.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// With --record: the largest difference a device accepts.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    /// Print the report as JSON (stable, for scripts; devices read this).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `model rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The model (needed when the agent takes several from the registry).
+    #[arg(long)]
+    pub model: Option<String>,
+    #[command(flatten)]
+    pub daemon: super::update::DaemonArgs,
 }
 
 /// Arguments of `model inspect`.
@@ -54,7 +90,108 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Human, "warn");
     match cmd {
         ModelCommand::Inspect(args) => inspect(args),
+        ModelCommand::Selftest(args) => selftest(args),
+        ModelCommand::List(d) => list(d),
+        ModelCommand::Rollback(a) => {
+            super::update::ask(&a.daemon, "/ota/rollback", serde_json::json!({"model": a.model}))
+        }
     }
+}
+
+fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
+    use crate::ota::selftest;
+    let dir = super::model_dir(&args.model)?;
+    if let Some(inputs) = &args.record {
+        let golden = selftest::record(&dir, inputs, args.tolerance).map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "recorded {} case(s) with tolerance {} in {}",
+            golden.cases.len(),
+            golden.tolerance,
+            dir.join(crate::ota::package::SELFTEST_FILE).display()
+        );
+    }
+    let report = selftest::run_here(&dir);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{} {}: {} (load {:.1} ms, slowest case {:.2} ms, peak RSS {} KiB)",
+            report.model,
+            report.version,
+            if report.passed { "PASSED" } else { "FAILED" },
+            report.load_ms,
+            report.max_latency_ms,
+            report.peak_rss_kib
+        );
+        for c in &report.cases {
+            println!(
+                "  {:<20} {}  max |diff| {:.3e}  {:.2} ms",
+                c.name,
+                if c.passed { "ok  " } else { "FAIL" },
+                c.max_abs_diff,
+                c.latency_ms
+            );
+        }
+        if let Some(e) = &report.error {
+            println!("  {e}");
+        }
+    }
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) })
+}
+
+/// `model list`: the daemon's models with their update state.
+fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
+    let socket = super::status::find_socket(d.socket.as_deref(), d.config.as_deref())?;
+    let (code, body) = match super::status::get(&socket, "/status") {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
+            return Ok(ExitCode::from(super::status::EXIT_NOT_RUNNING));
+        }
+    };
+    anyhow::ensure!(code == 200, "the daemon answered {code}: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    let ota = &v["ota"]["models"];
+    let mut rows = Vec::new();
+    if let Some(models) = v["models"].as_object() {
+        for (name, m) in models {
+            let u = &ota[name];
+            rows.push(serde_json::json!({
+                "name": name,
+                "version": m["version"],
+                "state": m["state"],
+                "previous": u["previous"],
+                "bad": u["bad"],
+                "probation": u["probation"],
+            }));
+        }
+    }
+    // Registry models not installed yet.
+    if let Some(o) = ota.as_object() {
+        for (name, u) in o {
+            if !rows.iter().any(|r| r["name"] == serde_json::json!(name)) {
+                rows.push(serde_json::json!({"name": name, "version": null, "state": u["state"], "previous": u["previous"], "bad": u["bad"], "probation": null}));
+            }
+        }
+    }
+    if d.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"models": rows}))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<10} {:<12} {:<10} bad", "model", "version", "state", "previous");
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
+        let bad: Vec<String> = r["bad"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        println!(
+            "{:<20} {:<10} {:<12} {:<10} {}",
+            s("name"),
+            s("version"),
+            s("state"),
+            s("previous"),
+            bad.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {

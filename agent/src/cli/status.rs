@@ -39,11 +39,30 @@ pub fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
     request(s, path)
 }
 
+/// One POST with a JSON body over a unix socket, waiting up to `wait` for the answer;
+/// returns (status code, body).
+pub fn post(socket: &Path, path: &str, body: &str, wait: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(wait))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    read_answer(s)
+}
+
 /// One GET over a connected stream (timeouts set by the caller); returns (status code,
 /// body).
 pub fn request(mut s: impl Read + Write, path: &str) -> std::io::Result<(u16, String)> {
     // HTTP/1.0: the answer ends when the connection closes; no chunked decoding needed.
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    read_answer(s)
+}
+
+fn read_answer(mut s: impl Read) -> std::io::Result<(u16, String)> {
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
@@ -53,10 +72,15 @@ pub fn request(mut s: impl Read + Write, path: &str) -> std::io::Result<(u16, St
 }
 
 fn socket_path(args: &StatusArgs) -> anyhow::Result<PathBuf> {
-    if let Some(s) = &args.socket {
-        return Ok(s.clone());
+    find_socket(args.socket.as_deref(), args.config.as_deref())
+}
+
+/// The daemon's socket: given, from its config file, or the systemd default.
+pub fn find_socket(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s.to_path_buf());
     }
-    if let Some(c) = &args.config {
+    if let Some(c) = config {
         let config = Config::load(c, &Overrides::default())?;
         if let Some(s) = config.api.and_then(|a| a.socket) {
             return Ok(s);

@@ -6,7 +6,17 @@ use super::{Context, Outcome, Progress};
 use crate::config::{Config, runtime};
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 6] = ["ping", "status", "models/list", "config/get", "config/set", "diagnostics"];
+pub const NAMES: [&str; 9] = [
+    "ping",
+    "status",
+    "models/list",
+    "config/get",
+    "config/set",
+    "diagnostics",
+    "update/check",
+    "update/apply",
+    "rollback",
+];
 
 /// Runs a known command.
 pub async fn run(name: &str, ctx: &Context, args: &Map<String, Value>, progress: &Progress<'_>) -> Outcome {
@@ -22,11 +32,52 @@ pub async fn run(name: &str, ctx: &Context, args: &Map<String, Value>, progress:
         "config/get" => config_get(ctx, args),
         "config/set" => config_set(ctx, args),
         "diagnostics" => diagnostics(ctx, progress).await,
+        "update/check" | "update/apply" | "rollback" => update(name, ctx, args, progress).await,
         other => Outcome::Rejected(format!("unknown command `{other}`")),
     }
 }
 
+/// Update commands go to the update task, which answers when the work is done.
+async fn update(name: &str, ctx: &Context, args: &Map<String, Value>, progress: &Progress<'_>) -> Outcome {
+    let Some(ota) = ctx.health.ota() else {
+        return Outcome::Rejected("model updates are off on this device: there is no [ota] section".into());
+    };
+    let text = |key: &str| match args.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`args.{key}` must be a string, not {other}")),
+    };
+    let (model, version) = match (text("model"), text("version")) {
+        (Ok(m), Ok(v)) => (m, v),
+        (Err(e), _) | (_, Err(e)) => return Outcome::Rejected(e),
+    };
+    let force = match args.get("force") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Outcome::Rejected(format!("`args.force` must be true or false, not {other}")),
+    };
+    progress.report(0.0).await;
+    let result = match name {
+        "update/check" => ota.check().await,
+        "update/apply" => {
+            let (Some(model), Some(version)) = (model, version) else {
+                return Outcome::Rejected(
+                    "update/apply needs `args.model` and `args.version` (a version the signed targets list)"
+                        .into(),
+                );
+            };
+            ota.apply(model, version, force).await
+        }
+        _ => ota.rollback(model).await,
+    };
+    match result {
+        Ok(v) => Outcome::Succeeded(v),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
 fn models(ctx: &Context) -> Outcome {
+    let ota = ctx.health.ota().map(|o| o.status());
     let list: Vec<Value> = ctx
         .engine
         .models()
@@ -37,6 +88,7 @@ fn models(ctx: &Context) -> Outcome {
                 "version": m.version(),
                 "inputs": m.spec.inputs.iter().map(|i| json!({"name": i.name, "shape": i.shape})).collect::<Vec<_>>(),
                 "description": m.spec.description,
+                "update": ota.as_ref().and_then(|o| o.pointer(&format!("/models/{name}"))).cloned(),
             })
         })
         .collect();

@@ -8,6 +8,7 @@
 mod error;
 pub mod locate;
 pub mod mqtt;
+pub mod ota;
 pub mod runtime;
 
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use mqtt::{
     FsyncMode, MqttConfig, MqttSection, MqttVersion, SensorSubscription, SpoolSection, TelemetryFormat,
     TelemetrySection,
 };
+pub use ota::OtaSection;
 
 use crate::engine::EngineConfig;
 use crate::engine::spec::ModelSpec;
@@ -375,10 +377,12 @@ pub struct RawConfig {
     pub telemetry: TelemetrySection,
     #[serde(default)]
     pub spool: SpoolSection,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ota: Option<OtaSection>,
 }
 
 /// Sections that environment variables may set.
-const SECTIONS: [&str; 8] = ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool"];
+const SECTIONS: [&str; 9] = ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool", "ota"];
 
 /// Overrides given as command-line flags (highest precedence).
 #[derive(Debug, Clone, Default)]
@@ -418,6 +422,8 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub telemetry: TelemetrySection,
     pub spool: SpoolSection,
+    /// Model updates from a registry, paths resolved.
+    pub ota: Option<OtaSection>,
 }
 
 /// The validated API settings.
@@ -631,9 +637,11 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             Err(err) => problem(&key, err.to_string()),
         }
     }
+    // Models the registry provides may be missing until the first update arrives.
+    let ota_models: Vec<String> = raw.ota.as_ref().map(|o| o.models.clone()).unwrap_or_default();
     for (i, s) in raw.sources.iter().enumerate() {
         let key = format!("source.{i}");
-        if !models.iter().any(|m| m.name == s.model()) {
+        if !models.iter().any(|m| m.name == s.model()) && !ota_models.iter().any(|m| m == s.model()) {
             let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
             problem(
                 &format!("{key}.model"),
@@ -716,9 +724,16 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         }
         ApiConfig { listen, socket, limits: a.clone() }
     });
-    let model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    let mut model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    for m in &ota_models {
+        if !model_names.contains(&m.as_str()) {
+            model_names.push(m);
+        }
+    }
     let mqtt = raw.mqtt.as_ref().map(|m| mqtt::validate(m, &device_id, &model_names, &resolve, &mut problem));
     mqtt::validate_rest(&raw.telemetry, &raw.spool, &mut problem);
+    let groups = raw.mqtt.as_ref().map(|m| m.groups.clone()).unwrap_or_default();
+    let ota = raw.ota.as_ref().map(|o| ota::validate(o, &resolve, &groups, &mut problem));
 
     if !problems.is_empty() {
         let lines: Vec<String> = problems
@@ -761,6 +776,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         mqtt,
         telemetry: raw.telemetry,
         spool: raw.spool,
+        ota,
     })
 }
 

@@ -261,6 +261,13 @@ impl Engine {
             self.count_error(&req.model, &err);
             return Err(err);
         };
+        self.submit_to(model, req)
+    }
+
+    /// Queues a request for one loaded model (version), even if another version has
+    /// replaced it meanwhile: a caller that pre-processed the input for this version's
+    /// spec gets this version's answer.
+    pub fn submit_to(&self, model: Arc<LoadedModel>, req: Request) -> Result<Ticket, InferError> {
         let input = model.spec.data_input();
         if req.data.len() != input.len() {
             let err = InferError::Input {
@@ -329,6 +336,11 @@ impl Engine {
             next
         });
         removed
+    }
+
+    /// A copy of one model's counters and histograms, to measure a period by difference.
+    pub fn snapshot(&self, model: &str) -> stats::ModelStats {
+        self.shared.stats.snapshot(model)
     }
 
     /// Per-model counters and latency percentiles.

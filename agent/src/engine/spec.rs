@@ -105,7 +105,7 @@ pub enum PayloadFormat {
 }
 
 /// A sliding window over a stream of samples.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     /// New samples per window.

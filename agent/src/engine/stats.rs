@@ -34,6 +34,16 @@ impl Latency {
         self.0.saturating_record(d.as_micros().clamp(1, u128::from(u64::MAX)) as u64);
     }
 
+    /// What was recorded after `earlier` (a clone of this histogram taken before).
+    pub fn since(&self, earlier: &Latency) -> Latency {
+        let mut diff = self.clone();
+        // Fails only if `earlier` holds values this one lacks, i.e. is not its past.
+        if diff.0.subtract(&earlier.0).is_err() {
+            return self.clone();
+        }
+        diff
+    }
+
     /// Number of recorded values.
     pub fn count(&self) -> u64 {
         self.0.len()
@@ -131,6 +141,12 @@ impl Stats {
     pub fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelStats) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry(model.to_string()).or_default())
+    }
+
+    /// A copy of one model's stats (zeros if it has none yet).
+    pub fn snapshot(&self, model: &str) -> ModelStats {
+        let map = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(model).cloned().unwrap_or_default()
     }
 
     /// Raw latency histograms per model (for Prometheus buckets).

@@ -21,6 +21,8 @@ pub struct Health {
     deadline_ms: AtomicU64,
     /// The MQTT link's counters, once it is started (the API starts before it).
     mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::OutboxStats>>,
+    /// The model update task, once it is started (with `[ota]`).
+    ota: std::sync::OnceLock<crate::ota::OtaHandle>,
 }
 
 impl Health {
@@ -35,6 +37,7 @@ impl Health {
             doing: Mutex::new("starting".into()),
             deadline_ms: AtomicU64::new(deadline.as_millis() as u64),
             mqtt: std::sync::OnceLock::new(),
+            ota: std::sync::OnceLock::new(),
         }
     }
 
@@ -46,6 +49,16 @@ impl Health {
     /// The MQTT link's counters, when it runs.
     pub fn mqtt(&self) -> Option<crate::mqtt::OutboxReport> {
         self.mqtt.get().map(|s| s.report())
+    }
+
+    /// Makes the model update task reachable from commands and the API.
+    pub fn set_ota(&self, handle: crate::ota::OtaHandle) {
+        let _ = self.ota.set(handle);
+    }
+
+    /// The model update task, when updates are on.
+    pub fn ota(&self) -> Option<&crate::ota::OtaHandle> {
+        self.ota.get()
     }
 
     /// Ready to serve: models loaded, listeners bound, not draining.

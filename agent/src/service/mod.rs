@@ -50,6 +50,8 @@ pub enum StartError {
     StateDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    #[error("model updates: {0}")]
+    Ota(#[from] crate::ota::OtaError),
     #[error("result numbering in {path}: {source}")]
     Seq { path: String, source: std::io::Error },
 }
@@ -99,6 +101,8 @@ pub async fn run(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let engine = start_engine(&config)?;
+    // Versions installed from the registry replace the configured ones.
+    let ota_notes = crate::ota::prepare(&config, &engine);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -153,6 +157,19 @@ pub async fn run(
         None => None,
     };
     drop(source_tx);
+
+    // Model updates from the registry.
+    if config.ota.is_some() {
+        let handle = crate::ota::start(
+            &config,
+            engine.clone(),
+            mqtt.as_ref().map(|(h, _)| h.clone()),
+            ota_notes,
+            token.child_token(),
+            &tracker,
+        )?;
+        health.set_ota(handle);
+    }
 
     // Results → sink.
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
@@ -345,12 +362,14 @@ fn start_mqtt(
 /// The status document of the `status` command (as `GET /status`, with the MQTT link).
 fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
     let stats = engine.stats();
+    let ota = health.ota().map(|o| o.status());
     let models: serde_json::Map<String, serde_json::Value> = engine
         .models()
         .into_iter()
         .map(|(name, m)| {
             let counts = stats.get(&name);
-            (name, serde_json::json!({"version": m.version(), "state": "active", "counts": counts}))
+            let state = crate::api::status::model_state(ota.as_ref(), &name);
+            (name, serde_json::json!({"version": m.version(), "state": state, "counts": counts}))
         })
         .collect();
     serde_json::json!({
@@ -365,6 +384,7 @@ fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
         "mqtt": health.mqtt(),
         "last_errors": engine.recent_errors(),
         "memory": crate::telemetry::memory(),
+        "ota": ota,
     })
 }
 

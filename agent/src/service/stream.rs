@@ -77,10 +77,17 @@ pub(super) async fn run(
             errors.report(&msg.model, &msg.stream, &err).await;
             continue;
         };
-        // A new model version (or an explicit reset) starts the stream afresh.
-        let fresh = msg.reset || pipe.as_ref().is_none_or(|p| p.model.id != model.id);
-        if fresh {
+        // A new model version with the same windows carries the stream's samples over,
+        // so an update loses no sensor data; other changes (or a reset) start afresh.
+        let switched = pipe.as_ref().is_some_and(|p| p.model.id != model.id);
+        if msg.reset || pipe.is_none() {
             pipe = Some(Pipeline::new(model.clone()));
+        } else if switched && let Some(p) = pipe.as_mut() {
+            if p.model.spec.pre.window == model.spec.pre.window {
+                p.model = model.clone();
+            } else {
+                pipe = Some(Pipeline::new(model.clone()));
+            }
         }
         let Some(p) = pipe.as_mut() else { continue };
         let values = match pipeline::decode(&model.spec, msg.payload) {
@@ -111,7 +118,7 @@ pub(super) async fn run(
                 reset,
             };
             reset = false;
-            let reply = match engine.submit(req) {
+            let reply = match engine.submit_to(model.clone(), req) {
                 Ok(ticket) => ticket.wait().await,
                 Err(e) => Err(e),
             };

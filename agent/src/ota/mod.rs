@@ -1,0 +1,775 @@
+//! Signed model updates: a registry that is a TUF repository, checked on a timer and on
+//! command; new versions chosen by staged rollout, downloaded with limits, unpacked,
+//! self-tested in a child process, activated without dropping a request, watched on
+//! probation, and rolled back when worse than the version they replaced.
+//!
+//! One task owns all of it ([`run`]); commands and the API talk to it through an
+//! [`OtaHandle`]. Each step that changes what serves is written to disk before it takes
+//! effect (see [`store`]), so a crash at any point restarts on the old or the new
+//! version, never a mixture.
+
+pub mod fault;
+pub mod fetch;
+pub mod package;
+pub mod probation;
+pub mod rollout;
+pub mod selftest;
+pub mod serve;
+pub mod store;
+pub mod tuf;
+mod updater;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, OtaSection};
+use crate::engine::stats::ModelStats;
+use crate::engine::{Engine, LoadedModel};
+use probation::{Numbers, Probation, Verdict};
+use rollout::Offer;
+use store::Store;
+pub use updater::Updater;
+
+/// What can go wrong with an update. Each says what, where and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OtaError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("model package {path}: {reason}")]
+    Package { path: PathBuf, reason: String },
+    // Boxed: these errors carry long messages, and every OtaError result would pay
+    // for their size otherwise.
+    #[error("registry metadata: {0}")]
+    Metadata(Box<tuf::error::Error>),
+    #[error("registry download: {0}")]
+    Fetch(Box<fetch::FetchError>),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<tuf::error::Error> for OtaError {
+    fn from(e: tuf::error::Error) -> Self {
+        OtaError::Metadata(Box::new(e))
+    }
+}
+
+impl From<fetch::FetchError> for OtaError {
+    fn from(e: fetch::FetchError) -> Self {
+        OtaError::Fetch(Box::new(e))
+    }
+}
+
+impl OtaError {
+    /// A short stable name for events.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OtaError::Io { .. } => "io",
+            OtaError::Package { .. } => "package",
+            OtaError::Metadata(e) if matches!(**e, tuf::error::Error::Expired { .. }) => "expired",
+            OtaError::Metadata(_) => "metadata",
+            OtaError::Fetch(e) => e.kind(),
+            OtaError::Refused(_) => "refused",
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Value, String>>;
+
+enum Request {
+    Check(Reply),
+    Apply { model: String, version: String, force: bool, reply: Reply },
+    Rollback { model: Option<String>, reply: Reply },
+}
+
+/// The way to the update task, for commands and the API.
+#[derive(Clone)]
+pub struct OtaHandle {
+    tx: mpsc::Sender<Request>,
+    status: Arc<Mutex<Value>>,
+}
+
+impl std::fmt::Debug for OtaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtaHandle")
+    }
+}
+
+impl OtaHandle {
+    async fn ask(&self, make: impl FnOnce(Reply) -> Request) -> Result<Value, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| "the update task has stopped".to_string())?;
+        rx.await.map_err(|_| "the update task stopped before answering".to_string())?
+    }
+
+    /// Checks the registry now and installs what it allows.
+    pub async fn check(&self) -> Result<Value, String> {
+        self.ask(Request::Check).await
+    }
+
+    /// Installs one signed version, whatever the rollout says (`force` also takes a
+    /// version this device marked bad).
+    pub async fn apply(&self, model: String, version: String, force: bool) -> Result<Value, String> {
+        self.ask(|reply| Request::Apply { model, version, force, reply }).await
+    }
+
+    /// Goes back to the previous version of `model` (the only OTA model if `None`).
+    pub async fn rollback(&self, model: Option<String>) -> Result<Value, String> {
+        self.ask(|reply| Request::Rollback { model, reply }).await
+    }
+
+    /// The update state of every model and of the registry, for `/status`.
+    pub fn status(&self) -> Value {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Replaces configured models by the versions the store says are current. Run before
+/// the agent serves, so a restart serves what was last activated. Returns notes for
+/// events (a current version that does not load falls back to the previous one).
+pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)> {
+    let Some(ota) = &config.ota else { return Vec::new() };
+    let store = Store::new(&config.state_dir);
+    let mut notes = Vec::new();
+    for model in &ota.models {
+        let mut state = store.state(model);
+        let current = store.current(model);
+        let current_version = current.as_deref().and_then(dir_version);
+        // A probation whose version never became current was cut by a crash between
+        // writing it and switching: the update is abandoned, the next check retries it.
+        if let Some(p) = &state.probation
+            && current_version.as_deref() != Some(p.version.as_str())
+        {
+            tracing::warn!(model, version = %p.version, "an activation was interrupted; staying on the previous version");
+            notes.push((
+                "update-abandoned".into(),
+                model.clone(),
+                json!({"version": p.version, "why": "interrupted before the switch"}),
+            ));
+            state.probation = None;
+            let _ = store.save_state(model, &state);
+        }
+        let Some(dir) = current else { continue };
+        match LoadedModel::load_dir(&dir) {
+            Ok(m) if m.name() == model => {
+                tracing::info!(model, version = %m.version(), dir = %dir.display(), "serving the registry's version");
+                engine.install(m);
+            }
+            other => {
+                let why = match other {
+                    Ok(m) => format!("it holds model `{}`", m.name()),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(model, dir = %dir.display(), error = %why, "the current version does not load; trying the previous one");
+                let fallback =
+                    store.previous(model).and_then(|p| LoadedModel::load_dir(&p).ok().map(|m| (p, m)));
+                if let Some((p, m)) = fallback {
+                    let _ = store.switch(model, &p, None);
+                    notes.push((
+                        "model-rolled-back".into(),
+                        model.clone(),
+                        json!({"from": current_version, "to": m.version(), "reason": format!("does not load: {why}")}),
+                    ));
+                    engine.install(m);
+                }
+            }
+        }
+        store.collect_garbage(model);
+    }
+    notes
+}
+
+/// The version of a store directory (`versions/<v>`), or of a configured model dir.
+fn dir_version(dir: &Path) -> Option<String> {
+    crate::engine::spec::ModelSpec::load_dir(dir).ok().map(|s| s.spec.version)
+}
+
+/// Where an update's progress goes: events on MQTT (when there is a link) and the log.
+#[derive(Clone)]
+struct Events(Option<crate::mqtt::Mqtt>);
+
+impl Events {
+    async fn send(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
+        match severity {
+            "error" => tracing::error!(kind, model, %detail, "update event"),
+            "warning" => tracing::warn!(kind, model, %detail, "update event"),
+            _ => tracing::info!(kind, model, %detail, "update event"),
+        }
+        if let Some(m) = &self.0 {
+            m.event(kind, severity, model, detail).await;
+        }
+    }
+}
+
+/// The update task's state.
+struct Ota {
+    cfg: OtaSection,
+    device: String,
+    engine: Arc<Engine>,
+    store: Store,
+    updater: Updater,
+    events: Events,
+    status: Arc<Mutex<Value>>,
+    /// Configured model directories: what a rollback falls back to last.
+    configured: BTreeMap<String, PathBuf>,
+    /// Engine counters at each activation, to measure probation by difference.
+    at_switch: BTreeMap<String, ModelStats>,
+    selftest_exe: PathBuf,
+    last_check: Option<(String, Result<Value, String>)>,
+    /// Model → what it is doing now (downloading, self-test, ...), for `/status`.
+    doing: BTreeMap<String, String>,
+}
+
+/// Starts the update task. `notes` come from [`prepare`].
+pub fn start(
+    config: &Config,
+    engine: Arc<Engine>,
+    mqtt: Option<crate::mqtt::Mqtt>,
+    notes: Vec<(String, String, Value)>,
+    token: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Result<OtaHandle, OtaError> {
+    let Some(cfg) = config.ota.clone() else {
+        return Err(OtaError::Refused("no [ota] section".into()));
+    };
+    let updater = Updater::open(&cfg, &config.state_dir)?;
+    let (tx, rx) = mpsc::channel(16);
+    let status = Arc::new(Mutex::new(Value::Null));
+    let ota = Ota {
+        device: config.device_id.clone(),
+        engine,
+        store: Store::new(&config.state_dir),
+        updater,
+        events: Events(mqtt),
+        status: status.clone(),
+        configured: config.models.iter().map(|m| (m.name.clone(), m.dir.clone())).collect(),
+        at_switch: BTreeMap::new(),
+        selftest_exe: std::env::var_os("EDGE_AGENT_SELFTEST_EXE")
+            .map(PathBuf::from)
+            .unwrap_or_else(selftest::current_exe),
+        last_check: None,
+        doing: BTreeMap::new(),
+        cfg,
+    };
+    ota.publish_status();
+    tracker.spawn(run(ota, rx, notes, token));
+    Ok(OtaHandle { tx, status })
+}
+
+/// Time to the next check: the interval ± jitter, at random.
+fn next_interval(cfg: &OtaSection) -> Duration {
+    let base = cfg.interval_s as f64;
+    let spread = base * cfg.jitter;
+    let offset = if spread > 0.0 { rand::random_range(-spread..=spread) } else { 0.0 };
+    Duration::from_secs_f64((base + offset).max(1.0))
+}
+
+async fn run(
+    mut ota: Ota,
+    mut rx: mpsc::Receiver<Request>,
+    notes: Vec<(String, String, Value)>,
+    token: CancellationToken,
+) {
+    for (kind, model, detail) in notes {
+        let severity = if kind == "model-rolled-back" { "warning" } else { "info" };
+        ota.events.send(&kind, severity, Some(&model), detail).await;
+    }
+    for model in ota.cfg.models.clone() {
+        if let Some(p) = ota.store.state(&model).probation {
+            ota.at_switch.insert(model.clone(), ota.engine.snapshot(&model));
+            ota.events.send("probation-resumed", "info", Some(&model), json!({"version": p.version})).await;
+        }
+    }
+    // The first check comes soon after start (spread a little, so a fleet restarted at
+    // once does not hit the registry in the same second).
+    let first = Duration::from_secs_f64(rand::random_range(0.0..=ota.cfg.interval_s.min(5) as f64));
+    let mut next_check = tokio::time::Instant::now() + first;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            _ = tokio::time::sleep_until(next_check) => {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = ota.check("timer") => {}
+                }
+                next_check = tokio::time::Instant::now() + next_interval(&ota.cfg);
+            }
+            _ = tick.tick() => ota.watch_probations().await,
+            Some(req) = rx.recv() => {
+                let work = async {
+                    match req {
+                        Request::Check(reply) => {
+                            let r = ota.check("command").await;
+                            let _ = reply.send(r);
+                        }
+                        Request::Apply { model, version, force, reply } => {
+                            let r = ota.apply(&model, &version, force).await;
+                            let _ = reply.send(r);
+                        }
+                        Request::Rollback { model, reply } => {
+                            let r = ota.operator_rollback(model).await;
+                            let _ = reply.send(r);
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = work => {}
+                }
+            }
+        }
+    }
+    tracing::debug!("update task stopped");
+}
+
+impl Ota {
+    /// Refreshes the registry metadata; failures become events.
+    async fn refresh(&mut self) -> Result<Value, String> {
+        match self.updater.refresh().await {
+            Ok(info) => {
+                if let Some((from, to)) = info.root_rotated {
+                    self.events.send("root-rotated", "info", None, json!({"from": from, "to": to})).await;
+                }
+                Ok(serde_json::to_value(&info).unwrap_or(Value::Null))
+            }
+            Err(e) => {
+                let (kind, severity) = if e.kind() == "expired" {
+                    ("registry-frozen", "error")
+                } else {
+                    ("update-check-failed", "warning")
+                };
+                self.events
+                    .send(kind, severity, None, json!({"error": e.to_string(), "kind": e.kind()}))
+                    .await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn check(&mut self, origin: &str) -> Result<Value, String> {
+        let result = self.check_inner().await;
+        self.last_check = Some((crate::mqtt::now(), result.clone()));
+        if let Err(e) = &result {
+            tracing::warn!(origin, error = %e, "update check failed");
+        }
+        self.publish_status();
+        result
+    }
+
+    async fn check_inner(&mut self) -> Result<Value, String> {
+        let registry = self.refresh().await?;
+        let mut models = serde_json::Map::new();
+        let pins = self.cfg.pin.clone();
+        let groups = self.cfg.groups.clone();
+        for model in self.cfg.models.clone() {
+            let offers = self.updater.offers(&self.cfg.channel, &model);
+            let active = self.engine.model(&model).map(|m| m.version().to_string());
+            let state = self.store.state(&model);
+            if let Some(p) = &state.probation {
+                models.insert(
+                    model.clone(),
+                    json!({"active": active, "probation": p.version, "action": "none: on probation"}),
+                );
+                continue;
+            }
+            let device = rollout::Device {
+                id: &self.device,
+                groups: &groups,
+                agent_version: env!("CARGO_PKG_VERSION"),
+                pins: &pins,
+            };
+            let (best, skipped) = rollout::choose(&device, &model, &offers, active.as_deref(), &state.bad);
+            let action = match best {
+                None => json!("none"),
+                Some(offer) => {
+                    let version = offer.custom.version.clone();
+                    match self.install(offer, "rollout").await {
+                        Ok(()) => json!(format!("activated {version}")),
+                        Err(e) => json!(format!("refused {version}: {e}")),
+                    }
+                }
+            };
+            models.insert(
+                model.clone(),
+                json!({
+                    "active": self.engine.model(&model).map(|m| m.version().to_string()),
+                    "offered": offers.iter().map(|o| o.custom.version.clone()).collect::<Vec<_>>(),
+                    "skipped": skipped,
+                    "action": action,
+                }),
+            );
+        }
+        Ok(json!({"registry": registry, "models": models}))
+    }
+
+    async fn apply(&mut self, model: &str, version: &str, force: bool) -> Result<Value, String> {
+        if !self.cfg.models.iter().any(|m| m == model) {
+            return Err(format!(
+                "`{model}` is not a registry model here (ota.models: {})",
+                self.cfg.models.join(", ")
+            ));
+        }
+        self.refresh().await?;
+        let offers = self.updater.offers(&self.cfg.channel, model);
+        let Some(offer) = offers.into_iter().find(|o| o.custom.version == version) else {
+            return Err(format!(
+                "the signed targets of channel `{}` have no version `{version}` of `{model}`",
+                self.cfg.channel
+            ));
+        };
+        let mut state = self.store.state(model);
+        if let Some(why) = state.bad.get(version) {
+            if !force {
+                return Err(format!(
+                    "version {version} is marked bad here ({why}); add \"force\": true to try it again"
+                ));
+            }
+            state.bad.remove(version);
+            self.store.save_state(model, &state).map_err(|e| e.to_string())?;
+        }
+        if self.engine.model(model).is_some_and(|m| m.version() == version) {
+            return Ok(json!({"model": model, "version": version, "action": "already active"}));
+        }
+        self.install(offer, "operator").await.map_err(|e| e.to_string())?;
+        Ok(json!({"model": model, "version": version, "action": "activated"}))
+    }
+
+    fn set_doing(&mut self, model: &str, what: Option<&str>) {
+        match what {
+            Some(w) => self.doing.insert(model.to_string(), w.to_string()),
+            None => self.doing.remove(model),
+        };
+        self.publish_status();
+    }
+
+    /// Download, unpack, self-test and activate one offered version. Refusals mark the
+    /// version bad where retrying cannot help (bad package, failed self-test).
+    async fn install(&mut self, offer: Offer, reason: &str) -> Result<(), OtaError> {
+        let model = offer.custom.model.clone();
+        let version = offer.custom.version.clone();
+        let result = self.install_steps(&offer, reason).await;
+        self.set_doing(&model, None);
+        if let Err(e) = &result {
+            let permanent = matches!(e, OtaError::Package { .. } | OtaError::Refused(_))
+                || matches!(e, OtaError::Fetch(f) if f.kind() == "hash_mismatch");
+            self.events
+                .send(
+                    "update-rejected",
+                    "error",
+                    Some(&model),
+                    json!({"version": version, "error": e.to_string(), "kind": e.kind(), "marked_bad": permanent}),
+                )
+                .await;
+            if permanent && !matches!(e, OtaError::Fetch(_)) {
+                let mut state = self.store.state(&model);
+                state.bad.insert(version.clone(), e.to_string());
+                let _ = self.store.save_state(&model, &state);
+            }
+            self.store.collect_garbage(&model);
+        }
+        self.publish_status();
+        result
+    }
+
+    async fn install_steps(&mut self, offer: &Offer, reason: &str) -> Result<(), OtaError> {
+        let model = offer.custom.model.clone();
+        let version = offer.custom.version.clone();
+        if !crate::config::is_valid_id(&version) {
+            return Err(OtaError::Refused(format!(
+                "version `{version}` is not a safe name (A-Z a-z 0-9 . _ -)"
+            )));
+        }
+        if offer.length > self.cfg.max_package_bytes {
+            return Err(OtaError::Refused(format!(
+                "the package has {} bytes; this device takes at most {} (ota.max_package_bytes)",
+                offer.length, self.cfg.max_package_bytes
+            )));
+        }
+        // 1. Download (resumable) into staging.
+        self.set_doing(&model, Some(&format!("downloading {version}")));
+        self.events
+            .send(
+                "update-downloading",
+                "info",
+                Some(&model),
+                json!({"version": version, "bytes": offer.length, "reason": reason}),
+            )
+            .await;
+        let staging = self.store.staging()?;
+        let partial =
+            staging.join(format!("{model}-{version}-{}.tar.partial", hex::encode(&offer.sha256[..6])));
+        let started = Instant::now();
+        let total = offer.length;
+        let mut halfway = false;
+        let mut progress = move |done: u64, _: u64| {
+            if !halfway && done * 2 >= total {
+                halfway = true;
+                fault::point("download");
+            }
+        };
+        let got = self.updater.download(offer, &partial, &mut progress).await?;
+        fault::point("downloaded");
+        let secs = started.elapsed().as_secs_f64();
+        self.events
+            .send(
+                "update-downloaded",
+                "info",
+                Some(&model),
+                json!({"version": version, "bytes": got.bytes, "resumed_from": got.resumed_from, "seconds": secs}),
+            )
+            .await;
+        // 2. Unpack and check it is the model and version the signed metadata says.
+        self.set_doing(&model, Some(&format!("unpacking {version}")));
+        let unpacked = staging.join(format!("{model}-{version}"));
+        let _ = std::fs::remove_dir_all(&unpacked);
+        let (p, u) = (partial.clone(), unpacked.clone());
+        tokio::task::spawn_blocking(move || package::unpack(&p, &u))
+            .await
+            .map_err(|e| OtaError::Refused(format!("unpacking stopped: {e}")))??;
+        let spec = crate::engine::spec::ModelSpec::load_dir(&unpacked)
+            .map_err(|e| OtaError::Package { path: unpacked.clone(), reason: e.to_string() })?;
+        if spec.spec.name != model || spec.spec.version != version {
+            let _ = std::fs::remove_dir_all(&unpacked);
+            return Err(OtaError::Package {
+                path: partial.clone(),
+                reason: format!(
+                    "holds {} version {} but the signed metadata says {model} version {version}",
+                    spec.spec.name, spec.spec.version
+                ),
+            });
+        }
+        let dir = self.store.adopt(&model, &version, &unpacked)?;
+        let _ = std::fs::remove_file(&partial);
+        fault::point("staged");
+        // 3. Self-test in a child process under limits.
+        self.set_doing(&model, Some(&format!("self-testing {version}")));
+        let limits = selftest::Limits {
+            memory_bytes: self.cfg.selftest_memory_mb << 20,
+            timeout: Duration::from_secs(self.cfg.selftest_timeout_s),
+        };
+        let (exe, d) = (self.selftest_exe.clone(), dir.clone());
+        let report = tokio::task::spawn_blocking(move || selftest::run_isolated(&exe, &d, &limits))
+            .await
+            .map_err(|e| OtaError::Refused(format!("the self-test stopped: {e}")))?;
+        if !report.passed {
+            let why = report.error.clone().unwrap_or_else(|| "failed".into());
+            self.events
+                .send("selftest-failed", "error", Some(&model), json!({"version": version, "report": report}))
+                .await;
+            return Err(OtaError::Refused(format!("self-test failed: {why}")));
+        }
+        self.events
+            .send(
+                "selftest-passed",
+                "info",
+                Some(&model),
+                json!({"version": version, "cases": report.cases.len(), "max_latency_ms": report.max_latency_ms, "peak_rss_kib": report.peak_rss_kib}),
+            )
+            .await;
+        fault::point("selftested");
+        // 4. Activate, then probation.
+        let limits = self.cfg.probation.with(offer.custom.probation.as_ref());
+        self.activate(&model, &version, &dir, limits, reason).await
+    }
+
+    /// Loads `dir`, records the probation, switches the links, then swaps the engine's
+    /// model: requests in flight finish on the old version, new ones take the new.
+    async fn activate(
+        &mut self,
+        model: &str,
+        version: &str,
+        dir: &Path,
+        limits: probation::Limits,
+        reason: &str,
+    ) -> Result<(), OtaError> {
+        self.set_doing(model, Some(&format!("activating {version}")));
+        let d = dir.to_path_buf();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d))
+            .await
+            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
+            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))?;
+        let old = self.engine.model(model);
+        let previous = old.as_ref().map(|m| m.dir.clone()).or_else(|| self.configured.get(model).cloned());
+        let previous_version = old.as_ref().map(|m| m.version().to_string());
+        let before = self.engine.snapshot(model);
+        let mut state = self.store.state(model);
+        state.probation = Some(Probation {
+            version: version.to_string(),
+            previous: previous.clone(),
+            previous_version: previous_version.clone(),
+            started: unix_now(),
+            baseline: Numbers::from_stats(&before, limits.min_requests),
+            limits,
+        });
+        self.store.save_state(model, &state)?;
+        fault::point("activate-state-written");
+        self.store.switch(model, dir, previous.as_deref())?;
+        self.engine.install(loaded);
+        self.at_switch.insert(model.to_string(), before);
+        fault::point("activated");
+        self.events
+            .send(
+                "model-activated",
+                "info",
+                Some(model),
+                json!({"version": version, "previous": previous_version, "reason": reason, "probation": true}),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Judges every probation in progress; passes keep the version, failures roll back.
+    async fn watch_probations(&mut self) {
+        for model in self.cfg.models.clone() {
+            let state = self.store.state(&model);
+            let Some(p) = state.probation.clone() else { continue };
+            let before = self.at_switch.entry(model.clone()).or_default().clone();
+            let now = Numbers::between(&before, &self.engine.snapshot(&model), p.limits.min_requests);
+            match p.judge(&now) {
+                Verdict::Continue => {}
+                Verdict::Pass => {
+                    let mut state = state;
+                    state.probation = None;
+                    state.kept = Some(p.version.clone());
+                    if self.store.save_state(&model, &state).is_ok() {
+                        self.events
+                            .send(
+                                "probation-passed",
+                                "info",
+                                Some(&model),
+                                json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                            )
+                            .await;
+                    }
+                }
+                Verdict::Fail(why) => {
+                    let detail = json!({"numbers": now, "baseline": p.baseline});
+                    if let Err(e) = self.roll_back(&model, &format!("failed probation: {why}"), detail).await
+                    {
+                        tracing::error!(model, error = %e, "rollback failed");
+                    }
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    /// Goes back to the previous version and marks the current one bad.
+    async fn roll_back(&mut self, model: &str, why: &str, detail: Value) -> Result<Value, String> {
+        let from = self.engine.model(model).map(|m| m.version().to_string());
+        let mut state = self.store.state(model);
+        let target = self
+            .store
+            .previous(model)
+            .or_else(|| state.probation.as_ref().and_then(|p| p.previous.clone()))
+            .or_else(|| self.configured.get(model).cloned())
+            .filter(|p| p.is_dir())
+            .ok_or_else(|| format!("`{model}` has no previous version to roll back to"))?;
+        let t = target.clone();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&t))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the previous version in {} does not load: {e}", target.display()))?;
+        let to = loaded.version().to_string();
+        if let Some(v) = &from {
+            state.bad.insert(v.clone(), why.to_string());
+        }
+        state.probation = None;
+        self.store.save_state(model, &state).map_err(|e| e.to_string())?;
+        self.store.switch(model, &target, None).map_err(|e| e.to_string())?;
+        self.engine.install(loaded);
+        self.at_switch.remove(model);
+        self.store.collect_garbage(model);
+        let mut body = json!({"from": from, "to": to, "reason": why});
+        if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), detail) {
+            obj.extend(extra);
+        }
+        self.events.send("model-rolled-back", "warning", Some(model), body.clone()).await;
+        self.publish_status();
+        Ok(body)
+    }
+
+    async fn operator_rollback(&mut self, model: Option<String>) -> Result<Value, String> {
+        let model = match model {
+            Some(m) => m,
+            None if self.cfg.models.len() == 1 => self.cfg.models[0].clone(),
+            None => return Err(format!("say which model: one of {}", self.cfg.models.join(", "))),
+        };
+        if !self.cfg.models.contains(&model) {
+            return Err(format!(
+                "`{model}` is not a registry model here (ota.models: {})",
+                self.cfg.models.join(", ")
+            ));
+        }
+        self.roll_back(&model, "rolled back by the operator", json!({})).await
+    }
+
+    /// Rewrites the status document (`/status` → `ota`).
+    fn publish_status(&self) {
+        let mut models = serde_json::Map::new();
+        for model in &self.cfg.models {
+            let state = self.store.state(model);
+            let active = self.engine.model(model).map(|m| m.version().to_string());
+            let phase = if let Some(d) = self.doing.get(model) {
+                d.split(' ').next().unwrap_or("busy").to_string()
+            } else if state.probation.is_some() {
+                "probation".into()
+            } else if active.is_none() {
+                "missing".into()
+            } else {
+                "active".into()
+            };
+            let mut entry = json!({
+                "state": phase,
+                "version": active,
+                "previous": self.store.previous(model).as_deref().and_then(dir_version),
+                "kept": state.kept,
+                "bad": state.bad,
+            });
+            if let Some(d) = self.doing.get(model) {
+                entry["doing"] = json!(d);
+            }
+            if let Some(p) = &state.probation {
+                let before = self.at_switch.get(model).cloned().unwrap_or_default();
+                let now = Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests);
+                entry["probation"] = json!({
+                    "version": p.version,
+                    "elapsed_s": p.elapsed().as_secs(),
+                    "numbers": now,
+                    "baseline": p.baseline,
+                    "limits": p.limits,
+                });
+            }
+            // Rolled back: the last event for this model was a rollback and nothing since.
+            if state.probation.is_none()
+                && active.is_some()
+                && state.bad.keys().any(|v| Some(v) > active.as_ref())
+            {
+                entry["rolled_back"] = json!(true);
+            }
+            models.insert(model.clone(), entry);
+        }
+        let doc = json!({
+            "url": self.cfg.url,
+            "channel": self.cfg.channel,
+            "registry": self.updater.summary(),
+            "last_check": self.last_check.as_ref().map(|(ts, r)| match r {
+                Ok(_) => json!({"ts": ts, "ok": true}),
+                Err(e) => json!({"ts": ts, "ok": false, "error": e}),
+            }),
+            "models": models,
+        });
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = doc;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+}

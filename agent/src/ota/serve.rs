@@ -1,0 +1,684 @@
+//! `edge-agent registry serve DIR`: a small static file server for a TUF
+//! repository directory, for demos and for tests that need a registry that
+//! misbehaves on request (see [`Fault`]).
+//!
+//! Any web server can host a registry; this one exists so a developer needs
+//! nothing else, and so tests can inject the attacks TUF clients must survive.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::{self, HeaderName};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Cache policy for files whose name is never reused for other content.
+const IMMUTABLE: &str = "max-age=31536000, immutable";
+/// Read and send size for file bodies.
+const CHUNK: u64 = 64 * 1024;
+/// How long in-flight responses may take to finish after shutdown is asked.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Distinct paths counted for `requests_for`; beyond this, new paths are not
+/// tracked, so a scanner hitting random URLs cannot grow memory without bound.
+const MAX_TRACKED_PATHS: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub dir: PathBuf,
+    pub faults: Arc<Faults>,
+}
+
+/// A misbehaviour to inject for requests whose decoded path ends with a suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and an empty body.
+    Status(u16),
+    /// Send the body slowly (slow-retrieval attack).
+    Trickle { bytes_per_s: u64 },
+    /// Send N extra bytes after the real body, without Content-Length
+    /// (endless-data attack).
+    Extra(u64),
+    /// Send N bytes of the body, then drop the connection (tests resume).
+    CloseAfter(u64),
+    /// Serve these bytes instead of the file, always as a full 200 (wrong hash,
+    /// stale metadata, and a server that ignores Range).
+    Replace(Vec<u8>),
+}
+
+/// Injected faults and request counters, shared between the server and tests.
+#[derive(Debug, Default)]
+pub struct Faults {
+    state: Mutex<FaultState>,
+    requests: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    rules: Vec<(String, Fault)>,
+    per_path: HashMap<String, u64>,
+}
+
+impl Faults {
+    pub fn none() -> Arc<Faults> {
+        Arc::new(Faults::default())
+    }
+
+    /// Injects `fault` for paths ending with `path_suffix`, replacing any fault
+    /// set for the same suffix. When several suffixes match, the longest wins.
+    pub fn set(&self, path_suffix: &str, fault: Fault) {
+        let mut state = self.lock();
+        match state.rules.iter_mut().find(|(suffix, _)| suffix == path_suffix) {
+            Some(rule) => rule.1 = fault,
+            None => state.rules.push((path_suffix.to_owned(), fault)),
+        }
+    }
+
+    /// Removes all faults; counters are kept.
+    pub fn clear(&self) {
+        self.lock().rules.clear();
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Body bytes handed to the connection (including injected extra bytes).
+    pub fn bytes_served(&self) -> u64 {
+        self.bytes_served.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose decoded path (without the leading '/') ends with `path_suffix`.
+    pub fn requests_for(&self, path_suffix: &str) -> u64 {
+        self.lock().per_path.iter().filter(|(path, _)| path.ends_with(path_suffix)).map(|(_, n)| n).sum()
+    }
+
+    /// Counts a request and returns the fault to apply to it, if any.
+    fn record(&self, path: &str) -> Option<Fault> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        let tracked = state.per_path.len();
+        match state.per_path.get_mut(path) {
+            Some(n) => *n += 1,
+            None if tracked < MAX_TRACKED_PATHS => {
+                state.per_path.insert(path.to_owned(), 1);
+            }
+            None => {}
+        }
+        state
+            .rules
+            .iter()
+            .filter(|(suffix, _)| path.ends_with(suffix.as_str()))
+            .max_by_key(|(suffix, _)| suffix.len())
+            .map(|(_, fault)| fault.clone())
+    }
+
+    fn add_served(&self, n: u64) {
+        self.bytes_served.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A test that panicked while holding the lock must not take the server down.
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Shared {
+    /// Canonical registry directory; every served file must resolve inside it.
+    root: PathBuf,
+    faults: Arc<Faults>,
+}
+
+/// The request handler as an axum router, for callers that bring their own
+/// listener or TLS (the HTTPS test does).
+pub fn router(opts: ServeOptions) -> io::Result<Router> {
+    let root = std::fs::canonicalize(&opts.dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("registry directory {}: {e}", opts.dir.display())))?;
+    if !root.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("registry directory {} is not a directory", root.display()),
+        ));
+    }
+    let shared = Arc::new(Shared { root, faults: opts.faults });
+    Ok(Router::new().fallback(handle).with_state(shared))
+}
+
+/// Serves `opts.dir` on `listener` until `shutdown` resolves. The caller
+/// learns the bound address from `listener.local_addr()` before calling (bind
+/// to port 0 in tests). After shutdown, in-flight responses get a few seconds
+/// to finish; connections still open after that are dropped, so a trickling
+/// client cannot hold shutdown up.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let app = router(opts)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    connections.spawn(serve_connection(stream, app.clone(), stop_rx.clone()));
+                }
+                Err(error) => {
+                    // Usually EMFILE: back off instead of spinning on accept.
+                    tracing::warn!(%error, "registry server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            // Reap finished connections so the set does not grow forever.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained =
+        tokio::time::timeout(DRAIN, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection(stream: TcpStream, app: Router, mut stop: watch::Receiver<bool>) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The timer enables hyper's header read timeout (slowloris protection).
+    builder.timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "registry server: connection ended with an error");
+            }
+            return;
+        }
+        _ = stop.changed() => {}
+    }
+    // Finish the response in flight, then close instead of waiting for the
+    // next request on a keep-alive connection.
+    conn.as_mut().graceful_shutdown();
+    if let Err(error) = conn.await {
+        tracing::debug!(%error, "registry server: connection ended with an error");
+    }
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let decoded = percent_decode(uri.path());
+    let rel = decoded.as_deref().and_then(|p| p.strip_prefix('/'));
+    let fault = shared.faults.record(rel.unwrap_or_else(|| uri.path().trim_start_matches('/')));
+    let response = respond(&shared, &method, rel, &headers, fault.clone()).await;
+    tracing::debug!(
+        %method,
+        path = uri.path(),
+        status = response.status().as_u16(),
+        length = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()),
+        ?fault,
+        "registry request"
+    );
+    response
+}
+
+async fn respond(
+    shared: &Shared,
+    method: &Method,
+    rel: Option<&str>,
+    headers: &HeaderMap,
+    fault: Option<Fault>,
+) -> Response {
+    if method != Method::GET && method != Method::HEAD {
+        let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
+        set(response.headers_mut(), header::ALLOW, "GET, HEAD".to_owned());
+        return response;
+    }
+    let head = method == Method::HEAD;
+    // Everything that is not a plain relative path inside the directory is
+    // answered like a missing file, so probing reveals nothing.
+    let Some(rel) = rel.filter(|rel| is_safe_relative(rel)) else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+
+    match fault {
+        Some(Fault::Status(code)) => {
+            return empty(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        }
+        Some(Fault::Replace(bytes)) => return replaced(shared, rel, bytes, head),
+        _ => {}
+    }
+
+    let Some((mut file, meta)) = open_inside(&shared.root, rel).await else {
+        return empty(StatusCode::NOT_FOUND);
+    };
+    let len = meta.len();
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+    let etag = etag_for(&meta, modified);
+    let last_modified = modified.map(|d| http_date(d.as_secs()));
+
+    let mut response = empty(StatusCode::OK);
+    {
+        let h = response.headers_mut();
+        set(h, header::ETAG, etag.clone());
+        if let Some(date) = &last_modified {
+            set(h, header::LAST_MODIFIED, date.clone());
+        }
+        set(h, header::CACHE_CONTROL, cache_control(rel).to_owned());
+    }
+
+    // RFC 9110: If-None-Match, when present, decides alone; If-Modified-Since
+    // has one-second resolution, which is why the ETag carries nanoseconds.
+    let not_modified = match headers.get(header::IF_NONE_MATCH) {
+        Some(value) => etag_matches(value, &etag),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_http_date)
+            .zip(modified)
+            .is_some_and(|(since, mtime)| mtime.as_secs() <= since),
+    };
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        return response;
+    }
+
+    let range = match headers.get(header::RANGE) {
+        Some(value) if if_range_allows(headers, &etag) => parse_range(value, len),
+        _ => RangeRequest::Full,
+    };
+    let (start, count) = match range {
+        RangeRequest::Full => (0, len),
+        RangeRequest::Satisfiable { start, end } => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set(response.headers_mut(), header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => {
+            *response.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            set(response.headers_mut(), header::CONTENT_RANGE, format!("bytes */{len}"));
+            return response;
+        }
+    };
+
+    {
+        let h = response.headers_mut();
+        set(h, header::ACCEPT_RANGES, "bytes".to_owned());
+        set(h, header::CONTENT_TYPE, content_type(rel).to_owned());
+        // Extra leaves the length out: the client must notice on its own that
+        // the body goes on past what the signed metadata allows.
+        if !matches!(fault, Some(Fault::Extra(_))) {
+            set(h, header::CONTENT_LENGTH, count.to_string());
+        }
+    }
+    if head {
+        return response;
+    }
+    if start > 0
+        && let Err(error) = file.seek(io::SeekFrom::Start(start)).await
+    {
+        tracing::warn!(%error, path = rel, "registry server: seek failed");
+        return empty(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    *response.body_mut() = file_body(file, count, fault, shared.faults.clone());
+    response
+}
+
+fn replaced(shared: &Shared, rel: &str, bytes: Vec<u8>, head: bool) -> Response {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let mut response = empty(StatusCode::OK);
+    {
+        let h = response.headers_mut();
+        set(h, header::ETAG, format!("\"r-{}\"", hex::encode(&digest.as_ref()[..16])));
+        set(h, header::CACHE_CONTROL, cache_control(rel).to_owned());
+        set(h, header::CONTENT_TYPE, content_type(rel).to_owned());
+        set(h, header::CONTENT_LENGTH, bytes.len().to_string());
+    }
+    if !head {
+        shared.faults.add_served(bytes.len() as u64);
+        *response.body_mut() = Body::from(bytes);
+    }
+    response
+}
+
+/// Streams `count` bytes from the file's current position, applying faults.
+fn file_body(file: tokio::fs::File, count: u64, fault: Option<Fault>, faults: Arc<Faults>) -> Body {
+    struct Progress {
+        file: tokio::fs::File,
+        left: u64,
+        sent: u64,
+        extra_left: u64,
+    }
+    let (chunk, pause) = match fault {
+        // Ten small chunks a second approximate a steady trickle.
+        Some(Fault::Trickle { bytes_per_s }) => ((bytes_per_s / 10).max(1), Some(Duration::from_millis(100))),
+        _ => (CHUNK, None),
+    };
+    let close_after = match fault {
+        Some(Fault::CloseAfter(n)) => Some(n),
+        _ => None,
+    };
+    let extra = match fault {
+        Some(Fault::Extra(n)) => n,
+        _ => 0,
+    };
+    let start = Progress { file, left: count, sent: 0, extra_left: extra };
+    let body = stream::try_unfold(start, move |mut p| {
+        let faults = faults.clone();
+        async move {
+            if p.left > 0 {
+                let mut want = p.left.min(chunk);
+                if let Some(limit) = close_after {
+                    if p.sent >= limit {
+                        // An error from the body makes hyper abort the connection
+                        // mid-response, as a crashing server or a cut link would.
+                        return Err(io::Error::new(
+                            io::ErrorKind::ConnectionAborted,
+                            "fault injection: connection closed mid-body",
+                        ));
+                    }
+                    want = want.min(limit - p.sent);
+                }
+                if let Some(pause) = pause {
+                    tokio::time::sleep(pause).await;
+                }
+                let mut buf = vec![0u8; usize::try_from(want).map_err(io::Error::other)?];
+                p.file.read_exact(&mut buf).await?;
+                p.left -= want;
+                p.sent += want;
+                faults.add_served(want);
+                return Ok(Some((Bytes::from(buf), p)));
+            }
+            if p.extra_left > 0 {
+                let n = p.extra_left.min(CHUNK);
+                p.extra_left -= n;
+                faults.add_served(n);
+                let buf = vec![b'X'; usize::try_from(n).map_err(io::Error::other)?];
+                return Ok(Some((Bytes::from(buf), p)));
+            }
+            Ok(None)
+        }
+    });
+    Body::from_stream(body)
+}
+
+/// The decoded relative path has no empty, `.` or `..` segment (so it is not
+/// absolute and cannot climb out) and no NUL.
+fn is_safe_relative(rel: &str) -> bool {
+    !rel.contains('\0') && rel.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// Opens a regular file under `root`. Symlinks are followed but must land
+/// inside `root`: a link to /etc/shadow planted in the repository is not
+/// served. Directories are not served either (no listings).
+async fn open_inside(root: &Path, rel: &str) -> Option<(tokio::fs::File, std::fs::Metadata)> {
+    let canonical = tokio::fs::canonicalize(root.join(rel)).await.ok()?;
+    if !canonical.starts_with(root) {
+        return None;
+    }
+    let file = tokio::fs::File::open(&canonical).await.ok()?;
+    // Metadata of the opened handle, not the path, so the checks describe the
+    // file actually served.
+    let meta = file.metadata().await.ok()?;
+    meta.is_file().then_some((file, meta))
+}
+
+/// Strong ETag from length, mtime in nanoseconds and inode: a file rewritten
+/// within one second (same Last-Modified) or replaced by rename still gets a
+/// new tag, which a timestamp republished every few seconds needs.
+fn etag_for(meta: &std::fs::Metadata, modified: Option<Duration>) -> String {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let inode = 0u64;
+    let nanos = modified.map_or(0, |d| d.as_nanos());
+    format!("\"{:x}-{nanos:x}-{inode:x}\"", meta.len())
+}
+
+fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
+    let Ok(value) = if_none_match.to_str() else {
+        return false;
+    };
+    // Weak comparison, as RFC 9110 prescribes for If-None-Match.
+    let bare = etag.trim_start_matches("W/");
+    value.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
+}
+
+/// If-Range with a different validator means "the file changed, send all of it".
+fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
+    match headers.get(header::IF_RANGE).map(HeaderValue::to_str) {
+        None => true,
+        Some(Ok(value)) => value.trim() == etag,
+        Some(Err(_)) => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    Full,
+    Satisfiable { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// Single byte ranges (`N-`, `N-M`, `-N`). Malformed or multi-range requests
+/// get the full file, which HTTP allows.
+fn parse_range(value: &HeaderValue, len: u64) -> RangeRequest {
+    let Some(spec) = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        return match last.parse::<u64>() {
+            Ok(0) => RangeRequest::Unsatisfiable,
+            Ok(_) if len == 0 => RangeRequest::Unsatisfiable,
+            Ok(n) => RangeRequest::Satisfiable { start: len.saturating_sub(n), end: len - 1 },
+            Err(_) => RangeRequest::Full,
+        };
+    }
+    let Ok(start) = first.parse::<u64>() else {
+        return RangeRequest::Full;
+    };
+    let end = if last.is_empty() {
+        u64::MAX
+    } else {
+        match last.parse::<u64>() {
+            Ok(end) if end >= start => end,
+            _ => return RangeRequest::Full,
+        }
+    };
+    if start >= len {
+        return RangeRequest::Unsatisfiable;
+    }
+    RangeRequest::Satisfiable { start, end: end.min(len - 1) }
+}
+
+/// Consistent snapshots are the point here. With them, every metadata file but
+/// the timestamp carries its version in its name (`N.root.json`,
+/// `N.snapshot.json`, `N.targets.json`, also under `metadata/`) and every target
+/// its hash (`targets/<sha256>.<name>`). Those names never get other content,
+/// so any cache (CDN, proxy, the device) may keep them forever and a registry
+/// can publish a new version while devices are still fetching the old one.
+/// Only unversioned names (`timestamp.json`, `root.json`) change in place and
+/// must be revalidated on every poll, which the conditional GET on the
+/// timestamp makes cheap: a device with nothing to update costs one 304.
+fn cache_control(rel: &str) -> &'static str {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let versioned = name.ends_with(".json")
+        && name
+            .split_once('.')
+            .is_some_and(|(version, _)| !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()));
+    if versioned || rel.starts_with("targets/") || rel.contains("/targets/") { IMMUTABLE } else { "no-cache" }
+}
+
+fn content_type(rel: &str) -> &'static str {
+    if rel.ends_with(".json") { "application/json" } else { "application/octet-stream" }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// Inserts a header; our values are generated ASCII, so failure is a bug worth a log line, not a crash.
+fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
+    match HeaderValue::try_from(value) {
+        Ok(value) => {
+            headers.insert(name, value);
+        }
+        Err(error) => tracing::warn!(%name, %error, "registry server: invalid header value"),
+    }
+}
+
+/// Percent-decodes a URL path; `None` for malformed escapes or non-UTF-8.
+/// Decoding happens before the `..` check so `%2e%2e/` cannot sneak past it.
+fn percent_decode(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            let text = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(text, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const MONTHS: [&str; 12] =
+    ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+
+/// IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) for seconds since the epoch.
+fn http_date(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    // 1970-01-01 was a Thursday.
+    let weekday = WEEKDAYS[usize::try_from((days + 4) % 7).unwrap_or(0)];
+    let month_name = MONTHS[usize::try_from(month - 1).unwrap_or(0)];
+    format!(
+        "{weekday}, {day:02} {month_name} {year:04} {:02}:{:02}:{:02} GMT",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parses IMF-fixdate; other (obsolete) formats are ignored, which only costs a
+/// full response instead of a 304.
+fn parse_http_date(text: &str) -> Option<u64> {
+    let mut parts = text.split_whitespace();
+    let _weekday = parts.next()?;
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month_name = parts.next()?;
+    let month = MONTHS.iter().position(|m| *m == month_name)? as u64 + 1;
+    let year: u64 = parts.next()?.parse().ok()?;
+    let mut clock = parts.next()?.split(':').map(str::parse::<u64>);
+    let (h, m, s) = (clock.next()?.ok()?, clock.next()?.ok()?, clock.next()?.ok()?);
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
+}
+
+/// Days since 1970-01-01 to (year, month 1-12, day 1-31), proleptic Gregorian
+/// (Howard Hinnant's algorithm, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let yoe = year - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_dates_round_trip() {
+        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        for secs in [0, 951_782_400, 1_709_164_800, 1_735_689_599, 4_102_444_800] {
+            assert_eq!(parse_http_date(&http_date(secs)), Some(secs), "{secs}");
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert_eq!(parse_range(&v("bytes=10-"), 100), RangeRequest::Satisfiable { start: 10, end: 99 });
+        assert_eq!(parse_range(&v("bytes=10-19"), 100), RangeRequest::Satisfiable { start: 10, end: 19 });
+        assert_eq!(parse_range(&v("bytes=90-200"), 100), RangeRequest::Satisfiable { start: 90, end: 99 });
+        assert_eq!(parse_range(&v("bytes=-5"), 100), RangeRequest::Satisfiable { start: 95, end: 99 });
+        assert_eq!(parse_range(&v("bytes=100-"), 100), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range(&v("bytes=0-1,5-6"), 100), RangeRequest::Full);
+        assert_eq!(parse_range(&v("bytes=5-1"), 100), RangeRequest::Full);
+    }
+
+    #[test]
+    fn cache_policy() {
+        assert_eq!(cache_control("timestamp.json"), "no-cache");
+        assert_eq!(cache_control("root.json"), "no-cache");
+        assert_eq!(cache_control("3.snapshot.json"), IMMUTABLE);
+        assert_eq!(cache_control("metadata/12.targets.json"), IMMUTABLE);
+        assert_eq!(cache_control("targets/ab12.model.bin"), IMMUTABLE);
+    }
+
+    #[test]
+    fn decoding_and_safety() {
+        assert_eq!(percent_decode("/%2e%2e/x").as_deref(), Some("/../x"));
+        assert_eq!(percent_decode("/%zz"), None);
+        assert!(!is_safe_relative("../x"));
+        assert!(!is_safe_relative("/etc/passwd"));
+        assert!(!is_safe_relative("a//b"));
+        assert!(is_safe_relative("targets/a.bin"));
+    }
+}

@@ -1,0 +1,156 @@
+//! OLPC canonical JSON, the byte form TUF signatures are computed over.
+//!
+//! python-tuf (through securesystemslib) signs exactly these bytes, so any
+//! deviation here (escaping, key order, number format) makes every signature
+//! from the reference implementation fail to verify and vice versa.
+
+use super::error::Error;
+use serde_json::Value;
+
+/// Encodes `v` as OLPC canonical JSON.
+///
+/// Object keys are sorted by their UTF-8 bytes, there is no whitespace,
+/// strings escape only `\` and `"`, and numbers must be integers.
+pub fn encode(v: &Value) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let mut path = String::from("$");
+    write_value(v, &mut out, &mut path)?;
+    Ok(out)
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>, path: &mut String) -> Result<(), Error> {
+    match v {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(n) => {
+            // Floats have no canonical text form, which is why the format
+            // forbids them; refusing is the only way to stay verifiable.
+            if let Some(i) = n.as_i64() {
+                out.extend_from_slice(i.to_string().as_bytes());
+            } else if let Some(u) = n.as_u64() {
+                out.extend_from_slice(u.to_string().as_bytes());
+            } else {
+                return Err(Error::Canonical {
+                    path: path.clone(),
+                    reason: format!("the number {n} is not an integer"),
+                });
+            }
+        }
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                write_value(item, out, path)?;
+                path.truncate(len);
+            }
+            out.push(b']');
+        }
+        Value::Object(map) => {
+            // serde_json's map is only sorted when the `preserve_order`
+            // feature is off; another crate in the final binary may turn it
+            // on, so sort explicitly. `str` ordering is byte ordering, which
+            // for UTF-8 equals code point ordering, as Python's sort uses.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out);
+                out.push(b':');
+                let len = path.len();
+                path.push('.');
+                path.push_str(key);
+                write_value(value, out, path)?;
+                path.truncate(len);
+            }
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for b in s.bytes() {
+        // Only the quote and the backslash are escaped; control characters
+        // and non-ASCII are written raw, as securesystemslib does.
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn enc(v: &Value) -> String {
+        String::from_utf8(encode(v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(enc(&json!(null)), "null");
+        assert_eq!(enc(&json!(true)), "true");
+        assert_eq!(enc(&json!(false)), "false");
+        assert_eq!(enc(&json!(0)), "0");
+        assert_eq!(enc(&json!(-42)), "-42");
+        assert_eq!(enc(&json!(u64::MAX)), "18446744073709551615");
+        assert_eq!(enc(&json!("")), "\"\"");
+    }
+
+    #[test]
+    fn matches_securesystemslib_bytes() {
+        // Expected bytes produced by securesystemslib 1.6.0 encode_canonical
+        // for the same object.
+        let v: Value = serde_json::from_str(
+            r#"{"b":[1,-2,true,false,null],"a":"q\"uo\\te\n\tctl\u0001 é ☃ 😀","é":{},"Z":0,"aa":[]}"#,
+        )
+        .unwrap();
+        let expected = hex::decode(
+            "7b225a223a302c2261223a22715c22756f5c5c74650a0963746c0120c3a920e2988320f09f98\
+             80222c226161223a5b5d2c2262223a5b312c2d322c747275652c66616c73652c6e756c6c5d2c\
+             22c3a9223a7b7d7d",
+        )
+        .unwrap();
+        assert_eq!(encode(&v).unwrap(), expected);
+    }
+
+    #[test]
+    fn keys_sorted_by_bytes_not_insertion() {
+        let v: Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3},"B":4}"#).unwrap();
+        assert_eq!(enc(&v), r#"{"B":4,"a":{"c":3,"d":2},"b":1}"#);
+    }
+
+    #[test]
+    fn only_quote_and_backslash_escaped() {
+        let v = json!("a\"b\\c\u{7}d/\u{e9}");
+        assert_eq!(encode(&v).unwrap(), "\"a\\\"b\\\\c\u{7}d/\u{e9}\"".as_bytes());
+    }
+
+    #[test]
+    fn float_refused_with_path() {
+        let v: Value = serde_json::from_str(r#"{"custom":{"rollout":{"percent":12.5}}}"#).unwrap();
+        match encode(&v) {
+            Err(Error::Canonical { path, reason }) => {
+                assert_eq!(path, "$.custom.rollout.percent");
+                assert!(reason.contains("12.5"), "{reason}");
+            }
+            other => panic!("expected Canonical error, got {other:?}"),
+        }
+        // 1.0 parses as a float in serde_json and must be refused too.
+        let v: Value = serde_json::from_str("[1.0]").unwrap();
+        assert!(matches!(encode(&v), Err(Error::Canonical { .. })));
+    }
+}
