@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod registry;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,10 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// Signed model updates: registry, refusals, probation, rollback, crash safety.
+mod ota;
+/// The registry against python-tuf, the reference implementation, both ways.
+mod registry;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
 /// Packaging: the systemd unit and the Debian package.

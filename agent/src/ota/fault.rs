@@ -1,4 +1,5 @@
-//! A test-only fault switch: `EDGE_AGENT_FAULT_KILL_AT=<step>` makes the agent kill
+//! A test-only fault switch: `EDGE_FAULT_KILL_AT=<step>` (not `EDGE_AGENT_...`, which
+//! would be read as a configuration override) makes the agent kill
 //! itself with SIGKILL when an update reaches that step, so tests can prove that a
 //! crash at any step leaves the old or the new model serving, never a mixture.
 //!
@@ -7,7 +8,7 @@
 //! Unset (always, in production) it costs one environment lookup per update step.
 
 /// The environment variable naming the step.
-pub const ENV: &str = "EDGE_AGENT_FAULT_KILL_AT";
+pub const ENV: &str = "EDGE_FAULT_KILL_AT";
 
 /// Kills this process with SIGKILL if the fault switch names `step`.
 pub fn point(step: &str) {

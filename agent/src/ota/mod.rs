@@ -249,9 +249,7 @@ pub fn start(
         status: status.clone(),
         configured: config.models.iter().map(|m| (m.name.clone(), m.dir.clone())).collect(),
         at_switch: BTreeMap::new(),
-        selftest_exe: std::env::var_os("EDGE_AGENT_SELFTEST_EXE")
-            .map(PathBuf::from)
-            .unwrap_or_else(selftest::current_exe),
+        selftest_exe: selftest::current_exe(),
         last_check: None,
         doing: BTreeMap::new(),
         cfg,

@@ -323,7 +323,7 @@ fn read_all(pipe: Option<impl std::io::Read>) -> String {
     s
 }
 
-/// The path of this executable, for self-tests; tests may point it elsewhere.
+/// The path of this executable, for self-tests.
 pub fn current_exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("edge-agent"))
 }
