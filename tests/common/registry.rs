@@ -86,8 +86,17 @@ impl Publisher {
     pub fn publish(&self, model: &Path, rollout: u32, extra: &[&str]) {
         let (repo, keys) = (self.repo().display().to_string(), self.keys().display().to_string());
         let pct = rollout.to_string();
-        let mut args =
-            vec!["publish", "--repo", &repo, "--keys", &keys, "--model", model.to_str().unwrap(), "--rollout", &pct];
+        let mut args = vec![
+            "publish",
+            "--repo",
+            &repo,
+            "--keys",
+            &keys,
+            "--model",
+            model.to_str().unwrap(),
+            "--rollout",
+            &pct,
+        ];
         args.extend_from_slice(extra);
         self.cli(&args);
     }
@@ -97,7 +106,17 @@ impl Publisher {
         let (repo, keys) = (self.repo().display().to_string(), self.keys().display().to_string());
         let pct = rollout.to_string();
         self.cli(&[
-            "promote", "--repo", &repo, "--keys", &keys, "--model", "vibration", "--version", version, "--rollout", &pct,
+            "promote",
+            "--repo",
+            &repo,
+            "--keys",
+            &keys,
+            "--model",
+            "vibration",
+            "--version",
+            version,
+            "--rollout",
+            &pct,
         ]);
     }
 
@@ -201,14 +220,23 @@ pub fn serving(d: &Daemon) -> String {
 }
 
 /// Waits until `pred` holds on `/status`.
-pub fn wait_status(d: &Daemon, what: &str, limit: Duration, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+pub fn wait_status(
+    d: &Daemon,
+    what: &str,
+    limit: Duration,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let start = std::time::Instant::now();
     loop {
         let s = status(d);
         if pred(&s) {
             return s;
         }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}; /status: {s:#}\nlog: {}", d.log.lock().unwrap());
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; /status: {s:#}\nlog: {}",
+            d.log.lock().unwrap()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

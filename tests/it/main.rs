@@ -16,13 +16,15 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
-/// Signed model updates: registry, refusals, probation, rollback, crash safety.
-mod ota;
-/// The registry against python-tuf, the reference implementation, both ways.
-mod registry;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
+/// Signed model updates: registry, refusals, probation, rollback, crash safety.
+mod ota;
+/// The registry's HTTP client and server: limits, resume, conditional requests, TLS.
+mod ota_net;
 /// Packaging: the systemd unit and the Debian package.
 mod packaging;
+/// The registry against python-tuf, the reference implementation, both ways.
+mod registry;
 /// The daemon under systemd: notify, watchdog, reload.
 mod service;

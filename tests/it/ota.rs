@@ -45,11 +45,13 @@ fn an_update_is_activated_kept_after_probation_and_rolled_back_on_command() {
     wait_status(&d, "version 2 kept after probation", secs(60), |s| {
         s["models"]["vibration"]["version"] == "2" && s["ota"]["models"]["vibration"]["kept"] == "2"
     });
-    let flow = ["update-downloading", "update-downloaded", "selftest-passed", "model-activated", "probation-passed"];
+    let flow =
+        ["update-downloading", "update-downloaded", "selftest-passed", "model-activated", "probation-passed"];
     for kind in flow {
         events.wait_for(kind, secs(20), |_, p| p.contains(&format!("\"kind\":\"{kind}\"")));
     }
-    let seen: Vec<Value> = events.messages().iter().filter_map(|(_, p)| serde_json::from_str(p).ok()).collect();
+    let seen: Vec<Value> =
+        events.messages().iter().filter_map(|(_, p)| serde_json::from_str(p).ok()).collect();
     // (The start-up announcement of version 1 comes before.)
     let order: Vec<String> = kinds(&seen)
         .into_iter()
@@ -117,7 +119,8 @@ fn attacks_on_the_registry_are_refused_and_the_old_model_keeps_serving() {
     let reg = Served::start(&p.repo());
     let broker = Broker::start(BrokerOptions::default());
     let events = broker.subscribe("test", "edge/it/events");
-    let ota = ota_section(&reg.url, &p.root_v1(), "min_rate_bytes_s = 20000\n[ota.probation]\nrequests = 10\n");
+    let ota =
+        ota_section(&reg.url, &p.root_v1(), "min_rate_bytes_s = 20000\n[ota.probation]\nrequests = 10\n");
     let d = Daemon::start("run", &body(&demo_model(), Some(broker.port), &ota), "", &[]);
     let check = || post(&d, "/ota/check", json!({}));
     let refused = |what: &str, code_body: (u16, Value), needle: &str, serves: &str| {
@@ -196,9 +199,19 @@ fn attacks_on_the_registry_are_refused_and_the_old_model_keeps_serving() {
     let (repo, keys) = (p.repo().display().to_string(), p.keys().display().to_string());
     let pubkey = |k: &str| p.keys().join(format!("{k}.key.pub")).display().to_string();
     p.cli(&[
-        "rotate-root", "--repo", &repo, "--keys", &keys,
-        "--root-key", &pubkey("root-new"),
-        "--targets-key", &pubkey("targets"), "--targets-key", &pubkey("targets3"), "--targets-threshold", "2",
+        "rotate-root",
+        "--repo",
+        &repo,
+        "--keys",
+        &keys,
+        "--root-key",
+        &pubkey("root-new"),
+        "--targets-key",
+        &pubkey("targets"),
+        "--targets-key",
+        &pubkey("targets3"),
+        "--targets-threshold",
+        "2",
     ]);
     let (code, v) = check();
     assert_eq!(code, 200, "{v}");
@@ -284,8 +297,13 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
     // `registry publish` runs the self-test itself and refuses; sneak it in by hand to
     // play a publisher whose tooling was bypassed.
     let out = p.try_cli(&[
-        "publish", "--repo", p.repo().to_str().unwrap(), "--keys", p.keys().to_str().unwrap(),
-        "--model", v2.to_str().unwrap(),
+        "publish",
+        "--repo",
+        p.repo().to_str().unwrap(),
+        "--keys",
+        p.keys().to_str().unwrap(),
+        "--model",
+        v2.to_str().unwrap(),
     ]);
     assert!(!out.status.success() && stderr(&out).contains("self-test"), "{}", stderr(&out));
     publish_unchecked(&p, &v2, "2");
@@ -302,7 +320,8 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
     // lost the window: every 100-sample sensor chunk is now an input error.
     let v3 = model_version(work.path(), "3", |dir| {
         let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
-        std::fs::write(dir.join("model.toml"), spec.replace("[pre.window]\nsize = 256\nhop = 128\n", "")).unwrap();
+        std::fs::write(dir.join("model.toml"), spec.replace("[pre.window]\nsize = 256\nhop = 128\n", ""))
+            .unwrap();
     });
     p.publish(&v3, 100, &[]);
     let (code, v) = post(&d, "/ota/check", json!({}));
@@ -326,7 +345,8 @@ fn publish_unchecked(p: &Publisher, model: &Path, version: &str) {
     let mut repo = Repository::open(&p.repo()).unwrap();
     let custom = json!({"model": "vibration", "version": version, "rollout": {"percent": 100, "salt": "s"}});
     repo.add_target(&format!("stable/vibration/{version}.tar"), &bytes, custom).unwrap();
-    let signers: Vec<_> = ["targets", "targets2", "snapshot", "timestamp"].iter().map(|k| key(p, k)).collect();
+    let signers: Vec<_> =
+        ["targets", "targets2", "snapshot", "timestamp"].iter().map(|k| key(p, k)).collect();
     repo.commit(&signers, std::time::SystemTime::now(), &Expiries::default()).unwrap();
 }
 
@@ -352,8 +372,11 @@ fn sigkill_at_every_step_of_an_update_leaves_the_old_or_the_new_model() {
         let config = state.path().join("agent.toml");
         let port = free_port();
         let socket = state.path().join("api.sock");
-        std::fs::write(&config, Daemon::config_text(state.path(), port, &socket, &body(&demo_model(), None, &ota), ""))
-            .unwrap();
+        std::fs::write(
+            &config,
+            Daemon::config_text(state.path(), port, &socket, &body(&demo_model(), None, &ota), ""),
+        )
+        .unwrap();
         let mut child = std::process::Command::new(bin())
             .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"])
             .env(edge_agent::ota::fault::ENV, step)
@@ -361,7 +384,8 @@ fn sigkill_at_every_step_of_an_update_leaves_the_old_or_the_new_model() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let status = wait_timeout(&mut child, secs(60)).unwrap_or_else(|| panic!("{step}: the fault switch did not fire"));
+        let status = wait_timeout(&mut child, secs(60))
+            .unwrap_or_else(|| panic!("{step}: the fault switch did not fire"));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(9), "{step}: killed by SIGKILL");
         // What a restart serves is what `current` says, whole.
@@ -385,7 +409,9 @@ fn sigkill_at_every_step_of_an_update_leaves_the_old_or_the_new_model() {
 fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Daemon {
     let mut command = std::process::Command::new(bin());
     command.args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"]);
-    let mut child = Guard(command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap());
+    let mut child = Guard(
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap(),
+    );
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     read_into(child.0.stderr.take().unwrap(), log.clone());
     let d = Daemon {
@@ -398,4 +424,163 @@ fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Daemon {
     };
     d.wait_ready(secs(60));
     d
+}
+
+/// A salt whose cohort at `percent` among `devices` has between `lo` and `hi` devices,
+/// so the test sees a real cohort; the count is checked against the hash either way.
+fn salt_for(devices: &[String], percent: u32, lo: usize, hi: usize) -> (String, Vec<String>) {
+    for i in 0..1000 {
+        let salt = format!("fleet-{i}");
+        let r = edge_agent::ota::rollout::Rollout { percent, salt: salt.clone() };
+        let cohort: Vec<String> = devices
+            .iter()
+            .filter(|d| edge_agent::ota::rollout::in_cohort(d, "vibration", &r))
+            .cloned()
+            .collect();
+        if (lo..=hi).contains(&cohort.len()) {
+            return (salt, cohort);
+        }
+    }
+    panic!("no salt gives a cohort of {lo} to {hi}");
+}
+
+#[test]
+fn a_fleet_of_50_agents_follows_a_staged_rollout_and_rolls_back_a_bad_model() {
+    const FLEET: usize = 50;
+    let p = Publisher::new(1);
+    let work = tempdir();
+    let devices: Vec<String> = (0..FLEET).map(|i| format!("dev-{i:02}")).collect();
+    let (salt, cohort) = salt_for(&devices, 10, 3, 8);
+    p.publish(&model_version(work.path(), "2", |_| {}), 10, &["--salt", &salt]);
+    let reg = Served::start(&p.repo());
+    let broker = Broker::start(BrokerOptions::default());
+    let events = broker.subscribe("test", "edge/+/events");
+
+    // Fifty agents: own state, device id and API port; checks every 2 s.
+    let ota = ota_section(&reg.url, &p.root_v1(), "").replace("interval_s = 3600", "interval_s = 2");
+    let ota = format!("{ota}[ota.probation]\nrequests = 5\nmin_requests = 5\n");
+    let mut fleet = Vec::new();
+    for id in &devices {
+        let dir = work.path().join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        // The API on a unix socket only: fifty TCP ports picked in advance could collide
+        // with the fleet's own outgoing connections.
+        let socket = dir.join("api.sock");
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "[agent]\ndevice_id = \"{id}\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"\"\nsocket = \"{}\"\n\n[engine]\nspin_us = 0\n\n{}",
+            dir.join("state").display(),
+            socket.display(),
+            body(&demo_model(), Some(broker.port), &ota).replace("speed = 5", "speed = 1")
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Guard(
+            std::process::Command::new(bin())
+                .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        fleet.push((id.clone(), socket, child));
+    }
+    let versions = || -> Vec<(String, String)> {
+        fleet
+            .iter()
+            .map(|(id, socket, _)| {
+                let v = edge_agent::cli::status::get(socket, "/status")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                    .and_then(|s| s["models"]["vibration"]["version"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                (id.clone(), v)
+            })
+            .collect()
+    };
+    type Versions = [(String, String)];
+    let wait_until = |what: &str, limit: Duration, pred: &dyn Fn(&Versions) -> bool| {
+        let start = std::time::Instant::now();
+        loop {
+            let now = versions();
+            if pred(&now) {
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                // The logs of the devices that lag behind say why.
+                for (id, v) in now
+                    .iter()
+                    .filter(|(_, v)| v != &now.iter().map(|x| x.1.clone()).max().unwrap_or_default())
+                {
+                    let log =
+                        std::fs::read_to_string(work.path().join(id).join("agent.log")).unwrap_or_default();
+                    let tail: Vec<&str> = log
+                        .lines()
+                        .filter(|l| {
+                            l.contains("ota")
+                                || l.contains("WARN")
+                                || l.contains("ERROR")
+                                || !l.starts_with('{')
+                        })
+                        .rev()
+                        .take(15)
+                        .collect();
+                    eprintln!("--- {id} on {v}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+                panic!("{what}: not within {limit:?}: {now:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let on = |vs: &[(String, String)], v: &str| {
+        vs.iter().filter(|(_, x)| x == v).map(|(id, _)| id.clone()).collect::<Vec<_>>()
+    };
+
+    // 10%: exactly the cohort the hash names takes version 2; the rest stay on 1.
+    let started = std::time::Instant::now();
+    let t10 = wait_until(&format!("the 10% cohort {cohort:?} (salt {salt}) on version 2"), secs(90), &|vs| {
+        on(vs, "2") == cohort
+    });
+    std::thread::sleep(Duration::from_secs(5)); // two more checks each: nobody else moves
+    let vs = versions();
+    assert_eq!(on(&vs, "2"), cohort, "only the cohort updated");
+    assert_eq!(on(&vs, "1").len(), FLEET - cohort.len());
+
+    // 100%: everyone converges.
+    let bytes_before = reg.faults.bytes_served();
+    p.promote("2", 100);
+    let t100 = wait_until("all on version 2", secs(120), &|vs| on(vs, "2").len() == FLEET);
+    let bytes_promote = reg.faults.bytes_served() - bytes_before;
+
+    // A bad version 3 (its spec lost the window) at 100%: all take it, all roll back.
+    let v3 = model_version(work.path(), "3", |dir| {
+        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        std::fs::write(dir.join("model.toml"), spec.replace("[pre.window]\nsize = 256\nhop = 128\n", ""))
+            .unwrap();
+    });
+    p.publish(&v3, 100, &[]);
+    let rolled = events.wait_count(FLEET, secs(180), |_, p| {
+        p.contains("\"kind\":\"model-rolled-back\"") && p.contains("\"from\":\"3\"")
+    });
+    let t_bad = started.elapsed();
+    let mut who: Vec<String> = rolled.iter().map(|(t, _)| t.split('/').nth(1).unwrap().to_string()).collect();
+    who.sort();
+    who.dedup();
+    assert_eq!(who.len(), FLEET, "every device that took 3 rolled back once");
+    wait_until("all back on version 2", secs(30), &|vs| on(vs, "2").len() == FLEET);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(on(&versions(), "2").len(), FLEET, "version 3 is never retried");
+
+    let report = json!({
+        "devices": FLEET,
+        "cohort_10pct": cohort.len(),
+        "seconds_to_cohort": t10.as_secs_f64(),
+        "seconds_to_converge_after_promote": t100.as_secs_f64(),
+        "bytes_served_for_promote": bytes_promote,
+        "bytes_served_total": reg.faults.bytes_served(),
+        "requests_total": reg.faults.requests(),
+        "seconds_until_all_rolled_back_from_start": t_bad.as_secs_f64(),
+    });
+    eprintln!("fleet report: {report}");
+    let _ = std::fs::write(root().join("target/fleet-report.json"), report.to_string());
 }

@@ -3,8 +3,8 @@
 //! registry made by `edge-agent registry`, and the agent accepts a repository written with
 //! python-tuf's metadata API (root rotation, 2-of-2 targets, a delegated role).
 
-use std::process::{Command, Stdio};
 use serde_json::{Value, json};
+use std::process::{Command, Stdio};
 
 use crate::common::registry::*;
 use crate::common::*;
@@ -39,7 +39,8 @@ fn ngclient_refreshes_and_downloads_from_a_registry_made_by_the_cli() {
             .unwrap(),
     );
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.0.stdout.take().unwrap()), &mut line)
+        .unwrap();
     let url = line.trim().trim_end_matches('/').to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{line}");
 
@@ -83,7 +84,8 @@ fn the_agent_accepts_a_repository_written_with_python_tuf() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["targets"], 2, "{report}");
-    let roles: Vec<&str> = report["roles"].as_array().unwrap().iter().filter_map(|r| r["role"].as_str()).collect();
+    let roles: Vec<&str> =
+        report["roles"].as_array().unwrap().iter().filter_map(|r| r["role"].as_str()).collect();
     assert!(roles.contains(&"vibration"), "the delegated role is followed: {report}");
 
     // A device following it: the root rotation is followed, and the version listed by
@@ -91,7 +93,12 @@ fn the_agent_accepts_a_repository_written_with_python_tuf() {
     // downloads, checks against the signed hash, and refuses to unpack.
     let reg = Served::start(&repo);
     let ota = ota_section(&reg.url, &trusted, "");
-    let d = Daemon::start("serve", &format!("[[model]]\npath = \"{}\"\n\n{ota}", demo_model().display()), "", &[]);
+    let d = Daemon::start(
+        "serve",
+        &format!("[[model]]\npath = \"{}\"\n\n{ota}", demo_model().display()),
+        "",
+        &[],
+    );
     let (code, v) = post(&d, "/ota/check", json!({}));
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["registry"]["root"], 2, "{v}");

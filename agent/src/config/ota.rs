@@ -164,6 +164,9 @@ pub fn validate(
     if !(p.minutes > 0.0 && p.minutes.is_finite()) {
         problem("ota.probation.minutes", format!("{} must be more than 0", p.minutes));
     }
+    if !(p.latency_floor_ms >= 0.0 && p.latency_floor_ms.is_finite()) {
+        problem("ota.probation.latency_floor_ms", format!("{} must be 0 or more", p.latency_floor_ms));
+    }
     if p.requests == 0 {
         problem("ota.probation.requests", "must be at least 1".into());
     }

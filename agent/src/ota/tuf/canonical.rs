@@ -136,10 +136,7 @@ mod tests {
     #[test]
     fn only_quote_and_backslash_escaped() {
         let v = json!("a\"b\\c\u{7}d/\u{e9}");
-        assert_eq!(
-            encode(&v).unwrap(),
-            "\"a\\\"b\\\\c\u{7}d/\u{e9}\"".as_bytes()
-        );
+        assert_eq!(encode(&v).unwrap(), "\"a\\\"b\\\\c\u{7}d/\u{e9}\"".as_bytes());
     }
 
     #[test]

@@ -10,8 +10,7 @@
 use super::error::Error;
 use super::keys::{self, PublicKey};
 use super::metadata::{
-    Envelope, MetaFile, Root, SignedMeta, Snapshot, TargetFile, Targets, Timestamp,
-    verify_length_and_hashes,
+    Envelope, MetaFile, Root, SignedMeta, Snapshot, TargetFile, Targets, Timestamp, verify_length_and_hashes,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
@@ -24,10 +23,7 @@ pub const MAX_DELEGATIONS: usize = 32;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup<'a> {
     /// Found in `role`, the first role in preorder that lists it.
-    Found {
-        role: String,
-        target: &'a TargetFile,
-    },
+    Found { role: String, target: &'a TargetFile },
     /// The search reached a role that is not loaded yet: fetch
     /// `{version}.{role}.json` and call [`TrustedSet::update_delegated_targets`]
     /// (or [`TrustedSet::update_targets`] for `targets`), then search again.
@@ -174,25 +170,21 @@ impl TrustedSet {
     /// A loaded targets role by name (under whichever parent loaded it);
     /// `"targets"` gives the top-level role.
     pub fn delegated(&self, role: &str) -> Option<&Targets> {
-        self.roles
-            .iter()
-            .find(|((_, r), _)| r == role)
-            .map(|(_, t)| t)
+        self.roles.iter().find(|((_, r), _)| r == role).map(|(_, t)| t)
     }
 
     /// Every loaded targets role as (parent, role, metadata).
     pub fn loaded_roles(&self) -> impl Iterator<Item = (&str, &str, &Targets)> {
-        self.roles
-            .iter()
-            .map(|((p, r), t)| (p.as_str(), r.as_str(), t))
+        self.roles.iter().map(|((p, r), t)| (p.as_str(), r.as_str(), t))
     }
 
     /// The file name to fetch for the snapshot named by the trusted timestamp
     /// (`{version}.snapshot.json` with consistent snapshots).
     pub fn snapshot_file_name(&self) -> Result<String, Error> {
-        let ts = self.timestamp.as_ref().ok_or_else(|| {
-            Error::Order("load the timestamp before asking for the snapshot file".into())
-        })?;
+        let ts = self
+            .timestamp
+            .as_ref()
+            .ok_or_else(|| Error::Order("load the timestamp before asking for the snapshot file".into()))?;
         let v = ts.snapshot_meta()?.version;
         Ok(self.versioned_name("snapshot", v))
     }
@@ -200,11 +192,10 @@ impl TrustedSet {
     /// The file name to fetch for targets role `role` as the trusted snapshot
     /// names it (`{version}.{role}.json` with consistent snapshots).
     pub fn targets_file_name(&self, role: &str) -> Result<String, Error> {
-        let snap = self.snapshot.as_ref().ok_or_else(|| {
-            Error::Order(format!(
-                "load the snapshot before asking for the {role} file"
-            ))
-        })?;
+        let snap = self
+            .snapshot
+            .as_ref()
+            .ok_or_else(|| Error::Order(format!("load the snapshot before asking for the {role} file")))?;
         let meta = snapshot_meta(snap, role)?;
         Ok(self.versioned_name(role, meta.version))
     }
@@ -379,21 +370,12 @@ impl TrustedSet {
         check_expiry(ts, "timestamp", self.now)?;
         let meta = ts.snapshot_meta()?;
         let authority = format!("timestamp v{}", ts.version);
-        verify_length_and_hashes(
-            "snapshot.json",
-            &authority,
-            bytes,
-            meta.length,
-            meta.hashes.as_ref(),
-        )?;
+        verify_length_and_hashes("snapshot.json", &authority, bytes, meta.length, meta.hashes.as_ref())?;
         let new = self.verify_top_level::<Snapshot>(bytes, "snapshot.json")?;
         if new.version != meta.version {
             return Err(Error::Version {
                 role: "snapshot".into(),
-                problem: format!(
-                    "got snapshot v{} but {authority} names v{}",
-                    new.version, meta.version
-                ),
+                problem: format!("got snapshot v{} but {authority} names v{}", new.version, meta.version),
                 fix: format!(
                     "a server or mirror mixed files of different publications; fetch {}.snapshot.json \
                      again, and if it persists re-publish (edge-agent registry publish or promote)",
@@ -459,26 +441,13 @@ impl TrustedSet {
     /// Loads targets metadata for `role`, delegated by `parent` (spec 5.6
     /// and 5.7): length and hashes as the snapshot states them, the version
     /// the snapshot names, a threshold of the delegation's keys, not expired.
-    pub fn update_delegated_targets(
-        &mut self,
-        bytes: &[u8],
-        role: &str,
-        parent: &str,
-    ) -> Result<(), Error> {
-        let snap = self
-            .snapshot
-            .as_ref()
-            .ok_or_else(|| Error::Order(format!("load the snapshot before {role}")))?;
+    pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, parent: &str) -> Result<(), Error> {
+        let snap =
+            self.snapshot.as_ref().ok_or_else(|| Error::Order(format!("load the snapshot before {role}")))?;
         let meta = snapshot_meta(snap, role)?;
         let snap_authority = format!("snapshot v{}", snap.version);
         let file = format!("{role}.json");
-        verify_length_and_hashes(
-            &file,
-            &snap_authority,
-            bytes,
-            meta.length,
-            meta.hashes.as_ref(),
-        )?;
+        verify_length_and_hashes(&file, &snap_authority, bytes, meta.length, meta.hashes.as_ref())?;
         let (env, new) = parse::<Targets>(bytes, &file)?;
         let canonical = env.canonical_signed()?;
         let authority = self.authority_for(role, parent)?;
@@ -486,10 +455,7 @@ impl TrustedSet {
         if new.version != meta.version {
             return Err(Error::Version {
                 role: role.to_string(),
-                problem: format!(
-                    "got {role} v{} but {snap_authority} names v{}",
-                    new.version, meta.version
-                ),
+                problem: format!("got {role} v{} but {snap_authority} names v{}", new.version, meta.version),
                 fix: format!(
                     "a server or mirror mixed files of different publications; fetch {}.{role}.json \
                      again, and if it persists re-publish (edge-agent registry publish or promote)",
@@ -503,18 +469,14 @@ impl TrustedSet {
         {
             return Err(Error::Version {
                 role: role.to_string(),
-                problem: format!(
-                    "rollback: got targets v{} but v{floor} is already trusted",
-                    new.version
-                ),
+                problem: format!("rollback: got targets v{} but v{floor} is already trusted", new.version),
                 fix: "the registry was restored from an old state; publish targets with a \
                       higher version (edge-agent registry publish or promote)"
                     .into(),
             });
         }
         check_expiry(&new, role, self.now)?;
-        self.roles
-            .insert((parent.to_string(), role.to_string()), new);
+        self.roles.insert((parent.to_string(), role.to_string()), new);
         Ok(())
     }
 
@@ -571,11 +533,7 @@ impl TrustedSet {
             }
             let meta = self.roles.get(&(parent.clone(), role.clone()));
             if role != "targets" || parent != "root" {
-                out.push(RoleRef {
-                    name: role.clone(),
-                    parent: parent.clone(),
-                    loaded: meta.is_some(),
-                });
+                out.push(RoleRef { name: role.clone(), parent: parent.clone(), loaded: meta.is_some() });
             }
             if let Some(meta) = meta {
                 let children = children_for(meta, &role, name, &mut stack);
@@ -592,8 +550,7 @@ impl TrustedSet {
         for ((_, role), meta) in &self.roles {
             for d in meta.delegations.iter().flat_map(|d| d.roles.iter()) {
                 let key = (role.clone(), d.name.clone());
-                if !self.roles.contains_key(&key) && !out.contains(&(d.name.clone(), role.clone()))
-                {
+                if !self.roles.contains_key(&key) && !out.contains(&(d.name.clone(), role.clone())) {
                     out.push((d.name.clone(), role.clone()));
                 }
             }
@@ -607,12 +564,8 @@ impl TrustedSet {
     /// where the delegation covers the path); names whose search needs a
     /// role that is not loaded are left out.
     pub fn targets_matching(&self, prefix: &str) -> Vec<(String, TargetFile)> {
-        let names: BTreeSet<&String> = self
-            .roles
-            .values()
-            .flat_map(|t| t.targets.keys())
-            .filter(|n| n.starts_with(prefix))
-            .collect();
+        let names: BTreeSet<&String> =
+            self.roles.values().flat_map(|t| t.targets.keys()).filter(|n| n.starts_with(prefix)).collect();
         names
             .into_iter()
             .filter_map(|n| match self.lookup(n) {
@@ -659,19 +612,17 @@ impl TrustedSet {
                 threshold: r.threshold,
             });
         }
-        let parent_meta = self.delegated(parent).ok_or_else(|| {
-            Error::Order(format!(
-                "load `{parent}` before the role `{role}` it delegates"
-            ))
-        })?;
+        let parent_meta = self
+            .delegated(parent)
+            .ok_or_else(|| Error::Order(format!("load `{parent}` before the role `{role}` it delegates")))?;
         let delegations = parent_meta.delegations.as_ref();
-        let d = delegations
-            .and_then(|d| d.roles.iter().find(|r| r.name == role))
-            .ok_or_else(|| Error::NotListed {
+        let d = delegations.and_then(|d| d.roles.iter().find(|r| r.name == role)).ok_or_else(|| {
+            Error::NotListed {
                 file: format!("delegated role `{role}`"),
                 listed_in: format!("the delegations of {parent} v{}", parent_meta.version),
                 fix: format!("fetch {role} through the role that delegates it"),
-            })?;
+            }
+        })?;
         // `d` exists, so `delegations` is Some.
         let keys = delegations
             .map(|d| &d.keys)
@@ -716,29 +667,22 @@ fn parse<T: SignedMeta>(bytes: &[u8], what: &str) -> Result<(Envelope, T), Error
 }
 
 fn snapshot_meta<'a>(snap: &'a Snapshot, role: &str) -> Result<&'a MetaFile, Error> {
-    snap.meta
-        .get(&format!("{role}.json"))
-        .ok_or_else(|| Error::NotListed {
-            file: format!("{role}.json"),
-            listed_in: format!("snapshot v{}", snap.version),
-            fix: "the repository delegates a role it does not publish; commit the repository \
+    snap.meta.get(&format!("{role}.json")).ok_or_else(|| Error::NotListed {
+        file: format!("{role}.json"),
+        listed_in: format!("snapshot v{}", snap.version),
+        fix: "the repository delegates a role it does not publish; commit the repository \
                   so the snapshot lists it"
-                .into(),
-        })
+            .into(),
+    })
 }
 
 fn key_set(root: &Root, role: &str) -> Option<(BTreeSet<String>, u64)> {
-    root.roles
-        .get(role)
-        .map(|r| (r.keyids.iter().cloned().collect(), r.threshold))
+    root.roles.get(role).map(|r| (r.keyids.iter().cloned().collect(), r.threshold))
 }
 
 fn check_expiry<T: SignedMeta>(meta: &T, role: &str, now: SystemTime) -> Result<(), Error> {
     if meta.is_expired(now)? {
-        return Err(Error::Expired {
-            role: role.to_string(),
-            expires: meta.expires().to_string(),
-        });
+        return Err(Error::Expired { role: role.to_string(), expires: meta.expires().to_string() });
     }
     Ok(())
 }
@@ -767,11 +711,7 @@ fn check_threshold(
         let Some(key) = authority.keys.get(keyid) else {
             continue;
         };
-        let mut sigs = env
-            .signatures
-            .iter()
-            .filter(|s| &s.keyid == keyid)
-            .peekable();
+        let mut sigs = env.signatures.iter().filter(|s| &s.keyid == keyid).peekable();
         if sigs.peek().is_none() {
             continue;
         }
@@ -819,9 +759,7 @@ pub fn encode_role_name(role: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::metadata::{
-        DelegatedRole, Delegations, RoleKeys, SPEC_VERSION, format_expires,
-    };
+    use super::super::metadata::{DelegatedRole, Delegations, RoleKeys, SPEC_VERSION, format_expires};
     use super::keys::PrivateKey;
     use super::*;
     use serde::Serialize;
@@ -883,12 +821,7 @@ mod tests {
         }
     }
 
-    fn timestamp(
-        version: u64,
-        snap_version: u64,
-        snap: Option<&[u8]>,
-        expires: String,
-    ) -> Timestamp {
+    fn timestamp(version: u64, snap_version: u64, snap: Option<&[u8]>, expires: String) -> Timestamp {
         let mut meta = BTreeMap::new();
         let m = match snap {
             Some(b) => MetaFile::describing(snap_version, b),
@@ -911,10 +844,7 @@ mod tests {
             spec_version: SPEC_VERSION.into(),
             version,
             expires,
-            meta: files
-                .iter()
-                .map(|(n, m)| (format!("{n}.json"), m.clone()))
-                .collect(),
+            meta: files.iter().map(|(n, m)| (format!("{n}.json"), m.clone())).collect(),
             unrecognized: Default::default(),
         }
     }
@@ -930,10 +860,7 @@ mod tests {
             spec_version: SPEC_VERSION.into(),
             version,
             expires,
-            targets: files
-                .iter()
-                .map(|(n, b)| (n.to_string(), TargetFile::from_bytes(b, None)))
-                .collect(),
+            targets: files.iter().map(|(n, b)| (n.to_string(), TargetFile::from_bytes(b, None))).collect(),
             delegations,
             unrecognized: Default::default(),
         }
@@ -961,10 +888,7 @@ mod tests {
             )
         }
         fn root_bytes(&self, version: u64) -> Vec<u8> {
-            signed(
-                &self.root_md(version, valid()),
-                &[&self.root[0], &self.root[1]],
-            )
+            signed(&self.root_md(version, valid()), &[&self.root[0], &self.root[1]])
         }
         fn ts(&self, t: &Timestamp) -> Vec<u8> {
             signed(t, &[&self.ts])
@@ -978,11 +902,7 @@ mod tests {
         /// A consistent publication: (timestamp, snapshot, targets) bytes.
         fn publish(&self, ts_v: u64, snap_v: u64, tg_v: u64) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             let tg = self.tg(&targets(tg_v, &[("a/1.bin", b"one")], None, valid()));
-            let sn = self.snap(&snapshot(
-                snap_v,
-                &[("targets", MetaFile::describing(tg_v, &tg))],
-                valid(),
-            ));
+            let sn = self.snap(&snapshot(snap_v, &[("targets", MetaFile::describing(tg_v, &tg))], valid()));
             let ts = self.ts(&timestamp(ts_v, snap_v, Some(&sn), valid()));
             (ts, sn, tg)
         }
@@ -993,23 +913,16 @@ mod tests {
 
     fn threshold_err(e: Error) -> (u64, u64, Vec<String>, Vec<String>, String) {
         match e {
-            Error::Threshold {
-                valid,
-                threshold,
-                unauthorised,
-                bad,
-                authority,
-                ..
-            } => (valid, threshold, unauthorised, bad, authority),
+            Error::Threshold { valid, threshold, unauthorised, bad, authority, .. } => {
+                (valid, threshold, unauthorised, bad, authority)
+            }
             other => panic!("expected a threshold error, got {other:?}"),
         }
     }
 
     fn version_err(e: Error, role: &str) -> String {
         match e {
-            Error::Version {
-                role: r, problem, ..
-            } if r == role => problem,
+            Error::Version { role: r, problem, .. } if r == role => problem,
             other => panic!("expected a version error for {role}, got {other:?}"),
         }
     }
@@ -1024,13 +937,7 @@ mod tests {
         assert_eq!(set.snapshot_file_name().unwrap(), "1.snapshot.json");
         set.update_snapshot(&sn).unwrap();
         assert_eq!(set.targets_file_name("targets").unwrap(), "1.targets.json");
-        assert_eq!(
-            set.lookup("a/1.bin"),
-            Lookup::NeedRole {
-                role: "targets".into(),
-                parent: "root".into()
-            }
-        );
+        assert_eq!(set.lookup("a/1.bin"), Lookup::NeedRole { role: "targets".into(), parent: "root".into() });
         set.update_targets(&tg).unwrap();
         let t = set.find_target("a/1.bin").unwrap();
         assert_eq!(t.length, 3);
@@ -1045,10 +952,7 @@ mod tests {
         assert_eq!((valid_n, threshold), (1, 2));
         let two = signed(&fx.root_md(1, valid()), &[&fx.root[1], &fx.root[2]]);
         TrustedSet::new(&two, now()).unwrap();
-        let three = signed(
-            &fx.root_md(1, valid()),
-            &[&fx.root[0], &fx.root[1], &fx.root[2]],
-        );
+        let three = signed(&fx.root_md(1, valid()), &[&fx.root[0], &fx.root[1], &fx.root[2]]);
         TrustedSet::new(&three, now()).unwrap();
     }
 
@@ -1058,20 +962,14 @@ mod tests {
         let mut set = fx.set();
         let tg_md = targets(1, &[], None, valid());
         let tg = signed(&tg_md, &[&fx.targets[1]]);
-        let sn = fx.snap(&snapshot(
-            1,
-            &[("targets", MetaFile::version_only(1))],
-            valid(),
-        ));
-        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid())))
-            .unwrap();
+        let sn = fx.snap(&snapshot(1, &[("targets", MetaFile::version_only(1))], valid()));
+        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid()))).unwrap();
         set.update_snapshot(&sn).unwrap();
         let err = set.update_targets(&tg).unwrap_err();
         assert!(err.to_string().contains("1 valid signature(s)"), "{err}");
         let (v, t, ..) = threshold_err(err);
         assert_eq!((v, t), (1, 2));
-        set.update_targets(&signed(&tg_md, &[&fx.targets[1], &fx.targets[2]]))
-            .unwrap();
+        set.update_targets(&signed(&tg_md, &[&fx.targets[1], &fx.targets[2]])).unwrap();
     }
 
     #[test]
@@ -1080,8 +978,7 @@ mod tests {
         let mut set = fx.set();
         let stranger = PrivateKey::generate().unwrap();
         let ts = signed(&timestamp(1, 1, None, valid()), &[&stranger]);
-        let (v, t, unauthorised, bad, authority) =
-            threshold_err(set.update_timestamp(&ts).unwrap_err());
+        let (v, t, unauthorised, bad, authority) = threshold_err(set.update_timestamp(&ts).unwrap_err());
         assert_eq!((v, t), (0, 1));
         assert_eq!(unauthorised, vec![stranger.key_id()]);
         assert!(bad.is_empty());
@@ -1096,11 +993,8 @@ mod tests {
         let fx = Fx::new();
         let mut set = fx.set();
         let ts = fx.ts(&timestamp(1, 1, None, valid()));
-        let tampered = String::from_utf8(ts)
-            .unwrap()
-            .replace("\"version\": 1", "\"version\": 7");
-        let (v, _, _, bad, _) =
-            threshold_err(set.update_timestamp(tampered.as_bytes()).unwrap_err());
+        let tampered = String::from_utf8(ts).unwrap().replace("\"version\": 1", "\"version\": 7");
+        let (v, _, _, bad, _) = threshold_err(set.update_timestamp(tampered.as_bytes()).unwrap_err());
         assert_eq!(v, 0);
         assert_eq!(bad, vec![fx.ts.key_id()]);
     }
@@ -1110,8 +1004,7 @@ mod tests {
         let fx = Fx::new();
         let mut env = Envelope::sign(&fx.root_md(1, valid()), &[&fx.root[0]]).unwrap();
         env.signatures.push(env.signatures[0].clone());
-        let (v, t, ..) =
-            threshold_err(TrustedSet::new(&env.to_bytes().unwrap(), now()).unwrap_err());
+        let (v, t, ..) = threshold_err(TrustedSet::new(&env.to_bytes().unwrap(), now()).unwrap_err());
         assert_eq!((v, t), (1, 2));
 
         // The same public key listed under a second key id cannot meet a
@@ -1123,8 +1016,7 @@ mod tests {
         let mut alias = env.signatures[0].clone();
         alias.keyid = "alias".into();
         env.signatures.push(alias);
-        let (v, t, ..) =
-            threshold_err(TrustedSet::new(&env.to_bytes().unwrap(), now()).unwrap_err());
+        let (v, t, ..) = threshold_err(TrustedSet::new(&env.to_bytes().unwrap(), now()).unwrap_err());
         assert_eq!((v, t), (1, 2));
     }
 
@@ -1137,15 +1029,11 @@ mod tests {
         let last = other.len() - 1;
         other[last] = b' ';
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&other), valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&other), valid()))).unwrap();
         assert!(matches!(set.update_snapshot(&sn), Err(Error::Hash { .. })));
         let mut longer = sn.clone();
         longer.push(b'\n');
-        assert!(matches!(
-            set.update_snapshot(&longer),
-            Err(Error::Length { .. })
-        ));
+        assert!(matches!(set.update_snapshot(&longer), Err(Error::Length { .. })));
         set.update_snapshot(&other).unwrap();
     }
 
@@ -1158,10 +1046,7 @@ mod tests {
         set.update_snapshot(&sn).unwrap();
         // Validly signed targets v1, but not the bytes the snapshot hashed.
         let other = fx.tg(&targets(1, &[("a/1.bin", b"evil")], None, valid()));
-        assert!(matches!(
-            set.update_targets(&other),
-            Err(Error::Hash { .. } | Error::Length { .. })
-        ));
+        assert!(matches!(set.update_targets(&other), Err(Error::Hash { .. } | Error::Length { .. })));
     }
 
     #[test]
@@ -1170,43 +1055,22 @@ mod tests {
         let mut set = fx.set();
         let ts = fx.ts(&timestamp(1, 1, None, expired()));
         let err = set.update_timestamp(&ts).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("re-sign the timestamp (edge-agent registry timestamp)"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("re-sign the timestamp (edge-agent registry timestamp)"), "{err}");
         assert!(
             matches!(&err, Error::Expired { role, expires } if role == "timestamp" && *expires == expired())
         );
-        assert!(
-            set.timestamp().is_none(),
-            "refused metadata must not be kept"
-        );
+        assert!(set.timestamp().is_none(), "refused metadata must not be kept");
 
-        let sn = fx.snap(&snapshot(
-            1,
-            &[("targets", MetaFile::version_only(1))],
-            expired(),
-        ));
-        set.update_timestamp(&fx.ts(&timestamp(2, 1, Some(&sn), valid())))
-            .unwrap();
-        assert!(
-            matches!(set.update_snapshot(&sn), Err(Error::Expired { role, .. }) if role == "snapshot")
-        );
+        let sn = fx.snap(&snapshot(1, &[("targets", MetaFile::version_only(1))], expired()));
+        set.update_timestamp(&fx.ts(&timestamp(2, 1, Some(&sn), valid()))).unwrap();
+        assert!(matches!(set.update_snapshot(&sn), Err(Error::Expired { role, .. }) if role == "snapshot"));
 
         let tg = fx.tg(&targets(1, &[], None, expired()));
-        let sn = fx.snap(&snapshot(
-            1,
-            &[("targets", MetaFile::version_only(1))],
-            valid(),
-        ));
+        let sn = fx.snap(&snapshot(1, &[("targets", MetaFile::version_only(1))], valid()));
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid()))).unwrap();
         set.update_snapshot(&sn).unwrap();
-        assert!(
-            matches!(set.update_targets(&tg), Err(Error::Expired { role, .. }) if role == "targets")
-        );
+        assert!(matches!(set.update_targets(&tg), Err(Error::Expired { role, .. }) if role == "targets"));
     }
 
     #[test]
@@ -1215,13 +1079,9 @@ mod tests {
         let old = signed(&fx.root_md(1, expired()), &[&fx.root[0], &fx.root[1]]);
         // An expired trusted root still loads, and can load its successor.
         let mut set = TrustedSet::new(&old, now()).unwrap();
-        assert!(
-            matches!(set.check_root_expiry(), Err(Error::Expired { role, .. }) if role == "root")
-        );
+        assert!(matches!(set.check_root_expiry(), Err(Error::Expired { role, .. }) if role == "root"));
         let ts = fx.ts(&timestamp(1, 1, None, valid()));
-        assert!(
-            matches!(set.update_timestamp(&ts), Err(Error::Expired { role, .. }) if role == "root")
-        );
+        assert!(matches!(set.update_timestamp(&ts), Err(Error::Expired { role, .. }) if role == "root"));
         set.update_root(&fx.root_bytes(2)).unwrap();
         set.check_root_expiry().unwrap();
         set.update_timestamp(&ts).unwrap();
@@ -1231,8 +1091,7 @@ mod tests {
     fn timestamp_rollback_refused_even_against_expired_local_copy() {
         let fx = Fx::new();
         let local = fx.ts(&timestamp(5, 3, None, expired()));
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&local), None, None, now()).unwrap();
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), Some(&local), None, None, now()).unwrap();
         assert!(set.ignored_local_copies().is_empty());
         let older = fx.ts(&timestamp(4, 3, None, valid()));
         let p = version_err(set.update_timestamp(&older).unwrap_err(), "timestamp");
@@ -1241,23 +1100,18 @@ mod tests {
         let back = fx.ts(&timestamp(6, 2, None, valid()));
         let p = version_err(set.update_timestamp(&back).unwrap_err(), "timestamp");
         assert!(p.contains("snapshot v2"), "{p}");
-        assert!(
-            set.update_timestamp(&fx.ts(&timestamp(6, 3, None, valid())))
-                .unwrap()
-        );
+        assert!(set.update_timestamp(&fx.ts(&timestamp(6, 3, None, valid()))).unwrap());
     }
 
     #[test]
     fn unchanged_timestamp_reports_false() {
         let fx = Fx::new();
         let ts = fx.ts(&timestamp(3, 2, None, valid()));
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
         assert!(!set.update_timestamp(&ts).unwrap());
         assert_eq!(set.timestamp().unwrap().version, 3);
         // Same version with other content is an error, not "unchanged".
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
         let forked = fx.ts(&timestamp(3, 4, None, valid()));
         version_err(set.update_timestamp(&forked).unwrap_err(), "timestamp");
     }
@@ -1266,11 +1120,8 @@ mod tests {
     fn unchanged_but_expired_timestamp_is_expired() {
         let fx = Fx::new();
         let ts = fx.ts(&timestamp(3, 2, None, expired()));
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
-        assert!(
-            matches!(set.update_timestamp(&ts), Err(Error::Expired { role, .. }) if role == "timestamp")
-        );
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), Some(&ts), None, None, now()).unwrap();
+        assert!(matches!(set.update_timestamp(&ts), Err(Error::Expired { role, .. }) if role == "timestamp"));
     }
 
     #[test]
@@ -1300,16 +1151,10 @@ mod tests {
         let (lts, lsn, ltg) = fx.publish(5, 5, 5);
         // Snapshot v6 that lists targets v4 (lower than the trusted v5).
         let tg4 = fx.tg(&targets(4, &[], None, valid()));
-        let sn6 = fx.snap(&snapshot(
-            6,
-            &[("targets", MetaFile::version_only(4))],
-            valid(),
-        ));
+        let sn6 = fx.snap(&snapshot(6, &[("targets", MetaFile::version_only(4))], valid()));
         let ts6 = fx.ts(&timestamp(6, 6, Some(&sn6), valid()));
-        let load = || {
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&lts), Some(&lsn), Some(&ltg), now())
-                .unwrap()
-        };
+        let load =
+            || TrustedSet::load_local(&fx.root_bytes(1), Some(&lts), Some(&lsn), Some(&ltg), now()).unwrap();
         let mut set = load();
         set.update_timestamp(&ts6).unwrap();
         let p = version_err(set.update_snapshot(&sn6).unwrap_err(), "snapshot");
@@ -1318,22 +1163,15 @@ mod tests {
         // Snapshot v6 that drops targets.json altogether.
         let sn6 = fx.snap(&snapshot(6, &[], valid()));
         let mut set = load();
-        set.update_timestamp(&fx.ts(&timestamp(6, 6, Some(&sn6), valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(6, 6, Some(&sn6), valid()))).unwrap();
         assert!(
             matches!(set.update_snapshot(&sn6), Err(Error::NotListed { file, .. }) if file == "targets.json")
         );
 
         // Without a local snapshot, the local targets copy is the floor.
-        let sn6 = fx.snap(&snapshot(
-            6,
-            &[("targets", MetaFile::version_only(4))],
-            valid(),
-        ));
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), None, None, Some(&ltg), now()).unwrap();
-        set.update_timestamp(&fx.ts(&timestamp(6, 6, Some(&sn6), valid())))
-            .unwrap();
+        let sn6 = fx.snap(&snapshot(6, &[("targets", MetaFile::version_only(4))], valid()));
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), None, None, Some(&ltg), now()).unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(6, 6, Some(&sn6), valid()))).unwrap();
         set.update_snapshot(&sn6).unwrap();
         let p = version_err(set.update_targets(&tg4).unwrap_err(), "targets");
         assert!(p.contains("rollback"), "{p}");
@@ -1345,20 +1183,14 @@ mod tests {
         let (_, sn1, tg1) = fx.publish(1, 1, 1);
         // Timestamp names snapshot v2 (no hashes), the server gives v1.
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(2, 2, None, valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(2, 2, None, valid()))).unwrap();
         let p = version_err(set.update_snapshot(&sn1).unwrap_err(), "snapshot");
         assert!(p.contains("names v2"), "{p}");
 
         // Snapshot names targets v2, the server gives targets v1.
-        let sn = fx.snap(&snapshot(
-            2,
-            &[("targets", MetaFile::version_only(2))],
-            valid(),
-        ));
+        let sn = fx.snap(&snapshot(2, &[("targets", MetaFile::version_only(2))], valid()));
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(2, 2, Some(&sn), valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(2, 2, Some(&sn), valid()))).unwrap();
         set.update_snapshot(&sn).unwrap();
         let p = version_err(set.update_targets(&tg1).unwrap_err(), "targets");
         assert!(p.contains("names v2"), "{p}");
@@ -1387,8 +1219,7 @@ mod tests {
         // New keys only: the old root did not authorise this.
         let mut set = fx.set();
         let only_new = signed(&v2, &[&new_keys[0], &new_keys[1], &new_keys[2]]);
-        let (v, t, unauthorised, _, authority) =
-            threshold_err(set.update_root(&only_new).unwrap_err());
+        let (v, t, unauthorised, _, authority) = threshold_err(set.update_root(&only_new).unwrap_err());
         assert_eq!((v, t), (0, 2));
         assert_eq!(unauthorised.len(), 3);
         assert_eq!(authority, "trusted root v1");
@@ -1418,12 +1249,8 @@ mod tests {
     fn root_not_updatable_after_timestamp() {
         let fx = Fx::new();
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(1, 1, None, valid())))
-            .unwrap();
-        assert!(matches!(
-            set.update_root(&fx.root_bytes(2)),
-            Err(Error::Order(_))
-        ));
+        set.update_timestamp(&fx.ts(&timestamp(1, 1, None, valid()))).unwrap();
+        assert!(matches!(set.update_root(&fx.root_bytes(2)), Err(Error::Order(_))));
     }
 
     #[test]
@@ -1442,15 +1269,12 @@ mod tests {
             valid(),
         );
         let local_ts = fx.ts(&timestamp(9, 9, None, valid()));
-        let mut set =
-            TrustedSet::load_local(&fx.root_bytes(1), Some(&local_ts), None, None, now()).unwrap();
-        set.update_root(&signed(&v2, &[&fx.root[0], &fx.root[1]]))
-            .unwrap();
+        let mut set = TrustedSet::load_local(&fx.root_bytes(1), Some(&local_ts), None, None, now()).unwrap();
+        set.update_root(&signed(&v2, &[&fx.root[0], &fx.root[1]])).unwrap();
 
         // A timestamp signed by the revoked key fails.
         let old_signed = fx.ts(&timestamp(10, 10, None, valid()));
-        let (v, _, unauthorised, ..) =
-            threshold_err(set.update_timestamp(&old_signed).unwrap_err());
+        let (v, _, unauthorised, ..) = threshold_err(set.update_timestamp(&old_signed).unwrap_err());
         assert_eq!(v, 0);
         assert_eq!(unauthorised, vec![fx.ts.key_id()]);
 
@@ -1466,18 +1290,13 @@ mod tests {
             ],
             valid(),
         );
-        let (v, t, ..) = threshold_err(
-            set.update_root(&signed(&v3, &[&fx.root[0], &fx.root[2]]))
-                .unwrap_err(),
-        );
+        let (v, t, ..) =
+            threshold_err(set.update_root(&signed(&v3, &[&fx.root[0], &fx.root[2]])).unwrap_err());
         assert_eq!((v, t), (1, 2));
 
         // The rotation dropped the local timestamp floor (v9) made with the
         // revoked key, so the repository can start over at a lower version.
-        assert!(
-            set.update_timestamp(&signed(&timestamp(1, 1, None, valid()), &[&new_ts]))
-                .unwrap()
-        );
+        assert!(set.update_timestamp(&signed(&timestamp(1, 1, None, valid()), &[&new_ts])).unwrap());
     }
 
     /// A delegation tree for the lookup tests:
@@ -1529,19 +1348,11 @@ mod tests {
                 unrecognized: Default::default(),
             };
             let mut files = BTreeMap::new();
-            let top = fx.tg(&targets(
-                1,
-                &[("top/1.bin", b"top")],
-                Some(delegations),
-                valid(),
-            ));
+            let top = fx.tg(&targets(1, &[("top/1.bin", b"top")], Some(delegations), valid()));
             files.insert("targets".to_string(), top);
             let a = targets(
                 1,
-                &[
-                    ("stable/vibration/1.bin", b"from a"),
-                    ("stable/other/9.bin", b"sneaky"),
-                ],
+                &[("stable/vibration/1.bin", b"from a"), ("stable/other/9.bin", b"sneaky")],
                 None,
                 valid(),
             );
@@ -1563,15 +1374,11 @@ mod tests {
         }
 
         fn set(&self) -> TrustedSet {
-            let meta: Vec<(&str, MetaFile)> = self
-                .files
-                .iter()
-                .map(|(n, b)| (n.as_str(), MetaFile::describing(1, b)))
-                .collect();
+            let meta: Vec<(&str, MetaFile)> =
+                self.files.iter().map(|(n, b)| (n.as_str(), MetaFile::describing(1, b))).collect();
             let sn = self.fx.snap(&snapshot(1, &meta, valid()));
             let mut set = self.fx.set();
-            set.update_timestamp(&self.fx.ts(&timestamp(1, 1, Some(&sn), valid())))
-                .unwrap();
+            set.update_timestamp(&self.fx.ts(&timestamp(1, 1, Some(&sn), valid()))).unwrap();
             set.update_snapshot(&sn).unwrap();
             set.update_targets(&self.files["targets"]).unwrap();
             set
@@ -1583,8 +1390,7 @@ mod tests {
             all.extend(meta.iter().cloned());
             let sn = self.fx.snap(&snapshot(1, &all, valid()));
             let mut set = self.fx.set();
-            set.update_timestamp(&self.fx.ts(&timestamp(1, 1, Some(&sn), valid())))
-                .unwrap();
+            set.update_timestamp(&self.fx.ts(&timestamp(1, 1, Some(&sn), valid()))).unwrap();
             set.update_snapshot(&sn).unwrap();
             set.update_targets(&self.files["targets"]).unwrap();
             set
@@ -1592,8 +1398,7 @@ mod tests {
 
         fn load_all(&self, set: &mut TrustedSet) {
             while let Some((role, parent)) = set.unloaded_delegations().pop() {
-                set.update_delegated_targets(&self.files[&role], &role, &parent)
-                    .unwrap();
+                set.update_delegated_targets(&self.files[&role], &role, &parent).unwrap();
             }
         }
     }
@@ -1611,46 +1416,24 @@ mod tests {
         let mut set = tree.set();
         assert_eq!(
             set.lookup("stable/vibration/3.bin"),
-            Lookup::NeedRole {
-                role: "a".into(),
-                parent: "targets".into()
-            }
+            Lookup::NeedRole { role: "a".into(), parent: "targets".into() }
         );
-        set.update_delegated_targets(&tree.files["a"], "a", "targets")
-            .unwrap();
+        set.update_delegated_targets(&tree.files["a"], "a", "targets").unwrap();
         assert_eq!(
             set.lookup("stable/vibration/3.bin"),
-            Lookup::NeedRole {
-                role: "b".into(),
-                parent: "targets".into()
-            }
+            Lookup::NeedRole { role: "b".into(), parent: "targets".into() }
         );
         assert_eq!(
             set.delegated_roles_for("stable/vibration/3.bin"),
             vec![
-                RoleRef {
-                    name: "a".into(),
-                    parent: "targets".into(),
-                    loaded: true
-                },
-                RoleRef {
-                    name: "b".into(),
-                    parent: "targets".into(),
-                    loaded: false
-                },
+                RoleRef { name: "a".into(), parent: "targets".into(), loaded: true },
+                RoleRef { name: "b".into(), parent: "targets".into(), loaded: false },
             ]
         );
-        set.update_delegated_targets(&tree.files["b"], "b", "targets")
-            .unwrap();
-        assert_eq!(
-            found_len(&set, "stable/vibration/3.bin"),
-            Some(("b".into(), 5))
-        );
+        set.update_delegated_targets(&tree.files["b"], "b", "targets").unwrap();
+        assert_eq!(found_len(&set, "stable/vibration/3.bin"), Some(("b".into(), 5)));
         // Found in both a and b: a comes first in preorder.
-        assert_eq!(
-            found_len(&set, "stable/vibration/1.bin"),
-            Some(("a".into(), 6))
-        );
+        assert_eq!(found_len(&set, "stable/vibration/1.bin"), Some(("a".into(), 6)));
         assert_eq!(found_len(&set, "top/1.bin"), Some(("targets".into(), 3)));
     }
 
@@ -1663,19 +1446,12 @@ mod tests {
         // does not list it.
         assert_eq!(set.lookup("stable/other/9.bin"), Lookup::NotFound);
         // `*` stays within one path segment.
-        assert_eq!(
-            set.delegated_roles_for("stable/vibration/x/y.bin"),
-            Vec::<RoleRef>::new()
-        );
+        assert_eq!(set.delegated_roles_for("stable/vibration/x/y.bin"), Vec::<RoleRef>::new());
         // Hash-prefix delegation.
         assert_eq!(found_len(&set, "hashed/x.bin"), Some(("c".into(), 1)));
         assert_eq!(
             set.delegated_roles_for("hashed/x.bin"),
-            vec![RoleRef {
-                name: "c".into(),
-                parent: "targets".into(),
-                loaded: true
-            }]
+            vec![RoleRef { name: "c".into(), parent: "targets".into(), loaded: true }]
         );
     }
 
@@ -1687,10 +1463,7 @@ mod tests {
         // b is terminating and matches stable/*/*, so c is never consulted
         // for those paths, even if its hash prefix matched.
         let roles = set.delegated_roles_for("stable/anomaly/1.bin");
-        assert_eq!(
-            roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
-            vec!["b"]
-        );
+        assert_eq!(roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), vec!["b"]);
 
         // Nested: x delegates terminating x1; y (a sibling of x, later in
         // order) is then never consulted, as in python-tuf.
@@ -1711,18 +1484,7 @@ mod tests {
             valid(),
         ));
         let x = signed(
-            &targets(
-                1,
-                &[],
-                Some(d(vec![delegated(
-                    "x1",
-                    &k[2],
-                    Some(vec!["p/*"]),
-                    None,
-                    true,
-                )])),
-                valid(),
-            ),
+            &targets(1, &[], Some(d(vec![delegated("x1", &k[2], Some(vec!["p/*"]), None, true)])), valid()),
             &[&k[0]],
         );
         let x1 = signed(&targets(1, &[], None, valid()), &[&k[2]]);
@@ -1735,8 +1497,7 @@ mod tests {
         ];
         let sn = fx.snap(&snapshot(1, &meta, valid()));
         let mut set = fx.set();
-        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid())))
-            .unwrap();
+        set.update_timestamp(&fx.ts(&timestamp(1, 1, Some(&sn), valid()))).unwrap();
         set.update_snapshot(&sn).unwrap();
         set.update_targets(&top).unwrap();
         set.update_delegated_targets(&x, "x", "targets").unwrap();
@@ -1744,10 +1505,7 @@ mod tests {
         set.update_delegated_targets(&y, "y", "targets").unwrap();
         assert_eq!(set.lookup("p/f"), Lookup::NotFound);
         assert_eq!(
-            set.delegated_roles_for("p/f")
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>(),
+            set.delegated_roles_for("p/f").iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             vec!["x", "x1"]
         );
     }
@@ -1773,14 +1531,11 @@ mod tests {
             Err(Error::Hash { .. } | Error::Length { .. })
         ));
         let mut set2 = tree.fx.set();
-        set2.update_timestamp(&tree.fx.ts(&timestamp(1, 1, Some(&meta_sn), valid())))
-            .unwrap();
+        set2.update_timestamp(&tree.fx.ts(&timestamp(1, 1, Some(&meta_sn), valid()))).unwrap();
         set2.update_snapshot(&meta_sn).unwrap();
         set2.update_targets(&tree.files["targets"]).unwrap();
-        let (v, _, unauthorised, _, authority) = threshold_err(
-            set2.update_delegated_targets(&forged, "a", "targets")
-                .unwrap_err(),
-        );
+        let (v, _, unauthorised, _, authority) =
+            threshold_err(set2.update_delegated_targets(&forged, "a", "targets").unwrap_err());
         assert_eq!(v, 0);
         assert_eq!(unauthorised, vec![tree.keys[1].key_id()]);
         assert_eq!(authority, "the delegations of targets v1");
@@ -1790,10 +1545,7 @@ mod tests {
             Err(Error::NotListed { .. })
         ));
         // A delegated role loaded under a parent that does not delegate it.
-        assert!(matches!(
-            set.update_delegated_targets(&tree.files["a"], "a", "root"),
-            Err(Error::Order(_))
-        ));
+        assert!(matches!(set.update_delegated_targets(&tree.files["a"], "a", "root"), Err(Error::Order(_))));
     }
 
     #[test]
@@ -1801,37 +1553,19 @@ mod tests {
         let tree = Tree::new();
         // The snapshot names a v2 but the server gives v1: mix and match.
         let mut set = tree.set_with(&[("a", MetaFile::version_only(2))]);
-        let p = version_err(
-            set.update_delegated_targets(&tree.files["a"], "a", "targets")
-                .unwrap_err(),
-            "a",
-        );
+        let p = version_err(set.update_delegated_targets(&tree.files["a"], "a", "targets").unwrap_err(), "a");
         assert!(p.contains("names v2"), "{p}");
         // Expired delegated role: the error names the role.
         let old = signed(&targets(1, &[], None, expired()), &[&tree.keys[0]]);
         let mut set = tree.set_with(&[("a", MetaFile::version_only(1))]);
-        let err = set
-            .update_delegated_targets(&old, "a", "targets")
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::Expired { role, .. } if role == "a"),
-            "{err}"
-        );
+        let err = set.update_delegated_targets(&old, "a", "targets").unwrap_err();
+        assert!(matches!(&err, Error::Expired { role, .. } if role == "a"), "{err}");
         assert!(err.to_string().contains("delegated role `a`"), "{err}");
         // Delegated but not in the snapshot.
-        let err = set
-            .update_delegated_targets(&tree.files["b"], "b", "targets")
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::NotListed { file, .. } if file == "b.json"),
-            "{err}"
-        );
-        assert!(matches!(
-            set.targets_file_name("b"),
-            Err(Error::NotListed { .. })
-        ));
-        set.update_delegated_targets(&tree.files["a"], "a", "targets")
-            .unwrap();
+        let err = set.update_delegated_targets(&tree.files["b"], "b", "targets").unwrap_err();
+        assert!(matches!(&err, Error::NotListed { file, .. } if file == "b.json"), "{err}");
+        assert!(matches!(set.targets_file_name("b"), Err(Error::NotListed { .. })));
+        set.update_delegated_targets(&tree.files["a"], "a", "targets").unwrap();
         assert_eq!(set.targets_file_name("a").unwrap(), "1.a.json");
     }
 
@@ -1842,10 +1576,7 @@ mod tests {
         tree.load_all(&mut set);
         let listed = set.targets_matching("stable/vibration/");
         let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(
-            names,
-            vec!["stable/vibration/1.bin", "stable/vibration/3.bin"]
-        );
+        assert_eq!(names, vec!["stable/vibration/1.bin", "stable/vibration/3.bin"]);
         // The first role in preorder (a, "from a" = 6 bytes) wins.
         assert_eq!(listed[0].1.length, 6);
         let all = set.targets_matching("");

@@ -81,11 +81,7 @@ pub enum Error {
 
     /// A version number is not the one the workflow requires.
     #[error("{role}: {problem}; {fix}")]
-    Version {
-        role: String,
-        problem: String,
-        fix: String,
-    },
+    Version { role: String, problem: String, fix: String },
 
     /// The length of downloaded bytes differs from what the trusted metadata states.
     #[error(
@@ -93,12 +89,7 @@ pub enum Error {
          truncated or tampered with, fetch it again (if it persists the repository is \
          inconsistent: re-publish)"
     )]
-    Length {
-        what: String,
-        authority: String,
-        expected: u64,
-        actual: u64,
-    },
+    Length { what: String, authority: String, expected: u64, actual: u64 },
 
     /// A hash of downloaded bytes differs from what the trusted metadata states.
     #[error(
@@ -106,32 +97,18 @@ pub enum Error {
          corrupted or tampered with, fetch it again (if it persists the repository is \
          inconsistent: re-publish)"
     )]
-    Hash {
-        what: String,
-        authority: String,
-        algorithm: String,
-        expected: String,
-        actual: String,
-    },
+    Hash { what: String, authority: String, algorithm: String, expected: String, actual: String },
 
     /// Trusted metadata names a hash algorithm this implementation cannot compute.
     #[error(
         "{what}: {authority} states a hash with algorithm `{algorithm}` which this client \
          cannot compute (supported: sha256, sha384, sha512); re-publish with sha256"
     )]
-    UnsupportedHash {
-        what: String,
-        authority: String,
-        algorithm: String,
-    },
+    UnsupportedHash { what: String, authority: String, algorithm: String },
 
     /// A file the workflow needs is not listed by the metadata that should list it.
     #[error("{file} is not listed in {listed_in}; {fix}")]
-    NotListed {
-        file: String,
-        listed_in: String,
-        fix: String,
-    },
+    NotListed { file: String, listed_in: String, fix: String },
 
     /// The client workflow was driven in the wrong order.
     #[error("client workflow misuse: {0}")]
@@ -143,12 +120,7 @@ pub enum Error {
          available (authorised key ids: [{}]); pass the missing signing keys",
         keyids.join(", ")
     )]
-    MissingKeys {
-        role: String,
-        available: u64,
-        threshold: u64,
-        keyids: Vec<String>,
-    },
+    MissingKeys { role: String, available: u64, threshold: u64, keyids: Vec<String> },
 
     /// A publisher operation was given unusable input.
     #[error("{0}")]
@@ -177,17 +149,10 @@ fn expiry_hint(role: &str) -> String {
 
 impl Error {
     pub(crate) fn io(action: &str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            action: action.to_string(),
-            path: path.into(),
-            source,
-        }
+        Error::Io { action: action.to_string(), path: path.into(), source }
     }
 
     pub(crate) fn invalid(role: &str, reason: impl Into<String>) -> Self {
-        Error::Invalid {
-            role: role.to_string(),
-            reason: reason.into(),
-        }
+        Error::Invalid { role: role.to_string(), reason: reason.into() }
     }
 }

@@ -41,9 +41,7 @@ impl PublicKey {
         PublicKey {
             keytype: ED25519.to_string(),
             scheme: ED25519.to_string(),
-            keyval: KeyVal {
-                public: hex::encode(raw),
-            },
+            keyval: KeyVal { public: hex::encode(raw) },
         }
     }
 
@@ -66,10 +64,7 @@ impl PublicKey {
     pub fn ed25519_bytes(&self) -> Result<Vec<u8>, Error> {
         if self.keytype != ED25519 || self.scheme != ED25519 {
             return Err(Error::Key {
-                reason: format!(
-                    "key type `{}` with scheme `{}` is not supported",
-                    self.keytype, self.scheme
-                ),
+                reason: format!("key type `{}` with scheme `{}` is not supported", self.keytype, self.scheme),
                 fix: "use ed25519 keys (keytype and scheme `ed25519`)".to_string(),
             });
         }
@@ -96,9 +91,7 @@ pub fn verify(public: &PublicKey, msg: &[u8], hex_sig: &str) -> bool {
     let Ok(sig) = hex::decode(hex_sig) else {
         return false;
     };
-    UnparsedPublicKey::new(&ring::signature::ED25519, raw)
-        .verify(msg, &sig)
-        .is_ok()
+    UnparsedPublicKey::new(&ring::signature::ED25519, raw).verify(msg, &sig).is_ok()
 }
 
 /// An Ed25519 private key, kept with its PKCS#8 DER so it can be written back.
@@ -110,9 +103,7 @@ pub struct PrivateKey {
 impl std::fmt::Debug for PrivateKey {
     // Never print the secret, only which key it is.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PrivateKey")
-            .field("key_id", &self.key_id())
-            .finish_non_exhaustive()
+        f.debug_struct("PrivateKey").field("key_id", &self.key_id()).finish_non_exhaustive()
     }
 }
 
@@ -136,10 +127,7 @@ impl PrivateKey {
                   generate it"
                 .into(),
         })?;
-        Ok(PrivateKey {
-            pkcs8: der.to_vec(),
-            pair,
-        })
+        Ok(PrivateKey { pkcs8: der.to_vec(), pair })
     }
 
     /// Parses a `-----BEGIN PRIVATE KEY-----` PEM document.
@@ -150,17 +138,10 @@ impl PrivateKey {
                   (-----BEGIN PRIVATE KEY-----)"
                 .to_string(),
         };
-        let start = pem
-            .find(PEM_BEGIN)
-            .ok_or_else(|| bad("no `-----BEGIN PRIVATE KEY-----` line"))?;
+        let start = pem.find(PEM_BEGIN).ok_or_else(|| bad("no `-----BEGIN PRIVATE KEY-----` line"))?;
         let body = &pem[start + PEM_BEGIN.len()..];
-        let end = body
-            .find(PEM_END)
-            .ok_or_else(|| bad("no `-----END PRIVATE KEY-----` line"))?;
-        let b64: String = body[..end]
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
+        let end = body.find(PEM_END).ok_or_else(|| bad("no `-----END PRIVATE KEY-----` line"))?;
+        let b64: String = body[..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(b64)
             .map_err(|e| bad(&format!("the PEM body is not base64: {e}")))?;
@@ -185,13 +166,9 @@ impl PrivateKey {
 
     /// Reads a PEM private key file.
     pub fn read(path: &Path) -> Result<Self, Error> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::io("read private key", path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read private key", path, e))?;
         Self::from_pem(&text).map_err(|e| match e {
-            Error::Key { reason, fix } => Error::Key {
-                reason: format!("{}: {reason}", path.display()),
-                fix,
-            },
+            Error::Key { reason, fix } => Error::Key { reason: format!("{}: {reason}", path.display()), fix },
             other => other,
         })
     }
@@ -221,9 +198,7 @@ impl PrivateKey {
                 Error::io("create private key file", path, e)
             }
         })?;
-        let result = file
-            .write_all(self.to_pem().as_bytes())
-            .and_then(|()| file.sync_all());
+        let result = file.write_all(self.to_pem().as_bytes()).and_then(|()| file.sync_all());
         if let Err(e) = result {
             // Do not leave a truncated key behind that a later run would load.
             drop(file);
@@ -259,10 +234,7 @@ mod tests {
         // for this public key.
         let raw: Vec<u8> = (0u8..32).collect();
         let key = PublicKey::from_ed25519(&raw);
-        assert_eq!(
-            key.key_id(),
-            "b5b3929e2eb1cd5fb401e8d8dd00a903bfac256d06eae9cc38a51d344e14583f"
-        );
+        assert_eq!(key.key_id(), "b5b3929e2eb1cd5fb401e8d8dd00a903bfac256d06eae9cc38a51d344e14583f");
     }
 
     #[test]

@@ -41,10 +41,7 @@ pub struct Envelope {
 impl Envelope {
     /// Parses envelope bytes; `what` names the file in errors.
     pub fn from_slice(bytes: &[u8], what: &str) -> Result<Self, Error> {
-        serde_json::from_slice(bytes).map_err(|source| Error::Json {
-            what: what.to_string(),
-            source,
-        })
+        serde_json::from_slice(bytes).map_err(|source| Error::Json { what: what.to_string(), source })
     }
 
     /// The bytes signatures are computed over.
@@ -54,32 +51,20 @@ impl Envelope {
 
     /// Deserialises and validates the signed part as role type `T`.
     pub fn parse<T: SignedMeta>(&self) -> Result<T, Error> {
-        let found = self
-            .signed
-            .get("_type")
-            .and_then(Value::as_str)
-            .unwrap_or("<missing>");
+        let found = self.signed.get("_type").and_then(Value::as_str).unwrap_or("<missing>");
         if found != T::TYPE {
-            return Err(Error::WrongType {
-                expected: T::TYPE.to_string(),
-                found: found.to_string(),
-            });
+            return Err(Error::WrongType { expected: T::TYPE.to_string(), found: found.to_string() });
         }
-        let parsed: T =
-            serde_json::from_value(self.signed.clone()).map_err(|source| Error::Json {
-                what: format!("{} metadata", T::TYPE),
-                source,
-            })?;
+        let parsed: T = serde_json::from_value(self.signed.clone())
+            .map_err(|source| Error::Json { what: format!("{} metadata", T::TYPE), source })?;
         parsed.validate()?;
         Ok(parsed)
     }
 
     /// Signs `signed` with each key in `keys` (one signature per distinct key).
     pub fn sign<T: Serialize>(signed: &T, keys: &[&PrivateKey]) -> Result<Self, Error> {
-        let value = serde_json::to_value(signed).map_err(|source| Error::Json {
-            what: "metadata being signed".to_string(),
-            source,
-        })?;
+        let value = serde_json::to_value(signed)
+            .map_err(|source| Error::Json { what: "metadata being signed".to_string(), source })?;
         let bytes = canonical::encode(&value)?;
         let mut signatures: Vec<Signature> = Vec::new();
         for key in keys {
@@ -87,24 +72,16 @@ impl Envelope {
             if signatures.iter().any(|s| s.keyid == keyid) {
                 continue;
             }
-            signatures.push(Signature {
-                keyid,
-                sig: key.sign(&bytes),
-            });
+            signatures.push(Signature { keyid, sig: key.sign(&bytes) });
         }
-        Ok(Envelope {
-            signed: value,
-            signatures,
-        })
+        Ok(Envelope { signed: value, signatures })
     }
 
     /// Pretty JSON bytes for writing to disk (whitespace is irrelevant to
     /// signatures, and readable files help operators).
     pub fn to_bytes(&self) -> Result<Vec<u8>, Error> {
-        let mut out = serde_json::to_vec_pretty(self).map_err(|source| Error::Json {
-            what: "metadata being written".to_string(),
-            source,
-        })?;
+        let mut out = serde_json::to_vec_pretty(self)
+            .map_err(|source| Error::Json { what: "metadata being written".to_string(), source })?;
         out.push(b'\n');
         Ok(out)
     }
@@ -147,14 +124,9 @@ pub trait SignedMeta: Serialize + DeserializeOwned {
 fn validate_spec_version(role: &str, v: &str) -> Result<(), Error> {
     // "1.x" or "1.x.y" with numeric parts, as python-tuf accepts.
     let parts: Vec<&str> = v.split('.').collect();
-    let numeric = parts
-        .iter()
-        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let numeric = parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if parts.first() != Some(&"1") || !numeric || !(2..=3).contains(&parts.len()) {
-        return Err(Error::invalid(
-            role,
-            format!("spec_version `{v}` is not a supported 1.x version"),
-        ));
+        return Err(Error::invalid(role, format!("spec_version `{v}` is not a supported 1.x version")));
     }
     Ok(())
 }
@@ -180,12 +152,8 @@ pub fn parse_expires(s: &str) -> Result<SystemTime, Error> {
             format!("expires `{s}` is not of the form YYYY-MM-DDTHH:MM:SSZ"),
         ));
     }
-    humantime::parse_rfc3339(s).map_err(|e| {
-        Error::invalid(
-            "metadata",
-            format!("expires `{s}` is not a valid date: {e}"),
-        )
-    })
+    humantime::parse_rfc3339(s)
+        .map_err(|e| Error::invalid("metadata", format!("expires `{s}` is not a valid date: {e}")))
 }
 
 /// Formats a time as an `expires` value (whole seconds, UTC, `Z`).
@@ -202,25 +170,14 @@ pub struct RoleKeys {
     pub unrecognized: Unrecognized,
 }
 
-fn validate_role_keys(
-    role: &str,
-    which: &str,
-    keyids: &[String],
-    threshold: u64,
-) -> Result<(), Error> {
+fn validate_role_keys(role: &str, which: &str, keyids: &[String], threshold: u64) -> Result<(), Error> {
     if threshold < 1 {
-        return Err(Error::invalid(
-            role,
-            format!("threshold of `{which}` must be at least 1"),
-        ));
+        return Err(Error::invalid(role, format!("threshold of `{which}` must be at least 1")));
     }
     let mut seen = std::collections::BTreeSet::new();
     for id in keyids {
         if !seen.insert(id) {
-            return Err(Error::invalid(
-                role,
-                format!("key id {id} is listed twice for `{which}`"),
-            ));
+            return Err(Error::invalid(role, format!("key id {id} is listed twice for `{which}`")));
         }
     }
     Ok(())
@@ -270,12 +227,7 @@ pub struct MetaFile {
 impl MetaFile {
     /// A meta entry naming only a version, as python-tuf writes by default.
     pub fn version_only(version: u64) -> Self {
-        MetaFile {
-            version,
-            length: None,
-            hashes: None,
-            unrecognized: Unrecognized::new(),
-        }
+        MetaFile { version, length: None, hashes: None, unrecognized: Unrecognized::new() }
     }
 
     /// A meta entry with version, length and sha256 of `bytes`.
@@ -293,16 +245,10 @@ impl MetaFile {
 
 fn validate_meta(role: &str, name: &str, m: &MetaFile) -> Result<(), Error> {
     if m.version < 1 {
-        return Err(Error::invalid(
-            role,
-            format!("meta `{name}` has version 0, versions start at 1"),
-        ));
+        return Err(Error::invalid(role, format!("meta `{name}` has version 0, versions start at 1")));
     }
     if m.hashes.as_ref().is_some_and(BTreeMap::is_empty) {
-        return Err(Error::invalid(
-            role,
-            format!("meta `{name}` has an empty `hashes` object"),
-        ));
+        return Err(Error::invalid(role, format!("meta `{name}` has an empty `hashes` object")));
     }
     Ok(())
 }
@@ -358,12 +304,7 @@ impl TargetFile {
     pub fn from_bytes(bytes: &[u8], custom: Option<Value>) -> Self {
         let mut hashes = BTreeMap::new();
         hashes.insert("sha256".to_string(), sha256_hex(bytes));
-        TargetFile {
-            length: bytes.len() as u64,
-            hashes,
-            custom,
-            unrecognized: Unrecognized::new(),
-        }
+        TargetFile { length: bytes.len() as u64, hashes, custom, unrecognized: Unrecognized::new() }
     }
 
     /// The sha256 hex, if listed.
@@ -572,8 +513,7 @@ impl SignedMeta for Root {
             // Unsupported key types are tolerated in the key list (another
             // tool may list them); they simply never verify a signature.
             if key.keytype == super::keys::ED25519 && key.scheme == super::keys::ED25519 {
-                key.ed25519_bytes()
-                    .map_err(|e| Error::invalid("root", format!("key {id}: {e}")))?;
+                key.ed25519_bytes().map_err(|e| Error::invalid("root", format!("key {id}: {e}")))?;
             }
         }
         Ok(())
@@ -606,10 +546,7 @@ impl SignedMeta for Targets {
     fn validate_specific(&self) -> Result<(), Error> {
         for (name, t) in &self.targets {
             if t.hashes.is_empty() {
-                return Err(Error::invalid(
-                    "targets",
-                    format!("target `{name}` lists no hashes"),
-                ));
+                return Err(Error::invalid("targets", format!("target `{name}` lists no hashes")));
             }
         }
         if let Some(d) = &self.delegations {
@@ -682,10 +619,7 @@ mod tests {
             "delegations": {"keys": {}, "roles": [{"name": "r", "keyids": [],
                 "threshold": 1, "terminating": false, "paths": ["a/*"]}]}
         });
-        let env = Envelope {
-            signed: v.clone(),
-            signatures: vec![],
-        };
+        let env = Envelope { signed: v.clone(), signatures: vec![] };
         let t: Targets = env.parse().unwrap();
         assert_eq!(t.version, 3);
         assert_eq!(t.targets["a/b.tar"].custom, Some(json!({"model": "m"})));
@@ -694,23 +628,14 @@ mod tests {
 
     #[test]
     fn wrong_type_and_invalid_refused() {
-        let env = Envelope {
-            signed: json!({"_type": "snapshot"}),
-            signatures: vec![],
-        };
-        assert!(matches!(
-            env.parse::<Targets>(),
-            Err(Error::WrongType { .. })
-        ));
+        let env = Envelope { signed: json!({"_type": "snapshot"}), signatures: vec![] };
+        assert!(matches!(env.parse::<Targets>(), Err(Error::WrongType { .. })));
         let env = Envelope {
             signed: json!({"_type": "timestamp", "spec_version": "1.0.31", "version": 0,
                 "expires": "2030-01-01T00:00:00Z", "meta": {"snapshot.json": {"version": 1}}}),
             signatures: vec![],
         };
-        assert!(matches!(
-            env.parse::<Timestamp>(),
-            Err(Error::Invalid { .. })
-        ));
+        assert!(matches!(env.parse::<Timestamp>(), Err(Error::Invalid { .. })));
         let env = Envelope {
             signed: json!({"_type": "targets", "spec_version": "1.0.31", "version": 1,
                 "expires": "2030-01-01T00:00:00Z", "targets": {},
@@ -751,10 +676,7 @@ mod tests {
         };
         assert!(r.matches("stable/vibration/2.tar"));
         let other = if &digest[..1] == "0" { "1" } else { "0" };
-        let r2 = DelegatedRole {
-            path_hash_prefixes: Some(vec![other.to_string()]),
-            ..r
-        };
+        let r2 = DelegatedRole { path_hash_prefixes: Some(vec![other.to_string()]), ..r };
         assert!(!r2.matches("stable/vibration/2.tar"));
     }
 

@@ -21,8 +21,8 @@ use super::client::{Lookup, TrustedSet, encode_role_name};
 use super::error::Error;
 use super::keys::{PrivateKey, PublicKey};
 use super::metadata::{
-    Envelope, MetaFile, RoleKeys, Root, SPEC_VERSION, SignedMeta, Snapshot, TargetFile, Targets,
-    Timestamp, format_expires, verify_length_and_hashes,
+    Envelope, MetaFile, RoleKeys, Root, SPEC_VERSION, SignedMeta, Snapshot, TargetFile, Targets, Timestamp,
+    format_expires, verify_length_and_hashes,
 };
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -215,11 +215,7 @@ impl Repository {
 
     /// The targets (including uncommitted changes).
     pub fn targets_list(&self) -> Vec<(String, TargetFile)> {
-        self.targets
-            .targets
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect()
+        self.targets.targets.iter().map(|(n, t)| (n.clone(), t.clone())).collect()
     }
 
     /// Stores `bytes` as target `name` and lists it (on the next commit)
@@ -256,11 +252,7 @@ impl Repository {
     /// Replaces the `custom` object of target `name` (`null` removes it).
     pub fn set_custom(&mut self, name: &str, custom: Value) -> Result<(), Error> {
         let custom = check_custom(name, custom)?;
-        let entry = self
-            .targets
-            .targets
-            .get_mut(name)
-            .ok_or_else(|| not_a_target(name))?;
+        let entry = self.targets.targets.get_mut(name).ok_or_else(|| not_a_target(name))?;
         entry.custom = custom;
         self.dirty = true;
         Ok(())
@@ -326,21 +318,12 @@ impl Repository {
         let timestamp_changed = snapshot_changed || changed("timestamp");
         // The re-signed roles must verify under the new root, so resolve
         // their signers against it, all before anything is written.
-        let targets_signers = if targets_changed {
-            signers_for(&new_root, "targets", signers)?
-        } else {
-            Vec::new()
-        };
-        let snapshot_signers = if snapshot_changed {
-            signers_for(&new_root, "snapshot", signers)?
-        } else {
-            Vec::new()
-        };
-        let timestamp_signers = if timestamp_changed {
-            signers_for(&new_root, "timestamp", signers)?
-        } else {
-            Vec::new()
-        };
+        let targets_signers =
+            if targets_changed { signers_for(&new_root, "targets", signers)? } else { Vec::new() };
+        let snapshot_signers =
+            if snapshot_changed { signers_for(&new_root, "snapshot", signers)? } else { Vec::new() };
+        let timestamp_signers =
+            if timestamp_changed { signers_for(&new_root, "timestamp", signers)? } else { Vec::new() };
 
         let mut all: Vec<&PrivateKey> = old_signers;
         for k in new_signers {
@@ -350,10 +333,7 @@ impl Repository {
         }
         let bytes = Envelope::sign(&new_root, &all)?.to_bytes()?;
         let meta_dir = self.dir.join("metadata");
-        write_atomic(
-            &meta_dir.join(format!("{}.root.json", new_root.version)),
-            &bytes,
-        )?;
+        write_atomic(&meta_dir.join(format!("{}.root.json", new_root.version)), &bytes)?;
         write_atomic(&meta_dir.join("root.json"), &bytes)?;
         self.root = new_root;
 
@@ -388,29 +368,20 @@ impl Repository {
         Ok(())
     }
 
-    fn write_snapshot(
-        &mut self,
-        signers: &[&PrivateKey],
-        expires: SystemTime,
-    ) -> Result<(), Error> {
+    fn write_snapshot(&mut self, signers: &[&PrivateKey], expires: SystemTime) -> Result<(), Error> {
         self.snapshot.version += 1;
         self.snapshot.expires = format_expires(expires);
         self.snapshot.spec_version = SPEC_VERSION.into();
         let bytes = Envelope::sign(&self.snapshot, signers)?.to_bytes()?;
         let name = versioned(&self.root, "snapshot", self.snapshot.version);
         write_atomic(&self.dir.join("metadata").join(name), &bytes)?;
-        self.timestamp.meta.insert(
-            "snapshot.json".into(),
-            MetaFile::describing(self.snapshot.version, &bytes),
-        );
+        self.timestamp
+            .meta
+            .insert("snapshot.json".into(), MetaFile::describing(self.snapshot.version, &bytes));
         Ok(())
     }
 
-    fn write_timestamp(
-        &mut self,
-        signers: &[&PrivateKey],
-        expires: SystemTime,
-    ) -> Result<(), Error> {
+    fn write_timestamp(&mut self, signers: &[&PrivateKey], expires: SystemTime) -> Result<(), Error> {
         self.timestamp.version += 1;
         self.timestamp.expires = format_expires(expires);
         self.timestamp.spec_version = SPEC_VERSION.into();
@@ -500,10 +471,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         version: root.version,
         expires: root.expires.clone(),
     });
-    match (
-        read(&meta_dir.join(format!("{}.root.json", root.version))),
-        read(&meta_dir.join("root.json")),
-    ) {
+    match (read(&meta_dir.join(format!("{}.root.json", root.version))), read(&meta_dir.join("root.json"))) {
         (Ok(a), Ok(b)) if a == b => {}
         (Ok(_), Ok(_)) => problems.push(format!(
             "metadata/root.json is not a copy of the newest root {}.root.json; copy it over",
@@ -515,21 +483,18 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         problems.push(e.to_string());
         return;
     }
-    let step =
-        |set: &mut TrustedSet, name: &str, problems: &mut Vec<String>, f: &Loader| match read(
-            &meta_dir.join(name),
-        )
-        .and_then(|b| f(set, &b))
-        {
-            Ok(()) => true,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                false
-            }
-        };
-    if !step(set, "timestamp.json", problems, &|s, b| {
-        s.update_timestamp(b).map(|_| ())
-    }) {
+    let step = |set: &mut TrustedSet, name: &str, problems: &mut Vec<String>, f: &Loader| match read(
+        &meta_dir.join(name),
+    )
+    .and_then(|b| f(set, &b))
+    {
+        Ok(()) => true,
+        Err(e) => {
+            problems.push(format!("{name}: {e}"));
+            false
+        }
+    };
+    if !step(set, "timestamp.json", problems, &|s, b| s.update_timestamp(b).map(|_| ())) {
         return;
     }
     if let Some(t) = set.timestamp() {
@@ -575,11 +540,8 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
     }
     let mut failed: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
-        let pending: Vec<(String, String)> = set
-            .unloaded_delegations()
-            .into_iter()
-            .filter(|p| !failed.contains(p))
-            .collect();
+        let pending: Vec<(String, String)> =
+            set.unloaded_delegations().into_iter().filter(|p| !failed.contains(p)).collect();
         let Some((role, parent)) = pending.into_iter().next() else {
             break;
         };
@@ -588,9 +550,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
             set.update_delegated_targets(&bytes, &role, &parent)
         });
         if let Err(e) = result {
-            problems.push(format!(
-                "delegated role {role} (delegated by {parent}): {e}"
-            ));
+            problems.push(format!("delegated role {role} (delegated by {parent}): {e}"));
             failed.insert((role, parent));
         }
     }
@@ -606,10 +566,7 @@ fn verify_target_files(targets_dir: &Path, set: &TrustedSet, report: &mut Report
         }
         // ngclient names the file after the first listed hash; with the
         // hashes kept sorted, prefer sha256 as writers put it first.
-        let Some(digest) = t
-            .sha256()
-            .or_else(|| t.hashes.values().next().map(String::as_str))
-        else {
+        let Some(digest) = t.sha256().or_else(|| t.hashes.values().next().map(String::as_str)) else {
             report.problems.push(format!("target {name} lists no hash"));
             continue;
         };
@@ -641,12 +598,7 @@ fn verify_target_files(targets_dir: &Path, set: &TrustedSet, report: &mut Report
     }
 }
 
-fn build_root(
-    version: u64,
-    keys: &RootKeys,
-    expiry: Duration,
-    now: SystemTime,
-) -> Result<Root, Error> {
+fn build_root(version: u64, keys: &RootKeys, expiry: Duration, now: SystemTime) -> Result<Root, Error> {
     let mut all = BTreeMap::new();
     let mut roles = BTreeMap::new();
     for (name, list, threshold) in [
@@ -671,14 +623,7 @@ fn build_root(
                 ids.len()
             )));
         }
-        roles.insert(
-            name.to_string(),
-            RoleKeys {
-                keyids: ids,
-                threshold,
-                unrecognized: Default::default(),
-            },
-        );
+        roles.insert(name.to_string(), RoleKeys { keyids: ids, threshold, unrecognized: Default::default() });
     }
     Ok(Root {
         type_: "root".into(),
@@ -693,18 +638,12 @@ fn build_root(
 }
 
 fn role_keys(root: &Root, role: &str) -> Option<(BTreeSet<String>, u64)> {
-    root.roles
-        .get(role)
-        .map(|r| (r.keyids.iter().cloned().collect(), r.threshold))
+    root.roles.get(role).map(|r| (r.keyids.iter().cloned().collect(), r.threshold))
 }
 
 /// The private keys in `signers` authorised for `role` by `root` (whose
 /// key entries must match them), or an error naming what is missing.
-fn signers_for<'a>(
-    root: &Root,
-    role: &str,
-    signers: &'a [PrivateKey],
-) -> Result<Vec<&'a PrivateKey>, Error> {
+fn signers_for<'a>(root: &Root, role: &str, signers: &'a [PrivateKey]) -> Result<Vec<&'a PrivateKey>, Error> {
     let r = root.role(role)?;
     let mut chosen: Vec<&PrivateKey> = Vec::new();
     for s in signers {
@@ -727,11 +666,7 @@ fn signers_for<'a>(
 
 fn versioned(root: &Root, role: &str, version: u64) -> String {
     let encoded = encode_role_name(role);
-    if root.consistent_snapshot {
-        format!("{version}.{encoded}.json")
-    } else {
-        format!("{encoded}.json")
-    }
+    if root.consistent_snapshot { format!("{version}.{encoded}.json") } else { format!("{encoded}.json") }
 }
 
 fn newest_root_version(meta_dir: &Path) -> Result<u64, Error> {
@@ -741,10 +676,7 @@ fn newest_root_version(meta_dir: &Path) -> Result<u64, Error> {
         let entry = entry.map_err(|e| Error::io("list", meta_dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(v) = name
-            .strip_suffix(".root.json")
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(v) = name.strip_suffix(".root.json").and_then(|n| n.parse::<u64>().ok()) {
             newest = newest.max(Some(v));
         }
     }
@@ -770,9 +702,7 @@ fn create_dir(path: &Path) -> Result<(), Error> {
 }
 
 fn not_a_target(name: &str) -> Error {
-    Error::Usage(format!(
-        "`{name}` is not a target of this repository; list them with targets_list"
-    ))
+    Error::Usage(format!("`{name}` is not a target of this repository; list them with targets_list"))
 }
 
 fn check_custom(name: &str, custom: Value) -> Result<Option<Value>, Error> {
@@ -780,11 +710,8 @@ fn check_custom(name: &str, custom: Value) -> Result<Option<Value>, Error> {
         return Ok(None);
     }
     // Fail now, naming the target, rather than at commit time.
-    canonical::encode(&custom).map_err(|e| {
-        Error::Usage(format!(
-            "custom metadata of target `{name}` cannot be signed: {e}"
-        ))
-    })?;
+    canonical::encode(&custom)
+        .map_err(|e| Error::Usage(format!("custom metadata of target `{name}` cannot be signed: {e}")))?;
     Ok(Some(custom))
 }
 
@@ -795,9 +722,7 @@ fn check_target_name(name: &str) -> Result<(), Error> {
         || name.starts_with('/')
         || name.contains('\\')
         || name.chars().any(char::is_control)
-        || name
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+        || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..");
     if bad {
         return Err(Error::Usage(format!(
             "target name `{}` is not a safe relative path; use segments separated by `/` \
@@ -815,20 +740,14 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// new file, never a partial one, even across a power cut.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(
         ".{file_name}.tmp-{}-{}",
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -861,12 +780,7 @@ mod tests {
 
     fn keys() -> Keys {
         let g = || PrivateKey::generate().unwrap();
-        Keys {
-            root: vec![g(), g(), g()],
-            targets: vec![g(), g()],
-            snapshot: g(),
-            timestamp: g(),
-        }
+        Keys { root: vec![g(), g(), g()], targets: vec![g(), g()], snapshot: g(), timestamp: g() }
     }
 
     fn root_keys(k: &Keys) -> RootKeys {
@@ -898,41 +812,16 @@ mod tests {
         let signers = all_signers(k);
         let ex = Expiries::default();
         let mut repo = Repository::init(dir.path(), rk, &signers, &ex, now()).unwrap();
-        assert_eq!(
-            repo.versions(),
-            Versions {
-                root: 1,
-                timestamp: 1,
-                snapshot: 1,
-                targets: 1
-            }
-        );
+        assert_eq!(repo.versions(), Versions { root: 1, timestamp: 1, snapshot: 1, targets: 1 });
         let custom = json!({"model": "vibration", "version": "2",
             "rollout": {"percent": 20, "salt": "s1"}});
-        repo.add_target("stable/vibration/2.tar", b"model two", custom.clone())
-            .unwrap();
+        repo.add_target("stable/vibration/2.tar", b"model two", custom.clone()).unwrap();
         repo.add_target("top.bin", b"top", Value::Null).unwrap();
         let v = repo.commit(&signers, now(), &ex).unwrap();
-        assert_eq!(
-            v,
-            Versions {
-                root: 1,
-                timestamp: 2,
-                snapshot: 2,
-                targets: 2
-            }
-        );
+        assert_eq!(v, Versions { root: 1, timestamp: 2, snapshot: 2, targets: 2 });
         let sha = sha256_hex(b"model two");
-        assert!(
-            dir.path()
-                .join(format!("targets/stable/vibration/{sha}.2.tar"))
-                .exists()
-        );
-        assert!(
-            dir.path()
-                .join(format!("targets/{}.top.bin", sha256_hex(b"top")))
-                .exists()
-        );
+        assert!(dir.path().join(format!("targets/stable/vibration/{sha}.2.tar")).exists());
+        assert!(dir.path().join(format!("targets/{}.top.bin", sha256_hex(b"top"))).exists());
 
         let root1 = fs::read(dir.path().join("metadata/1.root.json")).unwrap();
         let report = verify(dir.path(), &root1, now()).unwrap();
@@ -954,8 +843,7 @@ mod tests {
         // Only one of the two targets keys.
         let mut signers = all_signers(k);
         signers.remove(3);
-        let err =
-            Repository::init(dir.path(), rk, &signers, &Expiries::default(), now()).unwrap_err();
+        let err = Repository::init(dir.path(), rk, &signers, &Expiries::default(), now()).unwrap_err();
         assert!(
             matches!(&err, Error::MissingKeys { role, available: 1, threshold: 2, .. } if role == "targets v1"),
             "{err}"
@@ -969,18 +857,12 @@ mod tests {
         let k = keys();
         let rk = root_keys(&k);
         let signers = all_signers(k);
-        let mut repo =
-            Repository::init(dir.path(), rk, &signers, &Expiries::default(), now()).unwrap();
+        let mut repo = Repository::init(dir.path(), rk, &signers, &Expiries::default(), now()).unwrap();
         for name in ["../x", "/abs", "a//b", "a/./b", "", "a\\b"] {
             assert!(repo.add_target(name, b"x", Value::Null).is_err(), "{name}");
         }
-        let err = repo
-            .add_target("a/b", b"x", json!({"rollout": {"percent": 0.5}}))
-            .unwrap_err();
-        assert!(
-            err.to_string().contains("custom metadata of target `a/b`"),
-            "{err}"
-        );
+        let err = repo.add_target("a/b", b"x", json!({"rollout": {"percent": 0.5}})).unwrap_err();
+        assert!(err.to_string().contains("custom metadata of target `a/b`"), "{err}");
         assert!(repo.remove_target("nope").is_err());
         assert!(repo.set_custom("nope", Value::Null).is_err());
     }
@@ -1011,53 +893,28 @@ mod tests {
             .map(|k| PrivateKey::from_pem(&k.to_pem()).unwrap())
             .chain([PrivateKey::from_pem(&new_ts.to_pem()).unwrap()])
             .collect();
-        let err = repo
-            .rotate_root(rk2.clone(), &only_new, now(), ex.root)
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::MissingKeys { role, .. } if role == "root v1"),
-            "{err}"
-        );
+        let err = repo.rotate_root(rk2.clone(), &only_new, now(), ex.root).unwrap_err();
+        assert!(matches!(&err, Error::MissingKeys { role, .. } if role == "root v1"), "{err}");
 
         signers.extend(new_root);
         signers.push(new_ts);
         let v = repo.rotate_root(rk2, &signers, now(), ex.root).unwrap();
-        assert_eq!(
-            v,
-            Versions {
-                root: 2,
-                timestamp: 3,
-                snapshot: 2,
-                targets: 2
-            }
-        );
+        assert_eq!(v, Versions { root: 2, timestamp: 3, snapshot: 2, targets: 2 });
         let report = verify(dir.path(), &root1, now()).unwrap();
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(
             report.roles[0],
-            RoleStatus {
-                role: "root".into(),
-                version: 2,
-                expires: format_expires(now() + ex.root),
-            }
+            RoleStatus { role: "root".into(), version: 2, expires: format_expires(now() + ex.root) }
         );
 
-        let v = repo
-            .refresh_timestamp(&signers, now(), ex.timestamp)
-            .unwrap();
+        let v = repo.refresh_timestamp(&signers, now(), ex.timestamp).unwrap();
         assert_eq!(v.timestamp, 4);
         assert!(verify(dir.path(), &root1, now()).unwrap().is_ok());
 
         // A day later (timestamp expiry) the report names the frozen registry.
         let later = now() + ex.timestamp + Duration::from_secs(1);
         let report = verify(dir.path(), &root1, later).unwrap();
-        assert!(
-            report
-                .problems
-                .iter()
-                .any(|p| p.contains("timestamp expired")),
-            "{report:?}"
-        );
+        assert!(report.problems.iter().any(|p| p.contains("timestamp expired")), "{report:?}");
     }
 
     #[test]
@@ -1070,9 +927,7 @@ mod tests {
         let mut repo = Repository::init(dir.path(), rk, &signers, &ex, now()).unwrap();
         repo.add_target("m/1.tar", b"good", Value::Null).unwrap();
         repo.commit(&signers, now(), &ex).unwrap();
-        let path = dir
-            .path()
-            .join(format!("targets/m/{}.1.tar", sha256_hex(b"good")));
+        let path = dir.path().join(format!("targets/m/{}.1.tar", sha256_hex(b"good")));
         fs::write(&path, b"evil").unwrap();
         let root1 = fs::read(dir.path().join("metadata/1.root.json")).unwrap();
         let report = verify(dir.path(), &root1, now()).unwrap();
@@ -1082,10 +937,7 @@ mod tests {
 
     #[test]
     fn target_paths() {
-        assert_eq!(
-            target_file_path("stable/vibration/2.tar", "ab"),
-            "stable/vibration/ab.2.tar"
-        );
+        assert_eq!(target_file_path("stable/vibration/2.tar", "ab"), "stable/vibration/ab.2.tar");
         assert_eq!(target_file_path("x.bin", "ab"), "ab.x.bin");
     }
 }
