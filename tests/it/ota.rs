@@ -92,6 +92,7 @@ fn an_update_is_activated_kept_after_probation_and_rolled_back_on_command() {
     events.wait_for("model-rolled-back", secs(20), |_, p| p.contains("model-rolled-back"));
     let s = status(&d);
     assert!(s["ota"]["models"]["vibration"]["bad"]["2"].as_str().unwrap().contains("operator"), "{s:#}");
+    assert_eq!(s["models"]["vibration"]["state"], "rolled-back", "{s:#}");
 
     // A version rolled back is never taken again by a check.
     let out = run(&["update", "check", "--socket", &sock, "--json"], secs(60));
@@ -583,4 +584,23 @@ fn a_fleet_of_50_agents_follows_a_staged_rollout_and_rolls_back_a_bad_model() {
     });
     eprintln!("fleet report: {report}");
     let _ = std::fs::write(root().join("target/fleet-report.json"), report.to_string());
+}
+
+#[test]
+fn a_self_test_runs_in_a_child_process_under_a_memory_limit() {
+    use edge_agent::ota::selftest::{Limits, run_isolated};
+    let roomy = Limits { memory_bytes: 1 << 30, timeout: secs(60) };
+    let report = run_isolated(&bin(), &demo_model(), &roomy);
+    assert!(report.passed, "{report:?}");
+    assert_eq!(report.cases.len(), 6);
+    // 8 MiB of data segment: the model cannot even load; refused, with why.
+    let tight = Limits { memory_bytes: 8 << 20, timeout: secs(60) };
+    let report = run_isolated(&bin(), &demo_model(), &tight);
+    assert!(!report.passed);
+    let why = report.error.unwrap();
+    assert!(why.contains("memory limit 8 MiB"), "{why}");
+    // A model that never finishes is cut at the time limit.
+    let hasty = Limits { memory_bytes: 1 << 30, timeout: Duration::from_millis(1) };
+    let report = run_isolated(&bin(), &demo_model(), &hasty);
+    assert!(report.error.unwrap().contains("did not finish"), "a 1 ms limit cuts it");
 }

@@ -34,8 +34,8 @@ pub enum RegistryCommand {
     /// Change a published version's rollout percentage, or pull it.
     Promote(PromoteArgs),
     /// Sign a new root (by the old root keys' threshold and the new ones'), to change or
-    /// revoke keys.
-    RotateRoot(RotateArgs),
+    /// revoke keys. A role given no keys keeps its current keys and threshold.
+    RotateRoot(InitArgs),
     /// Re-sign the timestamp (the online key's regular job: an expired timestamp is how
     /// devices tell a frozen registry).
     Timestamp(TimestampArgs),
@@ -86,7 +86,7 @@ pub struct RepoArgs {
     pub keys: PathBuf,
 }
 
-/// Arguments of `registry init`.
+/// Arguments of `registry init` and `registry rotate-root`.
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
@@ -159,18 +159,6 @@ pub struct PromoteArgs {
     pub pull: bool,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
-}
-
-/// Arguments of `registry rotate-root`.
-#[derive(Debug, Args)]
-pub struct RotateArgs {
-    #[command(flatten)]
-    pub repo: RepoArgs,
-    /// Keys of the new root; a role given no keys keeps its current keys and threshold.
-    #[command(flatten)]
-    pub roles: RoleKeyArgs,
-    #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
-    pub root_expires: Duration,
 }
 
 /// Arguments of `registry timestamp`.
@@ -402,7 +390,7 @@ fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
+fn rotate(a: InitArgs) -> anyhow::Result<ExitCode> {
     let mut repo = Repository::open(&a.repo.repo)?;
     let root = repo.root().clone();
     let current = |role: &str| -> (Vec<PublicKey>, u64) {
@@ -498,13 +486,24 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", a.listen))?;
         let addr = listener.local_addr()?;
-        eprintln!("serving {} on http://{addr}/ (Ctrl-C stops)", a.dir.display());
+        eprintln!("serving {} on http://{addr}/ (Ctrl-C or SIGTERM stops)", a.dir.display());
         // Scripts read the address from stdout (useful with port 0).
         println!("http://{addr}/");
         let opts =
             crate::ota::serve::ServeOptions { dir: a.dir.clone(), faults: crate::ota::serve::Faults::none() };
+        // Ctrl-C or SIGTERM (a service manager, `kill`) stops it.
         let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         };
         crate::ota::serve::serve(listener, opts, stop).await?;
         anyhow::Ok(())

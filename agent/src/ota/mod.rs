@@ -715,12 +715,18 @@ impl Ota {
         for model in &self.cfg.models {
             let state = self.store.state(model);
             let active = self.engine.model(model).map(|m| m.version().to_string());
+            // Rolled back: a newer version than the one serving failed here.
+            let rolled_back = active.as_ref().is_some_and(|a| {
+                state.bad.keys().any(|v| rollout::compare_versions(v, a) == std::cmp::Ordering::Greater)
+            });
             let phase = if let Some(d) = self.doing.get(model) {
                 d.split(' ').next().unwrap_or("busy").to_string()
             } else if state.probation.is_some() {
                 "probation".into()
             } else if active.is_none() {
                 "missing".into()
+            } else if rolled_back {
+                "rolled-back".into()
             } else {
                 "active".into()
             };
@@ -744,13 +750,6 @@ impl Ota {
                     "baseline": p.baseline,
                     "limits": p.limits,
                 });
-            }
-            // Rolled back: the last event for this model was a rollback and nothing since.
-            if state.probation.is_none()
-                && active.is_some()
-                && state.bad.keys().any(|v| Some(v) > active.as_ref())
-            {
-                entry["rolled_back"] = json!(true);
             }
             models.insert(model.clone(), entry);
         }

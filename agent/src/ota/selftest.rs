@@ -54,6 +54,22 @@ pub struct Report {
     pub error: Option<String>,
 }
 
+impl Report {
+    /// A report of a self-test that did not get to judge the cases.
+    fn failed(error: Option<String>) -> Report {
+        Report {
+            passed: false,
+            model: String::new(),
+            version: String::new(),
+            cases: Vec::new(),
+            load_ms: 0.0,
+            max_latency_ms: 0.0,
+            peak_rss_kib: 0,
+            error,
+        }
+    }
+}
+
 /// One case's outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CaseReport {
@@ -81,16 +97,7 @@ pub fn read(dir: &Path) -> Result<Golden, String> {
 /// Runs a model's golden vectors in this process. Never panics on a bad model: load
 /// errors and failed cases come back in the report.
 pub fn run_here(dir: &Path) -> Report {
-    let mut report = Report {
-        passed: false,
-        model: String::new(),
-        version: String::new(),
-        cases: Vec::new(),
-        load_ms: 0.0,
-        max_latency_ms: 0.0,
-        peak_rss_kib: 0,
-        error: None,
-    };
+    let mut report = Report::failed(None);
     let result = run_cases(dir, &mut report);
     report.peak_rss_kib = crate::telemetry::memory().peak_rss / 1024;
     match result {
@@ -237,16 +244,7 @@ pub struct Limits {
 /// `limits`. A crash, a signal, a timeout or a report that does not parse all come back
 /// as a failed report with the reason.
 pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
-    let failed = |error: String| Report {
-        passed: false,
-        model: String::new(),
-        version: String::new(),
-        cases: Vec::new(),
-        load_ms: 0.0,
-        max_latency_ms: 0.0,
-        peak_rss_kib: 0,
-        error: Some(error),
-    };
+    let failed = |error: String| Report::failed(Some(error));
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["model", "selftest", "--json", "--model"])
         .arg(dir)

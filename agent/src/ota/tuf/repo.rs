@@ -407,6 +407,10 @@ pub struct RoleStatus {
     pub expires: String,
 }
 
+fn push_role(roles: &mut Vec<RoleStatus>, role: &str, version: u64, expires: &str) {
+    roles.push(RoleStatus { role: role.to_string(), version, expires: expires.to_string() });
+}
+
 /// Result of [`verify`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -498,11 +502,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         return;
     }
     if let Some(t) = set.timestamp() {
-        report.roles.push(RoleStatus {
-            role: "timestamp".into(),
-            version: t.version,
-            expires: t.expires.clone(),
-        });
+        push_role(&mut report.roles, "timestamp", t.version, &t.expires);
     }
     let name = match set.snapshot_file_name() {
         Ok(n) => n,
@@ -515,11 +515,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         return;
     }
     if let Some(s) = set.snapshot() {
-        report.roles.push(RoleStatus {
-            role: "snapshot".into(),
-            version: s.version,
-            expires: s.expires.clone(),
-        });
+        push_role(&mut report.roles, "snapshot", s.version, &s.expires);
     }
     let name = match set.targets_file_name("targets") {
         Ok(n) => n,
@@ -532,11 +528,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         return;
     }
     if let Some(t) = set.targets() {
-        report.roles.push(RoleStatus {
-            role: "targets".into(),
-            version: t.version,
-            expires: t.expires.clone(),
-        });
+        push_role(&mut report.roles, "targets", t.version, &t.expires);
     }
     let mut failed: BTreeSet<(String, String)> = BTreeSet::new();
     loop {
