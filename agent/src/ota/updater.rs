@@ -143,9 +143,10 @@ impl Updater {
         // 2. Timestamp, conditionally.
         let saved: Option<SavedValidator> =
             self.local("timestamp.validator").and_then(|b| serde_json::from_slice(&b).ok());
+        // After a rotation the local timestamp may no longer verify: fetch it whole.
         let validator = saved
             .as_ref()
-            .filter(|_| ts.is_some())
+            .filter(|_| ts.is_some() && root_version == first_root)
             .map(|s| Validator { etag: s.etag.clone(), last_modified: s.last_modified.clone() });
         let (ts_bytes, fresh) = match self
             .fetcher
