@@ -142,15 +142,9 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
 /// `model list`: the daemon's models with their update state.
 fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
     let socket = super::status::find_socket(d.socket.as_deref(), d.config.as_deref())?;
-    let (code, body) = match super::status::get(&socket, "/status") {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
-            return Ok(ExitCode::from(super::status::EXIT_NOT_RUNNING));
-        }
+    let Some(v) = super::status::fetch_status(&socket)? else {
+        return Ok(ExitCode::from(super::status::EXIT_NOT_RUNNING));
     };
-    anyhow::ensure!(code == 200, "the daemon answered {code}: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body)?;
     let ota = &v["ota"]["models"];
     let mut rows = Vec::new();
     if let Some(models) = v["models"].as_object() {

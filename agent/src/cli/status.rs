@@ -71,6 +71,25 @@ fn read_answer(mut s: impl Read) -> std::io::Result<(u16, String)> {
     Ok((code, body.to_string()))
 }
 
+/// Says on stderr that nothing answers on `socket` (the caller exits with
+/// [`EXIT_NOT_RUNNING`]).
+pub fn say_not_running(socket: &Path, e: &std::io::Error) {
+    eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
+}
+
+/// The daemon's `/status` document; `None` when nothing answers (said on stderr).
+pub fn fetch_status(socket: &Path) -> anyhow::Result<Option<Value>> {
+    let (code, body) = match get(socket, "/status") {
+        Ok(r) => r,
+        Err(e) => {
+            say_not_running(socket, &e);
+            return Ok(None);
+        }
+    };
+    anyhow::ensure!(code == 200, "the daemon answered {code} on {}: {body}", socket.display());
+    serde_json::from_str(&body).map(Some).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))
+}
+
 fn socket_path(args: &StatusArgs) -> anyhow::Result<PathBuf> {
     find_socket(args.socket.as_deref(), args.config.as_deref())
 }
@@ -94,16 +113,9 @@ pub fn find_socket(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Resu
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_path(&args)?;
-    let (code, body) = match get(&socket, "/status") {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
-            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
-        }
+    let Some(v) = fetch_status(&socket)? else {
+        return Ok(ExitCode::from(EXIT_NOT_RUNNING));
     };
-    anyhow::ensure!(code == 200, "the daemon answered {code} on {}: {body}", socket.display());
-    let v: Value =
-        serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {

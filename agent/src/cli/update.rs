@@ -72,7 +72,7 @@ pub fn ask(d: &DaemonArgs, path: &str, body: Value) -> anyhow::Result<ExitCode> 
     let (code, text) = match post(&socket, path, &body.to_string(), UPDATE_WAIT) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
+            super::status::say_not_running(&socket, &e);
             return Ok(ExitCode::from(EXIT_NOT_RUNNING));
         }
     };

@@ -327,7 +327,8 @@ impl Fetcher {
 
         let dir = staging_dir(partial);
         let need = (expected_len - existing).saturating_add(SPACE_MARGIN);
-        let free = free_space(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
+        let free = crate::telemetry::free_space(&dir)
+            .map_err(|source| FetchError::Io { path: dir.clone(), source })?;
         if free < need {
             return Err(FetchError::NoSpace { dir, need, free });
         }
@@ -725,32 +726,6 @@ async fn hash_prefix(path: &Path) -> io::Result<(digest::Context, u64)> {
     })
     .await
     .map_err(io::Error::other)?
-}
-
-/// Bytes available to unprivileged users on the filesystem holding `dir`.
-#[cfg(unix)]
-fn free_space(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: c_path is a valid NUL-terminated string and stat points to
-    // writable memory of the right type; statvfs only writes into it.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let stat = unsafe { stat.assume_init() };
-    // u64::from rather than `as`: the field types differ between 32- and
-    // 64-bit targets (armv7 devices).
-    #[allow(clippy::useless_conversion)]
-    Ok(u64::from(stat.f_bavail).saturating_mul(u64::from(stat.f_frsize)))
-}
-
-#[cfg(not(unix))]
-fn free_space(_dir: &Path) -> io::Result<u64> {
-    Ok(u64::MAX)
 }
 
 /// The error and all its causes on one line: reqwest's own message ("error

@@ -66,6 +66,11 @@ impl From<fetch::FetchError> for OtaError {
 }
 
 impl OtaError {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> OtaError {
+        OtaError::Io { path: path.to_path_buf(), source }
+    }
+
     /// A short stable name for events.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -455,8 +460,10 @@ impl Ota {
         let result = self.install_steps(&offer, reason).await;
         self.set_doing(&model, None);
         if let Err(e) = &result {
-            let permanent = matches!(e, OtaError::Package { .. } | OtaError::Refused(_))
-                || matches!(e, OtaError::Fetch(f) if f.kind() == "hash_mismatch");
+            // A bad package or a failed self-test will not get better: the version is
+            // marked bad. Download failures (a wrong hash included: the signed metadata
+            // is right, the server or a cache in between is not) are retried next time.
+            let permanent = matches!(e, OtaError::Package { .. } | OtaError::Refused(_));
             self.events
                 .send(
                     "update-rejected",
@@ -465,7 +472,7 @@ impl Ota {
                     json!({"version": version, "error": e.to_string(), "kind": e.kind(), "marked_bad": permanent}),
                 )
                 .await;
-            if permanent && !matches!(e, OtaError::Fetch(_)) {
+            if permanent {
                 let mut state = self.store.state(&model);
                 state.bad.insert(version.clone(), e.to_string());
                 let _ = self.store.save_state(&model, &state);
@@ -625,9 +632,11 @@ impl Ota {
 
     /// Judges every probation in progress; passes keep the version, failures roll back.
     async fn watch_probations(&mut self) {
+        let mut watched = false;
         for model in self.cfg.models.clone() {
             let state = self.store.state(&model);
             let Some(p) = state.probation.clone() else { continue };
+            watched = true;
             let before = self.at_switch.entry(model.clone()).or_default().clone();
             let now = Numbers::between(&before, &self.engine.snapshot(&model), p.limits.min_requests);
             match p.judge(&now) {
@@ -656,7 +665,11 @@ impl Ota {
                 }
             }
         }
-        self.publish_status();
+        // Only a probation's numbers change from one tick to the next; every other
+        // change publishes the status where it happens.
+        if watched {
+            self.publish_status();
+        }
     }
 
     /// Goes back to the previous version and marks the current one bad.

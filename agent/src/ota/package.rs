@@ -41,7 +41,7 @@ pub fn pack(dir: &Path) -> Result<(Vec<u8>, ModelSpec), OtaError> {
     builder.mode(tar::HeaderMode::Deterministic);
     for rel in files {
         let full = dir.join(&rel);
-        let bytes = std::fs::read(&full).map_err(|e| io(&full, e))?;
+        let bytes = std::fs::read(&full).map_err(|e| OtaError::io(&full, e))?;
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
@@ -49,9 +49,9 @@ pub fn pack(dir: &Path) -> Result<(Vec<u8>, ModelSpec), OtaError> {
         header.set_uid(0);
         header.set_gid(0);
         header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, &rel, bytes.as_slice()).map_err(|e| io(&full, e))?;
+        builder.append_data(&mut header, &rel, bytes.as_slice()).map_err(|e| OtaError::io(&full, e))?;
     }
-    let bytes = builder.into_inner().map_err(|e| io(dir, e))?;
+    let bytes = builder.into_inner().map_err(|e| OtaError::io(dir, e))?;
     Ok((bytes, spec.spec))
 }
 
@@ -59,10 +59,10 @@ pub fn pack(dir: &Path) -> Result<(Vec<u8>, ModelSpec), OtaError> {
 /// what is in the directory, not what a link happens to point at on the publisher's disk.
 fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), OtaError> {
     let dir = root.join(rel);
-    let entries = std::fs::read_dir(&dir).map_err(|e| io(&dir, e))?;
+    let entries = std::fs::read_dir(&dir).map_err(|e| OtaError::io(&dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| io(&dir, e))?;
-        let kind = entry.file_type().map_err(|e| io(&entry.path(), e))?;
+        let entry = entry.map_err(|e| OtaError::io(&dir, e))?;
+        let kind = entry.file_type().map_err(|e| OtaError::io(&entry.path(), e))?;
         let name = rel.join(entry.file_name());
         if kind.is_dir() {
             collect(root, &name, out)?;
@@ -90,13 +90,13 @@ pub fn unpack(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
 
 fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
     let bad = |reason: String| OtaError::Package { path: tar_path.to_path_buf(), reason };
-    std::fs::create_dir(dest).map_err(|e| io(dest, e))?;
-    let file = std::fs::File::open(tar_path).map_err(|e| io(tar_path, e))?;
+    std::fs::create_dir(dest).map_err(|e| OtaError::io(dest, e))?;
+    let file = std::fs::File::open(tar_path).map_err(|e| OtaError::io(tar_path, e))?;
     let mut archive = tar::Archive::new(file);
     let mut total = 0u64;
     let mut count = 0usize;
     let mut dirs = vec![dest.to_path_buf()];
-    for entry in archive.entries().map_err(|e| io(tar_path, e))? {
+    for entry in archive.entries().map_err(|e| OtaError::io(tar_path, e))? {
         let mut entry = entry.map_err(|e| bad(format!("unreadable archive: {e}")))?;
         count += 1;
         if count > MAX_ENTRIES {
@@ -109,7 +109,7 @@ fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
         let target = dest.join(&name);
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                std::fs::create_dir_all(&target).map_err(|e| io(&target, e))?;
+                std::fs::create_dir_all(&target).map_err(|e| OtaError::io(&target, e))?;
                 dirs.push(target);
             }
             tar::EntryType::Regular => {
@@ -119,7 +119,7 @@ fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
                     return Err(bad(format!("unpacks to more than {MAX_UNPACKED} bytes")));
                 }
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+                    std::fs::create_dir_all(parent).map_err(|e| OtaError::io(parent, e))?;
                     if !dirs.iter().any(|d| d == parent) {
                         dirs.push(parent.to_path_buf());
                     }
@@ -128,14 +128,14 @@ fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
                     .write(true)
                     .create_new(true)
                     .open(&target)
-                    .map_err(|e| io(&target, e))?;
-                let copied =
-                    std::io::copy(&mut (&mut entry).take(size), &mut out).map_err(|e| io(&target, e))?;
+                    .map_err(|e| OtaError::io(&target, e))?;
+                let copied = std::io::copy(&mut (&mut entry).take(size), &mut out)
+                    .map_err(|e| OtaError::io(&target, e))?;
                 if copied != size {
                     return Err(bad(format!("entry `{}` is cut short", name.display())));
                 }
-                out.flush().map_err(|e| io(&target, e))?;
-                out.sync_all().map_err(|e| io(&target, e))?;
+                out.flush().map_err(|e| OtaError::io(&target, e))?;
+                out.sync_all().map_err(|e| OtaError::io(&target, e))?;
             }
             other => {
                 return Err(bad(format!(
@@ -146,16 +146,12 @@ fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
         }
     }
     for d in dirs.iter().rev() {
-        std::fs::File::open(d).and_then(|f| f.sync_all()).map_err(|e| io(d, e))?;
+        crate::durable::sync_dir(d).map_err(|e| OtaError::io(d, e))?;
     }
     if !dest.join("model.toml").is_file() {
         return Err(bad("no model.toml in the package".into()));
     }
     Ok(())
-}
-
-fn io(path: &Path, source: std::io::Error) -> OtaError {
-    OtaError::Io { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]

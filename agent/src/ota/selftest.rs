@@ -114,6 +114,43 @@ pub fn run_here(dir: &Path) -> Report {
     report
 }
 
+/// A one-thread engine serving only `model`, for running golden vectors.
+struct Runner {
+    engine: Engine,
+    name: String,
+}
+
+impl Runner {
+    fn new(model: LoadedModel) -> Runner {
+        let name = model.name().to_string();
+        let engine =
+            Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, spin: Duration::ZERO });
+        engine.install(model);
+        Runner { engine, name }
+    }
+
+    /// Runs one input on a fresh stream state.
+    fn infer(
+        &self,
+        input: &[f32],
+        stream: &str,
+    ) -> Result<crate::engine::Response, crate::engine::InferError> {
+        self.engine.infer_blocking(Request {
+            model: self.name.clone(),
+            stream: Some(stream.to_string()),
+            data: input.to_vec(),
+            deadline: Instant::now() + Duration::from_secs(600),
+            reset: true,
+        })
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.engine.shutdown();
+    }
+}
+
 fn run_cases(dir: &Path, report: &mut Report) -> Result<(), String> {
     let golden = read(dir)?;
     let started = Instant::now();
@@ -121,19 +158,9 @@ fn run_cases(dir: &Path, report: &mut Report) -> Result<(), String> {
     report.load_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.model = model.name().to_string();
     report.version = model.version().to_string();
-    let name = model.name().to_string();
     let outputs: Vec<String> = model.outputs.iter().map(|o| o.name.clone()).collect();
-    let engine = Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, spin: Duration::ZERO });
-    engine.install(model);
-    let infer = |case: &Case, stream: &str| {
-        engine.infer_blocking(Request {
-            model: name.clone(),
-            stream: Some(stream.to_string()),
-            data: case.input.clone(),
-            deadline: Instant::now() + Duration::from_secs(600),
-            reset: true,
-        })
-    };
+    let runner = Runner::new(model);
+    let infer = |case: &Case, stream: &str| runner.infer(&case.input, stream);
     for (ix, case) in golden.cases.iter().enumerate() {
         // One warm-up run, so the latency measured is the steady one a device sees.
         infer(case, "warm-up").map_err(|e| format!("case `{}`: {e}", case.name))?;
@@ -170,7 +197,6 @@ fn run_cases(dir: &Path, report: &mut Report) -> Result<(), String> {
             passed: max_abs_diff <= golden.tolerance && !slow,
         });
     }
-    engine.shutdown();
     Ok(())
 }
 
@@ -198,21 +224,12 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64) -> Result<Golden, Strin
         Inputs::List(l) | Inputs::Cases { cases: l } => l,
     };
     let model = LoadedModel::load_dir(dir).map_err(|e| format!("the model does not load: {e}"))?;
-    let name = model.name().to_string();
-    let engine = Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, spin: Duration::ZERO });
-    engine.install(model);
+    let runner = Runner::new(model);
     let mut cases = Vec::new();
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for (ix, item) in list.into_iter().enumerate() {
-        let resp = engine
-            .infer_blocking(Request {
-                model: name.clone(),
-                stream: Some(format!("record-{ix}")),
-                data: item.input.clone(),
-                deadline: Instant::now() + Duration::from_secs(600),
-                reset: true,
-            })
-            .map_err(|e| format!("input {ix}: {e}"))?;
+        let resp =
+            runner.infer(&item.input, &format!("record-{ix}")).map_err(|e| format!("input {ix}: {e}"))?;
         let out = resp.post_output().ok_or_else(|| "the model gave no output".to_string())?;
         let base = item.name.unwrap_or_else(|| format!("case-{ix}"));
         let n = seen.entry(base.clone()).or_default();
@@ -220,7 +237,6 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64) -> Result<Golden, Strin
         let case_name = if *n == 1 { base } else { format!("{base}-{n}") };
         cases.push(Case { name: case_name, input: item.input, output: None, expected: out.values.clone() });
     }
-    engine.shutdown();
     if cases.is_empty() {
         return Err(format!("{}: no inputs", inputs.display()));
     }

@@ -51,7 +51,7 @@ impl Store {
 
     /// Where downloads and unpacking happen before a version is complete.
     pub fn staging(&self) -> Result<PathBuf, OtaError> {
-        std::fs::create_dir_all(&self.staging).map_err(|e| io(&self.staging, e))?;
+        std::fs::create_dir_all(&self.staging).map_err(|e| OtaError::io(&self.staging, e))?;
         Ok(self.staging.clone())
     }
 
@@ -94,16 +94,16 @@ impl Store {
     /// are installing it again).
     pub fn adopt(&self, model: &str, version: &str, staged: &Path) -> Result<PathBuf, OtaError> {
         let versions = self.dir(model).join("versions");
-        std::fs::create_dir_all(&versions).map_err(|e| io(&versions, e))?;
+        std::fs::create_dir_all(&versions).map_err(|e| OtaError::io(&versions, e))?;
         let dest = versions.join(version);
         if self.current(model).as_deref() == Some(dest.as_path()) {
             let _ = std::fs::remove_dir_all(staged);
             return Ok(dest);
         }
         if dest.exists() {
-            std::fs::remove_dir_all(&dest).map_err(|e| io(&dest, e))?;
+            std::fs::remove_dir_all(&dest).map_err(|e| OtaError::io(&dest, e))?;
         }
-        std::fs::rename(staged, &dest).map_err(|e| io(&dest, e))?;
+        std::fs::rename(staged, &dest).map_err(|e| OtaError::io(&dest, e))?;
         sync_dir(&versions)?;
         Ok(dest)
     }
@@ -112,13 +112,13 @@ impl Store {
     /// each by an atomic rename forced to storage.
     pub fn switch(&self, model: &str, current: &Path, previous: Option<&Path>) -> Result<(), OtaError> {
         let dir = self.dir(model);
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| OtaError::io(&dir, e))?;
         match previous {
             Some(p) => self.set_link(model, "previous", p)?,
             None => {
                 let link = dir.join("previous");
                 if std::fs::symlink_metadata(&link).is_ok() {
-                    std::fs::remove_file(&link).map_err(|e| io(&link, e))?;
+                    std::fs::remove_file(&link).map_err(|e| OtaError::io(&link, e))?;
                 }
             }
         }
@@ -135,9 +135,9 @@ impl Store {
             target.strip_prefix(&dir).map(Path::to_path_buf).unwrap_or_else(|_| target.to_path_buf());
         let tmp = dir.join(format!(".{name}.tmp"));
         let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| io(&tmp, e))?;
+        std::os::unix::fs::symlink(&target, &tmp).map_err(|e| OtaError::io(&tmp, e))?;
         let link = dir.join(name);
-        std::fs::rename(&tmp, &link).map_err(|e| io(&link, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| OtaError::io(&link, e))?;
         sync_dir(&dir)
     }
 
@@ -156,10 +156,10 @@ impl Store {
     /// Writes `state.json` atomically.
     pub fn save_state(&self, model: &str, state: &ModelState) -> Result<(), OtaError> {
         let dir = self.dir(model);
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| OtaError::io(&dir, e))?;
         let path = dir.join("state.json");
         let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        crate::durable::replace(&path, &bytes).map_err(|e| io(&path, e))
+        crate::durable::replace(&path, &bytes).map_err(|e| OtaError::io(&path, e))
     }
 
     /// Removes versions that neither `current` nor `previous` point at, and leftovers of
@@ -187,11 +187,7 @@ impl Store {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OtaError> {
-    std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| io(dir, e))
-}
-
-fn io(path: &Path, source: std::io::Error) -> OtaError {
-    OtaError::Io { path: path.to_path_buf(), source }
+    crate::durable::sync_dir(dir).map_err(|e| OtaError::io(dir, e))
 }
 
 #[cfg(test)]

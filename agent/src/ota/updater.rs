@@ -73,7 +73,7 @@ impl Updater {
         let ca: Vec<PathBuf> = cfg.ca_file.iter().cloned().collect();
         let fetcher = Fetcher::new(&cfg.url, &ca, limits)?;
         let trust = state_dir.join("trust");
-        std::fs::create_dir_all(&trust).map_err(|e| OtaError::Io { path: trust.clone(), source: e })?;
+        std::fs::create_dir_all(&trust).map_err(|e| OtaError::io(&trust, e))?;
         Ok(Updater { fetcher, trust, shipped_root: cfg.trusted_root.clone(), set: None, last: None })
     }
 
@@ -83,7 +83,7 @@ impl Updater {
 
     fn keep(&self, name: &str, bytes: &[u8]) -> Result<(), OtaError> {
         let path = self.trust.join(name);
-        crate::durable::replace(&path, bytes).map_err(|e| OtaError::Io { path, source: e })
+        crate::durable::replace(&path, bytes).map_err(|e| OtaError::io(&path, e))
     }
 
     /// The root to start from: the newest of the trust directory's and the shipped one.
@@ -93,8 +93,7 @@ impl Updater {
                 .ok()
                 .and_then(|v| v.pointer("/signed/version").and_then(Value::as_u64))
         };
-        let shipped = std::fs::read(&self.shipped_root)
-            .map_err(|e| OtaError::Io { path: self.shipped_root.clone(), source: e })?;
+        let shipped = std::fs::read(&self.shipped_root).map_err(|e| OtaError::io(&self.shipped_root, e))?;
         match self.local("root.json") {
             Some(local) if version(&local) >= version(&shipped) => Ok(local),
             _ => {

@@ -13,6 +13,7 @@ use super::metadata::{
     Envelope, MetaFile, Root, SignedMeta, Snapshot, TargetFile, Targets, Timestamp, verify_length_and_hashes,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::ControlFlow;
 use std::time::SystemTime;
 
 /// Upper bound on delegated roles visited in one search, as python-tuf's
@@ -484,6 +485,28 @@ impl TrustedSet {
     /// delegation graph (spec 5.7.7), honouring `terminating`, `paths` and
     /// `path_hash_prefixes`.
     pub fn lookup(&self, name: &str) -> Lookup<'_> {
+        self.walk(name, |role, parent, meta| match meta {
+            None => {
+                ControlFlow::Break(Lookup::NeedRole { role: role.to_string(), parent: parent.to_string() })
+            }
+            Some(meta) => match meta.targets.get(name) {
+                Some(target) => ControlFlow::Break(Lookup::Found { role: role.to_string(), target }),
+                None => ControlFlow::Continue(()),
+            },
+        })
+        .unwrap_or(Lookup::NotFound)
+    }
+
+    /// The preorder depth-first walk of the delegation graph for `name` that lookups
+    /// and listings share (spec 5.7.7): each role once (cycles are broken), at most
+    /// [`MAX_DELEGATIONS`], descending into a loaded role's delegations that cover
+    /// `name` (a terminating one ends the rest of the search). `visit` sees each role
+    /// with its metadata if loaded, and may stop the walk with a result.
+    fn walk<'a, R>(
+        &'a self,
+        name: &str,
+        mut visit: impl FnMut(&str, &str, Option<&'a Targets>) -> ControlFlow<R>,
+    ) -> Option<R> {
         let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
         let mut visited: BTreeSet<String> = BTreeSet::new();
         while let Some((role, parent)) = stack.pop() {
@@ -494,16 +517,16 @@ impl TrustedSet {
             if !visited.insert(role.clone()) {
                 continue;
             }
-            let Some(meta) = self.roles.get(&(parent.clone(), role.clone())) else {
-                return Lookup::NeedRole { role, parent };
-            };
-            if let Some(target) = meta.targets.get(name) {
-                return Lookup::Found { role, target };
+            let meta = self.roles.get(&(parent.clone(), role.clone()));
+            if let ControlFlow::Break(r) = visit(&role, &parent, meta) {
+                return Some(r);
             }
-            let children = children_for(meta, &role, name, &mut stack);
-            stack.extend(children);
+            if let Some(meta) = meta {
+                let children = children_for(meta, &role, name, &mut stack);
+                stack.extend(children);
+            }
         }
-        Lookup::NotFound
+        None
     }
 
     /// The target `name` if the search finds it in loaded roles. `None`
@@ -522,24 +545,16 @@ impl TrustedSet {
     /// delegate further is unknown until they are loaded.
     pub fn delegated_roles_for(&self, name: &str) -> Vec<RoleRef> {
         let mut out = Vec::new();
-        let mut stack: Vec<(String, String)> = vec![("targets".into(), "root".into())];
-        let mut visited: BTreeSet<String> = BTreeSet::new();
-        while let Some((role, parent)) = stack.pop() {
-            if visited.len() > MAX_DELEGATIONS {
-                break;
-            }
-            if !visited.insert(role.clone()) {
-                continue;
-            }
-            let meta = self.roles.get(&(parent.clone(), role.clone()));
+        self.walk(name, |role, parent, meta| {
             if role != "targets" || parent != "root" {
-                out.push(RoleRef { name: role.clone(), parent: parent.clone(), loaded: meta.is_some() });
+                out.push(RoleRef {
+                    name: role.to_string(),
+                    parent: parent.to_string(),
+                    loaded: meta.is_some(),
+                });
             }
-            if let Some(meta) = meta {
-                let children = children_for(meta, &role, name, &mut stack);
-                stack.extend(children);
-            }
-        }
+            ControlFlow::<()>::Continue(())
+        });
         out
     }
 

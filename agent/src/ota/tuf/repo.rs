@@ -470,11 +470,7 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         }
     }
     let root = set.root();
-    report.roles.push(RoleStatus {
-        role: "root".into(),
-        version: root.version,
-        expires: root.expires.clone(),
-    });
+    push_role(&mut report.roles, "root", root.version, &root.expires);
     match (read(&meta_dir.join(format!("{}.root.json", root.version))), read(&meta_dir.join("root.json"))) {
         (Ok(a), Ok(b)) if a == b => {}
         (Ok(_), Ok(_)) => problems.push(format!(
@@ -487,44 +483,38 @@ fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
         problems.push(e.to_string());
         return;
     }
-    let step = |set: &mut TrustedSet, name: &str, problems: &mut Vec<String>, f: &Loader| match read(
-        &meta_dir.join(name),
-    )
-    .and_then(|b| f(set, &b))
-    {
-        Ok(()) => true,
-        Err(e) => {
-            problems.push(format!("{name}: {e}"));
-            false
+    // Loads the file the trusted metadata names (or notes why it cannot be named).
+    let step = |set: &mut TrustedSet, name: Result<String, Error>, problems: &mut Vec<String>, f: &Loader| {
+        let name = match name {
+            Ok(n) => n,
+            Err(e) => {
+                problems.push(e.to_string());
+                return false;
+            }
+        };
+        match read(&meta_dir.join(&name)).and_then(|b| f(set, &b)) {
+            Ok(()) => true,
+            Err(e) => {
+                problems.push(format!("{name}: {e}"));
+                false
+            }
         }
     };
-    if !step(set, "timestamp.json", problems, &|s, b| s.update_timestamp(b).map(|_| ())) {
+    if !step(set, Ok("timestamp.json".into()), problems, &|s, b| s.update_timestamp(b).map(|_| ())) {
         return;
     }
     if let Some(t) = set.timestamp() {
         push_role(&mut report.roles, "timestamp", t.version, &t.expires);
     }
-    let name = match set.snapshot_file_name() {
-        Ok(n) => n,
-        Err(e) => {
-            problems.push(e.to_string());
-            return;
-        }
-    };
-    if !step(set, &name, problems, &|s, b| s.update_snapshot(b)) {
+    let name = set.snapshot_file_name();
+    if !step(set, name, problems, &|s, b| s.update_snapshot(b)) {
         return;
     }
     if let Some(s) = set.snapshot() {
         push_role(&mut report.roles, "snapshot", s.version, &s.expires);
     }
-    let name = match set.targets_file_name("targets") {
-        Ok(n) => n,
-        Err(e) => {
-            problems.push(e.to_string());
-            return;
-        }
-    };
-    if !step(set, &name, problems, &|s, b| s.update_targets(b)) {
+    let name = set.targets_file_name("targets");
+    if !step(set, name, problems, &|s, b| s.update_targets(b)) {
         return;
     }
     if let Some(t) = set.targets() {
