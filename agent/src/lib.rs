@@ -9,6 +9,7 @@
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
 //! - [`service`]: the daemon: wiring sources → engine → results, start-up and shutdown.
+//! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`spool`]: the on-disk store of messages accepted while the broker is unreachable.
 //! - [`commands`]: the MQTT command dispatcher and its commands.
@@ -25,6 +26,7 @@ pub mod commands;
 pub mod config;
 pub mod durable;
 pub mod engine;
+pub mod fallback;
 pub mod mqtt;
 pub mod ota;
 pub mod pipeline;

@@ -815,7 +815,7 @@ authorityKeyIdentifier = keyid
 /// Writes into `dir` a CA (`ca.crt`, `ca.key`), a server certificate for localhost and
 /// 127.0.0.1 (`server.crt`, `server.key`) and a client certificate (`client.crt`,
 /// `client.key`), all EC P-256 with PKCS#8 PEM keys (`genpkey` writes PKCS#8).
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     fs::write(dir.join("openssl.cnf"), OPENSSL_CNF).expect("write openssl.cnf");
     // Run in `dir` with relative file names, so that arguments never hold spaces and can be
     // written as one string each.

@@ -156,3 +156,58 @@ max_bytes = 1000
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
 }
+
+#[test]
+fn fallback_settings_are_checked_with_their_lines() {
+    let config = r#"[agent]
+device_id = "x"
+
+[[model]]
+path = "DEMO"
+
+[fallback]
+failures_to_open = 0
+hold_s = 0
+
+[fallback.resource]
+max_temperature_c = 500
+
+[[fallback.model]]
+model = "vibration"
+url = "ftp://cloud"
+min_confidence = 1.5
+cert_file = "no/such/cert.pem"
+
+[[fallback.model]]
+model = "elsewhere"
+url = "http://127.0.0.1:9"
+"#;
+    let (code, err) = check(config, &[]);
+    assert_eq!(code, 2, "{err}");
+    for expected in [
+        "fallback.failures_to_open: must be at least 1",
+        "fallback.hold_s: 0 is out of range",
+        "fallback.resource.max_temperature_c: 500 is out of range",
+        "agent.toml:16: fallback.model.0.url: `ftp://cloud` is not an http:// or https:// URL",
+        "fallback.model.0.min_confidence: 1.5 is out of range",
+        "fallback.model.0.cert_file",
+        "fallback.model.1.spec: `elsewhere` is not installed here",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    // A token file that is not there stops the start with its name (files are read at
+    // start, not at the first request).
+    let dir = tempdir();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "").unwrap();
+    let (code, err) = check(
+        &format!(
+            "[agent]\ndevice_id = \"x\"\nstate_dir = \"{}\"\n[[model]]\npath = \"DEMO\"\n[fallback]\n[[fallback.model]]\nmodel = \"vibration\"\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"{}\"\n",
+            dir.path().join("state").display(),
+            token.display()
+        ),
+        &[],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("fallback.model `vibration`") && err.contains("empty"), "{err}");
+}

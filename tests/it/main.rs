@@ -16,6 +16,10 @@ mod cli;
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// Cloud fallback over OIP v2: each routing reason, faults, breaker, budget, memory.
+mod fallback;
+/// The cloud fallback's OIP v2 client alone: retries, timeouts, limits, tokens, TLS.
+mod fallback_client;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::engine::spec::{DType, InputFrom};
+use crate::engine::spec::{DType, InputFrom, ModelSpec};
 use crate::engine::{LoadedModel, Request};
 use crate::pipeline::{InputError, check_finite};
 
@@ -279,9 +279,19 @@ async fn infer_inner(
     let bytes = super::read_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await?;
     let mut req: InferRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("request body is not a valid inference request: {e}")))?;
-    let model = find_model(&st, &name, version.as_deref())?;
-    let data = data_tensor(&model, &mut req)?;
-    let requested = requested_outputs(&model, req.outputs.as_deref())?;
+    // A model that is not installed may still have a cloud endpoint (with its spec).
+    let fallback = st.health.fallback().cloned();
+    let cloud = fallback.as_ref().and_then(|f| f.cloud(&name));
+    let (local, spec) = match (find_model(&st, &name, version.as_deref()), &cloud) {
+        (Ok(m), _) => (Some(m.clone()), SpecOf::Local(m)),
+        (Err(_), Some(c)) if version.is_none() && c.spec.is_some() => (None, SpecOf::Cloud(c.clone())),
+        (Err(e), _) => return Err(e),
+    };
+    let data = data_tensor(spec.spec(), &name, &mut req)?;
+    let requested = match &local {
+        Some(m) => requested_outputs(m, req.outputs.as_deref())?,
+        None => req.outputs.as_deref().unwrap_or_default().iter().map(|r| r.name.clone()).collect(),
+    };
     let params = req.parameters.unwrap_or_default();
     let stream = match params.get("stream") {
         None => None,
@@ -293,24 +303,84 @@ async fn infer_inner(
         }
     };
     let reset = matches!(params.get("reset"), Some(Value::Bool(true)));
+    let forced = match params.get("route") {
+        None => false,
+        Some(Value::String(r)) if r == "cloud" => true,
+        Some(Value::String(r)) if r == "auto" => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "parameters.route must be \"cloud\" or \"auto\", got {other}"
+            )));
+        }
+    };
 
-    let ticket = st.engine.submit(Request {
+    let deadline = st.health.deadline();
+    let job = crate::fallback::Job {
         model: name.clone(),
         stream: stream.or_else(|| Some("api".into())),
         data,
-        deadline: Instant::now() + st.health.deadline(),
+        wait: deadline,
         reset,
-    })?;
-    let resp = ticket.wait().await?;
+    };
+    let answer = match &fallback {
+        Some(f) => {
+            let signals = crate::fallback::Signals {
+                oversized: false,
+                forced,
+                deadline,
+                queue_depth: st.engine.queue_depth(),
+                threads: st.engine.threads(),
+                all_busy: st.engine.all_busy(),
+            };
+            let Some(route) = f.route(&name, local.clone(), &signals) else {
+                return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
+            };
+            let a = crate::fallback::answer(&st.engine, f, &route, job).await.map_err(|e| match e {
+                crate::fallback::Failure::Local(e) => ApiError::from(e),
+                rejected => ApiError::unavailable(rejected.to_string()),
+            })?;
+            let post = route.post().map(|p| p.apply(a.post_values(), 0, None)).unwrap_or_default();
+            (a, post)
+        }
+        None => {
+            let Some(model) = local.clone() else {
+                return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
+            };
+            let req = Request {
+                model: job.model,
+                stream: job.stream,
+                data: job.data,
+                deadline: Instant::now() + job.wait,
+                reset,
+            };
+            let resp = st.engine.submit_to(model.clone(), req)?.wait().await?;
+            let post = model.post().apply(resp.post_values(), 0, None);
+            let a = crate::fallback::Answer {
+                post_index: Some(model.post_output()),
+                version: resp.model.version().to_string(),
+                outputs: resp.outputs,
+                place: "local",
+                reason: None,
+                local: Some(model),
+                deferred: None,
+            };
+            (a, post)
+        }
+    };
+    let (answer, result) = answer;
 
-    let result = resp.model.post().apply(resp.post_values(), 0, None);
-    let outputs = resp
+    let outputs = answer
         .outputs
         .iter()
-        .zip(&resp.model.outputs)
-        .filter(|(o, _)| requested.iter().any(|r| r == &o.name))
-        .map(|(o, info)| {
-            let datatype = oip_datatype(&info.dtype);
+        .filter(|o| requested.is_empty() || requested.iter().any(|r| r == &o.name))
+        .map(|o| {
+            // The local model's declared type where it has the output; the cloud's
+            // answers are decoded as numbers and returned as FP32 otherwise.
+            let dtype = local
+                .as_ref()
+                .and_then(|m| m.outputs.iter().find(|i| i.name == o.name))
+                .map(|i| i.dtype.as_str());
+            let datatype = dtype.map(oip_datatype).unwrap_or("FP32");
             let data = o
                 .values
                 .iter()
@@ -324,29 +394,43 @@ async fn infer_inner(
         })
         .collect();
     let mut parameters = Map::new();
-    parameters.insert("place".into(), json!("local"));
-    parameters.insert("reason".into(), Value::Null);
+    parameters.insert("place".into(), json!(answer.place));
+    parameters.insert("reason".into(), json!(answer.reason));
     parameters.insert("latency_ms".into(), json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
     parameters.insert("result".into(), Value::Object(result));
-    let body = InferResponse {
-        model_name: resp.model.name().to_string(),
-        model_version: resp.model.version().to_string(),
-        id: req.id,
-        parameters,
-        outputs,
-    };
+    if let Some(d) = answer.deferred {
+        parameters.insert("deferred".into(), d);
+    }
+    let body =
+        InferResponse { model_name: name, model_version: answer.version, id: req.id, parameters, outputs };
     Ok(Json(body).into_response())
 }
 
+/// Where a request's spec comes from: the installed model, or a cloud endpoint's.
+enum SpecOf {
+    Local(Arc<LoadedModel>),
+    Cloud(Arc<crate::fallback::CloudModel>),
+}
+
+impl SpecOf {
+    fn spec(&self) -> &ModelSpec {
+        match self {
+            SpecOf::Local(m) => &m.spec,
+            // `infer_inner` only builds this variant when the endpoint has a spec.
+            SpecOf::Cloud(c) => c.spec.as_ref().unwrap_or_else(|| unreachable!("checked above")),
+        }
+    }
+}
+
 /// Checks the request's inputs against the model and returns the data input's values.
-fn data_tensor(model: &LoadedModel, req: &mut InferRequest) -> Result<Vec<f32>, ApiError> {
-    let want = model.spec.data_input();
+fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<Vec<f32>, ApiError> {
+    let want = spec.data_input();
     for input in &req.inputs {
-        match model.spec.inputs.iter().find(|i| i.name == input.name) {
+        match spec.inputs.iter().find(|i| i.name == input.name) {
             None => {
                 return Err(ApiError::bad_request(format!(
                     "model `{}` has no input `{}`; it takes `{}` {:?} {}",
-                    model.name(),
+                    name,
                     input.name,
                     want.name,
                     want.shape,
@@ -373,7 +457,7 @@ fn data_tensor(model: &LoadedModel, req: &mut InferRequest) -> Result<Vec<f32>, 
         ApiError::bad_request(format!(
             "input `{}` is missing; model `{}` takes `{}` {:?} {}",
             want.name,
-            model.name(),
+            name,
             want.name,
             want.shape,
             spec_datatype(want.dtype)

@@ -45,6 +45,9 @@ pub struct StatusReport {
     /// Model updates: the registry's versions, the last check, each model's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ota: Option<serde_json::Value>,
+    /// Cloud fallback: requests routed by reason, answers, failures, breakers, budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<serde_json::Value>,
 }
 
 /// A model's state: what the update task says, else `active`.
@@ -97,6 +100,7 @@ pub fn report(st: &ApiState) -> StatusReport {
         memory: crate::telemetry::memory(),
         mqtt: st.health.mqtt(),
         ota,
+        fallback: st.health.fallback().and_then(|f| f.report()),
     }
 }
 
@@ -198,6 +202,12 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         "API inference requests answered 503 because too many were in flight.",
         vec![format!(" {}", st.counters.overloaded.load(Ordering::Relaxed))],
     );
+    if let Some(f) = st.health.fallback().filter(|f| f.is_configured()) {
+        for m in f.metrics() {
+            let lines = m.samples.into_iter().map(|(labels, v)| format!("{labels} {v}")).collect();
+            metric(m.name, m.kind, m.help, lines);
+        }
+    }
     let mem = crate::telemetry::memory();
     metric(
         "edge_agent_resident_memory_bytes",

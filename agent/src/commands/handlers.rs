@@ -6,7 +6,7 @@ use super::{Context, Outcome, Progress};
 use crate::config::{Config, runtime};
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "ping",
     "status",
     "models/list",
@@ -16,6 +16,7 @@ pub const NAMES: [&str; 9] = [
     "update/check",
     "update/apply",
     "rollback",
+    "fallback/force",
 ];
 
 /// Runs a known command.
@@ -33,6 +34,7 @@ pub async fn run(name: &str, ctx: &Context, args: &Map<String, Value>, progress:
         "config/set" => config_set(ctx, args),
         "diagnostics" => diagnostics(ctx, progress).await,
         "update/check" | "update/apply" | "rollback" => update(name, ctx, args, progress).await,
+        "fallback/force" => fallback_force(ctx, args),
         other => Outcome::Rejected(format!("unknown command `{other}`")),
     }
 }
@@ -73,6 +75,46 @@ async fn update(name: &str, ctx: &Context, args: &Map<String, Value>, progress: 
     match result {
         Ok(v) => Outcome::Succeeded(v),
         Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Longest a command may force a model to the cloud: a forgotten audit must not run
+/// up the bill for ever.
+const MAX_FORCE_S: u64 = 7 * 24 * 3600;
+
+/// `fallback/force {model, seconds?, on?}`: sends every request for `model` to the
+/// cloud for `seconds` (default 3600), or stops with `on: false`.
+fn fallback_force(ctx: &Context, args: &Map<String, Value>) -> Outcome {
+    let Some(fallback) = ctx.health.fallback().filter(|f| f.is_configured()) else {
+        return Outcome::Rejected(
+            "the cloud fallback is off on this device: there is no [[fallback.model]]".into(),
+        );
+    };
+    let Some(Value::String(model)) = args.get("model") else {
+        return Outcome::Rejected(
+            "fallback/force needs `args.model`, the name of a model with a cloud endpoint".into(),
+        );
+    };
+    let on = match args.get("on") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Outcome::Rejected(format!("`args.on` must be true or false, not {other}")),
+    };
+    let seconds = match args.get("seconds") {
+        None => 3600,
+        Some(v) => match v.as_u64() {
+            Some(s) if (1..=MAX_FORCE_S).contains(&s) => s,
+            _ => {
+                return Outcome::Rejected(format!(
+                    "`args.seconds` must be a whole number from 1 to {MAX_FORCE_S}, not {v}"
+                ));
+            }
+        },
+    };
+    let duration = on.then(|| std::time::Duration::from_secs(seconds));
+    match fallback.force(model, duration) {
+        Ok(()) => Outcome::Succeeded(json!({"model": model, "forced": on, "seconds": on.then_some(seconds)})),
+        Err(e) => Outcome::Rejected(e),
     }
 }
 

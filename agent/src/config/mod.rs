@@ -6,6 +6,7 @@
 //! each as `file:line: key: what is wrong; how to fix it`.
 
 mod error;
+pub mod fallback;
 pub mod locate;
 pub mod mqtt;
 pub mod ota;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
+pub use fallback::FallbackSection;
 pub use mqtt::{
     FsyncMode, MqttConfig, MqttSection, MqttVersion, SensorSubscription, SpoolSection, TelemetryFormat,
     TelemetrySection,
@@ -379,10 +381,13 @@ pub struct RawConfig {
     pub spool: SpoolSection,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ota: Option<OtaSection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackSection>,
 }
 
 /// Sections that environment variables may set.
-const SECTIONS: [&str; 9] = ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool", "ota"];
+const SECTIONS: [&str; 10] =
+    ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool", "ota", "fallback"];
 
 /// Overrides given as command-line flags (highest precedence).
 #[derive(Debug, Clone, Default)]
@@ -424,6 +429,8 @@ pub struct Config {
     pub spool: SpoolSection,
     /// Model updates from a registry, paths resolved.
     pub ota: Option<OtaSection>,
+    /// Cloud inference, paths resolved.
+    pub fallback: Option<FallbackSection>,
 }
 
 /// The validated API settings.
@@ -637,8 +644,13 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             Err(err) => problem(&key, err.to_string()),
         }
     }
-    // Models the registry provides may be missing until the first update arrives.
-    let ota_models: Vec<String> = raw.ota.as_ref().map(|o| o.models.clone()).unwrap_or_default();
+    // Models the registry provides may be missing until the first update arrives, and
+    // models with a cloud endpoint may never be installed here.
+    let mut ota_models: Vec<String> = raw.ota.as_ref().map(|o| o.models.clone()).unwrap_or_default();
+    let cloud_models: Vec<String> =
+        raw.fallback.as_ref().map(|f| f.models.iter().map(|m| m.model.clone()).collect()).unwrap_or_default();
+    let registry_models = ota_models.clone();
+    ota_models.extend(cloud_models.iter().filter(|m| !registry_models.contains(m)).cloned());
     for (i, s) in raw.sources.iter().enumerate() {
         let key = format!("source.{i}");
         if !models.iter().any(|m| m.name == s.model()) && !ota_models.iter().any(|m| m == s.model()) {
@@ -734,6 +746,22 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
     mqtt::validate_rest(&raw.telemetry, &raw.spool, &mut problem);
     let groups = raw.mqtt.as_ref().map(|m| m.groups.clone()).unwrap_or_default();
     let ota = raw.ota.as_ref().map(|o| ota::validate(o, &resolve, &groups, &mut problem));
+    let fallback = raw.fallback.as_ref().map(|f| {
+        let checked = fallback::validate(f, &resolve, &mut problem);
+        for (i, m) in checked.models.iter().enumerate() {
+            let here = models.iter().any(|x| x.name == m.model) || registry_models.contains(&m.model);
+            if !here && m.spec.is_none() {
+                problem(
+                    &format!("fallback.model.{i}.spec"),
+                    format!(
+                        "`{}` is not installed here, so its pre- and post-processing must come from somewhere: set spec to a directory holding its model.toml",
+                        m.model
+                    ),
+                );
+            }
+        }
+        checked
+    });
 
     if !problems.is_empty() {
         let lines: Vec<String> = problems
@@ -777,6 +805,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         telemetry: raw.telemetry,
         spool: raw.spool,
         ota,
+        fallback,
     })
 }
 

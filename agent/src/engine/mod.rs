@@ -348,12 +348,27 @@ impl Engine {
         self.shared.stats.report()
     }
 
+    /// Requests waiting for a worker (cheap: for routing every request).
+    pub fn queue_depth(&self) -> usize {
+        self.tx.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Every worker is running a request: a new one will wait (cheap: one atomic read
+    /// per worker).
+    pub fn all_busy(&self) -> bool {
+        self.shared.busy_since.iter().all(|b| b.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.shared.busy_since.len()
+    }
+
     /// State of the worker pool.
     pub fn pool(&self) -> PoolReport {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         let started: Vec<u64> = self.shared.busy_since.iter().map(|b| b.load(Ordering::Relaxed)).collect();
-        let queue_depth =
-            self.tx.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.len()).unwrap_or(0);
+        let queue_depth = self.queue_depth();
         PoolReport {
             threads: started.len(),
             queue_depth,

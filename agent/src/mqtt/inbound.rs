@@ -116,19 +116,21 @@ impl InboundRouter {
         // A JSON object may carry an `id`, echoed on the result so that the sender can
         // match results to messages (and drop duplicates after a crash).
         let json = self.engine.model(&sub.model).is_some_and(|m| m.spec.pre.format == PayloadFormat::Json);
-        let (payload, input_id) = if json && payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-        {
-            match serde_json::from_slice::<serde_json::Value>(&payload) {
-                Ok(v) => {
-                    let id = v.get("id").cloned();
-                    (Payload::Json(v), id)
+        // `"route": "cloud"` asks for the cloud fallback (audits, A/B comparisons).
+        let (payload, input_id, force_cloud) =
+            if json && payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+                match serde_json::from_slice::<serde_json::Value>(&payload) {
+                    Ok(v) => {
+                        let id = v.get("id").cloned();
+                        let cloud = v.get("route").and_then(|r| r.as_str()) == Some("cloud");
+                        (Payload::Json(v), id, cloud)
+                    }
+                    // Let the decoder report it, with its own words.
+                    Err(_) => (Payload::Bytes(payload.to_vec()), None, false),
                 }
-                // Let the decoder report it, with its own words.
-                Err(_) => (Payload::Bytes(payload.to_vec()), None),
-            }
-        } else {
-            (Payload::Bytes(payload.to_vec()), None)
-        };
+            } else {
+                (Payload::Bytes(payload.to_vec()), None, false)
+            };
         SensorMessage {
             model: sub.model.clone(),
             stream,
@@ -137,6 +139,7 @@ impl InboundRouter {
             reset: false,
             ack,
             input_id,
+            force_cloud,
         }
     }
 }

@@ -22,7 +22,17 @@ pub enum Payload {
 /// Decodes a payload into flat `f32` values (before windowing), rejecting oversized,
 /// malformed and non-finite input.
 pub fn decode(spec: &ModelSpec, payload: Payload) -> Result<Vec<f32>, InputError> {
-    let max = spec.limits.max_payload_bytes;
+    decode_within(spec, payload, spec.limits.max_payload_bytes).map(|(values, _)| values)
+}
+
+/// As [`decode`] with another size limit (a cloud endpoint may take more than the
+/// device); also returns the payload's size as the limit measures it, so the caller
+/// can tell a payload beyond the spec's own limit.
+pub fn decode_within(
+    spec: &ModelSpec,
+    payload: Payload,
+    max: usize,
+) -> Result<(Vec<f32>, usize), InputError> {
     let (format, bytes) = match payload {
         Payload::Samples(values) => {
             let bytes = values.len() * 4;
@@ -32,22 +42,24 @@ pub fn decode(spec: &ModelSpec, payload: Payload) -> Result<Vec<f32>, InputError
             let mut values = values;
             apply_scale(spec, &mut values);
             check_finite(&values)?;
-            return Ok(values);
+            return Ok((values, bytes));
         }
         Payload::Json(v) => {
             let mut values = json_array(v, spec)?;
-            if values.len() * 4 > max {
-                return Err(InputError::TooLarge { bytes: values.len() * 4, max });
+            let bytes = values.len() * 4;
+            if bytes > max {
+                return Err(InputError::TooLarge { bytes, max });
             }
             apply_scale(spec, &mut values);
             check_finite(&values)?;
-            return Ok(values);
+            return Ok((values, bytes));
         }
         Payload::Bytes(b) => (spec.pre.format, b),
         Payload::Encoded(f, b) => (f, b),
     };
-    if bytes.len() > max {
-        return Err(InputError::TooLarge { bytes: bytes.len(), max });
+    let size = bytes.len();
+    if size > max {
+        return Err(InputError::TooLarge { bytes: size, max });
     }
     if bytes.is_empty() {
         return Err(InputError::Empty);
@@ -61,12 +73,12 @@ pub fn decode(spec: &ModelSpec, payload: Payload) -> Result<Vec<f32>, InputError
         PayloadFormat::Image => {
             let img = spec.pre.image.as_ref().ok_or(InputError::NoImageSpec)?;
             // Image values are normalised by the image spec; the sample scale does not apply.
-            return image_to_tensor(&bytes, img);
+            return Ok((image_to_tensor(&bytes, img)?, size));
         }
     };
     apply_scale(spec, &mut values);
     check_finite(&values)?;
-    Ok(values)
+    Ok((values, size))
 }
 
 fn apply_scale(spec: &ModelSpec, values: &mut [f32]) {

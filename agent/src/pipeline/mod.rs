@@ -14,7 +14,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{Payload, check_finite, decode};
+pub use decode::{Payload, check_finite, decode, decode_within};
 pub use error::InputError;
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};

@@ -24,6 +24,17 @@ impl PostProcessor {
         PostProcessor { spec: spec.clone() }
     }
 
+    /// The `score` that [`apply`](Self::apply) would report (the top probability, or the
+    /// single score), without building the result: the confidence a cascade judges.
+    pub fn confidence(&self, values: &[f32]) -> Option<f32> {
+        let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
+        match probs.len() {
+            0 => None,
+            1 => Some(probs[0]),
+            _ => Some(probs[argmax(&probs)]),
+        }
+    }
+
     /// Turns the post output's values into the `outputs` object of a result. `window` is
     /// the stream's window index, used by segments; `segment` is the stream's hysteresis
     /// state (segments need one per stream).

@@ -23,6 +23,8 @@ pub struct Health {
     mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::OutboxStats>>,
     /// The model update task, once it is started (with `[ota]`).
     ota: std::sync::OnceLock<crate::ota::OtaHandle>,
+    /// The cloud fallback, when configured.
+    fallback: std::sync::OnceLock<std::sync::Arc<crate::fallback::Fallback>>,
 }
 
 impl Health {
@@ -38,6 +40,7 @@ impl Health {
             deadline_ms: AtomicU64::new(deadline.as_millis() as u64),
             mqtt: std::sync::OnceLock::new(),
             ota: std::sync::OnceLock::new(),
+            fallback: std::sync::OnceLock::new(),
         }
     }
 
@@ -59,6 +62,16 @@ impl Health {
     /// The model update task, when updates are on.
     pub fn ota(&self) -> Option<&crate::ota::OtaHandle> {
         self.ota.get()
+    }
+
+    /// Makes the cloud fallback visible to `/status`, `/metrics`, the API and commands.
+    pub fn set_fallback(&self, f: std::sync::Arc<crate::fallback::Fallback>) {
+        let _ = self.fallback.set(f);
+    }
+
+    /// The cloud fallback, once the service has started it.
+    pub fn fallback(&self) -> Option<&std::sync::Arc<crate::fallback::Fallback>> {
+        self.fallback.get()
     }
 
     /// Ready to serve: models loaded, listeners bound, not draining.

@@ -50,6 +50,8 @@ pub enum StartError {
     StateDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Mqtt(#[from] crate::mqtt::MqttError),
+    #[error(transparent)]
+    Fallback(#[from] crate::fallback::FallbackError),
     #[error("model updates: {0}")]
     Ota(#[from] crate::ota::OtaError),
     #[error("result numbering in {path}: {source}")]
@@ -101,6 +103,10 @@ pub async fn run(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let engine = start_engine(&config)?;
+    // Cloud endpoints: token and certificate files are read now.
+    let (fallback, transitions) = crate::fallback::Fallback::new(config.fallback.as_ref())?;
+    let fallback = Arc::new(fallback);
+    health.set_fallback(fallback.clone());
     // Versions installed from the registry replace the configured ones.
     let ota_notes = crate::ota::prepare(&config, &engine);
     let token = CancellationToken::new();
@@ -171,20 +177,28 @@ pub async fn run(
         health.set_ota(handle);
     }
 
+    // Cloud fallback: device pressure sampled on a timer; routes engaged or cleared
+    // become events.
+    tracker.spawn(fallback.clone().watch_resources(config.state_dir.clone(), token.child_token()));
+    tracker.spawn(report_transitions(
+        transitions,
+        mqtt.as_ref().map(|(h, _)| h.clone()),
+        token.child_token(),
+    ));
+
     // Results → sink.
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
     let sink_task = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
 
     // Router → one task per stream.
-    let router = tracker.spawn(route(
-        source_rx,
-        engine.clone(),
-        health.clone(),
-        config.engine.max_streams,
-        result_tx,
-        mqtt.as_ref().map(|(handle, _)| handle.clone()),
-        tracker.clone(),
-    ));
+    let deps = stream::Deps {
+        engine: engine.clone(),
+        health: health.clone(),
+        results: result_tx,
+        events: mqtt.as_ref().map(|(handle, _)| handle.clone()),
+        fallback: fallback.clone(),
+    };
+    let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
 
     tracker.spawn(systemd::watchdog(notifier.clone(), engine.clone(), token.child_token()));
     health.set_ready(true);
@@ -219,7 +233,7 @@ pub async fn run(
                 break;
             }
             Some(()) = reloads.recv() => {
-                let line = reloader.reload(&engine, &health, &notifier);
+                let line = reloader.reload(&engine, &health, &fallback, &notifier);
                 if let Some((handle, _)) = &mqtt {
                     handle.event("config-reloaded", "info", None, serde_json::json!({"changes": line})).await;
                 }
@@ -337,6 +351,7 @@ fn start_mqtt(
         engine: engine.clone(),
         outbox: handle.stats.clone(),
         started: health.started,
+        fallback: health.fallback().cloned(),
     };
     tracker.spawn(crate::telemetry::report::run(
         sources,
@@ -360,6 +375,36 @@ fn start_mqtt(
 }
 
 /// The status document of the `status` command (as `GET /status`, with the MQTT link).
+/// Logs each fallback route engaged or cleared and publishes it as an event.
+async fn report_transitions(
+    mut rx: mpsc::Receiver<crate::fallback::Transition>,
+    mqtt: Option<crate::mqtt::Mqtt>,
+    token: CancellationToken,
+) {
+    loop {
+        let t = tokio::select! {
+            _ = token.cancelled() => return,
+            t = rx.recv() => match t { Some(t) => t, None => return },
+        };
+        let name = if t.engaged { "fallback-engaged" } else { "fallback-cleared" };
+        if t.engaged {
+            tracing::warn!(reason = t.reason, model = ?t.model, detail = %t.detail, "cloud fallback engaged");
+        } else {
+            tracing::info!(reason = t.reason, model = ?t.model, detail = %t.detail, "cloud fallback cleared");
+        }
+        if let Some(m) = &mqtt {
+            let level = if t.engaged { "warning" } else { "info" };
+            m.event(
+                name,
+                level,
+                t.model.as_deref(),
+                serde_json::json!({"reason": t.reason, "detail": t.detail}),
+            )
+            .await;
+        }
+    }
+}
+
 fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
     let stats = engine.stats();
     let ota = health.ota().map(|o| o.status());
@@ -385,6 +430,7 @@ fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
         "last_errors": engine.recent_errors(),
         "memory": crate::telemetry::memory(),
         "ota": ota,
+        "fallback": health.fallback().and_then(|f| f.report()),
     })
 }
 
@@ -392,11 +438,8 @@ fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
 /// configured bound. Returns the number of messages dropped because of that bound.
 async fn route(
     mut rx: mpsc::Receiver<SensorMessage>,
-    engine: Arc<Engine>,
-    health: Arc<Health>,
+    deps: stream::Deps,
     max_streams: usize,
-    results: mpsc::Sender<ResultRecord>,
-    events: Option<crate::mqtt::Mqtt>,
     tracker: TaskTracker,
 ) -> u64 {
     let mut streams: HashMap<(String, String), mpsc::Sender<SensorMessage>> = HashMap::new();
@@ -413,7 +456,7 @@ async fn route(
                 continue;
             }
             let (tx, srx) = mpsc::channel(STREAM_QUEUE);
-            tracker.spawn(stream::run(srx, engine.clone(), health.clone(), results.clone(), events.clone()));
+            tracker.spawn(stream::run(srx, deps.clone()));
             streams.insert(key.clone(), tx);
         }
         if let Some(tx) = streams.get(&key)

@@ -50,7 +50,13 @@ impl Reloader {
 
     /// Re-reads the configuration file and applies what can change at run time; returns
     /// what happened, in one line.
-    pub fn reload(&mut self, engine: &Engine, health: &Health, notifier: &Notifier) -> String {
+    pub fn reload(
+        &mut self,
+        engine: &Engine,
+        health: &Health,
+        fallback: &crate::fallback::Fallback,
+        notifier: &Notifier,
+    ) -> String {
         let file = self.current.file.clone();
         notifier.send("RELOADING=1\nSTATUS=reloading the configuration");
         tracing::info!(file = %file.display(), "reloading the configuration");
@@ -104,6 +110,18 @@ impl Reloader {
                 self.current.deadline.as_millis(),
                 next.deadline.as_millis()
             ));
+        }
+        if next.fallback != self.current.fallback {
+            match fallback.reconfigure(next.fallback.as_ref()) {
+                Ok(()) => {
+                    changed.push("fallback reconfigured".to_string());
+                    self.current.fallback = next.fallback.clone();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fallback not reconfigured; the running one stays");
+                    failed.push(format!("fallback refused: {e}"));
+                }
+            }
         }
         let mut restart = Vec::new();
         let c = &self.current;

@@ -27,6 +27,11 @@ pub struct ResultRecord {
     pub outputs: Map<String, Value>,
     /// The sender's id of the message that completed this result.
     pub input_id: Option<Value>,
+    /// Where it was computed (`local`, `cloud`) and why (a fallback reason, `degraded`).
+    pub place: &'static str,
+    pub reason: Option<&'static str>,
+    /// A cascade's local answer, when the cloud was asked because it was unsure.
+    pub deferred: Option<Value>,
     /// Broker copies of the sensor messages this result answers (see `mqtt::Ack`).
     pub acks: Vec<crate::mqtt::Ack>,
 }
@@ -51,6 +56,8 @@ struct Published<'a> {
     outputs: &'a Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     input_id: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deferred: Option<&'a Value>,
 }
 
 /// Where results go.
@@ -94,13 +101,14 @@ impl ResultSink {
                 version: &r.version,
                 stream: &r.stream,
                 source: &r.source,
-                place: "local",
-                reason: None,
+                place: r.place,
+                reason: r.reason,
                 latency_ms: (r.latency_ms * 1000.0).round() / 1000.0,
                 window: r.window,
                 offset: r.offset,
                 outputs: &r.outputs,
                 input_id: r.input_id.as_ref(),
+                deferred: r.deferred.as_ref(),
             };
             written += 1;
             // A person watching the log sees changes, not every window.

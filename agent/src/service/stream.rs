@@ -10,22 +10,27 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::result::ResultRecord;
-use crate::engine::{Engine, InferError, LoadedModel, Request};
-use crate::pipeline::{self, SegmentState, Windower};
+use crate::engine::spec::ModelSpec;
+use crate::engine::{Engine, InferError};
+use crate::fallback::{Fallback, Job, Signals, answer};
+use crate::pipeline::{self, Payload, SegmentState, Windower};
 use crate::sources::SensorMessage;
 
-/// Windows and post-processing memory of one stream, for one loaded model.
+/// Windows and post-processing memory of one stream, for what serves it: a loaded model
+/// (by its load id) or a cloud endpoint.
 struct Pipeline {
-    model: Arc<LoadedModel>,
+    serving: u64,
+    window: Option<crate::engine::spec::WindowSpec>,
     windower: Option<Windower>,
     segment: SegmentState,
     next_index: u64,
 }
 
 impl Pipeline {
-    fn new(model: Arc<LoadedModel>) -> Pipeline {
-        let windower = model.spec.pre.window.as_ref().map(Windower::new);
-        Pipeline { model, windower, segment: SegmentState::default(), next_index: 0 }
+    fn new(serving: u64, spec: &ModelSpec) -> Pipeline {
+        let window = spec.pre.window.clone();
+        let windower = window.as_ref().map(Windower::new);
+        Pipeline { serving, window, windower, segment: SegmentState::default(), next_index: 0 }
     }
 }
 
@@ -57,13 +62,19 @@ impl ErrorLog {
     }
 }
 
-pub(super) async fn run(
-    mut rx: mpsc::Receiver<SensorMessage>,
-    engine: Arc<Engine>,
-    health: Arc<super::health::Health>,
-    results: mpsc::Sender<ResultRecord>,
-    events: Option<crate::mqtt::Mqtt>,
-) {
+/// What every stream task shares.
+#[derive(Clone)]
+pub(super) struct Deps {
+    pub engine: Arc<Engine>,
+    pub health: Arc<super::health::Health>,
+    pub results: mpsc::Sender<ResultRecord>,
+    /// Failures become events when MQTT is on.
+    pub events: Option<crate::mqtt::Mqtt>,
+    pub fallback: Arc<Fallback>,
+}
+
+pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
+    let Deps { engine, health, results, events, fallback } = deps;
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
@@ -71,26 +82,36 @@ pub(super) async fn run(
         // result (acknowledged once that is delivered or spooled), or goes when this
         // iteration ends without one.
         let ack = msg.ack.take();
-        let Some(model) = engine.model(&msg.model) else {
-            let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
-            engine.count_error(&msg.model, &err);
-            errors.report(&msg.model, &msg.stream, &err).await;
-            continue;
+        let local = engine.model(&msg.model);
+        let cloud = fallback.cloud(&msg.model);
+        // The spec that pre-processes: the installed model's, else the endpoint's.
+        let (serving, spec) = match (&local, cloud.as_ref().and_then(|c| c.spec.as_ref().map(|s| (c.id, s))))
+        {
+            (Some(m), _) => (m.id, &m.spec),
+            (None, Some((id, s))) => (id, s),
+            (None, None) => {
+                let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
+                engine.count_error(&msg.model, &err);
+                errors.report(&msg.model, &msg.stream, &err).await;
+                continue;
+            }
         };
         // A new model version with the same windows carries the stream's samples over,
         // so an update loses no sensor data; other changes (or a reset) start afresh.
-        let switched = pipe.as_ref().is_some_and(|p| p.model.id != model.id);
-        if msg.reset || pipe.is_none() {
-            pipe = Some(Pipeline::new(model.clone()));
-        } else if switched && let Some(p) = pipe.as_mut() {
-            if p.model.spec.pre.window == model.spec.pre.window {
-                p.model = model.clone();
-            } else {
-                pipe = Some(Pipeline::new(model.clone()));
-            }
+        match pipe.as_mut() {
+            Some(p) if !msg.reset && p.serving == serving => {}
+            Some(p) if !msg.reset && p.window == spec.pre.window => p.serving = serving,
+            _ => pipe = Some(Pipeline::new(serving, spec)),
         }
         let Some(p) = pipe.as_mut() else { continue };
-        let values = match pipeline::decode(&model.spec, msg.payload) {
+        // A payload beyond the local limit may still go to a cloud that takes more.
+        let own_limit = spec.limits.max_payload_bytes;
+        let limit = match (&local, cloud.as_ref().and_then(|c| c.max_payload_bytes())) {
+            (Some(_), Some(cloud_limit)) => own_limit.max(cloud_limit),
+            _ => own_limit,
+        };
+        let payload = std::mem::replace(&mut msg.payload, Payload::Samples(Vec::new()));
+        let (values, size) = match pipeline::decode_within(spec, payload, limit) {
             Ok(v) => v,
             Err(source) => {
                 let err = InferError::Input { model: msg.model.clone(), source };
@@ -110,27 +131,34 @@ pub(super) async fn run(
         let mut records = Vec::with_capacity(inputs.len());
         for (data, window, offset) in inputs {
             let started = Instant::now();
-            let req = Request {
+            let deadline = health.deadline();
+            let signals = Signals {
+                oversized: size > own_limit,
+                forced: msg.force_cloud,
+                deadline,
+                queue_depth: engine.queue_depth(),
+                threads: engine.threads(),
+                all_busy: engine.all_busy(),
+            };
+            let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
+            let job = Job {
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
                 data,
-                deadline: started + health.deadline(),
                 reset,
+                wait: deadline,
             };
             reset = false;
-            let reply = match engine.submit_to(model.clone(), req) {
-                Ok(ticket) => ticket.wait().await,
-                Err(e) => Err(e),
-            };
-            match reply {
-                Ok(resp) => {
-                    let mut outputs = model.post().apply(resp.post_values(), window, Some(&mut p.segment));
-                    if model.spec.post.raw {
-                        outputs.insert("raw".into(), raw_outputs(&resp.outputs));
+            match answer(&engine, &fallback, &route, job).await {
+                Ok(a) => {
+                    let Some(post) = route.post() else { continue };
+                    let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
+                    if spec.post.raw {
+                        outputs.insert("raw".into(), raw_outputs(&a.outputs));
                     }
-                    let record = ResultRecord {
+                    records.push(ResultRecord {
                         model: msg.model.clone(),
-                        version: resp.model.version().to_string(),
+                        version: a.version,
                         stream: msg.stream.clone(),
                         source: msg.source.clone(),
                         window,
@@ -138,9 +166,11 @@ pub(super) async fn run(
                         latency_ms: started.elapsed().as_secs_f64() * 1000.0,
                         outputs,
                         input_id: msg.input_id.clone(),
+                        place: a.place,
+                        reason: a.reason,
+                        deferred: a.deferred,
                         acks: Vec::new(),
-                    };
-                    records.push(record);
+                    });
                 }
                 Err(e) => errors.report(&msg.model, &msg.stream, &e).await,
             }

@@ -38,6 +38,7 @@ pub(super) async fn run(
         reset: false,
         ack: None,
         input_id: None,
+        force_cloud: false,
     };
 
     if format == FileFormat::Wav {

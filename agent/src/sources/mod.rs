@@ -38,6 +38,8 @@ pub struct SensorMessage {
     pub ack: Option<crate::mqtt::Ack>,
     /// The sender's id for the message, echoed on its results.
     pub input_id: Option<serde_json::Value>,
+    /// The sender asks for the cloud (`"route": "cloud"`), for audits and comparisons.
+    pub force_cloud: bool,
 }
 
 /// A source that could not be read; reported once, the agent goes on without it.

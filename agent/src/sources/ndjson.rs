@@ -37,5 +37,6 @@ pub fn parse_line(
         reset,
         ack: None,
         input_id: None,
+        force_cloud: false,
     })
 }

@@ -210,6 +210,7 @@ pub(super) async fn run(cfg: SimulatedSource, tx: mpsc::Sender<SensorMessage>, t
             reset: false,
             ack: None,
             input_id: None,
+            force_cloud: false,
         };
         tokio::select! {
             _ = token.cancelled() => return,

@@ -91,13 +91,16 @@ pub struct Sources {
     pub engine: Arc<Engine>,
     pub outbox: Arc<OutboxStats>,
     pub started: Instant,
+    /// Answers computed in the cloud, per model and reason.
+    pub fallback: Option<Arc<crate::fallback::Fallback>>,
 }
 
 /// Builds a report now.
 pub fn build(src: &Sources, system: SystemReading) -> Report {
     let stats = src.engine.stats();
     let pool = src.engine.pool();
-    let models = src
+    let mut cloud = src.fallback.as_ref().map(|f| f.cloud_answers()).unwrap_or_default();
+    let mut models: BTreeMap<String, ModelCounts> = src
         .engine
         .models()
         .into_iter()
@@ -110,7 +113,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
                 err: s.map_or(0, |s| s.errors.values().sum()),
                 rejected: s.map_or(0, |s| s.rejected.values().sum()),
                 local: ok,
-                cloud: BTreeMap::new(),
+                cloud: cloud.remove(&name).unwrap_or_default(),
                 p50_ms: s.map_or(0.0, |s| s.latency.p50_ms),
                 p95_ms: s.map_or(0.0, |s| s.latency.p95_ms),
                 p99_ms: s.map_or(0.0, |s| s.latency.p99_ms),
@@ -119,6 +122,24 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
             (name, counts)
         })
         .collect();
+    // Models served only by the cloud (not installed here).
+    for (name, by_reason) in cloud {
+        models.insert(
+            name,
+            ModelCounts {
+                version: "cloud".into(),
+                ok: by_reason.values().sum(),
+                err: 0,
+                rejected: 0,
+                local: 0,
+                cloud: by_reason,
+                p50_ms: 0.0,
+                p95_ms: 0.0,
+                p99_ms: 0.0,
+                queue: 0,
+            },
+        );
+    }
     let mem = super::memory();
     Report {
         schema: SCHEMA,

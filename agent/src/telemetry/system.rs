@@ -19,6 +19,10 @@ pub struct SystemReading {
     pub disk_free: u64,
     pub uptime_s: u64,
     pub load1: f64,
+    /// Memory the agent's cgroup may still use (`MemoryMax=` minus usage), when it has
+    /// a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_avail: Option<u64>,
 }
 
 /// Keeps what sysinfo needs between samples (CPU use is a difference).
@@ -61,8 +65,33 @@ impl SystemSampler {
             disk_free: disk_free(&self.state_dir).unwrap_or(0),
             uptime_s: System::uptime(),
             load1: System::load_average().one,
+            cgroup_avail: cgroup_memory_available(),
         }
     }
+}
+
+/// Memory the process's cgroup (v2) and its ancestors may still use: the least of
+/// `memory.max - memory.current` on the way up, `None` without any limit. Read from the
+/// process's own cgroup (`/proc/self/cgroup`), not the file system root, so that a
+/// service or a `systemd-run --scope -p MemoryMax=` limit is seen.
+pub fn cgroup_memory_available() -> Option<u64> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.trim().trim_start_matches('/');
+    let read = |p: &Path, f: &str| std::fs::read_to_string(p.join(f)).ok().map(|s| s.trim().to_string());
+    let mut dir = Path::new("/sys/fs/cgroup").join(rel);
+    let mut least: Option<u64> = None;
+    loop {
+        if let (Some(max), Some(cur)) = (read(&dir, "memory.max"), read(&dir, "memory.current"))
+            && let (Ok(max), Ok(cur)) = (max.parse::<u64>(), cur.parse::<u64>())
+        {
+            let free = max.saturating_sub(cur);
+            least = Some(least.map_or(free, |l| l.min(free)));
+        }
+        if dir == Path::new("/sys/fs/cgroup") || !dir.pop() {
+            break;
+        }
+    }
+    least
 }
 
 /// Bytes available to unprivileged users on the file system holding `path`.
