@@ -25,18 +25,7 @@ PORT=$((20000 + RANDOM % 20000))
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-python3 - "$CACHE/reference/cls_case0.json" > "$TMP/body.json" <<'PY'
-import json, sys
-data = json.load(open(sys.argv[1]))
-print(json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": data}]}))
-PY
-cat > "$TMP/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$TMP/body.json", "rb")
-wrk.body = f:read("*a")
-f:close()
-LUA
+. tests/bench/cls_request.sh
 cat > "$TMP/serve.toml" <<TOML
 [agent]
 device_id = "bench"

@@ -33,18 +33,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-python3 - "$CACHE/reference/cls_case0.json" > "$TMP/body.json" <<'PY'
-import json, sys
-data = json.load(open(sys.argv[1]))
-print(json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": data}]}))
-PY
-cat > "$TMP/post.lua" <<LUA
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = io.open("$TMP/body.json", "rb")
-wrk.body = f:read("*a")
-f:close()
-LUA
+. tests/bench/cls_request.sh
 
 # start NAME BODY: an agent with the API on a free port, kept in PORT[NAME].
 declare -A PORT

@@ -324,21 +324,12 @@ fn print_human(r: &BenchReport) {
 /// Times the routing decision a request with a cloud endpoint pays: an endpoint for
 /// the model (never contacted), queue and resource checks on, the engine's queue read.
 fn routing_cost(engine: &Engine, model: &Arc<LoadedModel>) -> anyhow::Result<f64> {
-    use crate::config::fallback::{CloudModelSection, FallbackSection, ResourceSection, WhenUnavailable};
+    use crate::config::fallback::{CloudModelSection, FallbackSection};
     let endpoint: CloudModelSection = toml::from_str(&format!(
         "model = \"{}\"\nurl = \"http://127.0.0.1:9\"\nmin_confidence = 0.5",
         model.name()
     ))?;
-    let section = FallbackSection {
-        budget_per_hour: None,
-        budget_per_day: None,
-        failures_to_open: 5,
-        open_s: 30,
-        when_unavailable: WhenUnavailable::Local,
-        hold_s: 10,
-        resource: ResourceSection::default(),
-        models: vec![endpoint],
-    };
+    let section = FallbackSection { models: vec![endpoint], ..FallbackSection::default() };
     let (fallback, _events) = crate::fallback::Fallback::new(Some(&section))?;
     const N: u32 = 200_000;
     let started = Instant::now();

@@ -173,6 +173,27 @@ fn print_human(v: &Value) {
             println!("  {k:<16} {}", s(c));
         }
     }
+    let fb = &v["fallback"];
+    if fb.is_object() {
+        let routed: Vec<String> = fb["routed"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, c)| format!("{k} {}", n(c))).collect())
+            .unwrap_or_default();
+        println!(
+            "fallback cloud answers {}, degraded {}, rejected {}; routed: {}; budget used {} this hour{}",
+            n(&fb["answered"]),
+            n(&fb["degraded"]),
+            n(&fb["rejected"]),
+            if routed.is_empty() { "none".to_string() } else { routed.join(", ") },
+            n(&fb["budget"]["used_hour"]),
+            if fb["resource"]["engaged"] == true { "; RESOURCE LIMIT ENGAGED" } else { "" }
+        );
+        if let Some(eps) = fb["endpoints"].as_object() {
+            for (name, e) in eps {
+                println!("  {name:<16} breaker {:<9} {}", s(&e["breaker"]), s(&e["url"]));
+            }
+        }
+    }
     match v["last_errors"].as_array() {
         Some(errs) if !errs.is_empty() => {
             println!("last errors");

@@ -89,6 +89,22 @@ fn default_sample_ms() -> u64 {
     2000
 }
 
+impl Default for FallbackSection {
+    /// No endpoints: every request runs locally (what an agent without `[fallback]` has).
+    fn default() -> Self {
+        FallbackSection {
+            budget_per_hour: None,
+            budget_per_day: None,
+            failures_to_open: default_failures(),
+            open_s: default_open_s(),
+            when_unavailable: WhenUnavailable::default(),
+            hold_s: default_hold_s(),
+            resource: ResourceSection::default(),
+            models: Vec::new(),
+        }
+    }
+}
+
 fn default_failures() -> u32 {
     5
 }

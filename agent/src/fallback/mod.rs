@@ -232,16 +232,7 @@ impl Fallback {
     pub fn new(
         cfg: Option<&FallbackSection>,
     ) -> Result<(Fallback, mpsc::Receiver<Transition>), FallbackError> {
-        let empty = FallbackSection {
-            budget_per_hour: None,
-            budget_per_day: None,
-            failures_to_open: 5,
-            open_s: 30,
-            when_unavailable: WhenUnavailable::Local,
-            hold_s: 10,
-            resource: ResourceSection::default(),
-            models: Vec::new(),
-        };
+        let empty = FallbackSection::default();
         let cfg = cfg.unwrap_or(&empty);
         let setup = build(cfg, &BTreeMap::new())?;
         let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
@@ -261,19 +252,10 @@ impl Fallback {
     /// Applies a reloaded `[fallback]`: endpoints whose settings did not change keep
     /// their breaker and estimates; the budget keeps what was spent.
     pub fn reconfigure(&self, cfg: Option<&FallbackSection>) -> Result<(), FallbackError> {
-        let (next, limits) = match cfg {
-            Some(c) => (build(c, &self.setup.load().models)?, (c.budget_per_hour, c.budget_per_day)),
-            None => (
-                Setup {
-                    models: BTreeMap::new(),
-                    when_unavailable: WhenUnavailable::Local,
-                    hold: Duration::from_secs(10),
-                    resource: ResourceSection::default(),
-                },
-                (None, None),
-            ),
-        };
-        self.budget.set_limits(limits.0, limits.1);
+        let empty = FallbackSection::default();
+        let cfg = cfg.unwrap_or(&empty);
+        let next = build(cfg, &self.setup.load().models)?;
+        self.budget.set_limits(cfg.budget_per_hour, cfg.budget_per_day);
         self.setup.store(Arc::new(next));
         Ok(())
     }
@@ -532,7 +514,8 @@ impl Fallback {
         loop {
             let setup = self.setup.load_full();
             if setup.resource.any() {
-                let sample = resource::Sample::from_reading(&sampler.sample(), cpus);
+                let cgroup = crate::telemetry::cgroup_memory_available();
+                let sample = resource::Sample::from_reading(&sampler.sample(), cgroup, cpus);
                 if let Some((change, detail)) =
                     self.pressure.update(&setup.resource, sample, setup.hold, Instant::now())
                 {

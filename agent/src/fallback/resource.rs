@@ -28,8 +28,8 @@ pub struct Sample {
 impl Sample {
     /// Memory available is the lower of the system's and the cgroup's: a service with
     /// `MemoryMax=` runs out long before the machine does.
-    pub fn from_reading(r: &SystemReading, cpus: usize) -> Sample {
-        let avail = match r.cgroup_avail {
+    pub fn from_reading(r: &SystemReading, cgroup_avail: Option<u64>, cpus: usize) -> Sample {
+        let avail = match cgroup_avail {
             Some(c) => r.mem_avail.min(c),
             None => r.mem_avail,
         };

@@ -9,4 +9,4 @@ mod system;
 
 pub use process::{Memory, cpu_seconds, memory};
 pub use report::{Report, decode_postcard};
-pub use system::{SystemReading, SystemSampler, disk_free, free_space};
+pub use system::{SystemReading, SystemSampler, cgroup_memory_available, disk_free, free_space};

@@ -19,10 +19,6 @@ pub struct SystemReading {
     pub disk_free: u64,
     pub uptime_s: u64,
     pub load1: f64,
-    /// Memory the agent's cgroup may still use (`MemoryMax=` minus usage), when it has
-    /// a limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroup_avail: Option<u64>,
 }
 
 /// Keeps what sysinfo needs between samples (CPU use is a difference).
@@ -65,7 +61,6 @@ impl SystemSampler {
             disk_free: disk_free(&self.state_dir).unwrap_or(0),
             uptime_s: System::uptime(),
             load1: System::load_average().one,
-            cgroup_avail: cgroup_memory_available(),
         }
     }
 }
