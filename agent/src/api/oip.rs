@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::ApiState;
 use super::error::ApiError;
 use crate::engine::spec::{DType, InputFrom, ModelSpec};
-use crate::engine::{LoadedModel, Request};
+use crate::engine::LoadedModel;
 use crate::pipeline::{InputError, check_finite};
 
 /// OIP datatype name of an engine dtype name (`f32` → `FP32`).
@@ -322,52 +322,26 @@ async fn infer_inner(
         wait: deadline,
         reset,
     };
-    let answer = match &fallback {
-        Some(f) => {
-            let signals = crate::fallback::Signals {
-                oversized: false,
-                forced,
-                deadline,
-                queue_depth: st.engine.queue_depth(),
-                threads: st.engine.threads(),
-                all_busy: st.engine.all_busy(),
-            };
-            let Some(route) = f.route(&name, local.clone(), &signals) else {
-                return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
-            };
-            let a = crate::fallback::answer(&st.engine, f, &route, job).await.map_err(|e| match e {
-                crate::fallback::Failure::Local(e) => ApiError::from(e),
-                rejected => ApiError::unavailable(rejected.to_string()),
-            })?;
-            let post = route.post().map(|p| p.apply(a.post_values(), 0, None)).unwrap_or_default();
-            (a, post)
-        }
-        None => {
-            let Some(model) = local.clone() else {
-                return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
-            };
-            let req = Request {
-                model: job.model,
-                stream: job.stream,
-                data: job.data,
-                deadline: Instant::now() + job.wait,
-                reset,
-            };
-            let resp = st.engine.submit_to(model.clone(), req)?.wait().await?;
-            let post = model.post().apply(resp.post_values(), 0, None);
-            let a = crate::fallback::Answer {
-                post_index: Some(model.post_output()),
-                version: resp.model.version().to_string(),
-                outputs: resp.outputs,
-                place: "local",
-                reason: None,
-                local: Some(model),
-                deferred: None,
-            };
-            (a, post)
-        }
+    // The service sets the fallback before the API listens; without it nothing can run.
+    let Some(f) = &fallback else {
+        return Err(ApiError::unavailable("the agent is starting; retry".to_string()));
     };
-    let (answer, result) = answer;
+    let signals = crate::fallback::Signals {
+        oversized: false,
+        forced,
+        deadline,
+        queue_depth: st.engine.queue_depth(),
+        threads: st.engine.threads(),
+        all_busy: st.engine.all_busy(),
+    };
+    let Some(route) = f.route(&name, local.clone(), &signals) else {
+        return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
+    };
+    let answer = crate::fallback::answer(&st.engine, f, &route, job).await.map_err(|e| match e {
+        crate::fallback::Failure::Local(e) => ApiError::from(e),
+        rejected => ApiError::unavailable(rejected.to_string()),
+    })?;
+    let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
 
     let outputs = answer
         .outputs

@@ -117,17 +117,8 @@ pub async fn answer(
                     let (Some(cloud), Some(data)) = (cloud, keep) else { return Err(Failure::Local(e)) };
                     fallback.overflowed(cloud, &e.to_string());
                     return match fallback.infer(cloud, &model.spec, data).await {
-                        Ok((outputs, version)) => {
-                            fallback.count_cloud_answer(&job.model, REASON_QUEUE);
-                            Ok(Answer {
-                                post_index: super::post_output(&model.spec, &outputs),
-                                version: version.unwrap_or_else(|| "cloud".into()),
-                                outputs,
-                                place: "cloud",
-                                reason: Some(REASON_QUEUE),
-                                local: Some(model.clone()),
-                                deferred: None,
-                            })
+                        Ok(reply) => {
+                            Ok(from_cloud(fallback, &job, &model.spec, reply, REASON_QUEUE, Some(model)))
                         }
                         Err(cause) => degrade_or_reject(fallback, REASON_QUEUE, cause, None),
                     };
@@ -146,17 +137,10 @@ pub async fn answer(
             }
             let summary = json!({"version": local.version, "score": score, "min_confidence": threshold});
             match fallback.infer(cloud, &model.spec, data).await {
-                Ok((outputs, version)) => {
-                    fallback.count_cloud_answer(&job.model, REASON_LOW_CONFIDENCE);
-                    Ok(Answer {
-                        post_index: super::post_output(&model.spec, &outputs),
-                        version: version.unwrap_or_else(|| "cloud".into()),
-                        outputs,
-                        place: "cloud",
-                        reason: Some(REASON_LOW_CONFIDENCE),
-                        local: Some(model.clone()),
-                        deferred: Some(summary),
-                    })
+                Ok(reply) => {
+                    let a =
+                        from_cloud(fallback, &job, &model.spec, reply, REASON_LOW_CONFIDENCE, Some(model));
+                    Ok(Answer { deferred: Some(summary), ..a })
                 }
                 Err(cause) => {
                     let fallback_answer =
@@ -176,18 +160,7 @@ pub async fn answer(
             let degradable = local.is_some() && fallback.when_unavailable() == WhenUnavailable::Local;
             let keep = degradable.then(|| data.clone());
             match fallback.infer(cloud, spec, data).await {
-                Ok((outputs, version)) => {
-                    fallback.count_cloud_answer(&job.model, reason);
-                    Ok(Answer {
-                        post_index: super::post_output(spec, &outputs),
-                        version: version.unwrap_or_else(|| "cloud".into()),
-                        outputs,
-                        place: "cloud",
-                        reason: Some(reason),
-                        local: local.clone(),
-                        deferred: None,
-                    })
-                }
+                Ok(reply) => Ok(from_cloud(fallback, &job, spec, reply, reason, local.as_ref())),
                 Err(cause) => match (local, keep) {
                     (Some(m), Some(data)) => {
                         fallback.count_degraded();
@@ -199,6 +172,27 @@ pub async fn answer(
                 },
             }
         }
+    }
+}
+
+/// The cloud's answer to `job`, counted for telemetry.
+fn from_cloud(
+    fallback: &Fallback,
+    job: &Job,
+    spec: &crate::engine::spec::ModelSpec,
+    (outputs, version): (Vec<Output>, Option<String>),
+    reason: &'static str,
+    local: Option<&Arc<LoadedModel>>,
+) -> Answer {
+    fallback.count_cloud_answer(&job.model, reason);
+    Answer {
+        post_index: super::post_output(spec, &outputs),
+        version: version.unwrap_or_else(|| "cloud".into()),
+        outputs,
+        place: "cloud",
+        reason: Some(reason),
+        local: local.cloned(),
+        deferred: None,
     }
 }
 
