@@ -14,8 +14,8 @@ use serde_json::{Map, Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use crate::engine::spec::{DType, InputFrom, ModelSpec};
 use crate::engine::LoadedModel;
+use crate::engine::spec::{DType, InputFrom, ModelSpec};
 use crate::pipeline::{InputError, check_finite};
 
 /// OIP datatype name of an engine dtype name (`f32` → `FP32`).
