@@ -3,7 +3,7 @@
 //! HTTP server for the faults a healthy server cannot produce. Each routing reason is
 //! triggered on purpose and read back from the result and the counters.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -441,26 +441,8 @@ impl Stub {
 
 fn serve(mut conn: TcpStream, fault: &Mutex<Fault>, hits: &AtomicUsize) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    loop {
-        // Headers, then the body by Content-Length.
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n\r\n") {
-            match conn.read(&mut byte) {
-                Ok(1) => buf.push(byte[0]),
-                _ => return,
-            }
-        }
-        let head = String::from_utf8_lossy(&buf).to_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        if conn.read_exact(&mut body).is_err() {
-            return;
-        }
+    // One request after another on a kept-alive connection (the client never pipelines).
+    while read_http_request(&mut conn).is_some() {
         hits.fetch_add(1, Ordering::Relaxed);
         let fault = *fault.lock().unwrap();
         let ok = json!({"model_name": "vibration", "model_version": "stub", "outputs": [

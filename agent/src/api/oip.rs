@@ -282,12 +282,16 @@ async fn infer_inner(
     // A model that is not installed may still have a cloud endpoint (with its spec).
     let fallback = st.health.fallback().cloned();
     let cloud = fallback.as_ref().and_then(|f| f.cloud(&name));
-    let (local, spec) = match (find_model(&st, &name, version.as_deref()), &cloud) {
-        (Ok(m), _) => (Some(m.clone()), SpecOf::Local(m)),
-        (Err(_), Some(c)) if version.is_none() && c.spec.is_some() => (None, SpecOf::Cloud(c.clone())),
-        (Err(e), _) => return Err(e),
+    let (local, missing) = match find_model(&st, &name, version.as_deref()) {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(e)),
     };
-    let data = data_tensor(spec.spec(), &name, &mut req)?;
+    // A request for a named version is only for the installed model.
+    let cloud_spec = cloud.as_ref().filter(|_| version.is_none());
+    let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
+        return Err(missing.unwrap_or_else(|| ApiError::not_found(format!("model `{name}` is not loaded"))));
+    };
+    let data = data_tensor(spec, &name, &mut req)?;
     let requested = match &local {
         Some(m) => requested_outputs(m, req.outputs.as_deref())?,
         None => req.outputs.as_deref().unwrap_or_default().iter().map(|r| r.name.clone()).collect(),
@@ -326,14 +330,8 @@ async fn infer_inner(
     let Some(f) = &fallback else {
         return Err(ApiError::unavailable("the agent is starting; retry".to_string()));
     };
-    let signals = crate::fallback::Signals {
-        oversized: false,
-        forced,
-        deadline,
-        queue_depth: st.engine.queue_depth(),
-        threads: st.engine.threads(),
-        all_busy: st.engine.all_busy(),
-    };
+    let signals =
+        crate::fallback::Signals { forced, ..crate::fallback::Signals::from_engine(&st.engine, deadline) };
     let Some(route) = f.route(&name, local.clone(), &signals) else {
         return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
     };
@@ -378,22 +376,6 @@ async fn infer_inner(
     let body =
         InferResponse { model_name: name, model_version: answer.version, id: req.id, parameters, outputs };
     Ok(Json(body).into_response())
-}
-
-/// Where a request's spec comes from: the installed model, or a cloud endpoint's.
-enum SpecOf {
-    Local(Arc<LoadedModel>),
-    Cloud(Arc<crate::fallback::CloudModel>),
-}
-
-impl SpecOf {
-    fn spec(&self) -> &ModelSpec {
-        match self {
-            SpecOf::Local(m) => &m.spec,
-            // `infer_inner` only builds this variant when the endpoint has a spec.
-            SpecOf::Cloud(c) => c.spec.as_ref().unwrap_or_else(|| unreachable!("checked above")),
-        }
-    }
 }
 
 /// Checks the request's inputs against the model and returns the data input's values.

@@ -335,14 +335,7 @@ fn routing_cost(engine: &Engine, model: &Arc<LoadedModel>) -> anyhow::Result<f64
     let started = Instant::now();
     let mut local = 0u32;
     for _ in 0..N {
-        let signals = crate::fallback::Signals {
-            oversized: false,
-            forced: false,
-            deadline: Duration::from_secs(1),
-            queue_depth: engine.queue_depth(),
-            threads: engine.threads(),
-            all_busy: engine.all_busy(),
-        };
+        let signals = crate::fallback::Signals::from_engine(engine, Duration::from_secs(1));
         if let Some(crate::fallback::Route::Local { .. }) =
             fallback.route(model.name(), Some(model.clone()), &signals)
         {

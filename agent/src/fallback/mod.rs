@@ -147,6 +147,21 @@ pub struct Signals {
     pub all_busy: bool,
 }
 
+impl Signals {
+    /// The engine's side of the signals (queue, workers) for a request that may wait
+    /// `deadline`; the request's own (size, wish) start false.
+    pub fn from_engine(engine: &crate::engine::Engine, deadline: Duration) -> Signals {
+        Signals {
+            oversized: false,
+            forced: false,
+            deadline,
+            queue_depth: engine.queue_depth(),
+            threads: engine.threads(),
+            all_busy: engine.all_busy(),
+        }
+    }
+}
+
 /// Why the cloud did not answer.
 #[derive(Debug, Clone)]
 pub struct Unavailable {
@@ -327,27 +342,16 @@ impl Fallback {
         }
         if cloud.section.queue {
             let wait = cloud.expected_wait(s.queue_depth, s.threads);
-            let change = {
-                let mut latch = cloud.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let change =
-                    latch.update(wait > s.deadline, wait * 2 < s.deadline, setup.hold, Instant::now());
-                cloud.queue_engaged.store(latch.is_engaged(), Ordering::Relaxed);
-                change
-            };
-            if let Some(c) = change {
-                self.transition(Transition {
-                    engaged: c == Change::Engaged,
-                    reason: REASON_QUEUE,
-                    model: Some(cloud.name.clone()),
-                    detail: format!(
+            let engaged =
+                self.feed_queue_latch(cloud, wait > s.deadline, wait * 2 < s.deadline, setup.hold, || {
+                    format!(
                         "expected wait {} ms ({} queued) against a deadline of {} ms",
                         wait.as_millis(),
                         s.queue_depth,
                         s.deadline.as_millis()
-                    ),
+                    )
                 });
-            }
-            if cloud.queue_engaged.load(Ordering::Relaxed) {
+            if engaged {
                 return Some(REASON_QUEUE);
             }
         }
@@ -357,22 +361,38 @@ impl Fallback {
     /// A request missed its deadline (or found the queue full) here: the queue route
     /// engages, as if the estimate had said so.
     pub(crate) fn overflowed(&self, cloud: &CloudModel, why: &str) {
-        let change = {
-            let mut latch = cloud.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let hold = self.setup.load().hold;
-            let change = latch.update(true, false, hold, Instant::now());
-            cloud.queue_engaged.store(latch.is_engaged(), Ordering::Relaxed);
-            change
-        };
         self.count(|c| *c.routed.entry(REASON_QUEUE).or_default() += 1);
-        if change.is_some() {
+        let hold = self.setup.load().hold;
+        self.feed_queue_latch(cloud, true, false, hold, || {
+            format!("a request missed the local queue: {why}")
+        });
+    }
+
+    /// Feeds one queue measurement to the endpoint's latch, reports a change as a
+    /// transition (described by `detail`), and says whether the route is engaged.
+    fn feed_queue_latch(
+        &self,
+        cloud: &CloudModel,
+        over: bool,
+        calm: bool,
+        hold: Duration,
+        detail: impl FnOnce() -> String,
+    ) -> bool {
+        let (change, engaged) = {
+            let mut latch = cloud.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let change = latch.update(over, calm, hold, Instant::now());
+            cloud.queue_engaged.store(latch.is_engaged(), Ordering::Relaxed);
+            (change, latch.is_engaged())
+        };
+        if let Some(c) = change {
             self.transition(Transition {
-                engaged: true,
+                engaged: c == Change::Engaged,
                 reason: REASON_QUEUE,
                 model: Some(cloud.name.clone()),
-                detail: format!("a request missed the local queue: {why}"),
+                detail: detail(),
             });
         }
+        engaged
     }
 
     fn is_forced(&self, model: &str) -> bool {
@@ -527,10 +547,10 @@ impl Fallback {
                     });
                 }
             } else if self.pressure.engaged() {
-                // Limits removed by a reload: nothing is over any more.
-                let calm = resource::Sample { mem_avail_mb: u64::MAX, temp_c: None, load_per_cpu: 0.0 };
+                // Limits removed by a reload: with none to judge, any sample is calm.
+                let any = resource::Sample::default();
                 if let Some((_, detail)) =
-                    self.pressure.update(&setup.resource, calm, Duration::ZERO, Instant::now())
+                    self.pressure.update(&setup.resource, any, Duration::ZERO, Instant::now())
                 {
                     self.transition(Transition {
                         engaged: false,
@@ -772,6 +792,19 @@ fn check_outputs(spec: &ModelSpec, outputs: &[Output]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The spec that pre-processes a request for a model, and what serves it (for a
+/// stream's windows): the installed model's, else the cloud endpoint's own spec.
+pub fn serving_spec<'a>(
+    local: Option<&'a Arc<LoadedModel>>,
+    cloud: Option<&'a Arc<CloudModel>>,
+) -> Option<(u64, &'a ModelSpec)> {
+    match (local, cloud) {
+        (Some(m), _) => Some((m.id, &m.spec)),
+        (None, Some(c)) => c.spec.as_ref().map(|s| (c.id, s)),
+        (None, None) => None,
+    }
 }
 
 /// The index of the output post-processing reads: the one the spec names, else the

@@ -84,17 +84,11 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
         let ack = msg.ack.take();
         let local = engine.model(&msg.model);
         let cloud = fallback.cloud(&msg.model);
-        // The spec that pre-processes: the installed model's, else the endpoint's.
-        let (serving, spec) = match (&local, cloud.as_ref().and_then(|c| c.spec.as_ref().map(|s| (c.id, s))))
-        {
-            (Some(m), _) => (m.id, &m.spec),
-            (None, Some((id, s))) => (id, s),
-            (None, None) => {
-                let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
-                engine.count_error(&msg.model, &err);
-                errors.report(&msg.model, &msg.stream, &err).await;
-                continue;
-            }
+        let Some((serving, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud.as_ref()) else {
+            let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
+            engine.count_error(&msg.model, &err);
+            errors.report(&msg.model, &msg.stream, &err).await;
+            continue;
         };
         // A new model version with the same windows carries the stream's samples over,
         // so an update loses no sensor data; other changes (or a reset) start afresh.
@@ -135,10 +129,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             let signals = Signals {
                 oversized: size > own_limit,
                 forced: msg.force_cloud,
-                deadline,
-                queue_depth: engine.queue_depth(),
-                threads: engine.threads(),
-                all_busy: engine.all_busy(),
+                ..Signals::from_engine(&engine, deadline)
             };
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
             let job = Job {

@@ -1,7 +1,7 @@
 //! HTTPS: private CA, mutual TLS, ALPN and TLS failures, against a small
 //! rustls server on 127.0.0.1 using a test PKI made at run time.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,7 +91,7 @@ impl TlsServer {
                 std::thread::spawn(move || {
                     let conn = rustls::ServerConnection::new(config).unwrap();
                     let mut tls = rustls::StreamOwned::new(conn, tcp);
-                    if read_request(&mut tls).is_none() {
+                    if crate::common::read_http_request(&mut tls).is_none() {
                         return; // handshake or read failed
                     }
                     ans.fetch_add(1, Ordering::SeqCst);
@@ -111,34 +111,6 @@ impl TlsServer {
 
     fn url(&self) -> String {
         format!("https://{}", self.addr)
-    }
-}
-
-fn read_request(stream: &mut impl Read) -> Option<()> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(());
-        }
     }
 }
 
