@@ -7,6 +7,8 @@
 #
 #   tests/bench/api_load.sh [BINARY] [SECONDS_PER_RUN] [ROUNDS]
 #
+# With API_JSON=FILE it also appends one JSON line per concurrency to FILE (for tests/bench/run).
+#
 # Needs the test cache (tests/run --prepare-only) and wrk (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,7 +82,13 @@ med = lambda i: st.median(r[i] for r in rows)
 rng = lambda xs: f"{st.median(xs):.2f} ({min(xs):.2f}..{max(xs):.2f})"
 print(f"| {c} | {med(0):.0f} | {med(1):.2f} | {med(2):.0f} | {med(3):.2f} | {med(4):.0f} | "
       f"{rng([r[0]/r[2] for r in rows])} | {rng([r[1]/r[3] for r in rows])} | {int(sum(r[5] for r in rows))} |")
-' "$c"
+if sys.argv[2]:  # API_JSON: one line per concurrency for tests/bench/report.py
+    import json
+    with open(sys.argv[2], "a") as f:
+        f.write(json.dumps({"clients": c, "api_rps": med(0), "api_p99": med(1), "tract_rps": med(2),
+                            "tract_p99": med(3), "engine_rps": med(4), "rps_ratio": [r[0]/r[2] for r in rows],
+                            "p99_ratio": [r[1]/r[3] for r in rows], "non2xx": int(sum(r[5] for r in rows))}) + "\n")
+' "$c" "${API_JSON:-}"
 done
 echo
 echo "Median (min..max) over $ROUNDS rounds of ${SECS} s (wrk) against in-process runs; server: 2 engine threads; the load driver shares the 2 cores."

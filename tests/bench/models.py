@@ -43,10 +43,12 @@ def percentile(values, q):
     return float(np.percentile(np.asarray(values), q))
 
 
-def ort_bench(model_dir, feeds, n, warmup):
+def ort_bench(model_dir, feeds, n, warmup, threads=1):
+    """onnxruntime's p50/p99 in ms; `threads` 0 leaves its thread pools at their defaults."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = threads
     sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(7)
     inputs = {}

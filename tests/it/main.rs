@@ -10,6 +10,8 @@ mod accuracy;
 mod api;
 /// Malformed models, specs and inputs: clear errors, right exit codes, no panics.
 mod bad_input;
+/// The benchmark's tools: the native MQTT load driver and the Python peer agent.
+mod bench;
 /// The command line: inspect, infer, bench output formats.
 mod cli;
 /// Configuration errors and overrides.

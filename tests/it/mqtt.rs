@@ -56,9 +56,14 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Agent {
+        Agent::start_with_env(config, &[])
+    }
+
+    fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
         let mut child = Guard(
             Command::new(bin())
                 .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--quiet"])
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -501,6 +506,40 @@ fn ten_thousand_messages_through_broker_restarts_and_a_sigkill() {
     let duplicates = t.arrivals - TOTAL;
     eprintln!("10k: {TOTAL} inputs, {} results delivered, {duplicates} duplicates", t.arrivals);
     agent.unwrap().stop();
+}
+
+/// A flood through a client request queue far smaller than what arrives in one read of
+/// the socket: every acknowledgement the queue refuses is sent later, never dropped.
+/// Dropped ones stay in flight at the broker, and once enough are held it stops sending
+/// (`tests/bench/run` found this: a stall after about 107,000 messages of a flood with
+/// the real queue).
+#[test]
+fn a_flood_past_the_request_queue_stalls_nothing() {
+    const TOTAL: u64 = 3_000;
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() });
+    let config = write_config(dir.path(), &broker, &model, "", "");
+    let collector = broker.subscribe("test", "edge/dev1/results/#");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let agent = Agent::start_with_env(&config, &[("EDGE_TEST_MQTT_REQUEST_QUEUE", "8")]);
+    online(&status, secs(30));
+    let lines: Vec<(String, String)> =
+        (0..TOTAL).map(|id| (format!("sensors/s{}/accel", id % 4), sensor_payload(id))).collect();
+    broker.publish_many("test", &lines, 1);
+    let start = Instant::now();
+    let mut t = tally(&collector.messages());
+    while (t.first.len() as u64) < TOTAL && start.elapsed() < secs(120) {
+        std::thread::sleep(Duration::from_millis(300));
+        t = tally(&collector.messages());
+    }
+    assert_eq!(t.first.len() as u64, TOTAL, "results of the flood; agent log:\n{}", agent.log());
+    // And the broker still sends: one more message, one more result.
+    broker.publish("test", "sensors/s0/accel", sensor_payload(TOTAL).as_bytes(), 1, false);
+    collector.wait_for("the result after the flood", secs(30), |_, p| {
+        p.contains(&format!("\"input_id\":{TOTAL}"))
+    });
+    agent.stop();
 }
 
 #[test]

@@ -7,8 +7,9 @@ use rumqttc::v5;
 /// What the link task cares about from the event loop.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// The broker accepted the connection.
-    Connected { session_present: bool },
+    /// The broker accepted the connection; an MQTT 5 broker may limit our QoS 1
+    /// publishes in flight (`receive_maximum`).
+    Connected { session_present: bool, receive_maximum: Option<u16> },
     /// A message from the broker.
     Message(Inbound),
     /// The broker acknowledged our QoS 1 publish with this packet id.
@@ -140,7 +141,7 @@ impl EventLoop {
                 use rumqttc::{Event, Outgoing, Packet};
                 match l.poll().await.map_err(|e| e.to_string())? {
                     Event::Incoming(Packet::ConnAck(c)) => {
-                        Ok(LinkEvent::Connected { session_present: c.session_present })
+                        Ok(LinkEvent::Connected { session_present: c.session_present, receive_maximum: None })
                     }
                     Event::Incoming(Packet::Publish(p)) => Ok(LinkEvent::Message(Inbound {
                         topic: p.topic,
@@ -162,9 +163,10 @@ impl EventLoop {
                 use v5::Event;
                 use v5::mqttbytes::v5::Packet;
                 match l.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Packet::ConnAck(c)) => {
-                        Ok(LinkEvent::Connected { session_present: c.session_present })
-                    }
+                    Event::Incoming(Packet::ConnAck(c)) => Ok(LinkEvent::Connected {
+                        session_present: c.session_present,
+                        receive_maximum: c.properties.and_then(|p| p.receive_max),
+                    }),
                     Event::Incoming(Packet::Publish(p)) => {
                         let (response_topic, correlation) = match p.properties {
                             Some(props) => (props.response_topic, props.correlation_data),

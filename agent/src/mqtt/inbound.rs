@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::Ack;
 use super::client::Inbound;
+use super::link::INBOUND_RESUME;
 use super::topics::{self, Scope, Topics};
 use crate::config::SensorSubscription;
 use crate::engine::Engine;
@@ -34,6 +35,8 @@ pub struct InboundRouter {
     pub sensors: Vec<SensorSubscription>,
     pub engine: Arc<Engine>,
     pub backlog: Arc<AtomicUsize>,
+    /// Wakes the connection task when it may read again.
+    pub resume: Arc<Notify>,
     pub to_streams: mpsc::Sender<SensorMessage>,
     pub to_commands: mpsc::Sender<CommandMsg>,
     /// Shutdown: stop handing messages on, leave the rest to the broker.
@@ -54,7 +57,9 @@ impl InboundRouter {
                 },
             };
             let (m, ack) = m;
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            if self.backlog.fetch_sub(1, Ordering::AcqRel) == INBOUND_RESUME + 1 {
+                self.resume.notify_one();
+            }
             if let Some((name, scope)) = self.topics.parse_command(&m.topic) {
                 let cmd = CommandMsg {
                     name,

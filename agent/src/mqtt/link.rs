@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{Ack, AckBook};
@@ -19,7 +19,11 @@ use super::outbox::{LinkSignal, OutboxStats};
 use crate::service::health::Health;
 
 /// Messages waiting for the inbound task beyond which the connection stops reading.
-const INBOUND_PAUSE: usize = 256;
+pub const INBOUND_PAUSE: usize = 256;
+/// ... and the backlog at which it reads again. The gap keeps the connection from
+/// stopping and starting for every message: each stop also holds up the broker's
+/// acknowledgements of our results, which arrive on the same socket.
+pub const INBOUND_RESUME: usize = INBOUND_PAUSE / 2;
 
 /// Everything the connection task needs.
 pub struct Link {
@@ -30,6 +34,8 @@ pub struct Link {
     pub to_outbox: mpsc::UnboundedSender<LinkSignal>,
     pub inbound: mpsc::UnboundedSender<(Inbound, Option<Ack>)>,
     pub backlog: Arc<AtomicUsize>,
+    /// Woken by the inbound task when the backlog falls to [`INBOUND_RESUME`].
+    pub resume: Arc<Notify>,
     pub stats: Arc<OutboxStats>,
     pub health: Arc<Health>,
     pub broker: String,
@@ -49,19 +55,24 @@ impl Link {
             // bound what it sends an MQTT 3.1.1 client): past this backlog, stop reading
             // until it drains, so the socket pushes back instead of memory growing. The
             // outbox never waits on this task, so pausing cannot close a circle.
-            while self.backlog.load(Ordering::Relaxed) >= INBOUND_PAUSE {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+            if self.backlog.load(Ordering::Acquire) >= INBOUND_PAUSE {
+                while self.backlog.load(Ordering::Acquire) > INBOUND_RESUME {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = self.resume.notified() => {}
+                        // A wake-up is never lost (Notify keeps one), but re-check anyway.
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
                 }
             }
+            self.acks.flush(&self.client);
             let event = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 e = self.event_loop.poll() => e,
             };
             match event {
-                Ok(LinkEvent::Connected { session_present }) => {
+                Ok(LinkEvent::Connected { session_present, receive_maximum }) => {
                     self.acks.advance();
                     connected = true;
                     backoff = self.reconnect_min;
@@ -72,7 +83,7 @@ impl Link {
                     }
                     tracing::info!(broker = %self.broker, session_present, "MQTT connected");
                     self.health.set_connection("mqtt", format!("connected to {}", self.broker));
-                    let _ = self.to_outbox.send(LinkSignal::Up);
+                    let _ = self.to_outbox.send(LinkSignal::Up { receive_maximum });
                 }
                 Ok(LinkEvent::Message(m)) => {
                     // Registered here, at receipt: acknowledgements go out in this order,

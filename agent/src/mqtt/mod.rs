@@ -141,6 +141,7 @@ pub fn start(
     let stats = Arc::new(OutboxStats::default());
     let acks = Arc::new(AckBook::default());
     let backlog = Arc::new(AtomicUsize::new(0));
+    let resume = Arc::new(tokio::sync::Notify::new());
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOX_QUEUE);
@@ -168,6 +169,7 @@ pub fn start(
         to_outbox: link_tx,
         inbound: inbound_tx,
         backlog: backlog.clone(),
+        resume: resume.clone(),
         stats: stats.clone(),
         health,
         broker: format!("{}:{}", cfg.host, cfg.port),
@@ -180,6 +182,7 @@ pub fn start(
         sensors: cfg.sensors.clone(),
         engine,
         backlog,
+        resume,
         to_streams,
         to_commands: cmd_tx,
         stop,

@@ -17,6 +17,17 @@ use crate::config::{MqttConfig, MqttVersion};
 /// reconnect, so this is generous; the queue allocates as it fills.
 const REQUEST_QUEUE: usize = 65_536;
 
+/// The request queue's capacity. `EDGE_TEST_MQTT_REQUEST_QUEUE` overrides it, for tests
+/// only: a small queue makes refusals happen under a flood a test can afford. (Not
+/// `EDGE_AGENT_...`: those variables override configuration keys.)
+fn request_queue() -> usize {
+    std::env::var("EDGE_TEST_MQTT_REQUEST_QUEUE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or(REQUEST_QUEUE)
+}
+
 /// Why a TLS setting could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -86,9 +97,11 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             o.set_keep_alive(c.keep_alive)
                 .set_clean_session(c.clean_session)
                 .set_manual_acks(true)
-                .set_inflight(c.inflight)
+                // Twice the outbox's window, so that rumqttc's window never fills and
+                // acknowledgements never queue behind our publishes (see outbox::window_for).
+                .set_inflight(c.inflight.saturating_mul(2))
                 .set_max_packet_size(c.max_packet_bytes, c.max_packet_bytes)
-                .set_request_channel_capacity(REQUEST_QUEUE)
+                .set_request_channel_capacity(request_queue())
                 .set_last_will(rumqttc::LastWill::new(
                     will.topic,
                     will.payload,
@@ -101,7 +114,7 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             if let Some(t) = tls {
                 o.set_transport(t);
             }
-            let (client, lp) = rumqttc::AsyncClient::new(o, REQUEST_QUEUE);
+            let (client, lp) = rumqttc::AsyncClient::new(o, request_queue());
             (Client::V4(client), EventLoop::V4(Box::new(lp)))
         }
         MqttVersion::V5 => {
@@ -109,10 +122,10 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             o.set_keep_alive(c.keep_alive)
                 .set_clean_start(c.clean_session)
                 .set_manual_acks(true)
-                .set_outgoing_inflight_upper_limit(c.inflight)
+                .set_outgoing_inflight_upper_limit(c.inflight.saturating_mul(2))
                 .set_max_packet_size(Some(c.max_packet_bytes as u32))
                 .set_receive_maximum(Some(c.receive_maximum))
-                .set_request_channel_capacity(REQUEST_QUEUE)
+                .set_request_channel_capacity(request_queue())
                 .set_last_will(v5::mqttbytes::v5::LastWill::new(
                     will.topic,
                     will.payload,
@@ -131,7 +144,7 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             if let Some(t) = tls {
                 o.set_transport(t);
             }
-            let (client, lp) = v5::AsyncClient::new(o, REQUEST_QUEUE);
+            let (client, lp) = v5::AsyncClient::new(o, request_queue());
             (Client::V5(client), EventLoop::V5(Box::new(lp)))
         }
     })

@@ -33,6 +33,15 @@ const CURSOR_EVERY: Duration = Duration::from_millis(200);
 /// Overflow events at most this often (each carries the totals).
 const OVERFLOW_EVENT_EVERY: Duration = Duration::from_secs(60);
 
+/// The outbox's window. rumqttc takes no request at all (acknowledgements of received
+/// messages included) while its own in-flight window is full, so ours must stay below
+/// it: `options` gives rumqttc twice the configured window, and under MQTT 5, where the
+/// broker's receive maximum caps rumqttc's window, ours stays one below that.
+fn window_for(configured: u16, receive_maximum: Option<u16>) -> usize {
+    let cap = receive_maximum.map_or(u16::MAX, |r| r.saturating_sub(1).max(1));
+    usize::from(configured.min(cap).max(1))
+}
+
 /// Runs spool I/O (which may fsync) without stalling the runtime's other tasks.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     tokio::task::block_in_place(f)
@@ -49,7 +58,9 @@ pub struct Outgoing {
 /// What the connection task tells the outbox.
 #[derive(Debug)]
 pub enum LinkSignal {
-    Up,
+    Up {
+        receive_maximum: Option<u16>,
+    },
     /// The connection is lost; answer once nothing more will be handed to the client.
     Down(oneshot::Sender<()>),
     Sent {
@@ -155,7 +166,10 @@ pub struct Outbox {
     spool: Spool,
     stats: Arc<OutboxStats>,
     presence: Presence,
+    /// Our QoS 1 publishes in flight at most: the configured `inflight`, lowered to
+    /// stay under an MQTT 5 broker's receive maximum.
     window: usize,
+    configured_window: u16,
     connected: bool,
     memory: VecDeque<Entry>,
     inflight: VecDeque<InFlight>,
@@ -187,6 +201,7 @@ impl Outbox {
             stats,
             presence,
             window: usize::from(window.max(1)),
+            configured_window: window.max(1),
             connected: false,
             memory: VecDeque::new(),
             inflight: VecDeque::new(),
@@ -409,7 +424,8 @@ impl Outbox {
 
     fn on_link(&mut self, sig: LinkSignal) {
         match sig {
-            LinkSignal::Up => {
+            LinkSignal::Up { receive_maximum } => {
+                self.window = window_for(self.configured_window, receive_maximum);
                 self.connected = true;
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.report_drops_since_last();
@@ -622,5 +638,20 @@ impl Outbox {
         self.persist_cursor();
         let s = self.spool.stats();
         tracing::info!(spooled = s.records, bytes = s.bytes, "outbox closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::window_for;
+
+    #[test]
+    fn the_window_stays_below_an_mqtt5_brokers_receive_maximum() {
+        assert_eq!(window_for(64, None), 64);
+        // Mosquitto announces 20: rumqttc may have 20 in flight, the outbox 19.
+        assert_eq!(window_for(64, Some(20)), 19);
+        assert_eq!(window_for(8, Some(20)), 8);
+        assert_eq!(window_for(64, Some(1)), 1);
+        assert_eq!(window_for(0, Some(0)), 1);
     }
 }

@@ -1,0 +1,661 @@
+#!/usr/bin/env python3
+"""Runs the side-by-side benchmarks of edge-agent and the Python peer and writes
+docs/benchmarks.md with its plots (docs/bench/*.svg). Started by `tests/bench/run`, which
+prepares the binaries, models and virtual environments first; see that script.
+
+Every scenario runs both sides in the same run, alternating them round by round so that
+the machine's noise falls on both alike; figures are medians with min..max over rounds.
+"""
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import models  # noqa: E402  (tests/bench/models.py: edge-agent bench and onnxruntime)
+import svg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("EDGE_TEST_CACHE", ROOT / "target" / "test-cache"))
+DEMO = ROOT / "configs" / "models" / "vibration"
+PEER = ROOT / "tests" / "bench" / "peer" / "peer.py"
+# Offered rates of the MQTT sweep, messages per second over four sensor streams.
+RATES = [250, 500, 1000, 2000, 4000, 8000, 16000, 32000]
+# The rate at which CPU time per 1,000 messages is compared (every side sustains it).
+CPU_RATE = 1000
+SUBJECTS = ["edge-agent", "peer, 1 thread", "peer, default threads"]
+SCENARIO_TITLES = {"models": "Section 1", "mqtt": "Sections 2 and 3", "api": "Section 4", "aarch64": "Section 5"}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def span(xs, f="{:.2f}"):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f.format(xs[0])
+    return f"{f.format(med(xs))} ({f.format(min(xs))}..{f.format(max(xs))})"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A started subject: its RSS and CPU time read from /proc."""
+
+    def __init__(self, cmd, log_path, env=None):
+        self.log = open(log_path, "w")
+        self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+
+    def status(self, key):
+        with open(f"/proc/{self.p.pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0  # MiB
+        return 0.0
+
+    def cpu_s(self):
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, proc):
+        super().__init__(daemon=True)
+        self.proc, self.peak, self.done = proc, 0.0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.05):
+            try:
+                self.peak = max(self.peak, self.proc.status("VmRSS"))
+            except OSError:
+                return
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.peak
+
+
+# --------------------------------------------------------------------------- 1. models
+
+
+def scenario_models(args):
+    names = list(models.MODELS)
+    rows = {n: {k: [] for k in ("eng50", "eng99", "dir50", "dir99", "ort50", "ort99", "ortd50", "ortd99")}
+            for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            d = models.MODELS[name]
+            a = models.agent_bench(args.bin, d, args.n, args.warmup)
+            o1 = models.ort_bench(d, models.FEEDS[name], args.n, args.warmup, threads=1)
+            od = models.ort_bench(d, models.FEEDS[name], args.n, args.warmup, threads=0)
+            row = rows[name]
+            row["eng50"].append(a["engine"]["p50_ms"])
+            row["eng99"].append(a["engine"]["p99_ms"])
+            row["dir50"].append(a["tract_direct"]["p50_ms"])
+            row["dir99"].append(a["tract_direct"]["p99_ms"])
+            row["ort50"].append(o1["p50_ms"])
+            row["ort99"].append(o1["p99_ms"])
+            row["ortd50"].append(od["p50_ms"])
+            row["ortd99"].append(od["p99_ms"])
+            log(f"  models round {r + 1}/{args.rounds} {name}: engine {row['eng50'][-1]:.3f} ms, "
+                f"tract {row['dir50'][-1]:.3f} ms, onnxruntime {row['ort50'][-1]:.3f} ms")
+    return rows
+
+
+def ratios(a, b):
+    return [x / y for x, y in zip(a, b)]
+
+
+# --------------------------------------------------------------------------- 2, 3. MQTT
+
+
+def write_broker(tmp, port):
+    conf = tmp / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
+             "persistence false"]
+    if os.getuid() == 0:
+        lines.append("user root")
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def start_subject(args, subject, port, tmp):
+    if subject == "edge-agent":
+        state = tmp / "state"
+        shutil.rmtree(state, ignore_errors=True)
+        cfg = tmp / "agent.toml"
+        cfg.write_text(f"""[agent]
+device_id = "bench"
+state_dir = "{state}"
+[engine]
+threads = 1
+[output]
+stdout = false
+[[model]]
+path = "{DEMO}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+# Like the peer: a fresh session each start, so that nothing queued for this agent
+# while another side was measured reaches it.
+clean_session = true
+[[mqtt.sensor]]
+topic = "sensors/+/accel"
+model = "vibration"
+stream_level = 1
+[telemetry]
+interval_s = 0
+""")
+        return Process([str(args.bin), "run", "--config", str(cfg), "--quiet"], tmp / "agent.log")
+    threads = "1" if "1 thread" in subject else "0"
+    return Process([str(args.peer_python), str(PEER), "--port", str(port), "--device", "peer", "--model", str(DEMO),
+                    "--topic", "sensors/+/accel", "--stream-level", "1", "--threads", threads,
+                    "--log-level", "WARNING"], tmp / "peer.log")
+
+
+def drive(driver, port, payload, rate=None, count=None, since=None):
+    cmd = [str(driver), "--port", str(port), "--payload", str(payload), "--json"]
+    if since is not None:
+        cmd += ["--first-result-since", str(since)]
+    else:
+        cmd += ["--rate", str(rate), "--count", str(count)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: the load driver failed: {out.stderr.strip()[:500]}")
+    return json.loads(out.stdout)
+
+
+def one_subject(args, subject, port, tmp, payload):
+    t0 = time.time_ns()
+    proc = start_subject(args, subject, port, tmp)
+    try:
+        startup = drive(args.driver, port, payload, since=t0)["first_result_ms"]
+        time.sleep(1.0)
+        idle = proc.status("VmRSS")
+        steps = []
+        for rate in RATES:
+            count = max(1000, int(rate * args.step_s))
+            cpu0, sampler = proc.cpu_s(), RssSampler(proc)
+            sampler.start()
+            r = drive(args.driver, port, payload, rate=rate, count=count)
+            r["rss_peak"] = sampler.stop()
+            r["cpu_per_1000"] = (proc.cpu_s() - cpu0) / max(r["results"], 1) * 1000.0
+            r["saturated"] = r["results_rate"] < 0.9 * rate or r["lost"] > 0
+            steps.append(r)
+            log(f"    {subject} {rate}/s: {r['results_rate']:.0f} results/s, p50 {r['p50_ms']:.2f} ms, "
+                f"p99 {r['p99_ms']:.2f} ms, lost {r['lost']}")
+            if r["saturated"]:
+                break
+        sampler = RssSampler(proc)
+        sampler.start()
+        flood = drive(args.driver, port, payload, rate=0, count=args.flood)
+        flood["rss_peak"] = sampler.stop()
+        log(f"    {subject} flood: {flood['results_rate']:.0f} results/s, lost {flood['lost']}")
+        return {"startup_ms": startup, "rss_idle": idle, "steps": steps, "flood": flood,
+                "rss_peak": max([s["rss_peak"] for s in steps] + [flood["rss_peak"], proc.status("VmHWM")])}
+    finally:
+        proc.stop()
+
+
+def scenario_mqtt(args, tmp):
+    port = free_port()
+    conf = write_broker(tmp, port)
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp / "broker.log", "w"))
+    payload = tmp / "payload.json"
+    # 128 samples per message, the demo model's hop: after one priming message per
+    # stream, every message completes exactly one 256-sample window, hence one result.
+    payload.write_text(json.dumps([round(0.1 * math.sin(i * 0.3), 4) for i in range(128)]))
+    time.sleep(0.3)
+    runs = {s: [] for s in SUBJECTS}
+    try:
+        for r in range(args.rounds):
+            order = SUBJECTS[r % len(SUBJECTS):] + SUBJECTS[:r % len(SUBJECTS)]
+            for subject in order:
+                log(f"  mqtt round {r + 1}/{args.rounds}: {subject}")
+                runs[subject].append(one_subject(args, subject, port, tmp, payload))
+    finally:
+        broker.terminate()
+        broker.wait()
+    return runs
+
+
+# --------------------------------------------------------------------------- 4. API
+
+
+def scenario_api(args):
+    out = Path(tempfile.mkstemp(suffix=".jsonl")[1])
+    env = dict(os.environ, API_JSON=str(out))
+    subprocess.run([str(ROOT / "tests" / "bench" / "api_load.sh"), str(args.bin), str(args.api_s),
+                    str(args.rounds)], check=True, env=env, stdout=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    out.unlink()
+    return rows
+
+
+# --------------------------------------------------------------------------- 5. aarch64
+
+
+def scenario_aarch64(args):
+    binary = ROOT / "target" / "aarch64-unknown-linux-gnu" / "release" / "edge-agent"
+    qemu = shutil.which("qemu-aarch64-static")
+    if not binary.exists() or not qemu:
+        return None
+    rows = {}
+    for name, d in models.MODELS.items():
+        n = 40 if name == "ppocr-cls" else 200
+        eng, direct = [], []
+        for r in range(args.rounds):
+            cmd = [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary), "bench", "--model", str(d),
+                   "-n", str(n), "--warmup", "10", "--threads", "1", "--json"]
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.aarch64_timeout)
+            except subprocess.TimeoutExpired:
+                log(f"  aarch64 {name}: no answer within {args.aarch64_timeout} s")
+                return {"failed": f"`edge-agent bench` on {name} did not finish within {args.aarch64_timeout} s "
+                                  "under qemu-user", "size": binary.stat().st_size}
+            if out.returncode != 0:
+                return {"failed": f"`edge-agent bench` on {name} exited with {out.returncode}: "
+                                  f"{out.stderr.strip()[-300:]}", "size": binary.stat().st_size}
+            a = json.loads(out.stdout)
+            eng.append(a["engine"])
+            direct.append(a["tract_direct"])
+            log(f"  aarch64 round {r + 1}/{args.rounds} {name}: engine {eng[-1]['p50_ms']:.3f} ms, "
+                f"tract {direct[-1]['p50_ms']:.3f} ms")
+        rows[name] = {"p50": ratios([e["p50_ms"] for e in eng], [t["p50_ms"] for t in direct]),
+                      "p99": ratios([e["p99_ms"] for e in eng], [t["p99_ms"] for t in direct]),
+                      "n": n}
+    size = binary.stat().st_size
+    return {"rows": rows, "size": size}
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def du(path):
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
+
+
+def sizes(args):
+    stripped = Path(tempfile.mkstemp()[1])
+    subprocess.run(["strip", "-o", str(stripped), str(args.bin)], check=True)
+    agent = stripped.stat().st_size
+    stripped.unlink()
+    venv = du(args.peer_python.parent.parent) + PEER.stat().st_size
+    stdlib = subprocess.run([str(args.peer_python), "-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    # The standard library without the interpreter's own site-packages (not the peer's).
+    interp = du(stdlib) - du(os.path.join(stdlib, "site-packages")) + os.path.getsize(
+        os.path.realpath(args.peer_python))
+    return {"agent": agent, "venv": venv, "interpreter": interp}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine():
+    cpu = "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = int(line.split()[1]) / 1048576
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem, "kernel": platform.release(),
+            "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def versions(args):
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "unknown"
+
+    lock = (ROOT / "Cargo.lock").read_text()
+    tract = "unknown"
+    parts = lock.split('name = "tract-onnx"\nversion = "')
+    if len(parts) > 1:
+        tract = parts[1].split('"')[0]
+    peer = subprocess.run([str(args.peer_python), "-c",
+                           "import onnxruntime, paho.mqtt, numpy, sys; print(onnxruntime.__version__, "
+                           "paho.mqtt.__version__, numpy.__version__, sys.version.split()[0])"],
+                          capture_output=True, text=True).stdout.split()
+    mosq = first_line(["mosquitto", "-h"])
+    return {"edge-agent": first_line([str(args.bin), "--version"]), "tract": tract,
+            "onnxruntime": peer[0] if peer else "?", "paho": peer[1] if len(peer) > 1 else "?",
+            "numpy": peer[2] if len(peer) > 2 else "?", "python": peer[3] if len(peer) > 3 else "?",
+            "mosquitto": mosq.replace("mosquitto version ", ""), "rustc": first_line(["rustc", "--version"])}
+
+
+def by_rate(runs):
+    """{rate: [step of each round]} for one subject."""
+    out = {}
+    for run in runs:
+        for s in run["steps"]:
+            out.setdefault(s["offered_rate"], []).append(s)
+    return dict(sorted(out.items()))
+
+
+def best_peer(mqtt):
+    """The peer variant with the higher sustained rate, over its floods that lost nothing."""
+    peers = [s for s in SUBJECTS if s != "edge-agent"]
+    return max(peers, key=lambda s: med([r["flood"]["results_rate"] for r in mqtt[s] if r["flood"]["lost"] == 0]
+                                        or [0.0]))
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def write_report(args, res, out_path, plot_dir):
+    m, v = res["machine"], res["versions"]
+    md = []
+    w = md.append
+    rel = os.path.relpath(plot_dir, out_path.parent)
+    w("# Benchmarks: edge-agent next to a Python agent\n")
+    w("This file is written by `tests/bench/run`; do not edit it by hand. Measurements of single")
+    w("components (spool, model updates, cloud fallback, build profiles, MQTT 3.1.1 against 5)")
+    w("are in [benchmarks-components.md](benchmarks-components.md).\n")
+    w("The comparison is with what a team would otherwise write: a Python loop around")
+    w("onnxruntime and paho-mqtt ([tests/bench/peer/](../tests/bench/peer/README.md)), doing the")
+    w("same job as `edge-agent run` for one model. Both sides run in the same run, on the same")
+    w("broker, model files and inputs, alternating round by round; figures are the median with")
+    w("min..max over rounds, and comparisons are ratios of figures from the same run.\n")
+    w(f"- **Machine:** {m['cpu']}, {m['cores']} cores, {m['mem_gib']:.0f} GiB, Linux {m['kernel']}. The load")
+    w("  driver, the broker and the agent under test share these cores.")
+    for scenario, when in sorted(res.get("measured", {}).items()):
+        w(f"- **{scenario}:** measured {when['date']} at commit `{when['commit']}` by `{when['command']}`"
+          f" ({when['rounds']} rounds).")
+    w(f"- **Versions:** {v['edge-agent']} with tract {v['tract']} ({v['rustc']}); peer on Python {v['python']},"
+      f" onnxruntime {v['onnxruntime']}, paho-mqtt {v['paho']}, numpy {v['numpy']}; Mosquitto {v['mosquitto']}.\n")
+
+    mq = res["mqtt"]
+    peer = best_peer(mq)
+    # Rounds where either side lost part of its flood say nothing about its rate.
+    clean = [i for i, (a, b) in enumerate(zip(mq["edge-agent"], mq[peer]))
+             if a["flood"]["lost"] == 0 and b["flood"]["lost"] == 0]
+    ea_flood = [mq["edge-agent"][i]["flood"]["results_rate"] for i in clean] or [float("nan")]
+    pe_flood = [mq[peer][i]["flood"]["results_rate"] for i in clean] or [float("nan")]
+    thr = ratios(ea_flood, pe_flood)
+    ea_rates, pe_rates = by_rate(mq["edge-agent"]), by_rate(mq[peer])
+    common = [r for r in ea_rates if r in pe_rates
+              and not any(s["saturated"] for s in ea_rates[r] + pe_rates[r])]
+    p99r = {r: med([s["p99_ms"] for s in ea_rates[r]]) / med([s["p99_ms"] for s in pe_rates[r]]) for r in common}
+    worst_p99 = max(p99r.values()) if p99r else float("nan")
+    ea_rss = [r["rss_peak"] for r in mq["edge-agent"]]
+    pe_rss = [r["rss_peak"] for r in mq[peer]]
+    rss_ratio = ratios(ea_rss, pe_rss)
+    mo = res["models"]
+    overhead = {n: ratios(r["eng50"], r["dir50"]) for n, r in mo.items()}
+
+    w("## Targets\n")
+    w("| target | measured | |")
+    w("|---|---|---|")
+    w(f"| sustained messages/s at least 3x the peer's (demo model) | {span(thr)}x ({med(ea_flood):,.0f} against "
+      f"{med(pe_flood):,.0f}/s, {peer}; {len(clean)} of {len(mq[peer])} rounds, see below) | {verdict(med(thr) >= 3)} |")
+    w(f"| p99 no worse than the peer's at every rate both sustain | worst ratio {worst_p99:.2f} "
+      f"(rates {', '.join(f'{r:,.0f}' for r in common)}/s) | {verdict(worst_p99 <= 1)} |")
+    w(f"| peak RSS at most a third of the peer's | {span(rss_ratio)} ({med(ea_rss):.1f} against "
+      f"{med(pe_rss):.1f} MiB) | {verdict(med(rss_ratio) <= 1 / 3)} |")
+    for n, o in overhead.items():
+        w(f"| engine over direct tract calls under +5% at p50: {n} | {span([(x - 1) * 100 for x in o], '{:+.1f}')}% "
+          f"| {verdict(med(o) < 1.05)} |")
+    w("")
+
+    # 1. models
+    w("## 1. Inference latency per model\n")
+    w("Per model and round: `edge-agent bench --threads 1` (the engine, and a program calling tract")
+    w("itself, interleaved in blocks), then onnxruntime from Python with 1 thread and with its")
+    w(f"default threads, on inputs of the same shape; {args.n} requests after {args.warmup} warm-up.")
+    w("Milliseconds; ratios below 1 mean the left side is faster.\n")
+    w("| model | engine p50 / p99 | tract direct p50 / p99 | onnxruntime 1 thread p50 / p99 | onnxruntime default p50 / p99 "
+      "| engine / tract (p50) | tract / onnxruntime 1 thread (p50) |")
+    w("|---|---|---|---|---|---|---|")
+    for n, r in mo.items():
+        w(f"| {n} | {med(r['eng50']):.3f} / {med(r['eng99']):.3f} | {med(r['dir50']):.3f} / {med(r['dir99']):.3f} | "
+          f"{med(r['ort50']):.3f} / {med(r['ort99']):.3f} | {med(r['ortd50']):.3f} / {med(r['ortd99']):.3f} | "
+          f"{span(ratios(r['eng50'], r['dir50']), '{:.3f}')} | {span(ratios(r['dir50'], r['ort50']), '{:.3f}')} |")
+    w("")
+    names = list(mo)
+    svg.bar_chart(plot_dir / "models.svg", "p50 latency relative to tract called directly", names,
+                  {"edge-agent engine": [med(ratios(mo[n]["eng50"], mo[n]["dir50"])) for n in names],
+                   "onnxruntime, 1 thread": [med(ratios(mo[n]["ort50"], mo[n]["dir50"])) for n in names],
+                   "onnxruntime, default": [med(ratios(mo[n]["ortd50"], mo[n]["dir50"])) for n in names]},
+                  "p50 / tract direct p50",
+                  errors={"edge-agent engine": [(min(ratios(mo[n]["eng50"], mo[n]["dir50"])),
+                                                 max(ratios(mo[n]["eng50"], mo[n]["dir50"]))) for n in names]})
+    w(f"![p50 latency per model relative to tract]({rel}/models.svg)\n")
+
+    # 2. MQTT
+    w("## 2. Sensor message to result on the broker\n")
+    w("A loopback Mosquitto; the demo model (`configs/models/vibration`: 256-sample windows, hop 128);")
+    w("four sensor streams; each message is `{\"id\": N, \"data\": [128 samples]}` (about 900 bytes),")
+    w("so that after one priming message per stream every message completes one window and gets")
+    w("one result. The load driver (`cargo run --release --example mqtt_load`, Rust on rumqttc)")
+    w("publishes at QoS 1 at the offered rate, collects the results at QoS 1 and times each message")
+    w("from handing it to its MQTT client to receiving its result. Each rate sends")
+    w(f"{args.step_s:g} s of messages (at least 1,000); the sweep stops at the first rate a side does")
+    w("not sustain (under 90% delivered at that rate, or a message lost). edge-agent runs one")
+    w("engine thread; the peer runs onnxruntime with 1 thread or its default threads.\n")
+    w("| offered msg/s | " + " | ".join(f"{s}: results/s, p50 / p99 ms" for s in SUBJECTS) + " |")
+    w("|---|" + "---|" * len(SUBJECTS))
+    per = {s: by_rate(mq[s]) for s in SUBJECTS}
+    for rate in RATES:
+        cells = []
+        for s in SUBJECTS:
+            steps = per[s].get(rate)
+            if not steps:
+                cells.append("")
+                continue
+            mark = " (saturated)" if any(x["saturated"] for x in steps) else ""
+            cells.append(f"{med([x['results_rate'] for x in steps]):,.0f}, {med([x['p50_ms'] for x in steps]):.2f}"
+                         f" / {med([x['p99_ms'] for x in steps]):.2f}{mark}")
+        if any(cells):
+            w(f"| {rate:,} | " + " | ".join(cells) + " |")
+    w("")
+    w(f"Sustained rate: {args.flood:,} messages sent as fast as the broker takes them; results per second")
+    w("from the first message sent to the last result received. Lost: messages without a result")
+    w("within 5 s of the last one. The target's ratio pairs the two sides round by round and")
+    w("leaves out rounds where either lost messages: such a flood measures the loss, not a rate.\n")
+    w("| | results/s | lost | p99 ms (the backlog's wait in the broker) |")
+    w("|---|---|---|---|")
+    for s in SUBJECTS:
+        f = [r["flood"] for r in mq[s]]
+        w(f"| {s} | {span([x['results_rate'] for x in f], '{:,.0f}')} | {sum(x['lost'] for x in f):,} "
+          f"({sum(1 for x in f if x['lost'])} of {len(f)} floods) | "
+          f"{span([x['p99_ms'] for x in f], '{:,.0f}')} |")
+    w("")
+    svg.line_chart(plot_dir / "mqtt-throughput.svg", "Results per second against offered messages per second",
+                   {s: [(r, med([x["results_rate"] for x in st])) for r, st in per[s].items()] for s in SUBJECTS},
+                   "offered messages/s", "results/s", logx=True, logy=True, diagonal=True)
+    svg.line_chart(plot_dir / "mqtt-latency.svg", "p99 latency, message to result",
+                   {s: [(r, med([x["p99_ms"] for x in st])) for r, st in per[s].items()] for s in SUBJECTS},
+                   "offered messages/s", "p99 ms", logx=True, logy=True)
+    w(f"![delivered against offered rate]({rel}/mqtt-throughput.svg)\n")
+    w(f"![p99 latency against offered rate]({rel}/mqtt-latency.svg)\n")
+
+    # 3. Footprint
+    sz = res["sizes"]
+    w("## 3. Footprint\n")
+    w("From the same runs. RSS is read from `/proc` every 50 ms (peak under load covers the sweep")
+    w(f"and the sustained run); CPU time (user + system) per 1,000 results at {CPU_RATE:,} messages/s;")
+    w("start-up is from starting the process to the first result on the broker, with the driver")
+    w("sending a message every 5 ms from the start.\n")
+    w("| | RSS idle MiB | peak RSS under load MiB | CPU s per 1,000 messages | start-up to first result ms |")
+    w("|---|---|---|---|---|")
+    for s in SUBJECTS:
+        runs = mq[s]
+        cpu = [x["cpu_per_1000"] for r in runs for x in r["steps"] if x["offered_rate"] == CPU_RATE]
+        w(f"| {s} | {span([r['rss_idle'] for r in runs], '{:.1f}')} | {span([r['rss_peak'] for r in runs], '{:.1f}')}"
+          f" | {span(cpu, '{:.3f}')} | {span([r['startup_ms'] for r in runs], '{:.0f}')} |")
+    w("")
+    w("| installed | size MB |")
+    w("|---|---|")
+    w(f"| edge-agent: the binary, stripped (everything it needs but glibc) | {sz['agent'] / 1e6:.1f} |")
+    w(f"| peer: its venv (onnxruntime, numpy, paho-mqtt and their dependencies) and peer.py | {sz['venv'] / 1e6:.1f} |")
+    w(f"| peer, besides: the Python it runs on (this machine's interpreter and standard library; a distribution's "
+      f"minimal Python is smaller) | {sz['interpreter'] / 1e6:.1f} |")
+    w("")
+    svg.bar_chart(plot_dir / "footprint.svg", "Memory: RSS idle and peak under load", SUBJECTS,
+                  {"idle": [med([r["rss_idle"] for r in mq[s]]) for s in SUBJECTS],
+                   "peak under load": [med([r["rss_peak"] for r in mq[s]]) for s in SUBJECTS]}, "MiB")
+    w(f"![RSS idle and under load]({rel}/footprint.svg)\n")
+
+    # 4. API
+    w("## 4. The local API under concurrent clients\n")
+    w("`POST /v2/models/ppocr-cls/infer` (the image classifier's 1x3x48x192 input as JSON, about 500 KB)")
+    w("driven by `wrk` with 1, 8 and 64 connections against `edge-agent serve` with 2 engine threads,")
+    w("alternating with the same work in-process (`edge-agent bench --threads 2 --concurrency C`:")
+    w(f"C threads calling tract themselves). {args.api_s} s per run. The peer has no API, so the")
+    w("baseline is tract in-process.\n")
+    w("| clients | API req/s | API p99 ms | tract direct req/s | tract direct p99 ms | API / tract req/s | API / tract p99 | non-2xx |")
+    w("|---|---|---|---|---|---|---|---|")
+    for row in res["api"]:
+        w(f"| {row['clients']} | {row['api_rps']:.0f} | {row['api_p99']:.2f} | {row['tract_rps']:.0f} | "
+          f"{row['tract_p99']:.2f} | {span(row['rps_ratio'])} | {span(row['p99_ratio'])} | {row['non2xx']} |")
+    w("")
+    svg.bar_chart(plot_dir / "api.svg", "Local API: requests per second", [f"{r['clients']} clients" for r in res["api"]],
+                  {"API (wrk)": [r["api_rps"] for r in res["api"]],
+                   "tract in-process": [r["tract_rps"] for r in res["api"]]}, "requests/s")
+    w(f"![API requests per second]({rel}/api.svg)\n")
+
+    # 5. aarch64
+    w("## 5. aarch64 under qemu-user (emulated)\n")
+    a = res.get("aarch64")
+    if a is None:
+        w("Not measured in this run: no aarch64 build at `target/aarch64-unknown-linux-gnu/release/edge-agent`")
+        w("(`tests/bench/run --aarch64` builds one where the cross toolchain is installed).\n")
+    elif "failed" in a:
+        w(f"Not measured: the aarch64 release build ({a['size'] / 1e6:.1f} MB) was run under")
+        w(f"`qemu-aarch64-static`, and {a['failed']}. See the notes below.\n")
+    else:
+        w("The aarch64 release binary run by `qemu-aarch64-static` on this machine: emulated, so only")
+        w("ratios between the engine and tract called directly, both inside the same emulated binary,")
+        w("mean anything; absolute times do not describe any ARM board. onnxruntime is not run under")
+        w(f"emulation. Binary size {a['size'] / 1e6:.1f} MB (debug info stripped, symbols kept).\n")
+        w("| model (aarch64, emulated) | requests per round | engine / tract p50 | engine / tract p99 |")
+        w("|---|---|---|---|")
+        for n, r in a["rows"].items():
+            w(f"| {n} | {r['n']} | {span(r['p50'], '{:.3f}')} | {span(r['p99'], '{:.3f}')} |")
+        w("")
+
+    w("## Reading these figures\n")
+    w((ROOT / "tests" / "bench" / "notes.md").read_text().strip() + "\n")
+    out_path.write_text("\n".join(md) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", type=Path, default=ROOT / "target" / "release" / "edge-agent")
+    ap.add_argument("--driver", type=Path, default=ROOT / "target" / "release" / "examples" / "mqtt_load")
+    ap.add_argument("--peer-python", type=Path, required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("-n", type=int, default=300, help="requests per model and round")
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--step-s", type=float, default=3.0, help="seconds of messages per offered rate")
+    ap.add_argument("--flood", type=int, default=30000, help="messages of the sustained-rate run")
+    ap.add_argument("--api-s", type=int, default=5, help="seconds per API load run")
+    ap.add_argument("--only", default="models,mqtt,api", help="scenarios: models, mqtt, api, aarch64")
+    ap.add_argument("--aarch64-timeout", type=int, default=300, help="seconds per emulated bench run")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    ap.add_argument("--command", default="tests/bench/run")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite the report from target/bench/results.json without measuring")
+    args = ap.parse_args()
+    plot_dir = args.out.parent / "bench"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(","))
+    raw_path = ROOT / "target" / "bench" / "results.json"
+    raw_path.parent.mkdir(parents=True, exist_ok=True)
+    # A partial run reuses the other scenarios from the previous full run's raw results.
+    if args.render_only:
+        if not raw_path.exists():
+            raise SystemExit("bench: --render-only needs target/bench/results.json from a run")
+        write_report(args, json.loads(raw_path.read_text()), args.out, plot_dir)
+        log(f"rewrote {os.path.relpath(args.out, ROOT)} from {os.path.relpath(raw_path, ROOT)}")
+        return
+    res = json.loads(raw_path.read_text()) if raw_path.exists() and not {"models", "mqtt", "api"} <= only else {}
+    res.update({"machine": machine(), "versions": versions(args), "command": args.command, "sizes": sizes(args)})
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "models" in only:
+            log("1/5 inference latency per model")
+            res["models"] = scenario_models(args)
+        if "mqtt" in only:
+            log("2/5 and 3/5 MQTT message to result, footprint")
+            res["mqtt"] = scenario_mqtt(args, tmp)
+        if "api" in only:
+            log("4/5 local API")
+            res["api"] = scenario_api(args)
+        if "aarch64" in only:
+            log("5/5 aarch64 under qemu-user")
+            res["aarch64"] = scenario_aarch64(args)
+    m = res["machine"]
+    for scenario in only:
+        res.setdefault("measured", {})[SCENARIO_TITLES.get(scenario, scenario)] = {
+            "commit": m["commit"], "date": m["date"], "command": args.command, "rounds": args.rounds}
+    raw_path.write_text(json.dumps(res, indent=1))
+    res.setdefault("aarch64", None)
+    missing = [k for k in ("models", "mqtt", "api") if k not in res]
+    if missing:
+        raise SystemExit(f"bench: no results for {', '.join(missing)}; run them (without --only) first")
+    write_report(args, res, args.out, plot_dir)
+    log(f"wrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(plot_dir, ROOT)}/*.svg "
+        f"(raw figures: {os.path.relpath(raw_path, ROOT)})")
+
+
+if __name__ == "__main__":
+    main()
