@@ -265,32 +265,30 @@ impl Daemon {
     }
 }
 
-/// Reads one HTTP/1.1 request (head, then a body by Content-Length) from a blocking
-/// stream, for hand-written test servers; `None` when the peer closed or failed first.
+/// The whole length of the HTTP/1.1 request at the start of `buf` (head, then a body by
+/// Content-Length), once its head has arrived.
+pub fn http_request_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    Some(end + 4 + length)
+}
+
+/// Reads one HTTP/1.1 request from a blocking stream, for hand-written test servers;
+/// `None` when the peer closed or failed first.
 pub fn read_http_request(stream: &mut impl Read) -> Option<()> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    loop {
+    while http_request_len(&buf).is_none_or(|len| buf.len() < len) {
         let n = stream.read(&mut chunk).ok()?;
         if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(());
-        }
     }
+    Some(())
 }

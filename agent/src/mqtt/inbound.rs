@@ -1,15 +1,14 @@
 //! Messages from the broker: sensor data to the data path, commands to the dispatcher.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::ack::Ack;
 use super::client::Inbound;
-use super::link::INBOUND_RESUME;
+use super::link::Backlog;
 use super::topics::{self, Scope, Topics};
 use crate::config::SensorSubscription;
 use crate::engine::Engine;
@@ -34,9 +33,7 @@ pub struct InboundRouter {
     pub topics: Topics,
     pub sensors: Vec<SensorSubscription>,
     pub engine: Arc<Engine>,
-    pub backlog: Arc<AtomicUsize>,
-    /// Wakes the connection task when it may read again.
-    pub resume: Arc<Notify>,
+    pub backlog: Arc<Backlog>,
     pub to_streams: mpsc::Sender<SensorMessage>,
     pub to_commands: mpsc::Sender<CommandMsg>,
     /// Shutdown: stop handing messages on, leave the rest to the broker.
@@ -57,9 +54,7 @@ impl InboundRouter {
                 },
             };
             let (m, ack) = m;
-            if self.backlog.fetch_sub(1, Ordering::AcqRel) == INBOUND_RESUME + 1 {
-                self.resume.notify_one();
-            }
+            self.backlog.take();
             if let Some((name, scope)) = self.topics.parse_command(&m.topic) {
                 let cmd = CommandMsg {
                     name,
@@ -100,7 +95,7 @@ impl InboundRouter {
         drop(self.to_streams);
         rx.close();
         while let Some((_, ack)) = rx.recv().await {
-            self.backlog.fetch_sub(1, Ordering::Relaxed);
+            self.backlog.take();
             if let Some(a) = ack {
                 a.forget();
             }

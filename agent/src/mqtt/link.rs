@@ -19,11 +19,49 @@ use super::outbox::{LinkSignal, OutboxStats};
 use crate::service::health::Health;
 
 /// Messages waiting for the inbound task beyond which the connection stops reading.
-pub const INBOUND_PAUSE: usize = 256;
+const INBOUND_PAUSE: usize = 256;
 /// ... and the backlog at which it reads again. The gap keeps the connection from
 /// stopping and starting for every message: each stop also holds up the broker's
 /// acknowledgements of our results, which arrive on the same socket.
-pub const INBOUND_RESUME: usize = INBOUND_PAUSE / 2;
+const INBOUND_RESUME: usize = INBOUND_PAUSE / 2;
+
+/// Messages the connection task handed to the inbound task and it has not taken yet,
+/// with the wake-up that ends a pause.
+#[derive(Default)]
+pub struct Backlog {
+    count: AtomicUsize,
+    resume: Notify,
+}
+
+impl Backlog {
+    /// The connection task handed one over.
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// One was taken (or given up); wakes the connection task when the backlog falls
+    /// to [`INBOUND_RESUME`].
+    pub fn take(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == INBOUND_RESUME + 1 {
+            self.resume.notify_one();
+        }
+    }
+
+    /// Returns at once below [`INBOUND_PAUSE`]; otherwise once the backlog is down to
+    /// [`INBOUND_RESUME`].
+    async fn room(&self) {
+        if self.count.load(Ordering::Acquire) < INBOUND_PAUSE {
+            return;
+        }
+        while self.count.load(Ordering::Acquire) > INBOUND_RESUME {
+            tokio::select! {
+                _ = self.resume.notified() => {}
+                // A wake-up is never lost (Notify keeps one), but re-check anyway.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+}
 
 /// Everything the connection task needs.
 pub struct Link {
@@ -33,9 +71,7 @@ pub struct Link {
     pub acks: Arc<AckBook>,
     pub to_outbox: mpsc::UnboundedSender<LinkSignal>,
     pub inbound: mpsc::UnboundedSender<(Inbound, Option<Ack>)>,
-    pub backlog: Arc<AtomicUsize>,
-    /// Woken by the inbound task when the backlog falls to [`INBOUND_RESUME`].
-    pub resume: Arc<Notify>,
+    pub backlog: Arc<Backlog>,
     pub stats: Arc<OutboxStats>,
     pub health: Arc<Health>,
     pub broker: String,
@@ -55,15 +91,9 @@ impl Link {
             // bound what it sends an MQTT 3.1.1 client): past this backlog, stop reading
             // until it drains, so the socket pushes back instead of memory growing. The
             // outbox never waits on this task, so pausing cannot close a circle.
-            if self.backlog.load(Ordering::Acquire) >= INBOUND_PAUSE {
-                while self.backlog.load(Ordering::Acquire) > INBOUND_RESUME {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = self.resume.notified() => {}
-                        // A wake-up is never lost (Notify keeps one), but re-check anyway.
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    }
-                }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.backlog.room() => {}
             }
             self.acks.flush(&self.client);
             let event = tokio::select! {
@@ -89,9 +119,9 @@ impl Link {
                     // Registered here, at receipt: acknowledgements go out in this order,
                     // and only on this connection.
                     let ack = (m.qos > 0).then(|| Ack::new(self.client.clone(), m.pkid, self.acks.clone()));
-                    self.backlog.fetch_add(1, Ordering::Relaxed);
+                    self.backlog.add();
                     if self.inbound.send((m, ack)).is_err() {
-                        self.backlog.fetch_sub(1, Ordering::Relaxed);
+                        self.backlog.take();
                     }
                 }
                 Ok(LinkEvent::PubAck(pkid)) => {

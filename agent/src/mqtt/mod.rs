@@ -16,7 +16,6 @@ pub mod outbox;
 pub mod topics;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -140,8 +139,7 @@ pub fn start(
     let (client, event_loop) = options::build(cfg, will)?;
     let stats = Arc::new(OutboxStats::default());
     let acks = Arc::new(AckBook::default());
-    let backlog = Arc::new(AtomicUsize::new(0));
-    let resume = Arc::new(tokio::sync::Notify::new());
+    let backlog = Arc::new(link::Backlog::default());
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOX_QUEUE);
@@ -169,7 +167,6 @@ pub fn start(
         to_outbox: link_tx,
         inbound: inbound_tx,
         backlog: backlog.clone(),
-        resume: resume.clone(),
         stats: stats.clone(),
         health,
         broker: format!("{}:{}", cfg.host, cfg.port),
@@ -182,7 +179,6 @@ pub fn start(
         sensors: cfg.sensors.clone(),
         engine,
         backlog,
-        resume,
         to_streams,
         to_commands: cmd_tx,
         stop,
