@@ -14,6 +14,8 @@ mod bad_input;
 mod bench;
 /// The command line: inspect, infer, bench output formats.
 mod cli;
+/// The aarch64 build under qemu-user: same outputs as x86_64, the demo, MQTT.
+mod cross;
 /// Configuration errors and overrides.
 mod config;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
