@@ -18,6 +18,8 @@ mod cli;
 mod cross;
 /// Configuration errors and overrides.
 mod config;
+/// The cloud image (firmware-images/cloud): built, then its entrypoint run from its root fs.
+mod container;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
 /// Cloud fallback over OIP v2: each routing reason, faults, breaker, budget, memory.
