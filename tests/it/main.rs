@@ -14,18 +14,20 @@ mod bad_input;
 mod bench;
 /// The command line: inspect, infer, bench output formats.
 mod cli;
-/// The aarch64 build under qemu-user: same outputs as x86_64, the demo, MQTT.
-mod cross;
 /// Configuration errors and overrides.
 mod config;
 /// The cloud image (firmware-images/cloud): built, then its entrypoint run from its root fs.
 mod container;
+/// The aarch64 build under qemu-user: same outputs as x86_64, the demo, MQTT.
+mod cross;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
 /// Cloud fallback over OIP v2: each routing reason, faults, breaker, budget, memory.
 mod fallback;
 /// The cloud fallback's OIP v2 client alone: retries, timeouts, limits, tokens, TLS.
 mod fallback_client;
+/// The device images booted under systemd-nspawn: READY, MQTT, SIGKILL, shutdown.
+mod images;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.

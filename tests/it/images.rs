@@ -1,0 +1,355 @@
+//! The device images (`firmware-images/build`, run by tests/run) booted with their own
+//! systemd under `systemd-nspawn`: the agent reaches READY under its real unit, joins
+//! the host's Mosquitto with the settings the first-boot step took from the container's
+//! command line (amd64) or from a config partition (arm64), answers `ping`, infers,
+//! survives SIGKILL (restarted by systemd, nothing accepted is lost) and stops cleanly
+//! when the container shuts down.
+//!
+//! The container shares the host's network, so the agent inside reaches the test broker
+//! on 127.0.0.1. `--volatile=overlay` keeps the unpacked image untouched between runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::broker::{Broker, BrokerOptions};
+use crate::common::*;
+
+/// The images tests/run built: `EDGE_TEST_IMAGES`, else target/images.
+fn images_dir() -> PathBuf {
+    std::env::var_os("EDGE_TEST_IMAGES").map(PathBuf::from).unwrap_or_else(|| root().join("target/images"))
+}
+
+/// The image's root file system, unpacked once from its tarball (again when the tarball
+/// is newer than the unpacked tree).
+fn unpacked(arch: &str) -> PathBuf {
+    let dir = images_dir();
+    let tarball = ["tar.zst", "tar"]
+        .iter()
+        .map(|ext| dir.join(format!("edge-agent-{arch}.rootfs.{ext}")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("no {arch} image in {}: run tests/run (it runs firmware-images/build)", dir.display())
+        });
+    let tree = dir.join(format!("rootfs-{arch}"));
+    let stamp = tree.join(".unpacked");
+    let newer = |a: &Path, b: &Path| {
+        let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        m(a) > m(b)
+    };
+    if !stamp.is_file() || newer(&tarball, &stamp) {
+        if tree.exists() {
+            let out =
+                run_with(Command::new("rm").args(["-rf", "--one-file-system"]).arg(&tree), None, secs(120));
+            assert!(out.status.success(), "remove {}: {}", tree.display(), stderr(&out));
+        }
+        std::fs::create_dir_all(&tree).unwrap();
+        let mut tar = Command::new("tar");
+        tar.args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tree);
+        if tarball.extension().is_some_and(|e| e == "zst") {
+            tar.arg("-I").arg("zstd");
+        }
+        let out = run_with(&mut tar, None, secs(300));
+        assert!(out.status.success(), "unpack {}: {}", tarball.display(), stderr(&out));
+        std::fs::write(&stamp, b"").unwrap();
+    }
+    tree
+}
+
+/// A booted container; powered off (or killed) on drop.
+struct Container {
+    nspawn: Guard,
+    console: Arc<Mutex<String>>,
+    init: u32,
+}
+
+impl Container {
+    /// Boots `tree` with `init_args` as its init's command line and `binds` (host dir,
+    /// container path) bind-mounted read-only.
+    fn boot(tree: &Path, init_args: &[String], binds: &[(PathBuf, &str)]) -> Container {
+        let mut cmd = Command::new("systemd-nspawn");
+        cmd.args(["-q", "--register=no", "--keep-unit", "--volatile=overlay", "--console=pipe", "-D"])
+            .arg(tree)
+            .env("SYSTEMD_LOG_LEVEL", "warning");
+        for (host, inside) in binds {
+            cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
+        }
+        cmd.arg("-b").arg("--").args(init_args);
+        let mut nspawn = Guard(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn systemd-nspawn"),
+        );
+        let console = Arc::new(Mutex::new(String::new()));
+        read_into(nspawn.0.stdout.take().expect("stdout"), console.clone());
+        read_into(nspawn.0.stderr.take().expect("stderr"), console.clone());
+        // The container's init is the child of nspawn that is PID 1 in its own PID
+        // namespace (`NSpid: <host pid> 1`); nspawn's first child is an intermediate
+        // process in the host's namespace, gone once init runs.
+        let start = Instant::now();
+        let is_init = |pid: &str| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            status.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|ns| {
+                let ids: Vec<&str> = ns.split_whitespace().collect();
+                ids.len() >= 2 && ids.last() == Some(&"1")
+            })
+        };
+        let init = loop {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.0.id()))
+                .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().find(|p| is_init(p)).and_then(|p| p.parse().ok()) {
+                break pid;
+            }
+            if let Ok(Some(status)) = nspawn.0.try_wait() {
+                panic!("systemd-nspawn exited ({status}):\n{}", console.lock().unwrap());
+            }
+            assert!(start.elapsed() < secs(30), "no container init after 30 s:\n{}", console.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Container { nspawn, console, init }
+    }
+
+    fn console(&self) -> String {
+        self.console.lock().unwrap().clone()
+    }
+
+    /// Runs a command inside the container's namespaces (its own programs).
+    fn exec(&self, args: &[&str], limit: Duration) -> std::process::Output {
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["-t", &self.init.to_string(), "-m", "-u", "-i", "-n", "-p", "--"]).args(args);
+        run_with(&mut cmd, None, limit)
+    }
+
+    /// `systemctl show` properties of a unit inside the container.
+    fn unit(&self, unit: &str, props: &[&str]) -> std::collections::HashMap<String, String> {
+        self.try_unit(unit, props)
+            .unwrap_or_else(|e| panic!("systemctl show {unit}: {e}\n{}", self.console()))
+    }
+
+    /// The same, or systemctl's error (early in boot its manager is not up yet).
+    fn try_unit(
+        &self,
+        unit: &str,
+        props: &[&str],
+    ) -> Result<std::collections::HashMap<String, String>, String> {
+        let mut args = vec!["systemctl", "show", unit];
+        let joined = props.join(",");
+        args.extend(["-p", &joined]);
+        let out = self.exec(&args, secs(60));
+        if !out.status.success() {
+            return Err(stderr(&out));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// Waits until the unit is active/running (READY=1 received, for Type=notify).
+    fn wait_active(&self, unit: &str, limit: Duration) -> std::collections::HashMap<String, String> {
+        let start = Instant::now();
+        loop {
+            let props = [
+                "ActiveState",
+                "SubState",
+                "NRestarts",
+                "ExecMainStartTimestampMonotonic",
+                "ActiveEnterTimestampMonotonic",
+            ];
+            let p = match self.try_unit(unit, &props) {
+                Ok(p) => p,
+                Err(e) => {
+                    assert!(start.elapsed() < limit, "systemctl never answered: {e}\n{}", self.console());
+                    std::thread::sleep(Duration::from_millis(250));
+                    continue;
+                }
+            };
+            if p.get("ActiveState").map(String::as_str) == Some("active")
+                && p.get("SubState").map(String::as_str) == Some("running")
+            {
+                return p;
+            }
+            assert!(
+                p.get("ActiveState").map(String::as_str) != Some("failed"),
+                "{unit} failed: {p:?}\n{}",
+                self.journal(unit)
+            );
+            assert!(
+                start.elapsed() < limit,
+                "{unit} not active within {limit:?}: {p:?}\n{}\n{}",
+                self.journal(unit),
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn journal(&self, unit: &str) -> String {
+        let out = self.exec(&["journalctl", "--no-pager", "-o", "cat", "-u", unit], secs(60));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `systemctl poweroff` inside; returns once nspawn has exited 0.
+    fn poweroff(mut self, limit: Duration) -> String {
+        let out = self.exec(&["systemctl", "poweroff"], secs(60));
+        assert!(out.status.success(), "systemctl poweroff: {}", stderr(&out));
+        let status = wait_timeout(&mut self.nspawn.0, limit).unwrap_or_else(|| {
+            panic!("the container did not power off within {limit:?}:\n{}", self.console())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(status.success(), "systemd-nspawn exited {status}:\n{}", self.console());
+        self.console()
+    }
+}
+
+impl Drop for Container {
+    /// Killing nspawn alone would leave the container running: its init is reparented.
+    /// SIGKILL to a PID namespace's init ends every process in it.
+    fn drop(&mut self) {
+        if matches!(self.nspawn.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-KILL", &self.init.to_string()]).status();
+        }
+    }
+}
+
+fn micros(p: &std::collections::HashMap<String, String>, key: &str) -> u64 {
+    p.get(key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in {p:?}"))
+}
+
+/// A sensor message: one golden window of the demo model, with an id.
+fn window_message(golden: &Value, case: usize, id: u64) -> (String, String) {
+    let c = &golden["cases"][case];
+    (
+        serde_json::json!({ "id": id, "data": c["input"] }).to_string(),
+        c["label"].as_str().unwrap().to_string(),
+    )
+}
+
+fn boot_test(arch: &str, via_partition: bool, ready_limit: Duration) {
+    let tree = unpacked(arch);
+    let broker = Broker::start(BrokerOptions {
+        users: vec![("test".into(), "test-pass".into())],
+        allow_anonymous: true,
+        ..BrokerOptions::default()
+    });
+    let device = format!("img-{arch}");
+    let settings = [
+        format!("edge_agent.device_id={device}"),
+        "edge_agent.mqtt_host=127.0.0.1".to_string(),
+        format!("edge_agent.mqtt_port={}", broker.port),
+    ];
+    let conf = tempdir();
+    let (args, mut binds): (Vec<String>, Vec<(PathBuf, &str)>) = if via_partition {
+        std::fs::write(conf.path().join("device.conf"), settings.join("\n") + "\n").unwrap();
+        (vec![], vec![(conf.path().to_path_buf(), "/media/edge-config")])
+    } else {
+        (settings.to_vec(), vec![])
+    };
+    // The container shares the host's network, where the image's API port (8470) may be
+    // taken by another test's agent: a test-only drop-in moves it to a free port.
+    let dropin = tempdir();
+    std::fs::write(
+        dropin.path().join("test-api.conf"),
+        format!("[Service]\nEnvironment=EDGE_AGENT_API_LISTEN=127.0.0.1:{}\n", free_port()),
+    )
+    .unwrap();
+    binds.push((
+        dropin.path().join("test-api.conf"),
+        "/etc/systemd/system/edge-agent.service.d/test-api.conf",
+    ));
+    let status = broker.subscribe("test", &format!("edge/{device}/status"));
+    let replies = broker.subscribe("test", &format!("edge/{device}/cmd/+/reply"));
+    let results = broker.subscribe("test", &format!("edge/{device}/results/#"));
+
+    let c = Container::boot(&tree, &args, &binds);
+    let p = c.wait_active("edge-agent.service", ready_limit);
+    let ready_ms = (micros(&p, "ActiveEnterTimestampMonotonic")
+        - micros(&p, "ExecMainStartTimestampMonotonic")) as f64
+        / 1000.0;
+    eprintln!("{arch}: edge-agent start to READY in {ready_ms:.0} ms inside the image");
+    let firstboot = c.unit("edge-agent-firstboot.service", &["ActiveState", "Result"]);
+    assert_eq!(
+        firstboot["Result"],
+        "success",
+        "{firstboot:?}\n{}",
+        c.journal("edge-agent-firstboot.service")
+    );
+
+    let online = |since: usize, limit: Duration| {
+        let (_, s) = status.wait_for_after("online status", since, limit, |_, p| p.contains("\"online\""));
+        serde_json::from_str::<Value>(&s).expect("status json")
+    };
+    let s = online(0, secs(60));
+    assert_eq!(s["models"]["vibration"], "1", "{s}");
+
+    broker.publish("test", &format!("edge/{device}/cmd/ping"), br#"{"id":"img-ping"}"#, 1, false);
+    replies.wait_for("ping reply", secs(60), |_, p| p.contains("img-ping") && p.contains("\"succeeded\""));
+
+    let golden = read_json(&demo_model().join("golden.json"));
+    let (msg, label) = window_message(&golden, 0, 1);
+    broker.publish("test", "sensors/pump-1/accel", msg.as_bytes(), 1, false);
+    let (_, r) = results.wait_for("a result", secs(60), |_, p| p.contains("\"input_id\":1"));
+    let r: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["outputs"]["label"], label, "{r}");
+
+    // SIGKILL: systemd restarts it (Restart=on-failure). A sensor message published while
+    // it is down waits in its persistent session and is answered after the restart.
+    let before = micros(&p, "NRestarts");
+    let mark = status.messages().len();
+    let out = c.exec(&["systemctl", "kill", "-s", "SIGKILL", "edge-agent.service"], secs(60));
+    assert!(out.status.success(), "systemctl kill: {}", stderr(&out));
+    let (msg, label) = window_message(&golden, 1, 2);
+    broker.publish("test", "sensors/pump-2/accel", msg.as_bytes(), 1, false);
+    let start = Instant::now();
+    let p = loop {
+        let p = c.unit("edge-agent.service", &["ActiveState", "SubState", "NRestarts"]);
+        if micros(&p, "NRestarts") > before && p["SubState"] == "running" {
+            break p;
+        }
+        assert!(
+            start.elapsed() < ready_limit + secs(10),
+            "not restarted after SIGKILL: {p:?}\n{}",
+            c.journal("edge-agent.service")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(micros(&p, "NRestarts"), before + 1, "{p:?}");
+    online(mark, secs(60));
+    let (_, r) = results.wait_for("the result of the message sent while it was down", secs(60), |_, p| {
+        p.contains("\"input_id\":2")
+    });
+    let r: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["outputs"]["label"], label, "{r}");
+    let out = c.exec(&["ls", "/var/lib/edge-agent/spool"], secs(30));
+    assert!(out.status.success(), "the spool directory is gone after SIGKILL: {}", stderr(&out));
+
+    let journal = c.journal("edge-agent.service");
+    let mark = status.messages().len();
+    let console = c.poweroff(secs(120));
+    status.wait_for_after("offline at shutdown", mark, secs(30), |_, p| p.contains("\"offline\""));
+    assert!(!journal.contains("panicked"), "the agent panicked:\n{journal}");
+    assert!(!console.contains("edge-agent.service: Failed"), "the agent's stop failed:\n{console}");
+
+    let report = serde_json::json!({ "arch": arch, "start_to_ready_ms": ready_ms });
+    std::fs::write(images_dir().join(format!("boot-{arch}.json")), report.to_string()).unwrap();
+}
+
+#[test]
+fn amd64_image_boots_and_runs_the_agent_under_systemd() {
+    boot_test("amd64", false, secs(60));
+}
+
+#[test]
+fn arm64_image_boots_and_runs_the_agent_under_systemd() {
+    // Everything in the container, systemd included, runs under qemu-user.
+    boot_test("arm64", true, secs(240));
+}
