@@ -61,7 +61,11 @@ fn aarch64_binary_is_arm64_and_answers_version_and_inspect() {
     assert_eq!(version, native, "the two builds report different versions");
 
     let demo = demo_model();
-    let out = run_with(&mut qemu(&["model", "inspect", "--model", demo.to_str().unwrap(), "--json"]), None, secs(120));
+    let out = run_with(
+        &mut qemu(&["model", "inspect", "--model", demo.to_str().unwrap(), "--json"]),
+        None,
+        secs(120),
+    );
     let arm: Value = serde_json::from_str(&ok(&out, "model inspect")).expect("inspect --json");
     let out = run(&["model", "inspect", "--model", demo.to_str().unwrap(), "--json"], secs(60));
     let x86: Value = serde_json::from_str(&ok(&out, "native model inspect")).expect("inspect --json");
@@ -108,7 +112,8 @@ fn assert_close(arm: &Value, x86: &Value, tol: f64, at: &str, worst: &mut f64) {
 }
 
 fn infer_both(model: &Path, input: &Path, limit: Duration) -> (Value, Value) {
-    let args = ["infer", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--json", "--raw"];
+    let args =
+        ["infer", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--json", "--raw"];
     let arm = ok(&run_with(&mut qemu(&args), None, limit), &format!("infer {}", input.display()));
     let x86 = ok(&run(&args, secs(60)), "native infer");
     (serde_json::from_str(&arm).expect("aarch64 json"), serde_json::from_str(&x86).expect("x86_64 json"))
@@ -129,7 +134,8 @@ fn aarch64_outputs_equal_the_x86_64_build() {
     assert!(cases.len() >= 3, "the golden file has windows of each class");
     // One stream of all golden windows end to end: with the spec's hop of half a window,
     // every second window is a golden one and those between straddle two.
-    let samples: Vec<Value> = cases.iter().flat_map(|c| c["input"].as_array().expect("input").clone()).collect();
+    let samples: Vec<Value> =
+        cases.iter().flat_map(|c| c["input"].as_array().expect("input").clone()).collect();
     let input = dir.path().join("windows.json");
     std::fs::write(&input, Value::Array(samples).to_string()).unwrap();
     let (arm, x86) = infer_both(&demo_model(), &input, secs(120));
@@ -233,8 +239,8 @@ fn aarch64_mqtt_round_trip() {
     read_into(child.0.stderr.take().expect("stderr"), log.clone());
     let diagnose = || log.lock().unwrap().clone();
 
-    let (_, online) =
-        status.wait_for("online status", secs(120), |t, p| t == "edge/arm1/status" && p.contains("\"online\""));
+    let (_, online) = status
+        .wait_for("online status", secs(120), |t, p| t == "edge/arm1/status" && p.contains("\"online\""));
     let online: Value = serde_json::from_str(&online).expect("status json");
     assert_eq!(online["models"]["vibration"], "1", "{online}\n{}", diagnose());
 
@@ -250,8 +256,7 @@ fn aarch64_mqtt_round_trip() {
         let payload = serde_json::json!({ "id": i, "data": half }).to_string();
         broker.publish("test", "sensors/pump-1/accel", payload.as_bytes(), 1, false);
     }
-    let (_, result) =
-        results.wait_for("a result", secs(60), |t, _| t == "edge/arm1/results/vibration");
+    let (_, result) = results.wait_for("a result", secs(60), |t, _| t == "edge/arm1/results/vibration");
     let result: Value = serde_json::from_str(&result).expect("result json");
     assert_eq!(result["stream"], "pump-1", "{result}");
     assert_eq!(result["outputs"]["label"], golden["cases"][0]["label"], "{result}");
