@@ -353,3 +353,105 @@ fn arm64_image_boots_and_runs_the_agent_under_systemd() {
     // Everything in the container, systemd included, runs under qemu-user.
     boot_test("arm64", true, secs(240));
 }
+
+/// A full boot of the ext4 disk image under qemu-system (software emulation, no KVM), with
+/// the kernel and initrd taken from the image and the per-device settings on the kernel
+/// command line. The guest's only network is QEMU's user-mode stack with `restrict=on`:
+/// nothing leaves the process except the one forwarded connection, from the guest's
+/// 10.0.2.100:1883 to the test broker on the host's loopback.
+fn full_boot(arch: &str, limit: Duration) {
+    let dir = images_dir();
+    let disk = dir.join(format!("edge-agent-{arch}.ext4"));
+    assert!(disk.is_file(), "no {} image: run tests/run (it runs firmware-images/build)", disk.display());
+    let broker = Broker::start(BrokerOptions {
+        users: vec![("test".into(), "test-pass".into())],
+        allow_anonymous: true,
+        ..BrokerOptions::default()
+    });
+    let device = format!("vm-{arch}");
+    let status = broker.subscribe("test", &format!("edge/{device}/status"));
+    let replies = broker.subscribe("test", &format!("edge/{device}/cmd/+/reply"));
+    let results = broker.subscribe("test", &format!("edge/{device}/results/#"));
+    let monitor = tempdir();
+    let monitor_sock = monitor.path().join("monitor.sock");
+
+    let (program, machine, console): (&str, &[&str], &str) = match arch {
+        "amd64" => ("qemu-system-x86_64", &[], "ttyS0"),
+        // cortex-a53: `-cpu max` is far slower under TCG.
+        _ => ("qemu-system-aarch64", &["-M", "virt", "-cpu", "cortex-a53"], "ttyAMA0"),
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(machine)
+        .args(["-m", "768", "-smp", "2", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-monitor")
+        .arg(format!("unix:{},server,nowait", monitor_sock.display()))
+        .arg("-kernel")
+        .arg(dir.join(format!("vmlinuz-{arch}")))
+        .arg("-initrd")
+        .arg(dir.join(format!("initrd.img-{arch}")))
+        .arg("-append")
+        .arg(format!(
+            "root=/dev/vda rw console={console} edge_agent.device_id={device} \
+             edge_agent.mqtt_host=10.0.2.100 edge_agent.mqtt_port=1883"
+        ))
+        // snapshot=on: writes go to a temporary overlay, the image stays as built.
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio,snapshot=on", disk.display()))
+        .arg("-netdev")
+        .arg(format!("user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:1883-tcp:127.0.0.1:{}", broker.port))
+        .args(["-device", "virtio-net-pci,netdev=n0"]);
+    let started = Instant::now();
+    let mut vm = Guard(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn qemu-system"),
+    );
+    let serial = Arc::new(Mutex::new(String::new()));
+    read_into(vm.0.stdout.take().expect("stdout"), serial.clone());
+    read_into(vm.0.stderr.take().expect("stderr"), serial.clone());
+    let console_text = || serial.lock().unwrap().clone();
+
+    let (_, s) =
+        status.wait_for_after("online status from the VM", 0, limit, |_, p| p.contains("\"online\""));
+    let online_s = started.elapsed().as_secs_f64();
+    let s: Value = serde_json::from_str(&s).unwrap();
+    assert_eq!(s["models"]["vibration"], "1", "{s}\n{}", console_text());
+    eprintln!("{arch}: qemu-system start to the agent's online status in {online_s:.1} s");
+
+    broker.publish("test", &format!("edge/{device}/cmd/ping"), br#"{"id":"vm-ping"}"#, 1, false);
+    replies.wait_for("ping reply", secs(60), |_, p| p.contains("vm-ping") && p.contains("\"succeeded\""));
+    let golden = read_json(&demo_model().join("golden.json"));
+    let (msg, label) = window_message(&golden, 2, 7);
+    broker.publish("test", "sensors/pump-9/accel", msg.as_bytes(), 1, false);
+    let (_, r) = results.wait_for("a result from the VM", secs(60), |_, p| p.contains("\"input_id\":7"));
+    let r: Value = serde_json::from_str(&r).unwrap();
+    assert_eq!(r["outputs"]["label"], label, "{r}");
+
+    // The power button (ACPI on amd64, the virt board's GPIO key on arm64): systemd
+    // shuts down, the agent stops cleanly (it publishes offline) and QEMU exits.
+    let mark = status.messages().len();
+    let mut sock =
+        std::os::unix::net::UnixStream::connect(&monitor_sock).expect("connect to the QEMU monitor");
+    std::io::Write::write_all(&mut sock, b"system_powerdown\n").expect("system_powerdown");
+    status.wait_for_after("offline at shutdown", mark, secs(120), |_, p| p.contains("\"offline\""));
+    let exit = wait_timeout(&mut vm.0, secs(120))
+        .unwrap_or_else(|| panic!("the VM did not power off within 120 s:\n{}", console_text()));
+    assert!(exit.success(), "qemu exited {exit}:\n{}", console_text());
+    let console = console_text();
+    assert!(console.contains("reboot: Power down"), "no clean power-off on the console:\n{console}");
+    assert!(!console.contains("Failed to start edge-agent"), "{console}");
+    let report = serde_json::json!({ "arch": arch, "qemu_start_to_online_s": online_s });
+    std::fs::write(dir.join(format!("qemu-{arch}.json")), report.to_string()).unwrap();
+}
+
+#[test]
+fn amd64_disk_image_full_boot_under_qemu_system() {
+    full_boot("amd64", secs(240));
+}
+
+#[test]
+fn arm64_disk_image_full_boot_under_qemu_system() {
+    full_boot("arm64", secs(400));
+}
