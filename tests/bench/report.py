@@ -282,7 +282,8 @@ def scenario_aarch64(args):
         n = 40 if name == "ppocr-cls" else 200
         eng, direct = [], []
         for r in range(args.rounds):
-            cmd = [qemu, "-L", "/usr/aarch64-linux-gnu", str(binary), "bench", "--model", str(d),
+            # No -L: see .cargo/config.toml (a mismatched loader and libc hang).
+            cmd = [qemu, str(binary), "bench", "--model", str(d),
                    "-n", str(n), "--warmup", "10", "--threads", "1", "--json"]
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.aarch64_timeout)
@@ -592,9 +593,44 @@ def write_report(args, res, out_path, plot_dir):
             w(f"| {n} | {r['n']} | {span(r['p50'], '{:.3f}')} | {span(r['p99'], '{:.3f}')} |")
         w("")
 
+    images_section(w)
+
     w("## Reading these figures\n")
     w((ROOT / "tests" / "bench" / "notes.md").read_text().strip() + "\n")
     out_path.write_text("\n".join(md) + "\n")
+
+
+def images_section(w):
+    """Section 6: what firmware-images/build and tests/it/images.rs last wrote under
+    target/images (tests/run makes both); measured there, not by this run."""
+    d = ROOT / "target" / "images"
+    def load(name):
+        p = d / name
+        return json.loads(p.read_text()) if p.is_file() else None
+    w("## 6. Device images\n")
+    arches = [a for a in ("amd64", "arm64") if load(f"build-{a}.json")]
+    if not arches:
+        w("Not measured: no images under `target/images` (tests/run builds them).\n")
+        return
+    w("Written by `firmware-images/build` and the boot tests of `tests/run` (`tests/it/images.rs`),")
+    w("not by this run; the test images carry the unstripped dev build (75 MB; `dist` is 25 MB).\n")
+    rows = [
+        ("base root file system, built once (s)", lambda b, n, q: f"{b['base_s']:.0f}" if not b["base_cached"] else "cached"),
+        ("customisation (s)", lambda b, n, q: f"{b['customise_s']:.0f}"),
+        ("root file system unpacked (MB)", lambda b, n, q: f"{b['bytes']['rootfs_tree'] / 1e6:.0f}"),
+        ("rootfs.tar.zst (MB)", lambda b, n, q: f"{b['bytes']['rootfs_tar'] / 1e6:.0f}"),
+        ("ext4 disk image (MB)", lambda b, n, q: f"{b['bytes']['ext4'] / 1e6:.0f}"),
+        ("hardening exposure (systemd-analyze)", lambda b, n, q: f"{b['hardening_exposure']}"),
+        ("agent start to READY under nspawn (ms)", lambda b, n, q: f"{n['start_to_ready_ms']:.0f}" if n else "-"),
+        ("qemu-system start to online status (s)", lambda b, n, q: f"{q['qemu_start_to_online_s']:.1f}" if q else "-"),
+    ]
+    w("| | " + " | ".join(arches) + " |")
+    w("|---|" + "---|" * len(arches))
+    for label, f in rows:
+        cells = [f(load(f"build-{a}.json"), load(f"boot-{a}.json"), load(f"qemu-{a}.json")) for a in arches]
+        w(f"| {label} | " + " | ".join(cells) + " |")
+    w("\narm64 runs under emulation (qemu-user in nspawn, TCG in qemu-system): its times say")
+    w("nothing about a board.\n")
 
 
 def main():

@@ -18,6 +18,14 @@ use serde_json::Value;
 use crate::common::broker::{Broker, BrokerOptions};
 use crate::common::*;
 
+/// One emulated machine at a time: each takes both cores, and two at once would slow
+/// every other test running beside them.
+static ONE_MACHINE: Mutex<()> = Mutex::new(());
+
+fn one_machine() -> std::sync::MutexGuard<'static, ()> {
+    ONE_MACHINE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The images tests/run built: `EDGE_TEST_IMAGES`, else target/images.
 fn images_dir() -> PathBuf {
     std::env::var_os("EDGE_TEST_IMAGES").map(PathBuf::from).unwrap_or_else(|| root().join("target/images"))
@@ -235,6 +243,7 @@ fn window_message(golden: &Value, case: usize, id: u64) -> (String, String) {
 }
 
 fn boot_test(arch: &str, via_partition: bool, ready_limit: Duration) {
+    let _machine = one_machine();
     let tree = unpacked(arch);
     let broker = Broker::start(BrokerOptions {
         users: vec![("test".into(), "test-pass".into())],
@@ -360,6 +369,7 @@ fn arm64_image_boots_and_runs_the_agent_under_systemd() {
 /// nothing leaves the process except the one forwarded connection, from the guest's
 /// 10.0.2.100:1883 to the test broker on the host's loopback.
 fn full_boot(arch: &str, limit: Duration) {
+    let _machine = one_machine();
     let dir = images_dir();
     let disk = dir.join(format!("edge-agent-{arch}.ext4"));
     assert!(disk.is_file(), "no {} image: run tests/run (it runs firmware-images/build)", disk.display());
