@@ -595,9 +595,21 @@ def write_report(args, res, out_path, plot_dir):
 
     images_section(w)
 
-    w("## Reading these figures\n")
+    w(READING_HEADING + "\n")
     w((ROOT / "tests" / "bench" / "notes.md").read_text().strip() + "\n")
     out_path.write_text("\n".join(md) + "\n")
+
+
+IMAGES_HEADING = "## 6. Device images"
+READING_HEADING = "## Reading these figures"
+
+
+def base_seconds(build):
+    """The base root file system's build time: measured by this build, or recorded when the
+    cached base was made (older builds recorded neither)."""
+    if not build["base_cached"]:
+        return f"{build['base_s']:.0f}"
+    return f"{build['base_built_s']:.0f}" if build.get("base_built_s") is not None else "cached"
 
 
 def images_section(w):
@@ -607,7 +619,7 @@ def images_section(w):
     def load(name):
         p = d / name
         return json.loads(p.read_text()) if p.is_file() else None
-    w("## 6. Device images\n")
+    w(IMAGES_HEADING + "\n")
     arches = [a for a in ("amd64", "arm64") if load(f"build-{a}.json")]
     if not arches:
         w("Not measured: no images under `target/images` (tests/run builds them).\n")
@@ -615,7 +627,7 @@ def images_section(w):
     w("Written by `firmware-images/build` and the boot tests of `tests/run` (`tests/it/images.rs`),")
     w("not by this run; the test images carry the unstripped dev build (75 MB; `dist` is 25 MB).\n")
     rows = [
-        ("base root file system, built once (s)", lambda b, n, q: f"{b['base_s']:.0f}" if not b["base_cached"] else "cached"),
+        ("base root file system, built once (s)", lambda b, n, q: base_seconds(b)),
         ("customisation (s)", lambda b, n, q: f"{b['customise_s']:.0f}"),
         ("root file system unpacked (MB)", lambda b, n, q: f"{b['bytes']['rootfs_tree'] / 1e6:.0f}"),
         ("rootfs.tar.zst (MB)", lambda b, n, q: f"{b['bytes']['rootfs_tar'] / 1e6:.0f}"),
@@ -631,6 +643,23 @@ def images_section(w):
         w(f"| {label} | " + " | ".join(cells) + " |")
     w("\narm64 runs under emulation (qemu-user in nspawn, TCG in qemu-system): its times say")
     w("nothing about a board.\n")
+
+
+def splice_images_section(out_path):
+    """Rewrites section 6 of an existing report in place from target/images, leaving the
+    other sections (and the run they came from) as they are: the image figures come from
+    tests/run, not from a benchmark run, so they can be refreshed without one."""
+    text = out_path.read_text()
+    if READING_HEADING not in text:
+        raise SystemExit(f"bench: {out_path} has no '{READING_HEADING}' section to put section 6 before")
+    md = []
+    images_section(md.append)
+    section = "\n".join(md) + "\n"
+    start = text.find(IMAGES_HEADING)
+    end = text.find(READING_HEADING)
+    if start < 0 or start > end:
+        start = end
+    out_path.write_text(text[:start] + section + text[end:])
 
 
 def main():
@@ -650,7 +679,13 @@ def main():
     ap.add_argument("--command", default="tests/bench/run")
     ap.add_argument("--render-only", action="store_true",
                     help="rewrite the report from target/bench/results.json without measuring")
+    ap.add_argument("--images-only", action="store_true",
+                    help="rewrite only section 6 (device images) of the report, from target/images")
     args = ap.parse_args()
+    if args.images_only:
+        splice_images_section(args.out)
+        log(f"rewrote section 6 of {os.path.relpath(args.out, ROOT)} from target/images")
+        return
     plot_dir = args.out.parent / "bench"
     plot_dir.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
