@@ -625,7 +625,9 @@ def images_section(w):
         w("Not measured: no images under `target/images` (tests/run builds them).\n")
         return
     w("Written by `firmware-images/build` and the boot tests of `tests/run` (`tests/it/images.rs`),")
-    w("not by this run; the test images carry the unstripped dev build (75 MB; `dist` is 25 MB).\n")
+    w("not by this run; the test images carry the unstripped dev build (75 MB; `dist` is 25 MB).")
+    w("tests/run builds the base root file systems beside its two compiles, which slows them")
+    w("about threefold; firmware-images/README.md has the times of builds run alone.\n")
     rows = [
         ("base root file system, built once (s)", lambda b, n, q: base_seconds(b)),
         ("customisation (s)", lambda b, n, q: f"{b['customise_s']:.0f}"),

@@ -294,6 +294,33 @@ fn status_metrics_and_the_status_command() {
     assert!(stderr(&out).contains("edge-agent is not running"), "{}", stderr(&out));
 }
 
+/// A daemon that takes the connection and drops it unanswered is not "not running": the
+/// request may have been acted on, so the CLI says the connection broke and exits 1, for
+/// the read-only `status` and for `model rollback` alike.
+#[test]
+fn a_connection_dropped_before_the_answer_is_not_called_not_running() {
+    let dir = tempdir();
+    let socket = dir.path().join("api.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (conn, _) = listener.accept().unwrap();
+            // Closing with the request unread resets the connection (ECONNRESET).
+            std::thread::sleep(Duration::from_millis(200));
+            drop(conn);
+        }
+    });
+    let sock = socket.to_str().unwrap();
+    for args in [vec!["status", "--socket", sock], vec!["model", "rollback", "--socket", sock, "--json"]] {
+        let out = run(&args, secs(20));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("the connection broke before its answer"), "{args:?}: {err}");
+        assert!(!err.contains("not running"), "{args:?}: {err}");
+    }
+    server.join().unwrap();
+}
+
 #[test]
 fn doctor_reports_each_check() {
     let dir = tempdir();

@@ -142,8 +142,12 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
 /// `model list`: the daemon's models with their update state.
 fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
     let socket = super::status::find_socket(d.socket.as_deref(), d.config.as_deref())?;
-    let Some(v) = super::status::fetch_status(&socket)? else {
-        return Ok(ExitCode::from(super::status::EXIT_NOT_RUNNING));
+    let v = match super::status::fetch_status(&socket)? {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(e.exit_code());
+        }
     };
     let ota = &v["ota"]["models"];
     let mut rows = Vec::new();

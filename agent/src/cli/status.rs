@@ -31,27 +31,69 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// Why the daemon gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    /// Nothing accepted the connection: no daemon listens on this socket.
+    #[error("edge-agent is not running: nothing answers on {} ({source})", socket.display())]
+    NotRunning { socket: PathBuf, source: std::io::Error },
+    /// The daemon accepted the connection, then it broke before a whole answer came:
+    /// the daemon stopped or dropped the request. What was asked may or may not have
+    /// been done, so this is not "not running".
+    #[error(
+        "the agent on {} took the request but the connection broke before its answer ({source}); \
+         check whether it stopped or restarted (edge-agent status, journalctl -u edge-agent)",
+        socket.display()
+    )]
+    Broken { socket: PathBuf, source: std::io::Error },
+}
+
+impl NoAnswer {
+    /// The exit code for a command that got no answer.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            NoAnswer::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
+            NoAnswer::Broken { .. } => ExitCode::from(super::EXIT_FAILED),
+        }
+    }
+}
+
+fn connect(socket: &Path) -> Result<UnixStream, NoAnswer> {
+    UnixStream::connect(socket)
+        .map_err(|source| NoAnswer::NotRunning { socket: socket.to_path_buf(), source })
+}
+
+fn broken(socket: &Path) -> impl FnOnce(std::io::Error) -> NoAnswer + '_ {
+    move |source| NoAnswer::Broken { socket: socket.to_path_buf(), source }
+}
+
 /// One GET over a unix socket; returns (status code, body).
-pub fn get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
-    let s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    request(s, path)
+pub fn get(socket: &Path, path: &str) -> Result<(u16, String), NoAnswer> {
+    let s = connect(socket)?;
+    let exchange = || {
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        request(&s, path)
+    };
+    exchange().map_err(broken(socket))
 }
 
 /// One POST with a JSON body over a unix socket, waiting up to `wait` for the answer;
 /// returns (status code, body).
-pub fn post(socket: &Path, path: &str, body: &str, wait: Duration) -> std::io::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(wait))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let head = format!(
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    read_answer(s)
+pub fn post(socket: &Path, path: &str, body: &str, wait: Duration) -> Result<(u16, String), NoAnswer> {
+    let mut s = connect(socket)?;
+    let mut exchange = || {
+        s.set_read_timeout(Some(wait))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let head = format!(
+            "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(body.as_bytes())?;
+        read_answer(&s)
+    };
+    exchange().map_err(broken(socket))
 }
 
 /// One GET over a connected stream (timeouts set by the caller); returns (status code,
@@ -71,23 +113,15 @@ fn read_answer(mut s: impl Read) -> std::io::Result<(u16, String)> {
     Ok((code, body.to_string()))
 }
 
-/// Says on stderr that nothing answers on `socket` (the caller exits with
-/// [`EXIT_NOT_RUNNING`]).
-pub fn say_not_running(socket: &Path, e: &std::io::Error) {
-    eprintln!("edge-agent is not running: nothing answers on {} ({e})", socket.display());
-}
-
-/// The daemon's `/status` document; `None` when nothing answers (said on stderr).
-pub fn fetch_status(socket: &Path) -> anyhow::Result<Option<Value>> {
+/// The daemon's `/status` document; `Err` when it gives no answer (the caller says so
+/// and exits with [`NoAnswer::exit_code`]).
+pub fn fetch_status(socket: &Path) -> anyhow::Result<Result<Value, NoAnswer>> {
     let (code, body) = match get(socket, "/status") {
         Ok(r) => r,
-        Err(e) => {
-            say_not_running(socket, &e);
-            return Ok(None);
-        }
+        Err(e) => return Ok(Err(e)),
     };
     anyhow::ensure!(code == 200, "the daemon answered {code} on {}: {body}", socket.display());
-    serde_json::from_str(&body).map(Some).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))
+    serde_json::from_str(&body).map(Ok).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))
 }
 
 fn socket_path(args: &StatusArgs) -> anyhow::Result<PathBuf> {
@@ -113,8 +147,12 @@ pub fn find_socket(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Resu
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_path(&args)?;
-    let Some(v) = fetch_status(&socket)? else {
-        return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+    let v = match fetch_status(&socket)? {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(e.exit_code());
+        }
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

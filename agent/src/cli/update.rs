@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::status::{EXIT_NOT_RUNNING, find_socket, post};
+use super::status::{find_socket, post};
 
 /// How to reach the daemon.
 #[derive(Debug, Args)]
@@ -72,8 +72,8 @@ pub fn ask(d: &DaemonArgs, path: &str, body: Value) -> anyhow::Result<ExitCode> 
     let (code, text) = match post(&socket, path, &body.to_string(), UPDATE_WAIT) {
         Ok(r) => r,
         Err(e) => {
-            super::status::say_not_running(&socket, &e);
-            return Ok(ExitCode::from(EXIT_NOT_RUNNING));
+            eprintln!("{e}");
+            return Ok(e.exit_code());
         }
     };
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"error": text.trim()}));
