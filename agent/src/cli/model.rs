@@ -144,10 +144,7 @@ fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
     let socket = super::status::find_socket(d.socket.as_deref(), d.config.as_deref())?;
     let v = match super::status::fetch_status(&socket)? {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(e.exit_code());
-        }
+        Err(e) => return Ok(e.report()),
     };
     let ota = &v["ota"]["models"];
     let mut rows = Vec::new();

@@ -49,8 +49,14 @@ pub enum NoAnswer {
 }
 
 impl NoAnswer {
+    /// Says why on stderr and returns the exit code for it.
+    pub fn report(&self) -> ExitCode {
+        eprintln!("{self}");
+        self.exit_code()
+    }
+
     /// The exit code for a command that got no answer.
-    pub fn exit_code(&self) -> ExitCode {
+    fn exit_code(&self) -> ExitCode {
         match self {
             NoAnswer::NotRunning { .. } => ExitCode::from(EXIT_NOT_RUNNING),
             NoAnswer::Broken { .. } => ExitCode::from(super::EXIT_FAILED),
@@ -113,8 +119,8 @@ fn read_answer(mut s: impl Read) -> std::io::Result<(u16, String)> {
     Ok((code, body.to_string()))
 }
 
-/// The daemon's `/status` document; `Err` when it gives no answer (the caller says so
-/// and exits with [`NoAnswer::exit_code`]).
+/// The daemon's `/status` document; `Err` when it gives no answer (the caller exits with
+/// [`NoAnswer::report`]).
 pub fn fetch_status(socket: &Path) -> anyhow::Result<Result<Value, NoAnswer>> {
     let (code, body) = match get(socket, "/status") {
         Ok(r) => r,
@@ -149,10 +155,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_path(&args)?;
     let v = match fetch_status(&socket)? {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(e.exit_code());
-        }
+        Err(e) => return Ok(e.report()),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&v)?);

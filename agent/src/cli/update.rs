@@ -71,10 +71,7 @@ pub fn ask(d: &DaemonArgs, path: &str, body: Value) -> anyhow::Result<ExitCode> 
     }
     let (code, text) = match post(&socket, path, &body.to_string(), UPDATE_WAIT) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(e.exit_code());
-        }
+        Err(e) => return Ok(e.report()),
     };
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"error": text.trim()}));
     if d.json {
