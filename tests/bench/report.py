@@ -625,9 +625,11 @@ def images_section(w):
         w("Not measured: no images under `target/images` (tests/run builds them).\n")
         return
     w("Written by `firmware-images/build` and the boot tests of `tests/run` (`tests/it/images.rs`),")
-    w("not by this run; the test images carry the unstripped dev build (75 MB; `dist` is 25 MB).")
-    w("tests/run builds the base root file systems beside its two compiles, which slows them")
-    w("about threefold; firmware-images/README.md has the times of builds run alone.\n")
+    w("not by this run. The test images carry the builds under test, not the shipping one:")
+    w("amd64 the unstripped dev build (109 MB), arm64 the unoptimised `ci` build (61 MB")
+    w("stripped); `dist` is 25 MB. tests/run builds the base root file systems beside its")
+    w("two compiles, which slows them two to three and a half times;")
+    w("firmware-images/README.md has the times of builds run alone.\n")
     rows = [
         ("base root file system, built once (s)", lambda b, n, q: base_seconds(b)),
         ("customisation (s)", lambda b, n, q: f"{b['customise_s']:.0f}"),
