@@ -7,8 +7,11 @@ fn main() -> ExitCode {
     limit_malloc_arenas();
     match cli::run(Cli::parse()) {
         Ok(code) => code,
+        // The reader of our output went away (`| head`): stop quietly and successfully, as
+        // ripgrep does; the reader took what it wanted.
+        Err(e) if cli::ClosedOutput::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("edge-agent: {e:#}");
+            eprintln!("edge-agent: {}", cli::error_chain(&e));
             cli::exit_code_for(&e)
         }
     }

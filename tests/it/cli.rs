@@ -86,3 +86,82 @@ fn bench_reports_latency_throughput_and_memory_as_json() {
     assert!(v["overhead_p50"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
 }
+
+#[test]
+fn an_os_error_is_said_once() {
+    let dir = tempdir();
+    let missing = dir.path().join("absent/agent.toml");
+    let out = run(&["run", "--config", missing.to_str().unwrap()], secs(10));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stderr(&out);
+    // ENOENT as std renders it: "No such file or directory (os error 2)".
+    let os = std::io::Error::from_raw_os_error(2).to_string();
+    assert_eq!(text.matches(&os).count(), 1, "the OS error once, not twice: {text}");
+    assert!(text.contains(missing.to_str().unwrap()), "names the file: {text}");
+}
+
+#[test]
+fn human_logs_carry_no_colour_codes_when_standard_error_is_not_a_terminal() {
+    let dir = tempdir();
+    let port = free_port();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, Daemon::config_text(dir.path(), port, &dir.path().join("api.sock"), "", ""))
+        .unwrap();
+    let mut child = Guard(
+        std::process::Command::new(bin())
+            .args(["serve", "--config", config.to_str().unwrap(), "--log-format", "human"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    read_into(child.0.stderr.take().unwrap(), log.clone());
+    let start = std::time::Instant::now();
+    while !log.lock().unwrap().contains("INFO") && start.elapsed() < secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    signal(&child.0, "TERM");
+    wait_timeout(&mut child.0, secs(30)).expect("stops after SIGTERM");
+    let text = log.lock().unwrap().clone();
+    assert!(text.contains("INFO"), "the daemon logged in human format: {text}");
+    assert!(!text.contains('\u{1b}'), "no terminal escape codes in a pipe: {text:?}");
+}
+
+/// `edge-agent ... | head -1`: the reader goes before the output is written.
+fn run_into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Guard(
+        std::process::Command::new(bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    // Closing our end, the only read end, makes every write of the child fail with EPIPE.
+    drop(child.0.stdout.take());
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    read_into(child.0.stderr.take().unwrap(), log.clone());
+    let status = wait_timeout(&mut child.0, secs(60)).expect("finishes");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let text = log.lock().unwrap().clone();
+    (status.code(), text)
+}
+
+#[test]
+fn a_closed_output_pipe_ends_a_command_quietly() {
+    let silero = model("silero-vad");
+    let demo = demo_model();
+    let speech = cache().join("audio/speech.wav");
+    for args in [
+        &["model", "inspect", "--model", silero.to_str().unwrap()][..],
+        &["model", "inspect", "--model", demo.to_str().unwrap(), "--json"],
+        &["infer", "--model", silero.to_str().unwrap(), "--input", speech.to_str().unwrap()],
+    ] {
+        let (code, text) = run_into_closed_pipe(args);
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+        assert!(!text.contains("Broken pipe"), "nothing said about the pipe: {text}");
+    }
+}

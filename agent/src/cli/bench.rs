@@ -194,9 +194,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         peak_rss_bytes: crate::telemetry::memory().peak_rss,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&report);
+        print_human(&report)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -290,35 +290,51 @@ fn pseudo_random(n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn print_human(r: &BenchReport) {
-    println!(
+fn print_human(r: &BenchReport) -> anyhow::Result<()> {
+    outln!(
         "{} {}  threads {}  concurrency {}  {} requests per mode  (load {:.1} ms, optimise {:.1} ms)",
-        r.model, r.version, r.threads, r.concurrency, r.iterations, r.load_ms, r.optimise_ms
+        r.model,
+        r.version,
+        r.threads,
+        r.concurrency,
+        r.iterations,
+        r.load_ms,
+        r.optimise_ms
     );
-    println!("  {:<14} {:>9} {:>9} {:>9} {:>9} {:>11}", "", "p50 ms", "p95 ms", "p99 ms", "mean ms", "req/s");
-    let row = |name: &str, m: &ModeReport| {
-        println!(
+    outln!("  {:<14} {:>9} {:>9} {:>9} {:>9} {:>11}", "", "p50 ms", "p95 ms", "p99 ms", "mean ms", "req/s");
+    let row = |name: &str, m: &ModeReport| -> anyhow::Result<()> {
+        outln!(
             "  {:<14} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11.1}",
-            name, m.latency.p50_ms, m.latency.p95_ms, m.latency.p99_ms, m.mean_ms, m.throughput_rps
+            name,
+            m.latency.p50_ms,
+            m.latency.p95_ms,
+            m.latency.p99_ms,
+            m.mean_ms,
+            m.throughput_rps
         );
+        Ok(())
     };
-    row("engine", &r.engine);
-    println!(
+    row("engine", &r.engine)?;
+    outln!(
         "  {:<14} {:>9.3} {:>9.3} {:>9.3}",
-        "  model run", r.engine_run.p50_ms, r.engine_run.p95_ms, r.engine_run.p99_ms
+        "  model run",
+        r.engine_run.p50_ms,
+        r.engine_run.p95_ms,
+        r.engine_run.p99_ms
     );
     if let Some(d) = &r.tract_direct {
-        row("tract direct", d);
+        row("tract direct", d)?;
     }
     if let Some(o) = r.overhead_p50 {
-        println!("  engine overhead at p50: {:+.1}%", (o - 1.0) * 100.0);
+        outln!("  engine overhead at p50: {:+.1}%", (o - 1.0) * 100.0);
     }
-    println!(
+    outln!(
         "  cloud fallback routing decision: {:.0} ns per request ({:.4}% of the engine mean)",
         r.routing_ns,
         r.routing_share * 100.0
     );
-    println!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
+    outln!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
+    Ok(())
 }
 
 /// Times the routing decision a request with a cloud endpoint pays: an endpoint for

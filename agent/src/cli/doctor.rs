@@ -55,10 +55,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let checks = checks(&args.config);
     let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"checks": checks, "result": worst}))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"checks": checks, "result": worst}))?);
     } else {
         for c in &checks {
             let level = match c.level {
@@ -67,8 +64,8 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Level::Fail => "FAIL",
             };
             match &c.fix {
-                Some(fix) => println!("{level}  {:<10} {}; fix: {fix}", c.check, c.message),
-                None => println!("{level}  {:<10} {}", c.check, c.message),
+                Some(fix) => outln!("{level}  {:<10} {}; fix: {fix}", c.check, c.message),
+                None => outln!("{level}  {:<10} {}", c.check, c.message),
             }
         }
     }

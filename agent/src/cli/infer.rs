@@ -93,15 +93,15 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
         results,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_human(&report, prepared.format);
+        print_human(&report, prepared.format)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(r: &Report, format: InputFormat) {
-    println!("model {} {}  input {} ({format:?})", r.model, r.version, r.input);
+fn print_human(r: &Report, format: InputFormat) -> anyhow::Result<()> {
+    outln!("model {} {}  input {} ({format:?})", r.model, r.version, r.input);
     for w in &r.results {
         let mut parts = Vec::new();
         if let Some(Value::String(l)) = w.outputs.get("label") {
@@ -127,11 +127,12 @@ fn print_human(r: &Report, format: InputFormat) {
         if let Some(Value::Object(seg)) = w.outputs.get("segment") {
             parts.push(format!("segment {}", seg.get("event").and_then(Value::as_str).unwrap_or("")));
         }
-        println!("  #{:<4} {}  ({:.2} ms)", w.window, parts.join("  "), w.latency_ms);
+        outln!("  #{:<4} {}  ({:.2} ms)", w.window, parts.join("  "), w.latency_ms);
         if let Some(Value::Object(raw)) = &w.raw {
             for (name, t) in raw {
-                println!("        {name} {}: {}", t["shape"], t["data"]);
+                outln!("        {name} {}: {}", t["shape"], t["data"]);
             }
         }
     }
+    Ok(())
 }

@@ -1,6 +1,17 @@
 //! The command line: one module per subcommand. This is the binary's edge, so errors are
 //! `anyhow` here, each with the context a person needs.
 
+/// `println!` for a command's output. `println!` panics when standard output is a pipe
+/// whose reader has gone (`edge-agent model inspect ... | head -1`); this returns
+/// [`ClosedOutput`] instead, which `main` turns into a quiet exit, as other tools of a
+/// pipeline do. Only usable where `?` takes an `anyhow::Error`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::ClosedOutput::from_io)?
+    }};
+}
+
 mod bench;
 pub mod doctor;
 mod infer;
@@ -80,6 +91,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Writing a command's output failed: standard output was closed (a pipe whose reader
+/// exited) or could not be written. A broken pipe is not the command's failure: the
+/// reader took what it wanted.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write to standard output: {0}")]
+pub struct ClosedOutput(std::io::Error);
+
+impl ClosedOutput {
+    /// Wraps the error of a write to standard output.
+    pub fn from_io(e: std::io::Error) -> anyhow::Error {
+        anyhow::Error::new(ClosedOutput(e))
+    }
+
+    /// True when `err` is a write to a standard output whose reader has gone.
+    pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+        err.chain().any(|e| {
+            e.downcast_ref::<ClosedOutput>().is_some_and(|c| c.0.kind() == std::io::ErrorKind::BrokenPipe)
+        })
+    }
+}
+
 /// The exit code for an error: setup problems (config, model files) are 2, the rest 1.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     let setup = err.chain().any(|e| {
@@ -91,6 +123,26 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(if setup { EXIT_SETUP } else { EXIT_FAILED })
 }
 
+/// An error and its causes as one line, `outer: cause: cause`, like anyhow's `{:#}` but
+/// without a cause that the message before it already spells out. Many of our error
+/// types put their source in their own message (so that a log line with `%e` alone is
+/// complete) and also name it as `source`, so `{:#}` said "No such file or directory
+/// (os error 2)" twice.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Sets up logging to standard error. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = std::env::var("RUST_LOG")
@@ -98,7 +150,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: a journal, a pipe or a file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -116,4 +171,32 @@ fn model_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Repeats {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let err = anyhow::Error::new(Repeats { path: "/x", source: io }).context("loading the config");
+        let line = error_chain(&err);
+        assert_eq!(line.matches(&text).count(), 1, "{line}");
+        assert!(line.starts_with("loading the config: cannot read /x: "), "{line}");
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept_in_order() {
+        let err = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_chain(&err), "outer: middle: inner");
+    }
 }

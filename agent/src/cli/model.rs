@@ -112,9 +112,9 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
     }
     let report = selftest::run_here(&dir);
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        outln!(
             "{} {}: {} (load {:.1} ms, slowest case {:.2} ms, peak RSS {} KiB)",
             report.model,
             report.version,
@@ -124,7 +124,7 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
             report.peak_rss_kib
         );
         for c in &report.cases {
-            println!(
+            outln!(
                 "  {:<20} {}  max |diff| {:.3e}  {:.2} ms",
                 c.name,
                 if c.passed { "ok  " } else { "FAIL" },
@@ -133,7 +133,7 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if let Some(e) = &report.error {
-            println!("  {e}");
+            outln!("  {e}");
         }
     }
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) })
@@ -170,14 +170,14 @@ fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if d.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"models": rows}))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"models": rows}))?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<20} {:<10} {:<12} {:<10} bad", "model", "version", "state", "previous");
+    outln!("{:<20} {:<10} {:<12} {:<10} bad", "model", "version", "state", "previous");
     for r in &rows {
         let s = |k: &str| r[k].as_str().map(str::to_string).unwrap_or_else(|| "-".into());
         let bad: Vec<String> = r["bad"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
-        println!(
+        outln!(
             "{:<20} {:<10} {:<12} {:<10} {}",
             s("name"),
             s("version"),
@@ -213,25 +213,25 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         post: &model.spec.post,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+        outln!("{}", serde_json::to_string_pretty(&view)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {}", view.name, view.version);
+    outln!("{} {}", view.name, view.version);
     if let Some(d) = view.description {
-        println!("  {d}");
+        outln!("  {d}");
     }
-    println!("  directory  {}", view.dir);
-    println!("  file       {} bytes", model.info.file_bytes);
-    println!("  load       {:.1} ms, optimise {:.1} ms", model.info.load_ms, model.info.optimise_ms);
-    println!("  inputs");
+    outln!("  directory  {}", view.dir);
+    outln!("  file       {} bytes", model.info.file_bytes);
+    outln!("  load       {:.1} ms, optimise {:.1} ms", model.info.load_ms, model.info.optimise_ms);
+    outln!("  inputs");
     for i in &view.inputs {
-        println!("    {:<24} {:<5} {:?}  ({:?})", i.tensor.name, i.tensor.dtype, i.tensor.shape, i.from);
+        outln!("    {:<24} {:<5} {:?}  ({:?})", i.tensor.name, i.tensor.dtype, i.tensor.shape, i.from);
     }
-    println!("  outputs");
+    outln!("  outputs");
     for o in view.outputs {
-        println!("    {:<24} {:<5} {:?}", o.name, o.dtype, o.shape);
+        outln!("    {:<24} {:<5} {:?}", o.name, o.dtype, o.shape);
     }
     let ops: Vec<String> = model.info.ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("  ops        {} nodes: {}", model.info.op_count, ops.join(", "));
+    outln!("  ops        {} nodes: {}", model.info.op_count, ops.join(", "));
     Ok(ExitCode::SUCCESS)
 }

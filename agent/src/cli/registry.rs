@@ -214,7 +214,7 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<ExitCode> {
     let text = serde_json::to_string_pretty(&key.public())?;
     std::fs::write(&public, text + "\n").with_context(|| format!("cannot write {}", public.display()))?;
     eprintln!("wrote {} (private, mode 0600) and {}", a.file.display(), public.display());
-    println!("{}", key.key_id());
+    outln!("{}", key.key_id());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -452,7 +452,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|r| json!({"role": r.role, "version": r.version, "expires": r.expires}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "ok": report.is_ok(),
@@ -463,13 +463,13 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
     } else {
         for r in &report.roles {
-            println!("{:<12} v{:<5} expires {}", r.role, r.version, r.expires);
+            outln!("{:<12} v{:<5} expires {}", r.role, r.version, r.expires);
         }
-        println!("{} target(s)", report.target_count);
+        outln!("{} target(s)", report.target_count);
         for p in &report.problems {
-            println!("PROBLEM: {p}");
+            outln!("PROBLEM: {p}");
         }
-        println!("{}", if report.is_ok() { "OK" } else { "FAILED" });
+        outln!("{}", if report.is_ok() { "OK" } else { "FAILED" });
     }
     Ok(if report.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) })
 }
@@ -488,7 +488,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         eprintln!("serving {} on http://{addr}/ (Ctrl-C or SIGTERM stops)", a.dir.display());
         // Scripts read the address from stdout (useful with port 0).
-        println!("http://{addr}/");
+        outln!("http://{addr}/");
         let opts =
             crate::ota::serve::ServeOptions { dir: a.dir.clone(), faults: crate::ota::serve::Faults::none() };
         // Ctrl-C or SIGTERM (a service manager, `kill`) stops it.

@@ -50,7 +50,7 @@ fn decode(args: DecodeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let report = crate::telemetry::decode_postcard(&bytes).map_err(anyhow::Error::msg)?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    outln!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -75,7 +75,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
                 _ => json!({"bytes": r.payload.len()}),
             }
         };
-        println!(
+        outln!(
             "{}",
             json!({"id": id, "class": r.class.as_str(), "topic": r.topic, "qos": r.qos, "retain": r.retain, "payload": payload})
         );

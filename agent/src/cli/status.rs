@@ -158,19 +158,19 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(e.report()),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_human(&v);
+        print_human(&v)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(v: &Value) {
+fn print_human(v: &Value) -> anyhow::Result<()> {
     let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let f = |v: &Value| v.as_f64().unwrap_or(0.0);
     let up = n(&v["uptime_s"]);
-    println!(
+    outln!(
         "edge-agent {} on {}: {}, {} (up {}h {:02}m {:02}s)",
         s(&v["version"]),
         s(&v["device"]),
@@ -180,13 +180,13 @@ fn print_human(v: &Value) {
         up / 60 % 60,
         up % 60
     );
-    println!("models");
+    outln!("models");
     if let Some(models) = v["models"].as_object() {
         for (name, m) in models {
             let sum = |key: &str| {
                 m[key].as_object().map(|o| o.values().filter_map(Value::as_u64).sum()).unwrap_or(0u64)
             };
-            println!(
+            outln!(
                 "  {name:<16} {:<10} {:<8} ok {:<8} errors {:<6} rejected {:<6} p50 {:.2} ms  p99 {:.2} ms",
                 s(&m["version"]),
                 s(&m["state"]),
@@ -199,7 +199,7 @@ fn print_human(v: &Value) {
         }
     }
     let e = &v["engine"];
-    println!(
+    outln!(
         "engine   {} thread(s), queue {}/{}, busy {}, {} done, {} live stream(s)",
         n(&e["threads"]),
         n(&e["queue_depth"]),
@@ -209,9 +209,9 @@ fn print_human(v: &Value) {
         n(&e["live_streams"])
     );
     if let Some(conns) = v["connections"].as_object() {
-        println!("connections");
+        outln!("connections");
         for (k, c) in conns {
-            println!("  {k:<16} {}", s(c));
+            outln!("  {k:<16} {}", s(c));
         }
     }
     let fb = &v["fallback"];
@@ -220,7 +220,7 @@ fn print_human(v: &Value) {
             .as_object()
             .map(|o| o.iter().map(|(k, c)| format!("{k} {}", n(c))).collect())
             .unwrap_or_default();
-        println!(
+        outln!(
             "fallback cloud answers {}, degraded {}, rejected {}; routed: {}; budget used {} this hour{}",
             n(&fb["answered"]),
             n(&fb["degraded"]),
@@ -231,22 +231,23 @@ fn print_human(v: &Value) {
         );
         if let Some(eps) = fb["endpoints"].as_object() {
             for (name, e) in eps {
-                println!("  {name:<16} breaker {:<9} {}", s(&e["breaker"]), s(&e["url"]));
+                outln!("  {name:<16} breaker {:<9} {}", s(&e["breaker"]), s(&e["url"]));
             }
         }
     }
     match v["last_errors"].as_array() {
         Some(errs) if !errs.is_empty() => {
-            println!("last errors");
+            outln!("last errors");
             for e in errs.iter().rev().take(5) {
-                println!("  {} {} {}: {}", s(&e["ts"]), s(&e["model"]), s(&e["kind"]), s(&e["message"]));
+                outln!("  {} {} {}: {}", s(&e["ts"]), s(&e["model"]), s(&e["kind"]), s(&e["message"]));
             }
         }
-        _ => println!("last errors: none"),
+        _ => outln!("last errors: none"),
     }
-    println!(
+    outln!(
         "memory   {:.1} MiB (peak {:.1} MiB)",
         f(&v["memory"]["rss"]) / 1_048_576.0,
         f(&v["memory"]["peak_rss"]) / 1_048_576.0
     );
+    Ok(())
 }

@@ -75,18 +75,18 @@ pub fn ask(d: &DaemonArgs, path: &str, body: Value) -> anyhow::Result<ExitCode> 
     };
     let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"error": text.trim()}));
     if d.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else if code == 200 {
-        print_human(&v);
+        print_human(&v)?;
     } else {
         eprintln!("refused: {}", v["error"].as_str().unwrap_or(&text));
     }
     Ok(if code == 200 { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILED) })
 }
 
-fn print_human(v: &Value) {
+fn print_human(v: &Value) -> anyhow::Result<()> {
     if let Some(reg) = v.get("registry") {
-        println!(
+        outln!(
             "registry: root {} timestamp {} snapshot {} targets {}{}",
             reg["root"],
             reg["timestamp"],
@@ -97,9 +97,9 @@ fn print_human(v: &Value) {
     }
     if let Some(models) = v.get("models").and_then(Value::as_object) {
         for (name, m) in models {
-            println!("{name}: active {} → {}", m["active"], m["action"].as_str().unwrap_or("?"));
+            outln!("{name}: active {} → {}", m["active"], m["action"].as_str().unwrap_or("?"));
             for s in m["skipped"].as_array().into_iter().flatten() {
-                println!(
+                outln!(
                     "    {} skipped: {}",
                     s["version"].as_str().unwrap_or("?"),
                     s["why"].as_str().unwrap_or("?")
@@ -107,6 +107,7 @@ fn print_human(v: &Value) {
             }
         }
     } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
+    Ok(())
 }
