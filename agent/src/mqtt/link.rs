@@ -148,7 +148,11 @@ impl Link {
                             // come back with a persistent one. Nothing is subscribed yet.
                             reset = Reset::Leaving;
                             if self.client.try_disconnect().is_err() {
+                                // No room to say goodbye: drop the connection (the broker
+                                // then publishes the last will, and the next online status
+                                // replaces it); the next poll connects again.
                                 self.event_loop.forget_pending();
+                                reset = Reset::None;
                             }
                             continue;
                         }
