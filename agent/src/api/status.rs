@@ -259,6 +259,24 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
             vec![format!(" {}", m.reconnects)],
         );
         metric(
+            "edge_agent_mqtt_oversize_total",
+            "counter",
+            "Messages from the broker over mqtt.max_packet_bytes, dropped unread.",
+            vec![format!(" {}", m.oversize)],
+        );
+        metric(
+            "edge_agent_mqtt_session_resets_total",
+            "counter",
+            "Broker sessions discarded (with the messages they held) to get past a resent oversized message.",
+            vec![format!(" {}", m.session_resets)],
+        );
+        metric(
+            "edge_agent_mqtt_bad_stream_total",
+            "counter",
+            "Sensor messages dropped because their stream_level topic level is empty or not an id.",
+            vec![format!(" {}", m.bad_stream)],
+        );
+        metric(
             "edge_agent_spool_records",
             "gauge",
             "Messages waiting in the spool for the broker.",

@@ -2,16 +2,20 @@
 //! (`accepted`, `running`, then `succeeded` or `failed`; or `rejected` before starting),
 //! replies on `.../cmd/{name}/reply` and, for MQTT 5 requests, on their response topic.
 //!
-//! Later issues add commands (update, rollback) as more [`handlers`].
+//! A request is read ([`parse_request`]), its command and arguments checked
+//! ([`handlers::prepare`]), and only then `accepted` and run: every refusal comes
+//! before `accepted`, so `rejected` always means that nothing was started.
 
 mod handlers;
 mod seen;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
@@ -37,21 +41,92 @@ pub struct Context {
 }
 
 /// A request as sent: `{"id", "args"?, "expires"?}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct Request {
-    id: String,
-    #[serde(default)]
-    args: Option<serde_json::Map<String, Value>>,
-    #[serde(default)]
-    expires: Option<String>,
+pub struct Request {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<serde_json::Map<String, Value>>,
+    /// RFC 3339; checked to be one by [`parse_request`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
-/// How a command ended.
+/// Why a request was refused, with the id to answer with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The request's id if it was a valid one (a number, as a courtesy, too); else null.
+    pub id: Value,
+    pub error: String,
+}
+
+/// Longest refusal text in a reply: refusals may quote the request (serde names an
+/// unknown field, a setting's value), and a reply must stay small whatever was sent.
+pub const MAX_ERROR_BYTES: usize = 1024;
+
+/// What a rule-abiding id looks like, for refusals.
+const ID_RULE: &str = "1 to 128 characters of A-Z a-z 0-9 . _ -";
+
+/// Reads a request of at most `max_bytes`: valid JSON of the request's shape, an id
+/// that follows the rule of every id the agent takes (as stream ids and model names:
+/// 1 to 128 characters of A-Z a-z 0-9 . _ -), and `expires` an RFC 3339 time. A
+/// refusal echoes the id only when it is valid, so a reply never carries more than
+/// [`MAX_ERROR_BYTES`] of what was sent.
+pub fn parse_request(payload: &[u8], max_bytes: usize) -> Result<Request, Rejection> {
+    if payload.len() > max_bytes {
+        let error = format!(
+            "the request has {} bytes; commands take at most {max_bytes} (mqtt.max_command_bytes)",
+            payload.len()
+        );
+        return Err(Rejection { id: Value::Null, error });
+    }
+    let req: Request = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let id = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| v.get("id").cloned())
+                .map_or(Value::Null, |id| echo_id(&id));
+            let error = format!(
+                "not a command request ({}); send {{\"id\": \"...\", \"args\": {{...}}, \"expires\": \"RFC 3339 time\"}}",
+                crate::mqtt::excerpt(&e.to_string(), 200)
+            );
+            return Err(Rejection { id, error });
+        }
+    };
+    if !crate::config::is_valid_id(&req.id) {
+        let error = format!(
+            "`id` must be {ID_RULE}, not {}",
+            crate::mqtt::excerpt(&Value::String(req.id.clone()).to_string(), 64)
+        );
+        return Err(Rejection { id: Value::Null, error });
+    }
+    if let Some(exp) = &req.expires
+        && let Err(e) = humantime::parse_rfc3339_weak(exp)
+    {
+        let error = format!(
+            "`expires` is not an RFC 3339 time such as 2026-11-22T10:05:00Z ({e}): {}",
+            crate::mqtt::excerpt(exp, 64)
+        );
+        return Err(Rejection { id: json!(req.id), error });
+    }
+    Ok(req)
+}
+
+/// The id a refusal answers with: the request's own if it is valid, else null.
+fn echo_id(id: &Value) -> Value {
+    match id {
+        Value::String(s) if crate::config::is_valid_id(s) => id.clone(),
+        // A JSON number is short; a tool numbering its requests still finds the answer.
+        Value::Number(_) if id.to_string().len() <= 32 => id.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// How a command ended, once started (refusals come before: [`Rejection`]).
 pub enum Outcome {
     Succeeded(Value),
     Failed(String),
-    Rejected(String),
 }
 
 /// Where the replies of one request go.
@@ -100,70 +175,47 @@ pub async fn run(mut rx: mpsc::Receiver<CommandMsg>, mqtt: Mqtt, ctx: Context, m
 
 async fn handle(msg: CommandMsg, replier: &Replier, ctx: &Context, seen: &mut Seen, max_bytes: usize) {
     let name = msg.name.clone();
-    // A request we cannot read has no usable id: answer with null so the sender's
-    // tooling still sees why.
-    if msg.payload.len() > max_bytes {
-        let error = format!(
-            "the request has {} bytes; commands take at most {max_bytes} (mqtt.max_command_bytes)",
-            msg.payload.len()
-        );
-        return reject(replier, &name, Value::Null, error).await;
-    }
-    let req: Request = match serde_json::from_slice(&msg.payload) {
+    let req = match parse_request(&msg.payload, max_bytes) {
         Ok(r) => r,
-        Err(e) => {
-            let id = serde_json::from_slice::<Value>(&msg.payload)
-                .ok()
-                .and_then(|v| v.get("id").cloned())
-                .unwrap_or(Value::Null);
-            let error = format!(
-                "not a command request ({e}); send {{\"id\": \"...\", \"args\": {{...}}, \"expires\": \"RFC 3339 time\"}}"
-            );
-            return reject(replier, &name, id, error).await;
-        }
+        Err(r) => return reject(replier, &name, r.id, r.error).await,
     };
-    if req.id.is_empty() || req.id.len() > 128 {
-        return reject(replier, &name, json!(req.id), "`id` must have 1 to 128 characters".into()).await;
-    }
     if let Some(previous) = seen.get(&req.id) {
-        tracing::info!(command = %name, id = %req.id, "repeated command id: sending the recorded reply");
+        tracing::info!(command = %crate::mqtt::excerpt(&name, 64), id = %req.id,
+            "repeated command id: sending the recorded reply");
         return replier.send(previous).await;
     }
-    if let Some(exp) = &req.expires {
-        match humantime::parse_rfc3339_weak(exp) {
-            Ok(t) if t < SystemTime::now() => {
-                let error = format!("expired at {exp}; not run");
-                let reply = json!({"id": req.id, "state": "rejected", "error": error});
-                seen.record(&req.id, reply.clone());
-                return replier.send(&reply).await;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let error = format!("`expires` is not an RFC 3339 time such as 2026-11-22T10:05:00Z ({e})");
-                return reject(replier, &name, json!(req.id), error).await;
-            }
-        }
+    if let Some(exp) = &req.expires
+        && humantime::parse_rfc3339_weak(exp).is_ok_and(|t| t < SystemTime::now())
+    {
+        return refuse(replier, seen, &name, &req.id, format!("expired at {exp}; not run")).await;
     }
-    let args = req.args.unwrap_or_default();
     if !NAMES.contains(&name.as_str()) {
-        let error = format!("unknown command `{name}`; known: {}", NAMES.join(", "));
-        let reply = json!({"id": req.id, "state": "rejected", "error": error});
-        seen.record(&req.id, reply.clone());
-        return replier.send(&reply).await;
+        let error =
+            format!("unknown command `{}`; known: {}", crate::mqtt::excerpt(&name, 64), NAMES.join(", "));
+        return refuse(replier, seen, &name, &req.id, error).await;
     }
+    let args = req.args.clone().unwrap_or_default();
+    let cmd = match handlers::prepare(&name, ctx, &args) {
+        Ok(cmd) => cmd,
+        Err(error) => return refuse(replier, seen, &name, &req.id, error).await,
+    };
     replier.send(&json!({"id": req.id, "state": "accepted"})).await;
     tracing::info!(command = %name, id = %req.id, scope = ?msg.scope, "command accepted");
     let progress = Progress { replier, id: &req.id };
-    let outcome = handlers::run(&name, ctx, &args, &progress).await;
+    let outcome = handlers::run(cmd, ctx, &progress).await;
     let reply = match outcome {
         Outcome::Succeeded(result) => json!({"id": req.id, "state": "succeeded", "result": result}),
-        Outcome::Failed(error) => json!({"id": req.id, "state": "failed", "error": error}),
-        Outcome::Rejected(error) => json!({"id": req.id, "state": "rejected", "error": error}),
+        Outcome::Failed(error) => json!({"id": req.id, "state": "failed", "error": bounded(error)}),
     };
     seen.record(&req.id, reply.clone());
     replier.send(&reply).await;
     // The request is answered and recorded: the broker may forget it.
     drop(msg.ack);
+}
+
+/// At most [`MAX_ERROR_BYTES`] of an error text.
+fn bounded(error: String) -> String {
+    if error.len() <= MAX_ERROR_BYTES { error } else { crate::mqtt::excerpt(&error, MAX_ERROR_BYTES - 32) }
 }
 
 /// Sends `running` replies with progress for a long command.
@@ -178,7 +230,16 @@ impl Progress<'_> {
     }
 }
 
+/// Refuses a readable request, and records the refusal: the same id gets the same answer.
+async fn refuse(replier: &Replier, seen: &mut Seen, name: &str, id: &str, error: String) {
+    tracing::warn!(command = %crate::mqtt::excerpt(name, 64), %id, %error, "command rejected");
+    let reply = json!({"id": id, "state": "rejected", "error": bounded(error)});
+    seen.record(id, reply.clone());
+    replier.send(&reply).await;
+}
+
+/// Refuses a request that could not be read (not recorded: it has no usable id).
 async fn reject(replier: &Replier, name: &str, id: Value, error: String) {
-    tracing::warn!(command = %name, %error, "command rejected");
-    replier.send(&json!({"id": id, "state": "rejected", "error": error})).await;
+    tracing::warn!(command = %crate::mqtt::excerpt(name, 64), %error, "command rejected");
+    replier.send(&json!({"id": id, "state": "rejected", "error": bounded(error)})).await;
 }

@@ -127,6 +127,51 @@ fn own(payload: &Bytes) -> Bytes {
     Bytes::copy_from_slice(payload)
 }
 
+/// Why the connection is down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// The broker sent a packet of `size` bytes (its remaining length) over the
+    /// client's limit (`max_packet_bytes`). The client reads only the packet's header,
+    /// so the topic is unknown, and it drops the connection rather than read the rest.
+    Oversize { size: usize },
+    /// Anything else, as the client describes it.
+    Other(String),
+}
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinkError::Oversize { size } => {
+                write!(f, "the broker sent a packet of {size} bytes, over mqtt.max_packet_bytes")
+            }
+            LinkError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+fn link_error_v4(e: rumqttc::ConnectionError) -> LinkError {
+    use rumqttc::{ConnectionError, StateError};
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            rumqttc::Error::PayloadSizeLimitExceeded(size),
+        )) => LinkError::Oversize { size },
+        other => LinkError::Other(other.to_string()),
+    }
+}
+
+fn link_error_v5(e: v5::ConnectionError) -> LinkError {
+    use v5::{ConnectionError, StateError};
+    match e {
+        ConnectionError::MqttState(StateError::Deserialization(
+            v5::mqttbytes::Error::PayloadSizeLimitExceeded { pkt_size, .. },
+        )) => LinkError::Oversize { size: pkt_size },
+        ConnectionError::MqttState(StateError::IncomingPacketTooLarge { pkt_size, .. }) => {
+            LinkError::Oversize { size: pkt_size }
+        }
+        other => LinkError::Other(other.to_string()),
+    }
+}
+
 /// The event loop: owns the connection.
 pub enum EventLoop {
     V4(Box<rumqttc::EventLoop>),
@@ -135,11 +180,11 @@ pub enum EventLoop {
 
 impl EventLoop {
     /// The next event; an error means the connection is down (the next call reconnects).
-    pub async fn poll(&mut self) -> Result<LinkEvent, String> {
+    pub async fn poll(&mut self) -> Result<LinkEvent, LinkError> {
         match self {
             EventLoop::V4(l) => {
                 use rumqttc::{Event, Outgoing, Packet};
-                match l.poll().await.map_err(|e| e.to_string())? {
+                match l.poll().await.map_err(link_error_v4)? {
                     Event::Incoming(Packet::ConnAck(c)) => {
                         Ok(LinkEvent::Connected { session_present: c.session_present, receive_maximum: None })
                     }
@@ -162,7 +207,7 @@ impl EventLoop {
                 use rumqttc::Outgoing;
                 use v5::Event;
                 use v5::mqttbytes::v5::Packet;
-                match l.poll().await.map_err(|e| e.to_string())? {
+                match l.poll().await.map_err(link_error_v5)? {
                     Event::Incoming(Packet::ConnAck(c)) => Ok(LinkEvent::Connected {
                         session_present: c.session_present,
                         receive_maximum: c.properties.and_then(|p| p.receive_max),
@@ -195,15 +240,40 @@ impl EventLoop {
     /// outbox owns retransmission (from memory or the spool), so that a message is never
     /// resent twice or lost with a fresh session.
     pub fn forget_pending(&mut self) {
+        // `clean` keeps the events the client had read but not yet handed out; they
+        // belong to the lost connection (an acknowledgement of one of its messages would
+        // go out on the next connection, under a packet id that may name another message).
         match self {
             EventLoop::V4(l) => {
                 l.clean();
                 l.pending.clear();
+                l.state.events.clear();
             }
             EventLoop::V5(l) => {
                 l.clean();
                 l.pending.clear();
+                l.state.events.clear();
             }
         }
+    }
+
+    /// Whether the next connection asks the broker for a fresh session (MQTT 3.1.1
+    /// clean session, MQTT 5 clean start), discarding the one it keeps for us.
+    pub fn set_fresh_session(&mut self, fresh: bool) {
+        match self {
+            EventLoop::V4(l) => {
+                l.mqtt_options.set_clean_session(fresh);
+            }
+            EventLoop::V5(l) => {
+                l.options.set_clean_start(fresh);
+            }
+        }
+    }
+
+    /// Whether a fresh session (see [`EventLoop::set_fresh_session`]) is itself kept by
+    /// the broker after the connection: MQTT 5 keeps it for its expiry interval, while an
+    /// MQTT 3.1.1 clean session ends with its connection.
+    pub fn fresh_session_persists(&self) -> bool {
+        matches!(self, EventLoop::V5(_))
     }
 }

@@ -1,6 +1,16 @@
 //! The connection task: drives rumqttc's event loop, reconnects with capped exponential
-//! backoff and jitter, subscribes on every connection, and hands what arrives to the
-//! outbox (acknowledgements) and the inbound task (messages).
+//! backoff and jitter ([`super::backoff`]), subscribes on every connection, and hands what
+//! arrives to the outbox (acknowledgements) and the inbound task (messages).
+//!
+//! A message larger than `max_packet_bytes` makes the client drop the connection (it
+//! refuses the packet from its header, without reading it, which is what keeps memory
+//! bounded). Under MQTT 3.1.1 the broker cannot be told the limit, and with a persistent
+//! session it resends that message right after every reconnect, so no connection would
+//! ever last. This task counts the message and reports it once; when the same size comes
+//! back on the next connection, it connects once with a fresh session, which makes the
+//! broker forget the message (and whatever else it held for us), then returns to a
+//! persistent session. MQTT 5 brokers are told the limit and drop such messages
+//! themselves.
 //!
 //! It never waits on the data path: a slow model must not stop acknowledgements from
 //! flowing, or the broker would stop sending.
@@ -9,12 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::ack::{Ack, AckBook};
-use super::client::{Client, EventLoop, Inbound, LinkEvent};
+use super::backoff::{Backoff, jitter};
+use super::client::{Client, EventLoop, Inbound, LinkError, LinkEvent};
 use super::outbox::{LinkSignal, OutboxStats};
 use crate::service::health::Health;
 
@@ -77,14 +87,36 @@ pub struct Link {
     pub broker: String,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// `mqtt.max_packet_bytes`, for the oversize event.
+    pub max_packet_bytes: usize,
+    /// Whether the broker keeps a session for us across connections (`clean_session =
+    /// false`): then it resends an unacknowledged message after every reconnect.
+    pub persistent: bool,
+    pub events_topic: String,
+}
+
+/// Where the connection task stands with a fresh session it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    /// Nothing under way.
+    None,
+    /// The next connection asks for a fresh session.
+    Asked,
+    /// MQTT 3.1.1: connected with a clean session, which the broker ends with the
+    /// connection; leaving it so that the next connection opens a persistent one.
+    Leaving,
 }
 
 impl Link {
     /// Runs until `stop` fires.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = self.reconnect_min;
+        let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
         let mut connected = false;
         let mut last_complaint: Option<Instant> = None;
+        // The size of the oversized packet that ended the last connection soon after it
+        // came up. The same size again on the next one is the broker resending it.
+        let mut oversize_streak: Option<usize> = None;
+        let mut reset = Reset::None;
         self.health.set_connection("mqtt", format!("connecting to {}", self.broker));
         loop {
             // A broker may send far more than the data path takes (Mosquitto does not
@@ -104,8 +136,30 @@ impl Link {
             match event {
                 Ok(LinkEvent::Connected { session_present, receive_maximum }) => {
                     self.acks.advance();
+                    if reset == Reset::Asked {
+                        oversize_streak = None;
+                        self.event_loop.set_fresh_session(false);
+                        self.stats.session_resets.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(broker = %self.broker, session_present,
+                            "MQTT session discarded at the broker, with the messages it held");
+                        if !self.event_loop.fresh_session_persists() {
+                            // A 3.1.1 clean session would lose whatever arrives while we are
+                            // away: leave at once (a clean disconnect, so no last will) and
+                            // come back with a persistent one. Nothing is subscribed yet.
+                            reset = Reset::Leaving;
+                            if self.client.try_disconnect().is_err() {
+                                // No room to say goodbye: drop the connection (the broker
+                                // then publishes the last will, and the next online status
+                                // replaces it); the next poll connects again.
+                                self.event_loop.forget_pending();
+                                reset = Reset::None;
+                            }
+                            continue;
+                        }
+                        reset = Reset::None;
+                    }
                     connected = true;
-                    backoff = self.reconnect_min;
+                    backoff.connected(Instant::now());
                     for (filter, qos) in &self.subscriptions {
                         if let Err(e) = self.client.try_subscribe(filter, *qos) {
                             tracing::error!(%filter, error = %e, "cannot subscribe");
@@ -131,11 +185,20 @@ impl Link {
                     let _ = self.to_outbox.send(LinkSignal::Sent { pkid, waiting });
                 }
                 Ok(LinkEvent::Other) => {}
+                Err(_) if reset == Reset::Leaving => {
+                    // The broker closed the clean session we left: the persistent one now.
+                    reset = Reset::None;
+                    self.event_loop.forget_pending();
+                }
                 Err(error) => {
                     if self.to_outbox.is_closed() {
                         // The outbox said goodbye and disconnected: this is the end.
                         break;
                     }
+                    let now = Instant::now();
+                    let was_healthy = backoff.healthy(now);
+                    let base = backoff.failed(now);
+                    let was_connected = connected;
                     // Acknowledgements of messages from the lost connection must not go
                     // out on the next one.
                     self.acks.advance();
@@ -151,27 +214,88 @@ impl Link {
                             }
                         }
                     } else if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(broker = %self.broker, %error, retry_ms = backoff.as_millis() as u64,
+                        tracing::warn!(broker = %self.broker, %error, retry_ms = base.as_millis() as u64,
                             "cannot connect to the MQTT broker; retrying (spooling meanwhile)");
                         last_complaint = Some(Instant::now());
                     }
+                    let mut asked = false;
+                    match &error {
+                        LinkError::Oversize { size } => {
+                            // Only a persistent session brings a message back; a message of
+                            // the same size long after the connect is a new one.
+                            let resent = self.persistent && oversize_streak == Some(*size) && !was_healthy;
+                            oversize_streak = Some(*size);
+                            asked = self.oversize(*size, resent);
+                            if asked {
+                                reset = Reset::Asked;
+                            }
+                        }
+                        // A connection attempt that failed says nothing about the message
+                        // that ended the connection before.
+                        LinkError::Other(_) if !was_connected => {}
+                        LinkError::Other(_) => oversize_streak = None,
+                    }
                     self.health.set_connection("mqtt", format!("disconnected from {}: {error}", self.broker));
                     self.event_loop.forget_pending();
-                    let sleep = jitter(backoff);
-                    backoff = (backoff * 2).min(self.reconnect_max);
+                    if asked {
+                        // The cause is known and the fresh session removes it: no wait. This
+                        // happens once per oversized message, so it cannot become a loop.
+                        continue;
+                    }
+                    tracing::debug!(retry_ms = base.as_millis() as u64, "MQTT reconnect backoff");
                     tokio::select! {
-                        _ = tokio::time::sleep(sleep) => {}
+                        _ = tokio::time::sleep(jitter(base)) => {}
                         _ = stop.cancelled() => break,
                     }
                 }
             }
         }
     }
-}
 
-/// A delay between half and all of `d`, so that a fleet that lost its broker at once
-/// does not come back at once.
-fn jitter(d: Duration) -> Duration {
-    let ms = d.as_millis().max(2) as u64;
-    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+    /// An oversized packet ended the connection. A new message is counted and reported
+    /// once (with its size and the limit; the client never read its topic). The same
+    /// message resent by the broker (`resent`) would end every connection from now on:
+    /// the next connection asks for a fresh session, so that the broker forgets it,
+    /// along with everything else it held for us. Returns whether to do that.
+    fn oversize(&mut self, size: usize, resent: bool) -> bool {
+        let limit = self.max_packet_bytes;
+        if !resent {
+            self.stats.oversize.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(size, limit, broker = %self.broker,
+                "the broker sent a message larger than mqtt.max_packet_bytes; it is dropped and the \
+                 connection with it (set the broker's message_size_limit at or below the limit, or \
+                 use MQTT 5, which tells the broker the limit)");
+            self.event(
+                "message-oversize",
+                serde_json::json!({
+                    "size": size,
+                    "limit": limit,
+                    "error": format!("a message of {size} bytes from the broker is over mqtt.max_packet_bytes ({limit}); \
+                        it was dropped unread, and the connection with it"),
+                }),
+            );
+            return false;
+        }
+        self.event_loop.set_fresh_session(true);
+        tracing::error!(size, limit, broker = %self.broker,
+            "the broker resends the oversized message after every reconnect; discarding the MQTT \
+             session (the messages the broker holds for this device are lost)");
+        self.event(
+            "session-reset",
+            serde_json::json!({
+                "size": size,
+                "limit": limit,
+                "error": format!("the broker resent the message of {size} bytes (over mqtt.max_packet_bytes, {limit}) \
+                    after the reconnect; the session was discarded to get past it, and with it every \
+                    message the broker held for this device"),
+            }),
+        );
+        true
+    }
+
+    /// Queues an event (through the outbox, which spools it while offline).
+    fn event(&self, kind: &str, detail: serde_json::Value) {
+        let record = super::event_record(self.events_topic.clone(), kind, "error", None, detail);
+        let _ = self.to_outbox.send(LinkSignal::Event(record));
+    }
 }

@@ -8,11 +8,14 @@
 //!   [`Mqtt`] handle and send [`Outgoing`] messages to the outbox.
 
 mod ack;
+pub mod backoff;
 pub mod client;
 pub mod inbound;
 mod link;
 pub mod options;
 pub mod outbox;
+#[cfg(test)]
+mod tests;
 pub mod topics;
 
 use std::sync::Arc;
@@ -72,6 +75,20 @@ pub fn event_record(topic: String, kind: &str, severity: &str, model: Option<&st
     }
     let payload = serde_json::to_vec(&v).unwrap_or_default();
     Record { topic, qos: 1, retain: false, payload, class: Class::Event, correlation: None }
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), marked `...` and with
+/// the full length when cut: text from outside (topics, ids, command names) quoted in a
+/// reply, an event or a log stays bounded however long the original was.
+pub fn excerpt(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// Now, as RFC 3339 with milliseconds.
@@ -141,6 +158,9 @@ pub fn start(
     let acks = Arc::new(AckBook::default());
     let backlog = Arc::new(link::Backlog::default());
     let (link_tx, link_rx) = mpsc::unbounded_channel();
+    // The inbound task reports refused messages through the same channel. It never keeps
+    // the outbox open: the outbox ends when its producers are gone, whatever this holds.
+    let link_tx_router = link_tx.clone();
     let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOX_QUEUE);
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -172,10 +192,15 @@ pub fn start(
         broker: format!("{}:{}", cfg.host, cfg.port),
         reconnect_min: cfg.reconnect_min,
         reconnect_max: cfg.reconnect_max,
+        max_packet_bytes: cfg.max_packet_bytes,
+        persistent: !cfg.clean_session,
+        events_topic: topics.events(),
     };
     tracker.spawn(link.run(link_stop.clone()));
     let router = inbound::InboundRouter {
         topics: topics.clone(),
+        stats: stats.clone(),
+        events: link_tx_router,
         sensors: cfg.sensors.clone(),
         engine,
         backlog,

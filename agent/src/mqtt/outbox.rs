@@ -68,6 +68,9 @@ pub enum LinkSignal {
         waiting: bool,
     },
     PubAck(u16),
+    /// An event from the link's side (an oversized message, a refused one), published
+    /// like any other: in order, through the spool while offline.
+    Event(Record),
 }
 
 /// Counters shared with telemetry, status and tests.
@@ -83,6 +86,9 @@ pub struct OutboxStats {
     pub dropped_event: AtomicU64,
     pub dropped_reply: AtomicU64,
     pub dropped_telemetry: AtomicU64,
+    pub oversize: AtomicU64,
+    pub session_resets: AtomicU64,
+    pub bad_stream: AtomicU64,
 }
 
 /// A snapshot for reports.
@@ -95,6 +101,15 @@ pub struct OutboxReport {
     pub spool_bytes: u64,
     pub spool_errors: u64,
     pub dropped: DroppedReport,
+    /// Messages from the broker over `mqtt.max_packet_bytes`, dropped unread (each cost
+    /// the connection it came on).
+    pub oversize: u64,
+    /// Times the broker's session was discarded, with every message it held for this
+    /// device, to get past an oversized message it kept resending.
+    pub session_resets: u64,
+    /// Sensor messages dropped because the topic level named by `stream_level` is empty
+    /// or not an id.
+    pub bad_stream: u64,
 }
 
 /// Messages dropped since start, by class.
@@ -122,6 +137,9 @@ impl OutboxStats {
                 event: l(&self.dropped_event),
                 reply: l(&self.dropped_reply),
             },
+            oversize: l(&self.oversize),
+            session_resets: l(&self.session_resets),
+            bad_stream: l(&self.bad_stream),
         }
     }
 
@@ -480,6 +498,9 @@ impl Outbox {
                 } else if let Some(f) = self.inflight.get_mut(pos) {
                     f.pkid = Some(pkid);
                 }
+            }
+            LinkSignal::Event(record) => {
+                self.accept(vec![Outgoing { record, reply: None, acks: Vec::new() }]);
             }
             LinkSignal::PubAck(pkid) => {
                 let Some(pos) = self.inflight.iter().position(|f| f.pkid == Some(pkid)) else {

@@ -19,8 +19,9 @@ use crate::engine::Engine;
 use crate::mqtt::{OutboxReport, OutboxStats, Outgoing, Topics};
 use crate::spool::{Class, Record};
 
-/// Version of the report layout.
-pub const SCHEMA: u32 = 1;
+/// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
+/// and `bad_stream`.
+pub const SCHEMA: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
