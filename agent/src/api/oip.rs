@@ -426,22 +426,23 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             input.name, input.datatype
         )));
     }
-    let shape_ok = input.shape.len() == want.shape.len()
-        && input.shape.iter().zip(&want.shape).all(|(a, b)| *a >= 0 && *a as usize == *b);
-    if !shape_ok {
+    let shape: Option<Vec<usize>> = input.shape.iter().map(|d| usize::try_from(*d).ok()).collect();
+    let Some(shape) = shape.filter(|s| want.accepts(s)) else {
         return Err(ApiError::bad_request(format!(
-            "input `{}` has shape {:?} but the model takes {:?}",
-            input.name, input.shape, want.shape
+            "input `{}` has shape {:?} but the model takes {}",
+            input.name,
+            input.shape,
+            want.shape_text()
         )));
-    }
+    };
     let values = &input.data.0;
-    if values.len() != want.len() {
+    let holds = shape.iter().product::<usize>();
+    if values.len() != holds {
         return Err(ApiError::bad_request(format!(
-            "input `{}` has {} values but its shape {:?} holds {}",
+            "input `{}` has {} values but its shape {:?} holds {holds}",
             input.name,
             values.len(),
             input.shape,
-            want.len()
         )));
     }
     check_finite(values)
