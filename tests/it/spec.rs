@@ -394,6 +394,10 @@ Image.new("RGB", (80, 16), (40, 50, 60)).save(d + "/w40.png")
     // The API takes each width the range allows, and says which it takes.
     let d = Daemon::start("serve", &format!("[[model]]\npath = \"{}\"\n", m.display()), "", &[]);
     let agent = http();
+    let mut r = agent.get(&d.url("/v2/models/colmean")).call().unwrap();
+    let meta: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(meta["inputs"][0]["shape"], json!([1, 3, 8, -1]), "{meta}");
+    assert_eq!(meta["outputs"][0]["shape"], json!([1, -1, 3]), "{meta}");
     let call = |w: usize| {
         let body = json!({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 8, w], "data": vec![1.0; 24 * w]}]});
         let mut r = agent

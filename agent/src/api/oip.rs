@@ -186,7 +186,15 @@ fn metadata(model: &LoadedModel) -> Value {
                     !model.is_state_output(&t.name)
                 }
             })
-            .map(|t| json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": t.shape}))
+            .map(|t| {
+                // A symbolic dimension (a spec range, or what follows from one) is -1, as
+                // KServe writes a variable dimension.
+                let shape: Vec<i64> = match &t.dims {
+                    Some(dims) => dims.iter().map(|d| d.parse().unwrap_or(-1)).collect(),
+                    None => t.shape.iter().map(|n| *n as i64).collect(),
+                };
+                json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": shape})
+            })
             .collect()
     };
     json!({
