@@ -719,3 +719,24 @@ fn each_sensor_keeps_its_own_windows_and_raw_payloads_decode() {
     });
     agent.stop();
 }
+
+/// A JSON sensor message that begins with a UTF-8 byte-order mark is read like any
+/// other, and its `id` still comes back on the result.
+#[test]
+fn a_sensor_message_with_a_byte_order_mark_keeps_its_id() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let config = write_config(dir.path(), &broker, &model, "", "");
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let results = broker.subscribe("test", "edge/dev1/results/#");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+    let payload = format!("\u{feff}{}", sensor_payload(7));
+    broker.publish("test", "sensors/pump-1/accel", payload.as_bytes(), 1, false);
+    let (_, p) = results.wait_for("result of the marked message", secs(30), |_, p| p.contains("input_id"));
+    let r = json_of(&p);
+    assert_eq!(r["input_id"], json!(7), "{r}");
+    assert!(r["outputs"]["label"].is_string(), "{r}");
+    agent.stop();
+}

@@ -121,6 +121,27 @@ fn model_inspect_refuses_bad_onnx_files() {
         assert!(err.contains(want) && err.contains(name), "{name}: {err}");
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
+    // A well-formed file with an operator tract lacks: its signature, then exit 2 naming
+    // the operator.
+    let odd = dir.path().join("odd.onnx");
+    let script = r#"
+import sys, onnx
+from onnx import TensorProto, helper
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+node = helper.make_node("FrobnicateV9", ["x"], ["y"], domain="com.example")
+graph = helper.make_graph([node], "odd", [x], [y])
+m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.example", 1)])
+onnx.save(m, sys.argv[1])
+"#;
+    py(script, &[odd.to_str().unwrap()]);
+    let out = run(&["model", "inspect", odd.to_str().unwrap(), "--json"], secs(30));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["inputs"][0]["shape"], json!([1, 4]), "{v}");
+    assert_eq!(v["unsupported_ops"], json!(["FrobnicateV9"]), "{v}");
+    assert!(stderr(&out).contains("tract does not implement FrobnicateV9"), "{}", stderr(&out));
+
     let missing = dir.path().join("nowhere.onnx");
     let out = run(&["model", "inspect", missing.to_str().unwrap()], secs(30));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -446,9 +446,13 @@ impl ImageGeometry {
     }
 }
 
-/// Axes of channels, height and width in an image input of `rank` dimensions.
-fn image_axes(layout: ImageLayout, rank: usize) -> Option<(usize, usize, usize)> {
-    let r = rank.checked_sub(3)?;
+/// Axes of channels, height and width in an image input: its last three dimensions in
+/// `layout`'s order, after leading 1s (the batch). `None` for a flat or batched input.
+fn image_axes(layout: ImageLayout, input: &InputSpec) -> Option<(usize, usize, usize)> {
+    let r = input.shape.len().checked_sub(3)?;
+    if !input.shape[..r].iter().all(|n| *n == 1) {
+        return None;
+    }
     Some(match layout {
         ImageLayout::Nchw => (r, r + 1, r + 2),
         ImageLayout::Nhwc => (r + 2, r, r + 1),
@@ -824,10 +828,7 @@ impl ModelSpec {
     pub fn image_geometry(&self) -> Option<ImageGeometry> {
         let img = self.pre.image.as_ref()?;
         let d = self.inputs.iter().find(|i| i.from == InputFrom::Data)?;
-        let axes = image_axes(img.layout, d.shape.len()).filter(|(c, h, w)| {
-            let first = (*c).min(*h).min(*w);
-            d.shape[..first].iter().all(|n| *n == 1)
-        });
+        let axes = image_axes(img.layout, d);
         let dim = |axis: usize| d.shape.get(axis).and_then(|n| u32::try_from(*n).ok());
         let width_range = axes.and_then(|(_, _, w)| d.ranges.iter().find(|(a, _)| *a == w)).map(|(_, r)| *r);
         let width = img.width.or_else(|| axes.and_then(|(_, _, w)| dim(w)))?;
@@ -879,11 +880,7 @@ fn image_problems(
         ImageLayout::Nchw => "nchw: [N, C, H, W]",
         ImageLayout::Nhwc => "nhwc: [N, H, W, C]",
     };
-    let axes = image_axes(img.layout, d.shape.len()).filter(|(c, h, w)| {
-        let first = (*c).min(*h).min(*w);
-        d.shape[..first].iter().all(|n| *n == 1)
-    });
-    let Some((c, h, w)) = axes else {
+    let Some((c, h, w)) = image_axes(img.layout, d) else {
         // A flat or batched input: the image's size cannot be read from it, so the spec
         // gives it and only the number of values is checked.
         if !d.ranges.is_empty() {
