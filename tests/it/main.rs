@@ -40,3 +40,6 @@ mod packaging;
 mod registry;
 /// The daemon under systemd: notify, watchdog, reload.
 mod service;
+/// Model specs: a bare ONNX file inspected, BOMs, sample rates, no post-processing,
+/// letterbox and BGR, a dimension that varies.
+mod spec;

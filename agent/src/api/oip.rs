@@ -186,7 +186,15 @@ fn metadata(model: &LoadedModel) -> Value {
                     !model.is_state_output(&t.name)
                 }
             })
-            .map(|t| json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": t.shape}))
+            .map(|t| {
+                // A symbolic dimension (a spec range, or what follows from one) is -1, as
+                // KServe writes a variable dimension.
+                let shape: Vec<i64> = match &t.dims {
+                    Some(dims) => dims.iter().map(|d| d.parse().unwrap_or(-1)).collect(),
+                    None => t.shape.iter().map(|n| *n as i64).collect(),
+                };
+                json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": shape})
+            })
             .collect()
     };
     json!({
@@ -426,22 +434,23 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             input.name, input.datatype
         )));
     }
-    let shape_ok = input.shape.len() == want.shape.len()
-        && input.shape.iter().zip(&want.shape).all(|(a, b)| *a >= 0 && *a as usize == *b);
-    if !shape_ok {
+    let shape: Option<Vec<usize>> = input.shape.iter().map(|d| usize::try_from(*d).ok()).collect();
+    let Some(shape) = shape.filter(|s| want.accepts(s)) else {
         return Err(ApiError::bad_request(format!(
-            "input `{}` has shape {:?} but the model takes {:?}",
-            input.name, input.shape, want.shape
+            "input `{}` has shape {:?} but the model takes {}",
+            input.name,
+            input.shape,
+            want.shape_text()
         )));
-    }
+    };
     let values = &input.data.0;
-    if values.len() != want.len() {
+    let holds = shape.iter().product::<usize>();
+    if values.len() != holds {
         return Err(ApiError::bad_request(format!(
-            "input `{}` has {} values but its shape {:?} holds {}",
+            "input `{}` has {} values but its shape {:?} holds {holds}",
             input.name,
             values.len(),
             input.shape,
-            want.len()
         )));
     }
     check_finite(values)

@@ -77,7 +77,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
         let outputs = model.post().apply(resp.post_values(), window as u64, Some(&mut segment));
-        let raw = (args.raw || model.spec.post.raw).then(|| raw_outputs(&resp.outputs));
+        let raw = (args.raw || model.spec.post.wants_raw()).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,
             latency_ms: started.elapsed().as_secs_f64() * 1000.0,

@@ -64,8 +64,13 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
     }
     let values = match format {
         InputFormat::Wav => {
-            let (_, mut samples) =
+            let (rate, mut samples) =
                 crate::sources::read_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            if let Some(want) = spec.pre.sample_rate
+                && want != rate
+            {
+                bail!("input {}: {}", path.display(), crate::sources::rate_mismatch(rate, &spec.name, want));
+            }
             if let Some(s) = spec.pre.scale {
                 samples.iter_mut().for_each(|v| *v *= s);
             }
@@ -92,14 +97,23 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         }
         _ => {
             let want = spec.data_input();
-            if values.len() != want.len() {
+            if want.shape_for(values.len()).is_none() {
+                if want.ranges.is_empty() {
+                    bail!(
+                        "input {} has {} values but the model input `{}` {:?} takes {}",
+                        path.display(),
+                        values.len(),
+                        want.name,
+                        want.shape,
+                        want.len()
+                    );
+                }
                 bail!(
-                    "input {} has {} values but the model input `{}` {:?} takes {}",
+                    "input {} has {} values, and no shape the model input `{}` takes ({}) holds that many",
                     path.display(),
                     values.len(),
                     want.name,
-                    want.shape,
-                    want.len()
+                    want.shape_text()
                 );
             }
             vec![values]

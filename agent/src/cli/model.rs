@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::engine::LoadedModel;
 use crate::engine::model::{LoadInfo, TensorInfo};
-use crate::engine::spec::{InputFrom, PostSpec, PreSpec};
+use crate::engine::onnx_file::{self, OnnxDim, OnnxFile};
+use crate::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
+use crate::engine::{LoadError, LoadedModel};
 
 /// `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -56,9 +57,13 @@ pub struct RollbackArgs {
 /// Arguments of `model inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The model directory (model.toml and the model file).
-    #[arg(long, short, value_name = "DIR")]
-    pub model: PathBuf,
+    /// The model: a directory (model.toml and the model file), or an ONNX file alone to
+    /// learn its inputs and outputs and get a first model.toml.
+    #[arg(value_name = "PATH", required_unless_present = "model", conflicts_with = "model")]
+    pub path: Option<PathBuf>,
+    /// The same as PATH.
+    #[arg(long, short, value_name = "PATH")]
+    pub model: Option<PathBuf>,
     /// Print JSON (stable, for scripts).
     #[arg(long)]
     pub json: bool,
@@ -84,6 +89,18 @@ struct InputView<'a> {
     #[serde(flatten)]
     tensor: &'a TensorInfo,
     from: InputFrom,
+    /// The dimension that varies, when the spec declares one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    range: Option<RangeView>,
+    #[serde(skip)]
+    declared: String,
+}
+
+#[derive(Serialize)]
+struct RangeView {
+    axis: usize,
+    #[serde(flatten)]
+    range: crate::engine::spec::DimRange,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -190,14 +207,35 @@ fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let dir = super::model_dir(&args.model)?;
+    let Some(path) = args.path.as_ref().or(args.model.as_ref()) else {
+        anyhow::bail!("pass a model directory or an ONNX file");
+    };
+    if path.is_file() {
+        return inspect_onnx(path, args.json, None);
+    }
+    if !path.is_dir() {
+        // A missing model is a setup error (exit 2), like a model that does not load.
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory");
+        return Err(anyhow::Error::new(LoadError::Read { path: path.clone(), source })
+            .context("pass a model directory (model.toml and the model file) or an ONNX file"));
+    }
+    let bare = path.join("model.onnx");
+    if !path.join(SPEC_FILE).exists() && bare.is_file() {
+        return inspect_onnx(&bare, args.json, Some(path));
+    }
+    let dir = path.clone();
     let model = LoadedModel::load_dir(&dir)?;
     let inputs = model
         .inputs
         .iter()
-        .map(|t| InputView {
-            tensor: t,
-            from: model.spec.inputs.iter().find(|i| i.name == t.name).map(|i| i.from).unwrap_or_default(),
+        .map(|t| {
+            let spec = model.spec.inputs.iter().find(|i| i.name == t.name);
+            InputView {
+                tensor: t,
+                from: spec.map(|i| i.from).unwrap_or_default(),
+                range: spec.and_then(|i| i.range()).map(|(axis, r)| RangeView { axis, range: r }),
+                declared: spec.map(|i| i.shape_text()).unwrap_or_default(),
+            }
         })
         .collect();
     let view = Inspection {
@@ -225,13 +263,91 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     outln!("  load       {:.1} ms, optimise {:.1} ms", model.info.load_ms, model.info.optimise_ms);
     outln!("  inputs");
     for i in &view.inputs {
-        outln!("    {:<24} {:<5} {:?}  ({:?})", i.tensor.name, i.tensor.dtype, i.tensor.shape, i.from);
+        outln!("    {:<24} {:<5} {}  ({:?})", i.tensor.name, i.tensor.dtype, i.declared, i.from);
     }
     outln!("  outputs");
     for o in view.outputs {
-        outln!("    {:<24} {:<5} {:?}", o.name, o.dtype, o.shape);
+        let shape = match &o.dims {
+            Some(d) => format!("[{}]", d.join(", ")),
+            None => format!("{:?}", o.shape),
+        };
+        outln!("    {:<24} {:<5} {shape}", o.name, o.dtype);
     }
     let ops: Vec<String> = model.info.ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
     outln!("  ops        {} nodes: {}", model.info.op_count, ops.join(", "));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `model inspect FILE.onnx`: the file's signature and a first spec. `dir` is the model
+/// directory it was found in when that has no model.toml yet.
+fn inspect_onnx(
+    path: &std::path::Path,
+    json: bool,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let file = onnx_file::read(path)?;
+    let spec = file.suggest_spec();
+    let unsupported = file.unsupported_ops.clone();
+    if json {
+        #[derive(Serialize)]
+        struct View<'a> {
+            #[serde(flatten)]
+            file: &'a OnnxFile,
+            suggested_spec: &'a str,
+        }
+        outln!("{}", serde_json::to_string_pretty(&View { file: &file, suggested_spec: &spec })?);
+    } else {
+        print_onnx(&file, &spec, dir)?;
+    }
+    if !unsupported.is_empty() {
+        // The signature is shown, but such a model cannot run here: a setup error.
+        return Err(anyhow::Error::new(LoadError::Parse {
+            path: path.to_path_buf(),
+            bytes: file.bytes,
+            reason: format!("tract does not implement {}", unsupported.join(", ")),
+        }));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_onnx(f: &OnnxFile, spec: &str, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(d) = dir {
+        outln!("{} has no {SPEC_FILE}: the ONNX file alone", d.display());
+    }
+    outln!("{}", f.file.display());
+    outln!("  file       {} bytes, ONNX IR {}", f.bytes, f.ir_version);
+    if !f.producer.is_empty() {
+        outln!("  producer   {}", f.producer);
+    }
+    let opsets: Vec<String> = f.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    outln!("  opsets     {}", opsets.join(", "));
+    let shape = |s: &Option<Vec<OnnxDim>>| match s {
+        None => "(no shape)".to_string(),
+        Some(dims) => {
+            let d: Vec<String> = dims
+                .iter()
+                .map(|d| match d {
+                    OnnxDim::Size(n) => n.to_string(),
+                    OnnxDim::Symbol(s) => s.clone(),
+                })
+                .collect();
+            format!("[{}]", d.join(", "))
+        }
+    };
+    outln!("  inputs");
+    for t in &f.inputs {
+        outln!("    {:<24} {:<5} {}", t.name, t.dtype, shape(&t.shape));
+    }
+    outln!("  outputs");
+    for t in &f.outputs {
+        outln!("    {:<24} {:<5} {}", t.name, t.dtype, shape(&t.shape));
+    }
+    let ops: Vec<String> = f.ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    outln!("  ops        {} nodes: {}", f.op_count, ops.join(", "));
+    if !f.unsupported_ops.is_empty() {
+        outln!("  not in tract: {}", f.unsupported_ops.join(", "));
+    }
+    outln!("\nA first model.toml (put it beside the ONNX file and edit it):\n");
+    print!("{spec}");
+    Ok(())
 }

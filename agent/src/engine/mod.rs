@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod model;
+pub mod onnx_file;
 pub mod panic;
 pub mod spec;
 pub mod stats;
@@ -269,16 +270,22 @@ impl Engine {
     /// spec gets this version's answer.
     pub fn submit_to(&self, model: Arc<LoadedModel>, req: Request) -> Result<Ticket, InferError> {
         let input = model.spec.data_input();
-        if req.data.len() != input.len() {
-            let err = InferError::Input {
-                model: req.model.clone(),
-                source: crate::pipeline::InputError::Length {
+        if input.shape_for(req.data.len()).is_none() {
+            let source = if input.ranges.is_empty() {
+                crate::pipeline::InputError::Length {
                     input: input.name.clone(),
                     got: req.data.len(),
                     want: input.len(),
                     shape: input.shape.clone(),
-                },
+                }
+            } else {
+                crate::pipeline::InputError::LengthRange {
+                    input: input.name.clone(),
+                    got: req.data.len(),
+                    shape: input.shape_text(),
+                }
             };
+            let err = InferError::Input { model: req.model.clone(), source };
             self.count_error(&req.model, &err);
             return Err(err);
         }

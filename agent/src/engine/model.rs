@@ -47,7 +47,12 @@ pub fn tensor_from_f32(dt: DType, shape: &[usize], values: &[f32]) -> TractResul
 pub struct TensorInfo {
     pub name: String,
     pub dtype: String,
+    /// The concrete shape; empty when a dimension is symbolic (see `dims`).
     pub shape: Vec<usize>,
+    /// Every dimension as text, when one is symbolic (an input declared with a range,
+    /// and what follows from it): `["1", "edge_dim", "3"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dims: Option<Vec<String>>,
 }
 
 /// Facts measured while loading, for `model inspect` and status.
@@ -86,6 +91,8 @@ enum Feed {
     Data {
         dtype: DType,
         shape: Vec<usize>,
+        /// A dimension is a range: the call's shape comes from its number of values.
+        varies: bool,
     },
     /// Slot in the stream's state vector; `zeros` is the first call's value.
     State {
@@ -203,15 +210,19 @@ impl LoadedModel {
             if let Some(dims) = fact.shape.concretize() {
                 let rank_ok = dims.len() == input.shape.len();
                 let dims_ok = rank_ok
-                    && dims.iter().zip(&input.shape).all(|(d, want)| match d.to_i64() {
-                        Ok(n) => n == *want as i64,
-                        Err(_) => true, // symbolic: any concrete size fits
+                    && dims.iter().zip(&input.shape).enumerate().all(|(axis, (d, want))| {
+                        match (d.to_i64(), input.ranges.iter().any(|(a, _)| *a == axis)) {
+                            // A range needs a dimension the model leaves open.
+                            (Ok(_), true) => false,
+                            (Ok(n), false) => n == *want as i64,
+                            (Err(_), _) => true, // symbolic: any concrete size fits
+                        }
                     });
                 if !dims_ok {
                     let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
                     problems.push(format!(
-                        "input `{name}` is declared {:?} but the model takes [{}]",
-                        input.shape,
+                        "input `{name}` is declared {} but the model takes [{}]",
+                        input.shape_text(),
                         shown.join(", ")
                     ));
                 }
@@ -226,13 +237,33 @@ impl LoadedModel {
         let mut state_outputs = Vec::new();
         for (ix, name) in graph_inputs.iter().enumerate() {
             let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
-            let fact = InferenceFact::dt_shape(datum_type(input.dtype), input.shape.clone());
+            let fact = match input.range() {
+                None => InferenceFact::dt_shape(datum_type(input.dtype), input.shape.clone()),
+                Some((axis, range)) => {
+                    // The varying dimension stays a symbol: the graph is optimised once for
+                    // every size, and tract resolves the symbol from each call's input.
+                    let sym = model.symbols.new_with_prefix("edge_dim");
+                    for bound in [format!("{sym}>={}", range.min), format!("{sym}<={}", range.max)] {
+                        // Bounds only help the optimiser; a model runs without them.
+                        if let Err(e) = model.symbols.add_assertion(bound) {
+                            tracing::debug!(error = %e, "cannot tell tract the range's bounds");
+                        }
+                    }
+                    let dims: TVec<TDim> = input
+                        .shape
+                        .iter()
+                        .enumerate()
+                        .map(|(i, n)| if i == axis { TDim::Sym(sym.clone()) } else { TDim::from(*n) })
+                        .collect();
+                    InferenceFact::dt_shape(datum_type(input.dtype), dims)
+                }
+            };
             model = model
                 .with_input_fact(ix, fact)
                 .map_err(|e| mismatch(vec![format!("input `{name}`: {e:#}")]))?;
             let shape = input.shape.clone();
             let feed = match input.from {
-                InputFrom::Data => Feed::Data { dtype: input.dtype, shape },
+                InputFrom::Data => Feed::Data { dtype: input.dtype, shape, varies: !input.ranges.is_empty() },
                 InputFrom::State => {
                     let out = input.state_output.as_deref().unwrap_or_default();
                     let out_ix = graph_outputs.iter().position(|o| o == out).unwrap_or(0);
@@ -259,14 +290,15 @@ impl LoadedModel {
         let optimise_ms = ms(started);
 
         let describe = |outlet: OutletId, name: String| -> TensorInfo {
-            let (dtype, shape) = match typed.outlet_fact(outlet) {
+            let (dtype, shape, dims) = match typed.outlet_fact(outlet) {
                 Ok(f) => (
                     format!("{:?}", f.datum_type).to_lowercase(),
                     f.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default(),
+                    f.shape.as_concrete().is_none().then(|| f.shape.iter().map(|d| d.to_string()).collect()),
                 ),
-                Err(_) => ("unknown".into(), vec![]),
+                Err(_) => ("unknown".into(), vec![], None),
             };
-            TensorInfo { name, dtype, shape }
+            TensorInfo { name, dtype, shape, dims }
         };
         let outlets = |list: TractResult<&[OutletId]>| list.map(|l| l.to_vec()).unwrap_or_default();
         let inputs = outlets(typed.input_outlets())
@@ -348,12 +380,26 @@ impl LoadedModel {
         let mut data = Some(data);
         for feed in &self.feeds {
             let value: TValue = match feed {
-                Feed::Data { dtype: DType::F32, shape } => {
+                Feed::Data { dtype, shape, varies } => {
                     let values = data.take().unwrap_or_default();
-                    tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), values)?.into_tensor().into()
-                }
-                Feed::Data { dtype, shape } => {
-                    tensor_from_f32(*dtype, shape, data.as_deref().unwrap_or_default())?.into()
+                    let shape = if *varies {
+                        let input = self.spec.data_input();
+                        std::borrow::Cow::Owned(input.shape_for(values.len()).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{} values fit no shape of input `{}` {}",
+                                values.len(),
+                                input.name,
+                                input.shape_text()
+                            )
+                        })?)
+                    } else {
+                        std::borrow::Cow::Borrowed(shape)
+                    };
+                    if *dtype == DType::F32 {
+                        tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), values)?.into_tensor().into()
+                    } else {
+                        tensor_from_f32(*dtype, &shape, &values)?.into()
+                    }
                 }
                 Feed::State { slot, zeros } => match state.and_then(|s| s.get(*slot)) {
                     Some(v) => v.clone(),

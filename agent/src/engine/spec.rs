@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::SpecError;
-use crate::config::locate::line_of;
+use crate::config::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
 pub const SPEC_FILE: &str = "model.toml";
@@ -60,25 +60,82 @@ pub enum InputFrom {
 
 /// One model input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "RawInput", into = "RawInput")]
 pub struct InputSpec {
     /// The ONNX graph input's name.
     pub name: String,
     pub dtype: DType,
-    /// Concrete shape, batch included; `[]` for a scalar.
+    /// Concrete shape, batch included; `[]` for a scalar. A dimension declared as a
+    /// range holds its largest size here, so the product bounds every accepted input.
     pub shape: Vec<usize>,
-    #[serde(default)]
+    /// Dimensions declared as a range (`{ min, max, multiple_of }`), by axis. Checks allow
+    /// one, on the data input: the engine tells its size from the number of values.
+    pub ranges: Vec<(usize, DimRange)>,
     pub from: InputFrom,
     /// With `from = "state"`: the model output that feeds this input on the next call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_output: Option<String>,
     /// With `from = "const"`: the values, flat, in row-major order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Vec<f64>>,
 }
 
+/// A dimension that takes any size from `min` to `max` that is a multiple of
+/// `multiple_of` (text recognisers take any width, for instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DimRange {
+    pub min: usize,
+    pub max: usize,
+    #[serde(default = "default_multiple")]
+    pub multiple_of: usize,
+}
+
+fn default_multiple() -> usize {
+    1
+}
+
+impl DimRange {
+    /// Whether `n` is one of the allowed sizes.
+    pub fn contains(&self, n: usize) -> bool {
+        n >= self.min && n <= self.max && self.multiple_of > 0 && n.is_multiple_of(self.multiple_of)
+    }
+
+    /// The smallest allowed size, if any.
+    pub fn lowest(&self) -> Option<usize> {
+        let m = self.multiple_of.max(1);
+        let n = self.min.max(1).div_ceil(m).checked_mul(m)?;
+        (n <= self.max).then_some(n)
+    }
+
+    /// The largest allowed size, if any.
+    pub fn highest(&self) -> Option<usize> {
+        let m = self.multiple_of.max(1);
+        let n = self.max - self.max % m;
+        (n >= self.min.max(1)).then_some(n)
+    }
+
+    /// The allowed size for a natural size `n`: `n` rounded up to the next multiple,
+    /// then brought within bounds. Falls back to `max` for a range with no allowed size
+    /// (the spec checks refuse such a range).
+    pub fn fit(&self, n: usize) -> usize {
+        let (Some(lo), Some(hi)) = (self.lowest(), self.highest()) else { return self.max };
+        let m = self.multiple_of.max(1);
+        let up = n.div_ceil(m).saturating_mul(m);
+        up.clamp(lo, hi)
+    }
+}
+
+impl std::fmt::Display for DimRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)?;
+        if self.multiple_of > 1 {
+            write!(f, " (multiple of {})", self.multiple_of)?;
+        }
+        Ok(())
+    }
+}
+
 impl InputSpec {
-    /// Number of elements of the declared shape.
+    /// Number of elements of the declared shape (of the largest shape, with a range).
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -86,6 +143,170 @@ impl InputSpec {
     /// Whether the declared shape holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The dimension declared as a range, with its axis.
+    pub fn range(&self) -> Option<(usize, DimRange)> {
+        self.ranges.first().copied()
+    }
+
+    /// The concrete shape that holds `len` values: the declared shape, or with a range
+    /// the one size of it that makes `len` values. `None` if no accepted shape does.
+    pub fn shape_for(&self, len: usize) -> Option<Vec<usize>> {
+        let Some((axis, range)) = self.range() else {
+            return (len == self.len()).then(|| self.shape.clone());
+        };
+        let rest = self
+            .shape
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != axis)
+            .try_fold(1usize, |acc, (_, d)| acc.checked_mul(*d))?;
+        if rest == 0 || !len.is_multiple_of(rest) || !range.contains(len / rest) {
+            return None;
+        }
+        let mut shape = self.shape.clone();
+        shape[axis] = len / rest;
+        Some(shape)
+    }
+
+    /// Whether a concrete shape is one this input takes.
+    pub fn accepts(&self, shape: &[usize]) -> bool {
+        shape.len() == self.shape.len()
+            && shape.iter().enumerate().all(|(axis, n)| match self.ranges.iter().find(|(a, _)| *a == axis) {
+                Some((_, r)) => r.contains(*n),
+                None => *n == self.shape[axis],
+            })
+    }
+
+    /// The declared shape for messages: `[1, 3, 48, 32..=1024 (multiple of 8)]`.
+    pub fn shape_text(&self) -> String {
+        let dims: Vec<String> = self
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(axis, n)| match self.ranges.iter().find(|(a, _)| *a == axis) {
+                Some((_, r)) => r.to_string(),
+                None => n.to_string(),
+            })
+            .collect();
+        format!("[{}]", dims.join(", "))
+    }
+}
+
+/// `[[input]]` as written: a dimension is a number or a range table.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    name: String,
+    dtype: DType,
+    shape: Vec<RawDim>,
+    #[serde(default)]
+    from: InputFrom,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_output: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<Vec<f64>>,
+}
+
+impl From<RawInput> for InputSpec {
+    fn from(raw: RawInput) -> InputSpec {
+        let shape = raw
+            .shape
+            .iter()
+            .map(|d| match d {
+                RawDim::Fixed(n) => *n,
+                RawDim::Range(r) => r.max,
+            })
+            .collect();
+        let ranges = raw
+            .shape
+            .iter()
+            .enumerate()
+            .filter_map(|(axis, d)| match d {
+                RawDim::Range(r) => Some((axis, *r)),
+                RawDim::Fixed(_) => None,
+            })
+            .collect();
+        InputSpec {
+            name: raw.name,
+            dtype: raw.dtype,
+            shape,
+            ranges,
+            from: raw.from,
+            state_output: raw.state_output,
+            value: raw.value,
+        }
+    }
+}
+
+impl From<InputSpec> for RawInput {
+    fn from(spec: InputSpec) -> RawInput {
+        let shape = spec
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(axis, n)| match spec.ranges.iter().find(|(a, _)| *a == axis) {
+                Some((_, r)) => RawDim::Range(*r),
+                None => RawDim::Fixed(*n),
+            })
+            .collect();
+        RawInput {
+            name: spec.name,
+            dtype: spec.dtype,
+            shape,
+            from: spec.from,
+            state_output: spec.state_output,
+            value: spec.value,
+        }
+    }
+}
+
+/// One dimension as written: `48`, or `{ min = 32, max = 1024, multiple_of = 8 }`.
+#[derive(Debug, Clone, Copy)]
+enum RawDim {
+    Fixed(usize),
+    Range(DimRange),
+}
+
+impl<'de> Deserialize<'de> for RawDim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawDim, D::Error> {
+        use serde::de::{Error, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDim;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a size (a whole number) or a range such as { min = 32, max = 1024, multiple_of = 8 }",
+                )
+            }
+            fn visit_u64<E: Error>(self, v: u64) -> Result<RawDim, E> {
+                usize::try_from(v)
+                    .map(RawDim::Fixed)
+                    .map_err(|_| E::custom(format!("dimension {v} does not fit this machine's sizes")))
+            }
+            fn visit_i64<E: Error>(self, v: i64) -> Result<RawDim, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!(
+                        "dimension {v} is negative; write a size, or a range such as {{ min = 32, max = 1024 }} for a dimension that varies"
+                    ))),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawDim, A::Error> {
+                DimRange::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawDim::Range)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for RawDim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RawDim::Fixed(n) => n.serialize(s),
+            RawDim::Range(r) => r.serialize(s),
+        }
     }
 }
 
@@ -127,19 +348,57 @@ pub enum ImageLayout {
     Nhwc,
 }
 
+/// How an image is brought to the model's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Resize to exactly the model's size, changing the aspect ratio if they differ.
+    #[default]
+    Stretch,
+    /// Scale to fit inside the model's size keeping the aspect ratio, and fill the rest
+    /// with `pad` (YOLO-style detectors, OCR).
+    Letterbox,
+}
+
+/// Where a letterboxed image sits in the model's frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PadPosition {
+    /// Centred; an odd pixel of padding goes to the right or bottom.
+    #[default]
+    Center,
+    /// Against the top-left corner; all padding on the right and bottom.
+    TopLeft,
+}
+
+/// Channel order of a colour image input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    #[default]
+    Rgb,
+    /// Blue, green, red (models trained on OpenCV-loaded images).
+    Bgr,
+}
+
 /// Image pre-processing: resize, scale, normalise, lay out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
-    pub width: u32,
-    pub height: u32,
-    /// 1 (grey) or 3 (RGB).
+    /// Target width; default: the data input's width (by `layout`). Left out when the
+    /// input's width is a range: the image then keeps its aspect ratio within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// Target height; default: the data input's height.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// 1 (grey) or 3 (colour).
     #[serde(default = "default_channels")]
     pub channels: usize,
     /// Multiplier applied to 0..255 pixel values before normalising.
     #[serde(default = "default_pixel_scale")]
     pub scale: f32,
-    /// Per-channel mean subtracted after scaling.
+    /// Per-channel mean subtracted after scaling, in the model's channel order.
     #[serde(default)]
     pub mean: Vec<f32>,
     /// Per-channel standard deviation divided by after subtracting the mean.
@@ -147,6 +406,57 @@ pub struct ImageSpec {
     pub std: Vec<f32>,
     #[serde(default)]
     pub layout: ImageLayout,
+    #[serde(default)]
+    pub resize: ResizeMode,
+    /// With `resize = "letterbox"`: the pixel value (0 to 255, before `scale`, `mean`
+    /// and `std`) of the padding, in every channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<f32>,
+    /// With `resize = "letterbox"`: where the image sits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<PadPosition>,
+    #[serde(default)]
+    pub channel_order: ChannelOrder,
+}
+
+/// An image input's target size, resolved from `[pre.image]` and the data input's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageGeometry {
+    /// The width, or with a range the largest.
+    pub width: u32,
+    pub height: u32,
+    pub channels: usize,
+    /// The widths the input takes, when its width varies.
+    pub width_range: Option<DimRange>,
+}
+
+impl ImageGeometry {
+    /// The width an image of `w` x `h` pixels is resized to: the fixed width, or its
+    /// width at the target height (aspect ratio kept) brought into the range.
+    pub fn target_width(&self, w: u32, h: u32) -> u32 {
+        match self.width_range {
+            None => self.width,
+            Some(r) => {
+                let natural = (f64::from(w) * f64::from(self.height) / f64::from(h.max(1))).round().max(1.0);
+                // `as` saturates; the range bounds the result anyway.
+                let fitted = r.fit(natural as usize);
+                u32::try_from(fitted).unwrap_or(self.width)
+            }
+        }
+    }
+}
+
+/// Axes of channels, height and width in an image input: its last three dimensions in
+/// `layout`'s order, after leading 1s (the batch). `None` for a flat or batched input.
+fn image_axes(layout: ImageLayout, input: &InputSpec) -> Option<(usize, usize, usize)> {
+    let r = input.shape.len().checked_sub(3)?;
+    if !input.shape[..r].iter().all(|n| *n == 1) {
+        return None;
+    }
+    Some(match layout {
+        ImageLayout::Nchw => (r, r + 1, r + 2),
+        ImageLayout::Nhwc => (r + 2, r, r + 1),
+    })
 }
 
 fn default_channels() -> usize {
@@ -171,6 +481,9 @@ pub struct PreSpec {
     pub window: Option<WindowSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// Sample rate of audio inputs, in Hz: a WAV file at another rate is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
 }
 
 /// Hysteresis over a score, per stream: turns on at `on`, off below `off`.
@@ -181,10 +494,24 @@ pub struct SegmentSpec {
     pub off: f32,
 }
 
+/// What post-processing makes of the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PostKind {
+    /// Read the output as scores: argmax, top-k, threshold, segments, labels.
+    #[default]
+    Scores,
+    /// No post-processing: the result holds the raw output tensors (detectors,
+    /// embeddings, anything whose decoding happens elsewhere).
+    None,
+}
+
 /// Post-processing: from the raw output tensor to an answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostSpec {
+    #[serde(default)]
+    pub kind: PostKind,
     /// The output read by the steps below (default: the model's first output that is not
     /// a state output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +535,14 @@ pub struct PostSpec {
     /// Also return the raw output tensors with each result.
     #[serde(default)]
     pub raw: bool,
+}
+
+impl PostSpec {
+    /// Whether results carry the raw output tensors (`raw = true`, or `kind = "none"`
+    /// where they are the whole answer).
+    pub fn wants_raw(&self) -> bool {
+        self.raw || self.kind == PostKind::None
+    }
 }
 
 /// Limits that protect the device from oversized requests.
@@ -283,7 +618,8 @@ impl ModelSpec {
             line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
             message: e.message().trim().to_string(),
         })?;
-        let problems = spec.problems();
+        let mut problems = spec.problems();
+        problems.extend(spec.located_problems(text));
         if problems.is_empty() {
             Ok(spec)
         } else {
@@ -373,20 +709,6 @@ impl ModelSpec {
             if img.std.contains(&0.0) {
                 out.push("pre.image.std contains 0; a standard deviation must not be zero".into());
             }
-            if let Some(d) = data.first() {
-                let want = img.channels * img.width as usize * img.height as usize;
-                if d.len() != want {
-                    out.push(format!(
-                        "pre.image gives {}x{}x{} = {want} values but input `{}` {:?} holds {}",
-                        img.channels,
-                        img.height,
-                        img.width,
-                        d.name,
-                        d.shape,
-                        d.len()
-                    ));
-                }
-            }
         }
         if self.pre.format == PayloadFormat::Image && self.pre.image.is_none() {
             out.push("pre.format = \"image\" needs a [pre.image] table (width, height, ...)".into());
@@ -408,10 +730,229 @@ impl ModelSpec {
         out
     }
 
+    /// Checks of ranges, images, audio and the post-processing kind; each problem starts
+    /// with the line of the key it is about.
+    fn located_problems(&self, text: &str) -> Vec<String> {
+        let at = |key: &str| line_of_path(text, key).map(|l| format!("line {l}: ")).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut ranges = 0;
+        for (ix, input) in self.inputs.iter().enumerate() {
+            let key = format!("input.{ix}.shape");
+            if !input.ranges.is_empty() && input.from != InputFrom::Data {
+                out.push(format!(
+                    "{}input `{}`: only the data input may have a range dimension; state and constant inputs need fixed sizes",
+                    at(&key),
+                    input.name
+                ));
+            }
+            for (axis, r) in &input.ranges {
+                ranges += 1;
+                if r.min == 0 || r.max < r.min || r.multiple_of == 0 {
+                    out.push(format!(
+                        "{}input `{}` dimension {axis}: {{ min = {}, max = {}, multiple_of = {} }} needs 1 <= min <= max and multiple_of >= 1",
+                        at(&key),
+                        input.name,
+                        r.min,
+                        r.max,
+                        r.multiple_of
+                    ));
+                } else if r.lowest().is_none() {
+                    out.push(format!(
+                        "{}input `{}` dimension {axis}: no multiple of {} lies between {} and {}; widen the range or change multiple_of",
+                        at(&key),
+                        input.name,
+                        r.multiple_of,
+                        r.min,
+                        r.max
+                    ));
+                }
+            }
+        }
+        if ranges > 1 {
+            out.push(format!(
+                "only one dimension may be a range (found {ranges}): the engine tells its size from the number of values; give the others fixed sizes"
+            ));
+        }
+        let data = self.inputs.iter().position(|i| i.from == InputFrom::Data);
+        let data_input = data.map(|ix| (ix, &self.inputs[ix]));
+        if let Some((_, d)) = data_input
+            && !d.ranges.is_empty()
+            && self.pre.window.is_some()
+        {
+            out.push(format!(
+                "{}pre.window cuts windows of one size, but input `{}` is {}; give it a fixed size",
+                at("pre.window"),
+                d.name,
+                d.shape_text()
+            ));
+        }
+        if let Some(rate) = self.pre.sample_rate {
+            if rate == 0 {
+                out.push(format!(
+                    "{}pre.sample_rate is 0; write the rate the model was trained at, in Hz (for example 16000)",
+                    at("pre.sample_rate")
+                ));
+            }
+            if self.pre.format == PayloadFormat::Image {
+                out.push(format!(
+                    "{}pre.sample_rate is for audio, and this model takes images; remove it",
+                    at("pre.sample_rate")
+                ));
+            }
+        }
+        if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
+            image_problems(img, ix, d, &at, &mut out);
+        }
+        if self.post.kind == PostKind::None {
+            let post = &self.post;
+            for (key, set) in [
+                ("softmax", post.softmax),
+                ("labels", !post.labels.is_empty()),
+                ("top_k", post.top_k.is_some()),
+                ("threshold", post.threshold.is_some()),
+                ("segments", post.segments.is_some()),
+            ] {
+                if set {
+                    out.push(format!(
+                        "{}post.{key} does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
+                        at(&format!("post.{key}"))
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The size images are resized to, from `[pre.image]` and the data input's shape.
+    /// `None` without `[pre.image]` (or for a spec the checks refuse).
+    pub fn image_geometry(&self) -> Option<ImageGeometry> {
+        let img = self.pre.image.as_ref()?;
+        let d = self.inputs.iter().find(|i| i.from == InputFrom::Data)?;
+        let axes = image_axes(img.layout, d);
+        let dim = |axis: usize| d.shape.get(axis).and_then(|n| u32::try_from(*n).ok());
+        let width_range = axes.and_then(|(_, _, w)| d.ranges.iter().find(|(a, _)| *a == w)).map(|(_, r)| *r);
+        let width = img.width.or_else(|| axes.and_then(|(_, _, w)| dim(w)))?;
+        let height = img.height.or_else(|| axes.and_then(|(_, h, _)| dim(h)))?;
+        Some(ImageGeometry { width, height, channels: img.channels, width_range })
+    }
+
     /// The input that carries the request's data.
     pub fn data_input(&self) -> &InputSpec {
         // `problems()` guarantees exactly one; a spec that skipped it is a programming error.
         #[allow(clippy::expect_used)]
         self.inputs.iter().find(|i| i.from == InputFrom::Data).expect("validated spec has one data input")
+    }
+}
+
+/// Checks `[pre.image]` against itself and the data input `d` (the `ix`th input).
+fn image_problems(
+    img: &ImageSpec,
+    ix: usize,
+    d: &InputSpec,
+    at: &dyn Fn(&str) -> String,
+    out: &mut Vec<String>,
+) {
+    let letterbox = img.resize == ResizeMode::Letterbox;
+    for (key, set) in [("pad", img.pad.is_some()), ("position", img.position.is_some())] {
+        if set && !letterbox {
+            out.push(format!(
+                "{}pre.image.{key} applies only to resize = \"letterbox\"; add resize = \"letterbox\", or remove {key}",
+                at(&format!("pre.image.{key}"))
+            ));
+        }
+    }
+    if let Some(p) = img.pad
+        && !(p.is_finite() && (0.0..=255.0).contains(&p))
+    {
+        out.push(format!(
+            "{}pre.image.pad is {p}; give a pixel value from 0 to 255 (it is scaled and normalised like the image)",
+            at("pre.image.pad")
+        ));
+    }
+    if img.channel_order == ChannelOrder::Bgr && img.channels != 3 {
+        out.push(format!(
+            "{}pre.image.channel_order = \"bgr\" needs channels = 3 (a grey image has no channel order)",
+            at("pre.image.channel_order")
+        ));
+    }
+    let input_key = format!("input.{ix}.shape");
+    let layout = match img.layout {
+        ImageLayout::Nchw => "nchw: [N, C, H, W]",
+        ImageLayout::Nhwc => "nhwc: [N, H, W, C]",
+    };
+    let Some((c, h, w)) = image_axes(img.layout, d) else {
+        // A flat or batched input: the image's size cannot be read from it, so the spec
+        // gives it and only the number of values is checked.
+        if !d.ranges.is_empty() {
+            out.push(format!(
+                "{}input `{}` {}: a range dimension with [pre.image] needs an image-shaped input, [1, C, H, W] or [1, H, W, C]",
+                at(&input_key),
+                d.name,
+                d.shape_text()
+            ));
+            return;
+        }
+        let (Some(width), Some(height)) = (img.width, img.height) else {
+            out.push(format!(
+                "{}pre.image needs width and height: input `{}` {:?} does not show the image's size",
+                at("pre.image"),
+                d.name,
+                d.shape
+            ));
+            return;
+        };
+        let want = img.channels * width as usize * height as usize;
+        if d.len() != want {
+            out.push(format!(
+                "{}pre.image gives {}x{height}x{width} = {want} values but input `{}` {:?} holds {}",
+                at("pre.image"),
+                img.channels,
+                d.name,
+                d.shape,
+                d.len()
+            ));
+        }
+        return;
+    };
+    for (axis, _) in &d.ranges {
+        if *axis != w {
+            out.push(format!(
+                "{}input `{}` {}: only the image's width may vary (axis {w} in {layout})",
+                at(&input_key),
+                d.name,
+                d.shape_text()
+            ));
+        }
+    }
+    if d.shape[c] != img.channels {
+        out.push(format!(
+            "{}pre.image.channels is {} but input `{}` {} has {} at the channel axis ({layout}); set channels = {} (or change layout)",
+            at("pre.image.channels"),
+            img.channels,
+            d.name,
+            d.shape_text(),
+            d.shape[c],
+            d.shape[c]
+        ));
+    }
+    for (key, given, axis) in [("height", img.height, h), ("width", img.width, w)] {
+        let Some(given) = given else { continue };
+        if d.ranges.iter().any(|(a, _)| *a == axis) {
+            out.push(format!(
+                "{}pre.image.{key}: input `{}` takes any {key} in {}; remove {key} (images keep their aspect ratio within the range)",
+                at(&format!("pre.image.{key}")),
+                d.name,
+                d.shape_text()
+            ));
+        } else if given as usize != d.shape[axis] {
+            out.push(format!(
+                "{}pre.image.{key} is {given} but input `{}` {} has {key} {} ({layout}); set {key} = {}, or leave it out",
+                at(&format!("pre.image.{key}")),
+                d.name,
+                d.shape_text(),
+                d.shape[axis],
+                d.shape[axis]
+            ));
+        }
     }
 }

@@ -766,7 +766,9 @@ fn tensors(spec: &ModelSpec, data: Vec<f32>) -> Vec<Tensor> {
                 InputFrom::Const => i.value.as_ref()?.iter().map(|v| *v as f32).collect(),
                 InputFrom::State => return None,
             };
-            Some(Tensor { name: i.name.clone(), shape: i.shape.clone(), datatype: datatype(i), data: values })
+            // A range dimension takes the size the data's length gives it.
+            let shape = i.shape_for(values.len()).unwrap_or_else(|| i.shape.clone());
+            Some(Tensor { name: i.name.clone(), shape, datatype: datatype(i), data: values })
         })
         .collect()
 }

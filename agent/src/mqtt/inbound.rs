@@ -164,9 +164,10 @@ impl InboundRouter {
         // match results to messages (and drop duplicates after a crash).
         let json = self.engine.model(&sub.model).is_some_and(|m| m.spec.pre.format == PayloadFormat::Json);
         // `"route": "cloud"` asks for the cloud fallback (audits, A/B comparisons).
+        let text = crate::pipeline::strip_bom(&payload);
         let (payload, input_id, force_cloud) =
-            if json && payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-                match serde_json::from_slice::<serde_json::Value>(&payload) {
+            if json && text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+                match serde_json::from_slice::<serde_json::Value>(text) {
                     Ok(v) => {
                         let id = v.get("id").cloned();
                         let cloud = v.get("route").and_then(|r| r.as_str()) == Some("cloud");

@@ -83,7 +83,7 @@ pub struct CaseReport {
 pub fn read(dir: &Path) -> Result<Golden, String> {
     let path = dir.join(super::package::SELFTEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let golden: Golden = serde_json::from_str(&text)
+    let golden: Golden = serde_json::from_str(crate::pipeline::strip_bom_str(&text))
         .map_err(|e| format!("{}: not a golden vectors file: {e}", path.display()))?;
     if golden.cases.is_empty() {
         return Err(format!("{}: no cases; a self-test needs at least one", path.display()));
@@ -218,7 +218,7 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64) -> Result<Golden, Strin
     }
     let text =
         std::fs::read_to_string(inputs).map_err(|e| format!("cannot read {}: {e}", inputs.display()))?;
-    let list = match serde_json::from_str::<Inputs>(&text)
+    let list = match serde_json::from_str::<Inputs>(crate::pipeline::strip_bom_str(&text))
         .map_err(|e| format!("{}: expected [{{\"name\", \"input\": [...]}}]: {e}", inputs.display()))?
     {
         Inputs::List(l) | Inputs::Cases { cases: l } => l,

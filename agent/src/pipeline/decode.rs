@@ -71,9 +71,11 @@ pub fn decode_within(
             le_samples(&bytes, 2, |c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)?
         }
         PayloadFormat::Image => {
-            let img = spec.pre.image.as_ref().ok_or(InputError::NoImageSpec)?;
+            let (Some(img), Some(geo)) = (spec.pre.image.as_ref(), spec.image_geometry()) else {
+                return Err(InputError::NoImageSpec);
+            };
             // Image values are normalised by the image spec; the sample scale does not apply.
-            return Ok((image_to_tensor(&bytes, img)?, size));
+            return Ok((image_to_tensor(&bytes, img, &geo)?, size));
         }
     };
     apply_scale(spec, &mut values);
@@ -106,8 +108,22 @@ fn le_samples(bytes: &[u8], width: usize, f: impl Fn(&[u8]) -> f32) -> Result<Ve
 /// one. A nested array must have the data input's shape (leading 1s may be left out).
 fn json_numbers(bytes: &[u8], spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
     let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| InputError::Json { reason: e.to_string() })?;
+        serde_json::from_slice(strip_bom(bytes)).map_err(|e| InputError::Json { reason: e.to_string() })?;
     json_array(value, spec)
+}
+
+/// The UTF-8 byte-order mark some editors (Notepad, Excel exports) put before JSON.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// `bytes` without a leading UTF-8 byte-order mark. JSON forbids the mark, but a parser
+/// may ignore it (RFC 8259, section 8.1), and files saved on Windows often carry one.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(BOM).unwrap_or(bytes)
+}
+
+/// [`strip_bom`] for text.
+pub fn strip_bom_str(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
 }
 
 fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
@@ -123,11 +139,21 @@ fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
     if shape.len() > 1 && spec.pre.window.is_none() {
         let input = spec.data_input();
         let strip = |s: &[usize]| s.iter().skip_while(|d| **d == 1).copied().collect::<Vec<_>>();
-        if strip(&shape) != strip(&input.shape) {
-            return Err(InputError::Shape {
-                input: input.name.clone(),
-                got: shape,
-                want: input.shape.clone(),
+        let fits = if input.ranges.is_empty() {
+            strip(&shape) == strip(&input.shape)
+        } else {
+            // Leading 1s may be left out here too: put them back, then check each size.
+            let missing = input.shape.len().checked_sub(shape.len());
+            missing.is_some_and(|m| {
+                input.shape[..m].iter().all(|d| *d == 1)
+                    && input.accepts(&[vec![1; m], shape.clone()].concat())
+            })
+        };
+        if !fits {
+            return Err(if input.ranges.is_empty() {
+                InputError::Shape { input: input.name.clone(), got: shape, want: input.shape.clone() }
+            } else {
+                InputError::ShapeRange { input: input.name.clone(), got: shape, want: input.shape_text() }
             });
         }
     }

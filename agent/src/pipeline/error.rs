@@ -11,8 +11,12 @@ pub enum InputError {
     Json { reason: String },
     #[error("input has shape {got:?} but `{input}` expects {want:?}")]
     Shape { input: String, got: Vec<usize>, want: Vec<usize> },
+    #[error("input has shape {got:?} but `{input}` takes {want}")]
+    ShapeRange { input: String, got: Vec<usize>, want: String },
     #[error("input has {got} values but `{input}` {shape:?} takes {want}")]
     Length { input: String, got: usize, want: usize, shape: Vec<usize> },
+    #[error("input has {got} values, and no shape `{input}` takes ({shape}) holds that many")]
+    LengthRange { input: String, got: usize, shape: String },
     #[error("value {index} is {value}; the model needs finite numbers (no NaN or infinity)")]
     NotFinite { index: usize, value: f32 },
     #[error("{bytes} bytes is not a whole number of {width}-byte samples")]

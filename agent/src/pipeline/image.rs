@@ -1,9 +1,10 @@
-//! Image pre-processing: decode PNG/JPEG, resize, scale, normalise, lay out.
+//! Image pre-processing: decode PNG/JPEG, resize (stretch or letterbox), order the
+//! channels, scale, normalise, lay out.
 
-use image::{ImageReader, Limits, imageops::FilterType};
+use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
 
 use super::error::InputError;
-use crate::engine::spec::{ImageLayout, ImageSpec};
+use crate::engine::spec::{ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, PadPosition, ResizeMode};
 
 /// Largest image side we decode: a bound against decompression bombs.
 const MAX_SIDE: u32 = 8192;
@@ -11,8 +12,7 @@ const MAX_SIDE: u32 = 8192;
 const MAX_ALLOC: u64 = 256 * 1024 * 1024;
 
 /// Decodes an image and returns the model's input values in the spec's layout.
-pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec) -> Result<Vec<f32>, InputError> {
-    let err = |e: image::ImageError| InputError::Image { reason: e.to_string() };
+pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Result<Vec<f32>, InputError> {
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InputError::Image { reason: e.to_string() })?;
@@ -24,26 +24,82 @@ pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec) -> Result<Vec<f32>, Input
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let mut img = reader.decode().map_err(err)?;
-    if img.width() != spec.width || img.height() != spec.height {
-        img = img.resize_exact(spec.width, spec.height, FilterType::Triangle);
+    let img = reader.decode().map_err(|e| InputError::Image { reason: e.to_string() })?;
+    Ok(tensor_from_image(&img, spec, geo))
+}
+
+/// Where the resized image lands in the model's frame, in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// The frame: the model input's width and height for this image.
+    pub frame: (u32, u32),
+    /// The resized image's size and top-left corner inside the frame.
+    pub size: (u32, u32),
+    pub offset: (u32, u32),
+}
+
+/// Works out the frame and where an image of `w` x `h` pixels goes in it.
+pub fn place(w: u32, h: u32, spec: &ImageSpec, geo: &ImageGeometry) -> Placement {
+    let (w, h) = (w.max(1), h.max(1));
+    let frame = (geo.target_width(w, h).max(1), geo.height.max(1));
+    if spec.resize == ResizeMode::Stretch {
+        return Placement { frame, size: frame, offset: (0, 0) };
     }
-    let (w, h, c) = (spec.width as usize, spec.height as usize, spec.channels);
+    // Letterbox: the largest scale at which the whole image fits, each side rounded and
+    // kept within 1..=frame so that rounding never spills over.
+    let scale = (f64::from(frame.0) / f64::from(w)).min(f64::from(frame.1) / f64::from(h));
+    let side = |n: u32, max: u32| ((f64::from(n) * scale).round() as u32).clamp(1, max);
+    let size = (side(w, frame.0), side(h, frame.1));
+    let offset = match spec.position.unwrap_or_default() {
+        PadPosition::Center => ((frame.0 - size.0) / 2, (frame.1 - size.1) / 2),
+        PadPosition::TopLeft => (0, 0),
+    };
+    Placement { frame, size, offset }
+}
+
+/// The model's input values for a decoded image: resized as the spec says, in the
+/// spec's channel order, `(pixel * scale - mean) / std`, laid out as `nchw` or `nhwc`.
+/// Padding is the `pad` pixel value put through the same arithmetic.
+pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeometry) -> Vec<f32> {
+    let p = place(img.width(), img.height(), spec, geo);
+    let (fw, fh) = (p.frame.0 as usize, p.frame.1 as usize);
+    let c = geo.channels;
+    let resized;
+    let img = if (img.width(), img.height()) == p.size {
+        img
+    } else {
+        resized = img.resize_exact(p.size.0, p.size.1, FilterType::Triangle);
+        &resized
+    };
     let pixels: Vec<u8> = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
-    let mut out = vec![0f32; w * h * c];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                let raw = f32::from(pixels[(y * w + x) * c + ch]) * spec.scale;
-                let mean = spec.mean.get(ch).copied().unwrap_or(0.0);
-                let std = spec.std.get(ch).copied().unwrap_or(1.0);
-                let ix = match spec.layout {
-                    ImageLayout::Nchw => ch * h * w + y * w + x,
-                    ImageLayout::Nhwc => (y * w + x) * c + ch,
+    let norm = |ch: usize, raw: f32| {
+        let mean = spec.mean.get(ch).copied().unwrap_or(0.0);
+        let std = spec.std.get(ch).copied().unwrap_or(1.0);
+        (raw * spec.scale - mean) / std
+    };
+    let pad = spec.pad.unwrap_or(0.0);
+    let (iw, ih) = (p.size.0 as usize, p.size.1 as usize);
+    let (ox, oy) = (p.offset.0 as usize, p.offset.1 as usize);
+    let mut out = vec![0f32; fw * fh * c];
+    for ch in 0..c {
+        // The decoded image is RGB; a BGR model's channel 0 is the image's blue.
+        let src = if spec.channel_order == ChannelOrder::Bgr && c == 3 { 2 - ch } else { ch };
+        let padded = norm(ch, pad);
+        for y in 0..fh {
+            for x in 0..fw {
+                let inside = x >= ox && x < ox + iw && y >= oy && y < oy + ih;
+                let value = if inside {
+                    norm(ch, f32::from(pixels[((y - oy) * iw + (x - ox)) * c + src]))
+                } else {
+                    padded
                 };
-                out[ix] = (raw - mean) / std;
+                let ix = match spec.layout {
+                    ImageLayout::Nchw => ch * fh * fw + y * fw + x,
+                    ImageLayout::Nhwc => (y * fw + x) * c + ch,
+                };
+                out[ix] = value;
             }
         }
     }
-    Ok(out)
+    out
 }

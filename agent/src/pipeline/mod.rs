@@ -14,7 +14,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{Payload, check_finite, decode, decode_within};
+pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};

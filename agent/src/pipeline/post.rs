@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::engine::spec::PostSpec;
+use crate::engine::spec::{PostKind, PostSpec};
 
 /// Per-stream memory of the segment hysteresis.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +27,9 @@ impl PostProcessor {
     /// The `score` that [`apply`](Self::apply) would report (the top probability, or the
     /// single score), without building the result: the confidence a cascade judges.
     pub fn confidence(&self, values: &[f32]) -> Option<f32> {
+        if self.spec.kind == PostKind::None {
+            return None;
+        }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
         match probs.len() {
             0 => None,
@@ -35,7 +38,8 @@ impl PostProcessor {
         }
     }
 
-    /// Turns the post output's values into the `outputs` object of a result. `window` is
+    /// Turns the post output's values into the `outputs` object of a result (empty with
+    /// `kind = "none"`: see [`PostSpec::wants_raw`]). `window` is
     /// the stream's window index, used by segments; `segment` is the stream's hysteresis
     /// state (segments need one per stream).
     pub fn apply(
@@ -45,6 +49,10 @@ impl PostProcessor {
         segment: Option<&mut SegmentState>,
     ) -> Map<String, Value> {
         let mut out = Map::new();
+        if self.spec.kind == PostKind::None {
+            // The caller adds the raw outputs, which are the whole answer.
+            return out;
+        }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
         if probs.is_empty() {
             return out;

@@ -144,7 +144,8 @@ pub async fn run(
     let (source_tx, source_rx) = mpsc::channel::<SensorMessage>(256);
     let sources_tracker = TaskTracker::new();
     for entry in config.sources.clone() {
-        sources_tracker.spawn(sources::run(entry, source_tx.clone(), token.child_token()));
+        let rate = engine.model(entry.model()).and_then(|m| m.spec.pre.sample_rate);
+        sources_tracker.spawn(sources::run(entry, rate, source_tx.clone(), token.child_token()));
     }
     sources_tracker.close();
 

@@ -144,7 +144,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 Ok(a) => {
                     let Some(post) = route.post() else { continue };
                     let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
-                    if spec.post.raw {
+                    if spec.post.wants_raw() {
                         outputs.insert("raw".into(), raw_outputs(&a.outputs));
                     }
                     records.push(ResultRecord {

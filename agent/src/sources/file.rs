@@ -15,6 +15,7 @@ const WAV_CHUNK: usize = 4096;
 
 pub(super) async fn run(
     cfg: FileSource,
+    sample_rate: Option<u32>,
     tx: mpsc::Sender<SensorMessage>,
     token: CancellationToken,
 ) -> Result<(), SourceError> {
@@ -44,6 +45,11 @@ pub(super) async fn run(
     if format == FileFormat::Wav {
         let (rate, samples) =
             read_wav(&cfg.path).map_err(|reason| SourceError::Read { path: path_str.clone(), reason })?;
+        if let Some(want) = sample_rate
+            && want != rate
+        {
+            return Err(SourceError::Read { path: path_str, reason: rate_mismatch(rate, &cfg.model, want) });
+        }
         let pause = (cfg.speed > 0.0)
             .then(|| Duration::from_secs_f64(WAV_CHUNK as f64 / f64::from(rate) / cfg.speed));
         for chunk in samples.chunks(WAV_CHUNK) {
@@ -84,11 +90,23 @@ fn csv_row(line: &str) -> Option<Vec<f32>> {
     line.split(',').map(|f| f.trim().parse::<f32>().ok()).collect()
 }
 
+/// Why a WAV file at `rate` Hz cannot feed `model`, which takes `want` Hz.
+pub fn rate_mismatch(rate: u32, model: &str, want: u32) -> String {
+    format!(
+        "it is sampled at {rate} Hz but model `{model}` takes {want} Hz (pre.sample_rate in its model.toml); \
+         resample it first, for example `sox IN.wav -r {want} OUT.wav`"
+    )
+}
+
 /// Reads a WAV file as mono f32 in [-1, 1): integer PCM is scaled by its bit depth,
 /// several channels are averaged.
 pub fn read_wav(path: &Path) -> Result<(u32, Vec<f32>), String> {
     let mut reader = hound::WavReader::open(path).map_err(|e| format!("not a readable WAV file: {e}"))?;
     let spec = reader.spec();
+    if spec.sample_rate == 0 {
+        // hound takes any rate; 0 Hz is a damaged header and would stall a timed replay.
+        return Err("its header gives a sample rate of 0 Hz; the file is damaged, write it again".into());
+    }
     let channels = usize::from(spec.channels.max(1));
     let interleaved: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceEntry;
 use crate::pipeline::Payload;
 
-pub use file::read_wav;
+pub use file::{rate_mismatch, read_wav};
 pub use simulated::VibrationSim;
 
 /// One message from a sensor.
@@ -49,15 +49,22 @@ pub enum SourceError {
     Read { path: String, reason: String },
 }
 
-/// Runs one configured source until it ends or `token` fires.
-pub async fn run(entry: SourceEntry, tx: mpsc::Sender<SensorMessage>, token: CancellationToken) {
+/// Runs one configured source until it ends or `token` fires. `sample_rate` is the rate
+/// the source's model takes (its spec's `pre.sample_rate`): a WAV file at another rate
+/// is refused.
+pub async fn run(
+    entry: SourceEntry,
+    sample_rate: Option<u32>,
+    tx: mpsc::Sender<SensorMessage>,
+    token: CancellationToken,
+) {
     let kind = entry.kind();
     let result = match entry {
         SourceEntry::Simulated(s) => {
             simulated::run(s, tx, token).await;
             Ok(())
         }
-        SourceEntry::File(f) => file::run(f, tx, token).await,
+        SourceEntry::File(f) => file::run(f, sample_rate, tx, token).await,
         SourceEntry::Stdin(s) => stdin::run(s, tx, token).await,
     };
     match result {
@@ -95,10 +102,13 @@ async fn replay_lines<R: AsyncRead + Unpin>(
             }
         };
         number += 1;
+        // A file saved with a byte-order mark (common on Windows) carries it before the
+        // first line; left there, the line would not parse as JSON or numbers.
+        let line = if number == 1 { crate::pipeline::strip_bom_str(&line) } else { line.as_str() };
         if line.trim().is_empty() {
             continue;
         }
-        match parse(&line, number) {
+        match parse(line, number) {
             None => {}
             Some(Ok(msg)) => {
                 tokio::select! {
