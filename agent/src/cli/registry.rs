@@ -127,6 +127,10 @@ pub struct PublishArgs {
     pub probation: Option<String>,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
+    /// The devices' model memory limit: the package is refused here if its model would
+    /// be refused there.
+    #[command(flatten)]
+    pub limits: super::model::LimitArgs,
 }
 
 /// Expiry of what a command signs.
@@ -321,7 +325,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     );
     // The publisher's own check: a package whose golden vectors fail here would be
     // refused by every device.
-    let report = crate::ota::selftest::run_here(&a.model);
+    let report = crate::ota::selftest::run_here(&a.model, &a.limits.limits());
     anyhow::ensure!(
         report.passed,
         "{} does not pass its own self-test ({}); fix the model or re-record selftest.json",
