@@ -40,11 +40,11 @@ pub enum LoadError {
     #[error("{spec}: the spec does not match the model {path}:\n  {problems}")]
     Mismatch { spec: PathBuf, path: PathBuf, problems: String },
     #[error(
-        "{path}: {what} needs {} ({bytes} bytes), more than this device allows one model ({}); raise the limit ({LIMIT_NAMES}) if the device has the memory, or declare a smaller shape",
+        "{path}: {what} needs {} ({bytes} bytes), more than this device allows one model ({}); raise the limit ({LIMIT_NAMES}) if the device has the memory, or {instead}",
         human(*bytes),
         human(*limit)
     )]
-    TooLarge { path: PathBuf, what: String, bytes: u64, limit: u64 },
+    TooLarge { path: PathBuf, what: String, bytes: u64, limit: u64, instead: &'static str },
     #[error("{path}: the model cannot be prepared for the shapes in its spec: {reason}")]
     Optimise { path: PathBuf, reason: String },
     #[error(

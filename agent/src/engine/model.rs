@@ -115,30 +115,37 @@ impl LoadedModel {
         let LoadedSpec { spec, path: spec_path, model_path } = loaded;
         // Sizes before anything of that size is allocated: each declared input, the
         // inputs together, then the file, which is read whole.
-        let too_large = |path: &Path, what: String, bytes: u64| LoadError::TooLarge {
+        let too_large = |path: &Path, what: String, bytes: u64, instead: &'static str| LoadError::TooLarge {
             path: path.to_path_buf(),
             what,
             bytes,
             limit: limits.max_bytes,
+            instead,
         };
+        let smaller_shape = "declare a smaller shape";
         let mut inputs_bytes = 0u64;
         for input in &spec.inputs {
             // A checked spec has no shape past u64; saturate rather than trust that here.
             let bytes = input.bytes().unwrap_or(u64::MAX);
             if bytes > limits.max_bytes {
                 let what = format!("input `{}` {:?} of {}", input.name, input.shape, input.dtype.name());
-                return Err(too_large(&spec_path, what, bytes));
+                return Err(too_large(&spec_path, what, bytes, smaller_shape));
             }
             inputs_bytes = inputs_bytes.saturating_add(bytes);
         }
         if inputs_bytes > limits.max_bytes {
-            return Err(too_large(&spec_path, "the declared inputs together".into(), inputs_bytes));
+            return Err(too_large(
+                &spec_path,
+                "the declared inputs together".into(),
+                inputs_bytes,
+                smaller_shape,
+            ));
         }
         let file_bytes = std::fs::metadata(&model_path)
             .map_err(|source| LoadError::Read { path: model_path.clone(), source })?
             .len();
         if file_bytes > limits.max_bytes {
-            return Err(too_large(&model_path, "the model file".into(), file_bytes));
+            return Err(too_large(&model_path, "the model file".into(), file_bytes, "use a smaller model"));
         }
         let bytes = std::fs::read(&model_path)
             .map_err(|source| LoadError::Read { path: model_path.clone(), source })?;
@@ -315,7 +322,7 @@ impl LoadedModel {
                 budget::human(memory.weights_bytes),
                 budget::human(memory.peak_tensor_bytes)
             );
-            return Err(too_large(&model_path, what, memory.total()));
+            return Err(too_large(&model_path, what, memory.total(), smaller_shape));
         }
         let path = model_path.clone();
         let typed = contain(move || typed.into_optimized())
