@@ -112,41 +112,15 @@ impl LoadedModel {
     /// Loads the model a spec names, checks the two agree and that the model fits
     /// `limits`, and optimises it.
     pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        check_sizes(&loaded, limits)?;
         let LoadedSpec { spec, path: spec_path, model_path } = loaded;
-        // Sizes before anything of that size is allocated: each declared input, the
-        // inputs together, then the file, which is read whole.
-        let too_large = |path: &Path, what: String, bytes: u64, instead: &'static str| LoadError::TooLarge {
+        let too_large = |path: &Path, what: String, bytes: u64| LoadError::TooLarge {
             path: path.to_path_buf(),
             what,
             bytes,
             limit: limits.max_bytes,
-            instead,
+            instead: "declare a smaller shape",
         };
-        let smaller_shape = "declare a smaller shape";
-        let mut inputs_bytes = 0u64;
-        for input in &spec.inputs {
-            // A checked spec has no shape past u64; saturate rather than trust that here.
-            let bytes = input.bytes().unwrap_or(u64::MAX);
-            if bytes > limits.max_bytes {
-                let what = format!("input `{}` {:?} of {}", input.name, input.shape, input.dtype.name());
-                return Err(too_large(&spec_path, what, bytes, smaller_shape));
-            }
-            inputs_bytes = inputs_bytes.saturating_add(bytes);
-        }
-        if inputs_bytes > limits.max_bytes {
-            return Err(too_large(
-                &spec_path,
-                "the declared inputs together".into(),
-                inputs_bytes,
-                smaller_shape,
-            ));
-        }
-        let file_bytes = std::fs::metadata(&model_path)
-            .map_err(|source| LoadError::Read { path: model_path.clone(), source })?
-            .len();
-        if file_bytes > limits.max_bytes {
-            return Err(too_large(&model_path, "the model file".into(), file_bytes, "use a smaller model"));
-        }
         let bytes = std::fs::read(&model_path)
             .map_err(|source| LoadError::Read { path: model_path.clone(), source })?;
         let parse_err =
@@ -277,7 +251,9 @@ impl LoadedModel {
                     let out = input.state_output.as_deref().unwrap_or_default();
                     let out_ix = graph_outputs.iter().position(|o| o == out).unwrap_or(0);
                     state_outputs.push(out_ix);
-                    let zeros = tensor_from_f64(input.dtype, &shape, &vec![0.0; input.len().max(1)])
+                    // Built in the input's own type: an f64 buffer to cast from would
+                    // take up to eight times the bytes the limit was checked for.
+                    let zeros = Tensor::zero_dt(datum_type(input.dtype), &shape)
                         .map_err(|e| mismatch(vec![format!("input `{name}`: {e:#}")]))?;
                     Feed::State { slot: state_outputs.len() - 1, zeros: Arc::new(zeros) }
                 }
@@ -322,7 +298,7 @@ impl LoadedModel {
                 budget::human(memory.weights_bytes),
                 budget::human(memory.peak_tensor_bytes)
             );
-            return Err(too_large(&model_path, what, memory.total(), smaller_shape));
+            return Err(too_large(&model_path, what, memory.total()));
         }
         let path = model_path.clone();
         let typed = contain(move || typed.into_optimized())
@@ -454,6 +430,43 @@ impl LoadedModel {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The sizes a spec and its model file declare, against `limits`, before anything of
+/// that size is allocated: each declared input, the inputs together, then the file
+/// (which a load reads whole). The first part of every load; `registry publish` runs it
+/// before it packs the directory.
+pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), LoadError> {
+    let too_large = |path: &Path, what: String, bytes: u64, instead: &'static str| LoadError::TooLarge {
+        path: path.to_path_buf(),
+        what,
+        bytes,
+        limit: limits.max_bytes,
+        instead,
+    };
+    let smaller_shape = "declare a smaller shape";
+    let mut inputs_bytes = 0u64;
+    for input in &loaded.spec.inputs {
+        // A checked spec has no shape past u64; saturate rather than trust that here.
+        let bytes = input.bytes().unwrap_or(u64::MAX);
+        if bytes > limits.max_bytes {
+            let what = format!("input `{}` {:?} of {}", input.name, input.shape, input.dtype.name());
+            return Err(too_large(&loaded.path, what, bytes, smaller_shape));
+        }
+        inputs_bytes = inputs_bytes.saturating_add(bytes);
+    }
+    if inputs_bytes > limits.max_bytes {
+        let what = "the declared inputs together".to_string();
+        return Err(too_large(&loaded.path, what, inputs_bytes, smaller_shape));
+    }
+    let file_bytes = std::fs::metadata(&loaded.model_path)
+        .map_err(|source| LoadError::Read { path: loaded.model_path.clone(), source })?
+        .len();
+    if file_bytes > limits.max_bytes {
+        let what = "the model file".to_string();
+        return Err(too_large(&loaded.model_path, what, file_bytes, "use a smaller model"));
+    }
+    Ok(())
 }
 
 /// When post-processing names classes, their number must be what the post output holds:
