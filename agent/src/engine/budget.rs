@@ -25,7 +25,8 @@ pub const DEFAULT_MAX_MODEL_MEMORY_MB: u64 = 256;
 pub const MAX_MODEL_MEMORY_MB: u64 = 1 << 20;
 
 /// How the limit is named in refusals: every place a reader may raise it.
-pub const LIMIT_NAMES: &str = "engine.max_model_memory_mb in the agent's config; --max-model-memory-mb for edge-agent model and registry commands";
+pub const LIMIT_NAMES: &str =
+    "engine.max_model_memory_mb in the agent's config, or --max-model-memory-mb on the command line";
 
 /// The most memory one model may need on this device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -372,7 +372,7 @@ impl ModelSpec {
             } else if input.bytes().is_none() {
                 // A wrapped product would let a huge shape pass as a small one.
                 out.push(format!(
-                    "input `{}`: shape {:?} of {} holds more than 2^64 bytes; no device can hold it: declare the shape the model runs at",
+                    "input `{}`: shape {:?} of {} is too large to count (its size overflows); no device can hold it: declare the shape the model runs at",
                     input.name,
                     input.shape,
                     input.dtype.name()
@@ -424,7 +424,7 @@ impl ModelSpec {
             if let Some(d) = data.first() {
                 let want = budget::elements(&[img.channels, img.width as usize, img.height as usize]);
                 if want != Some(d.len()) {
-                    let want = want.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
+                    let want = want.map_or_else(|| "too many".to_string(), |n| n.to_string());
                     out.push(format!(
                         "pre.image gives {}x{}x{} = {want} values but input `{}` {:?} holds {}",
                         img.channels,
