@@ -109,9 +109,20 @@ impl MemoryEstimate {
 
     /// Estimates a typed model whose inputs have concrete shapes.
     pub fn of(model: &TypedModel) -> TractResult<MemoryEstimate> {
+        Self::of_with(model, &SymbolValues::default())
+    }
+
+    /// Estimates a typed model whose shapes may hold symbols, each sized by `symbols`
+    /// (a dimension that varies within bounds is sized at its largest).
+    pub fn of_with(model: &TypedModel, symbols: &SymbolValues) -> TractResult<MemoryEstimate> {
         let mut est = MemoryEstimate::default();
         let size = |fact: &TypedFact, est: &mut MemoryEstimate| -> u64 {
-            match fact.shape.as_concrete().map(|s| tensor_bytes(s, fact.datum_type.size_of())) {
+            let dims: Option<Vec<usize>> = fact
+                .shape
+                .iter()
+                .map(|d| d.eval_to_i64(symbols).ok().and_then(|n| usize::try_from(n).ok()))
+                .collect();
+            match dims.map(|s| tensor_bytes(&s, fact.datum_type.size_of())) {
                 Some(Some(b)) => b,
                 // Past u64: more than any device has.
                 Some(None) => u64::MAX,

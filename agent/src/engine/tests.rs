@@ -605,3 +605,19 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             },
         )
 }
+
+/// A dimension left symbolic (a size that varies) is sized by the values given for its
+/// symbol, and counted as unsized without one.
+#[test]
+fn the_estimate_sizes_symbolic_dimensions_by_their_given_values() {
+    use tract_onnx::tract_core::ops::math;
+    let mut m = TypedModel::default();
+    let w = m.symbols.sym("w");
+    let x = m.add_source("x", f32::fact(&[TDim::from(1), TDim::Sym(w.clone())])).unwrap();
+    let y = m.wire_node("y", math::exp(), &[x]).unwrap()[0];
+    m.select_output_outlets(&[y]).unwrap();
+    let est = MemoryEstimate::of_with(&m, &SymbolValues::default().with(&w, 1000)).unwrap();
+    assert_eq!(est, MemoryEstimate { weights_bytes: 0, peak_tensor_bytes: 8000, unsized_tensors: 0 });
+    let est = MemoryEstimate::of(&m).unwrap();
+    assert_eq!(est.unsized_tensors, 2, "{est:?}");
+}
