@@ -28,6 +28,8 @@ mod fallback;
 mod fallback_client;
 /// The device images booted under systemd-nspawn: READY, MQTT, SIGKILL, shutdown.
 mod images;
+/// Bounded models: the device's memory limit, wrapping shapes, strides, spec files.
+mod models;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.

@@ -607,7 +607,7 @@ fn a_self_test_runs_in_a_child_process_under_a_memory_limit() {
 
     // 8 MiB of data segment: the small demo model fits; the classifier, which needs
     // about twice that, is refused with why, and nothing else is disturbed.
-    let tight = Limits { memory_bytes: 8 << 20, timeout: secs(60) };
+    let tight = Limits { memory_bytes: 8 << 20, timeout: secs(60), model: Default::default() };
     let report = run_isolated(&bin(), &demo_model(), &tight);
     assert!(report.passed, "{report:?}");
     assert_eq!(report.cases.len(), 6);
@@ -615,10 +615,11 @@ fn a_self_test_runs_in_a_child_process_under_a_memory_limit() {
     assert!(!report.passed, "{report:?}");
     let why = report.error.unwrap();
     assert!(why.contains("memory limit 8 MiB"), "{why}");
-    let roomy = Limits { memory_bytes: 1 << 30, timeout: secs(60) };
+    let roomy = Limits { memory_bytes: 1 << 30, timeout: secs(60), model: Default::default() };
     assert!(run_isolated(&bin(), &cls, &roomy).passed);
     // A self-test that does not finish in time is cut.
-    let hasty = Limits { memory_bytes: 1 << 30, timeout: Duration::from_millis(1) };
+    let hasty =
+        Limits { memory_bytes: 1 << 30, timeout: Duration::from_millis(1), model: Default::default() };
     let report = run_isolated(&bin(), &cls, &hasty);
     assert!(
         report.error.unwrap().contains("did not finish"),

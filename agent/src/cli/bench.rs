@@ -49,6 +49,8 @@ pub struct BenchArgs {
     /// Print JSON (stable, for scripts).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub limits: super::model::LimitArgs,
 }
 
 /// One mode's figures.
@@ -116,7 +118,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let concurrency = args.concurrency.unwrap_or(args.threads).clamp(1, 1024);
     let rounds = args.rounds.clamp(1, args.iterations);
     let dir = super::model_dir(&args.model)?;
-    let model = LoadedModel::load_dir(&dir)?;
+    let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
     let data = match &args.input {
         Some(path) => input::prepare(path, None, &model.spec)?
             .inputs
@@ -130,6 +132,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         queue: concurrency * 2 + 8,
         max_streams: concurrency + 8,
         spin: Duration::from_micros(args.spin_us),
+        ..EngineConfig::default()
     });
     let model = engine.install(model);
 

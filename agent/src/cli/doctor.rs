@@ -107,7 +107,7 @@ pub fn checks(file: &Path) -> Vec<Check> {
     out.push(state_dir(&config.state_dir));
     for m in &config.models {
         let started = Instant::now();
-        out.push(match LoadedModel::load_dir(&m.dir) {
+        out.push(match LoadedModel::load_dir(&m.dir, &config.engine.model_limits) {
             Ok(model) => check(
                 "model",
                 Level::Ok,

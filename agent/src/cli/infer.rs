@@ -35,6 +35,8 @@ pub struct InferArgs {
     /// Give up on a window after this many milliseconds.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     pub deadline_ms: u64,
+    #[command(flatten)]
+    pub limits: super::model::LimitArgs,
 }
 
 #[derive(Serialize)]
@@ -57,7 +59,7 @@ struct WindowResult {
 pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Human, "warn");
     let dir = super::model_dir(&args.model)?;
-    let model = LoadedModel::load_dir(&dir)?;
+    let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
     let prepared = input::prepare(&args.input, args.format, &model.spec)?;
     let engine =
         Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, ..EngineConfig::default() });

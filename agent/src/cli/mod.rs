@@ -112,10 +112,18 @@ impl ClosedOutput {
     }
 }
 
-/// The exit code for an error: setup problems (config, model files) are 2, the rest 1.
+/// A command line that names the wrong thing (a file where a directory is expected):
+/// exit code 2, as for clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error: usage and setup problems (config, model files) are 2, the
+/// rest 1.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
     let setup = err.chain().any(|e| {
-        e.is::<ConfigError>()
+        e.is::<UsageError>()
+            || e.is::<ConfigError>()
             || e.is::<LoadError>()
             || e.is::<SpecError>()
             || e.is::<crate::service::StartError>()
@@ -162,15 +170,17 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let _ = result;
 }
 
-/// A model directory argument, checked to exist.
+/// A model directory argument, checked to be one (a usage error otherwise).
 fn model_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    if !dir.is_dir() {
-        anyhow::bail!(
-            "model directory {} does not exist; pass the directory holding model.toml and the model file",
-            dir.display()
-        );
+    if dir.is_dir() {
+        return Ok(dir.to_path_buf());
     }
-    Ok(dir.to_path_buf())
+    let what = if dir.exists() { "is a file, not a model directory" } else { "does not exist" };
+    Err(UsageError(format!(
+        "{} {what}; pass the directory holding model.toml and the model file",
+        dir.display()
+    ))
+    .into())
 }
 
 #[cfg(test)]

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::engine::budget::{self, DEFAULT_MAX_MODEL_MEMORY_MB, MAX_MODEL_MEMORY_MB};
 use crate::engine::model::{LoadInfo, TensorInfo};
 use crate::engine::onnx_file::{self, OnnxDim, OnnxFile};
 use crate::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
-use crate::engine::{LoadError, LoadedModel};
+use crate::engine::{LoadError, LoadedModel, ModelLimits};
 
 /// `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -42,6 +43,29 @@ pub struct SelftestArgs {
     /// Print the report as JSON (stable, for scripts; devices read this).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The memory limit of commands that load a model, as a device applies it.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// The most memory the model may need, in MiB: its weights plus its estimated working
+    /// memory. A device takes it from engine.max_model_memory_mb; larger models are refused.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = DEFAULT_MAX_MODEL_MEMORY_MB,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_MEMORY_MB)
+    )]
+    pub max_model_memory_mb: u64,
+}
+
+impl LimitArgs {
+    /// The limit to load with.
+    pub fn limits(&self) -> ModelLimits {
+        ModelLimits::from_mb(self.max_model_memory_mb)
+    }
 }
 
 /// Arguments of `model rollback`.
@@ -67,6 +91,8 @@ pub struct InspectArgs {
     /// Print JSON (stable, for scripts).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 #[derive(Serialize)]
@@ -119,7 +145,8 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
     use crate::ota::selftest;
     let dir = super::model_dir(&args.model)?;
     if let Some(inputs) = &args.record {
-        let golden = selftest::record(&dir, inputs, args.tolerance).map_err(anyhow::Error::msg)?;
+        let golden = selftest::record(&dir, inputs, args.tolerance, &args.limits.limits())
+            .map_err(anyhow::Error::msg)?;
         eprintln!(
             "recorded {} case(s) with tolerance {} in {}",
             golden.cases.len(),
@@ -127,7 +154,7 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
             dir.join(crate::ota::package::SELFTEST_FILE).display()
         );
     }
-    let report = selftest::run_here(&dir);
+    let report = selftest::run_here(&dir, &args.limits.limits());
     if args.json {
         outln!("{}", serde_json::to_string(&report)?);
     } else {
@@ -224,7 +251,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         return inspect_onnx(&bare, args.json, Some(path));
     }
     let dir = path.clone();
-    let model = LoadedModel::load_dir(&dir)?;
+    let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
     let inputs = model
         .inputs
         .iter()
@@ -261,6 +288,14 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     outln!("  directory  {}", view.dir);
     outln!("  file       {} bytes", model.info.file_bytes);
     outln!("  load       {:.1} ms, optimise {:.1} ms", model.info.load_ms, model.info.optimise_ms);
+    let mem = &model.info.memory;
+    outln!(
+        "  memory     about {} ({} weights, {} tensors at peak; limit {})",
+        budget::human(mem.total()),
+        budget::human(mem.weights_bytes),
+        budget::human(mem.peak_tensor_bytes),
+        budget::human(model.info.memory_limit_bytes)
+    );
     outln!("  inputs");
     for i in &view.inputs {
         outln!("    {:<24} {:<5} {}  ({:?})", i.tensor.name, i.tensor.dtype, i.declared, i.from);

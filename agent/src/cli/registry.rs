@@ -127,6 +127,10 @@ pub struct PublishArgs {
     pub probation: Option<String>,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
+    /// The devices' model memory limit: the package is refused here if its model would
+    /// be refused there.
+    #[command(flatten)]
+    pub limits: super::model::LimitArgs,
 }
 
 /// Expiry of what a command signs.
@@ -312,6 +316,9 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
         "--channel `{}` may only use A-Z a-z 0-9 . _ -",
         a.channel
     );
+    // Sizes first: packing reads every file of the directory into memory.
+    let limits = a.limits.limits();
+    crate::engine::model::check_sizes(&crate::engine::spec::ModelSpec::load_dir(&a.model)?, &limits)?;
     let (bytes, spec) = package::pack(&a.model)?;
     anyhow::ensure!(
         crate::config::is_valid_id(&spec.version),
@@ -321,7 +328,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     );
     // The publisher's own check: a package whose golden vectors fail here would be
     // refused by every device.
-    let report = crate::ota::selftest::run_here(&a.model);
+    let report = crate::ota::selftest::run_here(&a.model, &limits);
     anyhow::ensure!(
         report.passed,
         "{} does not pass its own self-test ({}); fix the model or re-record selftest.json",

@@ -104,6 +104,10 @@ pub struct EngineSection {
     /// Microseconds an idle worker polls for work before sleeping (0: sleep at once).
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
+    /// The most memory one model may need, in MiB: its weights plus its estimated working
+    /// memory. A model past it is refused at load, at update and in the self-test.
+    #[serde(default = "default_max_model_memory_mb")]
+    pub max_model_memory_mb: u64,
 }
 
 impl Default for EngineSection {
@@ -114,6 +118,7 @@ impl Default for EngineSection {
             deadline_ms: default_deadline_ms(),
             max_streams: default_max_streams(),
             spin_us: default_spin_us(),
+            max_model_memory_mb: default_max_model_memory_mb(),
         }
     }
 }
@@ -132,6 +137,9 @@ fn default_max_streams() -> usize {
 }
 fn default_spin_us() -> u64 {
     50
+}
+fn default_max_model_memory_mb() -> u64 {
+    crate::engine::budget::DEFAULT_MAX_MODEL_MEMORY_MB
 }
 
 /// `[[model]]`: a model directory (holding `model.toml` and the model file).
@@ -617,6 +625,16 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
     if e.spin_us > 10_000 {
         problem("engine.spin_us", format!("{} µs would burn a core while idle; use 0 to 10000", e.spin_us));
     }
+    if !(1..=crate::engine::budget::MAX_MODEL_MEMORY_MB).contains(&e.max_model_memory_mb) {
+        problem(
+            "engine.max_model_memory_mb",
+            format!(
+                "{} is out of range; use 1 to {} (MiB a model may need: weights and working memory)",
+                e.max_model_memory_mb,
+                crate::engine::budget::MAX_MODEL_MEMORY_MB
+            ),
+        );
+    }
     if e.max_streams == 0 {
         problem("engine.max_streams", "0 streams would serve nothing; use at least 1".into());
     }
@@ -795,6 +813,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             queue: raw.engine.queue,
             max_streams: raw.engine.max_streams,
             spin: Duration::from_micros(raw.engine.spin_us),
+            model_limits: crate::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
         },
         deadline: Duration::from_millis(raw.engine.deadline_ms),
         models,

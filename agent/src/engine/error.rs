@@ -2,15 +2,24 @@
 
 use std::path::PathBuf;
 
+use super::budget::{LIMIT_NAMES, human};
 use crate::pipeline::InputError;
 
 /// A `model.toml` that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error(
-        "cannot read model spec {path}: {source}; a model directory needs a model.toml beside its model file"
-    )]
+    #[error("no model spec at {path}; a model directory needs a model.toml beside its model file")]
+    Missing { path: PathBuf },
+    #[error("cannot read model spec {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "{path}:{line}: not UTF-8 text: byte {offset} (0x{byte:02x}) is not valid UTF-8; save the spec as UTF-8"
+    )]
+    NotUtf8 { path: PathBuf, offset: usize, byte: u8, line: usize },
+    #[error(
+        "{path}: file `{file}` leads to {target}, outside the model directory: a model may only read files that travel with it; copy the model file into the directory"
+    )]
+    Outside { path: PathBuf, file: String, target: PathBuf },
     #[error("{path}:{line}: {message}")]
     Syntax { path: PathBuf, line: usize, message: String },
     #[error("{path}: invalid model spec:\n  {problems}")]
@@ -30,6 +39,12 @@ pub enum LoadError {
     Parse { path: PathBuf, bytes: u64, reason: String },
     #[error("{spec}: the spec does not match the model {path}:\n  {problems}")]
     Mismatch { spec: PathBuf, path: PathBuf, problems: String },
+    #[error(
+        "{path}: {what} needs {} ({bytes} bytes), more than this device allows one model ({}); raise the limit ({LIMIT_NAMES}) if the device has the memory, or {instead}",
+        human(*bytes),
+        human(*limit)
+    )]
+    TooLarge { path: PathBuf, what: String, bytes: u64, limit: u64, instead: &'static str },
     #[error("{path}: the model cannot be prepared for the shapes in its spec: {reason}")]
     Optimise { path: PathBuf, reason: String },
     #[error(

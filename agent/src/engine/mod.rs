@@ -6,6 +6,7 @@
 //! tract is CPU-bound, so it runs on dedicated threads and never on the async executor;
 //! tickets can be awaited from async code or waited on from plain threads.
 
+pub mod budget;
 pub mod error;
 pub mod model;
 pub mod onnx_file;
@@ -28,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
 use tract_onnx::prelude::*;
 
+pub use budget::ModelLimits;
 pub use error::{InferError, LoadError, SpecError};
 pub use model::LoadedModel;
 pub use stats::{ModelReport, Percentiles};
@@ -48,6 +50,8 @@ pub struct EngineConfig {
     /// sleeping thread costs tens of microseconds on small machines, twice per request;
     /// a short poll saves that under load and costs nothing measurable when idle.
     pub spin: Duration,
+    /// The most memory one model may need; larger models are refused at load.
+    pub model_limits: ModelLimits,
 }
 
 /// Default of [`EngineConfig::spin`].
@@ -55,7 +59,13 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { threads: 1, queue: 64, max_streams: 1024, spin: DEFAULT_SPIN }
+        EngineConfig {
+            threads: 1,
+            queue: 64,
+            max_streams: 1024,
+            spin: DEFAULT_SPIN,
+            model_limits: ModelLimits::default(),
+        }
     }
 }
 
@@ -175,6 +185,7 @@ pub struct Engine {
     tx: RwLock<Option<Sender<Job>>>,
     capacity: usize,
     spin: Duration,
+    model_limits: ModelLimits,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -223,6 +234,7 @@ impl Engine {
             tx: RwLock::new(Some(tx)),
             capacity: config.queue.max(1),
             spin: config.spin,
+            model_limits: config.model_limits,
             workers: std::sync::Mutex::new(workers),
         }
     }
@@ -238,6 +250,12 @@ impl Engine {
             next
         });
         model
+    }
+
+    /// The most memory one model may need here: what models loaded for this engine are
+    /// checked against (configured models, updates, rollbacks).
+    pub fn model_limits(&self) -> ModelLimits {
+        self.model_limits
     }
 
     /// The model currently serving `name`.

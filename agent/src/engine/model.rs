@@ -11,9 +11,10 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
 use super::panic::contain;
-use super::spec::{DType, InputFrom, LoadedSpec, ModelSpec};
+use super::spec::{DType, ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::PostProcessor;
 
 /// Converts a spec dtype to tract's.
@@ -64,6 +65,10 @@ pub struct LoadInfo {
     pub op_count: usize,
     /// Operator name → number of nodes, after optimisation.
     pub ops: BTreeMap<String, usize>,
+    /// What the model needs in memory, estimated before optimisation.
+    pub memory: MemoryEstimate,
+    /// The device's limit it was checked against.
+    pub memory_limit_bytes: u64,
 }
 
 /// A model ready to run.
@@ -105,15 +110,24 @@ enum Feed {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl LoadedModel {
-    /// Loads `DIR/model.toml` and the model it names.
-    pub fn load_dir(dir: &Path) -> Result<LoadedModel, LoadError> {
+    /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
+    pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
         let spec = ModelSpec::load_dir(dir)?;
-        Self::load(spec, dir)
+        Self::load(spec, dir, limits)
     }
 
-    /// Loads the model a spec names, checks the two agree, and optimises it.
-    pub fn load(loaded: LoadedSpec, dir: &Path) -> Result<LoadedModel, LoadError> {
+    /// Loads the model a spec names, checks the two agree and that the model fits
+    /// `limits`, and optimises it.
+    pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        check_sizes(&loaded, limits)?;
         let LoadedSpec { spec, path: spec_path, model_path } = loaded;
+        let too_large = |path: &Path, what: String, bytes: u64| LoadError::TooLarge {
+            path: path.to_path_buf(),
+            what,
+            bytes,
+            limit: limits.max_bytes,
+            instead: "declare a smaller shape",
+        };
         let bytes = std::fs::read(&model_path)
             .map_err(|source| LoadError::Read { path: model_path.clone(), source })?;
         let parse_err =
@@ -235,6 +249,8 @@ impl LoadedModel {
         // Fix every input's fact to the spec's concrete type and shape, then optimise once.
         let mut feeds = Vec::new();
         let mut state_outputs = Vec::new();
+        // A range dimension's symbol and the largest size it takes: memory is reckoned there.
+        let mut widest = SymbolValues::default();
         for (ix, name) in graph_inputs.iter().enumerate() {
             let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
             let fact = match input.range() {
@@ -243,6 +259,7 @@ impl LoadedModel {
                     // The varying dimension stays a symbol: the graph is optimised once for
                     // every size, and tract resolves the symbol from each call's input.
                     let sym = model.symbols.new_with_prefix("edge_dim");
+                    widest = widest.with(&sym, range.max as i64);
                     for bound in [format!("{sym}>={}", range.min), format!("{sym}<={}", range.max)] {
                         // Bounds only help the optimiser; a model runs without them.
                         if let Err(e) = model.symbols.add_assertion(bound) {
@@ -268,7 +285,9 @@ impl LoadedModel {
                     let out = input.state_output.as_deref().unwrap_or_default();
                     let out_ix = graph_outputs.iter().position(|o| o == out).unwrap_or(0);
                     state_outputs.push(out_ix);
-                    let zeros = tensor_from_f64(input.dtype, &shape, &vec![0.0; input.len().max(1)])
+                    // Built in the input's own type: an f64 buffer to cast from would
+                    // take up to eight times the bytes the limit was checked for.
+                    let zeros = Tensor::zero_dt(datum_type(input.dtype), &shape)
                         .map_err(|e| mismatch(vec![format!("input `{name}`: {e:#}")]))?;
                     Feed::State { slot: state_outputs.len() - 1, zeros: Arc::new(zeros) }
                 }
@@ -282,9 +301,43 @@ impl LoadedModel {
             feeds.push(feed);
         }
 
+        // Types first (tract's analysis at the spec's shapes), so that the model's
+        // working memory is known before optimisation and the run plan allocate for it.
         let started = Instant::now();
         let path = model_path.clone();
-        let typed = contain(move || model.into_optimized())
+        let analysed = model.clone();
+        let typed = contain(move || analysed.into_typed()).map_err(|message| LoadError::Panic {
+            path: path.clone(),
+            stage: "analysing",
+            message,
+        })?;
+        let typed = match typed {
+            Ok(t) => t,
+            Err(e) => {
+                if let Some(problem) = stride_problem(&model, &graph_inputs, &spec) {
+                    return Err(mismatch(vec![problem]));
+                }
+                return Err(LoadError::Optimise { path: model_path.clone(), reason: format!("{e:#}") });
+            }
+        };
+        drop(model);
+        if spec.post.kind == PostKind::Scores
+            && let Some(problem) = labels_problem(&typed, post_output, &graph_outputs, &spec)
+        {
+            return Err(mismatch(vec![problem]));
+        }
+        let memory = MemoryEstimate::of_with(&typed, &widest)
+            .map_err(|e| LoadError::Optimise { path: model_path.clone(), reason: format!("{e:#}") })?;
+        if memory.total() > limits.max_bytes {
+            let what = format!(
+                "the model's estimated working memory ({} of weights, {} of tensors at its peak, at the spec's shapes)",
+                budget::human(memory.weights_bytes),
+                budget::human(memory.peak_tensor_bytes)
+            );
+            return Err(too_large(&model_path, what, memory.total()));
+        }
+        let path = model_path.clone();
+        let typed = contain(move || typed.into_optimized())
             .map_err(|message| LoadError::Panic { path: path.clone(), stage: "optimising", message })?
             .map_err(|e| LoadError::Optimise { path: model_path.clone(), reason: format!("{e:#}") })?;
         let optimise_ms = ms(started);
@@ -329,7 +382,15 @@ impl LoadedModel {
             dir: dir.to_path_buf(),
             inputs,
             outputs,
-            info: LoadInfo { file_bytes: bytes.len() as u64, load_ms, optimise_ms, op_count, ops },
+            info: LoadInfo {
+                file_bytes: bytes.len() as u64,
+                load_ms,
+                optimise_ms,
+                op_count,
+                ops,
+                memory,
+                memory_limit_bytes: limits.max_bytes,
+            },
             plan,
             feeds,
             state_outputs,
@@ -420,4 +481,111 @@ impl LoadedModel {
 
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The sizes a spec and its model file declare, against `limits`, before anything of
+/// that size is allocated: each declared input, the inputs together, then the file
+/// (which a load reads whole). The first part of every load; `registry publish` runs it
+/// before it packs the directory.
+pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), LoadError> {
+    let too_large = |path: &Path, what: String, bytes: u64, instead: &'static str| LoadError::TooLarge {
+        path: path.to_path_buf(),
+        what,
+        bytes,
+        limit: limits.max_bytes,
+        instead,
+    };
+    let smaller_shape = "declare a smaller shape";
+    let mut inputs_bytes = 0u64;
+    for input in &loaded.spec.inputs {
+        // A checked spec has no shape past u64; saturate rather than trust that here.
+        let bytes = input.bytes().unwrap_or(u64::MAX);
+        if bytes > limits.max_bytes {
+            let what = format!("input `{}` {:?} of {}", input.name, input.shape, input.dtype.name());
+            return Err(too_large(&loaded.path, what, bytes, smaller_shape));
+        }
+        inputs_bytes = inputs_bytes.saturating_add(bytes);
+    }
+    if inputs_bytes > limits.max_bytes {
+        let what = "the declared inputs together".to_string();
+        return Err(too_large(&loaded.path, what, inputs_bytes, smaller_shape));
+    }
+    let file_bytes = std::fs::metadata(&loaded.model_path)
+        .map_err(|source| LoadError::Read { path: loaded.model_path.clone(), source })?
+        .len();
+    if file_bytes > limits.max_bytes {
+        let what = "the model file".to_string();
+        return Err(too_large(&loaded.model_path, what, file_bytes, "use a smaller model"));
+    }
+    Ok(())
+}
+
+/// When post-processing names classes, their number must be what the post output holds:
+/// otherwise some classes are reported without a name (or names never appear).
+fn labels_problem(typed: &TypedModel, output: usize, names: &[String], spec: &ModelSpec) -> Option<String> {
+    let labels = spec.post.labels.len();
+    if labels == 0 {
+        return None;
+    }
+    let shape = typed.output_fact(output).ok()?.shape.as_concrete()?.to_vec();
+    let name = names.get(output).map(String::as_str).unwrap_or("?");
+    let values = budget::elements(&shape)?;
+    if values == 1 && labels != 2 {
+        Some(format!(
+            "post.labels has {labels} name(s) but output `{name}` {shape:?} is a single score: give two labels (below post.threshold, and at or above it) or none"
+        ))
+    } else if values > 1 && labels != values {
+        Some(format!(
+            "post.labels has {labels} name(s) but output `{name}` {shape:?} holds {values} classes: give one label per class, in class order"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why a graph does not type at the spec's shape, when the reason is that the data
+/// input's spatial dimensions must be multiples of something: detection and
+/// segmentation models downsample by their strides and merge the scales back, which
+/// only lines up when each side is a multiple of the total stride. tract reports this as
+/// a failed unification deep in the graph; this finds the multiple by typing the model
+/// again at rounded-up shapes (a few analyses, on the failure path only).
+fn stride_problem(model: &InferenceModel, graph_inputs: &[String], spec: &ModelSpec) -> Option<String> {
+    let input = spec.inputs.iter().find(|i| i.from == InputFrom::Data)?;
+    let ix = graph_inputs.iter().position(|n| *n == input.name)?;
+    let rank = input.shape.len();
+    // ONNX convolutions take channels first; an NHWC image input is transposed inside.
+    let axes: Vec<usize> = match &spec.pre.image {
+        Some(img) if img.layout == ImageLayout::Nhwc && rank == 4 => vec![1, 2],
+        _ if rank >= 3 => (2..rank).collect(),
+        _ => return None,
+    };
+    let axes: Vec<usize> = axes.into_iter().filter(|a| input.shape[*a] > 1).collect();
+    for multiple in [2usize, 4, 8, 16, 32, 64, 128, 256] {
+        if axes.iter().all(|a| input.shape[*a] % multiple == 0) {
+            continue;
+        }
+        let up = rounded(input, &axes, |d| d.div_ceil(multiple).saturating_mul(multiple));
+        let fact = InferenceFact::dt_shape(datum_type(input.dtype), up.clone());
+        let Ok(trial) = model.clone().with_input_fact(ix, fact) else { return None };
+        if !matches!(contain(move || trial.into_typed()), Ok(Ok(_))) {
+            continue;
+        }
+        let off: Vec<String> =
+            axes.iter().filter(|a| input.shape[**a] % multiple != 0).map(|a| a.to_string()).collect();
+        let down = rounded(input, &axes, |d| (d / multiple).max(1) * multiple);
+        let choice = if down == up { format!("{up:?}") } else { format!("{down:?} or {up:?}") };
+        return Some(format!(
+            "input `{}` is declared {:?}, but the model needs dimension{} {} to be a multiple of {multiple} (its layers downsample by {multiple} and merge the scales back): declare {choice}",
+            input.name,
+            input.shape,
+            if off.len() == 1 { "" } else { "s" },
+            off.join(" and "),
+        ));
+    }
+    None
+}
+
+/// The input's shape with `f` applied to the dimensions at `axes`.
+fn rounded(input: &InputSpec, axes: &[usize], f: impl Fn(usize) -> usize) -> Vec<usize> {
+    input.shape.iter().enumerate().map(|(a, d)| if axes.contains(&a) { f(*d) } else { *d }).collect()
 }

@@ -5,10 +5,11 @@
 //! and how raw payloads become tensors (pre-processing) and outputs become answers
 //! (post-processing). It travels with the model, so a model update brings its own spec.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::budget;
 use super::error::SpecError;
 use crate::config::locate::{line_of, line_of_path};
 
@@ -43,6 +44,16 @@ impl DType {
             DType::Bool => "bool",
         }
     }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F64 | DType::I64 => 8,
+            DType::F32 | DType::I32 => 4,
+            DType::I16 => 2,
+            DType::I8 | DType::U8 | DType::Bool => 1,
+        }
+    }
 }
 
 /// Where the value of a model input comes from on each call.
@@ -59,7 +70,7 @@ pub enum InputFrom {
 }
 
 /// One model input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RawInput", into = "RawInput")]
 pub struct InputSpec {
     /// The ONNX graph input's name.
@@ -136,8 +147,15 @@ impl std::fmt::Display for DimRange {
 
 impl InputSpec {
     /// Number of elements of the declared shape (of the largest shape, with a range).
+    /// Saturates at `usize::MAX` for a shape whose product does not fit, which
+    /// validation refuses: in a checked spec it is exact.
     pub fn len(&self) -> usize {
-        self.shape.iter().product()
+        budget::elements(&self.shape).unwrap_or(usize::MAX)
+    }
+
+    /// Bytes of the declared tensor, or `None` if that does not fit a `u64`.
+    pub fn bytes(&self) -> Option<u64> {
+        budget::tensor_bytes(&self.shape, self.dtype.size())
     }
 
     /// Whether the declared shape holds no element.
@@ -382,7 +400,7 @@ pub enum ChannelOrder {
 }
 
 /// Image pre-processing: resize, scale, normalise, lay out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageSpec {
     /// Target width; default: the data input's width (by `layout`). Left out when the
@@ -468,7 +486,7 @@ fn default_pixel_scale() -> f32 {
 }
 
 /// Pre-processing: from payload to the data input's tensor.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreSpec {
     /// Encoding of payloads that arrive as bytes (sensor messages, API bodies).
@@ -487,7 +505,7 @@ pub struct PreSpec {
 }
 
 /// Hysteresis over a score, per stream: turns on at `on`, off below `off`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentSpec {
     pub on: f32,
@@ -507,7 +525,7 @@ pub enum PostKind {
 }
 
 /// Post-processing: from the raw output tensor to an answer.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostSpec {
     #[serde(default)]
@@ -546,7 +564,7 @@ impl PostSpec {
 }
 
 /// Limits that protect the device from oversized requests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// Largest accepted payload, in bytes.
@@ -565,7 +583,7 @@ fn default_max_payload() -> usize {
 }
 
 /// The whole spec, as written in `model.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     pub name: String,
@@ -604,11 +622,28 @@ impl ModelSpec {
     /// when the model is loaded.
     pub fn load_dir(dir: &Path) -> Result<LoadedSpec, SpecError> {
         let path = dir.join(SPEC_FILE);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| SpecError::Read { path: path.clone(), source })?;
-        let spec = Self::parse(&text, &path)?;
-        let model_path = dir.join(&spec.file);
+        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => SpecError::Missing { path: path.clone() },
+            _ => SpecError::Read { path: path.clone(), source },
+        })?;
+        let spec = Self::parse_bytes(&bytes, &path)?;
+        let model_path = contained_file(dir, &spec.file, &path)?;
         Ok(LoadedSpec { spec, path, model_path })
+    }
+
+    /// Parses and checks a spec file's bytes, which must be UTF-8; `path` is only used
+    /// in messages.
+    pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<ModelSpec, SpecError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            let offset = e.valid_up_to();
+            SpecError::NotUtf8 {
+                path: path.to_path_buf(),
+                offset,
+                byte: bytes.get(offset).copied().unwrap_or_default(),
+                line: 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count(),
+            }
+        })?;
+        Self::parse(text, path)
     }
 
     /// Parses and checks a spec; `path` is only used in messages.
@@ -671,12 +706,26 @@ impl ModelSpec {
             }
             if input.shape.contains(&0) {
                 out.push(format!("input `{}`: shape {:?} has a zero dimension", input.name, input.shape));
+            } else if input.bytes().is_none() {
+                // A wrapped product would let a huge shape pass as a small one.
+                out.push(format!(
+                    "input `{}`: shape {:?} of {} is too large to count (its size overflows); no device can hold it: declare the shape the model runs at",
+                    input.name,
+                    input.shape,
+                    input.dtype.name()
+                ));
             }
+        }
+        if let Some(why) = outside_reason(&self.file) {
+            out.push(format!(
+                "file `{}` {why}: a model may only read files that travel with it in its directory; put the model file there and name it relative to model.toml (file = \"model.onnx\")",
+                self.file
+            ));
         }
         if let (Some(w), Some(d)) = (&self.pre.window, data.first()) {
             if w.size == 0 || w.hop == 0 {
                 out.push("pre.window: size and hop must be at least 1".into());
-            } else if w.context + w.size != d.len() {
+            } else if w.context.checked_add(w.size) != Some(d.len()) {
                 let hint = if d.len() > w.size {
                     format!("set pre.window.context = {}", d.len() - w.size)
                 } else {
@@ -686,7 +735,7 @@ impl ModelSpec {
                     "pre.window: context {} + size {} = {} samples, but input `{}` {:?} holds {}; {hint}",
                     w.context,
                     w.size,
-                    w.context + w.size,
+                    w.context.saturating_add(w.size),
                     d.name,
                     d.shape,
                     d.len()
@@ -901,8 +950,9 @@ fn image_problems(
             ));
             return;
         };
-        let want = img.channels * width as usize * height as usize;
-        if d.len() != want {
+        let want = budget::elements(&[img.channels, width as usize, height as usize]);
+        if want != Some(d.len()) {
+            let want = want.map_or_else(|| "too many".to_string(), |n| n.to_string());
             out.push(format!(
                 "{}pre.image gives {}x{height}x{width} = {want} values but input `{}` {:?} holds {}",
                 at("pre.image"),
@@ -954,5 +1004,42 @@ fn image_problems(
                 d.shape[axis]
             ));
         }
+    }
+}
+
+/// Why `file` cannot name a file inside the model directory, if it cannot. Links are
+/// followed later, by [`contained_file`], when the directory is at hand.
+fn outside_reason(file: &str) -> Option<&'static str> {
+    let path = Path::new(file);
+    let mut named = false;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => named = true,
+            Component::CurDir => {}
+            Component::ParentDir => return Some("leaves the model directory with `..`"),
+            Component::RootDir | Component::Prefix(_) => return Some("is an absolute path"),
+        }
+    }
+    (!named).then_some("names no file")
+}
+
+/// `dir/file`, after checking that it does not lead out of `dir` through a link (the
+/// spec's own text was checked by [`outside_reason`]). A model directory, and above all
+/// a package from a registry, must not make the agent read files elsewhere on the
+/// device. A file that does not exist is left for the load to report.
+fn contained_file(dir: &Path, file: &str, spec: &Path) -> Result<PathBuf, SpecError> {
+    let joined = dir.join(file);
+    let outside =
+        |target: PathBuf| SpecError::Outside { path: spec.to_path_buf(), file: file.into(), target };
+    let Ok(root) = dir.canonicalize() else { return Ok(joined) };
+    match joined.canonicalize() {
+        Ok(real) if real.starts_with(&root) => Ok(joined),
+        Ok(real) => Err(outside(real)),
+        // A link to nowhere: what it names may be created later, so judge the link's own
+        // target (a relative name without `..` stays inside; the load reports it missing).
+        Err(_) => match std::fs::read_link(&joined) {
+            Ok(target) if outside_reason(&target.to_string_lossy()).is_some() => Err(outside(target)),
+            _ => Ok(joined),
+        },
     }
 }

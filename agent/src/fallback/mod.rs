@@ -824,7 +824,7 @@ mod tests {
 
     fn demo() -> Arc<LoadedModel> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/models/vibration");
-        Arc::new(LoadedModel::load_dir(&dir).unwrap())
+        Arc::new(LoadedModel::load_dir(&dir, &Default::default()).unwrap())
     }
 
     fn fallback(extra: &str) -> Fallback {

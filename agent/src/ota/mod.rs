@@ -160,7 +160,7 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)>
             let _ = store.save_state(model, &state);
         }
         let Some(dir) = current else { continue };
-        match LoadedModel::load_dir(&dir) {
+        match LoadedModel::load_dir(&dir, &engine.model_limits()) {
             Ok(m) if m.name() == model => {
                 tracing::info!(model, version = %m.version(), dir = %dir.display(), "serving the registry's version");
                 engine.install(m);
@@ -171,8 +171,9 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)>
                     Err(e) => e.to_string(),
                 };
                 tracing::error!(model, dir = %dir.display(), error = %why, "the current version does not load; trying the previous one");
-                let fallback =
-                    store.previous(model).and_then(|p| LoadedModel::load_dir(&p).ok().map(|m| (p, m)));
+                let fallback = store
+                    .previous(model)
+                    .and_then(|p| LoadedModel::load_dir(&p, &engine.model_limits()).ok().map(|m| (p, m)));
                 if let Some((p, m)) = fallback {
                     let _ = store.switch(model, &p, None);
                     notes.push((
@@ -558,6 +559,7 @@ impl Ota {
         let limits = selftest::Limits {
             memory_bytes: self.cfg.selftest_memory_mb << 20,
             timeout: Duration::from_secs(self.cfg.selftest_timeout_s),
+            model: self.engine.model_limits(),
         };
         let (exe, d) = (self.selftest_exe.clone(), dir.clone());
         let report = tokio::task::spawn_blocking(move || selftest::run_isolated(&exe, &d, &limits))
@@ -596,7 +598,8 @@ impl Ota {
     ) -> Result<(), OtaError> {
         self.set_doing(model, Some(&format!("activating {version}")));
         let d = dir.to_path_buf();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d))
+        let model_limits = self.engine.model_limits();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
             .await
             .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
             .map_err(|e| OtaError::Refused(format!("does not load: {e}")))?;
@@ -684,7 +687,8 @@ impl Ota {
             .filter(|p| p.is_dir())
             .ok_or_else(|| format!("`{model}` has no previous version to roll back to"))?;
         let t = target.clone();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&t))
+        let model_limits = self.engine.model_limits();
+        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&t, &model_limits))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("the previous version in {} does not load: {e}", target.display()))?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
+use crate::engine::{Engine, EngineConfig, LoadedModel, ModelLimits, Request};
 
 /// `selftest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,11 +94,11 @@ pub fn read(dir: &Path) -> Result<Golden, String> {
     Ok(golden)
 }
 
-/// Runs a model's golden vectors in this process. Never panics on a bad model: load
-/// errors and failed cases come back in the report.
-pub fn run_here(dir: &Path) -> Report {
+/// Runs a model's golden vectors in this process, loading the model within `limits`.
+/// Never panics on a bad model: load errors and failed cases come back in the report.
+pub fn run_here(dir: &Path, limits: &ModelLimits) -> Report {
     let mut report = Report::failed(None);
-    let result = run_cases(dir, &mut report);
+    let result = run_cases(dir, limits, &mut report);
     report.peak_rss_kib = crate::telemetry::memory().peak_rss / 1024;
     match result {
         Ok(()) => {
@@ -123,8 +123,13 @@ struct Runner {
 impl Runner {
     fn new(model: LoadedModel) -> Runner {
         let name = model.name().to_string();
-        let engine =
-            Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, spin: Duration::ZERO });
+        let engine = Engine::start(&EngineConfig {
+            threads: 1,
+            queue: 4,
+            max_streams: 4,
+            spin: Duration::ZERO,
+            ..EngineConfig::default()
+        });
         engine.install(model);
         Runner { engine, name }
     }
@@ -151,10 +156,10 @@ impl Drop for Runner {
     }
 }
 
-fn run_cases(dir: &Path, report: &mut Report) -> Result<(), String> {
+fn run_cases(dir: &Path, limits: &ModelLimits, report: &mut Report) -> Result<(), String> {
     let golden = read(dir)?;
     let started = Instant::now();
-    let model = LoadedModel::load_dir(dir).map_err(|e| format!("the model does not load: {e}"))?;
+    let model = LoadedModel::load_dir(dir, limits).map_err(|e| format!("the model does not load: {e}"))?;
     report.load_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.model = model.name().to_string();
     report.version = model.version().to_string();
@@ -203,7 +208,7 @@ fn run_cases(dir: &Path, report: &mut Report) -> Result<(), String> {
 /// Records golden vectors: runs `inputs` through the model in `dir` and writes
 /// `selftest.json` with what came out. `inputs` is a JSON file holding
 /// `[{"name", "input"}]` or `{"cases": [...]}` (cases may say `label` instead of `name`).
-pub fn record(dir: &Path, inputs: &Path, tolerance: f64) -> Result<Golden, String> {
+pub fn record(dir: &Path, inputs: &Path, tolerance: f64, limits: &ModelLimits) -> Result<Golden, String> {
     #[derive(Deserialize)]
     struct In {
         #[serde(alias = "label")]
@@ -223,7 +228,7 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64) -> Result<Golden, Strin
     {
         Inputs::List(l) | Inputs::Cases { cases: l } => l,
     };
-    let model = LoadedModel::load_dir(dir).map_err(|e| format!("the model does not load: {e}"))?;
+    let model = LoadedModel::load_dir(dir, limits).map_err(|e| format!("the model does not load: {e}"))?;
     let runner = Runner::new(model);
     let mut cases = Vec::new();
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
@@ -254,6 +259,9 @@ pub struct Limits {
     /// Data segment limit (RLIMIT_DATA): heap and anonymous mappings.
     pub memory_bytes: u64,
     pub timeout: Duration,
+    /// The device's limit for one model (`engine.max_model_memory_mb`), which the child
+    /// checks the model against before running anything.
+    pub model: ModelLimits,
 }
 
 /// Runs the self-test of `dir` in a child process (`exe model selftest --json`) under
@@ -262,7 +270,9 @@ pub struct Limits {
 pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
     let failed = |error: String| Report::failed(Some(error));
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["model", "selftest", "--json", "--model"])
+    cmd.args(["model", "selftest", "--json", "--max-model-memory-mb"])
+        .arg(limits.model.mb().to_string())
+        .arg("--model")
         .arg(dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

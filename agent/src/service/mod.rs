@@ -70,13 +70,13 @@ pub struct RunSummary {
 pub fn start_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
     let engine = Engine::start(&config.engine);
     for m in &config.models {
-        engine.install(load_model(&m.dir)?);
+        engine.install(load_model(&m.dir, &config.engine.model_limits)?);
     }
     Ok(Arc::new(engine))
 }
 
-fn load_model(dir: &std::path::Path) -> Result<LoadedModel, StartError> {
-    let loaded = LoadedModel::load_dir(dir)
+fn load_model(dir: &std::path::Path, limits: &crate::engine::ModelLimits) -> Result<LoadedModel, StartError> {
+    let loaded = LoadedModel::load_dir(dir, limits)
         .map_err(|source| StartError::Model { dir: dir.display().to_string(), source })?;
     tracing::info!(
         model = %loaded.name(),

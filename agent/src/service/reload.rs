@@ -77,7 +77,7 @@ impl Reloader {
             let print = fingerprint(&m.dir);
             let same = self.models.get(&m.name).is_some_and(|(dir, p)| dir == &m.dir && p == &print);
             if !same {
-                match super::load_model(&m.dir) {
+                match super::load_model(&m.dir, &engine.model_limits()) {
                     Ok(loaded) => {
                         let version = loaded.version().to_string();
                         let before = engine.model(&m.name).map(|old| old.version().to_string());
@@ -129,6 +129,7 @@ impl Reloader {
             || next.engine.queue != c.engine.queue
             || next.engine.max_streams != c.engine.max_streams
             || next.engine.spin != c.engine.spin
+            || next.engine.model_limits != c.engine.model_limits
         {
             restart.push("engine");
         }
