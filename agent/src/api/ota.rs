@@ -43,8 +43,11 @@ fn answer(r: Result<serde_json::Value, String>) -> Result<Json<serde_json::Value
     r.map(Json).map_err(|message| ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, message })
 }
 
-/// `POST /ota/check`.
-pub async fn check(State(st): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `POST /ota/check` (a body, if any, is `{}`).
+pub async fn check(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
+    // Read it even though nothing is taken from it: a connection closed with a request
+    // body unread is reset, and the client may lose the answer it was already sent.
+    args(&st, body).await?;
     answer(handle(&st)?.check().await)
 }
 
