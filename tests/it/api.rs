@@ -784,3 +784,72 @@ fn idle_connections_lock_out_neither_the_port_nor_the_admin_socket() {
     assert_eq!(post(&d, "/v2/models/ppocr-cls/infer", body.as_bytes()).0, 200);
     drop((idle_tcp, idle_unix));
 }
+
+/// Runs tests/fixtures/prom_check.py (prometheus_client's parser, and the format's rules
+/// it lets through) on an exposition; returns whether it passed and what it read.
+fn prom_check(text: &str) -> (bool, Value) {
+    let python = cache().join("venv/bin/python");
+    let out = run_with(
+        std::process::Command::new(&python).arg(root().join("tests/fixtures/prom_check.py")),
+        Some(text.as_bytes()),
+        secs(60),
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("prom_check.py printed no JSON ({e}): {}", stderr(&out)));
+    (out.status.success(), seen)
+}
+
+/// `/metrics` parses as the Prometheus text format, and says what `/status` says; the
+/// check itself refuses malformed expositions (a second HELP line, a bad escape in a
+/// label value, a family split in two).
+#[test]
+fn metrics_pass_a_prometheus_parser() {
+    let d = cls_daemon("");
+    let (input, _) = case0();
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": input}]})
+            .to_string();
+    for _ in 0..3 {
+        assert_eq!(post(&d, "/v2/models/ppocr-cls/infer", body.as_bytes()).0, 200);
+    }
+    let text = http().get(&d.url("/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    let (ok, seen) = prom_check(&text);
+    assert!(ok, "{}\n{text}", seen["problems"]);
+    let families = &seen["families"];
+    let requests = &families["edge_agent_requests_total"];
+    assert_eq!(requests["type"], "counter");
+    let ok_sample = requests["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[1]["model"] == "ppocr-cls" && s[1]["outcome"] == "ok")
+        .expect("ok sample");
+    let (_, status) = get(&d, "/status");
+    assert_eq!(ok_sample[2].as_f64(), status["models"]["ppocr-cls"]["ok"].as_f64());
+    let hist = &families["edge_agent_request_duration_seconds"];
+    assert_eq!(hist["type"], "histogram");
+    let count = hist["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s[0] == "edge_agent_request_duration_seconds_count");
+    assert_eq!(count.map(|s| s[2].as_f64()), Some(Some(3.0)));
+    assert_eq!(families["edge_agent_ready"]["samples"][0][2], 1.0);
+
+    // The check is not a rubber stamp: each malformation is named.
+    let first_help = text.lines().find(|l| l.starts_with("# HELP")).unwrap();
+    let broken = [
+        (format!("{first_help}\n{text}"), "second HELP line"),
+        (text.replacen("model=\"ppocr-cls\"", "model=\"ppocr\\q-cls\"", 1), "invalid escape"),
+        (
+            format!("{text}edge_agent_requests_total{{model=\"m\",outcome=\"ok\",place=\"local\"}} 1\n"),
+            "are not together",
+        ),
+        (text.replacen("\nedge_agent_ready 1\n", "\nedge_agent_ready one\n", 1), "is not a number"),
+    ];
+    for (bad, needle) in &broken {
+        let (ok, seen) = prom_check(bad);
+        assert!(!ok, "accepted a malformed exposition ({needle})");
+        assert!(seen["problems"].to_string().contains(needle), "expected `{needle}` in {}", seen["problems"]);
+    }
+}
