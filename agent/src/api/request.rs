@@ -342,20 +342,6 @@ impl TensorData {
             TensorData::Binary(raw) => bytes_elements(raw).collect(),
         }
     }
-
-    /// How many values arrived.
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::Numbers { values, .. } => values.len(),
-            TensorData::Strings { ends, .. } => ends.len(),
-            TensorData::Binary(raw) => raw.len(),
-        }
-    }
-
-    /// Whether no value arrived.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Converts raw little-endian elements to `f32` (integers beyond 2^24 round, as they do

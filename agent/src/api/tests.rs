@@ -288,9 +288,8 @@ fn retained(req: &InferRequest) -> usize {
         .sum()
 }
 
+// proptest's default case count (256; PROPTEST_CASES=N for a longer run).
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
-
     /// A random request encoded with binary tensors (some inputs, as clients mix them)
     /// and as plain JSON decodes to the same tensors, and those are the values sent.
     #[test]
