@@ -272,8 +272,8 @@ fn the_cloud_image_serves_oip_v2_as_its_user_with_the_host_binarys_numbers() {
         let (host, host_result) = host_infer(scratch.path(), &case["input"]);
         let image = floats(&v["outputs"][0]["data"]);
         assert_eq!(image, host, "window {i}: the image and the host binary differ");
-        assert_eq!(v["parameters"]["result"]["label"], host_result["label"], "window {i}");
-        assert_eq!(v["parameters"]["result"]["label"], case["label"], "window {i}: the golden label");
+        assert_eq!(v["edge_agent"]["result"]["label"], host_result["label"], "window {i}");
+        assert_eq!(v["edge_agent"]["result"]["label"], case["label"], "window {i}: the golden label");
     }
 
     // Malformed requests: a 400 that says what is wrong.

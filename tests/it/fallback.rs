@@ -202,7 +202,7 @@ fn forced_requests_and_cascades_go_to_the_cloud_and_say_why() {
         .map(|x| {
             let (code, r) = infer_cls(&cloud, x, json!({}));
             assert_eq!(code, 200, "{r}");
-            r["parameters"]["result"]["score"].as_f64().unwrap()
+            r["edge_agent"]["result"]["score"].as_f64().unwrap()
         })
         .collect();
     let mut sorted = scores.clone();
@@ -235,13 +235,13 @@ min_confidence = {threshold}
             assert_eq!(p["place"], "cloud", "score {score} < {threshold}: {r}");
             assert_eq!(p["reason"], "low-confidence", "{r}");
             // Both answers are recorded: the local one that deferred, the cloud's returned.
-            let local_score = p["deferred"]["score"].as_f64().unwrap();
+            let local_score = r["edge_agent"]["deferred"]["score"].as_f64().unwrap();
             assert!((local_score - score).abs() < 1e-5, "{r}");
         } else {
             assert_eq!(p["place"], "local", "score {score} >= {threshold}: {r}");
             assert_eq!(p["reason"], Value::Null);
         }
-        assert!((p["result"]["score"].as_f64().unwrap() - score).abs() < 1e-5, "{r}");
+        assert!((r["edge_agent"]["result"]["score"].as_f64().unwrap() - score).abs() < 1e-5, "{r}");
     }
     assert_eq!(deferred, 5);
     // A request that asks for the cloud gets it, with the reason.

@@ -2,8 +2,11 @@
 //! specifies.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 
 use crate::engine::InferError;
 
@@ -49,5 +52,51 @@ impl From<InferError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// The start of a URL path for a message (a 60 KB path is not echoed whole).
+fn shown(uri: &Uri) -> String {
+    let path = uri.path();
+    match path.char_indices().nth(120) {
+        Some((at, _)) => format!("{}...", &path[..at]),
+        None => path.to_string(),
+    }
+}
+
+/// `Path`, with its rejections (a segment that is not UTF-8 once percent-decoded, ...)
+/// answered as `{"error"}` like every other error.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError {
+                status: rejection.status(),
+                message: format!(
+                    "malformed URL {}: {}; percent-encode model names and versions as UTF-8",
+                    shown(&parts.uri),
+                    rejection.body_text()
+                ),
+            }),
+        }
+    }
+}
+
+/// The answer to a known path with a method it does not take (axum adds `Allow`).
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!(
+            "{method} is not allowed on {}; the Allow header lists the methods it takes (docs/api.md)",
+            shown(&uri)
+        ),
     }
 }

@@ -2,13 +2,23 @@
 //! v2 (`/v2/...`), `GET /status` (JSON) and `GET /metrics` (Prometheus text).
 //!
 //! Protection against slow and greedy clients, so one client never stalls the others:
-//! headers must arrive within `header_timeout`, a body within `body_timeout`; bodies are
-//! capped at `max_body_bytes`; inference requests beyond `max_concurrency` in flight get
-//! 503 at once; connections beyond `max_connections` are closed at accept.
+//! headers must arrive within `header_timeout` (idle keep-alive connections are closed
+//! after it too), a body within `body_timeout`; bodies are capped at `max_body_bytes`;
+//! inference requests beyond `max_concurrency` in flight get 503 at once; each listener
+//! keeps at most `max_connections` open, making room for a new one by closing its oldest
+//! idle connection, so that idle connections can never lock clients out of the TCP port
+//! nor `edge-agent status` out of the unix socket (`conn.rs`).
+//!
+//! Layout: `oip.rs` the inference protocol's handlers, `request.rs` and `response.rs`
+//! its JSON and binary wire formats, `status.rs` `/status` and `/metrics`, `ota.rs` the
+//! update commands, `conn.rs` connection limits, `error.rs` the `{"error"}` answers.
 
+mod conn;
 mod error;
 pub mod oip;
 mod ota;
+pub mod request;
+mod response;
 pub mod status;
 
 #[cfg(test)]
@@ -24,12 +34,12 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use conn::ConnTable;
 pub use error::ApiError;
 
 use crate::engine::Engine;
@@ -49,7 +59,10 @@ pub struct ApiLimits {
 #[derive(Debug, Default)]
 pub struct ApiCounters {
     pub overloaded: AtomicU64,
+    /// Connections turned away because every open one was busy with a request.
     pub refused_connections: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted_connections: AtomicU64,
 }
 
 /// What the handlers share.
@@ -91,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ota/apply", post(ota::apply))
         .route("/ota/rollback", post(ota::rollback))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
 }
 
@@ -176,7 +190,7 @@ impl Acceptor for UnixListener {
 fn accept_loop<A: Acceptor>(
     listener: A,
     app: Router,
-    conns: Arc<Semaphore>,
+    conns: Arc<ConnTable>,
     state: ApiState,
     token: CancellationToken,
     tracker: &TaskTracker,
@@ -258,12 +272,14 @@ impl Listeners {
     /// Serves until `token` fires, then lets open requests finish.
     pub fn serve(self, state: ApiState, token: CancellationToken, tracker: &TaskTracker) {
         let app = router(state.clone());
-        let conns = Arc::new(Semaphore::new(state.limits.max_connections));
+        // One table per listener: a flood of TCP connections leaves the admin socket
+        // (`edge-agent status`, updates) reachable, and the other way round.
+        let max = state.limits.max_connections;
         if let Some(l) = self.tcp {
-            accept_loop(l, app.clone(), conns.clone(), state.clone(), token.clone(), tracker, || {});
+            accept_loop(l, app.clone(), ConnTable::new(max), state.clone(), token.clone(), tracker, || {});
         }
         if let Some((l, path)) = self.unix {
-            accept_loop(l, app, conns, state, token, tracker, move || {
+            accept_loop(l, app, ConnTable::new(max), state, token, tracker, move || {
                 let _ = std::fs::remove_file(&path);
             });
         }
@@ -273,24 +289,32 @@ impl Listeners {
 fn connection<S>(
     stream: S,
     app: Router,
-    conns: &Arc<Semaphore>,
+    conns: &Arc<ConnTable>,
     state: &ApiState,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(permit) = conns.clone().try_acquire_owned() else {
-        state.counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-        return; // dropping the stream closes it
+    let admitted = match conns.admit() {
+        conn::Admission::Admitted { conn, evicted } => {
+            if evicted {
+                state.counters.evicted_connections.fetch_add(1, Ordering::Relaxed);
+            }
+            conn
+        }
+        conn::Admission::Full => {
+            state.counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            return; // dropping the stream closes it
+        }
     };
     let header_timeout = state.limits.header_timeout;
     let token = token.clone();
     tracker.spawn(async move {
-        let _permit = permit;
+        let service = conn::Tracked::new(app, admitted.busy.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
-        let conn = builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+        let conn = builder.serve_connection(TokioIo::new(conn::JsonErrors::new(stream)), service);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
@@ -298,11 +322,14 @@ fn connection<S>(
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
             }
+            // Closed to make room: it had no request in progress.
+            _ = admitted.evict.cancelled() => {}
             _ = token.cancelled() => {
                 // Finish the request in progress, then close.
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
         }
+        drop(admitted);
     });
 }

@@ -1,22 +1,23 @@
 //! The Open Inference Protocol v2 REST API (KServe, Triton, MLServer): health, server
-//! and model metadata, readiness, inference with JSON tensors.
+//! and model metadata, readiness, inference with JSON tensors and with the binary tensor
+//! extension (`request.rs` decodes requests, `response.rs` encodes answers).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::ApiState;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath};
+use super::request::{self, InferRequest, InputTensor, RequestedOutput};
+use super::{ApiState, response};
 use crate::engine::LoadedModel;
-use crate::engine::spec::{DType, InputFrom, ModelSpec};
-use crate::pipeline::{InputError, check_finite};
+use crate::engine::spec::{DType, InputFrom, ModelSpec, PayloadFormat};
+use crate::pipeline::{InputError, Payload, check_finite, nesting_matches};
 
 /// OIP datatype name of an engine dtype name (`f32` → `FP32`).
 pub fn oip_datatype(dtype: &str) -> &'static str {
@@ -41,105 +42,6 @@ fn spec_datatype(dt: DType) -> &'static str {
     oip_datatype(dt.name())
 }
 
-#[derive(Debug, Deserialize)]
-struct InferRequest {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    parameters: Option<Map<String, Value>>,
-    inputs: Vec<RequestInput>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestOutput>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RequestInput {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
-    #[serde(default)]
-    #[allow(dead_code)] // accepted as the protocol allows; none are acted on
-    parameters: Option<Map<String, Value>>,
-    data: TensorData,
-}
-
-/// Tensor data, flat or nested, read straight into `f32`s: a 1x3x48x192 image is 27,648
-/// numbers, and building a JSON value per number first doubled the time a request took.
-#[derive(Debug, Default)]
-struct TensorData(Vec<f32>);
-
-impl<'de> Deserialize<'de> for TensorData {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::DeserializeSeed;
-        let mut values = Vec::new();
-        Flatten(&mut values).deserialize(d)?;
-        Ok(TensorData(values))
-    }
-}
-
-/// Appends every number (booleans as 0 and 1) of a nested array to a vector.
-struct Flatten<'a>(&'a mut Vec<f32>);
-
-impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a number, a boolean, or an array of them")
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.0.push(v as f32);
-        Ok(())
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.0.push(if v { 1.0 } else { 0.0 });
-        Ok(())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
-        Ok(())
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct RequestOutput {
-    name: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<Map<String, Value>>,
-}
-
-#[derive(Debug, Serialize)]
-struct InferResponse {
-    model_name: String,
-    model_version: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    parameters: Map<String, Value>,
-    outputs: Vec<ResponseOutput>,
-}
-
-#[derive(Debug, Serialize)]
-struct ResponseOutput {
-    name: String,
-    shape: Vec<usize>,
-    datatype: &'static str,
-    data: Vec<Value>,
-}
-
 /// `GET /v2/health/live`: the process answers.
 pub async fn live() -> StatusCode {
     StatusCode::OK
@@ -155,7 +57,7 @@ pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "edge-agent",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
 }
 
@@ -209,7 +111,7 @@ fn metadata(model: &LoadedModel) -> Value {
 /// `GET /v2/models/{name}`.
 pub async fn model_metadata(
     State(st): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let model = find_model(&st, &name, None)?;
     Ok(Json(metadata(&model)))
@@ -218,7 +120,7 @@ pub async fn model_metadata(
 /// `GET /v2/models/{name}/versions/{version}`.
 pub async fn model_version_metadata(
     State(st): State<ApiState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let model = find_model(&st, &name, Some(&version))?;
     Ok(Json(metadata(&model)))
@@ -236,14 +138,14 @@ fn readiness(st: &ApiState, name: &str, version: Option<&str>) -> Response {
 }
 
 /// `GET /v2/models/{name}/ready`.
-pub async fn model_ready(State(st): State<ApiState>, Path(name): Path<String>) -> Response {
+pub async fn model_ready(State(st): State<ApiState>, ApiPath(name): ApiPath<String>) -> Response {
     readiness(&st, &name, None)
 }
 
 /// `GET /v2/models/{name}/versions/{version}/ready`.
 pub async fn model_version_ready(
     State(st): State<ApiState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
 ) -> Response {
     readiness(&st, &name, Some(&version))
 }
@@ -251,25 +153,28 @@ pub async fn model_version_ready(
 /// `POST /v2/models/{name}/infer`.
 pub async fn infer(
     State(st): State<ApiState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_inner(st, name, None, body).await
+    infer_inner(st, name, None, &headers, body).await
 }
 
 /// `POST /v2/models/{name}/versions/{version}/infer`.
 pub async fn infer_version(
     State(st): State<ApiState>,
-    Path((name, version)): Path<(String, String)>,
+    ApiPath((name, version)): ApiPath<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    infer_inner(st, name, Some(version), body).await
+    infer_inner(st, name, Some(version), &headers, body).await
 }
 
 async fn infer_inner(
     st: ApiState,
     name: String,
     version: Option<String>,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
@@ -284,9 +189,22 @@ async fn infer_inner(
             st.limits.max_concurrency
         )));
     };
+    // A compressed body would be read as garbage: say so instead.
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING)
+        && !enc.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        super::discard_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await;
+        return Err(ApiError {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            message: format!(
+                "Content-Encoding `{}` is not supported; send the body uncompressed",
+                String::from_utf8_lossy(enc.as_bytes())
+            ),
+        });
+    }
     let bytes = super::read_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await?;
-    let mut req: InferRequest = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("request body is not a valid inference request: {e}")))?;
+    let mut req = request::decode(bytes, headers.get(request::HEADER_LENGTH).map(|v| v.as_bytes()))
+        .map_err(|e| ApiError::bad_request(e.0))?;
     // A model that is not installed may still have a cloud endpoint (with its spec).
     let fallback = st.health.fallback().cloned();
     let cloud = fallback.as_ref().and_then(|f| f.cloud(&name));
@@ -301,10 +219,10 @@ async fn infer_inner(
     };
     let data = data_tensor(spec, &name, &mut req)?;
     let requested = match &local {
-        Some(m) => requested_outputs(m, req.outputs.as_deref())?,
-        None => req.outputs.as_deref().unwrap_or_default().iter().map(|r| r.name.clone()).collect(),
+        Some(m) => requested_outputs(m, &req)?,
+        None => req.outputs.clone().unwrap_or_default(),
     };
-    let params = req.parameters.unwrap_or_default();
+    let params = std::mem::take(&mut req.parameters);
     let stream = match params.get("stream") {
         None => None,
         Some(Value::String(s)) if crate::config::is_valid_id(s) => Some(s.clone()),
@@ -349,11 +267,15 @@ async fn infer_inner(
     })?;
     let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
 
-    let outputs = answer
+    let outputs: Vec<response::Output> = answer
         .outputs
         .iter()
-        .filter(|o| requested.is_empty() || requested.iter().any(|r| r == &o.name))
-        .map(|o| {
+        .filter_map(|o| {
+            let binary = if requested.is_empty() {
+                req.binary_by_default
+            } else {
+                requested.iter().find(|r| r.name == o.name)?.binary
+            };
             // The local model's declared type where it has the output; the cloud's
             // answers are decoded as numbers and returned as FP32 otherwise.
             let dtype = local
@@ -361,29 +283,31 @@ async fn infer_inner(
                 .and_then(|m| m.outputs.iter().find(|i| i.name == o.name))
                 .map(|i| i.dtype.as_str());
             let datatype = dtype.map(oip_datatype).unwrap_or("FP32");
-            let data = o
-                .values
-                .iter()
-                .map(|v| match datatype {
-                    "FP32" | "FP64" | "FP16" => json!(v),
-                    "BOOL" => json!(*v != 0.0),
-                    _ => json!(*v as i64),
-                })
-                .collect();
-            ResponseOutput { name: o.name.clone(), shape: o.shape.clone(), datatype, data }
+            Some(response::Output { name: &o.name, shape: &o.shape, datatype, values: &o.values, binary })
         })
         .collect();
+    // Response parameters hold scalars only, as the protocol says; the structured
+    // extras (the post-processed result, a cascade's deferred answer) go in the
+    // `edge_agent` extension object, which OIP clients ignore.
     let mut parameters = Map::new();
     parameters.insert("place".into(), json!(answer.place));
-    parameters.insert("reason".into(), json!(answer.reason));
-    parameters.insert("latency_ms".into(), json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
-    parameters.insert("result".into(), Value::Object(result));
-    if let Some(d) = answer.deferred {
-        parameters.insert("deferred".into(), d);
+    if let Some(reason) = answer.reason {
+        parameters.insert("reason".into(), json!(reason));
     }
-    let body =
-        InferResponse { model_name: name, model_version: answer.version, id: req.id, parameters, outputs };
-    Ok(Json(body).into_response())
+    parameters.insert("latency_ms".into(), json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
+    let mut extension = Map::new();
+    extension.insert("result".into(), Value::Object(result));
+    if let Some(d) = answer.deferred {
+        extension.insert("deferred".into(), d);
+    }
+    let header = response::Header {
+        model_name: &name,
+        model_version: &answer.version,
+        id: req.id.as_deref(),
+        parameters,
+        extension,
+    };
+    Ok(response::encode(header, &outputs))
 }
 
 /// Checks the request's inputs against the model and returns the data input's values.
@@ -417,7 +341,7 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             Some(_) => {}
         }
     }
-    let input = req.inputs.iter_mut().find(|i| i.name == want.name).ok_or_else(|| {
+    let at = req.inputs.iter().position(|i| i.name == want.name).ok_or_else(|| {
         ApiError::bad_request(format!(
             "input `{}` is missing; model `{}` takes `{}` {:?} {}",
             want.name,
@@ -427,10 +351,14 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             spec_datatype(want.dtype)
         ))
     })?;
+    let input = req.inputs.swap_remove(at);
+    if input.datatype == "BYTES" {
+        return payload_tensor(spec, input);
+    }
     let expected = spec_datatype(want.dtype);
     if input.datatype != expected {
         return Err(ApiError::bad_request(format!(
-            "input `{}` has datatype {} but the model takes {expected}",
+            "input `{}` has datatype {} but the model takes {expected} (or BYTES: one payload the model's pre-processing decodes)",
             input.name, input.datatype
         )));
     }
@@ -443,7 +371,26 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             want.shape_text()
         )));
     };
-    let values = &input.data.0;
+    // Nested data must be nested as the shape says, as the CLI and MQTT require.
+    match input.data.nesting() {
+        Some(Err(why)) => {
+            return Err(ApiError::bad_request(format!(
+                "input `{}`: `data` is not a well-formed array: {why}",
+                input.name
+            )));
+        }
+        Some(Ok(got)) if !nesting_matches(got, &shape) => {
+            return Err(ApiError::bad_request(format!(
+                "input `{}`: `data` is nested as {got:?} but its shape is {:?}; nest it as the shape, or send it flat",
+                input.name, input.shape
+            )));
+        }
+        _ => {}
+    }
+    let values = input
+        .data
+        .into_f32(&input.datatype)
+        .map_err(|why| ApiError::bad_request(format!("input `{}`: {why}", input.name)))?;
     let holds = shape.iter().product::<usize>();
     if values.len() != holds {
         return Err(ApiError::bad_request(format!(
@@ -453,24 +400,72 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
             input.shape,
         )));
     }
-    check_finite(values)
+    check_finite(&values)
         .map_err(|e: InputError| ApiError::bad_request(format!("input `{}`: {e}", input.name)))?;
-    Ok(std::mem::take(&mut input.data.0))
+    Ok(values)
 }
 
-/// Names of the outputs to return: the requested ones, or every output that is not
-/// recurrent state.
-fn requested_outputs(
-    model: &LoadedModel,
-    requested: Option<&[RequestOutput]>,
-) -> Result<Vec<String>, ApiError> {
+/// A `BYTES` data input: one payload (an encoded image, raw samples, JSON text) that the
+/// model's spec decodes, as it does MQTT payloads and the CLI's input files.
+fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
+    let elements = input.data.to_bytes().map_err(bad)?;
+    if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
+        return Err(bad(format!(
+            "send one payload with shape [1], not {} element(s) with shape {:?}",
+            elements.len(),
+            input.shape
+        )));
+    }
+    let payload = match input.parameters.get("content_type") {
+        None => elements[0].to_vec(),
+        Some(Value::String(t)) if t == "base64" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(elements[0])
+                .map_err(|e| bad(format!("parameters.content_type is base64 but the payload is not: {e}")))?
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "parameters.content_type must be \"base64\" (or absent for raw bytes), got {other}"
+            )));
+        }
+    };
+    let format = format_name(spec.pre.format);
+    let values = crate::pipeline::decode(spec, Payload::Bytes(payload))
+        .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
+    let want = spec.data_input();
+    if values.len() != want.len() {
+        return Err(bad(format!(
+            "the payload decodes (pre.format `{format}`) to {} values but `{}` {:?} takes {}",
+            values.len(),
+            want.name,
+            want.shape,
+            want.len()
+        )));
+    }
+    Ok(values)
+}
+
+fn format_name(f: PayloadFormat) -> &'static str {
+    match f {
+        PayloadFormat::Json => "json",
+        PayloadFormat::F32le => "f32le",
+        PayloadFormat::I16le => "i16le",
+        PayloadFormat::Image => "image",
+    }
+}
+
+/// The outputs to return with how: the requested ones, or every output that is not
+/// recurrent state (an empty list: all, as `binary_data_output` says).
+fn requested_outputs(model: &LoadedModel, req: &InferRequest) -> Result<Vec<RequestedOutput>, ApiError> {
     let all: Vec<&str> = model.outputs.iter().map(|o| o.name.as_str()).collect();
-    match requested {
+    match &req.outputs {
         Some(list) if !list.is_empty() => list
             .iter()
             .map(|r| {
                 if all.contains(&r.name.as_str()) {
-                    Ok(r.name.clone())
+                    Ok(r.clone())
                 } else {
                     Err(ApiError::bad_request(format!(
                         "model `{}` has no output `{}` (outputs: {})",
@@ -481,6 +476,10 @@ fn requested_outputs(
                 }
             })
             .collect(),
-        _ => Ok(all.into_iter().filter(|o| !model.is_state_output(o)).map(str::to_string).collect()),
+        _ => Ok(all
+            .into_iter()
+            .filter(|o| !model.is_state_output(o))
+            .map(|o| RequestedOutput { name: o.to_string(), binary: req.binary_by_default })
+            .collect()),
     }
 }

@@ -64,7 +64,10 @@ pub struct ApiReport {
     pub in_flight: usize,
     pub max_concurrency: usize,
     pub overloaded: u64,
+    /// Connections turned away because every open one was busy with a request.
     pub refused_connections: u64,
+    /// Idle connections closed to make room for new ones.
+    pub evicted_connections: u64,
 }
 
 /// Builds the status document.
@@ -94,6 +97,7 @@ pub fn report(st: &ApiState) -> StatusReport {
             max_concurrency: st.limits.max_concurrency,
             overloaded: st.counters.overloaded.load(Ordering::Relaxed),
             refused_connections: st.counters.refused_connections.load(Ordering::Relaxed),
+            evicted_connections: st.counters.evicted_connections.load(Ordering::Relaxed),
         },
         connections: st.health.connections(),
         last_errors: st.engine.recent_errors(),

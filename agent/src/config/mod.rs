@@ -314,7 +314,8 @@ pub struct ApiSection {
     /// Inference requests in flight; more get 503 at once.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: usize,
-    /// Open connections; more are closed at accept.
+    /// Open connections per listener (TCP, unix socket); a new one beyond closes the
+    /// oldest idle one, and is refused only when all are busy with a request.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     #[serde(default = "default_header_timeout")]

@@ -4,6 +4,7 @@ use serde_json::Value;
 
 use super::error::InputError;
 use super::image::image_to_tensor;
+use super::nesting::{Nesting, nesting_matches};
 use crate::engine::spec::{ModelSpec, PayloadFormat};
 
 /// One request's content before pre-processing.
@@ -134,20 +135,22 @@ fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
         other => other,
     };
     let mut out = Vec::new();
-    let mut shape = Vec::new();
-    flatten(&array, 0, &mut shape, &mut out)?;
-    if shape.len() > 1 && spec.pre.window.is_none() {
+    let mut nesting = Nesting::default();
+    flatten(&array, 0, &mut nesting, &mut out)?;
+    let shape = nesting.finish().map_err(|reason| InputError::Json { reason })?;
+    if spec.pre.window.is_none() {
         let input = spec.data_input();
-        let strip = |s: &[usize]| s.iter().skip_while(|d| **d == 1).copied().collect::<Vec<_>>();
         let fits = if input.ranges.is_empty() {
-            strip(&shape) == strip(&input.shape)
+            nesting_matches(&shape, &input.shape)
         } else {
-            // Leading 1s may be left out here too: put them back, then check each size.
+            // Flat data is sized by the engine from its length. Nested data may leave out
+            // leading 1s here too: put them back, then check each size.
             let missing = input.shape.len().checked_sub(shape.len());
-            missing.is_some_and(|m| {
-                input.shape[..m].iter().all(|d| *d == 1)
-                    && input.accepts(&[vec![1; m], shape.clone()].concat())
-            })
+            shape.len() <= 1
+                || missing.is_some_and(|m| {
+                    input.shape[..m].iter().all(|d| *d == 1)
+                        && input.accepts(&[vec![1; m], shape.clone()].concat())
+                })
         };
         if !fits {
             return Err(if input.ranges.is_empty() {
@@ -160,26 +163,15 @@ fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
     Ok(out)
 }
 
-fn flatten(v: &Value, depth: usize, shape: &mut Vec<usize>, out: &mut Vec<f32>) -> Result<(), InputError> {
+fn flatten(v: &Value, depth: usize, nesting: &mut Nesting, out: &mut Vec<f32>) -> Result<(), InputError> {
     match v {
         Value::Array(items) => {
-            if shape.len() == depth {
-                shape.push(items.len());
-            } else if shape[depth] != items.len() {
-                return Err(InputError::Json {
-                    reason: format!(
-                        "ragged array: rows at depth {depth} have {} and {} items",
-                        shape[depth],
-                        items.len()
-                    ),
-                });
-            }
-            items.iter().try_for_each(|i| flatten(i, depth + 1, shape, out))
+            items.iter().try_for_each(|i| flatten(i, depth + 1, nesting, out))?;
+            nesting.array(depth, items.len());
+            Ok(())
         }
         Value::Number(n) => {
-            if depth < shape.len() {
-                return Err(InputError::Json { reason: "numbers and arrays mixed at the same depth".into() });
-            }
+            nesting.leaf(depth);
             // serde_json gives f64; f32 is what models take. Overflow becomes inf and is
             // rejected by the finiteness check.
             out.push(n.as_f64().unwrap_or(f64::NAN) as f32);

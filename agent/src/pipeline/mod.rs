@@ -8,6 +8,7 @@
 mod decode;
 mod error;
 mod image;
+mod nesting;
 mod post;
 mod window;
 
@@ -16,5 +17,6 @@ mod tests;
 
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
+pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};
