@@ -357,6 +357,23 @@ async fn wrong_bytes_are_a_hash_mismatch_and_the_partial_is_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_download_that_does_not_hash_starts_over_in_the_same_call() {
+    let reg = Registry::start().await;
+    let content = data(60_000, 9);
+    reg.write("targets/model.bin", &content);
+    let f = reg.fetcher(Limits::default());
+    let partial = reg.staging("model.bin.partial");
+    // What a misbehaving server (or a cache) left behind: a prefix of other bytes.
+    std::fs::write(&partial, data(20_000, 10)).unwrap();
+    let got =
+        f.download("targets/model.bin", &partial, 60_000, &sha256(&content), &mut |_, _| {}).await.unwrap();
+    assert_eq!(got.resumed_from, 0, "the wrong prefix was thrown away");
+    assert_eq!(std::fs::read(&partial).unwrap(), content);
+    assert_eq!(reg.faults.requests_for("model.bin"), 2, "the rest, then the whole file");
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_length_is_no_space_before_any_request() {
     let reg = Registry::start().await;
     let f = reg.fetcher(Limits::default());
