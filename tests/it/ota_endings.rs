@@ -84,21 +84,24 @@ fn package_len(p: &Publisher, version: &str) -> usize {
 fn broken_downloads_leave_the_next_check_free() {
     let p = Publisher::new(1);
     let work = tempdir();
-    p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
     let reg = Served::start(&p.repo());
-    let package = p.target_path("2");
-    let len = package_len(&p, "2");
-    // Cut mid-way: each answer is cut after a quarter of the package (the first check,
-    // made by the agent itself, and the one asked here: half of it is on disk after them).
-    reg.faults.set(&package, Fault::CloseAfter(len as u64 / 4));
     let ota = ota_section(&reg.url, &p.root_v1(), QUICK);
     let d = Daemon::start("run", &body(&demo_model(), None, &ota), "", &[]);
     first_check_done(&d);
+
+    // Cut mid-way: the server drops the connection after the first 64 KiB chunk and a
+    // bit of the next (the package is about 100 KiB).
+    p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
+    let package = p.target_path("2");
+    let len = package_len(&p, "2");
+    assert!(len > 70_000, "the package spans more than one chunk: {len}");
+    reg.faults.set(&package, Fault::CloseAfter(70_000));
     refused_for_now(&d, "2", "1", "broke off");
     reg.faults.clear();
     let before = reg.faults.bytes_served();
     taken(&d, "2");
-    assert!(reg.faults.bytes_served() - before < len as u64, "the download resumed where it was cut");
+    let sent = reg.faults.bytes_served() - before;
+    assert!(sent < len as u64, "the download resumed where it was cut: {sent} of {len} bytes sent again");
 
     // Bytes that do not hash to what the signed metadata says.
     p.publish(&model_version(work.path(), "3", |_| {}), 100, &[]);
@@ -135,9 +138,9 @@ fn refused_metadata_and_stalled_servers_leave_the_next_check_free() {
     first_check_done(&d);
 
     // A timestamp changed after signing.
+    let ts_v1 = p.meta("timestamp.json");
     p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
-    let ts_v2 = p.meta("timestamp.json");
-    let mut tampered: Value = serde_json::from_slice(&ts_v2).unwrap();
+    let mut tampered: Value = serde_json::from_slice(&p.meta("timestamp.json")).unwrap();
     tampered["signed"]["version"] = json!(tampered["signed"]["version"].as_u64().unwrap() + 1);
     reg.faults.set("metadata/timestamp.json", Fault::Replace(serde_json::to_vec(&tampered).unwrap()));
     refused_for_now(&d, "2", "1", "signature");
@@ -146,7 +149,7 @@ fn refused_metadata_and_stalled_servers_leave_the_next_check_free() {
 
     // An older timestamp than the device trusts (a rollback).
     p.publish(&model_version(work.path(), "3", |_| {}), 100, &[]);
-    reg.faults.set("metadata/timestamp.json", Fault::Replace(ts_v2));
+    reg.faults.set("metadata/timestamp.json", Fault::Replace(ts_v1));
     refused_for_now(&d, "3", "2", "rollback");
     reg.faults.clear();
     taken(&d, "3");
@@ -323,9 +326,18 @@ fn launch(exe: &Path, dir: &Path, body: &str) -> Daemon {
     let mut child = Guard(command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     read_into(child.0.stderr.take().unwrap(), log.clone());
-    let d =
+    let mut d =
         Daemon { child, log, port, socket, dir: tempfile::Builder::new().tempdir_in(dir).unwrap(), config };
-    d.wait_ready(secs(60));
+    let started = std::time::Instant::now();
+    while http().get(&d.url("/v2/health/ready")).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+        let exited = d.child.0.try_wait().unwrap();
+        assert!(
+            exited.is_none() && started.elapsed() < secs(60),
+            "not ready ({exited:?}); log:\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     d
 }
 
@@ -336,7 +348,7 @@ fn a_package_above_the_device_limit_is_taken_once_the_limit_allows_it() {
     p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
     let reg = Served::start(&p.repo());
     let state = tempdir();
-    let small = ota_section(&reg.url, &p.root_v1(), &format!("max_package_bytes = 1000\n{QUICK}"));
+    let small = ota_section(&reg.url, &p.root_v1(), &format!("max_package_bytes = 4096\n{QUICK}"));
     let d = launch(&bin(), state.path(), &body(&demo_model(), None, &small));
     first_check_done(&d);
     refused_for_now(&d, "2", "1", "ota.max_package_bytes");

@@ -620,7 +620,14 @@ impl Ota {
             previous: previous.clone(),
             previous_version: previous_version.clone(),
             started: unix_now(),
-            baseline: Numbers::from_stats(&before, limits.min_requests),
+            // With no version serving before, the counters hold only requests refused
+            // for want of a model: not a baseline, or a new version failing every request
+            // would pass (1.0 + max_error_rate).
+            baseline: if old.is_some() {
+                Numbers::from_stats(&before, limits.min_requests)
+            } else {
+                Numbers::default()
+            },
             limits,
         });
         self.store.save_state(model, &state)?;
