@@ -89,19 +89,15 @@ fn broken_downloads_leave_the_next_check_free() {
     let d = Daemon::start("run", &body(&demo_model(), None, &ota), "", &[]);
     first_check_done(&d);
 
-    // Cut mid-way: the server drops the connection after the first 64 KiB chunk and a
-    // bit of the next (the package is about 100 KiB).
+    // Cut mid-way: the server drops the connection after 70 000 bytes of the package
+    // (about 100 KiB). (How much of it reached the disk to resume from depends on the
+    // server's buffering; resuming itself is `ota_net::download_resumes_after_connection_drop`.)
     p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
     let package = p.target_path("2");
-    let len = package_len(&p, "2");
-    assert!(len > 70_000, "the package spans more than one chunk: {len}");
     reg.faults.set(&package, Fault::CloseAfter(70_000));
     refused_for_now(&d, "2", "1", "broke off");
     reg.faults.clear();
-    let before = reg.faults.bytes_served();
     taken(&d, "2");
-    let sent = reg.faults.bytes_served() - before;
-    assert!(sent < len as u64, "the download resumed where it was cut: {sent} of {len} bytes sent again");
 
     // Bytes that do not hash to what the signed metadata says.
     p.publish(&model_version(work.path(), "3", |_| {}), 100, &[]);

@@ -11,6 +11,32 @@ fn lines_of_keys_tables_and_array_items() {
     assert_eq!(line_of_path(text, "nothing"), None);
 }
 
+/// Cases the property tests found (against the code before they existed).
+#[test]
+fn env_values_take_the_type_of_their_key_and_odd_names_are_no_panic() {
+    use super::{RawConfig, apply_env, prefixed_env};
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let env = |pairs: &[(&str, &str)]| {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+    };
+    let raw = apply_env(RawConfig::default(), &env(&[("EDGE_AGENT_AGENT_DEVICE_ID", "1234")])).unwrap();
+    assert_eq!(raw.agent.device_id.as_deref(), Some("1234"));
+    let raw = apply_env(RawConfig::default(), &env(&[("EDGE_AGENT_ENGINE_THREADS", "3")])).unwrap();
+    assert_eq!(raw.engine.threads, 3);
+    let raw = apply_env(RawConfig::default(), &env(&[("EDGE_AGENT_LOG_LEVEL", "\"true\"")])).unwrap();
+    assert_eq!(raw.log.level, "true", "a quoted value is a TOML string");
+    let err = apply_env(RawConfig::default(), &env(&[("EDGE_AGENT_ENGINE_THREADS", "many")])).unwrap_err();
+    assert!(err.to_string().contains("EDGE_AGENT_ENGINE_THREADS"), "{err}");
+    // Names without the prefix (the caller filters, but stays total), even non-ASCII.
+    assert!(apply_env(RawConfig::default(), &env(&[("a\u{1d7ce}0", "123")])).is_ok());
+    // A variable that is not UTF-8: someone else's is ignored, one of ours is an error.
+    let other = (OsString::from_vec(vec![0x80]), OsString::new());
+    assert_eq!(prefixed_env([other].into_iter()).unwrap(), vec![]);
+    let ours = (OsString::from("EDGE_AGENT_AGENT_DEVICE_ID"), OsString::from_vec(vec![0xe9]));
+    assert!(prefixed_env([ours].into_iter()).unwrap_err().to_string().contains("UTF-8"));
+}
+
 /// Property tests of the `EDGE_AGENT_<SECTION>_<KEY>` mapping: any environment is decoded
 /// without a panic, and every value written for a key lands in that key, typed as the key
 /// takes it, with nothing else changed.
