@@ -90,12 +90,14 @@ fn broken_downloads_leave_the_next_check_free() {
     first_check_done(&d);
 
     // Cut mid-way: the server drops the connection after 70 000 bytes of the package
-    // (about 100 KiB). (How much of it reached the disk to resume from depends on the
-    // server's buffering; resuming itself is `ota_net::download_resumes_after_connection_drop`.)
+    // (about 100 KiB). Depending on the server's buffering the client sees the transfer
+    // break off, or the connection closed before the answer was complete; how much
+    // reached the disk varies too (resuming itself is
+    // `ota_net::download_resumes_after_connection_drop`).
     p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
     let package = p.target_path("2");
     reg.faults.set(&package, Fault::CloseAfter(70_000));
-    refused_for_now(&d, "2", "1", "broke off");
+    refused_for_now(&d, "2", "1", "registry download");
     reg.faults.clear();
     taken(&d, "2");
 
