@@ -214,7 +214,7 @@ for line in sys.stdin:
     /// The venv `tests/run` prepares: under it (EDGE_TEST_CACHE set) it must exist; a
     /// plain `cargo test` without it skips these tests and says so.
     fn venv_python() -> Option<PathBuf> {
-        let prepared = std::env::var_os("EDGE_TEST_CACHE").map(PathBuf::from);
+        let prepared = std::env::var_os("EDGE_TEST_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache = prepared
             .clone()
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache"));
@@ -314,20 +314,27 @@ for line in sys.stdin:
         })
     }
 
-    proptest! {
-        #![proptest_config(config(512))]
-
-        #[test]
-        fn encoding_matches_securesystemslib(v in value()) {
-            let Some(python) = python() else { return Ok(()) };
+    /// One test run by hand rather than by `proptest!`, so that a missing venv is one clear
+    /// failure (or skip) before any case runs.
+    #[test]
+    fn encoding_matches_securesystemslib() {
+        let Some(python) = python() else { return };
+        let config = ProptestConfig { source_file: Some(file!()), ..config(512) };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&value(), |v| {
             let theirs = python.lock().unwrap_or_else(|p| p.into_inner()).encode(&v);
             let ours = encode(&v).ok();
             prop_assert_eq!(
                 ours.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
                 theirs.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
-                "value {}", v
+                "value {}",
+                v
             );
             prop_assert_eq!(ours, theirs);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
         }
     }
 }
