@@ -203,6 +203,19 @@ mod tests {
     }
 
     #[test]
+    fn unpacking_into_an_existing_directory_is_refused_and_leaves_it_alone() {
+        let (bytes, _) = pack(&demo()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let tar_path = tmp.path().join("p.tar");
+        std::fs::write(&tar_path, &bytes).unwrap();
+        let dest = tmp.path().join("out");
+        std::fs::create_dir(&dest).unwrap();
+        std::fs::write(dest.join("keep"), b"not ours").unwrap();
+        assert!(unpack(&tar_path, &dest).is_err());
+        assert_eq!(std::fs::read(dest.join("keep")).unwrap(), b"not ours");
+    }
+
+    #[test]
     fn a_directory_without_golden_vectors_cannot_be_packed() {
         let tmp = tempfile::tempdir().unwrap();
         for f in ["model.toml", "model.onnx"] {
