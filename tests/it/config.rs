@@ -211,3 +211,36 @@ url = "http://127.0.0.1:9"
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("fallback.model `vibration`") && err.contains("empty"), "{err}");
 }
+
+#[test]
+fn any_environment_is_read_and_values_take_the_type_of_their_key() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let base = "[[model]]\npath = \"DEMO\"\n[[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nspeed = 0.0\nduration_s = 1.0\n";
+    let dir = tempdir();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, base.replace("DEMO", &demo_model().display().to_string())).unwrap();
+    // Another program's variable in Latin-1 is none of the agent's business; a device id
+    // of digits is still a device id.
+    let out = run_with(
+        Command::new(bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env(OsStr::new("LEGACY_LABEL"), OsStr::from_bytes(b"caf\xe9"))
+            .env("EDGE_AGENT_AGENT_DEVICE_ID", "1234"),
+        None,
+        secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_lines(&out.stdout)[0]["device"], "1234");
+    // One of ours that is not UTF-8: a clear error naming it.
+    let out = run_with(
+        Command::new(bin())
+            .args(["run", "--config", path.to_str().unwrap()])
+            .env(OsStr::new("EDGE_AGENT_AGENT_DEVICE_ID"), OsStr::from_bytes(b"caf\xe9")),
+        None,
+        secs(30),
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("EDGE_AGENT_AGENT_DEVICE_ID") && err.contains("UTF-8"), "{err}");
+}

@@ -34,6 +34,9 @@ mod models;
 mod mqtt;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.
 mod ota;
+/// Every way an update can end (done, cut, refused, failed, rolled back, stalled,
+/// abandoned) leaves the next check free to run and succeed.
+mod ota_endings;
 /// The registry's HTTP client and server: limits, resume, conditional requests, TLS.
 mod ota_net;
 /// Packaging: the systemd unit and the Debian package.

@@ -14,7 +14,7 @@ use edge_agent::ota::serve::Fault;
 
 /// A config body: the demo model as version 1 (configured), a simulated sensor feeding
 /// it, MQTT when `broker` is given, and `[ota]` following `url`.
-fn body(model_dir: &Path, broker: Option<u16>, ota: &str) -> String {
+pub(crate) fn body(model_dir: &Path, broker: Option<u16>, ota: &str) -> String {
     let mqtt = broker
         .map(|port| {
             format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n")
@@ -341,7 +341,7 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
 
 /// Publishes a model directory without the publisher's self-test (a registry written by
 /// other tooling), through the library.
-fn publish_unchecked(p: &Publisher, model: &Path, version: &str) {
+pub(crate) fn publish_unchecked(p: &Publisher, model: &Path, version: &str) {
     use edge_agent::ota::tuf::repo::{Expiries, Repository};
     let (bytes, _) = edge_agent::ota::package::pack(model).unwrap();
     let mut repo = Repository::open(&p.repo()).unwrap();
@@ -408,7 +408,7 @@ fn sigkill_at_every_step_of_an_update_leaves_the_old_or_the_new_model() {
 }
 
 /// Starts a daemon on an existing config and state.
-fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Daemon {
+pub(crate) fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Daemon {
     let mut command = std::process::Command::new(bin());
     command.args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"]);
     let mut child = Guard(
@@ -608,21 +608,24 @@ fn a_self_test_runs_in_a_child_process_under_a_memory_limit() {
     // 8 MiB of data segment: the small demo model fits; the classifier, which needs
     // about twice that, is refused with why, and nothing else is disturbed.
     let tight = Limits { memory_bytes: 8 << 20, timeout: secs(60), model: Default::default() };
-    let report = run_isolated(&bin(), &demo_model(), &tight);
+    let report = run_isolated(&bin(), &demo_model(), &tight).unwrap();
     assert!(report.passed, "{report:?}");
     assert_eq!(report.cases.len(), 6);
-    let report = run_isolated(&bin(), &cls, &tight);
+    let report = run_isolated(&bin(), &cls, &tight).unwrap();
     assert!(!report.passed, "{report:?}");
     let why = report.error.unwrap();
     assert!(why.contains("memory limit 8 MiB"), "{why}");
     let roomy = Limits { memory_bytes: 1 << 30, timeout: secs(60), model: Default::default() };
-    assert!(run_isolated(&bin(), &cls, &roomy).passed);
+    assert!(run_isolated(&bin(), &cls, &roomy).unwrap().passed);
     // A self-test that does not finish in time is cut.
     let hasty =
         Limits { memory_bytes: 1 << 30, timeout: Duration::from_millis(1), model: Default::default() };
-    let report = run_isolated(&bin(), &cls, &hasty);
+    let report = run_isolated(&bin(), &cls, &hasty).unwrap();
     assert!(
         report.error.unwrap().contains("did not finish"),
         "a 1 ms limit cuts a model that takes 100 ms to load"
     );
+    // No process at all is no verdict on the model.
+    let err = run_isolated(&work.path().join("no-such-binary"), &cls, &roomy).unwrap_err();
+    assert!(err.contains("cannot start the self-test process"), "{err}");
 }

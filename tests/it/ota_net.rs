@@ -357,6 +357,23 @@ async fn wrong_bytes_are_a_hash_mismatch_and_the_partial_is_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_download_that_does_not_hash_starts_over_in_the_same_call() {
+    let reg = Registry::start().await;
+    let content = data(60_000, 9);
+    reg.write("targets/model.bin", &content);
+    let f = reg.fetcher(Limits::default());
+    let partial = reg.staging("model.bin.partial");
+    // What a misbehaving server (or a cache) left behind: a prefix of other bytes.
+    std::fs::write(&partial, data(20_000, 10)).unwrap();
+    let got =
+        f.download("targets/model.bin", &partial, 60_000, &sha256(&content), &mut |_, _| {}).await.unwrap();
+    assert_eq!(got.resumed_from, 0, "the wrong prefix was thrown away");
+    assert_eq!(std::fs::read(&partial).unwrap(), content);
+    assert_eq!(reg.faults.requests_for("model.bin"), 2, "the rest, then the whole file");
+    reg.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_length_is_no_space_before_any_request() {
     let reg = Registry::start().await;
     let f = reg.fetcher(Limits::default());
@@ -439,6 +456,22 @@ async fn server_ranges_validators_and_cache_headers() {
     let (status, _, body) =
         raw(reg.addr, "GET", "/timestamp.json", &format!("If-None-Match: {etag}\r\n")).await;
     assert_eq!((status, body.len()), (304, 0));
+    // Weakly, and beside a tag holding obs-text (bytes 0x80-0xFF, which RFC 9110 allows).
+    let (status, _, _) =
+        raw(reg.addr, "GET", "/timestamp.json", &format!("If-None-Match: \"caf\u{e9}\", W/{etag}\r\n")).await;
+    assert_eq!(status, 304);
+    // A date far beyond IMF-fixdate's four-digit years is ignored: a full answer.
+    let far = "If-Modified-Since: Sun, 01 Jan 584554051224 00:00:00 GMT\r\n";
+    assert_eq!(raw(reg.addr, "GET", "/timestamp.json", far).await.0, 200);
+
+    // The range unit in any case; positions beyond 64 bits are still positions.
+    let (status, head, _) = raw(reg.addr, "GET", "/targets/abc.model.bin", "Range: Bytes=100-199\r\n").await;
+    assert_eq!((status, header(&head, "content-range")), (206, Some("bytes 100-199/1000")));
+    let huge = "Range: bytes=0-99999999999999999999999\r\n";
+    let (status, head, _) = raw(reg.addr, "GET", "/targets/abc.model.bin", huge).await;
+    assert_eq!((status, header(&head, "content-range")), (206, Some("bytes 0-999/1000")));
+    let huge = "Range: bytes=99999999999999999999999-\r\n";
+    assert_eq!(raw(reg.addr, "GET", "/targets/abc.model.bin", huge).await.0, 416);
 
     let (_, head, _) = raw(reg.addr, "GET", "/7.snapshot.json", "").await;
     assert_eq!(header(&head, "cache-control"), Some("max-age=31536000, immutable"));

@@ -110,3 +110,41 @@ fn the_agent_accepts_a_repository_written_with_python_tuf() {
     assert_eq!(serving(&d), "1");
     let _ = d.stop();
 }
+
+#[test]
+fn a_bad_delegated_role_from_the_server_does_not_stick() {
+    let work = tempdir();
+    let repo = work.path().join("pyrepo");
+    let out = Command::new(python())
+        .arg(root().join("tests/fixtures/tuf_make_repo.py"))
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make_repo.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let reg = Served::start(&repo);
+    // The delegated role comes back as something else once (a cache, a proxy, a bad
+    // mirror): its signatures do not verify.
+    let good = std::fs::read(repo.join("metadata/1.vibration.json")).unwrap();
+    let mut forged: Value = serde_json::from_slice(&good).unwrap();
+    forged["signed"]["targets"] = json!({});
+    reg.faults.set(
+        "metadata/1.vibration.json",
+        edge_agent::ota::serve::Fault::Replace(forged.to_string().into_bytes()),
+    );
+    let ota = ota_section(&reg.url, &repo.join("trusted-root.json"), "");
+    let d = Daemon::start(
+        "serve",
+        &format!("[[model]]\npath = \"{}\"\n\n{ota}", demo_model().display()),
+        "",
+        &[],
+    );
+    let (code, v) = post(&d, "/ota/check", json!({}));
+    assert_eq!(code, 422, "{v}");
+    assert!(v.to_string().contains("vibration"), "the refusal names the role: {v}");
+    // Once the server answers right, the next check follows the role again.
+    reg.faults.clear();
+    let (code, v) = post(&d, "/ota/check", json!({}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["models"]["vibration"]["offered"], json!(["2"]), "{v}");
+    let _ = d.stop();
+}

@@ -459,8 +459,7 @@ struct Problem {
 impl Config {
     /// Reads, overrides and validates a config file, with the process environment.
     pub fn load(path: &Path, flags: &Overrides) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> =
-            std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        let env = prefixed_env(std::env::vars_os())?;
         Self::load_with_env(path, flags, &env)
     }
 
@@ -517,42 +516,83 @@ fn read_file(path: &Path) -> Result<(RawConfig, String), ConfigError> {
     Ok((raw, text))
 }
 
+/// The `EDGE_AGENT_*` variables of an environment. Any other variable is none of our
+/// business, whatever bytes it holds (`std::env::vars` would panic on one that is not
+/// UTF-8); one of ours that is not UTF-8 is an error that names it.
+fn prefixed_env(
+    vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (name, value) in vars {
+        if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => out.push((name, value)),
+            (name, _) => {
+                let var = name.unwrap_or_else(|n| n.to_string_lossy().into_owned());
+                return Err(ConfigError::Env {
+                    var,
+                    message: "its name or value is not valid UTF-8; set it in UTF-8 or unset it".into(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Applies `EDGE_AGENT_<SECTION>_<KEY>` variables: `EDGE_AGENT_ENGINE_THREADS=4` sets
-/// `engine.threads`. Values are read as TOML (numbers, booleans) and otherwise as
-/// strings. Arrays of tables (`[[model]]`, `[[source]]`) cannot be set this way.
+/// `engine.threads`. A value is read as TOML (numbers, booleans, arrays, a quoted
+/// string) when the key takes that type, and otherwise as the string it is, so that
+/// `EDGE_AGENT_AGENT_DEVICE_ID=1234` or a password `true` stay strings. Arrays of tables
+/// (`[[model]]`, `[[source]]`) cannot be set this way. Variables without the prefix are
+/// ignored.
 fn apply_env(raw: RawConfig, env: &[(String, String)]) -> Result<RawConfig, ConfigError> {
     let mut table = toml::Table::try_from(&raw)
         .map_err(|e| ConfigError::Env { var: "(all)".into(), message: e.to_string() })?;
     for (var, value) in env {
-        let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
-        let Some((section, key)) = rest.split_once('_') else {
-            return Err(ConfigError::Env {
-                var: var.clone(),
-                message: "expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_ENGINE_THREADS".into(),
-            });
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else { continue };
+        let rest = rest.to_ascii_lowercase();
+        let bad = |message: String| ConfigError::Env { var: var.clone(), message };
+        let Some((section, key)) = rest.split_once('_').filter(|(_, key)| !key.is_empty()) else {
+            return Err(bad("expected EDGE_AGENT_<SECTION>_<KEY>, e.g. EDGE_AGENT_ENGINE_THREADS".into()));
         };
         if !SECTIONS.contains(&section) {
-            return Err(ConfigError::Env {
-                var: var.clone(),
-                message: format!("no section [{section}]; sections are {}", SECTIONS.join(", ")),
-            });
+            return Err(bad(format!("no section [{section}]; sections are {}", SECTIONS.join(", "))));
         }
-        let entry =
-            table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(sec) = entry else {
-            return Err(ConfigError::Env {
-                var: var.clone(),
-                message: format!("[{section}] is not a table"),
-            });
-        };
-        let parsed = value
-            .parse::<toml::Value>()
-            .ok()
-            .or_else(|| {
-                toml::from_str::<toml::Table>(&format!("v = {value}")).ok().and_then(|mut t| t.remove("v"))
-            })
-            .unwrap_or_else(|| toml::Value::String(value.clone()));
-        sec.insert(key.to_string(), parsed);
+        if !matches!(table.get(section), None | Some(toml::Value::Table(_))) {
+            return Err(bad(format!("[{section}] is not a table")));
+        }
+        // The typed reading first, then the text as it is: whichever the key takes. Each
+        // is tried on the whole configuration, so the error is this variable's own.
+        let typed = value.trim().parse::<toml::Value>().ok();
+        let verbatim = toml::Value::String(value.clone());
+        let mut first_error = None;
+        let mut applied = None;
+        for candidate in typed.into_iter().chain([verbatim]) {
+            let mut trial = table.clone();
+            if let toml::Value::Table(sec) =
+                trial.entry(section.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            {
+                sec.insert(key.to_string(), candidate);
+            }
+            match toml::Value::Table(trial.clone()).try_into::<RawConfig>() {
+                Ok(_) => {
+                    applied = Some(trial);
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match applied {
+            Some(trial) => table = trial,
+            None => {
+                let message = first_error.map(|e| e.message().trim().to_string()).unwrap_or_default();
+                return Err(bad(message));
+            }
+        }
     }
     toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
         let var = env.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ");

@@ -353,48 +353,62 @@ impl Fetcher {
             hasher = digest::Context::new(&digest::SHA256);
         }
 
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .open(partial)
-            .await
-            .map_err(io_err)?;
-        file.set_len(existing).await.map_err(io_err)?;
-        file.seek(SeekFrom::Start(existing)).await.map_err(io_err)?;
+        // A kept prefix is only proven right by the hash of the whole file. When a resumed
+        // download does not hash (an earlier server or cache answered with other bytes),
+        // it starts over from zero at once, so this check still succeeds rather than
+        // leaving it to the next one.
+        let mut first_attempt = true;
+        loop {
+            let mut file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(partial)
+                .await
+                .map_err(io_err)?;
+            file.set_len(existing).await.map_err(io_err)?;
+            file.seek(SeekFrom::Start(existing)).await.map_err(io_err)?;
 
-        let job = Transfer { url: &url, partial, expected_len, started };
-        let result = self.transfer(&job, &mut file, existing, hasher, progress).await;
-        // tokio's File finishes writes in the background; flush so the partial
-        // on disk is exactly what was counted, for the next resume.
-        let flushed = file.flush().await;
+            let job = Transfer { url: &url, partial, expected_len, started };
+            let result = self.transfer(&job, &mut file, existing, hasher, progress).await;
+            // tokio's File finishes writes in the background; flush so the partial
+            // on disk is exactly what was counted, for the next resume.
+            let flushed = file.flush().await;
 
-        let (hasher, resumed_from) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                if let Err(flush_error) = flushed {
-                    tracing::warn!(path = %partial.display(), error = %flush_error, "cannot flush partial download");
+            let (done, resumed_from) = match result {
+                Ok(done) => done,
+                Err(e) => {
+                    if let Err(flush_error) = flushed {
+                        tracing::warn!(path = %partial.display(), error = %flush_error, "cannot flush partial download");
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-        };
-        flushed.map_err(io_err)?;
+            };
+            flushed.map_err(io_err)?;
 
-        let got = hasher.finish();
-        if got.as_ref() != expected_sha256 {
-            drop(file);
-            // A wrong file must not be resumed from: start from zero next time.
-            tokio::fs::remove_file(partial).await.map_err(io_err)?;
-            return Err(FetchError::HashMismatch {
-                url: url.to_string(),
-                expected: hex::encode(expected_sha256),
-                got: hex::encode(got.as_ref()),
-            });
+            let got = done.finish();
+            if got.as_ref() != expected_sha256 {
+                drop(file);
+                // A wrong file must not be resumed from.
+                tokio::fs::remove_file(partial).await.map_err(io_err)?;
+                if resumed_from > 0 && first_attempt {
+                    tracing::warn!(%url, resumed_from, "a resumed download does not hash; downloading it whole");
+                    first_attempt = false;
+                    existing = 0;
+                    hasher = digest::Context::new(&digest::SHA256);
+                    continue;
+                }
+                return Err(FetchError::HashMismatch {
+                    url: url.to_string(),
+                    expected: hex::encode(expected_sha256),
+                    got: hex::encode(got.as_ref()),
+                });
+            }
+            // The caller renames the file into place next; without fsync a power
+            // cut could leave a renamed but empty or short file.
+            file.sync_all().await.map_err(io_err)?;
+            return Ok(Downloaded { bytes: expected_len, resumed_from, elapsed: started.elapsed() });
         }
-        // The caller renames the file into place next; without fsync a power
-        // cut could leave a renamed but empty or short file.
-        file.sync_all().await.map_err(io_err)?;
-        Ok(Downloaded { bytes: expected_len, resumed_from, elapsed: started.elapsed() })
     }
 
     /// Requests the rest of the target and streams it into `file` (positioned

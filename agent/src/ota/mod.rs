@@ -51,6 +51,10 @@ pub enum OtaError {
     Fetch(Box<fetch::FetchError>),
     #[error("{0}")]
     Refused(String),
+    /// Refused for a reason of this device, not of the version (a limit in its
+    /// configuration, a self-test it could not start): tried again at the next check.
+    #[error("{0}; tried again at the next check")]
+    Deferred(String),
 }
 
 impl From<tuf::error::Error> for OtaError {
@@ -80,6 +84,7 @@ impl OtaError {
             OtaError::Metadata(_) => "metadata",
             OtaError::Fetch(e) => e.kind(),
             OtaError::Refused(_) => "refused",
+            OtaError::Deferred(_) => "deferred",
         }
     }
 }
@@ -493,7 +498,9 @@ impl Ota {
             )));
         }
         if offer.length > self.cfg.max_package_bytes {
-            return Err(OtaError::Refused(format!(
+            // The device's limit, not the version, is at fault: raising the limit must be
+            // enough to get the version, so it is not marked bad.
+            return Err(OtaError::Deferred(format!(
                 "the package has {} bytes; this device takes at most {} (ota.max_package_bytes)",
                 offer.length, self.cfg.max_package_bytes
             )));
@@ -564,7 +571,10 @@ impl Ota {
         let (exe, d) = (self.selftest_exe.clone(), dir.clone());
         let report = tokio::task::spawn_blocking(move || selftest::run_isolated(&exe, &d, &limits))
             .await
-            .map_err(|e| OtaError::Refused(format!("the self-test stopped: {e}")))?;
+            .map_err(|e| OtaError::Refused(format!("the self-test stopped: {e}")))?
+            // No verdict at all (the binary was replaced by an upgrade, no processes left):
+            // nothing is known against the version.
+            .map_err(OtaError::Deferred)?;
         if !report.passed {
             let why = report.error.clone().unwrap_or_else(|| "failed".into());
             self.events
@@ -613,7 +623,14 @@ impl Ota {
             previous: previous.clone(),
             previous_version: previous_version.clone(),
             started: unix_now(),
-            baseline: Numbers::from_stats(&before, limits.min_requests),
+            // With no version serving before, the counters hold only requests refused
+            // for want of a model: not a baseline, or a new version failing every request
+            // would pass (1.0 + max_error_rate).
+            baseline: if old.is_some() {
+                Numbers::from_stats(&before, limits.min_requests)
+            } else {
+                Numbers::default()
+            },
             limits,
         });
         self.store.save_state(model, &state)?;
@@ -637,15 +654,22 @@ impl Ota {
     async fn watch_probations(&mut self) {
         let mut watched = false;
         for model in self.cfg.models.clone() {
-            let state = self.store.state(&model);
-            let Some(p) = state.probation.clone() else { continue };
+            let mut state = self.store.state(&model);
+            let Some(mut p) = state.probation.clone() else { continue };
             watched = true;
+            // A start in the future means the clock went back (or was ahead when the
+            // version was activated): counted from now, the probation still ends.
+            if p.started > unix_now() {
+                tracing::warn!(model, version = %p.version, started = p.started, "the clock went back during a probation; its time starts again now");
+                p.started = unix_now();
+                state.probation = Some(p.clone());
+                let _ = self.store.save_state(&model, &state);
+            }
             let before = self.at_switch.entry(model.clone()).or_default().clone();
             let now = Numbers::between(&before, &self.engine.snapshot(&model), p.limits.min_requests);
             match p.judge(&now) {
                 Verdict::Continue => {}
                 Verdict::Pass => {
-                    let mut state = state;
                     state.probation = None;
                     state.kept = Some(p.version.clone());
                     if self.store.save_state(&model, &state).is_ok() {
@@ -660,10 +684,10 @@ impl Ota {
                     }
                 }
                 Verdict::Fail(why) => {
+                    let why = format!("failed probation: {why}");
                     let detail = json!({"numbers": now, "baseline": p.baseline});
-                    if let Err(e) = self.roll_back(&model, &format!("failed probation: {why}"), detail).await
-                    {
-                        tracing::error!(model, error = %e, "rollback failed");
+                    if let Err(e) = self.roll_back(&model, &why, detail.clone()).await {
+                        self.end_failed_probation(&model, &p, &why, &e, detail).await;
                     }
                 }
             }
@@ -673,6 +697,34 @@ impl Ota {
         if watched {
             self.publish_status();
         }
+    }
+
+    /// A failed probation with nothing to roll back to (a first version from the
+    /// registry, or a previous version that no longer loads): the version keeps serving,
+    /// since it is all there is, but it is marked bad and the probation ends, so that the
+    /// next check can install a newer version instead of waiting on it forever.
+    async fn end_failed_probation(
+        &mut self,
+        model: &str,
+        p: &Probation,
+        why: &str,
+        error: &str,
+        detail: Value,
+    ) {
+        tracing::error!(model, error, "rollback failed; the version keeps serving, marked bad");
+        let mut state = self.store.state(model);
+        state.probation = None;
+        state.bad.insert(p.version.clone(), format!("{why}; nothing to roll back to ({error})"));
+        if let Err(e) = self.store.save_state(model, &state) {
+            tracing::error!(model, error = %e, "cannot end the probation");
+            return;
+        }
+        self.at_switch.remove(model);
+        let mut body = json!({"version": p.version, "reason": why, "rollback": error, "kept_serving": true});
+        if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), detail) {
+            obj.extend(extra);
+        }
+        self.events.send("probation-failed", "error", Some(model), body).await;
     }
 
     /// Goes back to the previous version and marks the current one bad.

@@ -266,8 +266,10 @@ pub struct Limits {
 
 /// Runs the self-test of `dir` in a child process (`exe model selftest --json`) under
 /// `limits`. A crash, a signal, a timeout or a report that does not parse all come back
-/// as a failed report with the reason.
-pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
+/// as a failed report with the reason: verdicts on the version. `Err` means no self-test
+/// ran at all (the process could not be started or was lost), which says nothing about
+/// the version.
+pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Result<Report, String> {
     let failed = |error: String| Report::failed(Some(error));
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["model", "selftest", "--json", "--max-model-memory-mb"])
@@ -296,7 +298,7 @@ pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return failed(format!("cannot start the self-test process {}: {e}", exe.display())),
+        Err(e) => return Err(format!("cannot start the self-test process {}: {e}", exe.display())),
     };
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -312,7 +314,7 @@ pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
                 break None;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return failed(format!("lost the self-test process: {e}")),
+            Err(e) => return Err(format!("lost the self-test process: {e}")),
         }
     };
     let out = out_reader.join().unwrap_or_default();
@@ -320,9 +322,9 @@ pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
     let tail: String =
         err.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(" | ");
     let Some(status) = status else {
-        return failed(format!("the self-test did not finish within {} s", limits.timeout.as_secs()));
+        return Ok(failed(format!("the self-test did not finish within {} s", limits.timeout.as_secs())));
     };
-    match serde_json::from_str::<Report>(out.trim()) {
+    Ok(match serde_json::from_str::<Report>(out.trim()) {
         Ok(report) => report,
         Err(_) => {
             use std::os::unix::process::ExitStatusExt;
@@ -336,7 +338,7 @@ pub fn run_isolated(exe: &Path, dir: &Path, limits: &Limits) -> Report {
                 if tail.is_empty() { String::new() } else { format!(": {tail}") }
             ))
         }
-    }
+    })
 }
 
 fn read_all(pipe: Option<impl std::io::Read>) -> String {

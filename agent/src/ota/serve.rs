@@ -453,12 +453,22 @@ fn etag_for(meta: &std::fs::Metadata, modified: Option<Duration>) -> String {
 }
 
 fn etag_matches(if_none_match: &HeaderValue, etag: &str) -> bool {
-    let Ok(value) = if_none_match.to_str() else {
-        return false;
-    };
-    // Weak comparison, as RFC 9110 prescribes for If-None-Match.
-    let bare = etag.trim_start_matches("W/");
-    value.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == bare)
+    // Bytes, not `to_str`: an entity tag may hold obs-text (bytes 0x80-0xFF), and a list
+    // that carries one next to ours must still match ours. Splitting at commas is exact
+    // for a valid list as far as our tag goes: ours holds no comma or quote, so no piece
+    // cut out of another tag can equal it.
+    let ours = opaque_tag(etag.as_bytes());
+    if_none_match
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|tag| tag == b"*" || opaque_tag(tag) == ours)
+}
+
+/// An entity tag without its weakness indicator (`W/`, case-sensitive in RFC 9110):
+/// If-None-Match compares weakly.
+fn opaque_tag(tag: &[u8]) -> &[u8] {
+    tag.strip_prefix(b"W/").unwrap_or(tag)
 }
 
 /// If-Range with a different validator means "the file changed, send all of it".
@@ -477,35 +487,47 @@ enum RangeRequest {
     Unsatisfiable,
 }
 
-/// Single byte ranges (`N-`, `N-M`, `-N`). Malformed or multi-range requests
-/// get the full file, which HTTP allows.
+/// One byte range (`N-`, `N-M`, `-N`), as RFC 9110 section 14.1.2 defines it. The unit
+/// name is case-insensitive, empty list elements are ignored, and positions too large
+/// for a u64 are still positions (beyond any file). Malformed requests and requests for
+/// several ranges get the full file, which HTTP allows (a server may ignore Range).
 fn parse_range(value: &HeaderValue, len: u64) -> RangeRequest {
-    let Some(spec) = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")) else {
+    let Ok(value) = value.to_str() else {
         return RangeRequest::Full;
     };
-    if spec.contains(',') {
+    let Some((unit, set)) = value.trim().split_once('=') else {
+        return RangeRequest::Full;
+    };
+    if !unit.eq_ignore_ascii_case("bytes") {
         return RangeRequest::Full;
     }
+    let mut specs = set.split(',').map(str::trim).filter(|s| !s.is_empty());
+    let (Some(spec), None) = (specs.next(), specs.next()) else {
+        return RangeRequest::Full;
+    };
     let Some((first, last)) = spec.split_once('-') else {
         return RangeRequest::Full;
     };
     let (first, last) = (first.trim(), last.trim());
     if first.is_empty() {
-        return match last.parse::<u64>() {
-            Ok(0) => RangeRequest::Unsatisfiable,
-            Ok(_) if len == 0 => RangeRequest::Unsatisfiable,
-            Ok(n) => RangeRequest::Satisfiable { start: len.saturating_sub(n), end: len - 1 },
-            Err(_) => RangeRequest::Full,
+        return match position(last) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            // The last N bytes of nothing are all of it: satisfiable, but a 206 cannot
+            // describe an empty range, so the (empty) whole goes out as a 200.
+            Some(_) if len == 0 => RangeRequest::Full,
+            Some(n) => RangeRequest::Satisfiable { start: len.saturating_sub(n), end: len - 1 },
+            None => RangeRequest::Full,
         };
     }
-    let Ok(start) = first.parse::<u64>() else {
+    let Some(start) = position(first) else {
         return RangeRequest::Full;
     };
     let end = if last.is_empty() {
         u64::MAX
     } else {
-        match last.parse::<u64>() {
-            Ok(end) if end >= start => end,
+        // Compared as written: two positions beyond u64 saturate to the same value.
+        match position(last) {
+            Some(end) if digits_cmp(last, first).is_ge() => end,
             _ => return RangeRequest::Full,
         }
     };
@@ -513,6 +535,21 @@ fn parse_range(value: &HeaderValue, len: u64) -> RangeRequest {
         return RangeRequest::Unsatisfiable;
     }
     RangeRequest::Satisfiable { start, end: end.min(len - 1) }
+}
+
+/// Orders two strings of ASCII digits by their value, however long.
+fn digits_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// A byte position: one or more ASCII digits. One too large for a u64 saturates, since
+/// it only ever gets compared with a file length.
+fn position(digits: &str) -> Option<u64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 /// Consistent snapshots are the point here. With them, every metadata file but
@@ -607,7 +644,15 @@ fn parse_http_date(text: &str) -> Option<u64> {
     let year: u64 = parts.next()?.parse().ok()?;
     let mut clock = parts.next()?.split(':').map(str::parse::<u64>);
     let (h, m, s) = (clock.next()?.ok()?, clock.next()?.ok()?, clock.next()?.ok()?);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || s > 60 {
+    // IMF-fixdate has four digits of year; a longer one would overflow the arithmetic
+    // below (a panic in a debug build, a wrong date in a release build).
+    if parts.next()? != "GMT"
+        || !(1..=31).contains(&day)
+        || !(1970..=9999).contains(&year)
+        || h > 23
+        || m > 59
+        || s > 60
+    {
         return None;
     }
     Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
@@ -663,6 +708,37 @@ mod tests {
         assert_eq!(parse_range(&v("bytes=5-1"), 100), RangeRequest::Full);
     }
 
+    /// Cases the property tests found (against the code before they existed).
+    #[test]
+    fn ranges_as_rfc_9110_has_them() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        // The unit is case-insensitive.
+        assert_eq!(parse_range(&v("Bytes=10-19"), 100), RangeRequest::Satisfiable { start: 10, end: 19 });
+        // Empty list elements do not make a request for several ranges.
+        assert_eq!(parse_range(&v("bytes=0-,"), 100), RangeRequest::Satisfiable { start: 0, end: 99 });
+        assert_eq!(parse_range(&v("bytes=0-,"), 0), RangeRequest::Unsatisfiable);
+        // Positions beyond 64 bits are positions, and still ordered.
+        let huge = "bytes=0-99999999999999999999999";
+        assert_eq!(parse_range(&v(huge), 100), RangeRequest::Satisfiable { start: 0, end: 99 });
+        assert_eq!(parse_range(&v("bytes=99999999999999999999999-"), 100), RangeRequest::Unsatisfiable);
+        let reversed = "bytes=100000000000000000000000000-100000000000000000000";
+        assert_eq!(parse_range(&v(reversed), 136), RangeRequest::Full);
+        // The last bytes of an empty file are all of it: a 200, not a 416.
+        assert_eq!(parse_range(&v("bytes=-5"), 0), RangeRequest::Full);
+    }
+
+    #[test]
+    fn if_none_match_beside_obs_text_and_far_dates() {
+        let tag = "\"1f-17a2b3c4d5e6f-2a\"";
+        let value = HeaderValue::from_bytes(b"\"\x80\", W/\"1f-17a2b3c4d5e6f-2a\"").unwrap();
+        assert!(etag_matches(&value, tag));
+        assert!(
+            !etag_matches(&HeaderValue::from_static("w/\"1f-17a2b3c4d5e6f-2a\""), tag),
+            "`W/` is case-sensitive"
+        );
+        assert_eq!(parse_http_date("Sun, 01 Jan 584554051224 00:00:00 GMT"), None);
+    }
+
     #[test]
     fn cache_policy() {
         assert_eq!(cache_control("timestamp.json"), "no-cache");
@@ -680,5 +756,333 @@ mod tests {
         assert!(!is_safe_relative("/etc/passwd"));
         assert!(!is_safe_relative("a//b"));
         assert!(is_safe_relative("targets/a.bin"));
+    }
+}
+
+/// Property tests of the request headers the server decodes: never a panic on any value,
+/// and agreement with a reference model of RFC 9110 for valid ones.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+
+    /// `cases` unless PROPTEST_CASES asks for another count.
+    fn config(cases: u32) -> ProptestConfig {
+        let default = ProptestConfig::default();
+        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
+        ProptestConfig { cases, ..default }
+    }
+
+    /// A byte position as a client may write it: its digits, and its value (saturated,
+    /// which is all a comparison with a u64 length needs).
+    #[derive(Debug, Clone)]
+    struct Pos {
+        text: String,
+        value: u128,
+    }
+
+    fn pos(near: u64) -> impl Strategy<Value = Pos> {
+        let small = (0..=near.saturating_add(3)).prop_map(|v| Pos { text: v.to_string(), value: v.into() });
+        let padded = (0..=near.saturating_add(3), 1..4usize)
+            .prop_map(|(v, zeros)| Pos { text: format!("{}{v}", "0".repeat(zeros)), value: v.into() });
+        let wide = any::<u64>().prop_map(|v| Pos { text: v.to_string(), value: v.into() });
+        // Beyond u64 and u128: still a valid position (RFC 9110 puts no bound on DIGITs).
+        let huge = "[1-9][0-9]{20,45}".prop_map(|text| {
+            let value = text.parse::<u128>().unwrap_or(u128::MAX);
+            Pos { text, value }
+        });
+        prop_oneof![4 => small, 1 => padded, 1 => wide, 1 => huge]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Spec {
+        /// `first-last` or `first-`; `last < first` is a well-formed but invalid spec.
+        Int(Pos, Option<Pos>),
+        /// `-suffix`.
+        Suffix(Pos),
+    }
+
+    fn spec(len: u64) -> impl Strategy<Value = Spec> {
+        prop_oneof![
+            (pos(len), proptest::option::of(pos(len))).prop_map(|(f, l)| Spec::Int(f, l)),
+            pos(len).prop_map(Spec::Suffix),
+        ]
+    }
+
+    /// A Range header in RFC 9110 syntax: any case of the unit, one to three specs, list
+    /// separators with optional whitespace and empty elements.
+    fn range_header(len: u64) -> impl Strategy<Value = (String, Vec<Spec>)> {
+        let unit = prop::sample::select(vec!["bytes", "Bytes", "BYTES", "bYtEs"]);
+        let sep = prop::sample::select(vec![",", ", ", " ,", ",\t", " , ", ", ,", ",,"]);
+        let edge = prop::sample::select(vec!["", ",", ", "]);
+        (unit, prop::collection::vec((spec(len), sep), 1..4), edge.clone(), edge).prop_map(
+            |(unit, specs, lead, trail)| {
+                let mut text = format!("{unit}={lead}");
+                for (i, (spec, sep)) in specs.iter().enumerate() {
+                    if i > 0 {
+                        text.push_str(sep);
+                    }
+                    match spec {
+                        Spec::Int(f, None) => text.push_str(&format!("{}-", f.text)),
+                        Spec::Int(f, Some(l)) => text.push_str(&format!("{}-{}", f.text, l.text)),
+                        Spec::Suffix(n) => text.push_str(&format!("-{}", n.text)),
+                    }
+                }
+                text.push_str(trail);
+                (text, specs.into_iter().map(|(s, _)| s).collect())
+            },
+        )
+    }
+
+    /// `a < b` for positions of any length (their saturated values cannot tell).
+    fn below(a: &Pos, b: &Pos) -> bool {
+        let (a, b) = (a.text.trim_start_matches('0'), b.text.trim_start_matches('0'));
+        (a.len(), a) < (b.len(), b)
+    }
+
+    /// RFC 9110 section 14 with this server's one choice: a request for several ranges is
+    /// answered whole (a server may ignore Range; multipart answers are not worth it here).
+    fn range_model(specs: &[Spec], len: u64) -> RangeRequest {
+        let [spec] = specs else { return RangeRequest::Full };
+        let len128 = u128::from(len);
+        let clamp = |v: u128| u64::try_from(v).unwrap_or(u64::MAX);
+        match spec {
+            // An invalid spec makes the whole header invalid: ignored.
+            Spec::Int(f, Some(l)) if below(l, f) => RangeRequest::Full,
+            // Satisfiable when the first position is inside the representation.
+            Spec::Int(f, _) if f.value >= len128 => RangeRequest::Unsatisfiable,
+            Spec::Int(f, l) => {
+                let last = l.as_ref().map_or(len128 - 1, |l| l.value.min(len128 - 1));
+                RangeRequest::Satisfiable { start: clamp(f.value), end: clamp(last) }
+            }
+            // A suffix is satisfiable when not zero; longer than the representation means
+            // all of it; of an empty representation, that is nothing, which only a 200
+            // can carry.
+            Spec::Suffix(n) if n.value == 0 => RangeRequest::Unsatisfiable,
+            Spec::Suffix(_) if len == 0 => RangeRequest::Full,
+            Spec::Suffix(n) => {
+                RangeRequest::Satisfiable { start: clamp(len128 - n.value.min(len128)), end: len - 1 }
+            }
+        }
+    }
+
+    /// An If-None-Match value: `*`, or a list of strong and weak entity tags (their
+    /// content from RFC 9110's etagc, obs-text included), some of them ours.
+    #[derive(Debug, Clone)]
+    enum Inm {
+        Star,
+        /// (weak, opaque tag including its quotes)
+        Tags(Vec<(bool, Vec<u8>)>),
+    }
+
+    fn inm(ours: Vec<u8>) -> impl Strategy<Value = (Vec<u8>, Inm)> {
+        let etagc = prop_oneof![Just(0x21u8), 0x23u8..=0x7e, 0x80u8..=0xff];
+        let other = prop::collection::vec(etagc, 0..12).prop_map(|mut c| {
+            c.insert(0, b'"');
+            c.push(b'"');
+            c
+        });
+        let tag = prop_oneof![2 => other, 1 => Just(ours)];
+        let sep = prop::sample::select(vec![&b","[..], &b", "[..], &b" ,\t"[..], &b", ,"[..], &b",,"[..]]);
+        let list = prop::collection::vec((any::<bool>(), tag, sep), 1..5).prop_map(|tags| {
+            let mut text = Vec::new();
+            for (i, (weak, tag, sep)) in tags.iter().enumerate() {
+                if i > 0 {
+                    text.extend_from_slice(sep);
+                }
+                if *weak {
+                    text.extend_from_slice(b"W/");
+                }
+                text.extend_from_slice(tag);
+            }
+            (text, Inm::Tags(tags.into_iter().map(|(w, t, _)| (w, t)).collect()))
+        });
+        prop_oneof![1 => Just((b"*".to_vec(), Inm::Star)), 6 => list]
+    }
+
+    /// RFC 9110 section 13.1.2: `*` matches any current representation; a list matches
+    /// when one of its tags matches ours by weak comparison (opaque tags equal).
+    fn inm_model(inm: &Inm, ours: &[u8]) -> bool {
+        match inm {
+            Inm::Star => true,
+            Inm::Tags(tags) => tags.iter().any(|(_, t)| t.as_slice() == ours),
+        }
+    }
+
+    /// Header values as a client can send them: any bytes but the controls HTTP forbids.
+    fn any_value() -> impl Strategy<Value = HeaderValue> {
+        let text = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..40),
+            "[ -~]{0,40}".prop_map(String::into_bytes),
+            "(bytes|Bytes)?=?[-0-9, ]{0,30}".prop_map(String::into_bytes),
+            r#"(W/)?"[!#-~]{0,8}"(, ?(W/)?"[!#-~]{0,8}"){0,3}"#.prop_map(String::into_bytes),
+            "[A-Z][a-z]{2}, [0-9]{1,40} [A-Z][a-z]{2} [0-9]{1,40} [0-9]{1,3}:[0-9]{1,3}:[0-9]{1,3} GMT"
+                .prop_map(String::into_bytes),
+            // Well-formed IMF-fixdates, with years from the epoch to far beyond.
+            (
+                prop::sample::select(WEEKDAYS.to_vec()),
+                1u64..=31,
+                prop::sample::select(MONTHS.to_vec()),
+                prop_oneof![1970u64..2200, any::<u64>()],
+                0u64..24,
+                0u64..60,
+                0u64..61
+            )
+                .prop_map(|(wd, d, mon, y, h, m, s)| format!(
+                    "{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT"
+                )
+                .into_bytes()),
+        ];
+        text.prop_filter_map("not a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+    }
+
+    const ETAG: &str = "\"1f-17a2b3c4d5e6f-2a\"";
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn range_agrees_with_rfc_9110((len, (text, specs)) in (0u64..400).prop_flat_map(|len| (Just(len), range_header(len)))) {
+            let value = HeaderValue::from_str(&text).expect("generated headers are ASCII");
+            prop_assert_eq!(parse_range(&value, len), range_model(&specs, len), "Range: {}", text);
+        }
+
+        #[test]
+        fn large_files_and_positions_agree_too((len, (text, specs)) in (any::<u64>()).prop_flat_map(|len| (Just(len), range_header(len)))) {
+            let value = HeaderValue::from_str(&text).expect("generated headers are ASCII");
+            prop_assert_eq!(parse_range(&value, len), range_model(&specs, len), "Range: {}", text);
+        }
+
+        #[test]
+        fn if_none_match_agrees_with_rfc_9110((text, parsed) in inm(ETAG.as_bytes().to_vec())) {
+            let value = HeaderValue::from_bytes(&text).expect("etagc bytes are valid in a header");
+            prop_assert_eq!(etag_matches(&value, ETAG), inm_model(&parsed, ETAG.as_bytes()), "If-None-Match: {:?}", value);
+        }
+
+        #[test]
+        fn any_header_value_parses_without_panic(value in any_value(), len in prop_oneof![0u64..300, any::<u64>()]) {
+            match parse_range(&value, len) {
+                RangeRequest::Satisfiable { start, end } => prop_assert!(start <= end && end < len, "{start}-{end} of {len}"),
+                RangeRequest::Full | RangeRequest::Unsatisfiable => {}
+            }
+            let _ = etag_matches(&value, ETAG);
+            let _ = if_range_allows(&HeaderMap::from_iter([(header::IF_RANGE, value.clone())]), ETAG);
+            if let Ok(text) = value.to_str() {
+                let _ = parse_http_date(text);
+            }
+        }
+    }
+
+    /// `data` as the file `file` of a fresh registry directory.
+    struct OneFile {
+        _dir: tempfile::TempDir,
+        shared: Shared,
+        etag: String,
+    }
+
+    fn one_file(data: &[u8]) -> OneFile {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("file");
+        std::fs::write(&path, data).expect("write");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        let modified = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok());
+        let etag = etag_for(&meta, modified);
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        OneFile { _dir: dir, shared: Shared { root, faults: Faults::none() }, etag }
+    }
+
+    /// A GET of the file through `respond`, with `headers`: status, headers and body.
+    async fn ask(file: &OneFile, headers: HeaderMap) -> (StatusCode, HeaderMap, Vec<u8>) {
+        let response = respond(&file.shared, &Method::GET, Some("file"), &headers, None).await;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("body").to_bytes().to_vec();
+        (parts.status, parts.headers, body)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    }
+
+    proptest! {
+        #![proptest_config(config(96))]
+
+        /// The whole answer, not just the parser: status, Content-Range and the bytes sent
+        /// are what the model says, for a real file of every small length.
+        #[test]
+        fn responses_carry_exactly_the_ranges_the_model_selects(
+            (data, (text, specs)) in prop::collection::vec(any::<u8>(), 0..300)
+                .prop_flat_map(|d| { let len = d.len() as u64; (Just(d), range_header(len)) }),
+            if_range in prop::option::of(prop_oneof![Just(true), Just(false)]),
+        ) {
+            let len = data.len() as u64;
+            let file = one_file(&data);
+            let mut headers = HeaderMap::new();
+            headers.insert(header::RANGE, HeaderValue::from_str(&text).expect("ASCII"));
+            let mut expected = range_model(&specs, len);
+            if let Some(same) = if_range {
+                let tag = if same { file.etag.clone() } else { "\"other\"".to_string() };
+                headers.insert(header::IF_RANGE, HeaderValue::from_str(&tag).expect("ASCII"));
+                if !same {
+                    expected = RangeRequest::Full;
+                }
+            }
+            let (status, h, body) = runtime().block_on(ask(&file, headers));
+            let content_range = h.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+            match expected {
+                RangeRequest::Full => {
+                    prop_assert_eq!(status, StatusCode::OK);
+                    prop_assert_eq!(body, data);
+                }
+                RangeRequest::Satisfiable { start, end } => {
+                    prop_assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+                    prop_assert_eq!(content_range, Some(format!("bytes {start}-{end}/{len}")));
+                    prop_assert_eq!(&body[..], &data[start as usize..=end as usize]);
+                }
+                RangeRequest::Unsatisfiable => {
+                    prop_assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+                    prop_assert_eq!(content_range, Some(format!("bytes */{len}")));
+                    prop_assert!(body.is_empty());
+                }
+            }
+        }
+
+        /// Any value in any of the headers the server reads: an answer, never a panic, and
+        /// one that is consistent with itself.
+        #[test]
+        fn any_request_headers_get_a_consistent_answer(
+            data in prop::collection::vec(any::<u8>(), 0..64),
+            values in prop::collection::vec((0..4usize, any_value()), 0..4),
+        ) {
+            let names = [header::RANGE, header::IF_NONE_MATCH, header::IF_MODIFIED_SINCE, header::IF_RANGE];
+            let mut headers = HeaderMap::new();
+            for (i, v) in values {
+                headers.insert(names[i].clone(), v);
+            }
+            let (status, h, body) = runtime().block_on(ask(&one_file(&data), headers));
+            let len = data.len();
+            match status {
+                StatusCode::OK => {
+                    prop_assert_eq!(body, data);
+                }
+                StatusCode::NOT_MODIFIED => {
+                    prop_assert!(body.is_empty());
+                }
+                StatusCode::PARTIAL_CONTENT => {
+                    let cr = h.get(header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    let range = cr.strip_prefix("bytes ").and_then(|r| r.strip_suffix(&format!("/{len}")));
+                    let (s, e) = range.and_then(|r| r.split_once('-')).expect("Content-Range of a 206");
+                    let (s, e): (usize, usize) = (s.parse().expect("start"), e.parse().expect("end"));
+                    prop_assert!(s <= e && e < len);
+                    prop_assert_eq!(&body[..], &data[s..=e]);
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    prop_assert!(body.is_empty());
+                }
+                other => {
+                    prop_assert!(false, "unexpected status {}", other);
+                }
+            }
+        }
     }
 }

@@ -142,10 +142,12 @@ impl Updater {
         // 2. Timestamp, conditionally.
         let saved: Option<SavedValidator> =
             self.local("timestamp.validator").and_then(|b| serde_json::from_slice(&b).ok());
-        // After a rotation the local timestamp may no longer verify: fetch it whole.
+        // A 304 answer means "use your copy", so the copy must be one that verifies: after
+        // a rotation, or when the local file is damaged, the timestamp is fetched whole.
+        // (Otherwise every later check would get the same 304 for the same bad copy.)
         let validator = saved
             .as_ref()
-            .filter(|_| ts.is_some() && root_version == first_root)
+            .filter(|_| set.has_local_timestamp() && root_version == first_root)
             .map(|s| Validator { etag: s.etag.clone(), last_modified: s.last_modified.clone() });
         let (ts_bytes, fresh) = match self
             .fetcher
@@ -210,20 +212,22 @@ impl Updater {
             for (role, parent) in pending {
                 let name = set.targets_file_name(&role)?;
                 let cache = format!("delegated.{}", name.rsplit_once('.').map_or(name.as_str(), |(n, _)| n));
-                let bytes = match self.local(&cache) {
-                    Some(b) => b,
-                    None => {
-                        let max = set
-                            .snapshot()
-                            .and_then(|s| s.meta.get(&format!("{role}.json")))
-                            .and_then(|m| m.length)
-                            .unwrap_or(MAX_META);
-                        let b = self.require(&name, max).await?;
-                        self.keep(&cache, &b)?;
-                        b
-                    }
-                };
+                // The cached copy only if it still verifies (a refused file leaves the
+                // set unchanged, so trying is free); the cache only ever holds verified
+                // files, so one bad answer from a server cannot stick.
+                if let Some(cached) = self.local(&cache)
+                    && set.update_delegated_targets(&cached, &role, &parent).is_ok()
+                {
+                    continue;
+                }
+                let max = set
+                    .snapshot()
+                    .and_then(|s| s.meta.get(&format!("{role}.json")))
+                    .and_then(|m| m.length)
+                    .unwrap_or(MAX_META);
+                let bytes = self.require(&name, max).await?;
                 set.update_delegated_targets(&bytes, &role, &parent)?;
+                self.keep(&cache, &bytes)?;
             }
         }
 

@@ -73,6 +73,8 @@
 mod cursor;
 mod error;
 mod frame;
+#[cfg(test)]
+mod props;
 mod read;
 mod room;
 mod segment;

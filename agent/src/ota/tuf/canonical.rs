@@ -154,3 +154,187 @@ mod tests {
         assert!(matches!(encode(&v), Err(Error::Canonical { .. })));
     }
 }
+
+/// Differential tests against the encoder python-tuf signs with
+/// (`securesystemslib.formats.encode_canonical`): random JSON values are encoded both
+/// ways and must give the same bytes, or be refused by both.
+#[cfg(test)]
+mod vs_securesystemslib {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::PathBuf;
+    use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+    use std::sync::{Mutex, OnceLock};
+
+    /// `cases` unless PROPTEST_CASES asks for another count.
+    fn config(cases: u32) -> ProptestConfig {
+        let default = ProptestConfig::default();
+        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
+        ProptestConfig { cases, ..default }
+    }
+
+    /// Reads one JSON value per line and answers `ok <hex of the UTF-8 encoding>` or
+    /// `err <exception>`, flushing each answer, so one process serves every case.
+    const SCRIPT: &str = r#"
+import json, sys
+from securesystemslib.formats import encode_canonical
+for line in sys.stdin:
+    try:
+        out = "ok " + encode_canonical(json.loads(line)).encode("utf-8").hex()
+    except Exception as e:
+        out = "err " + type(e).__name__
+    sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+"#;
+
+    struct Python {
+        _child: Child,
+        stdin: ChildStdin,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    impl Python {
+        /// securesystemslib's answer for `v`: the bytes, or `None` if it refused.
+        fn encode(&mut self, v: &Value) -> Option<Vec<u8>> {
+            let line = serde_json::to_string(v).expect("a Value serializes");
+            writeln!(self.stdin, "{line}").expect("write to the Python encoder");
+            self.stdin.flush().expect("flush to the Python encoder");
+            let mut answer = String::new();
+            self.stdout.read_line(&mut answer).expect("read from the Python encoder");
+            let answer = answer.trim_end();
+            if let Some(hex) = answer.strip_prefix("ok ") {
+                return Some(hex::decode(hex).expect("hex from the Python encoder"));
+            }
+            assert!(answer.starts_with("err "), "the Python encoder stopped: {answer:?}");
+            None
+        }
+    }
+
+    /// The venv `tests/run` prepares: under it (EDGE_TEST_CACHE set) it must exist; a
+    /// plain `cargo test` without it skips these tests and says so.
+    fn venv_python() -> Option<PathBuf> {
+        let prepared = std::env::var_os("EDGE_TEST_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let cache = prepared
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache"));
+        let python = cache.join("venv/bin/python");
+        if python.is_file() {
+            return Some(python);
+        }
+        assert!(
+            prepared.is_none(),
+            "EDGE_TEST_CACHE is set but {} is missing: run tests/run --prepare-only",
+            python.display()
+        );
+        eprintln!(
+            "skipping the canonical JSON comparison with securesystemslib: no venv at {} \
+             (tests/run prepares it)",
+            python.display()
+        );
+        None
+    }
+
+    fn python() -> Option<&'static Mutex<Python>> {
+        static PYTHON: OnceLock<Option<Mutex<Python>>> = OnceLock::new();
+        PYTHON
+            .get_or_init(|| {
+                let exe = venv_python()?;
+                let mut child = Command::new(&exe)
+                    .args(["-c", SCRIPT])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+                let stdin = child.stdin.take().expect("piped stdin");
+                let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+                Some(Mutex::new(Python { _child: child, stdin, stdout }))
+            })
+            .as_ref()
+    }
+
+    /// Text that exercises escaping and ordering: quotes, backslashes, every control
+    /// character, DEL, non-ASCII from the BMP and beyond (where UTF-16 order would differ
+    /// from code point order).
+    fn text() -> impl Strategy<Value = String> {
+        let special = prop::sample::select(vec![
+            '"',
+            '\\',
+            '/',
+            '\0',
+            '\u{1}',
+            '\n',
+            '\r',
+            '\t',
+            '\u{1f}',
+            '\u{7f}',
+            '\u{80}',
+            'é',
+            '\u{2028}',
+            '\u{fffd}',
+            '\u{ffff}',
+            '\u{10000}',
+            '😀',
+            'a',
+            'A',
+            'Z',
+            '_',
+            ' ',
+        ]);
+        prop_oneof![
+            prop::collection::vec(special, 0..8).prop_map(|c| c.into_iter().collect::<String>()),
+            any::<String>(),
+            "[a-zA-Z0-9_.-]{0,8}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            prop_oneof![Just(0i64), Just(-1), Just(i64::MIN), Just(i64::MAX)].prop_map(Value::from),
+            // Floats have no canonical form: both must refuse them.
+            prop_oneof![
+                Just(1.0f64),
+                Just(0.5),
+                Just(-2.25e10),
+                any::<f64>().prop_filter("finite", |f| f.is_finite())
+            ]
+            .prop_map(Value::from),
+            text().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                prop::collection::btree_map(text(), inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// One test run by hand rather than by `proptest!`, so that a missing venv is one clear
+    /// failure (or skip) before any case runs.
+    #[test]
+    fn encoding_matches_securesystemslib() {
+        let Some(python) = python() else { return };
+        let config = ProptestConfig { source_file: Some(file!()), ..config(512) };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let result = runner.run(&value(), |v| {
+            let theirs = python.lock().unwrap_or_else(|p| p.into_inner()).encode(&v);
+            let ours = encode(&v).ok();
+            prop_assert_eq!(
+                ours.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+                theirs.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+                "value {}",
+                v
+            );
+            prop_assert_eq!(ours, theirs);
+            Ok(())
+        });
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
+}

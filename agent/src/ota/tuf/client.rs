@@ -138,6 +138,12 @@ impl TrustedSet {
         Ok(set)
     }
 
+    /// Whether the local timestamp given to [`TrustedSet::load_local`] verified (and so
+    /// acts as the version floor): only then may a "not modified" answer stand for it.
+    pub fn has_local_timestamp(&self) -> bool {
+        self.timestamp_floor.is_some()
+    }
+
     /// Why local copies given to [`TrustedSet::load_local`] were ignored.
     pub fn ignored_local_copies(&self) -> &[String] {
         &self.ignored_local

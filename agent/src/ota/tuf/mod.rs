@@ -8,3 +8,6 @@ pub mod error;
 pub mod keys;
 pub mod metadata;
 pub mod repo;
+
+#[cfg(test)]
+mod props;
