@@ -116,7 +116,7 @@ fn oversized_and_wrapping_shapes_are_refused_everywhere_a_model_is_loaded() {
         // The device's self-test, in its child process (a roomy data limit: the model
         // limit must refuse first).
         let limits = Limits { memory_bytes: 16 << 30, timeout: secs(30), model: ModelLimits::default() };
-        let report = run_isolated(&bin(), &det, &limits);
+        let report = run_isolated(&bin(), &det, &limits).unwrap();
         let why = report.error.clone().unwrap_or_default();
         assert!(!report.passed && why.contains(says) && names_limit(&why), "self-test {shape}: {report:?}");
     }
