@@ -388,7 +388,11 @@ fn file_body(file: tokio::fs::File, count: u64, fault: Option<Fault>, faults: Ar
                 if let Some(limit) = close_after {
                     if p.sent >= limit {
                         // An error from the body makes hyper abort the connection
-                        // mid-response, as a crashing server or a cut link would.
+                        // mid-response, as a crashing server or a cut link would. A
+                        // crashing server has handed the kernel what it wrote; hyper drops
+                        // what it still buffers, so give it a moment to write that out
+                        // first (under load the cut otherwise came before the first byte).
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         return Err(io::Error::new(
                             io::ErrorKind::ConnectionAborted,
                             "fault injection: connection closed mid-body",
