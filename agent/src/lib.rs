@@ -11,10 +11,13 @@
 //! - [`service`]: the daemon: wiring sources → engine → results, start-up and shutdown.
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
+//! - [`oip`]: the Open Inference Protocol v2 vocabulary shared by [`api`] and [`fallback`].
 //! - [`spool`]: the on-disk store of messages accepted while the broker is unreachable.
 //! - [`commands`]: the MQTT command dispatcher and its commands.
 //! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
 //!   probation and rollback; `registry` publishing and serving.
+//! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
+//!   for [`mqtt`], [`ota`] and [`fallback`].
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 
 // Daemon paths must not panic on bad input; proven invariants say why with a local allow.
@@ -28,9 +31,11 @@ pub mod durable;
 pub mod engine;
 pub mod fallback;
 pub mod mqtt;
+pub mod oip;
 pub mod ota;
 pub mod pipeline;
 pub mod service;
 pub mod sources;
 pub mod spool;
 pub mod telemetry;
+pub mod tls;

@@ -19,27 +19,8 @@ use crate::engine::LoadedModel;
 use crate::engine::spec::{DType, InputFrom, ModelSpec, PayloadFormat};
 use crate::pipeline::{InputError, Payload, check_finite, nesting_matches};
 
-/// OIP datatype name of an engine dtype name (`f32` → `FP32`).
-pub fn oip_datatype(dtype: &str) -> &'static str {
-    match dtype {
-        "f32" => "FP32",
-        "f64" => "FP64",
-        "f16" => "FP16",
-        "i64" => "INT64",
-        "i32" => "INT32",
-        "i16" => "INT16",
-        "i8" => "INT8",
-        "u8" => "UINT8",
-        "u16" => "UINT16",
-        "u32" => "UINT32",
-        "u64" => "UINT64",
-        "bool" => "BOOL",
-        _ => "BYTES",
-    }
-}
-
 fn spec_datatype(dt: DType) -> &'static str {
-    oip_datatype(dt.name())
+    crate::oip::datatype(dt.name())
 }
 
 /// `GET /v2/health/live`: the process answers.
@@ -95,7 +76,7 @@ fn metadata(model: &LoadedModel) -> Value {
                     Some(dims) => dims.iter().map(|d| d.parse().unwrap_or(-1)).collect(),
                     None => t.shape.iter().map(|n| *n as i64).collect(),
                 };
-                json!({"name": t.name, "datatype": oip_datatype(&t.dtype), "shape": shape})
+                json!({"name": t.name, "datatype": crate::oip::datatype(&t.dtype), "shape": shape})
             })
             .collect()
     };
@@ -282,7 +263,7 @@ async fn infer_inner(
                 .as_ref()
                 .and_then(|m| m.outputs.iter().find(|i| i.name == o.name))
                 .map(|i| i.dtype.as_str());
-            let datatype = dtype.map(oip_datatype).unwrap_or("FP32");
+            let datatype = dtype.map(crate::oip::datatype).unwrap_or("FP32");
             Some(response::Output { name: &o.name, shape: &o.shape, datatype, values: &o.values, binary })
         })
         .collect();

@@ -8,22 +8,19 @@
 //! retried inference that did run would be paid twice), a cap on response
 //! size, and strict checks of every answer before the device acts on it.
 
-use std::error::Error as StdError;
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+use crate::tls;
 
 /// Largest response body accepted. A 1000-class FP32 output is ~10 KiB of
 /// JSON; 16 MiB leaves room for segmentation masks while stopping a hostile or
@@ -360,7 +357,7 @@ impl CloudClient {
             // build() fails with "unknown TLS backend".
             .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| config(format!("cannot build the HTTP client: {}", chain(&e))))?;
+            .map_err(|e| config(format!("cannot build the HTTP client: {}", tls::error_chain(&e))))?;
 
         let url_text = infer_url.to_string();
         Ok(CloudClient {
@@ -419,7 +416,7 @@ impl CloudClient {
         let request =
             self.http.post(self.infer_url.clone()).body(body).build().map_err(|e| CloudError::Input {
                 url: self.url_text.clone(),
-                reason: format!("cannot build the request: {}", chain(&e)),
+                reason: format!("cannot build the request: {}", tls::error_chain(&e)),
             })?;
 
         let deadline = started + self.timeout;
@@ -572,90 +569,35 @@ fn read_token(path: &Path) -> Result<String, String> {
 }
 
 fn tls_config(ep: &Endpoint, https: bool) -> Result<rustls::ClientConfig, String> {
-    // reqwest is built without a crypto provider of its own. Installing ring as
-    // the process default helps any other rustls user; an error only means a
-    // provider is already installed, and the config below names ring anyway.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-
-    let roots = root_store(ep, https)?;
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
-        .with_root_certificates(roots);
-    let mut tls = match (&ep.client_cert, &ep.client_key) {
+    let roots = match &ep.ca_file {
+        // Only the given CA: a private cloud endpoint should not be impersonable by
+        // any public CA.
+        Some(path) => tls::ca_roots(std::slice::from_ref(path), "ca_file"),
+        // Plain http: loading the system store would only cost time.
+        None if !https => Ok(rustls::RootCertStore::empty()),
+        None => tls::system_roots("ca_file"),
+    }
+    .map_err(|e| e.to_string())?;
+    let identity = match (&ep.client_cert, &ep.client_key) {
         (Some(cert), Some(key)) => {
-            let chain = load_certs(cert, "client_cert")?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!(
-                    "cannot load client_key {}: {e}; it must be a readable PEM private key (PKCS#8, PKCS#1 or SEC1)",
-                    key.display()
-                )
-            })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                format!("client_cert and client_key do not form a usable pair: {e}; check that the key belongs to the certificate")
-            })?
+            Some(tls::ClientIdentity { cert, cert_what: "client_cert", key, key_what: "client_key" })
         }
-        (None, None) => builder.with_no_client_auth(),
+        (None, None) => None,
         _ => return Err("mutual TLS needs both client_cert and client_key; set both or neither".to_owned()),
     };
+    let mut config = tls::client_config(roots, identity).map_err(|e| e.to_string())?;
     // reqwest uses a preconfigured config as is and adds no ALPN; without it
     // an HTTP/2 server would be spoken to in HTTP/1.1 only.
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tls)
-}
-
-fn root_store(ep: &Endpoint, https: bool) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(path) = &ep.ca_file {
-        // Only the given CA: a private cloud endpoint should not be
-        // impersonable by any public CA.
-        for cert in load_certs(path, "ca_file")? {
-            roots.add(cert).map_err(|e| format!("ca_file {}: certificate rejected: {e}", path.display()))?;
-        }
-        return Ok(roots);
-    }
-    if !https {
-        // Plain http: loading the system store would only cost time.
-        return Ok(roots);
-    }
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(%error, "skipping unreadable system CA certificates");
-    }
-    let (added, _ignored) = roots.add_parsable_certificates(native.certs);
-    if added == 0 {
-        return Err(
-            "no trusted CA certificates in the system store (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs); install ca-certificates or set ca_file"
-                .to_owned(),
-        );
-    }
-    Ok(roots)
-}
-
-fn load_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let bad = |e: &dyn fmt::Display| {
-        format!(
-            "cannot load {field} {}: {e}; it must be a readable PEM file with BEGIN CERTIFICATE blocks",
-            path.display()
-        )
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(bad(&"no certificates found"));
-    }
-    Ok(certs)
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Sorts a failed send into connect (retryable), TLS or broken-after-sending.
 fn classify_send_error(e: reqwest::Error, url: &str) -> Failed {
     // The URL is already in our message; reqwest's copy would repeat it.
     let e = e.without_url();
-    let reason = chain(&e);
-    if find_rustls_error(&e).is_some() {
+    let reason = tls::error_chain(&e);
+    if tls::find_rustls_error(&e).is_some() {
         return Failed::fatal(CloudError::Tls { url: url.to_owned(), reason });
     }
     if e.is_connect() {
@@ -695,7 +637,7 @@ async fn read_capped(response: &mut reqwest::Response, limit: usize) -> Result<V
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(ReadError::Broken(chain(&e.without_url()))),
+            Err(e) => return Err(ReadError::Broken(tls::error_chain(&e.without_url()))),
         }
     }
 }
@@ -727,39 +669,6 @@ fn error_message(body: &[u8], status: StatusCode) -> String {
     let clean: String =
         text.trim().chars().map(|c| if c.is_control() { ' ' } else { c }).take(MAX_MESSAGE_CHARS).collect();
     if clean.is_empty() { status.canonical_reason().unwrap_or("no message").to_owned() } else { clean }
-}
-
-/// The error and its causes on one line: reqwest's own message ("error
-/// sending request for url") never says why.
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = e.source();
-    }
-    out
-}
-
-/// rustls errors reach us wrapped in io::Errors inside hyper and reqwest
-/// errors; io::Error::source() skips the error it wraps, so look inside with
-/// get_ref().
-fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        cause = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------

@@ -755,8 +755,7 @@ fn build(cfg: &FallbackSection, old: &BTreeMap<String, Arc<CloudModel>>) -> Resu
 /// The request's tensors: the data input, and the spec's constant inputs (which the
 /// device would otherwise add itself).
 fn tensors(spec: &ModelSpec, data: Vec<f32>) -> Vec<Tensor> {
-    let datatype =
-        |i: &crate::engine::spec::InputSpec| crate::api::oip::oip_datatype(i.dtype.name()).to_string();
+    let datatype = |i: &crate::engine::spec::InputSpec| crate::oip::datatype(i.dtype.name()).to_string();
     let mut data = Some(data);
     spec.inputs
         .iter()

@@ -46,7 +46,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     #[error("MQTT TLS: {0}")]
-    Tls(#[from] options::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("spool: {0}")]
     Spool(#[from] crate::spool::SpoolError),
 }

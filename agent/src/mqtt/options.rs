@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use rumqttc::v5;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-
 use super::client::{Client, EventLoop};
 use crate::config::mqtt::TlsSection;
 use crate::config::{MqttConfig, MqttVersion};
+use crate::tls::{self, TlsError};
+use rumqttc::v5;
 
 /// Room in the request queue: the outbox's in-flight window, subscriptions, and the
 /// acknowledgements of received messages, of which a 3.1.1 broker may send thousands in
@@ -28,53 +26,17 @@ fn request_queue() -> usize {
         .unwrap_or(REQUEST_QUEUE)
 }
 
-/// Why a TLS setting could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{path}: {reason}; give a PEM file")]
-    Pem { path: String, reason: String },
-    #[error("{path}: no certificate found; give a PEM file with at least one CERTIFICATE block")]
-    NoCertificate { path: String },
-    #[error("TLS setup: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
 /// Builds a rustls client configuration: the given CAs only (a device trusts its fleet's
 /// broker, not the web), and a client certificate when configured.
 pub fn tls_config(t: &TlsSection) -> Result<rustls::ClientConfig, TlsError> {
-    let pem_err = |path: &std::path::Path, e: rustls_pki_types::pem::Error| TlsError::Pem {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.ca_file)
-        .map_err(|e| pem_err(&t.ca_file, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| pem_err(&t.ca_file, e))?;
-    if cas.is_empty() {
-        return Err(TlsError::NoCertificate { path: t.ca_file.display().to_string() });
-    }
-    for ca in cas {
-        roots.add(ca)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    Ok(match (&t.cert_file, &t.key_file) {
+    let roots = tls::ca_roots(std::slice::from_ref(&t.ca_file), "ca_file")?;
+    let identity = match (&t.cert_file, &t.key_file) {
         (Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .map_err(|e| pem_err(cert, e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| pem_err(cert, e))?;
-            if chain.is_empty() {
-                return Err(TlsError::NoCertificate { path: cert.display().to_string() });
-            }
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e))?;
-            builder.with_client_auth_cert(chain, key)?
+            Some(tls::ClientIdentity { cert, cert_what: "cert_file", key, key_what: "key_file" })
         }
-        _ => builder.with_no_client_auth(),
-    })
+        _ => None,
+    };
+    tls::client_config(roots, identity)
 }
 
 /// The last will: the broker publishes it (retained) when the agent vanishes.

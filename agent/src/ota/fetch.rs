@@ -7,7 +7,6 @@
 //! target hashes, and resumable downloads that never trust a partial file
 //! without hashing it.
 
-use std::error::Error as StdError;
 use std::io::{self, Read, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,10 +17,10 @@ use futures_util::StreamExt;
 use reqwest::header::{self, HeaderMap};
 use reqwest::{StatusCode, Url};
 use ring::digest;
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+use crate::tls;
 
 /// Headroom kept free on the staging filesystem beyond the download itself,
 /// so that finishing a target never leaves the device with a full disk.
@@ -100,11 +99,9 @@ pub enum FetchError {
     )]
     Tls { url: String, reason: String },
 
-    #[error(
-        "cannot load CA certificates from {}: {reason}; the file must be readable and contain PEM `BEGIN CERTIFICATE` blocks",
-        path.display()
-    )]
-    CaFile { path: PathBuf, reason: String },
+    /// A CA file that cannot be used; the message names it and why.
+    #[error(transparent)]
+    CaFile(crate::tls::TlsError),
 
     #[error(
         "registry answered HTTP {status} for {url}; check that the file is published on the server and that the registry URL is right"
@@ -164,7 +161,7 @@ impl FetchError {
             FetchError::Url { .. } => "url",
             FetchError::Connect { .. } => "connect",
             FetchError::Tls { .. } => "tls",
-            FetchError::CaFile { .. } => "ca_file",
+            FetchError::CaFile(_) => "ca_file",
             FetchError::Status { .. } => "status",
             FetchError::TooLarge { .. } => "too_large",
             FetchError::EndlessData { .. } => "endless_data",
@@ -209,19 +206,8 @@ impl Fetcher {
     pub fn new(base_url: &str, ca_files: &[PathBuf], limits: Limits) -> Result<Fetcher, FetchError> {
         let base = parse_base(base_url)?;
         let roots = load_roots(ca_files, &base)?;
-
-        // reqwest is built without a bundled crypto provider (no aws-lc); other
-        // rustls users in the process find ring as the default. An error only
-        // means some provider is already installed, which is fine because our
-        // config names ring explicitly below.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls_error = |reason: String| FetchError::Tls { url: base.to_string(), reason };
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut tls = tls::client_config(roots, None).map_err(|e| tls_error(e.to_string()))?;
         // A preconfigured config is used as is: reqwest does not add ALPN, and
         // without it an HTTP/2-capable server would be spoken to in HTTP/1.1.
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -234,7 +220,7 @@ impl Fetcher {
             // error at build().
             .tls_backend_preconfigured(tls)
             .build()
-            .map_err(|e| tls_error(format!("cannot build the HTTP client: {}", chain(&e))))?;
+            .map_err(|e| tls_error(format!("cannot build the HTTP client: {}", tls::error_chain(&e))))?;
 
         Ok(Fetcher { inner: Arc::new(Inner { client, base, limits, received: AtomicU64::new(0) }) })
     }
@@ -518,7 +504,7 @@ impl Fetcher {
                     return Err(FetchError::Interrupted {
                         url: url.to_string(),
                         done: offset,
-                        reason: chain(&e),
+                        reason: tls::error_chain(&e),
                     });
                 }
                 Ok(None) => break,
@@ -579,7 +565,7 @@ impl Fetcher {
 
     async fn send(&self, req: reqwest::RequestBuilder, url: &Url) -> Result<reqwest::Response, FetchError> {
         req.send().await.map_err(|e| {
-            if let Some(tls) = find_rustls_error(&e) {
+            if let Some(tls) = tls::find_rustls_error(&e) {
                 return FetchError::Tls { url: url.to_string(), reason: tls.to_string() };
             }
             if e.is_timeout() {
@@ -588,7 +574,7 @@ impl Fetcher {
                     after: self.inner.limits.connect_timeout,
                 };
             }
-            FetchError::Connect { url: url.to_string(), reason: chain(&e) }
+            FetchError::Connect { url: url.to_string(), reason: tls::error_chain(&e) }
         })
     }
 
@@ -610,7 +596,7 @@ impl Fetcher {
             let chunk = chunk.map_err(|e| FetchError::Interrupted {
                 url: url.to_string(),
                 done: body.len() as u64,
-                reason: chain(&e),
+                reason: tls::error_chain(&e),
             })?;
             self.count(chunk.len());
             if (body.len() + chunk.len()) as u64 > max_len {
@@ -665,40 +651,18 @@ fn parse_base(base_url: &str) -> Result<Url, FetchError> {
     Ok(url)
 }
 
+/// The given CA files only, which is what a fleet with a private registry wants;
+/// without any, the system store.
 fn load_roots(ca_files: &[PathBuf], base: &Url) -> Result<rustls::RootCertStore, FetchError> {
-    let mut roots = rustls::RootCertStore::empty();
     if !ca_files.is_empty() {
-        for path in ca_files {
-            let ca_error = |reason: String| FetchError::CaFile { path: path.clone(), reason };
-            let mut found = 0usize;
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| ca_error(e.to_string()))? {
-                let cert = cert.map_err(|e| ca_error(e.to_string()))?;
-                roots.add(cert).map_err(|e| ca_error(format!("certificate rejected: {e}")))?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(ca_error("no certificates found".to_owned()));
-            }
-        }
-        return Ok(roots);
+        return tls::ca_roots(ca_files, "CA file").map_err(FetchError::CaFile);
     }
-
-    let native = rustls_native_certs::load_native_certs();
-    for error in &native.errors {
-        tracing::warn!(%error, "skipping unreadable system CA certificates");
+    match tls::system_roots("a CA file") {
+        Ok(roots) => Ok(roots),
+        // Plain-http registries work without any CA; https without one cannot.
+        Err(_) if base.scheme() != "https" => Ok(rustls::RootCertStore::empty()),
+        Err(e) => Err(FetchError::Tls { url: base.to_string(), reason: e.to_string() }),
     }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    if ignored > 0 {
-        tracing::debug!(ignored, "ignored unparsable system CA certificates");
-    }
-    // Plain-http registries work without any CA; https without one cannot.
-    if added == 0 && base.scheme() == "https" {
-        return Err(FetchError::Tls {
-            url: base.to_string(),
-            reason: "no trusted CA certificates found in the system store (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs); install ca-certificates".to_owned(),
-        });
-    }
-    Ok(roots)
 }
 
 fn header_string(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
@@ -740,37 +704,4 @@ async fn hash_prefix(path: &Path) -> io::Result<(digest::Context, u64)> {
     })
     .await
     .map_err(io::Error::other)?
-}
-
-/// The error and all its causes on one line: reqwest's own message ("error
-/// sending request") says nothing about why.
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = e.source();
-    }
-    out
-}
-
-/// rustls errors arrive wrapped in io::Errors (sometimes one inside another)
-/// inside hyper and reqwest errors. io::Error::source() skips the error it
-/// wraps, so step into get_ref() instead of source() for io::Errors.
-fn find_rustls_error<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        cause = match e.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-            Some(inner) => Some(inner as &(dyn StdError + 'static)),
-            None => e.source(),
-        };
-    }
-    None
 }
