@@ -109,9 +109,13 @@ pub fn system_roots(what: &'static str) -> Result<rustls::RootCertStore, TlsErro
 /// A client certificate chain and its key, each with the configuration key it came from.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIdentity<'a> {
+    /// PEM certificate chain, leaf first.
     pub cert: &'a Path,
+    /// The setting that named `cert` (`cert_file`, `client_cert`), for messages.
     pub cert_what: &'static str,
+    /// PEM private key of the leaf certificate.
     pub key: &'a Path,
+    /// The setting that named `key`, for messages.
     pub key_what: &'static str,
 }
 
