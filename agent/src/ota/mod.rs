@@ -16,6 +16,8 @@ pub mod rollout;
 pub mod selftest;
 pub mod serve;
 pub mod store;
+#[cfg(test)]
+mod tests;
 pub mod tuf;
 mod updater;
 
@@ -33,7 +35,7 @@ use crate::engine::stats::ModelStats;
 use crate::engine::{Engine, LoadedModel};
 use probation::{Numbers, Probation, Verdict};
 use rollout::Offer;
-use store::Store;
+use store::{ModelState, Store};
 pub use updater::Updater;
 
 /// What can go wrong with an update. Each says what, where and what to do.
@@ -201,8 +203,13 @@ fn dir_version(dir: &Path) -> Option<String> {
 }
 
 /// Where an update's progress goes: events on MQTT (when there is a link) and the log.
-#[derive(Clone)]
-struct Events(Option<crate::mqtt::Mqtt>);
+#[derive(Clone, Default)]
+struct Events {
+    mqtt: Option<crate::mqtt::Mqtt>,
+    /// A copy of each event (kind, model, detail), for tests that drive the task
+    /// in-process with no MQTT link.
+    tap: Option<mpsc::UnboundedSender<(String, Option<String>, Value)>>,
+}
 
 impl Events {
     async fn send(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
@@ -211,7 +218,10 @@ impl Events {
             "warning" => tracing::warn!(kind, model, %detail, "update event"),
             _ => tracing::info!(kind, model, %detail, "update event"),
         }
-        if let Some(m) = &self.0 {
+        if let Some(tap) = &self.tap {
+            let _ = tap.send((kind.to_string(), model.map(str::to_string), detail.clone()));
+        }
+        if let Some(m) = &self.mqtt {
             m.event(kind, severity, model, detail).await;
         }
     }
@@ -234,6 +244,13 @@ struct Ota {
     last_check: Option<(String, Result<Value, String>)>,
     /// Model → what it is doing now (downloading, self-test, ...), for `/status`.
     doing: BTreeMap<String, String>,
+    /// Every model's `state.json`, read once at start. This task is its only writer, and
+    /// writes each change through ([`Ota::save_state`]) before it takes effect, so the
+    /// file always holds what a restart needs and is never read again while running.
+    states: BTreeMap<String, ModelState>,
+    /// The version `previous` points at, per model, for `/status`: read when the links
+    /// change, not at every status update (a probation updates it once a second).
+    previous: BTreeMap<String, Option<String>>,
 }
 
 /// Starts the update task. `notes` come from [`prepare`].
@@ -245,27 +262,9 @@ pub fn start(
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
-    let Some(cfg) = config.ota.clone() else {
-        return Err(OtaError::Refused("no [ota] section".into()));
-    };
-    let updater = Updater::open(&cfg, &config.state_dir)?;
+    let ota = Ota::new(config, engine, Events { mqtt, tap: None })?;
     let (tx, rx) = mpsc::channel(16);
-    let status = Arc::new(Mutex::new(Value::Null));
-    let ota = Ota {
-        device: config.device_id.clone(),
-        engine,
-        store: Store::new(&config.state_dir),
-        updater,
-        events: Events(mqtt),
-        status: status.clone(),
-        configured: config.models.iter().map(|m| (m.name.clone(), m.dir.clone())).collect(),
-        at_switch: BTreeMap::new(),
-        selftest_exe: selftest::current_exe(),
-        last_check: None,
-        doing: BTreeMap::new(),
-        cfg,
-    };
-    ota.publish_status();
+    let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));
     Ok(OtaHandle { tx, status })
 }
@@ -289,7 +288,7 @@ async fn run(
         ota.events.send(&kind, severity, Some(&model), detail).await;
     }
     for model in ota.cfg.models.clone() {
-        if let Some(p) = ota.store.state(&model).probation {
+        if let Some(p) = ota.state(&model).probation {
             ota.at_switch.insert(model.clone(), ota.engine.snapshot(&model));
             ota.events.send("probation-resumed", "info", Some(&model), json!({"version": p.version})).await;
         }
@@ -339,6 +338,56 @@ async fn run(
 }
 
 impl Ota {
+    /// The update task's state, with every model's `state.json` read (once: see
+    /// [`Ota::states`]).
+    fn new(config: &Config, engine: Arc<Engine>, events: Events) -> Result<Ota, OtaError> {
+        let Some(cfg) = config.ota.clone() else {
+            return Err(OtaError::Refused("no [ota] section".into()));
+        };
+        let updater = Updater::open(&cfg, &config.state_dir)?;
+        let store = Store::new(&config.state_dir);
+        let mut ota = Ota {
+            device: config.device_id.clone(),
+            engine,
+            states: cfg.models.iter().map(|m| (m.clone(), store.state(m))).collect(),
+            previous: BTreeMap::new(),
+            store,
+            updater,
+            events,
+            status: Arc::new(Mutex::new(Value::Null)),
+            configured: config.models.iter().map(|m| (m.name.clone(), m.dir.clone())).collect(),
+            at_switch: BTreeMap::new(),
+            selftest_exe: selftest::current_exe(),
+            last_check: None,
+            doing: BTreeMap::new(),
+            cfg,
+        };
+        for model in ota.cfg.models.clone() {
+            ota.read_previous(&model);
+        }
+        ota.publish_status();
+        Ok(ota)
+    }
+
+    /// The OTA state of `model`, from memory.
+    fn state(&self, model: &str) -> ModelState {
+        self.states.get(model).cloned().unwrap_or_default()
+    }
+
+    /// Writes `state` to the model's `state.json`, then keeps it as the state in memory;
+    /// a failed write leaves both as they were, as a restart would find them.
+    fn save_state(&mut self, model: &str, state: &ModelState) -> Result<(), OtaError> {
+        self.store.save_state(model, state)?;
+        self.states.insert(model.to_string(), state.clone());
+        Ok(())
+    }
+
+    /// Re-reads which version `previous` points at, after the links changed.
+    fn read_previous(&mut self, model: &str) {
+        let version = self.store.previous(model).as_deref().and_then(dir_version);
+        self.previous.insert(model.to_string(), version);
+    }
+
     /// Refreshes the registry metadata; failures become events.
     async fn refresh(&mut self) -> Result<Value, String> {
         match self.updater.refresh().await {
@@ -380,7 +429,7 @@ impl Ota {
         for model in self.cfg.models.clone() {
             let offers = self.updater.offers(&self.cfg.channel, &model);
             let active = self.engine.model(&model).map(|m| m.version().to_string());
-            let state = self.store.state(&model);
+            let state = self.state(&model);
             if let Some(p) = &state.probation {
                 models.insert(
                     model.clone(),
@@ -433,7 +482,7 @@ impl Ota {
                 self.cfg.channel
             ));
         };
-        let mut state = self.store.state(model);
+        let mut state = self.state(model);
         if let Some(why) = state.bad.get(version) {
             if !force {
                 return Err(format!(
@@ -441,7 +490,7 @@ impl Ota {
                 ));
             }
             state.bad.remove(version);
-            self.store.save_state(model, &state).map_err(|e| e.to_string())?;
+            self.save_state(model, &state).map_err(|e| e.to_string())?;
         }
         if self.engine.model(model).is_some_and(|m| m.version() == version) {
             return Ok(json!({"model": model, "version": version, "action": "already active"}));
@@ -479,9 +528,9 @@ impl Ota {
                 )
                 .await;
             if permanent {
-                let mut state = self.store.state(&model);
+                let mut state = self.state(&model);
                 state.bad.insert(version.clone(), e.to_string());
-                let _ = self.store.save_state(&model, &state);
+                let _ = self.save_state(&model, &state);
             }
             self.store.collect_garbage(&model);
         }
@@ -617,7 +666,7 @@ impl Ota {
         let previous = old.as_ref().map(|m| m.dir.clone()).or_else(|| self.configured.get(model).cloned());
         let previous_version = old.as_ref().map(|m| m.version().to_string());
         let before = self.engine.snapshot(model);
-        let mut state = self.store.state(model);
+        let mut state = self.state(model);
         state.probation = Some(Probation {
             version: version.to_string(),
             previous: previous.clone(),
@@ -633,9 +682,12 @@ impl Ota {
             },
             limits,
         });
-        self.store.save_state(model, &state)?;
+        self.save_state(model, &state)?;
         fault::point("activate-state-written");
-        self.store.switch(model, dir, previous.as_deref())?;
+        let switched = self.store.switch(model, dir, previous.as_deref());
+        // Even a switch cut halfway may have moved `previous`.
+        self.read_previous(model);
+        switched?;
         self.engine.install(loaded);
         self.at_switch.insert(model.to_string(), before);
         fault::point("activated");
@@ -652,9 +704,13 @@ impl Ota {
 
     /// Judges every probation in progress; passes keep the version, failures roll back.
     async fn watch_probations(&mut self) {
+        // Nothing on probation (the usual case): nothing to read, judge or publish.
+        if self.states.values().all(|s| s.probation.is_none()) {
+            return;
+        }
         let mut watched = false;
         for model in self.cfg.models.clone() {
-            let mut state = self.store.state(&model);
+            let mut state = self.state(&model);
             let Some(mut p) = state.probation.clone() else { continue };
             watched = true;
             // A start in the future means the clock went back (or was ahead when the
@@ -663,7 +719,7 @@ impl Ota {
                 tracing::warn!(model, version = %p.version, started = p.started, "the clock went back during a probation; its time starts again now");
                 p.started = unix_now();
                 state.probation = Some(p.clone());
-                let _ = self.store.save_state(&model, &state);
+                let _ = self.save_state(&model, &state);
             }
             let before = self.at_switch.entry(model.clone()).or_default().clone();
             let now = Numbers::between(&before, &self.engine.snapshot(&model), p.limits.min_requests);
@@ -672,7 +728,7 @@ impl Ota {
                 Verdict::Pass => {
                     state.probation = None;
                     state.kept = Some(p.version.clone());
-                    if self.store.save_state(&model, &state).is_ok() {
+                    if self.save_state(&model, &state).is_ok() {
                         self.events
                             .send(
                                 "probation-passed",
@@ -712,10 +768,10 @@ impl Ota {
         detail: Value,
     ) {
         tracing::error!(model, error, "rollback failed; the version keeps serving, marked bad");
-        let mut state = self.store.state(model);
+        let mut state = self.state(model);
         state.probation = None;
         state.bad.insert(p.version.clone(), format!("{why}; nothing to roll back to ({error})"));
-        if let Err(e) = self.store.save_state(model, &state) {
+        if let Err(e) = self.save_state(model, &state) {
             tracing::error!(model, error = %e, "cannot end the probation");
             return;
         }
@@ -730,7 +786,7 @@ impl Ota {
     /// Goes back to the previous version and marks the current one bad.
     async fn roll_back(&mut self, model: &str, why: &str, detail: Value) -> Result<Value, String> {
         let from = self.engine.model(model).map(|m| m.version().to_string());
-        let mut state = self.store.state(model);
+        let mut state = self.state(model);
         let target = self
             .store
             .previous(model)
@@ -749,8 +805,10 @@ impl Ota {
             state.bad.insert(v.clone(), why.to_string());
         }
         state.probation = None;
-        self.store.save_state(model, &state).map_err(|e| e.to_string())?;
-        self.store.switch(model, &target, None).map_err(|e| e.to_string())?;
+        self.save_state(model, &state).map_err(|e| e.to_string())?;
+        let switched = self.store.switch(model, &target, None);
+        self.read_previous(model);
+        switched.map_err(|e| e.to_string())?;
         self.engine.install(loaded);
         self.at_switch.remove(model);
         self.store.collect_garbage(model);
@@ -782,7 +840,7 @@ impl Ota {
     fn publish_status(&self) {
         let mut models = serde_json::Map::new();
         for model in &self.cfg.models {
-            let state = self.store.state(model);
+            let state = self.state(model);
             let active = self.engine.model(model).map(|m| m.version().to_string());
             // Rolled back: a newer version than the one serving failed here.
             let rolled_back = active.as_ref().is_some_and(|a| {
@@ -802,7 +860,7 @@ impl Ota {
             let mut entry = json!({
                 "state": phase,
                 "version": active,
-                "previous": self.store.previous(model).as_deref().and_then(dir_version),
+                "previous": self.previous.get(model).cloned().flatten(),
                 "kept": state.kept,
                 "bad": state.bad,
             });

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::OtaError;
 
 /// Per-model OTA state that must survive restarts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelState {
     /// A probation in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
