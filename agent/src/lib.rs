@@ -4,7 +4,6 @@
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
-//! - [`durable`]: replacing small state files atomically.
 //! - [`engine`]: model specs, loading and optimising with tract, the worker pool, stream state.
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
@@ -12,13 +11,15 @@
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`oip`]: the Open Inference Protocol v2 vocabulary shared by [`api`] and [`fallback`].
-//! - [`spool`]: the on-disk store of messages accepted while the broker is unreachable.
 //! - [`commands`]: the MQTT command dispatcher and its commands.
 //! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
 //!   probation and rollback; `registry` publishing and serving.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
 //!   for [`mqtt`], [`ota`] and [`fallback`].
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
+//!
+//! The on-disk spool of the MQTT outbox and the atomic replacement of state files are the
+//! [`edge_spool`] crate (`edge_spool::durable` for the latter).
 
 // Daemon paths must not panic on bad input; proven invariants say why with a local allow.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -27,7 +28,6 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod durable;
 pub mod engine;
 pub mod fallback;
 pub mod mqtt;
@@ -36,6 +36,5 @@ pub mod ota;
 pub mod pipeline;
 pub mod service;
 pub mod sources;
-pub mod spool;
 pub mod telemetry;
 pub mod tls;

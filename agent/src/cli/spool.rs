@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::spool::{Class, Spool};
+use edge_spool::{Class, Spool};
 
 /// `spool` subcommands.
 #[derive(Debug, Subcommand)]

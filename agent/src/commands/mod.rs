@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::mqtt::client::ReplyTo;
 use crate::mqtt::{CommandMsg, Mqtt, Outgoing};
 use crate::service::health::Health;
-use crate::spool::{Class, Record};
+use edge_spool::{Class, Record};
 pub use handlers::NAMES;
 use seen::Seen;
 

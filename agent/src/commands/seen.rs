@@ -68,6 +68,6 @@ impl Seen {
     }
 
     fn write(&self) -> std::io::Result<()> {
-        crate::durable::replace(&self.path, &serde_json::to_vec(&self.entries)?)
+        edge_spool::durable::replace(&self.path, &serde_json::to_vec(&self.entries)?)
     }
 }

@@ -114,5 +114,5 @@ pub fn persist(state_dir: &Path, key: &str, value: &toml::Value) -> std::io::Res
         "# Written by edge-agent (config/set over MQTT). Overrides the config file; delete to reset.\n{}",
         toml::to_string(&table).map_err(std::io::Error::other)?
     );
-    crate::durable::replace(&path, text.as_bytes())
+    edge_spool::durable::replace(&path, text.as_bytes())
 }

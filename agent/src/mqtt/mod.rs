@@ -35,7 +35,7 @@ use crate::config::{FsyncMode, MqttConfig, SpoolSection};
 use crate::engine::Engine;
 use crate::service::health::Health;
 use crate::sources::SensorMessage;
-use crate::spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
+use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
 
 /// Messages producers may have waiting for the outbox.
 const OUTBOX_QUEUE: usize = 1024;
@@ -48,7 +48,7 @@ pub enum MqttError {
     #[error("MQTT TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("spool: {0}")]
-    Spool(#[from] crate::spool::SpoolError),
+    Spool(#[from] edge_spool::SpoolError),
 }
 
 /// What producers use to publish.

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ack::Ack;
 use super::client::{Client, ReplyTo};
-use crate::spool::{Class, Dropped, Record, Spool};
+use edge_spool::{Class, Dropped, Record, Spool};
 
 /// Messages waiting in memory while connected; beyond this the producers wait.
 const MEMORY_QUEUE: usize = 1024;

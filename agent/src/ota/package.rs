@@ -147,7 +147,7 @@ fn unpack_inner(tar_path: &Path, dest: &Path) -> Result<(), OtaError> {
         }
     }
     for d in dirs.iter().rev() {
-        crate::durable::sync_dir(d).map_err(|e| OtaError::io(d, e))?;
+        edge_spool::durable::sync_dir(d).map_err(|e| OtaError::io(d, e))?;
     }
     if !dest.join("model.toml").is_file() {
         return Err(bad("no model.toml in the package".into()));

@@ -248,7 +248,7 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64, limits: &ModelLimits) -
     let golden = Golden { tolerance, max_latency_ms: None, cases };
     let text = serde_json::to_string_pretty(&golden).map_err(|e| e.to_string())?;
     let path = dir.join(super::package::SELFTEST_FILE);
-    crate::durable::replace(&path, text.as_bytes())
+    edge_spool::durable::replace(&path, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(golden)
 }

@@ -159,7 +159,7 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(|e| OtaError::io(&dir, e))?;
         let path = dir.join("state.json");
         let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        crate::durable::replace(&path, &bytes).map_err(|e| OtaError::io(&path, e))
+        edge_spool::durable::replace(&path, &bytes).map_err(|e| OtaError::io(&path, e))
     }
 
     /// Removes versions that neither `current` nor `previous` point at, and leftovers of
@@ -187,7 +187,7 @@ impl Store {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), OtaError> {
-    crate::durable::sync_dir(dir).map_err(|e| OtaError::io(dir, e))
+    edge_spool::durable::sync_dir(dir).map_err(|e| OtaError::io(dir, e))
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ impl Updater {
 
     fn keep(&self, name: &str, bytes: &[u8]) -> Result<(), OtaError> {
         let path = self.trust.join(name);
-        crate::durable::replace(&path, bytes).map_err(|e| OtaError::io(&path, e))
+        edge_spool::durable::replace(&path, bytes).map_err(|e| OtaError::io(&path, e))
     }
 
     /// The root to start from: the newest of the trust directory's and the shipped one.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::seq::SeqAllocator;
 use crate::mqtt::{Outgoing, Topics};
-use crate::spool::{Class, Record};
+use edge_spool::{Class, Record};
 
 /// A result as computed by a stream task, before the sink numbers it.
 #[derive(Debug)]

@@ -56,7 +56,7 @@ impl SeqAllocator {
                 }
                 None => {
                     let end = self.next + BLOCK;
-                    (end, crate::durable::replace(&self.path, format!("{end}\n").as_bytes()))
+                    (end, edge_spool::durable::replace(&self.path, format!("{end}\n").as_bytes()))
                 }
             };
             if let Err(e) = result {
@@ -71,7 +71,7 @@ impl SeqAllocator {
             let path = self.path.clone();
             let write = std::thread::Builder::new()
                 .name("seq-reserve".into())
-                .spawn(move || crate::durable::replace(&path, format!("{end}\n").as_bytes()));
+                .spawn(move || edge_spool::durable::replace(&path, format!("{end}\n").as_bytes()));
             match write {
                 Ok(handle) => self.ahead = Some((end, handle)),
                 Err(e) => {

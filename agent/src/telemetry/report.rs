@@ -17,7 +17,7 @@ use super::system::{SystemReading, SystemSampler};
 use crate::config::{TelemetryFormat, TelemetrySection};
 use crate::engine::Engine;
 use crate::mqtt::{OutboxReport, OutboxStats, Outgoing, Topics};
-use crate::spool::{Class, Record};
+use edge_spool::{Class, Record};
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
 /// and `bad_stream`.

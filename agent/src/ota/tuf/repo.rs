@@ -27,9 +27,7 @@ use super::metadata::{
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 /// Public keys and thresholds of the four top-level roles.
@@ -715,31 +713,10 @@ fn check_target_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` atomically: temp file in the same directory,
-/// fsync, rename over, fsync the directory. A reader sees the old or the
-/// new file, never a partial one, even across a power cut.
+/// Writes `bytes` to `path` atomically ([`edge_spool::durable::replace`]): a reader sees
+/// the old or the new file, never a partial one, even across a power cut.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        // The rename is only durable once the directory entry is synced.
-        fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("write", path, e)
-    })
+    edge_spool::durable::replace(path, bytes).map_err(|e| Error::io("write", path, e))
 }
 
 #[cfg(test)]

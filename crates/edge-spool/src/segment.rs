@@ -276,11 +276,6 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Makes entries created, renamed or removed in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SpoolError::io("sync the directory", dir, e))
-}
-
 /// Removes a file; one that is already gone counts as removed.
 pub(super) fn remove(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

@@ -2,14 +2,14 @@
 //! recovery scan a restart does) and replays them with acknowledgments, under several
 //! fsync policies.
 //!
-//! `cargo run --release --example spool_bench [DIR]`: DIR must be on the file system to
+//! `cargo run --release -p edge-spool --example spool_bench [DIR]`: DIR must be on the file system to
 //! measure (the default is the system temp dir; on tmpfs fsync costs nothing).
 
 use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use edge_agent::spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
+use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
 
 const PAYLOAD: usize = 200;
 

@@ -6,15 +6,15 @@
 //! out an id again. Text so that `cat` answers "how far did replay get" on a device; the
 //! CRC covers everything before ` crc32c=`.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::Path;
 
 use tracing::warn;
 
-use super::FsyncPolicy;
-use super::error::SpoolError;
-use super::segment::sync_dir;
+use crate::FsyncPolicy;
+use crate::durable::{self, Durability};
+use crate::error::SpoolError;
 
 pub(super) const FILE: &str = "acked";
 const TMP: &str = "acked.tmp";
@@ -69,28 +69,15 @@ pub(super) fn load(dir: &Path, expected: bool) -> Option<Cursor> {
 /// Replaces the cursor file atomically: a crash leaves either the old or the new one.
 pub(super) fn store(dir: &Path, c: Cursor, policy: &FsyncPolicy) -> Result<(), SpoolError> {
     let tmp = dir.join(TMP);
-    let path = dir.join(FILE);
-    let write = || -> io::Result<()> {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-        f.write_all(render(c).as_bytes())?;
-        // Interval and Never differ for segments, not here: the cursor is written a few
-        // times a second at most, and a cursor that goes back after a power cut means
-        // duplicates, so Interval pays for the fsync too.
-        if !matches!(policy, FsyncPolicy::Never) {
-            f.sync_data()?;
-        }
-        Ok(())
+    // Interval and Never differ for segments, not here: the cursor is written a few
+    // times a second at most, and a cursor that goes back after a power cut means
+    // duplicates, so Interval pays for the fsync of the file too.
+    let durability = Durability {
+        file: !matches!(policy, FsyncPolicy::Never),
+        dir: matches!(policy, FsyncPolicy::Always),
     };
-    if let Err(e) = write() {
-        // Best effort: a leftover tmp is deleted at the next open anyway.
-        let _ = fs::remove_file(&tmp);
-        return Err(SpoolError::io("write", tmp, e));
-    }
-    fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename into place", &tmp, e))?;
-    if matches!(policy, FsyncPolicy::Always) {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    durable::replace_via(&dir.join(FILE), &tmp, render(c).as_bytes(), durability)
+        .map_err(|e| SpoolError::io("replace", tmp, e))
 }
 
 pub(super) fn render(c: Cursor) -> String {

@@ -11,7 +11,9 @@ pub enum SpoolError {
     Io {
         /// What was being done, as a verb phrase ("append to", "create", ...).
         op: &'static str,
+        /// The file or directory.
         path: PathBuf,
+        /// What the system said.
         source: io::Error,
     },
     /// One record does not fit in a segment or in the whole spool.
@@ -20,13 +22,30 @@ pub enum SpoolError {
          allowed (the smaller of spool.segment_bytes and spool.max_bytes, at most 64 MiB); \
          publish it without spooling, shrink it, or raise those limits"
     )]
-    TooLarge { topic: String, bytes: u64, max: u64 },
+    TooLarge {
+        /// The record's topic.
+        topic: String,
+        /// Its size as a frame on disk.
+        bytes: u64,
+        /// The largest frame allowed.
+        max: u64,
+    },
     /// A record could not be encoded (postcard); in practice unreachable for `Record`.
     #[error("spool: cannot encode the record for topic `{topic}`: {source}; this is a bug, please report it")]
-    Encode { topic: String, source: postcard::Error },
+    Encode {
+        /// The record's topic.
+        topic: String,
+        /// What postcard said.
+        source: postcard::Error,
+    },
     /// The configuration cannot work.
     #[error("spool: invalid configuration for {dir}: {message}", dir = .dir.display())]
-    InvalidConfig { dir: PathBuf, message: String },
+    InvalidConfig {
+        /// The spool directory of the configuration.
+        dir: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl SpoolError {

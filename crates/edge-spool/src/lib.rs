@@ -1,4 +1,47 @@
-//! The on-disk store-and-forward queue for messages accepted while the broker is away.
+//! edge-spool: the on-disk store-and-forward queue for messages accepted while the broker
+//! is away, and the atomic file replacement it and edge-agent's state files rely on.
+//!
+//! # Layout
+//! - this file: [`Spool`], its configuration, records and counters; open, append, replay,
+//!   acknowledge.
+//! - `cursor`: the `acked` cursor file (how far delivery got, the next id).
+//! - `segment`: segment files: naming, listing, scanning, rewriting without telemetry.
+//! - `frame`: the frame format (length, postcard payload, CRC32C) and its decoder.
+//! - `read`: replay: reading records back in id order across segments.
+//! - `room`: the `max_bytes` bound and the drop policy (telemetry first).
+//! - `error`: [`SpoolError`].
+//! - [`durable`]: atomic replacement of small files and directory syncs.
+//!
+//! # Example
+//! ```
+//! use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let dir = tmp.path().join("spool");
+//! let cfg = SpoolConfig {
+//!     dir,
+//!     max_bytes: 16 << 20,
+//!     segment_bytes: 1 << 20,
+//!     fsync: FsyncPolicy::Always,
+//! };
+//! let (mut spool, _report) = Spool::open(cfg)?;
+//! let (id, _dropped) = spool.append(&Record {
+//!     topic: "edge/dev1/results".into(),
+//!     qos: 1,
+//!     retain: false,
+//!     payload: b"{}".to_vec(),
+//!     class: Class::Result,
+//!     correlation: None,
+//! })?;
+//! // The publisher hands the batch to MQTT and acknowledges on PUBACK.
+//! let batch = spool.next_batch(10)?;
+//! assert_eq!(batch[0].0, id);
+//! spool.ack_through(id);
+//! spool.persist_cursor()?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Every message the agent accepted to publish (results, events, command replies,
 //! telemetry) is appended here while MQTT is down; once connected, the publisher replays
@@ -70,7 +113,10 @@
 //! acknowledgments keep the class counts exact without reading the disk; the publisher's
 //! in-flight window bounds this in practice.
 
+#![warn(missing_docs)]
+
 mod cursor;
+pub mod durable;
 mod error;
 mod frame;
 #[cfg(test)]
@@ -134,7 +180,7 @@ impl Class {
     }
 }
 
-/// One message to publish later. Its encoding is the on-disk format: see the module docs
+/// One message to publish later. Its encoding is the on-disk format: see the crate docs
 /// before changing it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -142,9 +188,11 @@ pub struct Record {
     pub topic: String,
     /// The QoS the message was accepted with (replay itself uses QoS 1).
     pub qos: u8,
+    /// The MQTT retain flag.
     pub retain: bool,
     /// The message body, as published.
     pub payload: Vec<u8>,
+    /// What it is, which decides what is dropped first.
     pub class: Class,
     /// MQTT 5 correlation data of a reply sent to a request's response topic.
     pub correlation: Option<Vec<u8>>,
@@ -175,6 +223,7 @@ pub struct SpoolConfig {
     /// A new segment starts when the current one would exceed this. Also the largest
     /// record the spool accepts (with `max_bytes` and 64 MiB).
     pub segment_bytes: u64,
+    /// When appended data is forced to storage.
     pub fsync: FsyncPolicy,
 }
 
@@ -182,9 +231,13 @@ pub struct SpoolConfig {
 /// found while reading), by class.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Dropped {
+    /// Inference results.
     pub result: u64,
+    /// Events.
     pub event: u64,
+    /// Command replies.
     pub reply: u64,
+    /// Telemetry reports.
     pub telemetry: u64,
 }
 
@@ -210,6 +263,7 @@ pub struct SpoolStats {
     pub records: u64,
     /// Total size of the segment files.
     pub bytes: u64,
+    /// Segment files.
     pub segments: usize,
     /// Since open.
     pub dropped: Dropped,
@@ -227,6 +281,7 @@ pub struct SpoolStats {
 pub struct OpenReport {
     /// Unacknowledged records on disk.
     pub records: u64,
+    /// Segment files read.
     pub segments: usize,
     /// Bytes of a torn last frame cut from the last segment (for `read_all`: that would be).
     pub torn_bytes_cut: u64,
@@ -234,7 +289,7 @@ pub struct OpenReport {
     pub bad_segments: Vec<String>,
 }
 
-/// The spool: see the module docs.
+/// The spool: see the crate docs.
 pub struct Spool {
     cfg: SpoolConfig,
     /// In id order; only the last one is appended to.
@@ -425,7 +480,8 @@ impl Spool {
             self.data_unsynced = false;
         }
         if self.dir_unsynced {
-            segment::sync_dir(&self.cfg.dir)?;
+            durable::sync_dir(&self.cfg.dir)
+                .map_err(|e| SpoolError::io("sync the directory", &self.cfg.dir, e))?;
             self.dir_unsynced = false;
         }
         self.last_sync = Instant::now();

@@ -871,11 +871,7 @@ fn kill_9_while_appending_leaves_a_readable_spool() {
     let mut previous: Vec<u64> = Vec::new();
     for round in 1..=3u64 {
         let mut child = std::process::Command::new(&exe)
-            .args([
-                "--exact",
-                "spool::tests::kill_9_while_appending_leaves_a_readable_spool",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "tests::kill_9_while_appending_leaves_a_readable_spool", "--test-threads=1"])
             .env(CHILD_DIR_VAR, dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
