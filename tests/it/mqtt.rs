@@ -367,6 +367,74 @@ fn commands_life_cycle_and_bad_requests() {
     agent.stop();
 }
 
+/// Every key path of a JSON document (`models.flat.ok`, `last_errors[].kind`): its
+/// shape, whatever its values.
+fn key_paths(v: &Value) -> std::collections::BTreeSet<String> {
+    fn walk(v: &Value, at: String, out: &mut std::collections::BTreeSet<String>) {
+        match v {
+            Value::Object(o) => {
+                for (k, v) in o {
+                    let here = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    out.insert(here.clone());
+                    walk(v, here, out);
+                }
+            }
+            Value::Array(a) => {
+                for v in a {
+                    walk(v, format!("{at}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, String::new(), &mut out);
+    out
+}
+
+/// The MQTT `status` command answers with the document `GET /status` serves: the same
+/// key paths, from the same daemon.
+#[test]
+fn the_status_command_and_get_status_have_one_shape() {
+    let dir = tempdir();
+    let model = flat_model(dir.path());
+    let broker = Broker::start(broker_opts());
+    let socket = dir.path().join("api.sock");
+    let api = format!("[api]\nlisten = \"\"\nsocket = \"{}\"\n", socket.display());
+    let config = write_config(dir.path(), &broker, &model, "", &api);
+    let status = broker.subscribe("test", "edge/dev1/status");
+    let results = broker.subscribe("test", "edge/dev1/results/#");
+    let replies = broker.subscribe("test", "edge/dev1/cmd/#");
+    let agent = Agent::start(&config);
+    online(&status, secs(30));
+    // One result, so that the model has counters and latencies to report.
+    broker.publish("test", "sensors/pump-1/accel", sensor_payload(1).as_bytes(), 1, false);
+    results.wait_for("a result", secs(30), |t, _| t == "edge/dev1/results/flat");
+
+    let r = command(&broker, &replies, "status", r#"{"id":"shape-1"}"#, "shape-1");
+    assert_eq!(r["state"], "succeeded", "{r}");
+    let by_mqtt = &r["result"];
+    let (code, body) = edge_agent::cli::status::get(&socket, "/status").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let by_http: Value = json_of(&body);
+
+    let (mqtt_keys, http_keys) = (key_paths(by_mqtt), key_paths(&by_http));
+    let only_mqtt: Vec<_> = mqtt_keys.difference(&http_keys).collect();
+    let only_http: Vec<_> = http_keys.difference(&mqtt_keys).collect();
+    assert!(
+        only_mqtt.is_empty() && only_http.is_empty(),
+        "only in the MQTT reply: {only_mqtt:?}; only in GET /status: {only_http:?}"
+    );
+    for key in
+        ["api.in_flight", "mqtt.connected", "models.flat.ok", "models.flat.state", "engine.queue_depth"]
+    {
+        assert!(http_keys.contains(key), "no {key} in {http_keys:?}");
+    }
+    assert_eq!(by_mqtt["device"], by_http["device"]);
+    assert_eq!(by_mqtt["models"]["flat"]["version"], by_http["models"]["flat"]["version"]);
+    agent.stop();
+}
+
 fn command_on(broker: &Broker, replies: &Subscription, topic: &str, id: &str) -> Value {
     broker.publish("test", topic, format!(r#"{{"id":"{id}"}}"#).as_bytes(), 1, false);
     let (_, p) = replies.wait_for(&format!("reply to {id}"), secs(30), |t, p| {

@@ -1,7 +1,6 @@
 //! `GET /status` (JSON for people and `edge-agent status`) and `GET /metrics`
 //! (Prometheus text exposition format).
 
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
@@ -9,108 +8,26 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde::Serialize;
 
 use super::ApiState;
-use crate::engine::stats::ErrorEntry;
-use crate::engine::{ModelReport, PoolReport};
+use crate::service::status::{ApiReport, Parts, Status};
 
-/// One model in `/status`.
-#[derive(Debug, Serialize)]
-pub struct ModelStatus {
-    pub version: String,
-    /// `active`, or with model updates: `probation`, `downloading`, `self-testing`, ...
-    pub state: String,
-    #[serde(flatten)]
-    pub counts: Option<ModelReport>,
-}
-
-/// The `/status` document. Fields are only ever added.
-#[derive(Debug, Serialize)]
-pub struct StatusReport {
-    pub version: &'static str,
-    pub device: String,
-    pub uptime_s: u64,
-    pub ready: bool,
-    pub doing: String,
-    pub models: BTreeMap<String, ModelStatus>,
-    pub engine: PoolReport,
-    pub api: ApiReport,
-    pub connections: BTreeMap<String, String>,
-    pub last_errors: Vec<ErrorEntry>,
-    pub memory: crate::telemetry::Memory,
-    /// The MQTT link (connected, published, spool, dropped), when configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mqtt: Option<crate::mqtt::OutboxReport>,
-    /// Model updates: the registry's versions, the last check, each model's state.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ota: Option<serde_json::Value>,
-    /// Cloud fallback: requests routed by reason, answers, failures, breakers, budget.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<serde_json::Value>,
-}
-
-/// A model's state: what the update task says, else `active`.
-pub fn model_state(ota: Option<&serde_json::Value>, name: &str) -> String {
-    ota.and_then(|o| o.pointer(&format!("/models/{name}/state")))
-        .and_then(|s| s.as_str())
-        .unwrap_or("active")
-        .to_string()
-}
-
-/// API counters in `/status`.
-#[derive(Debug, Serialize)]
-pub struct ApiReport {
-    pub in_flight: usize,
-    pub max_concurrency: usize,
-    pub overloaded: u64,
-    /// Connections turned away because every open one was busy with a request.
-    pub refused_connections: u64,
-    /// Idle connections closed to make room for new ones.
-    pub evicted_connections: u64,
-}
-
-/// Builds the status document.
-pub fn report(st: &ApiState) -> StatusReport {
-    let stats = st.engine.stats();
-    let ota = st.health.ota().map(|o| o.status());
-    let models = st
-        .engine
-        .models()
-        .into_iter()
-        .map(|(name, m)| {
-            let counts = stats.get(&name).cloned();
-            let state = model_state(ota.as_ref(), &name);
-            (name, ModelStatus { version: m.version().to_string(), state, counts })
-        })
-        .collect();
-    StatusReport {
-        version: env!("CARGO_PKG_VERSION"),
-        device: st.health.device.clone(),
-        uptime_s: st.health.started.elapsed().as_secs(),
-        ready: st.health.is_ready(),
-        doing: st.health.doing(),
-        models,
-        engine: st.engine.pool(),
-        api: ApiReport {
-            in_flight: st.limits.max_concurrency - st.inflight.available_permits(),
-            max_concurrency: st.limits.max_concurrency,
-            overloaded: st.counters.overloaded.load(Ordering::Relaxed),
-            refused_connections: st.counters.refused_connections.load(Ordering::Relaxed),
-            evicted_connections: st.counters.evicted_connections.load(Ordering::Relaxed),
-        },
-        connections: st.health.connections(),
-        last_errors: st.engine.recent_errors(),
-        memory: crate::telemetry::memory(),
-        mqtt: st.health.mqtt(),
-        ota,
-        fallback: st.health.fallback().and_then(|f| f.report()),
+impl ApiState {
+    /// The API's counters for the status document.
+    pub fn report(&self) -> ApiReport {
+        ApiReport {
+            in_flight: self.limits.max_concurrency - self.inflight.available_permits(),
+            max_concurrency: self.limits.max_concurrency,
+            overloaded: self.counters.overloaded.load(Ordering::Relaxed),
+            refused_connections: self.counters.refused_connections.load(Ordering::Relaxed),
+            evicted_connections: self.counters.evicted_connections.load(Ordering::Relaxed),
+        }
     }
 }
 
 /// `GET /status`.
-pub async fn status(State(st): State<ApiState>) -> Json<StatusReport> {
-    Json(report(&st))
+pub async fn status(State(st): State<ApiState>) -> Json<Status> {
+    Json(Status::gather(Parts::of(&st.engine, &st.health, Some(st.report()))))
 }
 
 /// Histogram bucket bounds of `edge_agent_request_duration_seconds`.

@@ -75,7 +75,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
             "uptime_s": ctx.started.elapsed().as_secs(),
             "version": env!("CARGO_PKG_VERSION"),
         })),
-        Command::Status => Outcome::Succeeded((ctx.status)()),
+        Command::Status => Outcome::Succeeded(serde_json::to_value((ctx.status)()).unwrap_or(Value::Null)),
         Command::ModelsList => models(ctx),
         Command::ConfigGet(answer) => Outcome::Succeeded(answer),
         Command::ConfigSet { key, value, checked } => config_apply(ctx, key, value, *checked),
@@ -199,7 +199,7 @@ fn models(ctx: &Context) -> Outcome {
                 "version": m.version(),
                 "inputs": m.spec.inputs.iter().map(|i| json!({"name": i.name, "shape": i.shape})).collect::<Vec<_>>(),
                 "description": m.spec.description,
-                "update": ota.as_ref().and_then(|o| o.pointer(&format!("/models/{name}"))).cloned(),
+                "update": ota.as_ref().and_then(|o| o.models.get(&name)),
             })
         })
         .collect();

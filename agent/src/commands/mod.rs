@@ -36,8 +36,8 @@ pub struct Context {
     pub state_dir: PathBuf,
     pub started: Instant,
     pub telemetry: watch::Sender<TelemetrySection>,
-    /// The `/status`-like document.
-    pub status: Box<dyn Fn() -> Value + Send + Sync>,
+    /// The status document, as `GET /status` serves it.
+    pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }
 
 /// A request as sent: `{"id", "args"?, "expires"?}`.

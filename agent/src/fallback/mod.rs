@@ -11,6 +11,7 @@ pub mod breaker;
 pub mod budget;
 pub mod client;
 pub mod hysteresis;
+pub mod report;
 pub mod resource;
 
 use std::collections::BTreeMap;
@@ -19,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +33,8 @@ use breaker::{Breaker, Permit};
 use budget::Budget;
 use client::{CloudClient, Endpoint, Tensor};
 use hysteresis::{Change, Latch};
+pub use report::FallbackReport;
+use report::{BudgetReport, EndpointReport};
 use resource::Pressure;
 
 /// Why a request goes to the cloud. These names are part of the result format.
@@ -569,46 +571,44 @@ impl Fallback {
 
     /// The fallback's state for `/status` and telemetry; `None` when nothing is
     /// configured.
-    pub fn report(&self) -> Option<Value> {
+    pub fn report(&self) -> Option<FallbackReport> {
         let setup = self.setup.load();
         if setup.models.is_empty() {
             return None;
         }
         let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        let (hour, day) = self.budget.used(SystemTime::now());
+        let (used_hour, used_day) = self.budget.used(SystemTime::now());
         let (per_hour, per_day) = self.budget.limits();
         let now = Instant::now();
         let forced = self.forced.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let endpoints: serde_json::Map<String, Value> = setup
+        let endpoints = setup
             .models
             .iter()
             .map(|(name, m)| {
                 let run_us = f64::from_bits(m.run_us.load(Ordering::Relaxed));
-                (
-                    name.clone(),
-                    json!({
-                        "url": m.client.infer_url(),
-                        "breaker": m.breaker.state(),
-                        "in_flight": m.client.in_flight(),
-                        "force": m.section.force,
-                        "forced_for_s": forced.get(name).map(|u| u.saturating_duration_since(now).as_secs()),
-                        "queue_engaged": m.queue_engaged.load(Ordering::Relaxed),
-                        "local_run_ms": (run_us / 10.0).round() / 100.0,
-                    }),
-                )
+                let endpoint = EndpointReport {
+                    url: m.client.infer_url().to_string(),
+                    breaker: m.breaker.state(),
+                    in_flight: m.client.in_flight(),
+                    force: m.section.force,
+                    forced_for_s: forced.get(name).map(|u| u.saturating_duration_since(now).as_secs()),
+                    queue_engaged: m.queue_engaged.load(Ordering::Relaxed),
+                    local_run_ms: (run_us / 10.0).round() / 100.0,
+                };
+                (name.clone(), endpoint)
             })
             .collect();
-        Some(json!({
-            "routed": c.routed,
-            "answered": c.answered,
-            "unavailable": c.unavailable,
-            "degraded": c.degraded,
-            "rejected": c.rejected,
-            "cascade_judged": c.judged,
-            "budget": {"used_hour": hour, "used_day": day, "per_hour": per_hour, "per_day": per_day},
-            "resource": self.pressure.report(),
-            "endpoints": endpoints,
-        }))
+        Some(FallbackReport {
+            routed: c.routed.clone(),
+            answered: c.answered,
+            unavailable: c.unavailable.clone(),
+            degraded: c.degraded,
+            rejected: c.rejected,
+            cascade_judged: c.judged,
+            budget: BudgetReport { used_hour, used_day, per_hour, per_day },
+            resource: self.pressure.report(),
+            endpoints,
+        })
     }
 
     /// Counters as Prometheus metrics: name, type, help, and samples (labels, value).
@@ -874,9 +874,9 @@ mod tests {
         f.force("vibration", None).unwrap();
         assert!(f.force("other", Some(Duration::from_secs(1))).unwrap_err().contains("no cloud endpoint"));
         let report = f.report().unwrap();
-        assert_eq!(report["routed"]["queue"], 2, "{report}");
-        assert_eq!(report["routed"]["input-limit"], 1, "{report}");
-        assert_eq!(report["endpoints"]["vibration"]["queue_engaged"], true, "{report}");
+        assert_eq!(report.routed.get("queue"), Some(&2), "{report:?}");
+        assert_eq!(report.routed.get("input-limit"), Some(&1), "{report:?}");
+        assert!(report.endpoints["vibration"].queue_engaged, "{report:?}");
     }
 
     #[test]

@@ -6,9 +6,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
 use super::hysteresis::{Change, Latch};
+use super::report::ResourceReport;
 use crate::config::fallback::ResourceSection;
 use crate::telemetry::SystemReading;
 
@@ -116,16 +115,16 @@ impl Pressure {
         })
     }
 
-    /// For `/status`.
-    pub fn report(&self) -> Value {
+    /// For the status document.
+    pub fn report(&self) -> ResourceReport {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        json!({
-            "engaged": inner.latch.is_engaged(),
-            "why": inner.why,
-            "memory_available_mb": inner.last.as_ref().map(|s| s.mem_avail_mb),
-            "temperature_c": inner.last.as_ref().and_then(|s| s.temp_c),
-            "load_per_cpu": inner.last.as_ref().map(|s| (s.load_per_cpu * 100.0).round() / 100.0),
-        })
+        ResourceReport {
+            engaged: inner.latch.is_engaged(),
+            why: inner.why.clone(),
+            memory_available_mb: inner.last.as_ref().map(|s| s.mem_avail_mb),
+            temperature_c: inner.last.as_ref().and_then(|s| s.temp_c),
+            load_per_cpu: inner.last.as_ref().map(|s| (s.load_per_cpu * 100.0).round() / 100.0),
+        }
     }
 }
 

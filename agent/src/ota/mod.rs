@@ -15,6 +15,7 @@ pub mod probation;
 pub mod rollout;
 pub mod selftest;
 pub mod serve;
+pub mod status;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -35,8 +36,10 @@ use crate::engine::stats::ModelStats;
 use crate::engine::{Engine, LoadedModel};
 use probation::{Numbers, Probation, Verdict};
 use rollout::Offer;
+pub use status::OtaStatus;
+use status::{LastCheck, OtaModelStatus, ProbationStatus};
 use store::{ModelState, Store};
-pub use updater::Updater;
+pub use updater::{RefreshInfo, Updater};
 
 /// What can go wrong with an update. Each says what, where and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +106,7 @@ enum Request {
 #[derive(Clone)]
 pub struct OtaHandle {
     tx: mpsc::Sender<Request>,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<OtaStatus>>,
 }
 
 impl std::fmt::Debug for OtaHandle {
@@ -135,8 +138,8 @@ impl OtaHandle {
         self.ask(|reply| Request::Rollback { model, reply }).await
     }
 
-    /// The update state of every model and of the registry, for `/status`.
-    pub fn status(&self) -> Value {
+    /// The update state of every model and of the registry, for the status document.
+    pub fn status(&self) -> OtaStatus {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -235,7 +238,7 @@ struct Ota {
     store: Store,
     updater: Updater,
     events: Events,
-    status: Arc<Mutex<Value>>,
+    status: Arc<Mutex<OtaStatus>>,
     /// Configured model directories: what a rollback falls back to last.
     configured: BTreeMap<String, PathBuf>,
     /// Engine counters at each activation, to measure probation by difference.
@@ -354,7 +357,7 @@ impl Ota {
             store,
             updater,
             events,
-            status: Arc::new(Mutex::new(Value::Null)),
+            status: Arc::new(Mutex::new(OtaStatus::default())),
             configured: config.models.iter().map(|m| (m.name.clone(), m.dir.clone())).collect(),
             at_switch: BTreeMap::new(),
             selftest_exe: selftest::current_exe(),
@@ -836,9 +839,9 @@ impl Ota {
         self.roll_back(&model, "rolled back by the operator", json!({})).await
     }
 
-    /// Rewrites the status document (`/status` → `ota`).
+    /// Rewrites the update task's part of the status document (`ota`).
     fn publish_status(&self) {
-        let mut models = serde_json::Map::new();
+        let mut models = BTreeMap::new();
         for model in &self.cfg.models {
             let state = self.state(model);
             let active = self.engine.model(model).map(|m| m.version().to_string());
@@ -846,7 +849,8 @@ impl Ota {
             let rolled_back = active.as_ref().is_some_and(|a| {
                 state.bad.keys().any(|v| rollout::compare_versions(v, a) == std::cmp::Ordering::Greater)
             });
-            let phase = if let Some(d) = self.doing.get(model) {
+            let doing = self.doing.get(model).cloned();
+            let phase = if let Some(d) = &doing {
                 d.split(' ').next().unwrap_or("busy").to_string()
             } else if state.probation.is_some() {
                 "probation".into()
@@ -857,39 +861,38 @@ impl Ota {
             } else {
                 "active".into()
             };
-            let mut entry = json!({
-                "state": phase,
-                "version": active,
-                "previous": self.previous.get(model).cloned().flatten(),
-                "kept": state.kept,
-                "bad": state.bad,
-            });
-            if let Some(d) = self.doing.get(model) {
-                entry["doing"] = json!(d);
-            }
-            if let Some(p) = &state.probation {
+            let probation = state.probation.as_ref().map(|p| {
                 let before = self.at_switch.get(model).cloned().unwrap_or_default();
-                let now = Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests);
-                entry["probation"] = json!({
-                    "version": p.version,
-                    "elapsed_s": p.elapsed().as_secs(),
-                    "numbers": now,
-                    "baseline": p.baseline,
-                    "limits": p.limits,
-                });
-            }
+                ProbationStatus {
+                    version: p.version.clone(),
+                    elapsed_s: p.elapsed().as_secs(),
+                    numbers: Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests),
+                    baseline: p.baseline.clone(),
+                    limits: p.limits.clone(),
+                }
+            });
+            let entry = OtaModelStatus {
+                state: phase,
+                version: active,
+                previous: self.previous.get(model).cloned().flatten(),
+                kept: state.kept.clone(),
+                bad: state.bad.clone(),
+                doing,
+                probation,
+            };
             models.insert(model.clone(), entry);
         }
-        let doc = json!({
-            "url": self.cfg.url,
-            "channel": self.cfg.channel,
-            "registry": self.updater.summary(),
-            "last_check": self.last_check.as_ref().map(|(ts, r)| match r {
-                Ok(_) => json!({"ts": ts, "ok": true}),
-                Err(e) => json!({"ts": ts, "ok": false, "error": e}),
+        let doc = OtaStatus {
+            url: self.cfg.url.clone(),
+            channel: self.cfg.channel.clone(),
+            registry: self.updater.summary(),
+            last_check: self.last_check.as_ref().map(|(ts, r)| LastCheck {
+                ts: ts.clone(),
+                ok: r.is_ok(),
+                error: r.as_ref().err().cloned(),
             }),
-            "models": models,
-        });
+            models,
+        };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = doc;
     }
 }

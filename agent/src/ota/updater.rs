@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::fetch::{Conditional, Downloaded, Fetcher, Limits, Validator};
 use super::rollout::{Custom, Offer};
@@ -299,11 +299,8 @@ impl Updater {
     }
 
     /// The trusted versions, for `/status`.
-    pub fn summary(&self) -> Value {
-        match &self.last {
-            Some(i) => serde_json::to_value(i).unwrap_or(Value::Null),
-            None => json!(null),
-        }
+    pub fn summary(&self) -> Option<RefreshInfo> {
+        self.last.clone()
     }
 
     /// Bytes received from the registry so far.

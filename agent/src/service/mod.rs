@@ -8,6 +8,7 @@ pub mod health;
 mod reload;
 mod result;
 mod seq;
+pub mod status;
 mod stream;
 pub mod systemd;
 
@@ -25,6 +26,7 @@ use crate::config::{Config, Overrides};
 use crate::engine::{Engine, LoadedModel};
 use crate::sources::{self, SensorMessage};
 use health::Health;
+use status::{Parts, Status};
 use systemd::Notifier;
 
 pub use result::{MqttResults, ResultRecord, ResultSink};
@@ -112,7 +114,9 @@ pub async fn run(
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    // The API: bound before READY, so that READY means "answers requests".
+    // The API: bound before READY, so that READY means "answers requests". Its state
+    // is kept: the MQTT `status` command reports the API's counters too.
+    let mut api_state = None;
     if let Some(api) = &config.api {
         let listeners = Listeners::bind(api.listen.as_deref(), api.socket.as_deref()).await?;
         if let Some(addr) = listeners.tcp_addr() {
@@ -137,7 +141,8 @@ pub async fn run(
             inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
             counters: Arc::new(ApiCounters::default()),
         };
-        listeners.serve(state, token.child_token(), &tracker);
+        listeners.serve(state.clone(), token.child_token(), &tracker);
+        api_state = Some(state);
     }
 
     // Sources → router.
@@ -154,7 +159,7 @@ pub async fn run(
     let mqtt = match &config.mqtt {
         Some(m) => {
             let (handle, closed) =
-                start_mqtt(&config, m, &engine, &health, source_tx.clone(), &token, &tracker)?;
+                start_mqtt(&config, m, &engine, &health, api_state, source_tx.clone(), &token, &tracker)?;
             sink.mqtt = Some(MqttResults { outbox: handle.outbox.clone(), topics: handle.topics.clone() });
             sink.seq = Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| {
                 StartError::Seq { path: config.state_dir.display().to_string(), source }
@@ -301,11 +306,14 @@ pub async fn run(
 
 /// Starts the MQTT link with its command dispatcher and telemetry, and announces the
 /// models. Returns the producers' handle and what resolves once the outbox has closed.
+// Eight handles, each used once; a struct to carry them would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn start_mqtt(
     config: &Config,
     m: &crate::config::MqttConfig,
     engine: &Arc<Engine>,
     health: &Arc<Health>,
+    api: Option<ApiState>,
     to_streams: mpsc::Sender<SensorMessage>,
     token: &CancellationToken,
     tracker: &TaskTracker,
@@ -344,7 +352,7 @@ fn start_mqtt(
         state_dir: config.state_dir.clone(),
         started: h.started,
         telemetry: telemetry_tx,
-        status: Box::new(move || status_document(&e, &h)),
+        status: Box::new(move || Status::gather(Parts::of(&e, &h, api.as_ref().map(ApiState::report)))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
     let sources = crate::telemetry::report::Sources {
@@ -375,7 +383,6 @@ fn start_mqtt(
     Ok((handle, closed))
 }
 
-/// The status document of the `status` command (as `GET /status`, with the MQTT link).
 /// Logs each fallback route engaged or cleared and publishes it as an event.
 async fn report_transitions(
     mut rx: mpsc::Receiver<crate::fallback::Transition>,
@@ -404,35 +411,6 @@ async fn report_transitions(
             .await;
         }
     }
-}
-
-fn status_document(engine: &Engine, health: &Health) -> serde_json::Value {
-    let stats = engine.stats();
-    let ota = health.ota().map(|o| o.status());
-    let models: serde_json::Map<String, serde_json::Value> = engine
-        .models()
-        .into_iter()
-        .map(|(name, m)| {
-            let counts = stats.get(&name);
-            let state = crate::api::status::model_state(ota.as_ref(), &name);
-            (name, serde_json::json!({"version": m.version(), "state": state, "counts": counts}))
-        })
-        .collect();
-    serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "device": health.device,
-        "uptime_s": health.started.elapsed().as_secs(),
-        "ready": health.is_ready(),
-        "doing": health.doing(),
-        "models": models,
-        "engine": engine.pool(),
-        "connections": health.connections(),
-        "mqtt": health.mqtt(),
-        "last_errors": engine.recent_errors(),
-        "memory": crate::telemetry::memory(),
-        "ota": ota,
-        "fallback": health.fallback().and_then(|f| f.report()),
-    })
 }
 
 /// Hands each message to its stream's task, creating tasks for new streams up to the
