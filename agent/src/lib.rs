@@ -4,6 +4,7 @@
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
+//! - [`events`]: the typed [`events::Event`] and the one sink that logs and publishes it.
 //! - [`engine`]: model specs, loading and optimising with tract, the worker pool, stream state.
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod fallback;
 pub mod mqtt;
 pub mod oip;

@@ -8,6 +8,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Event, Kind};
+
 use super::ack::Ack;
 use super::client::Inbound;
 use super::link::Backlog;
@@ -215,7 +217,8 @@ impl Refusals {
         let topic = super::excerpt(topic, 200);
         tracing::warn!(%model, %topic, %error, suppressed = self.suppressed, "sensor message refused");
         let detail = serde_json::json!({"topic": topic, "error": error, "suppressed": self.suppressed});
-        let record = super::event_record(topics.events(), "request-failed", "warning", Some(model), detail);
+        let record =
+            super::event_record(topics.events(), &Event::warning(Kind::RequestFailed, detail).model(model));
         let _ = events.send(LinkSignal::Event(record));
         self.last = Some(Instant::now());
         self.suppressed = 0;

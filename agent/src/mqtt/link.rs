@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::events::{Event, Kind};
+
 use super::ack::{Ack, AckBook};
 use super::backoff::{Backoff, jitter};
 use super::client::{Client, EventLoop, Inbound, LinkError, LinkEvent};
@@ -266,7 +268,7 @@ impl Link {
                  connection with it (set the broker's message_size_limit at or below the limit, or \
                  use MQTT 5, which tells the broker the limit)");
             self.event(
-                "message-oversize",
+                Kind::MessageOversize,
                 serde_json::json!({
                     "size": size,
                     "limit": limit,
@@ -281,7 +283,7 @@ impl Link {
             "the broker resends the oversized message after every reconnect; discarding the MQTT \
              session (the messages the broker holds for this device are lost)");
         self.event(
-            "session-reset",
+            Kind::SessionReset,
             serde_json::json!({
                 "size": size,
                 "limit": limit,
@@ -294,8 +296,8 @@ impl Link {
     }
 
     /// Queues an event (through the outbox, which spools it while offline).
-    fn event(&self, kind: &str, detail: serde_json::Value) {
-        let record = super::event_record(self.events_topic.clone(), kind, "error", None, detail);
+    fn event(&self, kind: Kind, detail: serde_json::Value) {
+        let record = super::event_record(self.events_topic.clone(), &Event::error(kind, detail));
         let _ = self.to_outbox.send(LinkSignal::Event(record));
     }
 }

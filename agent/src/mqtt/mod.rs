@@ -21,7 +21,6 @@ pub mod topics;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +32,7 @@ pub use topics::Topics;
 
 use crate::config::{FsyncMode, MqttConfig, SpoolSection};
 use crate::engine::Engine;
+use crate::events::Event;
 use crate::service::health::Health;
 use crate::sources::SensorMessage;
 use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
@@ -59,21 +59,22 @@ pub struct Mqtt {
     pub topics: Topics,
 }
 
-impl Mqtt {
-    /// Publishes an event (`{"ts","kind","severity","model"?,"detail"}`).
-    pub async fn event(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
-        let record = event_record(self.topics.events(), kind, severity, model, detail);
-        let _ = self.outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await;
+/// The MQTT side of the event sink ([`crate::events::Events`]).
+impl crate::events::Publish for Mqtt {
+    fn publish<'a>(
+        &'a self,
+        event: &'a Event,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let record = event_record(self.topics.events(), event);
+            let _ = self.outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await;
+        })
     }
 }
 
-/// An event (`{"ts","kind","severity","model"?,"detail"}`) to publish on `topic`.
-pub fn event_record(topic: String, kind: &str, severity: &str, model: Option<&str>, detail: Value) -> Record {
-    let mut v = serde_json::json!({"ts": now(), "kind": kind, "severity": severity, "detail": detail});
-    if let (Some(m), Some(obj)) = (model, v.as_object_mut()) {
-        obj.insert("model".into(), Value::String(m.into()));
-    }
-    let payload = serde_json::to_vec(&v).unwrap_or_default();
+/// `event` (`{"ts","kind","severity","model"?,"detail"}`), stamped now, to publish on `topic`.
+pub fn event_record(topic: String, event: &Event) -> Record {
+    let payload = serde_json::to_vec(&event.to_json(&now())).unwrap_or_default();
     Record { topic, qos: 1, retain: false, payload, class: Class::Event, correlation: None }
 }
 

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ack::Ack;
 use super::client::{Client, ReplyTo};
+use crate::events::{Event, Kind, Severity};
 use edge_spool::{Class, Dropped, Record, Spool};
 
 /// Messages waiting in memory while connected; beyond this the producers wait.
@@ -405,13 +406,13 @@ impl Outbox {
         }
         self.last_overflow_event = Some(Instant::now());
         self.drops_reported = totals.telemetry + totals.result + totals.event + totals.reply;
-        let record = super::event_record(
-            self.presence.events_topic.clone(),
-            "spool-overflow",
-            if dropped.total() == dropped.telemetry { "warning" } else { "error" },
-            None,
+        let severity = if dropped.total() == dropped.telemetry { Severity::Warning } else { Severity::Error };
+        let event = Event::new(
+            Kind::SpoolOverflow,
+            severity,
             serde_json::json!({"dropped_now": dropped, "dropped_total": totals}),
         );
+        let record = super::event_record(self.presence.events_topic.clone(), &event);
         // Straight into the spool (we are offline or behind): one record, so it cannot
         // itself need much room.
         match self.spool.append(&record) {
@@ -430,13 +431,13 @@ impl Outbox {
             return;
         }
         self.drops_reported = total;
-        let record = super::event_record(
-            self.presence.events_topic.clone(),
-            "spool-overflow",
-            if total == totals.telemetry { "warning" } else { "error" },
-            None,
+        let severity = if total == totals.telemetry { Severity::Warning } else { Severity::Error };
+        let event = Event::new(
+            Kind::SpoolOverflow,
+            severity,
             serde_json::json!({"dropped_total": totals, "while": "offline"}),
         );
+        let record = super::event_record(self.presence.events_topic.clone(), &event);
         self.accept(vec![Outgoing { record, reply: None, acks: Vec::new() }]);
     }
 

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, OtaSection};
 use crate::engine::stats::ModelStats;
 use crate::engine::{Engine, LoadedModel};
+use crate::events::{Event, Events, Kind, Severity};
 use probation::{Numbers, Probation, Verdict};
 use rollout::Offer;
 pub use status::OtaStatus;
@@ -147,7 +148,7 @@ impl OtaHandle {
 /// Replaces configured models by the versions the store says are current. Run before
 /// the agent serves, so a restart serves what was last activated. Returns notes for
 /// events (a current version that does not load falls back to the previous one).
-pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)> {
+pub fn prepare(config: &Config, engine: &Engine) -> Vec<Event> {
     let Some(ota) = &config.ota else { return Vec::new() };
     let store = Store::new(&config.state_dir);
     let mut notes = Vec::new();
@@ -161,11 +162,13 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)>
             && current_version.as_deref() != Some(p.version.as_str())
         {
             tracing::warn!(model, version = %p.version, "an activation was interrupted; staying on the previous version");
-            notes.push((
-                "update-abandoned".into(),
-                model.clone(),
-                json!({"version": p.version, "why": "interrupted before the switch"}),
-            ));
+            notes.push(
+                Event::info(
+                    Kind::UpdateAbandoned,
+                    json!({"version": p.version, "why": "interrupted before the switch"}),
+                )
+                .model(model),
+            );
             state.probation = None;
             let _ = store.save_state(model, &state);
         }
@@ -186,11 +189,13 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)>
                     .and_then(|p| LoadedModel::load_dir(&p, &engine.model_limits()).ok().map(|m| (p, m)));
                 if let Some((p, m)) = fallback {
                     let _ = store.switch(model, &p, None);
-                    notes.push((
-                        "model-rolled-back".into(),
-                        model.clone(),
-                        json!({"from": current_version, "to": m.version(), "reason": format!("does not load: {why}")}),
-                    ));
+                    notes.push(
+                        Event::warning(
+                            Kind::ModelRolledBack,
+                            json!({"from": current_version, "to": m.version(), "reason": format!("does not load: {why}")}),
+                        )
+                        .model(model),
+                    );
                     engine.install(m);
                 }
             }
@@ -203,31 +208,6 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<(String, String, Value)>
 /// The version of a store directory (`versions/<v>`), or of a configured model dir.
 fn dir_version(dir: &Path) -> Option<String> {
     crate::engine::spec::ModelSpec::load_dir(dir).ok().map(|s| s.spec.version)
-}
-
-/// Where an update's progress goes: events on MQTT (when there is a link) and the log.
-#[derive(Clone, Default)]
-struct Events {
-    mqtt: Option<crate::mqtt::Mqtt>,
-    /// A copy of each event (kind, model, detail), for tests that drive the task
-    /// in-process with no MQTT link.
-    tap: Option<mpsc::UnboundedSender<(String, Option<String>, Value)>>,
-}
-
-impl Events {
-    async fn send(&self, kind: &str, severity: &str, model: Option<&str>, detail: Value) {
-        match severity {
-            "error" => tracing::error!(kind, model, %detail, "update event"),
-            "warning" => tracing::warn!(kind, model, %detail, "update event"),
-            _ => tracing::info!(kind, model, %detail, "update event"),
-        }
-        if let Some(tap) = &self.tap {
-            let _ = tap.send((kind.to_string(), model.map(str::to_string), detail.clone()));
-        }
-        if let Some(m) = &self.mqtt {
-            m.event(kind, severity, model, detail).await;
-        }
-    }
 }
 
 /// The update task's state.
@@ -260,12 +240,12 @@ struct Ota {
 pub fn start(
     config: &Config,
     engine: Arc<Engine>,
-    mqtt: Option<crate::mqtt::Mqtt>,
-    notes: Vec<(String, String, Value)>,
+    events: Events,
+    notes: Vec<Event>,
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
-    let ota = Ota::new(config, engine, Events { mqtt, tap: None })?;
+    let ota = Ota::new(config, engine, events)?;
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));
@@ -280,20 +260,16 @@ fn next_interval(cfg: &OtaSection) -> Duration {
     Duration::from_secs_f64((base + offset).max(1.0))
 }
 
-async fn run(
-    mut ota: Ota,
-    mut rx: mpsc::Receiver<Request>,
-    notes: Vec<(String, String, Value)>,
-    token: CancellationToken,
-) {
-    for (kind, model, detail) in notes {
-        let severity = if kind == "model-rolled-back" { "warning" } else { "info" };
-        ota.events.send(&kind, severity, Some(&model), detail).await;
+async fn run(mut ota: Ota, mut rx: mpsc::Receiver<Request>, notes: Vec<Event>, token: CancellationToken) {
+    for note in notes {
+        ota.events.emit(note).await;
     }
     for model in ota.cfg.models.clone() {
         if let Some(p) = ota.state(&model).probation {
             ota.at_switch.insert(model.clone(), ota.engine.snapshot(&model));
-            ota.events.send("probation-resumed", "info", Some(&model), json!({"version": p.version})).await;
+            ota.events
+                .emit(Event::info(Kind::ProbationResumed, json!({"version": p.version})).model(&model))
+                .await;
         }
     }
     // The first check comes soon after start (spread a little, so a fleet restarted at
@@ -396,18 +372,18 @@ impl Ota {
         match self.updater.refresh().await {
             Ok(info) => {
                 if let Some((from, to)) = info.root_rotated {
-                    self.events.send("root-rotated", "info", None, json!({"from": from, "to": to})).await;
+                    self.events.emit(Event::info(Kind::RootRotated, json!({"from": from, "to": to}))).await;
                 }
                 Ok(serde_json::to_value(&info).unwrap_or(Value::Null))
             }
             Err(e) => {
                 let (kind, severity) = if e.kind() == "expired" {
-                    ("registry-frozen", "error")
+                    (Kind::RegistryFrozen, Severity::Error)
                 } else {
-                    ("update-check-failed", "warning")
+                    (Kind::UpdateCheckFailed, Severity::Warning)
                 };
                 self.events
-                    .send(kind, severity, None, json!({"error": e.to_string(), "kind": e.kind()}))
+                    .emit(Event::new(kind, severity, json!({"error": e.to_string(), "kind": e.kind()})))
                     .await;
                 Err(e.to_string())
             }
@@ -523,12 +499,7 @@ impl Ota {
             // is right, the server or a cache in between is not) are retried next time.
             let permanent = matches!(e, OtaError::Package { .. } | OtaError::Refused(_));
             self.events
-                .send(
-                    "update-rejected",
-                    "error",
-                    Some(&model),
-                    json!({"version": version, "error": e.to_string(), "kind": e.kind(), "marked_bad": permanent}),
-                )
+                .emit(Event::error(Kind::UpdateRejected, json!({"version": version, "error": e.to_string(), "kind": e.kind(), "marked_bad": permanent})).model(&model))
                 .await;
             if permanent {
                 let mut state = self.state(&model);
@@ -560,11 +531,12 @@ impl Ota {
         // 1. Download (resumable) into staging.
         self.set_doing(&model, Some(&format!("downloading {version}")));
         self.events
-            .send(
-                "update-downloading",
-                "info",
-                Some(&model),
-                json!({"version": version, "bytes": offer.length, "reason": reason}),
+            .emit(
+                Event::info(
+                    Kind::UpdateDownloading,
+                    json!({"version": version, "bytes": offer.length, "reason": reason}),
+                )
+                .model(&model),
             )
             .await;
         let staging = self.store.staging()?;
@@ -583,12 +555,7 @@ impl Ota {
         fault::point("downloaded");
         let secs = started.elapsed().as_secs_f64();
         self.events
-            .send(
-                "update-downloaded",
-                "info",
-                Some(&model),
-                json!({"version": version, "bytes": got.bytes, "resumed_from": got.resumed_from, "seconds": secs}),
-            )
+            .emit(Event::info(Kind::UpdateDownloaded, json!({"version": version, "bytes": got.bytes, "resumed_from": got.resumed_from, "seconds": secs})).model(&model))
             .await;
         // 2. Unpack and check it is the model and version the signed metadata says.
         self.set_doing(&model, Some(&format!("unpacking {version}")));
@@ -630,17 +597,15 @@ impl Ota {
         if !report.passed {
             let why = report.error.clone().unwrap_or_else(|| "failed".into());
             self.events
-                .send("selftest-failed", "error", Some(&model), json!({"version": version, "report": report}))
+                .emit(
+                    Event::error(Kind::SelftestFailed, json!({"version": version, "report": report}))
+                        .model(&model),
+                )
                 .await;
             return Err(OtaError::Refused(format!("self-test failed: {why}")));
         }
         self.events
-            .send(
-                "selftest-passed",
-                "info",
-                Some(&model),
-                json!({"version": version, "cases": report.cases.len(), "max_latency_ms": report.max_latency_ms, "peak_rss_kib": report.peak_rss_kib}),
-            )
+            .emit(Event::info(Kind::SelftestPassed, json!({"version": version, "cases": report.cases.len(), "max_latency_ms": report.max_latency_ms, "peak_rss_kib": report.peak_rss_kib})).model(&model))
             .await;
         fault::point("selftested");
         // 4. Activate, then probation.
@@ -695,12 +660,7 @@ impl Ota {
         self.at_switch.insert(model.to_string(), before);
         fault::point("activated");
         self.events
-            .send(
-                "model-activated",
-                "info",
-                Some(model),
-                json!({"version": version, "previous": previous_version, "reason": reason, "probation": true}),
-            )
+            .emit(Event::info(Kind::ModelActivated, json!({"version": version, "previous": previous_version, "reason": reason, "probation": true})).model(model))
             .await;
         Ok(())
     }
@@ -733,11 +693,12 @@ impl Ota {
                     state.kept = Some(p.version.clone());
                     if self.save_state(&model, &state).is_ok() {
                         self.events
-                            .send(
-                                "probation-passed",
-                                "info",
-                                Some(&model),
-                                json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                            .emit(
+                                Event::info(
+                                    Kind::ProbationPassed,
+                                    json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                                )
+                                .model(&model),
                             )
                             .await;
                     }
@@ -783,7 +744,7 @@ impl Ota {
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), detail) {
             obj.extend(extra);
         }
-        self.events.send("probation-failed", "error", Some(model), body).await;
+        self.events.emit(Event::error(Kind::ProbationFailed, body).model(model)).await;
     }
 
     /// Goes back to the previous version and marks the current one bad.
@@ -819,7 +780,7 @@ impl Ota {
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), detail) {
             obj.extend(extra);
         }
-        self.events.send("model-rolled-back", "warning", Some(model), body.clone()).await;
+        self.events.emit(Event::warning(Kind::ModelRolledBack, body.clone()).model(model)).await;
         self.publish_status();
         Ok(body)
     }

@@ -5,19 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::Ota;
 use super::rollout::{Custom, Rollout};
 use super::serve::{Faults, ServeOptions};
 use super::store::{ModelState, Store};
 use super::tuf::keys::PrivateKey;
 use super::tuf::repo::{Expiries, Repository, RootKeys};
-use super::{Events, Ota};
 use crate::config::{Config, Overrides};
 use crate::engine::InferError;
-
-type Tap = mpsc::UnboundedReceiver<(String, Option<String>, Value)>;
+use crate::events::Events;
+type Tap = mpsc::UnboundedReceiver<crate::events::Event>;
 
 fn demo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/models/vibration")
@@ -86,7 +86,7 @@ fn passing_selftest(dir: &Path) -> PathBuf {
 
 /// The kinds of the events sent so far.
 fn kinds(tap: &mut Tap) -> Vec<String> {
-    std::iter::from_fn(|| tap.try_recv().ok()).map(|(kind, _, _)| kind).collect()
+    std::iter::from_fn(|| tap.try_recv().ok()).map(|e| e.kind.as_str().to_string()).collect()
 }
 
 /// What `state.json` holds, read as a restart would.
@@ -127,7 +127,7 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     let config = Config::load_with_env(&config_file, &Overrides::default(), &[]).unwrap();
     let engine = crate::service::start_engine(&config).unwrap();
     let (tx, mut tap) = mpsc::unbounded_channel();
-    let mut ota = Ota::new(&config, engine.clone(), Events { mqtt: None, tap: Some(tx) }).unwrap();
+    let mut ota = Ota::new(&config, engine.clone(), Events::log_only().tap(tx)).unwrap();
     ota.selftest_exe = passing_selftest(tmp.path());
     assert_eq!(serving(&ota), "1");
     assert_eq!(ota.state("vibration"), ModelState::default());
@@ -172,7 +172,7 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     assert_eq!(serving(&ota), "1");
 
     // A restart reads the same state back.
-    let again = Ota::new(&config, engine.clone(), Events::default()).unwrap();
+    let again = Ota::new(&config, engine.clone(), Events::log_only()).unwrap();
     assert_eq!(again.state("vibration"), state);
 
     let _ = stop.send(());

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
 use crate::config::{Config, Overrides};
 use crate::engine::{Engine, LoadedModel};
+use crate::events::{Event, Events, Kind};
 use crate::sources::{self, SensorMessage};
 use health::Health;
 use status::{Parts, Status};
@@ -170,12 +171,18 @@ pub async fn run(
     };
     drop(source_tx);
 
+    // Events: every one logged; published when MQTT is on.
+    let events = match &mqtt {
+        Some((handle, _)) => Events::log_only().publish_to(Arc::new(handle.clone())),
+        None => Events::log_only(),
+    };
+
     // Model updates from the registry.
     if config.ota.is_some() {
         let handle = crate::ota::start(
             &config,
             engine.clone(),
-            mqtt.as_ref().map(|(h, _)| h.clone()),
+            events.clone(),
             ota_notes,
             token.child_token(),
             &tracker,
@@ -186,11 +193,7 @@ pub async fn run(
     // Cloud fallback: device pressure sampled on a timer; routes engaged or cleared
     // become events.
     tracker.spawn(fallback.clone().watch_resources(config.state_dir.clone(), token.child_token()));
-    tracker.spawn(report_transitions(
-        transitions,
-        mqtt.as_ref().map(|(h, _)| h.clone()),
-        token.child_token(),
-    ));
+    tracker.spawn(report_transitions(transitions, events.clone(), token.child_token()));
 
     // Results → sink.
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
@@ -201,7 +204,7 @@ pub async fn run(
         engine: engine.clone(),
         health: health.clone(),
         results: result_tx,
-        events: mqtt.as_ref().map(|(handle, _)| handle.clone()),
+        events: events.clone(),
         fallback: fallback.clone(),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
@@ -240,9 +243,7 @@ pub async fn run(
             }
             Some(()) = reloads.recv() => {
                 let line = reloader.reload(&engine, &health, &fallback, &notifier);
-                if let Some((handle, _)) = &mqtt {
-                    handle.event("config-reloaded", "info", None, serde_json::json!({"changes": line})).await;
-                }
+                events.emit(Event::info(Kind::ConfigReloaded, serde_json::json!({"changes": line}))).await;
             }
         }
     }
@@ -253,6 +254,7 @@ pub async fn run(
 
     // The outbox closes once every producer is gone: ours goes now, the sink's when the
     // data path has drained.
+    drop(events);
     let mqtt_closed = mqtt.map(|(_, closed)| closed);
     tracker.close();
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
@@ -370,13 +372,13 @@ fn start_mqtt(
         telemetry_rx,
         token.child_token(),
     ));
-    let announcer = handle.clone();
+    let announcer = Events::log_only().publish_to(Arc::new(handle.clone()));
     let models: Vec<(String, String)> =
         engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
     tracker.spawn(async move {
         for (name, version) in models {
             announcer
-                .event("model-activated", "info", Some(&name), serde_json::json!({"version": version}))
+                .emit(Event::info(Kind::ModelActivated, serde_json::json!({"version": version})).model(name))
                 .await;
         }
     });
@@ -386,7 +388,7 @@ fn start_mqtt(
 /// Logs each fallback route engaged or cleared and publishes it as an event.
 async fn report_transitions(
     mut rx: mpsc::Receiver<crate::fallback::Transition>,
-    mqtt: Option<crate::mqtt::Mqtt>,
+    events: Events,
     token: CancellationToken,
 ) {
     loop {
@@ -394,22 +396,13 @@ async fn report_transitions(
             _ = token.cancelled() => return,
             t = rx.recv() => match t { Some(t) => t, None => return },
         };
-        let name = if t.engaged { "fallback-engaged" } else { "fallback-cleared" };
-        if t.engaged {
-            tracing::warn!(reason = t.reason, model = ?t.model, detail = %t.detail, "cloud fallback engaged");
+        let detail = serde_json::json!({"reason": t.reason, "detail": t.detail});
+        let event = if t.engaged {
+            Event::warning(Kind::FallbackEngaged, detail)
         } else {
-            tracing::info!(reason = t.reason, model = ?t.model, detail = %t.detail, "cloud fallback cleared");
-        }
-        if let Some(m) = &mqtt {
-            let level = if t.engaged { "warning" } else { "info" };
-            m.event(
-                name,
-                level,
-                t.model.as_deref(),
-                serde_json::json!({"reason": t.reason, "detail": t.detail}),
-            )
-            .await;
-        }
+            Event::info(Kind::FallbackCleared, detail)
+        };
+        events.emit(Event { model: t.model, ..event }).await;
     }
 }
 

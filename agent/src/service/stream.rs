@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::result::ResultRecord;
 use crate::engine::spec::ModelSpec;
 use crate::engine::{Engine, InferError};
+use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
 use crate::pipeline::{self, Payload, SegmentState, Windower};
 use crate::sources::SensorMessage;
@@ -39,7 +40,7 @@ impl Pipeline {
 struct ErrorLog {
     last: Option<Instant>,
     suppressed: u64,
-    events: Option<crate::mqtt::Mqtt>,
+    events: Events,
 }
 
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -52,11 +53,9 @@ impl ErrorLog {
             self.suppressed += 1;
             return;
         }
-        tracing::warn!(%model, %stream, error = %err, suppressed = self.suppressed, "request failed");
-        if let Some(m) = &self.events {
-            let detail = serde_json::json!({"stream": stream, "error": err.to_string(), "suppressed": self.suppressed});
-            m.event("request-failed", "warning", Some(model), detail).await;
-        }
+        let detail =
+            serde_json::json!({"stream": stream, "error": err.to_string(), "suppressed": self.suppressed});
+        self.events.emit(Event::warning(Kind::RequestFailed, detail).model(model)).await;
         self.last = Some(Instant::now());
         self.suppressed = 0;
     }
@@ -68,8 +67,8 @@ pub(super) struct Deps {
     pub engine: Arc<Engine>,
     pub health: Arc<super::health::Health>,
     pub results: mpsc::Sender<ResultRecord>,
-    /// Failures become events when MQTT is on.
-    pub events: Option<crate::mqtt::Mqtt>,
+    /// Where failures go (the log, and MQTT when it is on).
+    pub events: Events,
     pub fallback: Arc<Fallback>,
 }
 
