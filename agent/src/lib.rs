@@ -39,4 +39,6 @@ pub mod pipeline;
 pub mod service;
 pub mod sources;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod tls;

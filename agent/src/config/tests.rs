@@ -80,12 +80,7 @@ mod env_props {
 
     use super::super::{ENV_PREFIX, RawConfig, SECTIONS, apply_env, prefixed_env};
 
-    /// `cases` unless PROPTEST_CASES asks for another count.
-    fn config(cases: u32) -> ProptestConfig {
-        let default = ProptestConfig::default();
-        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
-        ProptestConfig { cases, ..default }
-    }
+    use crate::testing::proptest_config as config;
 
     /// A configuration with every section present and most optional keys set, so that
     /// most keys appear in its serialized form.

@@ -235,12 +235,7 @@ mod props {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    /// `cases` unless PROPTEST_CASES asks for another count.
-    fn config(cases: u32) -> ProptestConfig {
-        let default = ProptestConfig::default();
-        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
-        ProptestConfig { cases, ..default }
-    }
+    use crate::testing::proptest_config as config;
 
     /// One path segment: anything a file name may be but `.` and `..`.
     fn segment() -> impl Strategy<Value = String> {

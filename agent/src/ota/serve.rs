@@ -771,12 +771,7 @@ mod props {
     use http_body_util::BodyExt;
     use proptest::prelude::*;
 
-    /// `cases` unless PROPTEST_CASES asks for another count.
-    fn config(cases: u32) -> ProptestConfig {
-        let default = ProptestConfig::default();
-        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
-        ProptestConfig { cases, ..default }
-    }
+    use crate::testing::proptest_config as config;
 
     /// A byte position as a client may write it: its digits, and its value (saturated,
     /// which is all a comparison with a u64 length needs).

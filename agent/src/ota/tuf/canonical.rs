@@ -167,12 +167,7 @@ mod vs_securesystemslib {
     use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
     use std::sync::{Mutex, OnceLock};
 
-    /// `cases` unless PROPTEST_CASES asks for another count.
-    fn config(cases: u32) -> ProptestConfig {
-        let default = ProptestConfig::default();
-        let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
-        ProptestConfig { cases, ..default }
-    }
+    use crate::testing::proptest_config as config;
 
     /// Reads one JSON value per line and answers `ok <hex of the UTF-8 encoding>` or
     /// `err <exception>`, flushing each answer, so one process serves every case.

@@ -22,12 +22,7 @@ use super::metadata::{
     TargetFile, Targets, Timestamp, format_expires,
 };
 
-/// `cases` unless PROPTEST_CASES asks for another count.
-fn config(cases: u32) -> ProptestConfig {
-    let default = ProptestConfig::default();
-    let cases = if std::env::var_os("PROPTEST_CASES").is_some() { default.cases } else { cases };
-    ProptestConfig { cases, ..default }
-}
+use crate::testing::proptest_config as config;
 
 fn days(n: u64) -> Duration {
     Duration::from_secs(n * 86_400)
