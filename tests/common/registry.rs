@@ -82,23 +82,21 @@ impl Publisher {
         run(&full, secs(120))
     }
 
+    /// `registry publish` of a model directory (more `extra` flags), whatever its outcome.
+    pub fn try_publish(&self, model: &Path, extra: &[&str]) -> std::process::Output {
+        let (repo, keys) = (self.repo().display().to_string(), self.keys().display().to_string());
+        let mut args = vec!["publish", "--repo", &repo, "--keys", &keys, "--model", model.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.try_cli(&args)
+    }
+
     /// Publishes a model directory on `stable` at `rollout` percent (more `extra` flags).
     pub fn publish(&self, model: &Path, rollout: u32, extra: &[&str]) {
-        let (repo, keys) = (self.repo().display().to_string(), self.keys().display().to_string());
         let pct = rollout.to_string();
-        let mut args = vec![
-            "publish",
-            "--repo",
-            &repo,
-            "--keys",
-            &keys,
-            "--model",
-            model.to_str().unwrap(),
-            "--rollout",
-            &pct,
-        ];
-        args.extend_from_slice(extra);
-        self.cli(&args);
+        let mut flags = vec!["--rollout", &pct];
+        flags.extend_from_slice(extra);
+        let out = self.try_publish(model, &flags);
+        assert!(out.status.success(), "registry publish {model:?} {flags:?} failed:\n{}", stderr(&out));
     }
 
     /// `registry promote` of vibration `version` to `rollout` percent.

@@ -678,18 +678,15 @@ fn raw_exchange(port: u16, request: &[u8]) -> (u16, String, Value) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        // An answer is framed like a request: head, then a body by Content-Length.
+        if let Some(whole) = http_request_len(&buf)
+            && buf.len() >= whole
+        {
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + length {
-                let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-                let body = serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap_or(Value::Null);
-                return (status, head, body);
-            }
+            let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let body = serde_json::from_slice(&buf[end + 4..whole]).unwrap_or(Value::Null);
+            return (status, head, body);
         }
         match s.read(&mut chunk) {
             Ok(0) | Err(_) => {

@@ -101,15 +101,7 @@ fn oversized_and_wrapping_shapes_are_refused_everywhere_a_model_is_loaded() {
         let err = refused(&out);
         assert!(err.contains(says) && names_limit(&err), "run {shape}: {err}");
 
-        let out = p.try_cli(&[
-            "publish",
-            "--repo",
-            p.repo().to_str().unwrap(),
-            "--keys",
-            p.keys().to_str().unwrap(),
-            "--model",
-            det.to_str().unwrap(),
-        ]);
+        let out = p.try_publish(&det, &[]);
         let err = stderr(&out);
         assert!(!out.status.success() && err.contains(says) && names_limit(&err), "publish {shape}: {err}");
 

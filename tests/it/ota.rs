@@ -298,15 +298,7 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
     });
     // `registry publish` runs the self-test itself and refuses; sneak it in by hand to
     // play a publisher whose tooling was bypassed.
-    let out = p.try_cli(&[
-        "publish",
-        "--repo",
-        p.repo().to_str().unwrap(),
-        "--keys",
-        p.keys().to_str().unwrap(),
-        "--model",
-        v2.to_str().unwrap(),
-    ]);
+    let out = p.try_publish(&v2, &[]);
     assert!(!out.status.success() && stderr(&out).contains("self-test"), "{}", stderr(&out));
     publish_unchecked(&p, &v2, "2");
     let reg = Served::start(&p.repo());
