@@ -68,13 +68,7 @@ fn ngclient_refreshes_and_downloads_from_a_registry_made_by_the_cli() {
 #[test]
 fn the_agent_accepts_a_repository_written_with_python_tuf() {
     let work = tempdir();
-    let repo = work.path().join("pyrepo");
-    let out = Command::new(python())
-        .arg(root().join("tests/fixtures/tuf_make_repo.py"))
-        .arg(&repo)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make_repo.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let repo = python_tuf_repo(work.path());
     let trusted = repo.join("trusted-root.json");
 
     let out = run(
@@ -114,13 +108,7 @@ fn the_agent_accepts_a_repository_written_with_python_tuf() {
 #[test]
 fn a_bad_delegated_role_from_the_server_does_not_stick() {
     let work = tempdir();
-    let repo = work.path().join("pyrepo");
-    let out = Command::new(python())
-        .arg(root().join("tests/fixtures/tuf_make_repo.py"))
-        .arg(&repo)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "make_repo.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let repo = python_tuf_repo(work.path());
     let reg = Served::start(&repo);
     // The delegated role comes back as something else once (a cache, a proxy, a bad
     // mirror): its signatures do not verify.
@@ -147,4 +135,16 @@ fn a_bad_delegated_role_from_the_server_does_not_stick() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["models"]["vibration"]["offered"], json!(["2"]), "{v}");
     let _ = d.stop();
+}
+
+/// A repository written by python-tuf (`tests/fixtures/tuf_make_repo.py`) under `dir`.
+fn python_tuf_repo(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = dir.join("pyrepo");
+    let out = Command::new(python())
+        .arg(root().join("tests/fixtures/tuf_make_repo.py"))
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "make_repo.py failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    repo
 }
