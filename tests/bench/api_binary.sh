@@ -51,22 +51,7 @@ local f = io.open("$TMP/body.bin", "rb")
 wrk.body = f:read("*a")
 f:close()
 LUA
-cat > "$TMP/serve.toml" <<TOML
-[agent]
-device_id = "bench"
-state_dir = "$TMP/state"
-[engine]
-threads = 2
-queue = 256
-[api]
-listen = "127.0.0.1:$PORT"
-max_concurrency = 256
-[[model]]
-path = "$MODEL"
-TOML
-"$BIN" serve --config "$TMP/serve.toml" --log-level warn 2> "$TMP/serve.log" &
-PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
+. tests/bench/cls_serve.sh     # $BIN serve on $PORT with the classifier; sets $PID
 # Both bodies must be answered 200 before anything is measured.
 curl -sf -o /dev/null --data-binary @"$TMP/body.json" "http://127.0.0.1:$PORT/v2/models/ppocr-cls/infer"
 curl -sf -o /dev/null -H "Inference-Header-Content-Length: $HEADER_LEN" --data-binary @"$TMP/body.bin" \

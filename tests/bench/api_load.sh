@@ -28,22 +28,7 @@ cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; rm -rf "$TMP"; }
 trap cleanup EXIT
 
 . tests/bench/cls_request.sh
-cat > "$TMP/serve.toml" <<TOML
-[agent]
-device_id = "bench"
-state_dir = "$TMP/state"
-[engine]
-threads = 2
-queue = 256
-[api]
-listen = "127.0.0.1:$PORT"
-max_concurrency = 256
-[[model]]
-path = "$MODEL"
-TOML
-"$BIN" serve --config "$TMP/serve.toml" --log-level warn 2> "$TMP/serve.log" &
-PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/v2/health/ready" >/dev/null && break; sleep 0.1; done
+. tests/bench/cls_serve.sh     # $BIN serve on $PORT with the classifier; sets $PID
 
 # wrk: "Requests/sec: N" and the 99% line of --latency, in ms.
 wrk_run() {
