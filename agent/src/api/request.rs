@@ -90,27 +90,41 @@ pub fn element_count(shape: &[i64]) -> Option<usize> {
 /// Decodes a request body; `header_length` is the `Inference-Header-Content-Length`
 /// header's value when the request has one.
 pub fn decode(body: Bytes, header_length: Option<&[u8]>) -> Result<InferRequest, RequestError> {
-    let (json, binary) = match header_length {
-        None => (body, Bytes::new()),
-        Some(raw) => {
-            let text = std::str::from_utf8(raw).unwrap_or("").trim();
-            let Ok(n) = text.parse::<usize>() else {
-                return err(format!(
-                    "Inference-Header-Content-Length must be the length in bytes of the JSON header, got `{}`",
-                    String::from_utf8_lossy(raw).chars().take(40).collect::<String>()
-                ));
-            };
-            if n > body.len() {
-                return err(format!(
-                    "Inference-Header-Content-Length is {n} but the body has only {} bytes",
-                    body.len()
-                ));
-            }
-            let mut json = body;
-            let binary = json.split_off(n);
-            (json, binary)
-        }
+    let (json, binary) = split_body(body, header_length)?;
+    let wire = parse_header(&json)?;
+    let parameters = wire.parameters.unwrap_or_default();
+    let binary_by_default = flag(&parameters, "binary_data_output", "parameters")?.unwrap_or(false);
+    let inputs = decode_inputs(wire.inputs, &binary, header_length.is_some())?;
+    let outputs = wire.outputs.map(|list| decode_outputs(list, binary_by_default)).transpose()?;
+    Ok(InferRequest { id: wire.id, parameters, inputs, outputs, binary_by_default })
+}
+
+/// The JSON header and the binary data after it: the whole body is JSON unless the
+/// request gives the header's length.
+fn split_body(body: Bytes, header_length: Option<&[u8]>) -> Result<(Bytes, Bytes), RequestError> {
+    let Some(raw) = header_length else {
+        return Ok((body, Bytes::new()));
     };
+    let text = std::str::from_utf8(raw).unwrap_or("").trim();
+    let Ok(n) = text.parse::<usize>() else {
+        return err(format!(
+            "Inference-Header-Content-Length must be the length in bytes of the JSON header, got `{}`",
+            String::from_utf8_lossy(raw).chars().take(40).collect::<String>()
+        ));
+    };
+    if n > body.len() {
+        return err(format!(
+            "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+            body.len()
+        ));
+    }
+    let mut json = body;
+    let binary = json.split_off(n);
+    Ok((json, binary))
+}
+
+/// Reads the JSON header, which must be an object.
+fn parse_header(json: &[u8]) -> Result<WireRequest, RequestError> {
     // serde's derived structs also accept a JSON array of their fields in order; the
     // protocol's request is an object, so anything else is refused here.
     match json.iter().find(|b| !b.is_ascii_whitespace()) {
@@ -122,30 +136,25 @@ pub fn decode(body: Bytes, header_length: Option<&[u8]>) -> Result<InferRequest,
             );
         }
     }
-    let wire: WireRequest = serde_json::from_slice(&json)
-        .map_err(|e| RequestError(format!("request body is not a valid inference request: {e}")))?;
-    let parameters = wire.parameters.unwrap_or_default();
-    let binary_by_default = flag(&parameters, "binary_data_output", "parameters")?.unwrap_or(false);
+    serde_json::from_slice(json)
+        .map_err(|e| RequestError(format!("request body is not a valid inference request: {e}")))
+}
 
-    let mut inputs = Vec::with_capacity(wire.inputs.len());
+/// The inputs, each with its JSON `data` or its slice of `binary` (taken in order); the
+/// slices must use up `binary` exactly. `has_header`: the request gave the header length.
+fn decode_inputs(
+    wire: Vec<WireInput>,
+    binary: &Bytes,
+    has_header: bool,
+) -> Result<Vec<InputTensor>, RequestError> {
+    let mut inputs = Vec::with_capacity(wire.len());
     let mut offset = 0usize;
-    for input in wire.inputs {
+    for input in wire {
         if inputs.iter().any(|i: &InputTensor| i.name == input.name) {
             return err(format!("input `{}` appears twice; send each input once", input.name));
         }
         let parameters = input.parameters.unwrap_or_default();
-        let size = match parameters.get("binary_data_size") {
-            None => None,
-            Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
-                Some(n) => Some(n),
-                None => {
-                    return err(format!(
-                        "input `{}`: parameters.binary_data_size must be a byte count, got {v}",
-                        input.name
-                    ));
-                }
-            },
-        };
+        let size = binary_data_size(&input.name, &parameters)?;
         let data = match (input.data, size) {
             (Some(_), Some(_)) => {
                 return err(format!(
@@ -161,7 +170,7 @@ pub fn decode(body: Bytes, header_length: Option<&[u8]>) -> Result<InferRequest,
             }
             (Some(d), None) => d.into_tensor_data(),
             (None, Some(size)) => {
-                if header_length.is_none() {
+                if !has_header {
                     return err(format!(
                         "input `{}` has parameters.binary_data_size but the request has no Inference-Header-Content-Length header",
                         input.name
@@ -194,30 +203,42 @@ pub fn decode(body: Bytes, header_length: Option<&[u8]>) -> Result<InferRequest,
             binary.len()
         ));
     }
+    Ok(inputs)
+}
 
-    let outputs = match wire.outputs {
-        None => None,
-        Some(list) => {
-            let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(list.len());
-            for o in list {
-                if outputs.iter().any(|r| r.name == o.name) {
-                    return err(format!("output `{}` is requested twice", o.name));
-                }
-                let params = o.parameters.unwrap_or_default();
-                if params.contains_key("classification") {
-                    return err(format!(
-                        "output `{}`: the classification extension is not supported; the post-processed answer (label, score, top-k) is in the response's `edge_agent.result`",
-                        o.name
-                    ));
-                }
-                let binary = flag(&params, "binary_data", &format!("output `{}` parameters", o.name))?
-                    .unwrap_or(binary_by_default);
-                outputs.push(RequestedOutput { name: o.name, binary });
-            }
-            Some(outputs)
+/// An input's `parameters.binary_data_size`, if given.
+fn binary_data_size(name: &str, parameters: &Map<String, Value>) -> Result<Option<usize>, RequestError> {
+    match parameters.get("binary_data_size") {
+        None => Ok(None),
+        Some(v) => match v.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) => Ok(Some(n)),
+            None => err(format!("input `{name}`: parameters.binary_data_size must be a byte count, got {v}")),
+        },
+    }
+}
+
+/// The outputs asked for, each once, binary as it asks or as the request's default.
+fn decode_outputs(
+    list: Vec<WireOutput>,
+    binary_by_default: bool,
+) -> Result<Vec<RequestedOutput>, RequestError> {
+    let mut outputs: Vec<RequestedOutput> = Vec::with_capacity(list.len());
+    for o in list {
+        if outputs.iter().any(|r| r.name == o.name) {
+            return err(format!("output `{}` is requested twice", o.name));
         }
-    };
-    Ok(InferRequest { id: wire.id, parameters, inputs, outputs, binary_by_default })
+        let params = o.parameters.unwrap_or_default();
+        if params.contains_key("classification") {
+            return err(format!(
+                "output `{}`: the classification extension is not supported; the post-processed answer (label, score, top-k) is in the response's `edge_agent.result`",
+                o.name
+            ));
+        }
+        let binary = flag(&params, "binary_data", &format!("output `{}` parameters", o.name))?
+            .unwrap_or(binary_by_default);
+        outputs.push(RequestedOutput { name: o.name, binary });
+    }
+    Ok(outputs)
 }
 
 /// A boolean parameter, if given.

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -10,6 +11,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::ApiState;
+use crate::engine::Engine;
+use crate::mqtt::OutboxReport;
 use crate::service::status::{ApiReport, Parts, Status};
 
 impl ApiState {
@@ -34,17 +37,53 @@ pub async fn status(State(st): State<ApiState>) -> Json<Status> {
 const BUCKETS_S: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
-/// `GET /metrics`.
+/// `GET /metrics`: the families of each part, in a fixed order.
 pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
-    let mut out = String::new();
-    let stats = st.engine.stats();
-    let pool = st.engine.pool();
-    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for l in lines {
-            let _ = writeln!(out, "{name}{l}");
+    let mut out = Exposition::default();
+    request_metrics(&mut out, &st.engine);
+    pool_metrics(&mut out, &st.engine);
+    out.single(
+        "edge_agent_api_overloaded_total",
+        "counter",
+        "API inference requests answered 503 because too many were in flight.",
+        st.counters.overloaded.load(Ordering::Relaxed),
+    );
+    if let Some(f) = st.health.fallback().filter(|f| f.is_configured()) {
+        for m in f.metrics() {
+            let lines = m.samples.into_iter().map(|(labels, v)| format!("{labels} {v}"));
+            out.family(m.name, m.kind, m.help, lines);
         }
-    };
+    }
+    process_metrics(&mut out, st.health.started, st.health.is_ready());
+    if let Some(m) = st.health.mqtt() {
+        mqtt_metrics(&mut out, &m);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out.0)
+}
+
+/// Prometheus text exposition, written one metric family at a time.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A family: its HELP and TYPE lines, then one line per sample, each the family's
+    /// name followed by the sample (labels and value, or a suffix such as `_bucket{..} n`).
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: impl IntoIterator<Item = String>) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in samples {
+            let _ = writeln!(self.0, "{name}{s}");
+        }
+    }
+
+    /// A family of one sample without labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help, [format!(" {value}")]);
+    }
+}
+
+/// Requests by model: outcomes, rejections, and the latency histogram of successes.
+fn request_metrics(out: &mut Exposition, engine: &Engine) {
+    let stats = engine.stats();
     let mut requests = Vec::new();
     for (model, r) in &stats {
         requests.push(format!("{{model=\"{}\",outcome=\"ok\",place=\"local\"}} {}", esc(model), r.ok));
@@ -61,21 +100,18 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
             ));
         }
     }
-    metric(
+    out.family(
         "edge_agent_requests_total",
         "counter",
         "Inference requests by model, outcome and place.",
         requests,
     );
-    let rejections = stats
-        .iter()
-        .flat_map(|(model, r)| {
-            r.rejected.iter().map(move |(k, n)| format!("{{model=\"{}\",reason=\"{k}\"}} {n}", esc(model)))
-        })
-        .collect();
-    metric("edge_agent_rejections_total", "counter", "Requests turned away before running.", rejections);
+    let rejections = stats.iter().flat_map(|(model, r)| {
+        r.rejected.iter().map(move |(k, n)| format!("{{model=\"{}\",reason=\"{k}\"}} {n}", esc(model)))
+    });
+    out.family("edge_agent_rejections_total", "counter", "Requests turned away before running.", rejections);
     let mut hist = Vec::new();
-    for (model, lat) in st.engine.latencies() {
+    for (model, lat) in engine.latencies() {
         let m = esc(&model);
         for b in BUCKETS_S {
             hist.push(format!(
@@ -87,140 +123,102 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         hist.push(format!("_sum{{model=\"{m}\"}} {}", lat.sum_seconds()));
         hist.push(format!("_count{{model=\"{m}\"}} {}", lat.count()));
     }
-    metric(
+    out.family(
         "edge_agent_request_duration_seconds",
         "histogram",
         "Time from submission to result of successful requests.",
         hist,
     );
-    metric(
-        "edge_agent_queue_depth",
-        "gauge",
-        "Requests waiting for an engine worker.",
-        vec![format!(" {}", pool.queue_depth)],
-    );
-    metric(
-        "edge_agent_queue_capacity",
-        "gauge",
-        "Size of the engine queue.",
-        vec![format!(" {}", pool.queue_capacity)],
-    );
-    metric(
-        "edge_agent_workers_busy",
-        "gauge",
-        "Engine workers running a request.",
-        vec![format!(" {}", pool.busy)],
-    );
-    metric(
-        "edge_agent_streams_live",
-        "gauge",
-        "Streams with recurrent state.",
-        vec![format!(" {}", pool.live_streams)],
-    );
-    metric(
-        "edge_agent_api_overloaded_total",
-        "counter",
-        "API inference requests answered 503 because too many were in flight.",
-        vec![format!(" {}", st.counters.overloaded.load(Ordering::Relaxed))],
-    );
-    if let Some(f) = st.health.fallback().filter(|f| f.is_configured()) {
-        for m in f.metrics() {
-            let lines = m.samples.into_iter().map(|(labels, v)| format!("{labels} {v}")).collect();
-            metric(m.name, m.kind, m.help, lines);
-        }
-    }
+}
+
+/// The engine's worker pool: its queue, busy workers and live streams.
+fn pool_metrics(out: &mut Exposition, engine: &Engine) {
+    let pool = engine.pool();
+    out.single("edge_agent_queue_depth", "gauge", "Requests waiting for an engine worker.", pool.queue_depth);
+    out.single("edge_agent_queue_capacity", "gauge", "Size of the engine queue.", pool.queue_capacity);
+    out.single("edge_agent_workers_busy", "gauge", "Engine workers running a request.", pool.busy);
+    out.single("edge_agent_streams_live", "gauge", "Streams with recurrent state.", pool.live_streams);
+}
+
+/// The agent's process: memory, CPU time, uptime and readiness.
+fn process_metrics(out: &mut Exposition, started: Instant, ready: bool) {
     let mem = crate::telemetry::memory();
-    metric(
-        "edge_agent_resident_memory_bytes",
-        "gauge",
-        "Resident memory of the agent.",
-        vec![format!(" {}", mem.rss)],
-    );
-    metric(
+    out.single("edge_agent_resident_memory_bytes", "gauge", "Resident memory of the agent.", mem.rss);
+    out.single(
         "edge_agent_peak_resident_memory_bytes",
         "gauge",
         "Peak resident memory of the agent.",
-        vec![format!(" {}", mem.peak_rss)],
+        mem.peak_rss,
     );
-    metric(
+    out.single(
         "edge_agent_cpu_seconds_total",
         "counter",
         "CPU time used by the agent (user and system).",
-        vec![format!(" {}", crate::telemetry::cpu_seconds())],
+        crate::telemetry::cpu_seconds(),
     );
-    metric(
+    out.single(
         "edge_agent_uptime_seconds",
         "gauge",
         "Seconds since the agent started.",
-        vec![format!(" {}", st.health.started.elapsed().as_secs())],
+        started.elapsed().as_secs(),
     );
-    metric(
+    out.single(
         "edge_agent_ready",
         "gauge",
         "1 when models are loaded and the agent serves.",
-        vec![format!(" {}", u8::from(st.health.is_ready()))],
+        u8::from(ready),
     );
-    if let Some(m) = st.health.mqtt() {
-        metric(
-            "edge_agent_mqtt_connected",
-            "gauge",
-            "1 while connected to the MQTT broker.",
-            vec![format!(" {}", u8::from(m.connected))],
-        );
-        metric(
-            "edge_agent_mqtt_published_total",
-            "counter",
-            "Messages the broker acknowledged.",
-            vec![format!(" {}", m.published)],
-        );
-        metric(
-            "edge_agent_mqtt_reconnects_total",
-            "counter",
-            "Lost MQTT connections.",
-            vec![format!(" {}", m.reconnects)],
-        );
-        metric(
-            "edge_agent_mqtt_oversize_total",
-            "counter",
-            "Messages from the broker over mqtt.max_packet_bytes, dropped unread.",
-            vec![format!(" {}", m.oversize)],
-        );
-        metric(
-            "edge_agent_mqtt_session_resets_total",
-            "counter",
-            "Broker sessions discarded (with the messages they held) to get past a resent oversized message.",
-            vec![format!(" {}", m.session_resets)],
-        );
-        metric(
-            "edge_agent_mqtt_bad_stream_total",
-            "counter",
-            "Sensor messages dropped because their stream_level topic level is empty or not an id.",
-            vec![format!(" {}", m.bad_stream)],
-        );
-        metric(
-            "edge_agent_spool_records",
-            "gauge",
-            "Messages waiting in the spool for the broker.",
-            vec![format!(" {}", m.spool_records)],
-        );
-        metric(
-            "edge_agent_spool_bytes",
-            "gauge",
-            "Size of the spool's files.",
-            vec![format!(" {}", m.spool_bytes)],
-        );
-        let d = &m.dropped;
-        metric(
-            "edge_agent_spool_dropped_total",
-            "counter",
-            "Messages dropped from the full spool, by class.",
-            [("telemetry", d.telemetry), ("result", d.result), ("event", d.event), ("reply", d.reply)]
-                .iter()
-                .map(|(c, n)| format!("{{class=\"{c}\"}} {n}"))
-                .collect(),
-        );
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
+
+/// The MQTT link and its spool.
+fn mqtt_metrics(out: &mut Exposition, m: &OutboxReport) {
+    out.single(
+        "edge_agent_mqtt_connected",
+        "gauge",
+        "1 while connected to the MQTT broker.",
+        u8::from(m.connected),
+    );
+    out.single(
+        "edge_agent_mqtt_published_total",
+        "counter",
+        "Messages the broker acknowledged.",
+        m.published,
+    );
+    out.single("edge_agent_mqtt_reconnects_total", "counter", "Lost MQTT connections.", m.reconnects);
+    out.single(
+        "edge_agent_mqtt_oversize_total",
+        "counter",
+        "Messages from the broker over mqtt.max_packet_bytes, dropped unread.",
+        m.oversize,
+    );
+    out.single(
+        "edge_agent_mqtt_session_resets_total",
+        "counter",
+        "Broker sessions discarded (with the messages they held) to get past a resent oversized message.",
+        m.session_resets,
+    );
+    out.single(
+        "edge_agent_mqtt_bad_stream_total",
+        "counter",
+        "Sensor messages dropped because their stream_level topic level is empty or not an id.",
+        m.bad_stream,
+    );
+    out.single(
+        "edge_agent_spool_records",
+        "gauge",
+        "Messages waiting in the spool for the broker.",
+        m.spool_records,
+    );
+    out.single("edge_agent_spool_bytes", "gauge", "Size of the spool's files.", m.spool_bytes);
+    let d = &m.dropped;
+    out.family(
+        "edge_agent_spool_dropped_total",
+        "counter",
+        "Messages dropped from the full spool, by class.",
+        [("telemetry", d.telemetry), ("result", d.result), ("event", d.event), ("reply", d.reply)]
+            .iter()
+            .map(|(c, n)| format!("{{class=\"{c}\"}} {n}")),
+    );
 }
 
 /// Escapes a label value.

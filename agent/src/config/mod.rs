@@ -629,13 +629,66 @@ pub fn is_valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
+/// Checks every section, collecting all problems before reporting any, then builds the
+/// [`Config`]: each step below checks one part and returns what it validated.
 fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigError> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
     let mut problems = Vec::new();
     let mut problem = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
 
-    let device_id = match raw.agent.device_id.clone() {
+    let device_id = check_device_id(&raw.agent, &mut problem);
+    check_engine(&raw.engine, &mut problem);
+    check_log(&raw.log, &mut problem);
+    let models = load_models(&raw.models, &resolve, &mut problem);
+    let absent = AbsentModels::of(&raw);
+    check_sources(&raw.sources, &models, &absent, &resolve, &mut problem);
+    let api = raw.api.as_ref().map(|a| check_api(a, &resolve, &mut problem));
+    let mut model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+    for m in &absent.all {
+        if !model_names.contains(&m.as_str()) {
+            model_names.push(m);
+        }
+    }
+    let mqtt = raw.mqtt.as_ref().map(|m| mqtt::validate(m, &device_id, &model_names, &resolve, &mut problem));
+    mqtt::validate_rest(&raw.telemetry, &raw.spool, &mut problem);
+    let groups = raw.mqtt.as_ref().map(|m| m.groups.clone()).unwrap_or_default();
+    let ota = raw.ota.as_ref().map(|o| ota::validate(o, &resolve, &groups, &mut problem));
+    let fallback =
+        raw.fallback.as_ref().map(|f| check_fallback(f, &models, &absent.registry, &resolve, &mut problem));
+
+    if !problems.is_empty() {
+        return Err(report(&problems, path, text));
+    }
+    Ok(Config {
+        file: path.to_path_buf(),
+        device_id,
+        state_dir: resolve(&raw.agent.state_dir),
+        log: raw.log,
+        engine: EngineConfig {
+            threads: raw.engine.threads,
+            queue: raw.engine.queue,
+            max_streams: raw.engine.max_streams,
+            spin: Duration::from_micros(raw.engine.spin_us),
+            model_limits: crate::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
+        },
+        deadline: Duration::from_millis(raw.engine.deadline_ms),
+        models,
+        sources: resolve_sources(raw.sources, &resolve),
+        output: raw.output,
+        api,
+        mqtt,
+        telemetry: raw.telemetry,
+        spool: raw.spool,
+        ota,
+        fallback,
+    })
+}
+
+/// `agent.device_id`, or the host name when it is not set; checked either way, since it
+/// goes into topics and paths.
+fn check_device_id(agent: &AgentSection, problem: &mut dyn FnMut(&str, String)) -> String {
+    let device_id = match agent.device_id.clone() {
         Some(id) => id,
         None => hostname(),
     };
@@ -647,7 +700,11 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             ),
         );
     }
-    let e = &raw.engine;
+    device_id
+}
+
+/// Checks the ranges of `[engine]`.
+fn check_engine(e: &EngineSection, problem: &mut dyn FnMut(&str, String)) {
     if !(1..=256).contains(&e.threads) {
         problem(
             "engine.threads",
@@ -679,15 +736,26 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
     if e.max_streams == 0 {
         problem("engine.max_streams", "0 streams would serve nothing; use at least 1".into());
     }
-    if tracing_subscriber::EnvFilter::try_new(&raw.log.level).is_err() {
+}
+
+/// Checks that `log.level` is a filter the log can use.
+fn check_log(log: &LogSection, problem: &mut dyn FnMut(&str, String)) {
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
         problem(
             "log.level",
-            format!("`{}` is not a log filter; use error, warn, info, debug or trace", raw.log.level),
+            format!("`{}` is not a log filter; use error, warn, info, debug or trace", log.level),
         );
     }
+}
 
+/// Reads the spec of each `[[model]]` directory; a name may appear once.
+fn load_models(
+    entries: &[ModelEntry],
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> Vec<ModelConfig> {
     let mut models = Vec::new();
-    for (i, m) in raw.models.iter().enumerate() {
+    for (i, m) in entries.iter().enumerate() {
         let key = format!("model.{i}.path");
         let dir = resolve(&m.path);
         match ModelSpec::load_dir(&dir) {
@@ -703,16 +771,44 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             Err(err) => problem(&key, err.to_string()),
         }
     }
-    // Models the registry provides may be missing until the first update arrives, and
-    // models with a cloud endpoint may never be installed here.
-    let mut ota_models: Vec<String> = raw.ota.as_ref().map(|o| o.models.clone()).unwrap_or_default();
-    let cloud_models: Vec<String> =
-        raw.fallback.as_ref().map(|f| f.models.iter().map(|m| m.model.clone()).collect()).unwrap_or_default();
-    let registry_models = ota_models.clone();
-    ota_models.extend(cloud_models.iter().filter(|m| !registry_models.contains(m)).cloned());
-    for (i, s) in raw.sources.iter().enumerate() {
+    models
+}
+
+/// Models that may be named without a `[[model]]`: the ones the registry provides may be
+/// missing until the first update arrives, and models with a cloud endpoint may never be
+/// installed here.
+struct AbsentModels {
+    /// `ota.models`.
+    registry: Vec<String>,
+    /// `ota.models`, then the fallback's models not among them.
+    all: Vec<String>,
+}
+
+impl AbsentModels {
+    fn of(raw: &RawConfig) -> AbsentModels {
+        let registry: Vec<String> = raw.ota.as_ref().map(|o| o.models.clone()).unwrap_or_default();
+        let cloud: Vec<String> = raw
+            .fallback
+            .as_ref()
+            .map(|f| f.models.iter().map(|m| m.model.clone()).collect())
+            .unwrap_or_default();
+        let mut all = registry.clone();
+        all.extend(cloud.iter().filter(|m| !registry.contains(m)).cloned());
+        AbsentModels { registry, all }
+    }
+}
+
+/// Checks each `[[source]]`: its model exists, and its kind's own settings.
+fn check_sources(
+    sources: &[SourceEntry],
+    models: &[ModelConfig],
+    absent: &AbsentModels,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) {
+    for (i, s) in sources.iter().enumerate() {
         let key = format!("source.{i}");
-        if !models.iter().any(|m| m.name == s.model()) && !ota_models.iter().any(|m| m == s.model()) {
+        if !models.iter().any(|m| m.name == s.model()) && !absent.all.iter().any(|m| m == s.model()) {
             let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
             problem(
                 &format!("{key}.model"),
@@ -724,29 +820,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             );
         }
         match s {
-            SourceEntry::Simulated(sim) => {
-                if !(1..=1_000_000).contains(&sim.sample_rate) {
-                    problem(
-                        &format!("{key}.sample_rate"),
-                        format!("{} is out of range; use 1 to 1000000", sim.sample_rate),
-                    );
-                }
-                if sim.chunk_ms == 0 {
-                    problem(&format!("{key}.chunk_ms"), "must be at least 1".into());
-                }
-                if !(sim.speed >= 0.0 && sim.speed.is_finite()) {
-                    problem(
-                        &format!("{key}.speed"),
-                        format!("{} is not valid; use 0 (as fast as possible) or more", sim.speed),
-                    );
-                }
-                if !is_valid_id(&sim.stream) {
-                    problem(
-                        &format!("{key}.stream"),
-                        format!("`{}` may only use A-Z a-z 0-9 . _ -", sim.stream),
-                    );
-                }
-            }
+            SourceEntry::Simulated(sim) => check_simulated(&key, sim, problem),
             SourceEntry::File(f) => {
                 let p = resolve(&f.path);
                 if !p.is_file() {
@@ -759,82 +833,114 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             SourceEntry::Stdin(_) => {}
         }
     }
-    if raw.sources.iter().filter(|s| matches!(s, SourceEntry::Stdin(_))).count() > 1 {
+    if sources.iter().filter(|s| matches!(s, SourceEntry::Stdin(_))).count() > 1 {
         problem("source", "only one stdin source can exist".into());
     }
-    let api = raw.api.as_ref().map(|a| {
-        let listen = (!a.listen.is_empty()).then(|| a.listen.clone());
-        if let Some(l) = &listen {
-            match l.parse::<std::net::SocketAddr>() {
-                Ok(addr) if !addr.ip().is_loopback() && !a.allow_remote => problem(
-                    "api.listen",
-                    format!(
-                        "{l} is not a loopback address; the local API serves this device only: use 127.0.0.1:PORT, or set api.allow_remote = true (a cloud endpoint in a container)"
-                    ),
+}
+
+/// Checks a simulated source's rate, chunk, speed and stream id; `key` is `source.N`.
+fn check_simulated(key: &str, sim: &SimulatedSource, problem: &mut dyn FnMut(&str, String)) {
+    if !(1..=1_000_000).contains(&sim.sample_rate) {
+        problem(
+            &format!("{key}.sample_rate"),
+            format!("{} is out of range; use 1 to 1000000", sim.sample_rate),
+        );
+    }
+    if sim.chunk_ms == 0 {
+        problem(&format!("{key}.chunk_ms"), "must be at least 1".into());
+    }
+    if !(sim.speed >= 0.0 && sim.speed.is_finite()) {
+        problem(
+            &format!("{key}.speed"),
+            format!("{} is not valid; use 0 (as fast as possible) or more", sim.speed),
+        );
+    }
+    if !is_valid_id(&sim.stream) {
+        problem(&format!("{key}.stream"), format!("`{}` may only use A-Z a-z 0-9 . _ -", sim.stream));
+    }
+}
+
+/// Checks `[api]`: where it listens (loopback unless allowed otherwise) and its limits.
+fn check_api(
+    a: &ApiSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> ApiConfig {
+    let listen = (!a.listen.is_empty()).then(|| a.listen.clone());
+    if let Some(l) = &listen {
+        match l.parse::<std::net::SocketAddr>() {
+            Ok(addr) if !addr.ip().is_loopback() && !a.allow_remote => problem(
+                "api.listen",
+                format!(
+                    "{l} is not a loopback address; the local API serves this device only: use 127.0.0.1:PORT, or set api.allow_remote = true (a cloud endpoint in a container)"
                 ),
-                Ok(_) => {}
-                Err(_) => problem("api.listen", format!("`{l}` is not an address such as 127.0.0.1:8470")),
-            }
-        }
-        let socket = a.socket.as_ref().map(|p| resolve(p)).or_else(|| {
-            std::env::var_os("RUNTIME_DIRECTORY").map(|d| PathBuf::from(d).join("api.sock"))
-        });
-        if listen.is_none() && socket.is_none() {
-            problem("api.listen", "neither a TCP address nor a unix socket: set api.listen or api.socket".into());
-        }
-        for (key, v, lo, hi) in [
-            ("api.max_body_bytes", a.max_body_bytes as u64, 1024, 1 << 30),
-            ("api.max_concurrency", a.max_concurrency as u64, 1, 100_000),
-            ("api.max_connections", a.max_connections as u64, 1, 100_000),
-            ("api.header_timeout_ms", a.header_timeout_ms, 100, 600_000),
-            ("api.body_timeout_ms", a.body_timeout_ms, 100, 600_000),
-        ] {
-            if !(lo..=hi).contains(&v) {
-                problem(key, format!("{v} is out of range; use {lo} to {hi}"));
-            }
-        }
-        ApiConfig { listen, socket, limits: a.clone() }
-    });
-    let mut model_names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
-    for m in &ota_models {
-        if !model_names.contains(&m.as_str()) {
-            model_names.push(m);
+            ),
+            Ok(_) => {}
+            Err(_) => problem("api.listen", format!("`{l}` is not an address such as 127.0.0.1:8470")),
         }
     }
-    let mqtt = raw.mqtt.as_ref().map(|m| mqtt::validate(m, &device_id, &model_names, &resolve, &mut problem));
-    mqtt::validate_rest(&raw.telemetry, &raw.spool, &mut problem);
-    let groups = raw.mqtt.as_ref().map(|m| m.groups.clone()).unwrap_or_default();
-    let ota = raw.ota.as_ref().map(|o| ota::validate(o, &resolve, &groups, &mut problem));
-    let fallback = raw.fallback.as_ref().map(|f| {
-        let checked = fallback::validate(f, &resolve, &mut problem);
-        for (i, m) in checked.models.iter().enumerate() {
-            let here = models.iter().any(|x| x.name == m.model) || registry_models.contains(&m.model);
-            if !here && m.spec.is_none() {
-                problem(
-                    &format!("fallback.model.{i}.spec"),
-                    format!(
-                        "`{}` is not installed here, so its pre- and post-processing must come from somewhere: set spec to a directory holding its model.toml",
-                        m.model
-                    ),
-                );
-            }
-        }
-        checked
-    });
-
-    if !problems.is_empty() {
-        let lines: Vec<String> = problems
-            .iter()
-            .map(|p| {
-                let line = line_of_path(text, &p.key).unwrap_or(0);
-                format!("{}:{}: {}: {}", path.display(), line, p.key, p.message)
-            })
-            .collect();
-        return Err(ConfigError::Invalid { count: lines.len(), problems: lines.join("\n") });
+    let socket = a
+        .socket
+        .as_ref()
+        .map(|p| resolve(p))
+        .or_else(|| std::env::var_os("RUNTIME_DIRECTORY").map(|d| PathBuf::from(d).join("api.sock")));
+    if listen.is_none() && socket.is_none() {
+        problem("api.listen", "neither a TCP address nor a unix socket: set api.listen or api.socket".into());
     }
+    for (key, v, lo, hi) in [
+        ("api.max_body_bytes", a.max_body_bytes as u64, 1024, 1 << 30),
+        ("api.max_concurrency", a.max_concurrency as u64, 1, 100_000),
+        ("api.max_connections", a.max_connections as u64, 1, 100_000),
+        ("api.header_timeout_ms", a.header_timeout_ms, 100, 600_000),
+        ("api.body_timeout_ms", a.body_timeout_ms, 100, 600_000),
+    ] {
+        if !(lo..=hi).contains(&v) {
+            problem(key, format!("{v} is out of range; use {lo} to {hi}"));
+        }
+    }
+    ApiConfig { listen, socket, limits: a.clone() }
+}
 
-    let sources = raw
-        .sources
+/// Checks `[fallback]`, and that a cloud model not installed here (nor provided by the
+/// registry) names a spec for its pre- and post-processing.
+fn check_fallback(
+    f: &FallbackSection,
+    models: &[ModelConfig],
+    registry: &[String],
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> FallbackSection {
+    let checked = fallback::validate(f, resolve, problem);
+    for (i, m) in checked.models.iter().enumerate() {
+        let here = models.iter().any(|x| x.name == m.model) || registry.contains(&m.model);
+        if !here && m.spec.is_none() {
+            problem(
+                &format!("fallback.model.{i}.spec"),
+                format!(
+                    "`{}` is not installed here, so its pre- and post-processing must come from somewhere: set spec to a directory holding its model.toml",
+                    m.model
+                ),
+            );
+        }
+    }
+    checked
+}
+
+/// Every problem, one line each as `file:line: key: message`.
+fn report(problems: &[Problem], path: &Path, text: &str) -> ConfigError {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let line = line_of_path(text, &p.key).unwrap_or(0);
+            format!("{}:{}: {}: {}", path.display(), line, p.key, p.message)
+        })
+        .collect();
+    ConfigError::Invalid { count: lines.len(), problems: lines.join("\n") }
+}
+
+/// The sources with file paths made absolute.
+fn resolve_sources(sources: Vec<SourceEntry>, resolve: &dyn Fn(&Path) -> PathBuf) -> Vec<SourceEntry> {
+    sources
         .into_iter()
         .map(|s| match s {
             SourceEntry::File(mut f) => {
@@ -843,30 +949,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             }
             other => other,
         })
-        .collect();
-    Ok(Config {
-        file: path.to_path_buf(),
-        device_id,
-        state_dir: resolve(&raw.agent.state_dir),
-        log: raw.log,
-        engine: EngineConfig {
-            threads: raw.engine.threads,
-            queue: raw.engine.queue,
-            max_streams: raw.engine.max_streams,
-            spin: Duration::from_micros(raw.engine.spin_us),
-            model_limits: crate::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
-        },
-        deadline: Duration::from_millis(raw.engine.deadline_ms),
-        models,
-        sources,
-        output: raw.output,
-        api,
-        mqtt,
-        telemetry: raw.telemetry,
-        spool: raw.spool,
-        ota,
-        fallback,
-    })
+        .collect()
 }
 
 /// The host name, reduced to the characters allowed in a device id.

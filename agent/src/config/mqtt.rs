@@ -247,6 +247,36 @@ pub(super) fn validate(
     resolve: &dyn Fn(&Path) -> PathBuf,
     problem: &mut dyn FnMut(&str, String),
 ) -> MqttConfig {
+    let client_id = check_session(m, device_id, problem);
+    let password = read_password(m, resolve, problem);
+    let tls = m.tls.as_ref().map(|t| check_tls(t, resolve, problem));
+    check_sensors(m, models, problem);
+    MqttConfig {
+        host: m.host.clone(),
+        port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+        version: m.version,
+        client_id,
+        username: m.username.clone(),
+        password,
+        keep_alive: Duration::from_secs(m.keep_alive_s),
+        clean_session: m.clean_session,
+        prefix: m.prefix.clone(),
+        groups: m.groups.clone(),
+        reconnect_min: Duration::from_millis(m.reconnect_min_ms),
+        reconnect_max: Duration::from_millis(m.reconnect_max_ms),
+        max_packet_bytes: m.max_packet_bytes,
+        max_command_bytes: m.max_command_bytes,
+        inflight: m.inflight,
+        receive_maximum: m.receive_maximum,
+        tls,
+        sensors: m.sensors.clone(),
+    }
+}
+
+/// Checks the session's settings: host, client id (the device id unless set), topic
+/// prefix and groups, keep-alive, reconnect waits, packet sizes and flow control.
+/// Returns the client id.
+fn check_session(m: &MqttSection, device_id: &str, problem: &mut dyn FnMut(&str, String)) -> String {
     if m.host.trim().is_empty() {
         problem("mqtt.host", "empty; set the broker's host name or address".into());
     }
@@ -292,6 +322,15 @@ pub(super) fn validate(
     if m.receive_maximum == 0 {
         problem("mqtt.receive_maximum", "0 is not allowed by MQTT 5; use 1 to 65535".into());
     }
+    client_id
+}
+
+/// The password, given or read from `password_file` (not both); it needs a username.
+fn read_password(
+    m: &MqttSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<String> {
     let password = match (&m.password, &m.password_file) {
         (Some(_), Some(_)) => {
             problem("mqtt.password", "set password or password_file, not both".into());
@@ -310,28 +349,41 @@ pub(super) fn validate(
     if password.is_some() && m.username.is_none() {
         problem("mqtt.username", "a password needs a username".into());
     }
-    let tls = m.tls.as_ref().map(|t| {
-        let t = TlsSection {
-            ca_file: resolve(&t.ca_file),
-            cert_file: t.cert_file.as_deref().map(resolve),
-            key_file: t.key_file.as_deref().map(resolve),
-        };
-        for (key, path) in [
-            ("mqtt.tls.ca_file", Some(&t.ca_file)),
-            ("mqtt.tls.cert_file", t.cert_file.as_ref()),
-            ("mqtt.tls.key_file", t.key_file.as_ref()),
-        ] {
-            if let Some(p) = path
-                && !p.is_file()
-            {
-                problem(key, format!("{} is not a readable file", p.display()));
-            }
+    password
+}
+
+/// `[mqtt.tls]` with its paths resolved: each file readable, and a client certificate
+/// only with its key.
+fn check_tls(
+    t: &TlsSection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    problem: &mut dyn FnMut(&str, String),
+) -> TlsSection {
+    let t = TlsSection {
+        ca_file: resolve(&t.ca_file),
+        cert_file: t.cert_file.as_deref().map(resolve),
+        key_file: t.key_file.as_deref().map(resolve),
+    };
+    for (key, path) in [
+        ("mqtt.tls.ca_file", Some(&t.ca_file)),
+        ("mqtt.tls.cert_file", t.cert_file.as_ref()),
+        ("mqtt.tls.key_file", t.key_file.as_ref()),
+    ] {
+        if let Some(p) = path
+            && !p.is_file()
+        {
+            problem(key, format!("{} is not a readable file", p.display()));
         }
-        if t.cert_file.is_some() != t.key_file.is_some() {
-            problem("mqtt.tls.cert_file", "a client certificate needs its key: set both or neither".into());
-        }
-        t
-    });
+    }
+    if t.cert_file.is_some() != t.key_file.is_some() {
+        problem("mqtt.tls.cert_file", "a client certificate needs its key: set both or neither".into());
+    }
+    t
+}
+
+/// Checks each `[[mqtt.sensor]]`: a topic filter outside the agent's prefix, a configured
+/// model, a stream level the filter has, QoS 0 or 1.
+fn check_sensors(m: &MqttSection, models: &[&str], problem: &mut dyn FnMut(&str, String)) {
     for (i, s) in m.sensors.iter().enumerate() {
         let key = format!("mqtt.sensor.{i}");
         if let Err(why) = check_filter(&s.topic) {
@@ -369,26 +421,6 @@ pub(super) fn validate(
         if s.qos > 1 {
             problem(&format!("{key}.qos"), format!("{} is not supported; use 0 or 1", s.qos));
         }
-    }
-    MqttConfig {
-        host: m.host.clone(),
-        port: m.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
-        version: m.version,
-        client_id,
-        username: m.username.clone(),
-        password,
-        keep_alive: Duration::from_secs(m.keep_alive_s),
-        clean_session: m.clean_session,
-        prefix: m.prefix.clone(),
-        groups: m.groups.clone(),
-        reconnect_min: Duration::from_millis(m.reconnect_min_ms),
-        reconnect_max: Duration::from_millis(m.reconnect_max_ms),
-        max_packet_bytes: m.max_packet_bytes,
-        max_command_bytes: m.max_command_bytes,
-        inflight: m.inflight,
-        receive_maximum: m.receive_maximum,
-        tls,
-        sensors: m.sensors.clone(),
     }
 }
 
