@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod mqtt_agent;
 pub mod registry;
 
 use std::io::Read;

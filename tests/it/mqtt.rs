@@ -3,44 +3,14 @@
 //! spool's bound, TLS with client certificates, MQTT 5 request/response.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::common::broker::{Broker, BrokerOptions, Subscription};
+use crate::common::mqtt_agent::{Agent, MqttSetup, Prepared, Running, broker_opts, flat_model, write_config};
 use crate::common::*;
-
-/// The agent's ACL: its own topics, the sensor topics, the fleet's command topics.
-const AGENT_ACL: &str = "user agent\ntopic readwrite edge/dev1/#\ntopic read edge/all/#\ntopic read edge/group/#\ntopic read sensors/#\ntopic write replies/#\n\nuser test\ntopic readwrite sensors/#\ntopic read edge/#\ntopic read replies/#\ntopic write edge/dev1/cmd/#\ntopic write edge/all/cmd/#\ntopic write edge/group/#\n\nuser outsider\ntopic read edge/#\n";
-
-fn broker_opts() -> BrokerOptions {
-    BrokerOptions {
-        users: vec![
-            ("agent".into(), "agent-pass".into()),
-            ("test".into(), "test-pass".into()),
-            ("outsider".into(), "outsider-pass".into()),
-        ],
-        acl: Some(AGENT_ACL.into()),
-        ..BrokerOptions::default()
-    }
-}
-
-/// The demo classifier without windows: each 256-sample message is one request, so every
-/// sensor message has exactly one result.
-fn flat_model(dir: &Path) -> PathBuf {
-    let dest = dir.join("flat");
-    copy_model(&demo_model(), &dest);
-    let spec = std::fs::read_to_string(dest.join("model.toml")).unwrap();
-    let spec = spec
-        .replacen("name = \"vibration\"", "name = \"flat\"", 1)
-        .replace("[pre.window]\nsize = 256\nhop = 128\n", "");
-    assert!(!spec.contains("[pre.window]"), "the demo spec changed; update this test");
-    std::fs::write(dest.join("model.toml"), spec).unwrap();
-    dest
-}
 
 /// A sensor message: 256 samples of a quiet signal, with an id.
 fn sensor_payload(id: u64) -> String {
@@ -48,101 +18,14 @@ fn sensor_payload(id: u64) -> String {
     format!("{{\"id\":{id},\"data\":[{}]}}", samples.join(","))
 }
 
-/// A running agent whose config and state outlive it (for kill and restart).
-struct Agent {
-    child: Guard,
-    log: Arc<Mutex<String>>,
-}
-
-impl Agent {
-    fn start(config: &Path) -> Agent {
-        Agent::start_with_env(config, &[])
-    }
-
-    fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
-        let mut child = Guard(
-            Command::new(bin())
-                .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--quiet"])
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn agent"),
-        );
-        let log = Arc::new(Mutex::new(String::new()));
-        read_into(child.0.stderr.take().expect("stderr"), log.clone());
-        Agent { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, what: &str, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.log().contains(what) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the agent did not log `{what}` within {limit:?}:\n{}", self.log());
-    }
-
-    fn kill(mut self) {
-        signal(&self.child.0, "KILL");
-        let _ = wait_timeout(&mut self.child.0, secs(10));
-    }
-
-    fn stop(mut self) -> String {
-        signal(&self.child.0, "TERM");
-        let status = wait_timeout(&mut self.child.0, secs(30)).expect("agent stops after SIGTERM");
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(status.success(), "agent exit {status:?}:\n{}", self.log());
-        self.log()
-    }
-}
-
-/// Writes a config for device `dev1` against `broker`; `extra` is appended.
-fn write_config(dir: &Path, broker: &Broker, model: &Path, mqtt_extra: &str, extra: &str) -> PathBuf {
-    write_config_for_port(dir, broker.port, model, mqtt_extra, extra)
-}
-
-/// [`write_config`] for a broker on `port` that is not a [`Broker`].
-fn write_config_for_port(dir: &Path, port: u16, model: &Path, mqtt_extra: &str, extra: &str) -> PathBuf {
-    let config = dir.join("agent.toml");
-    let text = format!(
-        "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n[[model]]\npath = \"{model}\"\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
-         reconnect_min_ms = 100\nreconnect_max_ms = 1000\ngroups = [\"line-1\"]\nmax_command_bytes = 2048\n{mqtt_extra}\n\n\
-         [[mqtt.sensor]]\ntopic = \"sensors/+/accel\"\nmodel = \"flat\"\nstream_level = 1\n\n{extra}\n",
-        state = dir.join("state").display(),
-        model = model.display(),
-    );
-    std::fs::write(&config, text).unwrap();
-    config
-}
-
 fn json_of(payload: &str) -> Value {
     serde_json::from_str(payload).unwrap_or_else(|e| panic!("not JSON ({e}): {payload}"))
 }
 
-fn online(sub: &Subscription, limit: Duration) -> Value {
-    let (_, p) =
-        sub.wait_for("online status", limit, |t, p| t == "edge/dev1/status" && p.contains("\"online\""));
-    json_of(&p)
-}
-
 #[test]
 fn results_status_and_last_will() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let agent = Agent::start(&config);
-    let s = online(&status, secs(30));
+    let Running { dir: _dir, broker, config, status, subs: [results], agent, online: s } =
+        MqttSetup::new().start(["edge/dev1/results/#"]);
     assert_eq!(s["models"]["flat"], "1", "{s}");
     assert!(s["version"].is_string() && s["since"].is_string(), "{s}");
 
@@ -231,15 +114,9 @@ fn command(
 
 #[test]
 fn commands_life_cycle_and_bad_requests() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "[telemetry]\ninterval_s = 3600\n");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let replies = broker.subscribe("test", "edge/dev1/cmd/#");
-    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir, broker, config, subs: [replies, telemetry], agent, .. } = MqttSetup::new()
+        .extra("[telemetry]\ninterval_s = 3600\n")
+        .start(["edge/dev1/cmd/#", "edge/dev1/telemetry"]);
 
     let r = command(&broker, &replies, "ping", r#"{"id":"p-1"}"#, "p-1");
     assert_eq!(r["state"], "succeeded", "{r}");
@@ -396,17 +273,11 @@ fn key_paths(v: &Value) -> std::collections::BTreeSet<String> {
 /// key paths, from the same daemon.
 #[test]
 fn the_status_command_and_get_status_have_one_shape() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let socket = dir.path().join("api.sock");
+    let setup = MqttSetup::new();
+    let socket = setup.dir().join("api.sock");
     let api = format!("[api]\nlisten = \"\"\nsocket = \"{}\"\n", socket.display());
-    let config = write_config(dir.path(), &broker, &model, "", &api);
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let replies = broker.subscribe("test", "edge/dev1/cmd/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [results, replies], agent, .. } =
+        setup.extra(&api).start(["edge/dev1/results/#", "edge/dev1/cmd/#"]);
     // One result, so that the model has counters and latencies to report.
     broker.publish("test", "sensors/pump-1/accel", sensor_payload(1).as_bytes(), 1, false);
     results.wait_for("a result", secs(30), |t, _| t == "edge/dev1/results/flat");
@@ -445,14 +316,8 @@ fn command_on(broker: &Broker, replies: &Subscription, topic: &str, id: &str) ->
 
 #[test]
 fn mqtt5_request_response_with_correlation() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "version = \"5\"", "");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let responses = broker.subscribe("test", "replies/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [responses], agent, .. } =
+        MqttSetup::new().mqtt("version = \"5\"").start(["replies/#"]);
     broker.publish_v5("test", "edge/dev1/cmd/ping", br#"{"id":"v5-1"}"#, "replies/me", b"corr-42");
     let m = responses
         .wait_for_message("reply on the response topic", secs(30), |m| m.text().contains("succeeded"));
@@ -463,21 +328,8 @@ fn mqtt5_request_response_with_correlation() {
 
 #[test]
 fn tls_with_client_certificates() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(BrokerOptions { tls: true, ..broker_opts() });
-    let tls = format!(
-        "\n[mqtt.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-        broker.ca_file().display(),
-        broker.client_cert().display(),
-        broker.client_key().display()
-    );
-    // [mqtt.tls] must come after the [mqtt] keys and before [[mqtt.sensor]].
-    let config = write_config(dir.path(), &broker, &model, &tls, "");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [results], agent, .. } =
+        MqttSetup::new().tls().start(["edge/dev1/results/#"]);
     broker.publish("test", "sensors/s1/accel", sensor_payload(1).as_bytes(), 1, false);
     results.wait_for("a result over TLS", secs(30), |_, p| p.contains("\"input_id\":1"));
     agent.stop();
@@ -508,14 +360,13 @@ fn tally(messages: &[(String, String)]) -> Tally {
 fn ten_thousand_messages_through_broker_restarts_and_a_sigkill() {
     const TOTAL: u64 = 10_000;
     const SENSORS: u64 = 4;
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let mut broker = Broker::start(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() });
-    let config = write_config(dir.path(), &broker, &model, "", "[spool]\nfsync = \"always\"\n");
-    let collector = broker.subscribe_persistent("test", "edge/dev1/results/#", "collector");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let mut agent = Some(Agent::start(&config));
-    online(&status, secs(30));
+    let setup = MqttSetup::new()
+        .broker(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() })
+        .extra("[spool]\nfsync = \"always\"\n")
+        .prepare();
+    let collector = setup.broker.subscribe_persistent("test", "edge/dev1/results/#", "collector");
+    let Running { dir: _dir, mut broker, config, agent, .. } = setup.start([]);
+    let mut agent = Some(agent);
 
     let chunk = TOTAL / 10;
     for c in 0..10 {
@@ -588,14 +439,10 @@ fn ten_thousand_messages_through_broker_restarts_and_a_sigkill() {
 #[test]
 fn a_flood_past_the_request_queue_stalls_nothing() {
     const TOTAL: u64 = 3_000;
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() });
-    let config = write_config(dir.path(), &broker, &model, "", "");
-    let collector = broker.subscribe("test", "edge/dev1/results/#");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let agent = Agent::start_with_env(&config, &[("EDGE_TEST_MQTT_REQUEST_QUEUE", "8")]);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [collector], agent, .. } = MqttSetup::new()
+        .broker(BrokerOptions { max_queued_messages: Some(0), ..broker_opts() })
+        .env("EDGE_TEST_MQTT_REQUEST_QUEUE", "8")
+        .start(["edge/dev1/results/#"]);
     let lines: Vec<(String, String)> =
         (0..TOTAL).map(|id| (format!("sensors/s{}/accel", id % 4), sensor_payload(id))).collect();
     broker.publish_many("test", &lines, 1);
@@ -616,15 +463,12 @@ fn a_flood_past_the_request_queue_stalls_nothing() {
 
 #[test]
 fn spool_drops_telemetry_first_and_reports_it() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let mut broker = Broker::start(broker_opts());
-    broker.stop();
     // Offline from the start: a fast simulated sensor and telemetry every second fill a
     // small spool.
     let extra = "[telemetry]\ninterval_s = 1\n\n[spool]\nmax_bytes = 65536\nsegment_bytes = 4096\nfsync = \"never\"\n\n\
                  [[source]]\nkind = \"simulated\"\nmodel = \"flat\"\nstream = \"sim\"\nsample_rate = 256000\nchunk_ms = 1\nspeed = 1\n";
-    let config = write_config(dir.path(), &broker, &model, "", extra);
+    let Prepared { dir, mut broker, config, .. } = MqttSetup::new().extra(extra).prepare();
+    broker.stop();
     let agent = Agent::start(&config);
     agent.wait_log("spool full", secs(60));
     std::thread::sleep(Duration::from_secs(3));
@@ -676,18 +520,12 @@ fn spool_drops_telemetry_first_and_reports_it() {
 
 #[test]
 fn postcard_telemetry_decodes_to_the_json_report() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
     let port = free_port();
     let extra = format!(
         "[telemetry]\ninterval_s = 1\nformat = \"postcard\"\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n"
     );
-    let config = write_config(dir.path(), &broker, &model, "", &extra);
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir, broker: _broker, subs: [telemetry], agent, .. } =
+        MqttSetup::new().extra(&extra).start(["edge/dev1/telemetry"]);
 
     // The local API shows the link too.
     let doc: Value = http()
@@ -732,37 +570,29 @@ fn postcard_telemetry_decodes_to_the_json_report() {
 
 #[test]
 fn each_sensor_keeps_its_own_windows_and_raw_payloads_decode() {
-    let dir = tempdir();
-    let flat = flat_model(dir.path());
+    let setup = MqttSetup::new();
     // The flat model again, reading raw little-endian f32 instead of JSON.
-    let raw = dir.path().join("raw");
-    copy_model(&flat, &raw);
+    let raw = setup.dir().join("raw");
+    copy_model(setup.model(), &raw);
     let spec = std::fs::read_to_string(raw.join("model.toml")).unwrap();
     let spec = spec
         .replacen("name = \"flat\"", "name = \"raw\"", 1)
         .replace("format = \"json\"", "format = \"f32le\"");
     std::fs::write(raw.join("model.toml"), spec).unwrap();
-    let broker = Broker::start(broker_opts());
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
+    let config = move |dir: &Path, port: u16| {
         format!(
             "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
              [[model]]\npath = \"{demo}\"\n[[model]]\npath = \"{raw}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
              [[mqtt.sensor]]\ntopic = \"sensors/+/accel\"\nmodel = \"vibration\"\nstream_level = 1\n\
              [[mqtt.sensor]]\ntopic = \"sensors/+/raw\"\nmodel = \"raw\"\nstream_level = 1\n",
-            state = dir.path().join("state").display(),
+            state = dir.join("state").display(),
             demo = demo_model().display(),
             raw = raw.display(),
-            port = broker.port,
-        ),
-    )
-    .unwrap();
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+        )
+    };
+    let Running { dir: _dir, broker, subs: [results], agent, .. } =
+        setup.config(config).start(["edge/dev1/results/#"]);
 
     // Two sensors, interleaved, 128 samples a message: the 256-sample windows (hop 128)
     // of each sensor are made from its own samples only.
@@ -821,18 +651,14 @@ fn link_report(sub: &Subscription, after: usize, what: &str, pred: impl Fn(&Valu
 /// not resend: counted, one reconnect, no reset.
 #[test]
 fn an_oversized_message_costs_one_session_reset_not_the_link() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
     let port = free_port();
     let extra = format!("[telemetry]\ninterval_s = 1\n\n[api]\nlisten = \"127.0.0.1:{port}\"\n");
-    let config = write_config(dir.path(), &broker, &model, "max_packet_bytes = 4096", &extra);
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let events = broker.subscribe("test", "edge/dev1/events");
-    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, status, subs: [results, events, telemetry], agent, .. } =
+        MqttSetup::new().mqtt("max_packet_bytes = 4096").extra(&extra).start([
+            "edge/dev1/results/#",
+            "edge/dev1/events",
+            "edge/dev1/telemetry",
+        ]);
     broker.publish("test", "sensors/s1/accel", sensor_payload(1).as_bytes(), 1, false);
     results.wait_for("a result before", secs(30), |_, p| p.contains("\"input_id\":1"));
 
@@ -916,21 +742,10 @@ fn an_oversized_message_costs_one_session_reset_not_the_link() {
 /// count what it never sees (docs/mqtt.md says so).
 #[test]
 fn mqtt5_brokers_drop_oversized_messages_themselves() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(
-        dir.path(),
-        &broker,
-        &model,
-        "version = \"5\"\nmax_packet_bytes = 4096",
-        "[telemetry]\ninterval_s = 1\n",
-    );
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [results, telemetry], agent, .. } = MqttSetup::new()
+        .mqtt("version = \"5\"\nmax_packet_bytes = 4096")
+        .extra("[telemetry]\ninterval_s = 1\n")
+        .start(["edge/dev1/results/#", "edge/dev1/telemetry"]);
     broker.publish("test", "sensors/big/accel", &vec![b'x'; 10_000], 1, false);
     broker.publish("test", "sensors/s1/accel", sensor_payload(1).as_bytes(), 1, false);
     results.wait_for("the result after the oversized message", secs(30), |_, p| p.contains("\"input_id\":1"));
@@ -959,14 +774,8 @@ fn replies_to(replies: &Subscription, id: &Value) -> Vec<Value> {
 /// echoes an id or field that breaks it (a 60 KB id came back in full).
 #[test]
 fn commands_are_checked_before_they_are_accepted() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let replies = broker.subscribe("test", "edge/dev1/cmd/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [replies], agent, .. } =
+        MqttSetup::new().start(["edge/dev1/cmd/#"]);
 
     for (name, payload, id, why) in [
         (
@@ -1040,16 +849,9 @@ fn commands_are_checked_before_they_are_accepted() {
 /// counted, reported, and acknowledged; good messages go on.
 #[test]
 fn stream_ids_from_topic_levels_are_checked() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "[telemetry]\ninterval_s = 1\n");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let events = broker.subscribe("test", "edge/dev1/events");
-    let telemetry = broker.subscribe("test", "edge/dev1/telemetry");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [results, events, telemetry], agent, .. } = MqttSetup::new()
+        .extra("[telemetry]\ninterval_s = 1\n")
+        .start(["edge/dev1/results/#", "edge/dev1/events", "edge/dev1/telemetry"]);
 
     let huge = "s".repeat(60_000);
     for (i, level) in ["", "pompe-é", huge.as_str()].iter().enumerate() {
@@ -1085,17 +887,12 @@ fn stream_ids_from_topic_levels_are_checked() {
 /// are ignored.
 #[test]
 fn retained_commands_run_once_not_at_every_reconnect() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let mut broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "");
+    let setup = MqttSetup::new().prepare();
     // Left retained before the agent ever connects: a good one and an unreadable one.
-    broker.publish("test", "edge/dev1/cmd/ping", br#"{"id":"r-1"}"#, 1, true);
-    broker.publish("test", "edge/dev1/cmd/status", b"{not json", 1, true);
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let replies = broker.subscribe("test", "edge/dev1/cmd/+/reply");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    setup.broker.publish("test", "edge/dev1/cmd/ping", br#"{"id":"r-1"}"#, 1, true);
+    setup.broker.publish("test", "edge/dev1/cmd/status", b"{not json", 1, true);
+    let Running { dir: _dir, mut broker, status, subs: [replies], agent, .. } =
+        setup.start(["edge/dev1/cmd/+/reply"]);
     // Retained messages come with the subscription acknowledgement, before this.
     assert_eq!(command(&broker, &replies, "ping", r#"{"id":"live-1"}"#, "live-1")["state"], "succeeded");
 
@@ -1133,7 +930,7 @@ fn reconnect_backoff_grows_when_connections_drop_right_after_the_connect() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     // reconnect_min_ms = 100 and reconnect_max_ms = 1000 from write_config.
-    let config = write_config_for_port(dir.path(), port, &model, "", "");
+    let config = write_config(dir.path(), port, &model, "", "");
     let agent = Agent::start(&config);
     let mut connects = Vec::new();
     while connects.len() < 6 {
@@ -1162,14 +959,8 @@ fn reconnect_backoff_grows_when_connections_drop_right_after_the_connect() {
 /// other, and its `id` still comes back on the result.
 #[test]
 fn a_sensor_message_with_a_byte_order_mark_keeps_its_id() {
-    let dir = tempdir();
-    let model = flat_model(dir.path());
-    let broker = Broker::start(broker_opts());
-    let config = write_config(dir.path(), &broker, &model, "", "");
-    let status = broker.subscribe("test", "edge/dev1/status");
-    let results = broker.subscribe("test", "edge/dev1/results/#");
-    let agent = Agent::start(&config);
-    online(&status, secs(30));
+    let Running { dir: _dir, broker, subs: [results], agent, .. } =
+        MqttSetup::new().start(["edge/dev1/results/#"]);
     let payload = format!("\u{feff}{}", sensor_payload(7));
     broker.publish("test", "sensors/pump-1/accel", payload.as_bytes(), 1, false);
     let (_, p) = results.wait_for("result of the marked message", secs(30), |_, p| p.contains("input_id"));
