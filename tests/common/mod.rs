@@ -135,6 +135,20 @@ pub fn read_into(mut pipe: impl Read + Send + 'static, sink: std::sync::Arc<std:
     });
 }
 
+/// Spawns `what` (for the panic message) with stdout discarded and stderr read into the
+/// returned log as it comes.
+pub fn spawn_logged(cmd: &mut Command, what: &str) -> (Guard, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut child = Guard(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}")),
+    );
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    read_into(child.0.stderr.take().expect("stderr"), log.clone());
+    (child, log)
+}
+
 /// Sends a signal to a process.
 pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status().expect("kill");
@@ -217,10 +231,7 @@ impl Daemon {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child =
-            Guard(command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn daemon"));
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        read_into(child.0.stderr.take().expect("stderr"), log.clone());
+        let (child, log) = spawn_logged(&mut command, "daemon");
         let d = Daemon { child, log, port, socket, dir, config };
         d.wait_ready(Duration::from_secs(60));
         d

@@ -13,7 +13,7 @@
 //! runs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use super::broker::{Broker, BrokerOptions, Subscription};
-use super::{Guard, bin, copy_model, demo_model, read_into, secs, signal, tempdir, wait_timeout};
+use super::{Guard, bin, copy_model, demo_model, secs, signal, spawn_logged, tempdir, wait_timeout};
 
 /// The agent's ACL: its own topics, the sensor topics, the fleet's command topics.
 pub const AGENT_ACL: &str = "user agent\ntopic readwrite edge/dev1/#\ntopic read edge/all/#\ntopic read edge/group/#\ntopic read sensors/#\ntopic write replies/#\n\nuser test\ntopic readwrite sensors/#\ntopic read edge/#\ntopic read replies/#\ntopic write edge/dev1/cmd/#\ntopic write edge/all/cmd/#\ntopic write edge/group/#\n\nuser outsider\ntopic read edge/#\n";
@@ -83,17 +83,11 @@ impl Agent {
 
     /// Starts `edge-agent run` on `config` with more environment variables.
     pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Agent {
-        let mut child = Guard(
-            Command::new(bin())
-                .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--quiet"])
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn agent"),
-        );
-        let log = Arc::new(Mutex::new(String::new()));
-        read_into(child.0.stderr.take().expect("stderr"), log.clone());
+        let mut command = Command::new(bin());
+        command
+            .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--quiet"])
+            .envs(env.iter().copied());
+        let (child, log) = spawn_logged(&mut command, "agent");
         Agent { child, log }
     }
 
