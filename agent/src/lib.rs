@@ -4,6 +4,9 @@
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
+//! - [`diagnostics`]: the checks of a device's setup, for `edge-agent doctor` and the
+//!   `diagnostics` command.
+//! - [`daemon_client`]: one HTTP/1.0 exchange with a running agent's API (CLI, diagnostics).
 //! - [`events`]: the typed [`events::Event`] and the one sink that logs and publishes it.
 //! - [`engine`]: model specs, loading and optimising with tract, the worker pool, stream state.
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
@@ -29,6 +32,8 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon_client;
+pub mod diagnostics;
 pub mod engine;
 pub mod events;
 pub mod fallback;

@@ -290,11 +290,10 @@ async fn diagnostics(ctx: &Context, progress: &Progress<'_>) -> Outcome {
     progress.report(0.0).await;
     let file = ctx.config_file.clone();
     // The checks load every model again and probe the network: blocking work.
-    match tokio::task::spawn_blocking(move || crate::cli::doctor::checks(&file)).await {
-        Ok(checks) => {
+    match tokio::task::spawn_blocking(move || crate::diagnostics::run(&file)).await {
+        Ok(report) => {
             progress.report(1.0).await;
-            let worst = checks.iter().map(|c| c.level).max();
-            Outcome::Succeeded(json!({"checks": checks, "result": worst}))
+            Outcome::Succeeded(serde_json::to_value(report).unwrap_or(Value::Null))
         }
         Err(e) => Outcome::Failed(format!("the checks stopped: {e}")),
     }
