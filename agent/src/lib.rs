@@ -15,7 +15,8 @@
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`oip`]: the Open Inference Protocol v2 vocabulary shared by [`api`] and [`fallback`].
-//! - [`commands`]: the MQTT command dispatcher and its commands.
+//! - [`commands`]: the commands, one file each with its typed arguments (read by MQTT and
+//!   `POST /ota/*` alike), and the MQTT command dispatcher.
 //! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
 //!   probation and rollback; `registry` publishing and serving.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors

@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 
 use super::{ApiError, ApiState};
+use crate::commands::UPDATES_OFF;
 use crate::commands::args::{self, Args, Origin};
-use crate::commands::command::UPDATES_OFF;
 use crate::commands::rollback::RollbackArgs;
 use crate::commands::update_apply::UpdateApplyArgs;
 use crate::commands::update_check::UpdateCheckArgs;

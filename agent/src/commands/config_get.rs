@@ -62,6 +62,7 @@ pub fn prepare(args: ConfigGetArgs, ctx: &Context) -> Result<Value, String> {
     }
 }
 
+/// Sends the answer [`prepare`] read.
 pub fn run(answer: Value) -> Outcome {
     Outcome::Succeeded(answer)
 }

@@ -16,6 +16,7 @@ impl Args for DiagnosticsArgs {
     const COMMAND: &'static str = "diagnostics";
 }
 
+/// Runs the checks off the executor, reporting progress before and after.
 pub async fn run(ctx: &Context, progress: &Progress<'_>) -> Outcome {
     progress.report(0.0).await;
     let file = ctx.config_file.clone();

@@ -60,6 +60,7 @@ pub fn prepare(args: FallbackForceArgs, ctx: &Context) -> Result<Checked, String
     Ok(Checked { model, on: args.on.unwrap_or(true), seconds })
 }
 
+/// Forces the model to the cloud, or stops forcing it.
 pub fn run(checked: Checked, ctx: &Context) -> Outcome {
     let Checked { model, on, seconds } = checked;
     let Some(fallback) = ctx.health.fallback() else {

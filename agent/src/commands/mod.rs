@@ -3,7 +3,7 @@
 //! replies on `.../cmd/{name}/reply` and, for MQTT 5 requests, on their response topic.
 //!
 //! A request is read ([`parse_request`]), its command and arguments checked
-//! ([`command::prepare`]), and only then `accepted` and run: every refusal comes
+//! (`command::prepare`), and only then `accepted` and run: every refusal comes
 //! before `accepted`, so `rejected` always means that nothing was started.
 //!
 //! One file per command owns its argument type (`#[serde(deny_unknown_fields)]`, read
@@ -12,17 +12,17 @@
 //! channel in tests.
 
 pub mod args;
-pub mod command;
-pub mod config_get;
-pub mod config_set;
-pub mod diagnostics;
-pub mod fallback_force;
-pub mod models_list;
-pub mod ping;
+mod command;
+mod config_get;
+mod config_set;
+mod diagnostics;
+mod fallback_force;
+mod models_list;
+mod ping;
 mod reply;
 pub mod rollback;
 mod seen;
-pub mod status;
+mod status;
 #[cfg(test)]
 mod tests;
 pub mod update_apply;
@@ -40,7 +40,7 @@ use crate::config::TelemetrySection;
 use crate::engine::Engine;
 use crate::mqtt::CommandMsg;
 use crate::service::health::Health;
-pub use command::NAMES;
+pub use command::{NAMES, UPDATES_OFF};
 pub use reply::{Recipient, Replies};
 use seen::Seen;
 

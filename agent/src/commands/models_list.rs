@@ -15,6 +15,7 @@ impl Args for ModelsListArgs {
     const COMMAND: &'static str = "models/list";
 }
 
+/// Lists the models the engine serves now.
 pub fn run(ctx: &Context) -> Outcome {
     let ota = ctx.health.ota().map(|o| o.status());
     let list: Vec<Value> = ctx

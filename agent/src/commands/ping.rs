@@ -15,6 +15,7 @@ impl Args for PingArgs {
     const COMMAND: &'static str = "ping";
 }
 
+/// Answers at once.
 pub fn run(ctx: &Context) -> Outcome {
     Outcome::Succeeded(json!({
         "pong": true,

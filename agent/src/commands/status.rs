@@ -15,6 +15,7 @@ impl Args for StatusArgs {
     const COMMAND: &'static str = "status";
 }
 
+/// Gathers the status document now.
 pub fn run(ctx: &Context) -> Outcome {
     Outcome::Succeeded(serde_json::to_value((ctx.status)()).unwrap_or(Value::Null))
 }

@@ -405,7 +405,7 @@ mod dispatcher {
         let r = d.rejected("config/set", r#"{"id":"k-3","args":{"key":"telemetry.interval_s"}}"#).await;
         assert_eq!(r["error"], "`args.value` is missing; telemetry.interval_s needs a value");
         let r = d.rejected("update/check", r#"{"id":"k-4"}"#).await;
-        assert_eq!(r["error"], crate::commands::command::UPDATES_OFF);
+        assert_eq!(r["error"], crate::commands::UPDATES_OFF);
     }
 
     /// A repeated id gets the recorded final reply, and the command does not run again;
