@@ -4,6 +4,9 @@
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
+//! - [`diagnostics`]: the checks of a device's setup, for `edge-agent doctor` and the
+//!   `diagnostics` command.
+//! - [`daemon_client`]: one HTTP/1.0 exchange with a running agent's API (CLI, diagnostics).
 //! - [`events`]: the typed [`events::Event`] and the one sink that logs and publishes it.
 //! - [`engine`]: model specs, loading and optimising with tract, the worker pool, stream state.
 //! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
@@ -12,7 +15,8 @@
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`oip`]: the Open Inference Protocol v2 vocabulary shared by [`api`] and [`fallback`].
-//! - [`commands`]: the MQTT command dispatcher and its commands.
+//! - [`commands`]: the commands, one file each with its typed arguments (read by MQTT and
+//!   `POST /ota/*` alike), and the MQTT command dispatcher.
 //! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
 //!   probation and rollback; `registry` publishing and serving.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
@@ -29,6 +33,8 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon_client;
+pub mod diagnostics;
 pub mod engine;
 pub mod events;
 pub mod fallback;

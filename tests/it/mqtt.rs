@@ -799,6 +799,25 @@ fn commands_are_checked_before_they_are_accepted() {
         ("config/get", r#"{"id":"a-4","args":{"key":"no.such.key"}}"#, "a-4", "no key `no.such.key`"),
         ("update/check", r#"{"id":"a-5"}"#, "a-5", "no [ota] section"),
         ("fallback/force", r#"{"id":"a-6","args":{"model":"flat"}}"#, "a-6", "no [[fallback.model]]"),
+        // A key the command does not take (ignored before): named, with the accepted ones.
+        (
+            "ping",
+            r#"{"id":"a-7","args":{"verbose":true}}"#,
+            "a-7",
+            "`args.verbose` is not an argument of ping; it takes none",
+        ),
+        (
+            "config/get",
+            r#"{"id":"a-8","args":{"key":"telemetry.interval_s","default":1}}"#,
+            "a-8",
+            "`args.default` is not an argument of config/get; it takes `key`",
+        ),
+        (
+            "update/apply",
+            r#"{"id":"a-9","args":{"model":"flat","version":"2","forse":true}}"#,
+            "a-9",
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`",
+        ),
     ] {
         let r = command(&broker, &replies, name, payload, id);
         assert_eq!(r["state"], "rejected", "{name}: {r}");

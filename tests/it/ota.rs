@@ -79,6 +79,26 @@ fn an_update_is_activated_kept_after_probation_and_rolled_back_on_command() {
     assert_eq!(reg.faults.requests_for("2.root.json") - roots, 1);
     assert_eq!(reg.faults.bytes_served() - bytes, 0, "no metadata body was sent");
 
+    // A key the command does not take is refused, named with the accepted ones, as over
+    // MQTT (the same argument types); nothing is done.
+    for (path, body, why) in [
+        (
+            "/ota/apply",
+            json!({"model": "vibration", "version": "1", "forse": true}),
+            "`forse` is not an argument of update/apply; it takes `model`, `version` and `force`",
+        ),
+        (
+            "/ota/rollback",
+            json!({"model": "vibration", "version": "1"}),
+            "`version` is not an argument of rollback; it takes `model`",
+        ),
+        ("/ota/check", json!({"force": true}), "`force` is not an argument of update/check; it takes none"),
+    ] {
+        let (code, v) = post(&d, path, body);
+        assert_eq!((code, &v["error"]), (400, &json!(why)), "{path}: {v}");
+    }
+    assert_eq!(serving(&d), "2");
+
     // The CLI on the device: list, then roll back.
     let sock = d.socket.to_str().unwrap().to_string();
     let out = run(&["model", "list", "--socket", &sock, "--json"], secs(10));

@@ -1,42 +1,32 @@
 //! `POST /ota/check`, `/ota/apply` and `/ota/rollback`: the update task's commands for
 //! `edge-agent update check` and `edge-agent model rollback` on the device itself. They
-//! run the same code as the MQTT commands of the same names, and can only install
-//! versions the signed registry metadata lists.
+//! read the argument types of the MQTT commands of the same names (a key those do not
+//! take is refused), run the same code, and can only install versions the signed
+//! registry metadata lists.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
 
 use super::{ApiError, ApiState};
+use crate::commands::UPDATES_OFF;
+use crate::commands::args::{self, Args, Origin};
+use crate::commands::rollback::RollbackArgs;
+use crate::commands::update_apply::UpdateApplyArgs;
+use crate::commands::update_check::UpdateCheckArgs;
 
-/// Body of `/ota/apply` and `/ota/rollback` (`/ota/check` takes none).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OtaArgs {
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub version: Option<String>,
-    #[serde(default)]
-    pub force: bool,
-}
-
-async fn args(st: &ApiState, body: Body) -> Result<OtaArgs, ApiError> {
+/// Reads the body into the command's argument type: empty is `{}`.
+async fn args<A: Args>(st: &ApiState, body: Body) -> Result<A, ApiError> {
     let bytes = super::read_body(body, 64 * 1024, st.limits.body_timeout).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(OtaArgs::default());
-    }
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("expected {{\"model\", \"version\", \"force\"}}: {e}")))
+    args::from_body(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn handle(st: &ApiState) -> Result<crate::ota::OtaHandle, ApiError> {
-    st.health.ota().cloned().ok_or_else(|| ApiError {
-        status: StatusCode::CONFLICT,
-        message: "model updates are off on this device: there is no [ota] section".into(),
-    })
+    st.health
+        .ota()
+        .cloned()
+        .ok_or_else(|| ApiError { status: StatusCode::CONFLICT, message: UPDATES_OFF.into() })
 }
 
 fn answer(r: Result<serde_json::Value, String>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -45,23 +35,21 @@ fn answer(r: Result<serde_json::Value, String>) -> Result<Json<serde_json::Value
 
 /// `POST /ota/check` (a body, if any, is `{}`).
 pub async fn check(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
-    // Read it even though nothing is taken from it: a connection closed with a request
+    // Read (and check) it even though nothing is taken from it: a connection closed with a request
     // body unread is reset, and the client may lose the answer it was already sent.
-    args(&st, body).await?;
-    answer(handle(&st)?.check().await)
+    let a: UpdateCheckArgs = args(&st, body).await?;
+    answer(a.run(&handle(&st)?).await)
 }
 
 /// `POST /ota/apply` with `{"model", "version", "force"?}`.
 pub async fn apply(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
-    let a = args(&st, body).await?;
-    let (Some(model), Some(version)) = (a.model, a.version) else {
-        return Err(ApiError::bad_request("give `model` and `version`"));
-    };
-    answer(handle(&st)?.apply(model, version, a.force).await)
+    let a: UpdateApplyArgs = args(&st, body).await?;
+    let apply = a.check(Origin::Body).map_err(ApiError::bad_request)?;
+    answer(apply.run(&handle(&st)?).await)
 }
 
 /// `POST /ota/rollback` with `{"model"?}`.
 pub async fn rollback(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
-    let a = args(&st, body).await?;
-    answer(handle(&st)?.rollback(a.model).await)
+    let a: RollbackArgs = args(&st, body).await?;
+    answer(a.run(&handle(&st)?).await)
 }

@@ -3,13 +3,30 @@
 //! replies on `.../cmd/{name}/reply` and, for MQTT 5 requests, on their response topic.
 //!
 //! A request is read ([`parse_request`]), its command and arguments checked
-//! ([`handlers::prepare`]), and only then `accepted` and run: every refusal comes
+//! (`command::prepare`), and only then `accepted` and run: every refusal comes
 //! before `accepted`, so `rejected` always means that nothing was started.
+//!
+//! One file per command owns its argument type (`#[serde(deny_unknown_fields)]`, read
+//! by [`args::parse`]), its checks and its work; the HTTP API's `/ota/*` reads the same
+//! types ([`args::from_body`]). Replies go through [`Replies`]: the MQTT outbox, or a
+//! channel in tests.
 
-mod handlers;
+pub mod args;
+mod command;
+mod config_get;
+mod config_set;
+mod diagnostics;
+mod fallback_force;
+mod models_list;
+mod ping;
+mod reply;
+pub mod rollback;
 mod seen;
+mod status;
 #[cfg(test)]
 mod tests;
+pub mod update_apply;
+pub mod update_check;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +38,10 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::TelemetrySection;
 use crate::engine::Engine;
-use crate::mqtt::client::ReplyTo;
-use crate::mqtt::{CommandMsg, Mqtt, Outgoing};
+use crate::mqtt::CommandMsg;
 use crate::service::health::Health;
-use edge_spool::{Class, Record};
-pub use handlers::NAMES;
+pub use command::{NAMES, UPDATES_OFF};
+pub use reply::{Recipient, Replies};
 use seen::Seen;
 
 /// What commands may read and change.
@@ -130,50 +146,32 @@ pub enum Outcome {
 }
 
 /// Where the replies of one request go.
-struct Replier {
-    mqtt: Mqtt,
-    topic: String,
-    response: Option<(String, ReplyTo)>,
+struct Replier<'a> {
+    sink: &'a dyn Replies,
+    to: Recipient,
 }
 
-impl Replier {
+impl Replier<'_> {
     async fn send(&self, body: &Value) {
-        let payload = serde_json::to_vec(body).unwrap_or_default();
-        let mut targets = vec![(self.topic.clone(), None)];
-        if let Some((topic, reply)) = &self.response {
-            targets.push((topic.clone(), Some(reply.clone())));
-        }
-        for (topic, reply) in targets {
-            let record = Record {
-                topic,
-                qos: 1,
-                retain: false,
-                payload: payload.clone(),
-                class: Class::Reply,
-                correlation: reply.as_ref().and_then(|r| r.correlation.clone()),
-            };
-            let _ = self.mqtt.outbox.send(Outgoing { record, reply, acks: Vec::new() }).await;
-        }
+        self.sink.send(&self.to, body).await;
     }
 }
 
-/// Runs until the command channel closes.
-pub async fn run(mut rx: mpsc::Receiver<CommandMsg>, mqtt: Mqtt, ctx: Context, max_bytes: usize) {
+/// Runs until the command channel closes, replying through `replies`.
+pub async fn run(mut rx: mpsc::Receiver<CommandMsg>, replies: impl Replies, ctx: Context, max_bytes: usize) {
     let mut seen = Seen::open(ctx.state_dir.join("commands.json"));
     while let Some(msg) = rx.recv().await {
-        let replier = Replier {
-            mqtt: mqtt.clone(),
-            topic: mqtt.topics.reply(&msg.name),
-            response: msg
-                .response_topic
-                .clone()
-                .map(|t| (t, ReplyTo { correlation: msg.correlation.as_ref().map(|c| c.to_vec()) })),
+        let to = Recipient {
+            command: msg.name.clone(),
+            response_topic: msg.response_topic.clone(),
+            correlation: msg.correlation.clone(),
         };
+        let replier = Replier { sink: &replies, to };
         handle(msg, &replier, &ctx, &mut seen, max_bytes).await;
     }
 }
 
-async fn handle(msg: CommandMsg, replier: &Replier, ctx: &Context, seen: &mut Seen, max_bytes: usize) {
+async fn handle(msg: CommandMsg, replier: &Replier<'_>, ctx: &Context, seen: &mut Seen, max_bytes: usize) {
     let name = msg.name.clone();
     let req = match parse_request(&msg.payload, max_bytes) {
         Ok(r) => r,
@@ -195,14 +193,14 @@ async fn handle(msg: CommandMsg, replier: &Replier, ctx: &Context, seen: &mut Se
         return refuse(replier, seen, &name, &req.id, error).await;
     }
     let args = req.args.clone().unwrap_or_default();
-    let cmd = match handlers::prepare(&name, ctx, &args) {
+    let cmd = match command::prepare(&name, ctx, args) {
         Ok(cmd) => cmd,
         Err(error) => return refuse(replier, seen, &name, &req.id, error).await,
     };
     replier.send(&json!({"id": req.id, "state": "accepted"})).await;
     tracing::info!(command = %name, id = %req.id, scope = ?msg.scope, "command accepted");
     let progress = Progress { replier, id: &req.id };
-    let outcome = handlers::run(cmd, ctx, &progress).await;
+    let outcome = command::run(cmd, ctx, &progress).await;
     let reply = match outcome {
         Outcome::Succeeded(result) => json!({"id": req.id, "state": "succeeded", "result": result}),
         Outcome::Failed(error) => json!({"id": req.id, "state": "failed", "error": bounded(error)}),
@@ -220,7 +218,7 @@ fn bounded(error: String) -> String {
 
 /// Sends `running` replies with progress for a long command.
 pub struct Progress<'a> {
-    replier: &'a Replier,
+    replier: &'a Replier<'a>,
     id: &'a str,
 }
 
@@ -231,7 +229,7 @@ impl Progress<'_> {
 }
 
 /// Refuses a readable request, and records the refusal: the same id gets the same answer.
-async fn refuse(replier: &Replier, seen: &mut Seen, name: &str, id: &str, error: String) {
+async fn refuse(replier: &Replier<'_>, seen: &mut Seen, name: &str, id: &str, error: String) {
     tracing::warn!(command = %crate::mqtt::excerpt(name, 64), %id, %error, "command rejected");
     let reply = json!({"id": id, "state": "rejected", "error": bounded(error)});
     seen.record(id, reply.clone());
@@ -239,7 +237,7 @@ async fn refuse(replier: &Replier, seen: &mut Seen, name: &str, id: &str, error:
 }
 
 /// Refuses a request that could not be read (not recorded: it has no usable id).
-async fn reject(replier: &Replier, name: &str, id: Value, error: String) {
+async fn reject(replier: &Replier<'_>, name: &str, id: Value, error: String) {
     tracing::warn!(command = %crate::mqtt::excerpt(name, 64), %error, "command rejected");
     replier.send(&json!({"id": id, "state": "rejected", "error": bounded(error)})).await;
 }

@@ -1,5 +1,7 @@
 //! Reading command requests: examples of each refusal, and properties over generated
-//! input (PROPTEST_CASES raises the number of cases for a longer run).
+//! input (PROPTEST_CASES raises the number of cases for a longer run). Reading typed
+//! arguments. The dispatcher driven in-process: requests in through its channel, the
+//! replies it sends collected by a fake sink, no broker.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -164,5 +166,288 @@ proptest! {
         let r = parse_request(text.as_bytes(), 256 * 1024).unwrap_err();
         prop_assert_eq!(r.id, Value::Null);
         prop_assert!(r.error.len() <= MAX_ERROR_BYTES);
+    }
+}
+
+// --- Typed arguments -------------------------------------------------------------------
+
+mod arguments {
+    use serde_json::{Map, Value, json};
+
+    use crate::commands::args::{ArgsError, Origin, from_body, keys, parse};
+    use crate::commands::config_set::ConfigSetArgs;
+    use crate::commands::fallback_force::FallbackForceArgs;
+    use crate::commands::ping::PingArgs;
+    use crate::commands::rollback::RollbackArgs;
+    use crate::commands::update_apply::UpdateApplyArgs;
+
+    fn map(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// The keys a refusal lists are the type's own fields, read from the type.
+    #[test]
+    fn keys_are_the_fields_of_the_type() {
+        assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force"]);
+        assert_eq!(keys::<RollbackArgs>(), ["model"]);
+        assert_eq!(keys::<FallbackForceArgs>(), ["model", "seconds", "on"]);
+        assert_eq!(keys::<ConfigSetArgs>(), ["key", "value"]);
+        assert!(keys::<PingArgs>().is_empty());
+    }
+
+    /// An unknown key is refused, named as the sender wrote it, with the accepted ones.
+    #[test]
+    fn an_unknown_key_is_named_with_the_accepted_ones() {
+        let e =
+            parse::<UpdateApplyArgs>(map(json!({"model": "m", "forse": true})), Origin::Request).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+        );
+        let e = parse::<RollbackArgs>(map(json!({"version": "2"})), Origin::Body).unwrap_err();
+        assert_eq!(e.to_string(), "`version` is not an argument of rollback; it takes `model`");
+        let e = parse::<PingArgs>(map(json!({"verbose": 1})), Origin::Request).unwrap_err();
+        assert_eq!(e.to_string(), "`args.verbose` is not an argument of ping; it takes none");
+        // A huge key is quoted in part.
+        let huge = "k".repeat(10_000);
+        let e = parse::<PingArgs>(map(json!({ huge: 1 })), Origin::Request).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    /// A value of the wrong type names its key.
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let e = parse::<UpdateApplyArgs>(map(json!({"force": 5})), Origin::Request).unwrap_err();
+        assert!(matches!(&e, ArgsError::Invalid { name, .. } if name == "args.force"), "{e:?}");
+        assert!(e.to_string().starts_with("`args.force`: invalid type"), "{e}");
+        let a = parse::<UpdateApplyArgs>(map(json!({"model": "m", "version": "2"})), Origin::Body).unwrap();
+        assert_eq!((a.model.as_deref(), a.version.as_deref(), a.force), (Some("m"), Some("2"), false));
+        // `null` is a value for config/set (refused later as "cannot be a setting").
+        let a = parse::<ConfigSetArgs>(map(json!({"key": "k", "value": null})), Origin::Request).unwrap();
+        assert_eq!(a.value, Some(Value::Null));
+    }
+
+    /// HTTP bodies: empty is `{}`, anything but an object is refused.
+    #[test]
+    fn bodies_are_objects_or_empty() {
+        assert!(from_body::<RollbackArgs>(b" \n").unwrap().model.is_none());
+        assert_eq!(from_body::<RollbackArgs>(br#"{"model":"m"}"#).unwrap().model.as_deref(), Some("m"));
+        let e = from_body::<RollbackArgs>(b"[1]").unwrap_err();
+        assert!(e.to_string().contains("takes a JSON object"), "{e}");
+        let e = from_body::<RollbackArgs>(b"{nope").unwrap_err();
+        assert!(e.to_string().contains("takes a JSON object"), "{e}");
+        let e = from_body::<RollbackArgs>(br#"{"model":"m","force":true}"#).unwrap_err();
+        assert_eq!(e.to_string(), "`force` is not an argument of rollback; it takes `model`");
+    }
+}
+
+// --- The dispatcher, in-process ---------------------------------------------------------
+
+mod dispatcher {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use serde_json::{Value, json};
+    use tokio::sync::{mpsc, watch};
+
+    use crate::commands::{Context, Recipient, Replies};
+    use crate::config::TelemetrySection;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::mqtt::CommandMsg;
+    use crate::mqtt::topics::Scope;
+    use crate::service::health::Health;
+    use crate::service::status::{Parts, Status};
+
+    /// The fake sink: every reply, with whom it was for.
+    struct Collect(mpsc::UnboundedSender<(Recipient, Value)>);
+
+    impl Replies for Collect {
+        fn send<'a>(
+            &'a self,
+            to: &'a Recipient,
+            body: &'a Value,
+        ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+            let _ = self.0.send((to.clone(), body.clone()));
+            Box::pin(async {})
+        }
+    }
+
+    /// A dispatcher running on its own task, with a state directory of its own.
+    struct Harness {
+        requests: mpsc::Sender<CommandMsg>,
+        replies: mpsc::UnboundedReceiver<(Recipient, Value)>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn context(dir: &std::path::Path) -> Context {
+        let engine =
+            Arc::new(Engine::start(&EngineConfig { threads: 1, queue: 2, ..EngineConfig::default() }));
+        let health = Arc::new(Health::new("dev1", Duration::from_secs(1)));
+        let (e, h) = (engine.clone(), health.clone());
+        Context {
+            engine,
+            health,
+            // Not read by these tests' commands: config/set refuses before it reads.
+            config_file: dir.join("agent.toml"),
+            state_dir: dir.to_path_buf(),
+            started: Instant::now(),
+            telemetry: watch::channel(TelemetrySection::default()).0,
+            status: Box::new(move || Status::gather(Parts::of(&e, &h, None))),
+        }
+    }
+
+    fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let (requests, rx) = mpsc::channel(8);
+        let (tx, replies) = mpsc::unbounded_channel();
+        tokio::spawn(super::super::run(rx, Collect(tx), context(dir.path()), 4096));
+        Harness { requests, replies, _dir: dir }
+    }
+
+    impl Harness {
+        async fn send(&self, name: &str, payload: &str) {
+            let msg = CommandMsg {
+                name: name.into(),
+                scope: Scope::Device,
+                payload: Bytes::copy_from_slice(payload.as_bytes()),
+                response_topic: None,
+                correlation: None,
+                ack: None,
+            };
+            self.requests.send(msg).await.unwrap();
+        }
+
+        /// The next reply, for command `name`.
+        async fn reply(&mut self, name: &str) -> Value {
+            let (to, body) = tokio::time::timeout(Duration::from_secs(10), self.replies.recv())
+                .await
+                .expect("a reply within 10 s")
+                .expect("the dispatcher runs");
+            assert_eq!(to.command, name, "{body}");
+            body
+        }
+
+        /// No further reply (for now).
+        async fn quiet(&mut self) {
+            let next = tokio::time::timeout(Duration::from_millis(200), self.replies.recv()).await;
+            assert!(next.is_err(), "an unexpected reply: {next:?}");
+        }
+
+        /// Sends a request that must be refused before it starts: one `rejected` reply.
+        async fn rejected(&mut self, name: &str, payload: &str) -> Value {
+            self.send(name, payload).await;
+            let r = self.reply(name).await;
+            assert_eq!(r["state"], "rejected", "{r}");
+            self.quiet().await;
+            r
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_command_is_accepted_then_succeeds() {
+        let mut d = start();
+        d.send("ping", r#"{"id":"p-1"}"#).await;
+        assert_eq!(d.reply("ping").await, json!({"id": "p-1", "state": "accepted"}));
+        let r = d.reply("ping").await;
+        assert_eq!(
+            (&r["id"], &r["state"], &r["result"]["pong"]),
+            (&json!("p-1"), &json!("succeeded"), &json!(true))
+        );
+        assert_eq!(r["result"]["version"], env!("CARGO_PKG_VERSION"));
+        d.quiet().await;
+    }
+
+    #[tokio::test]
+    async fn an_unknown_command_is_rejected() {
+        let mut d = start();
+        let r = d.rejected("reboot-now", r#"{"id":"u-1"}"#).await;
+        assert_eq!(r["id"], "u-1");
+        let error = r["error"].as_str().unwrap();
+        assert!(error.starts_with("unknown command `reboot-now`; known: ping, status"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_body_is_rejected_without_an_id() {
+        let mut d = start();
+        let r = d.rejected("ping", "{not json").await;
+        assert_eq!(r["id"], Value::Null);
+        assert!(r["error"].as_str().unwrap().contains("not a command request"), "{r}");
+        // The dispatcher goes on.
+        d.send("ping", r#"{"id":"p-2"}"#).await;
+        assert_eq!(d.reply("ping").await["state"], "accepted");
+        assert_eq!(d.reply("ping").await["state"], "succeeded");
+    }
+
+    /// An argument the command does not take is refused before `accepted` (it used to be
+    /// ignored), naming the key and the accepted ones; so is a missing one.
+    #[tokio::test]
+    async fn an_unknown_argument_key_is_rejected_before_accepted() {
+        let mut d = start();
+        let r = d.rejected("ping", r#"{"id":"k-1","args":{"verbose":true}}"#).await;
+        assert_eq!(
+            r,
+            json!({"id": "k-1", "state": "rejected",
+                   "error": "`args.verbose` is not an argument of ping; it takes none"})
+        );
+        let r = d
+            .rejected("update/apply", r#"{"id":"k-2","args":{"model":"m","version":"2","forse":true}}"#)
+            .await;
+        assert_eq!(
+            r["error"],
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+        );
+        let r = d.rejected("config/set", r#"{"id":"k-3","args":{"key":"telemetry.interval_s"}}"#).await;
+        assert_eq!(r["error"], "`args.value` is missing; telemetry.interval_s needs a value");
+        let r = d.rejected("update/check", r#"{"id":"k-4"}"#).await;
+        assert_eq!(r["error"], crate::commands::UPDATES_OFF);
+    }
+
+    /// A repeated id gets the recorded final reply, and the command does not run again;
+    /// refusals are recorded too.
+    #[tokio::test]
+    async fn a_duplicate_id_gets_the_recorded_reply() {
+        let mut d = start();
+        d.send("ping", r#"{"id":"d-1"}"#).await;
+        assert_eq!(d.reply("ping").await["state"], "accepted");
+        let first = d.reply("ping").await;
+        d.send("ping", r#"{"id":"d-1"}"#).await;
+        assert_eq!(d.reply("ping").await, first, "the recorded reply, and no `accepted` before it");
+        d.quiet().await;
+
+        let refused = d.rejected("ping", r#"{"id":"d-2","args":{"x":1}}"#).await;
+        d.send("ping", r#"{"id":"d-2"}"#).await;
+        assert_eq!(d.reply("ping").await, refused, "a refused id stays refused");
+        d.quiet().await;
+    }
+
+    /// An MQTT 5 request is answered on its response topic as well, with its correlation.
+    #[tokio::test]
+    async fn replies_go_to_the_requests_recipient() {
+        let mut d = start();
+        let msg = CommandMsg {
+            name: "ping".into(),
+            scope: Scope::All,
+            payload: Bytes::from_static(br#"{"id":"r-1"}"#),
+            response_topic: Some("app/answers".into()),
+            correlation: Some(Bytes::from_static(b"c-7")),
+            ack: None,
+        };
+        d.requests.send(msg).await.unwrap();
+        let (to, body) = d.replies.recv().await.unwrap();
+        assert_eq!(body["state"], "accepted");
+        assert_eq!(
+            to,
+            Recipient {
+                command: "ping".into(),
+                response_topic: Some("app/answers".into()),
+                correlation: Some(Bytes::from_static(b"c-7")),
+            }
+        );
     }
 }
