@@ -106,6 +106,14 @@ pub enum Error {
     )]
     UnsupportedHash { what: String, authority: String, algorithm: String },
 
+    /// A file is longer than the client workflow reads for it (when no trusted metadata
+    /// states its length, the workflow's own bound applies).
+    #[error(
+        "{file} is {actual} bytes, more than the {max} this client reads for it; the \
+         registry serves a wrong or hostile file under this name, re-publish it"
+    )]
+    TooLong { file: String, max: u64, actual: u64 },
+
     /// A file the workflow needs is not listed by the metadata that should list it.
     #[error("{file} is not listed in {listed_in}; {fix}")]
     NotListed { file: String, listed_in: String, fix: String },
