@@ -17,6 +17,8 @@
 //!   [`repo::verify`], which runs the workflow over it.
 //! - [`error`]: [`Error`], the one error type; every message says what to do.
 
+#![warn(missing_docs)]
+
 pub mod canonical;
 pub mod client;
 pub mod error;

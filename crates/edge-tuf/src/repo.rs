@@ -34,22 +34,34 @@ use std::time::{Duration, SystemTime};
 /// Public keys and thresholds of the four top-level roles.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootKeys {
+    /// The root role's public keys.
     pub root: Vec<PublicKey>,
+    /// How many root keys must sign.
     pub root_threshold: u64,
+    /// The targets role's public keys.
     pub targets: Vec<PublicKey>,
+    /// How many targets keys must sign.
     pub targets_threshold: u64,
+    /// The snapshot role's public keys.
     pub snapshot: Vec<PublicKey>,
+    /// How many snapshot keys must sign.
     pub snapshot_threshold: u64,
+    /// The timestamp role's public keys.
     pub timestamp: Vec<PublicKey>,
+    /// How many timestamp keys must sign.
     pub timestamp_threshold: u64,
 }
 
 /// How long newly signed metadata of each role stays valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expiries {
+    /// Validity of a new root.
     pub root: Duration,
+    /// Validity of new targets metadata.
     pub targets: Duration,
+    /// Validity of a new snapshot.
     pub snapshot: Duration,
+    /// Validity of a new timestamp.
     pub timestamp: Duration,
 }
 
@@ -70,9 +82,13 @@ impl Default for Expiries {
 /// Current versions of the top-level roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Versions {
+    /// The root version.
     pub root: u64,
+    /// The timestamp version.
     pub timestamp: u64,
+    /// The snapshot version.
     pub snapshot: u64,
+    /// The top-level targets version.
     pub targets: u64,
 }
 
@@ -401,8 +417,11 @@ pub fn target_file_path(name: &str, sha256: &str) -> String {
 /// Status of one role in a [`Report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleStatus {
+    /// The role's name.
     pub role: String,
+    /// The version that verified.
     pub version: u64,
+    /// When it expires.
     pub expires: String,
 }
 
