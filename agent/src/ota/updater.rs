@@ -1,7 +1,8 @@
-//! The device's TUF client workflow (specification section 5) over HTTP: the root
-//! chain, then timestamp, snapshot, targets and delegated targets, each verified by
-//! [`edge_tuf::client::TrustedSet`] and kept under `<state_dir>/trust/` so that versions
-//! never go back across restarts.
+//! The device's TUF client workflow (specification section 5) over HTTP:
+//! [`edge_tuf::workflow::Workflow`] says which file comes next (root chain, timestamp,
+//! snapshot, targets, delegated targets) and how many bytes to read for it, and verifies
+//! what it is fed; this file fetches, and keeps what verified under `<state_dir>/trust/`
+//! so that versions never go back across restarts.
 //!
 //! An unchanged registry costs one conditional request for `timestamp.json`: the
 //! snapshot and targets the timestamp still names are re-verified from the local
