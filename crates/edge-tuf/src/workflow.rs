@@ -162,7 +162,8 @@ enum Stage {
         queue: VecDeque<(String, String)>,
     },
     Done,
-    /// A top-level file was refused or missing: nothing more is asked.
+    /// The run cannot go on (a top-level file refused or missing, the final root
+    /// expired, a file the metadata does not name): nothing more is asked.
     Stopped,
 }
 
