@@ -179,7 +179,7 @@ fn attacks_on_the_registry_are_refused_and_the_old_model_keeps_serving() {
     let good_targets = p.meta(&targets_name);
     reg.faults.set(&targets_name, Fault::Replace(resign(&good_targets, &[&key(&p, "targets")])));
     refused("below threshold", check(), "required", "1");
-    let rogue = edge_agent::ota::tuf::keys::PrivateKey::generate().unwrap();
+    let rogue = edge_tuf::keys::PrivateKey::generate().unwrap();
     reg.faults.set(&targets_name, Fault::Replace(resign(&good_targets, &[&key(&p, "targets"), &rogue])));
     refused("unknown key", check(), "required", "1");
     reg.faults.clear();
@@ -280,19 +280,19 @@ fn highest(p: &Publisher, role: &str) -> u64 {
         .unwrap()
 }
 
-fn key(p: &Publisher, name: &str) -> edge_agent::ota::tuf::keys::PrivateKey {
-    edge_agent::ota::tuf::keys::PrivateKey::read(&p.keys().join(format!("{name}.key"))).unwrap()
+fn key(p: &Publisher, name: &str) -> edge_tuf::keys::PrivateKey {
+    edge_tuf::keys::PrivateKey::read(&p.keys().join(format!("{name}.key"))).unwrap()
 }
 
 /// The same metadata, signed by `keys` instead.
-fn resign(bytes: &[u8], keys: &[&edge_agent::ota::tuf::keys::PrivateKey]) -> Vec<u8> {
-    let env = edge_agent::ota::tuf::metadata::Envelope::from_slice(bytes, "test").unwrap();
-    edge_agent::ota::tuf::metadata::Envelope::sign(&env.signed, keys).unwrap().to_bytes().unwrap()
+fn resign(bytes: &[u8], keys: &[&edge_tuf::keys::PrivateKey]) -> Vec<u8> {
+    let env = edge_tuf::metadata::Envelope::from_slice(bytes, "test").unwrap();
+    edge_tuf::metadata::Envelope::sign(&env.signed, keys).unwrap().to_bytes().unwrap()
 }
 
 /// Root version 2 naming `keys` as root keys, signed by them only.
 fn sign_root_with(p: &Publisher, keys: &[&str]) -> Vec<u8> {
-    let env = edge_agent::ota::tuf::metadata::Envelope::from_slice(&p.meta("1.root.json"), "root").unwrap();
+    let env = edge_tuf::metadata::Envelope::from_slice(&p.meta("1.root.json"), "root").unwrap();
     let mut signed = env.signed.clone();
     let signers: Vec<_> = keys.iter().map(|k| key(p, k)).collect();
     let ids: Vec<String> = signers.iter().map(|k| k.key_id()).collect();
@@ -302,7 +302,7 @@ fn sign_root_with(p: &Publisher, keys: &[&str]) -> Vec<u8> {
     signed["roles"]["root"]["keyids"] = json!(ids);
     signed["version"] = json!(2);
     let refs: Vec<&_> = signers.iter().collect();
-    edge_agent::ota::tuf::metadata::Envelope::sign(&signed, &refs).unwrap().to_bytes().unwrap()
+    edge_tuf::metadata::Envelope::sign(&signed, &refs).unwrap().to_bytes().unwrap()
 }
 
 #[test]
@@ -354,7 +354,7 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
 /// Publishes a model directory without the publisher's self-test (a registry written by
 /// other tooling), through the library.
 pub(crate) fn publish_unchecked(p: &Publisher, model: &Path, version: &str) {
-    use edge_agent::ota::tuf::repo::{Expiries, Repository};
+    use edge_tuf::repo::{Expiries, Repository};
     let (bytes, _) = edge_agent::ota::package::pack(model).unwrap();
     let mut repo = Repository::open(&p.repo()).unwrap();
     let custom = json!({"model": "vibration", "version": version, "rollout": {"percent": 100, "salt": "s"}});

@@ -59,7 +59,7 @@ fn ngclient_refreshes_and_downloads_from_a_registry_made_by_the_cli() {
     assert_eq!(summary["roles"]["root"]["version"], 2, "{summary:#}");
     let got = &summary["downloaded"][0];
     let package = std::fs::read(p.repo().join(p.target_path("2"))).unwrap();
-    assert_eq!(got["sha256"], json!(edge_agent::ota::tuf::metadata::sha256_hex(&package)), "{summary:#}");
+    assert_eq!(got["sha256"], json!(edge_tuf::metadata::sha256_hex(&package)), "{summary:#}");
     assert_eq!(got["custom"]["rollout"]["percent"], 25);
     assert_eq!(got["custom"]["groups"], json!(["line-3"]));
     drop(server);

@@ -17,8 +17,8 @@ use serde_json::json;
 
 use crate::ota::package;
 use crate::ota::rollout::{Custom, ProbationOverride, Rollout};
-use crate::ota::tuf::keys::{PrivateKey, PublicKey};
-use crate::ota::tuf::repo::{self, Expiries, Repository, RootKeys};
+use edge_tuf::keys::{PrivateKey, PublicKey};
+use edge_tuf::repo::{self, Expiries, Repository, RootKeys};
 
 /// `registry` subcommands.
 #[derive(Debug, Subcommand)]
@@ -364,7 +364,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "published {name} ({} bytes, sha256 {}) at {}%: targets v{}, snapshot v{}, timestamp v{}",
         bytes.len(),
-        crate::ota::tuf::metadata::sha256_hex(&bytes),
+        edge_tuf::metadata::sha256_hex(&bytes),
         a.rollout,
         v.targets,
         v.snapshot,

@@ -19,7 +19,6 @@ pub mod status;
 pub mod store;
 #[cfg(test)]
 mod tests;
-pub mod tuf;
 mod updater;
 
 use std::collections::BTreeMap;
@@ -52,7 +51,7 @@ pub enum OtaError {
     // Boxed: these errors carry long messages, and every OtaError result would pay
     // for their size otherwise.
     #[error("registry metadata: {0}")]
-    Metadata(Box<tuf::error::Error>),
+    Metadata(Box<edge_tuf::Error>),
     #[error("registry download: {0}")]
     Fetch(Box<fetch::FetchError>),
     #[error("{0}")]
@@ -63,8 +62,8 @@ pub enum OtaError {
     Deferred(String),
 }
 
-impl From<tuf::error::Error> for OtaError {
-    fn from(e: tuf::error::Error) -> Self {
+impl From<edge_tuf::Error> for OtaError {
+    fn from(e: edge_tuf::Error) -> Self {
         OtaError::Metadata(Box::new(e))
     }
 }
@@ -86,7 +85,7 @@ impl OtaError {
         match self {
             OtaError::Io { .. } => "io",
             OtaError::Package { .. } => "package",
-            OtaError::Metadata(e) if matches!(**e, tuf::error::Error::Expired { .. }) => "expired",
+            OtaError::Metadata(e) if matches!(**e, edge_tuf::Error::Expired { .. }) => "expired",
             OtaError::Metadata(_) => "metadata",
             OtaError::Fetch(e) => e.kind(),
             OtaError::Refused(_) => "refused",

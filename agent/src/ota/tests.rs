@@ -12,11 +12,11 @@ use super::Ota;
 use super::rollout::{Custom, Rollout};
 use super::serve::{Faults, ServeOptions};
 use super::store::{ModelState, Store};
-use super::tuf::keys::PrivateKey;
-use super::tuf::repo::{Expiries, Repository, RootKeys};
 use crate::config::{Config, Overrides};
 use crate::engine::InferError;
 use crate::events::Events;
+use edge_tuf::keys::PrivateKey;
+use edge_tuf::repo::{Expiries, Repository, RootKeys};
 type Tap = mpsc::UnboundedReceiver<crate::events::Event>;
 
 fn demo_dir() -> PathBuf {

@@ -1,7 +1,8 @@
-//! The device's TUF client workflow (specification section 5) over HTTP: the root
-//! chain, then timestamp, snapshot, targets and delegated targets, each verified by
-//! [`tuf::client::TrustedSet`] and kept under `<state_dir>/trust/` so that versions
-//! never go back across restarts.
+//! The device's TUF client workflow (specification section 5) over HTTP:
+//! [`edge_tuf::workflow::Workflow`] says which file comes next (root chain, timestamp,
+//! snapshot, targets, delegated targets) and how many bytes to read for it, and verifies
+//! what it is fed; this file fetches, and keeps what verified under `<state_dir>/trust/`
+//! so that versions never go back across restarts.
 //!
 //! An unchanged registry costs one conditional request for `timestamp.json`: the
 //! snapshot and targets the timestamp still names are re-verified from the local
@@ -13,21 +14,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::OtaError;
 use super::fetch::{Conditional, Downloaded, Fetcher, Limits, Validator};
 use super::rollout::{Custom, Offer};
-use super::tuf::client::TrustedSet;
-use super::{OtaError, tuf};
 use crate::config::OtaSection;
-
-/// Largest root metadata accepted.
-const MAX_ROOT: u64 = 512 * 1024;
-/// Largest timestamp metadata accepted.
-const MAX_TIMESTAMP: u64 = 64 * 1024;
-/// Largest snapshot or targets metadata accepted when the metadata above does not state
-/// its length.
-const MAX_META: u64 = 16 * 1024 * 1024;
-/// Root versions followed in one refresh (the specification's bound on a rotation chain).
-const MAX_ROOT_ROTATIONS: u64 = 256;
+use edge_tuf::client::TrustedSet;
+use edge_tuf::workflow::{self, File, LocalCopies, Next, Request, Workflow};
 
 /// What a refresh found.
 #[derive(Debug, Clone, Serialize)]
@@ -107,130 +99,65 @@ impl Updater {
     pub async fn refresh(&mut self) -> Result<RefreshInfo, OtaError> {
         let now = SystemTime::now();
         let root = self.starting_root()?;
-        let (ts, snap, targets) =
-            (self.local("timestamp.json"), self.local("snapshot.json"), self.local("targets.json"));
-        let mut set = TrustedSet::load_local(&root, ts.as_deref(), snap.as_deref(), targets.as_deref(), now)?;
-        for why in set.ignored_local_copies() {
+        let local = LocalCopies {
+            timestamp: self.local("timestamp.json"),
+            snapshot: self.local("snapshot.json"),
+            targets: self.local("targets.json"),
+        };
+        let mut workflow = Workflow::new(&root, local.clone(), now, workflow::Limits::default())?;
+        for why in workflow.trusted().ignored_local_copies() {
             tracing::warn!(%why, "a local metadata copy did not verify and was ignored");
         }
-
-        // 1. Follow the root chain.
-        let first_root = set.root().version;
-        for _ in 0..MAX_ROOT_ROTATIONS {
-            let next = set.root().version + 1;
-            let Some(bytes) = self.fetcher.get(&format!("metadata/{next}.root.json"), MAX_ROOT).await? else {
-                break;
+        loop {
+            let request = match workflow.next_step()? {
+                Next::Fetch(request) => request,
+                Next::Refused { error, .. } => return Err(error.into()),
+                Next::Done => break,
             };
-            set.update_root(&bytes)?;
-            self.keep("root.json", &bytes)?;
-            tracing::info!(version = next, "followed a root rotation");
-        }
-        set.check_root_expiry()?;
-        let root_version = set.root().version;
-        if root_version != first_root {
-            // New root keys may invalidate the local copies of the other roles: start
-            // their checks from the new root, keeping the version floors.
-            set = TrustedSet::load_local(
-                &self.local("root.json").unwrap_or(root),
-                ts.as_deref(),
-                snap.as_deref(),
-                targets.as_deref(),
-                now,
-            )?;
-        }
-
-        // 2. Timestamp, conditionally.
-        let saved: Option<SavedValidator> =
-            self.local("timestamp.validator").and_then(|b| serde_json::from_slice(&b).ok());
-        // A 304 answer means "use your copy", so the copy must be one that verifies: after
-        // a rotation, or when the local file is damaged, the timestamp is fetched whole.
-        // (Otherwise every later check would get the same 304 for the same bad copy.)
-        let validator = saved
-            .as_ref()
-            .filter(|_| set.has_local_timestamp() && root_version == first_root)
-            .map(|s| Validator { etag: s.etag.clone(), last_modified: s.last_modified.clone() });
-        let (ts_bytes, fresh) = match self
-            .fetcher
-            .get_conditional("metadata/timestamp.json", MAX_TIMESTAMP, validator.as_ref())
-            .await?
-        {
-            Conditional::NotModified => match &ts {
-                Some(local) => (local.clone(), None),
-                None => {
-                    return Err(OtaError::Refused(
-                        "the registry answered 304 for a timestamp this device does not have".into(),
-                    ));
+            match &request.file {
+                File::Root { version } => {
+                    let path = format!("metadata/{}", request.name);
+                    match self.fetcher.get(&path, request.max_length).await? {
+                        Some(bytes) => {
+                            workflow.feed(&bytes)?;
+                            self.keep("root.json", &bytes)?;
+                            tracing::info!(version, "followed a root rotation");
+                        }
+                        None => workflow.not_found(),
+                    }
                 }
-            },
-            Conditional::Fresh { body, validator } => (body, Some(validator)),
-        };
-        let changed = set.update_timestamp(&ts_bytes)?;
-        if let Some(v) = fresh {
-            self.keep("timestamp.json", &ts_bytes)?;
-            let saved = SavedValidator { etag: v.etag, last_modified: v.last_modified };
-            self.keep("timestamp.validator", &serde_json::to_vec(&saved).unwrap_or_default())?;
-        }
-
-        // 3. Snapshot: the local copy if it is the one the timestamp names.
-        let snapshot_meta =
-            set.timestamp().map(|t| t.snapshot_meta().map(|m| (m.version, m.length))).transpose()?;
-        let (want_snapshot, snapshot_len) = snapshot_meta.unwrap_or((0, None));
-        let local_snap = snap.filter(|b| meta_version(b) == Some(want_snapshot));
-        match local_snap {
-            Some(bytes) if set.update_snapshot(&bytes).is_ok() => {}
-            _ => {
-                let name = set.snapshot_file_name()?;
-                let bytes = self.require(&name, snapshot_len.unwrap_or(MAX_META)).await?;
-                set.update_snapshot(&bytes)?;
-                self.keep("snapshot.json", &bytes)?;
-            }
-        }
-
-        // 4. Top-level targets, likewise.
-        let targets_meta = set
-            .snapshot()
-            .and_then(|s| s.meta.get("targets.json"))
-            .map(|m| (m.version, m.length))
-            .unwrap_or((0, None));
-        let local_targets = targets.filter(|b| meta_version(b) == Some(targets_meta.0));
-        match local_targets {
-            Some(bytes) if set.update_targets(&bytes).is_ok() => {}
-            _ => {
-                let name = set.targets_file_name("targets")?;
-                let bytes = self.require(&name, targets_meta.1.unwrap_or(MAX_META)).await?;
-                set.update_targets(&bytes)?;
-                self.keep("targets.json", &bytes)?;
-            }
-        }
-
-        // 5. Delegated targets roles, so listings cover every model's versions.
-        for _ in 0..tuf::client::MAX_DELEGATIONS {
-            let pending = set.unloaded_delegations();
-            if pending.is_empty() {
-                break;
-            }
-            for (role, parent) in pending {
-                let name = set.targets_file_name(&role)?;
-                let cache = format!("delegated.{}", name.rsplit_once('.').map_or(name.as_str(), |(n, _)| n));
+                File::Timestamp => {
+                    self.timestamp(&mut workflow, &request, local.timestamp.as_deref()).await?
+                }
+                // The local copy if it is the one the metadata above names.
+                File::Snapshot => {
+                    let copy = local.snapshot.as_deref().filter(|b| meta_version(b) == request.version);
+                    self.cached_or_fetch(&mut workflow, &request, copy, "snapshot.json").await?
+                }
+                File::Targets => {
+                    let copy = local.targets.as_deref().filter(|b| meta_version(b) == request.version);
+                    self.cached_or_fetch(&mut workflow, &request, copy, "targets.json").await?
+                }
                 // The cached copy only if it still verifies (a refused file leaves the
                 // set unchanged, so trying is free); the cache only ever holds verified
                 // files, so one bad answer from a server cannot stick.
-                if let Some(cached) = self.local(&cache)
-                    && set.update_delegated_targets(&cached, &role, &parent).is_ok()
-                {
-                    continue;
+                File::Delegated { .. } => {
+                    let name = &request.name;
+                    let cache =
+                        format!("delegated.{}", name.rsplit_once('.').map_or(name.as_str(), |(n, _)| n));
+                    let copy = self.local(&cache);
+                    self.cached_or_fetch(&mut workflow, &request, copy.as_deref(), &cache).await?
                 }
-                let max = set
-                    .snapshot()
-                    .and_then(|s| s.meta.get(&format!("{role}.json")))
-                    .and_then(|m| m.length)
-                    .unwrap_or(MAX_META);
-                let bytes = self.require(&name, max).await?;
-                set.update_delegated_targets(&bytes, &role, &parent)?;
-                self.keep(&cache, &bytes)?;
             }
         }
+        for note in workflow.notes() {
+            tracing::warn!(%note, "the registry's metadata was only partly followed");
+        }
 
+        let (first_root, changed, rotated) =
+            (workflow.first_root_version(), workflow.timestamp_changed(), workflow.root_rotated());
+        let set = workflow.into_trusted();
+        let root_version = set.root().version;
         let info = RefreshInfo {
             changed,
             root: root_version,
@@ -238,11 +165,63 @@ impl Updater {
             snapshot: set.snapshot().map_or(0, |s| s.version),
             targets: set.targets().map_or(0, |t| t.version),
             timestamp_expires: set.timestamp().map(|t| t.expires.clone()).unwrap_or_default(),
-            root_rotated: (root_version != first_root).then_some((first_root, root_version)),
+            root_rotated: rotated.then_some((first_root, root_version)),
         };
         self.set = Some(set);
         self.last = Some(info.clone());
         Ok(info)
+    }
+
+    /// The timestamp, conditionally: unchanged since the last answer, the local copy.
+    async fn timestamp(
+        &self,
+        workflow: &mut Workflow,
+        request: &Request,
+        local: Option<&[u8]>,
+    ) -> Result<(), OtaError> {
+        let saved: Option<SavedValidator> =
+            self.local("timestamp.validator").and_then(|b| serde_json::from_slice(&b).ok());
+        // A 304 answer means "use your copy", so the copy must be one that verifies: after
+        // a rotation, or when the local file is damaged, the timestamp is fetched whole.
+        // (Otherwise every later check would get the same 304 for the same bad copy.)
+        let validator = saved
+            .as_ref()
+            .filter(|_| workflow.trusted().has_local_timestamp() && !workflow.root_rotated())
+            .map(|s| Validator { etag: s.etag.clone(), last_modified: s.last_modified.clone() });
+        let path = format!("metadata/{}", request.name);
+        match self.fetcher.get_conditional(&path, request.max_length, validator.as_ref()).await? {
+            Conditional::NotModified => match local {
+                Some(local) => Ok(workflow.feed(local)?),
+                None => Err(OtaError::Refused(
+                    "the registry answered 304 for a timestamp this device does not have".into(),
+                )),
+            },
+            Conditional::Fresh { body, validator } => {
+                workflow.feed(&body)?;
+                self.keep("timestamp.json", &body)?;
+                let saved = SavedValidator { etag: validator.etag, last_modified: validator.last_modified };
+                self.keep("timestamp.validator", &serde_json::to_vec(&saved).unwrap_or_default())
+            }
+        }
+    }
+
+    /// Answers `request` with `copy` if it verifies, else with the registry's file, which
+    /// is then kept as `keep_as`.
+    async fn cached_or_fetch(
+        &self,
+        workflow: &mut Workflow,
+        request: &Request,
+        copy: Option<&[u8]>,
+        keep_as: &str,
+    ) -> Result<(), OtaError> {
+        if let Some(copy) = copy
+            && workflow.try_cached(copy)
+        {
+            return Ok(());
+        }
+        let bytes = self.require(&request.name, request.max_length).await?;
+        workflow.feed(&bytes)?;
+        self.keep(keep_as, &bytes)
     }
 
     async fn require(&self, name: &str, max: u64) -> Result<Vec<u8>, OtaError> {

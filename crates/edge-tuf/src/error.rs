@@ -15,7 +15,12 @@ pub enum Error {
         "canonical JSON: {reason} at `{path}`; TUF metadata may only hold integers, strings, \
          booleans, null, arrays and objects, so write this value as an integer or a string"
     )]
-    Canonical { path: String, reason: String },
+    Canonical {
+        /// Where in the value, as `$.field.field[index]`.
+        path: String,
+        /// What cannot be encoded.
+        reason: String,
+    },
 
     /// Bytes are not valid JSON or do not have the expected shape.
     #[error(
@@ -23,7 +28,9 @@ pub enum Error {
          re-download or re-publish it"
     )]
     Json {
+        /// The file or object being parsed.
         what: String,
+        /// serde_json's error.
         #[source]
         source: serde_json::Error,
     },
@@ -33,24 +40,42 @@ pub enum Error {
         "{role} metadata is invalid: {reason}; fix the producer so it writes TUF 1.0 \
          metadata, then re-sign and re-publish {role}"
     )]
-    Invalid { role: String, reason: String },
+    Invalid {
+        /// The role whose metadata breaks the rule.
+        role: String,
+        /// The rule broken.
+        reason: String,
+    },
 
     /// The `_type` field names another role than the one being loaded.
     #[error(
         "expected {expected} metadata but the file says `_type: {found}`; the repository \
          serves the wrong file under this name, re-publish {expected}"
     )]
-    WrongType { expected: String, found: String },
+    WrongType {
+        /// The role being loaded.
+        expected: String,
+        /// The `_type` the file has.
+        found: String,
+    },
 
     /// A key is malformed or of an unsupported type.
     #[error("key error: {reason}; {fix}")]
-    Key { reason: String, fix: String },
+    Key {
+        /// What is wrong with the key.
+        reason: String,
+        /// What to do about it.
+        fix: String,
+    },
 
     /// A file system operation failed.
     #[error("{action} `{}`: {source}; check the path exists and its permissions", path.display())]
     Io {
+        /// What was being done ("read", "write", ...).
         action: String,
+        /// The file or directory.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -65,23 +90,41 @@ pub enum Error {
         bad.join(", ")
     )]
     Threshold {
+        /// The role being verified.
         role: String,
+        /// Its version.
         version: u64,
+        /// Valid signatures from authorised keys.
         valid: u64,
+        /// Valid signatures required.
         threshold: u64,
         /// Who delegates to `role` ("root" or the parent targets role).
         authority: String,
+        /// Ids of signing keys that are not authorised for the role.
         unauthorised: Vec<String>,
+        /// Ids of authorised keys whose signature did not verify.
         bad: Vec<String>,
     },
 
     /// Metadata is past its `expires` time.
     #[error("{role} expired at {expires}: {}", expiry_hint(role))]
-    Expired { role: String, expires: String },
+    Expired {
+        /// The expired role.
+        role: String,
+        /// Its `expires` time.
+        expires: String,
+    },
 
     /// A version number is not the one the workflow requires.
     #[error("{role}: {problem}; {fix}")]
-    Version { role: String, problem: String, fix: String },
+    Version {
+        /// The role.
+        role: String,
+        /// Which version was found against which was required.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
 
     /// The length of downloaded bytes differs from what the trusted metadata states.
     #[error(
@@ -89,7 +132,16 @@ pub enum Error {
          truncated or tampered with, fetch it again (if it persists the repository is \
          inconsistent: re-publish)"
     )]
-    Length { what: String, authority: String, expected: u64, actual: u64 },
+    Length {
+        /// The file checked.
+        what: String,
+        /// The metadata that states the length.
+        authority: String,
+        /// The stated length.
+        expected: u64,
+        /// The length received.
+        actual: u64,
+    },
 
     /// A hash of downloaded bytes differs from what the trusted metadata states.
     #[error(
@@ -97,18 +149,58 @@ pub enum Error {
          corrupted or tampered with, fetch it again (if it persists the repository is \
          inconsistent: re-publish)"
     )]
-    Hash { what: String, authority: String, algorithm: String, expected: String, actual: String },
+    Hash {
+        /// The file checked.
+        what: String,
+        /// The metadata that states the hash.
+        authority: String,
+        /// The hash algorithm.
+        algorithm: String,
+        /// The stated digest (hex).
+        expected: String,
+        /// The digest of the bytes received (hex).
+        actual: String,
+    },
 
     /// Trusted metadata names a hash algorithm this implementation cannot compute.
     #[error(
         "{what}: {authority} states a hash with algorithm `{algorithm}` which this client \
          cannot compute (supported: sha256, sha384, sha512); re-publish with sha256"
     )]
-    UnsupportedHash { what: String, authority: String, algorithm: String },
+    UnsupportedHash {
+        /// The file to check.
+        what: String,
+        /// The metadata that states the hash.
+        authority: String,
+        /// The algorithm named.
+        algorithm: String,
+    },
+
+    /// A file is longer than the client workflow reads for it (when no trusted metadata
+    /// states its length, the workflow's own bound applies).
+    #[error(
+        "{file} is {actual} bytes, more than the {max} this client reads for it; the \
+         registry serves a wrong or hostile file under this name, re-publish it"
+    )]
+    TooLong {
+        /// The file, by its name under `metadata/`.
+        file: String,
+        /// The most bytes read for it.
+        max: u64,
+        /// Its length.
+        actual: u64,
+    },
 
     /// A file the workflow needs is not listed by the metadata that should list it.
     #[error("{file} is not listed in {listed_in}; {fix}")]
-    NotListed { file: String, listed_in: String, fix: String },
+    NotListed {
+        /// The file needed.
+        file: String,
+        /// The metadata that should list it.
+        listed_in: String,
+        /// What to do about it.
+        fix: String,
+    },
 
     /// The client workflow was driven in the wrong order.
     #[error("client workflow misuse: {0}")]
@@ -120,7 +212,16 @@ pub enum Error {
          available (authorised key ids: [{}]); pass the missing signing keys",
         keyids.join(", ")
     )]
-    MissingKeys { role: String, available: u64, threshold: u64, keyids: Vec<String> },
+    MissingKeys {
+        /// The role to sign.
+        role: String,
+        /// Authorised private keys given.
+        available: u64,
+        /// Signatures required.
+        threshold: u64,
+        /// Ids of the keys authorised for the role.
+        keyids: Vec<String>,
+    },
 
     /// A publisher operation was given unusable input.
     #[error("{0}")]

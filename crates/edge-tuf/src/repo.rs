@@ -24,6 +24,7 @@ use super::metadata::{
     Envelope, MetaFile, RoleKeys, Root, SPEC_VERSION, SignedMeta, Snapshot, TargetFile, Targets, Timestamp,
     format_expires, verify_length_and_hashes,
 };
+use super::workflow::{File, Limits, LocalCopies, Next, Request, Workflow};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -33,22 +34,34 @@ use std::time::{Duration, SystemTime};
 /// Public keys and thresholds of the four top-level roles.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RootKeys {
+    /// The root role's public keys.
     pub root: Vec<PublicKey>,
+    /// How many root keys must sign.
     pub root_threshold: u64,
+    /// The targets role's public keys.
     pub targets: Vec<PublicKey>,
+    /// How many targets keys must sign.
     pub targets_threshold: u64,
+    /// The snapshot role's public keys.
     pub snapshot: Vec<PublicKey>,
+    /// How many snapshot keys must sign.
     pub snapshot_threshold: u64,
+    /// The timestamp role's public keys.
     pub timestamp: Vec<PublicKey>,
+    /// How many timestamp keys must sign.
     pub timestamp_threshold: u64,
 }
 
 /// How long newly signed metadata of each role stays valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expiries {
+    /// Validity of a new root.
     pub root: Duration,
+    /// Validity of new targets metadata.
     pub targets: Duration,
+    /// Validity of a new snapshot.
     pub snapshot: Duration,
+    /// Validity of a new timestamp.
     pub timestamp: Duration,
 }
 
@@ -69,9 +82,13 @@ impl Default for Expiries {
 /// Current versions of the top-level roles.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Versions {
+    /// The root version.
     pub root: u64,
+    /// The timestamp version.
     pub timestamp: u64,
+    /// The snapshot version.
     pub snapshot: u64,
+    /// The top-level targets version.
     pub targets: u64,
 }
 
@@ -400,8 +417,11 @@ pub fn target_file_path(name: &str, sha256: &str) -> String {
 /// Status of one role in a [`Report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleStatus {
+    /// The role's name.
     pub role: String,
+    /// The version that verified.
     pub version: u64,
+    /// When it expires.
     pub expires: String,
 }
 
@@ -427,16 +447,17 @@ impl Report {
     }
 }
 
-/// Runs the client workflow over the repository files in `dir` as a device
-/// trusting `trusted_root` would at time `now` (root chain, timestamp,
-/// snapshot, targets, all delegated roles), then checks every target file's
-/// length and hashes. Failures are collected as problems; `Err` only when
-/// the trusted root itself cannot be used.
+/// Runs the client workflow ([`Workflow`]) over the repository files in `dir` as a device
+/// trusting `trusted_root` would at time `now` (root chain, timestamp, snapshot, targets,
+/// all delegated roles, within the same [`Limits`]), then checks every target file's
+/// length and hashes. Failures are collected as problems; `Err` only when the trusted
+/// root itself cannot be used.
 pub fn verify(dir: &Path, trusted_root: &[u8], now: SystemTime) -> Result<Report, Error> {
     let meta_dir = dir.join("metadata");
-    let mut set = TrustedSet::new(trusted_root, now)?;
+    let mut workflow = Workflow::new(trusted_root, LocalCopies::default(), now, Limits::default())?;
     let mut report = Report::default();
-    verify_metadata(&meta_dir, &mut set, &mut report);
+    verify_metadata(&meta_dir, &mut workflow, &mut report);
+    let set = workflow.trusted();
     for (_, role, t) in set.loaded_roles() {
         if role != "targets" {
             report.roles.push(RoleStatus {
@@ -446,93 +467,91 @@ pub fn verify(dir: &Path, trusted_root: &[u8], now: SystemTime) -> Result<Report
             });
         }
     }
-    verify_target_files(&dir.join("targets"), &set, &mut report);
+    verify_target_files(&dir.join("targets"), set, &mut report);
     Ok(report)
 }
 
-/// One step of the workflow applied to a file's bytes.
-type Loader = dyn Fn(&mut TrustedSet, &[u8]) -> Result<(), Error>;
-
-fn verify_metadata(meta_dir: &Path, set: &mut TrustedSet, report: &mut Report) {
-    let problems = &mut report.problems;
-    // Root chain, one version at a time, until the next file is missing.
+/// Feeds the workflow the files of `meta_dir`, noting what is wrong as it goes: a refused
+/// root version ends the chain, a refused delegated role is left out, anything else ends
+/// the check.
+fn verify_metadata(meta_dir: &Path, workflow: &mut Workflow, report: &mut Report) {
+    let mut root_checked = false;
     loop {
-        let next = set.root().version + 1;
-        let path = meta_dir.join(format!("{next}.root.json"));
-        if !path.exists() {
-            break;
+        let next = workflow.next_step();
+        let in_root_chain = matches!(&next, Ok(Next::Fetch(Request { file: File::Root { .. }, .. })));
+        if !in_root_chain && !root_checked {
+            root_checked = true;
+            check_root(meta_dir, workflow.trusted().root(), report);
         }
-        if let Err(e) = read(&path).and_then(|b| set.update_root(&b)) {
-            problems.push(format!("{next}.root.json: {e}"));
-            break;
+        let request = match next {
+            Ok(Next::Fetch(request)) => request,
+            Ok(Next::Refused { role, parent, error }) => {
+                report.problems.push(format!("delegated role {role} (delegated by {parent}): {error}"));
+                continue;
+            }
+            Ok(Next::Done) => break,
+            Err(e) => {
+                report.problems.push(e.to_string());
+                break;
+            }
+        };
+        let path = meta_dir.join(&request.name);
+        if matches!(request.file, File::Root { .. }) && !path.exists() {
+            // The end of the root chain.
+            workflow.not_found();
+            continue;
+        }
+        let result = match read(&path) {
+            Ok(bytes) => workflow.feed(&bytes),
+            Err(e) => {
+                workflow.not_found();
+                Err(e)
+            }
+        };
+        let set = workflow.trusted();
+        match (&request.file, result) {
+            (File::Timestamp, Ok(())) => {
+                if let Some(t) = set.timestamp() {
+                    push_role(&mut report.roles, "timestamp", t.version, &t.expires);
+                }
+            }
+            (File::Snapshot, Ok(())) => {
+                if let Some(s) = set.snapshot() {
+                    push_role(&mut report.roles, "snapshot", s.version, &s.expires);
+                }
+            }
+            (File::Targets, Ok(())) => {
+                if let Some(t) = set.targets() {
+                    push_role(&mut report.roles, "targets", t.version, &t.expires);
+                }
+            }
+            (File::Root { .. } | File::Delegated { .. }, Ok(())) => {}
+            (File::Delegated { role, parent }, Err(e)) => {
+                report.problems.push(format!("delegated role {role} (delegated by {parent}): {e}"));
+            }
+            (_, Err(e)) => {
+                report.problems.push(format!("{}: {e}", request.name));
+                if !matches!(request.file, File::Root { .. }) {
+                    break;
+                }
+            }
         }
     }
-    let root = set.root();
+    // Where a bound stopped the check short, devices stop there too.
+    report.problems.extend(workflow.notes().iter().map(|n| format!("{n}; devices stop there too")));
+}
+
+/// The newest root, once the chain is followed: listed in the report, and
+/// `metadata/root.json` must be a copy of it.
+fn check_root(meta_dir: &Path, root: &Root, report: &mut Report) {
     push_role(&mut report.roles, "root", root.version, &root.expires);
     match (read(&meta_dir.join(format!("{}.root.json", root.version))), read(&meta_dir.join("root.json"))) {
         (Ok(a), Ok(b)) if a == b => {}
-        (Ok(_), Ok(_)) => problems.push(format!(
+        (Ok(_), Ok(_)) => report.problems.push(format!(
             "metadata/root.json is not a copy of the newest root {}.root.json; copy it over",
             root.version
         )),
-        (_, Err(e)) | (Err(e), _) => problems.push(e.to_string()),
-    }
-    if let Err(e) = set.check_root_expiry() {
-        problems.push(e.to_string());
-        return;
-    }
-    // Loads the file the trusted metadata names (or notes why it cannot be named).
-    let step = |set: &mut TrustedSet, name: Result<String, Error>, problems: &mut Vec<String>, f: &Loader| {
-        let name = match name {
-            Ok(n) => n,
-            Err(e) => {
-                problems.push(e.to_string());
-                return false;
-            }
-        };
-        match read(&meta_dir.join(&name)).and_then(|b| f(set, &b)) {
-            Ok(()) => true,
-            Err(e) => {
-                problems.push(format!("{name}: {e}"));
-                false
-            }
-        }
-    };
-    if !step(set, Ok("timestamp.json".into()), problems, &|s, b| s.update_timestamp(b).map(|_| ())) {
-        return;
-    }
-    if let Some(t) = set.timestamp() {
-        push_role(&mut report.roles, "timestamp", t.version, &t.expires);
-    }
-    let name = set.snapshot_file_name();
-    if !step(set, name, problems, &|s, b| s.update_snapshot(b)) {
-        return;
-    }
-    if let Some(s) = set.snapshot() {
-        push_role(&mut report.roles, "snapshot", s.version, &s.expires);
-    }
-    let name = set.targets_file_name("targets");
-    if !step(set, name, problems, &|s, b| s.update_targets(b)) {
-        return;
-    }
-    if let Some(t) = set.targets() {
-        push_role(&mut report.roles, "targets", t.version, &t.expires);
-    }
-    let mut failed: BTreeSet<(String, String)> = BTreeSet::new();
-    loop {
-        let pending: Vec<(String, String)> =
-            set.unloaded_delegations().into_iter().filter(|p| !failed.contains(p)).collect();
-        let Some((role, parent)) = pending.into_iter().next() else {
-            break;
-        };
-        let result = set.targets_file_name(&role).and_then(|name| {
-            let bytes = read(&meta_dir.join(&name))?;
-            set.update_delegated_targets(&bytes, &role, &parent)
-        });
-        if let Err(e) = result {
-            problems.push(format!("delegated role {role} (delegated by {parent}): {e}"));
-            failed.insert((role, parent));
-        }
+        (_, Err(e)) | (Err(e), _) => report.problems.push(e.to_string()),
     }
 }
 

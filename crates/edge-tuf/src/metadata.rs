@@ -26,7 +26,9 @@ pub type Unrecognized = Map<String, Value>;
 /// One signature in an envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
+    /// The id of the key that made the signature.
     pub keyid: String,
+    /// The Ed25519 signature over the canonical `signed` bytes, in hex.
     pub sig: String,
 }
 
@@ -34,7 +36,9 @@ pub struct Signature {
 /// JSON, which is what signatures cover.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The signed metadata, as received.
     pub signed: Value,
+    /// The signatures over the canonical form of `signed`.
     pub signatures: Vec<Signature>,
 }
 
@@ -91,8 +95,11 @@ impl Envelope {
 pub trait SignedMeta: Serialize + DeserializeOwned {
     /// The `_type` value, e.g. `"root"`.
     const TYPE: &'static str;
+    /// The `spec_version` field.
     fn spec_version(&self) -> &str;
+    /// The role's version.
     fn version(&self) -> u64;
+    /// The `expires` field (RFC 3339).
     fn expires(&self) -> &str;
     /// Role-specific rules beyond what serde checks.
     fn validate_specific(&self) -> Result<(), Error> {
@@ -164,8 +171,11 @@ pub fn format_expires(t: SystemTime) -> String {
 /// `{keyids, threshold}` of a role.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleKeys {
+    /// The ids of the keys authorised for the role.
     pub keyids: Vec<String>,
+    /// How many of them must sign.
     pub threshold: u64,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -186,16 +196,23 @@ fn validate_role_keys(role: &str, which: &str, keyids: &[String], threshold: u64
 /// Root metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Root {
+    /// The `_type` field: the role this metadata is for.
     #[serde(rename = "_type")]
     pub type_: String,
+    /// The version of the TUF specification the metadata follows (a 1.x version).
     pub spec_version: String,
+    /// This root's version; each is signed by its predecessor's root keys.
     pub version: u64,
+    /// When the metadata stops being trusted (RFC 3339, UTC).
     pub expires: String,
     /// python-tuf treats a missing field as `false`; so do we.
     #[serde(default)]
     pub consistent_snapshot: bool,
+    /// Every key of the top-level roles, by key id.
     pub keys: BTreeMap<String, PublicKey>,
+    /// The keys and threshold of each top-level role.
     pub roles: BTreeMap<String, RoleKeys>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -215,11 +232,15 @@ impl Root {
 /// A `meta` entry of timestamp or snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetaFile {
+    /// The version of the metadata file described.
     pub version: u64,
+    /// Its length in bytes, when stated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<u64>,
+    /// Its hashes (algorithm to hex digest), when stated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashes: Option<BTreeMap<String, String>>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -256,12 +277,18 @@ fn validate_meta(role: &str, name: &str, m: &MetaFile) -> Result<(), Error> {
 /// Timestamp metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Timestamp {
+    /// The `_type` field: the role this metadata is for.
     #[serde(rename = "_type")]
     pub type_: String,
+    /// The version of the TUF specification the metadata follows (a 1.x version).
     pub spec_version: String,
+    /// This timestamp's version: it never goes back.
     pub version: u64,
+    /// When the metadata stops being trusted (RFC 3339, UTC).
     pub expires: String,
+    /// The one entry `snapshot.json`: the current snapshot's version.
     pub meta: BTreeMap<String, MetaFile>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -278,12 +305,18 @@ impl Timestamp {
 /// Snapshot metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// The `_type` field: the role this metadata is for.
     #[serde(rename = "_type")]
     pub type_: String,
+    /// The version of the TUF specification the metadata follows (a 1.x version).
     pub spec_version: String,
+    /// This snapshot's version: it never goes back.
     pub version: u64,
+    /// When the metadata stops being trusted (RFC 3339, UTC).
     pub expires: String,
+    /// Every targets role's file (`targets.json`, `{role}.json`) and its version.
     pub meta: BTreeMap<String, MetaFile>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -291,10 +324,14 @@ pub struct Snapshot {
 /// One target file entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TargetFile {
+    /// The target file's length in bytes.
     pub length: u64,
+    /// Its hashes (algorithm to hex digest).
     pub hashes: BTreeMap<String, String>,
+    /// Application data about the target (for edge-agent: model, version, rollout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<Value>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -316,14 +353,21 @@ impl TargetFile {
 /// Targets metadata (top-level or delegated).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Targets {
+    /// The `_type` field: the role this metadata is for.
     #[serde(rename = "_type")]
     pub type_: String,
+    /// The version of the TUF specification the metadata follows (a 1.x version).
     pub spec_version: String,
+    /// This role's version: it never goes back.
     pub version: u64,
+    /// When the metadata stops being trusted (RFC 3339, UTC).
     pub expires: String,
+    /// The target files this role lists, by name.
     pub targets: BTreeMap<String, TargetFile>,
+    /// The roles this one delegates parts of the target name space to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegations: Option<Delegations>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -331,8 +375,11 @@ pub struct Targets {
 /// The `delegations` object of targets metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Delegations {
+    /// Every key of the delegated roles, by key id.
     pub keys: BTreeMap<String, PublicKey>,
+    /// The delegated roles, in the order a search visits them.
     pub roles: Vec<DelegatedRole>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -340,14 +387,21 @@ pub struct Delegations {
 /// One delegated role. Exactly one of `paths` and `path_hash_prefixes` is set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DelegatedRole {
+    /// The role's name (its file is `{version}.{name}.json`).
     pub name: String,
+    /// The ids of the keys authorised for the role.
     pub keyids: Vec<String>,
+    /// How many of them must sign.
     pub threshold: u64,
+    /// Whether a search that reaches this role for a target stops here.
     pub terminating: bool,
+    /// Target name patterns the role is trusted for (see [`path_matches`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths: Option<Vec<String>>,
+    /// Prefixes of the hex sha256 of target names the role is trusted for (hashed bins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_hash_prefixes: Option<Vec<String>>,
+    /// Fields this implementation does not know: kept, so that re-signing preserves them.
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }

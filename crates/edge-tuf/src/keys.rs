@@ -23,8 +23,11 @@ const PEM_END: &str = "-----END PRIVATE KEY-----";
 /// do not need to survive a round trip through this type.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKey {
+    /// The key type; only `ed25519` is verified.
     pub keytype: String,
+    /// The signature scheme; only `ed25519` is verified.
     pub scheme: String,
+    /// The key material.
     pub keyval: KeyVal,
 }
 

@@ -212,7 +212,7 @@ for line in sys.stdin:
         let prepared = std::env::var_os("EDGE_TEST_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache = prepared
             .clone()
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache"));
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache"));
         let python = cache.join("venv/bin/python");
         if python.is_file() {
             return Some(python);

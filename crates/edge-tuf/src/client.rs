@@ -24,11 +24,21 @@ pub const MAX_DELEGATIONS: usize = 32;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup<'a> {
     /// Found in `role`, the first role in preorder that lists it.
-    Found { role: String, target: &'a TargetFile },
+    Found {
+        /// The role that lists the target.
+        role: String,
+        /// Its entry.
+        target: &'a TargetFile,
+    },
     /// The search reached a role that is not loaded yet: fetch
     /// `{version}.{role}.json` and call [`TrustedSet::update_delegated_targets`]
     /// (or [`TrustedSet::update_targets`] for `targets`), then search again.
-    NeedRole { role: String, parent: String },
+    NeedRole {
+        /// The role to load.
+        role: String,
+        /// The role that delegates to it.
+        parent: String,
+    },
     /// No trusted role lists the target.
     NotFound,
 }
@@ -36,8 +46,11 @@ pub enum Lookup<'a> {
 /// A delegated role visited by a search, see [`TrustedSet::delegated_roles_for`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoleRef {
+    /// The delegated role.
     pub name: String,
+    /// The targets role that delegates to it.
     pub parent: String,
+    /// Whether its metadata is loaded in the trusted set.
     pub loaded: bool,
 }
 
