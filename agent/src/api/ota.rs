@@ -33,7 +33,7 @@ async fn args(st: &ApiState, body: Body) -> Result<OtaArgs, ApiError> {
 }
 
 fn handle(st: &ApiState) -> Result<crate::ota::OtaHandle, ApiError> {
-    st.health.ota().cloned().ok_or_else(|| ApiError {
+    st.ota.clone().ok_or_else(|| ApiError {
         status: StatusCode::CONFLICT,
         message: "model updates are off on this device: there is no [ota] section".into(),
     })

@@ -23,11 +23,22 @@ impl ApiState {
             evicted_connections: self.counters.evicted_connections.load(Ordering::Relaxed),
         }
     }
+
+    /// The parts the status document is made of.
+    pub fn parts(&self) -> Parts {
+        Parts {
+            engine: self.engine.clone(),
+            health: self.health.clone(),
+            mqtt: self.mqtt.clone(),
+            ota: self.ota.clone(),
+            fallback: self.fallback.clone(),
+        }
+    }
 }
 
 /// `GET /status`.
 pub async fn status(State(st): State<ApiState>) -> Json<Status> {
-    Json(Status::gather(Parts::of(&st.engine, &st.health, Some(st.report()))))
+    Json(st.parts().gather(Some(st.report())))
 }
 
 /// Histogram bucket bounds of `edge_agent_request_duration_seconds`.
@@ -123,8 +134,8 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         "API inference requests answered 503 because too many were in flight.",
         vec![format!(" {}", st.counters.overloaded.load(Ordering::Relaxed))],
     );
-    if let Some(f) = st.health.fallback().filter(|f| f.is_configured()) {
-        for m in f.metrics() {
+    if st.fallback.is_configured() {
+        for m in st.fallback.metrics() {
             let lines = m.samples.into_iter().map(|(labels, v)| format!("{labels} {v}")).collect();
             metric(m.name, m.kind, m.help, lines);
         }
@@ -160,7 +171,7 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         "1 when models are loaded and the agent serves.",
         vec![format!(" {}", u8::from(st.health.is_ready()))],
     );
-    if let Some(m) = st.health.mqtt() {
+    if let Some(m) = st.mqtt.as_ref().map(|m| m.report()) {
         metric(
             "edge_agent_mqtt_connected",
             "gauge",

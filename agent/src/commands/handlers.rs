@@ -82,7 +82,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         Command::Diagnostics => diagnostics(ctx, progress).await,
         Command::UpdateCheck | Command::UpdateApply { .. } | Command::Rollback { .. } => {
             // `prepare` made sure the update task exists.
-            let Some(ota) = ctx.health.ota() else {
+            let Some(ota) = &ctx.ota else {
                 return Outcome::Failed("model updates stopped on this device".into());
             };
             progress.report(0.0).await;
@@ -97,9 +97,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
             }
         }
         Command::FallbackForce { model, on, seconds } => {
-            let Some(fallback) = ctx.health.fallback() else {
-                return Outcome::Failed("the cloud fallback stopped on this device".into());
-            };
+            let fallback = &ctx.fallback;
             let duration = on.then(|| std::time::Duration::from_secs(seconds));
             match fallback.force(&model, duration) {
                 Ok(()) => Outcome::Succeeded(
@@ -114,7 +112,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
 
 /// Update commands go to the update task, which answers when the work is done.
 fn update(name: &str, ctx: &Context, args: &Map<String, Value>) -> Result<Command, String> {
-    if ctx.health.ota().is_none() {
+    if ctx.ota.is_none() {
         return Err("model updates are off on this device: there is no [ota] section".into());
     }
     let text = |key: &str| match args.get(key) {
@@ -155,7 +153,7 @@ const MAX_FORCE_S: u64 = 7 * 24 * 3600;
 /// `fallback/force {model, seconds?, on?}`: sends every request for `model` to the
 /// cloud for `seconds` (default 3600), or stops with `on: false`.
 fn fallback_force(ctx: &Context, args: &Map<String, Value>) -> Result<Command, String> {
-    let Some(fallback) = ctx.health.fallback().filter(|f| f.is_configured()) else {
+    let Some(fallback) = Some(&ctx.fallback).filter(|f| f.is_configured()) else {
         return Err("the cloud fallback is off on this device: there is no [[fallback.model]]".into());
     };
     let Some(Value::String(model)) = args.get("model") else {
@@ -188,7 +186,7 @@ fn fallback_force(ctx: &Context, args: &Map<String, Value>) -> Result<Command, S
 }
 
 fn models(ctx: &Context) -> Outcome {
-    let ota = ctx.health.ota().map(|o| o.status());
+    let ota = ctx.ota.as_ref().map(|o| o.status());
     let list: Vec<Value> = ctx
         .engine
         .models()

@@ -3,15 +3,16 @@
 //! status`. Its JSON is stable: fields are only ever added.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::health::Health;
 use crate::engine::stats::ErrorEntry;
 use crate::engine::{Engine, ModelReport, PoolReport};
-use crate::fallback::FallbackReport;
-use crate::mqtt::OutboxReport;
-use crate::ota::OtaStatus;
+use crate::fallback::{Fallback, FallbackReport};
+use crate::mqtt::{OutboxReport, OutboxStats};
+use crate::ota::{OtaHandle, OtaStatus};
 use crate::telemetry::Memory;
 
 /// The status document.
@@ -64,35 +65,32 @@ pub struct ApiReport {
     pub evicted_connections: u64,
 }
 
-/// What the status document is made of, each part read by its owner.
-pub struct Parts<'a> {
-    pub engine: &'a Engine,
-    pub health: &'a Health,
-    pub api: Option<ApiReport>,
-    pub mqtt: Option<OutboxReport>,
-    pub ota: Option<OtaStatus>,
-    pub fallback: Option<FallbackReport>,
+/// What the status document is made of: each part's handle, given once by the service
+/// when it builds the part (the API's counters, which only the API holds, come with
+/// each call).
+#[derive(Clone)]
+pub struct Parts {
+    pub engine: Arc<Engine>,
+    pub health: Arc<Health>,
+    /// The MQTT link's counters, when it is configured.
+    pub mqtt: Option<Arc<OutboxStats>>,
+    /// The model update task, when `[ota]` is configured.
+    pub ota: Option<OtaHandle>,
+    pub fallback: Arc<Fallback>,
 }
 
-impl<'a> Parts<'a> {
-    /// The parts the service has registered with `health`, with the API's counters
-    /// (which only the API holds).
-    pub fn of(engine: &'a Engine, health: &'a Health, api: Option<ApiReport>) -> Parts<'a> {
-        Parts {
-            engine,
-            health,
-            api,
-            mqtt: health.mqtt(),
-            ota: health.ota().map(|o| o.status()),
-            fallback: health.fallback().and_then(|f| f.report()),
-        }
+impl Parts {
+    /// Builds the document, with the API's counters when it runs.
+    pub fn gather(&self, api: Option<ApiReport>) -> Status {
+        Status::gather(self, api)
     }
 }
 
 impl Status {
     /// Builds the document.
-    pub fn gather(parts: Parts<'_>) -> Status {
-        let Parts { engine, health, api, mqtt, ota, fallback } = parts;
+    pub fn gather(parts: &Parts, api: Option<ApiReport>) -> Status {
+        let Parts { engine, health, .. } = parts;
+        let ota = parts.ota.as_ref().map(OtaHandle::status);
         let stats = engine.stats();
         let models = engine
             .models()
@@ -116,9 +114,9 @@ impl Status {
             connections: health.connections(),
             last_errors: engine.recent_errors(),
             memory: crate::telemetry::memory(),
-            mqtt,
+            mqtt: parts.mqtt.as_ref().map(|m| m.report()),
             ota,
-            fallback,
+            fallback: parts.fallback.report(),
         }
     }
 }
