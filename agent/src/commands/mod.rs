@@ -21,10 +21,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::TelemetrySection;
 use crate::engine::Engine;
-use crate::mqtt::client::ReplyTo;
-use crate::mqtt::{CommandMsg, Mqtt, Outgoing};
+use crate::mqtt::{CommandMsg, Mqtt, ReplyTo};
 use crate::service::health::Health;
-use edge_spool::{Class, Record};
 pub use handlers::NAMES;
 use seen::Seen;
 
@@ -147,15 +145,7 @@ impl Replier {
             targets.push((topic.clone(), Some(reply.clone())));
         }
         for (topic, reply) in targets {
-            let record = Record {
-                topic,
-                qos: 1,
-                retain: false,
-                payload: payload.clone(),
-                class: Class::Reply,
-                correlation: reply.as_ref().and_then(|r| r.correlation.clone()),
-            };
-            let _ = self.mqtt.outbox.send(Outgoing { record, reply, acks: Vec::new() }).await;
+            let _ = self.mqtt.reply(topic, payload.clone(), reply).await;
         }
     }
 }

@@ -409,7 +409,7 @@ impl Ota {
 
     async fn check(&mut self, origin: &str) -> Result<Value, String> {
         let result = self.check_inner().await;
-        self.last_check = Some((crate::mqtt::now(), result.clone()));
+        self.last_check = Some((crate::events::now(), result.clone()));
         if let Err(e) = &result {
             tracing::warn!(origin, error = %e, "update check failed");
         }

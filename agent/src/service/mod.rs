@@ -11,6 +11,8 @@ mod seq;
 pub mod status;
 mod stream;
 pub mod systemd;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +32,7 @@ use health::Health;
 use status::Parts;
 use systemd::Notifier;
 
-pub use result::{MqttResults, ResultRecord, ResultSink};
+pub use result::{ResultRecord, ResultSink};
 pub use stream::raw_outputs;
 
 /// How long in-flight work may take to finish after shutdown is requested.
@@ -340,7 +342,7 @@ fn wire_data_path(
     drop(source_tx);
 
     if let Some(handle) = mqtt {
-        sink.mqtt = Some(MqttResults { outbox: handle.outbox.clone(), topics: handle.topics.clone() });
+        sink.mqtt = Some(handle);
         sink.seq =
             Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| StartError::Seq {
                 path: config.state_dir.display().to_string(),
@@ -484,7 +486,6 @@ fn start_mqtt_link(
         &config.state_dir,
         &config.device_id,
         status,
-        engine.clone(),
         health.clone(),
         to_streams,
         token.child_token(),
@@ -529,8 +530,7 @@ fn serve_mqtt(
     tracker.spawn(crate::telemetry::report::run(
         sources,
         crate::telemetry::SystemSampler::new(&config.state_dir),
-        handle.topics.clone(),
-        handle.outbox.clone(),
+        handle.clone(),
         telemetry_rx,
         token.child_token(),
     ));
