@@ -30,7 +30,7 @@ const MAX_META: u64 = 16 * 1024 * 1024;
 const MAX_ROOT_ROTATIONS: u64 = 256;
 
 /// What a refresh found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefreshInfo {
     /// Whether the timestamp changed since the last refresh.
     pub changed: bool,

@@ -130,3 +130,29 @@ async fn a_stream_task_windows_infers_and_settles_each_receipt_with_its_last_res
     assert_eq!(h.engine.stats()["vibration"].ok, 2);
     h.engine.shutdown();
 }
+
+/// The status document reads back into the type it is written from (what `edge-agent
+/// status` does), losing nothing: counters, latencies, recent errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_document_reads_back_into_its_type() {
+    let mut h = Harness::start();
+    h.send(Payload::Json(json!(samples(256))), "one").await;
+    h.result().await;
+    h.send(Payload::Bytes(b"not json".to_vec()), "bad").await;
+    h.events.recv().await.unwrap();
+    let (fallback, _transitions) = Fallback::new(None).unwrap();
+    let parts = super::status::Parts {
+        engine: h.engine.clone(),
+        health: Arc::new(Health::new("dev-1", Duration::from_secs(10))),
+        mqtt: Some(Arc::default()),
+        ota: None,
+        fallback: Arc::new(fallback),
+    };
+    let written = serde_json::to_value(parts.gather(None)).unwrap();
+    assert_eq!(written["models"]["vibration"]["ok"], 1, "{written:#}");
+    assert_eq!(written["last_errors"][0]["kind"], "bad_input", "{written:#}");
+    let read: super::status::Status = serde_json::from_value(written.clone()).unwrap();
+    assert!(read.models["vibration"].counts.is_some());
+    assert_eq!(serde_json::to_value(&read).unwrap(), written);
+    h.engine.shutdown();
+}
