@@ -153,9 +153,10 @@ const MAX_FORCE_S: u64 = 7 * 24 * 3600;
 /// `fallback/force {model, seconds?, on?}`: sends every request for `model` to the
 /// cloud for `seconds` (default 3600), or stops with `on: false`.
 fn fallback_force(ctx: &Context, args: &Map<String, Value>) -> Result<Command, String> {
-    let Some(fallback) = Some(&ctx.fallback).filter(|f| f.is_configured()) else {
+    let fallback = &ctx.fallback;
+    if !fallback.is_configured() {
         return Err("the cloud fallback is off on this device: there is no [[fallback.model]]".into());
-    };
+    }
     let Some(Value::String(model)) = args.get("model") else {
         return Err("fallback/force needs `args.model`, the name of a model with a cloud endpoint".into());
     };

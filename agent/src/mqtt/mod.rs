@@ -70,12 +70,6 @@ pub struct Mqtt {
 pub struct Closed;
 
 impl Mqtt {
-    /// A handle on `outbox`, for tests that read what producers send.
-    #[cfg(test)]
-    pub fn for_test(outbox: mpsc::Sender<Outgoing>, topics: Topics) -> Mqtt {
-        Mqtt { outbox, stats: Arc::default(), topics }
-    }
-
     async fn send(
         &self,
         record: Record,
