@@ -43,6 +43,9 @@ use conn::ConnTable;
 pub use error::ApiError;
 
 use crate::engine::Engine;
+use crate::fallback::Fallback;
+use crate::mqtt::OutboxStats;
+use crate::ota::OtaHandle;
 use crate::service::health::Health;
 
 /// Limits of the API.
@@ -65,11 +68,18 @@ pub struct ApiCounters {
     pub evicted_connections: AtomicU64,
 }
 
-/// What the handlers share.
+/// What the handlers share: the API's own limits and counters, and the handles of the
+/// parts it serves, given by the service when it builds the API.
 #[derive(Clone)]
 pub struct ApiState {
     pub engine: Arc<Engine>,
     pub health: Arc<Health>,
+    /// The model update task, for `/ota/*` (`None` without `[ota]`).
+    pub ota: Option<OtaHandle>,
+    /// The cloud fallback (configured or not: an empty one routes everything locally).
+    pub fallback: Arc<Fallback>,
+    /// The MQTT link's counters, for `/status` and `/metrics`, when it is configured.
+    pub mqtt: Option<Arc<OutboxStats>>,
     pub limits: Arc<ApiLimits>,
     pub inflight: Arc<Semaphore>,
     pub counters: Arc<ApiCounters>,

@@ -187,8 +187,7 @@ async fn infer_inner(
     let mut req = request::decode(bytes, headers.get(request::HEADER_LENGTH).map(|v| v.as_bytes()))
         .map_err(|e| ApiError::bad_request(e.0))?;
     // A model that is not installed may still have a cloud endpoint (with its spec).
-    let fallback = st.health.fallback().cloned();
-    let cloud = fallback.as_ref().and_then(|f| f.cloud(&name));
+    let cloud = st.fallback.cloud(&name);
     let (local, missing) = match find_model(&st, &name, version.as_deref()) {
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),
@@ -233,10 +232,7 @@ async fn infer_inner(
         wait: deadline,
         reset,
     };
-    // The service sets the fallback before the API listens; without it nothing can run.
-    let Some(f) = &fallback else {
-        return Err(ApiError::unavailable("the agent is starting; retry".to_string()));
-    };
+    let f = &st.fallback;
     let signals =
         crate::fallback::Signals { forced, ..crate::fallback::Signals::from_engine(&st.engine, deadline) };
     let Some(route) = f.route(&name, local.clone(), &signals) else {

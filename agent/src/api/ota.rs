@@ -23,10 +23,7 @@ async fn args<A: Args>(st: &ApiState, body: Body) -> Result<A, ApiError> {
 }
 
 fn handle(st: &ApiState) -> Result<crate::ota::OtaHandle, ApiError> {
-    st.health
-        .ota()
-        .cloned()
-        .ok_or_else(|| ApiError { status: StatusCode::CONFLICT, message: UPDATES_OFF.into() })
+    st.ota.clone().ok_or_else(|| ApiError { status: StatusCode::CONFLICT, message: UPDATES_OFF.into() })
 }
 
 fn answer(r: Result<serde_json::Value, String>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -26,11 +26,22 @@ impl ApiState {
             evicted_connections: self.counters.evicted_connections.load(Ordering::Relaxed),
         }
     }
+
+    /// The parts the status document is made of.
+    pub fn parts(&self) -> Parts {
+        Parts {
+            engine: self.engine.clone(),
+            health: self.health.clone(),
+            mqtt: self.mqtt.clone(),
+            ota: self.ota.clone(),
+            fallback: self.fallback.clone(),
+        }
+    }
 }
 
 /// `GET /status`.
 pub async fn status(State(st): State<ApiState>) -> Json<Status> {
-    Json(Status::gather(Parts::of(&st.engine, &st.health, Some(st.report()))))
+    Json(st.parts().gather(Some(st.report())))
 }
 
 /// Histogram bucket bounds of `edge_agent_request_duration_seconds`.
@@ -48,14 +59,14 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
         "API inference requests answered 503 because too many were in flight.",
         st.counters.overloaded.load(Ordering::Relaxed),
     );
-    if let Some(f) = st.health.fallback().filter(|f| f.is_configured()) {
-        for m in f.metrics() {
+    if st.fallback.is_configured() {
+        for m in st.fallback.metrics() {
             let lines = m.samples.into_iter().map(|(labels, v)| format!("{labels} {v}"));
             out.family(m.name, m.kind, m.help, lines);
         }
     }
     process_metrics(&mut out, st.health.started, st.health.is_ready());
-    if let Some(m) = st.health.mqtt() {
+    if let Some(m) = st.mqtt.as_ref().map(|m| m.report()) {
         mqtt_metrics(&mut out, &m);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out.0)

@@ -186,31 +186,27 @@ fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
 /// `model list`: the daemon's models with their update state.
 fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
     let socket = super::status::find_socket(d.socket.as_deref(), d.config.as_deref())?;
-    let v = match super::status::fetch_status(&socket)? {
-        Ok(v) => v,
+    let status = match super::status::fetch_status(&socket)? {
+        Ok(s) => s,
         Err(e) => return Ok(e.report()),
     };
-    let ota = &v["ota"]["models"];
+    let ota = status.ota.map(|o| o.models).unwrap_or_default();
     let mut rows = Vec::new();
-    if let Some(models) = v["models"].as_object() {
-        for (name, m) in models {
-            let u = &ota[name];
-            rows.push(serde_json::json!({
-                "name": name,
-                "version": m["version"],
-                "state": m["state"],
-                "previous": u["previous"],
-                "bad": u["bad"],
-                "probation": u["probation"],
-            }));
-        }
+    for (name, m) in &status.models {
+        let u = ota.get(name);
+        rows.push(serde_json::json!({
+            "name": name,
+            "version": m.version,
+            "state": m.state,
+            "previous": u.and_then(|u| u.previous.as_ref()),
+            "bad": u.map(|u| &u.bad),
+            "probation": u.and_then(|u| u.probation.as_ref()),
+        }));
     }
     // Registry models not installed yet.
-    if let Some(o) = ota.as_object() {
-        for (name, u) in o {
-            if !rows.iter().any(|r| r["name"] == serde_json::json!(name)) {
-                rows.push(serde_json::json!({"name": name, "version": null, "state": u["state"], "previous": u["previous"], "bad": u["bad"], "probation": null}));
-            }
+    for (name, u) in &ota {
+        if !status.models.contains_key(name) {
+            rows.push(serde_json::json!({"name": name, "version": null, "state": u.state, "previous": u.previous, "bad": u.bad, "probation": null}));
         }
     }
     if d.json {

@@ -1,14 +1,15 @@
 //! `edge-agent status`: asks the running daemon over its unix socket.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::Value;
 
 use crate::config::{Config, Overrides};
 use crate::daemon_client;
+use crate::service::status::Status;
 
 /// Exit code: the daemon is not running (nothing answers on its socket).
 pub const EXIT_NOT_RUNNING: u8 = 3;
@@ -82,15 +83,17 @@ fn no_answer(socket: &Path, e: daemon_client::Failure) -> NoAnswer {
     }
 }
 
-/// The daemon's `/status` document; `Err` when it gives no answer (the caller exits with
-/// [`NoAnswer::report`]).
-pub fn fetch_status(socket: &Path) -> anyhow::Result<Result<Value, NoAnswer>> {
+/// The daemon's `/status` document, read into the type the daemon writes it from;
+/// `Err` when it gives no answer (the caller exits with [`NoAnswer::report`]).
+pub fn fetch_status(socket: &Path) -> anyhow::Result<Result<Status, NoAnswer>> {
     let (code, body) = match get(socket, "/status") {
         Ok(r) => r,
         Err(e) => return Ok(Err(e)),
     };
     anyhow::ensure!(code == 200, "the daemon answered {code} on {}: {body}", socket.display());
-    serde_json::from_str(&body).map(Ok).map_err(|e| anyhow::anyhow!("the daemon's status is not JSON: {e}"))
+    serde_json::from_str(&body)
+        .map(Ok)
+        .map_err(|e| anyhow::anyhow!("the daemon's status is not a status document: {e}"))
 }
 
 fn socket_path(args: &StatusArgs) -> anyhow::Result<PathBuf> {
@@ -116,101 +119,88 @@ pub fn find_socket(socket: Option<&Path>, config: Option<&Path>) -> anyhow::Resu
 
 pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let socket = socket_path(&args)?;
-    let v = match fetch_status(&socket)? {
-        Ok(v) => v,
+    let status = match fetch_status(&socket)? {
+        Ok(s) => s,
         Err(e) => return Ok(e.report()),
     };
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print_human(&v)?;
+        print_human(&status)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_human(v: &Value) -> anyhow::Result<()> {
-    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
-    let up = n(&v["uptime_s"]);
+fn print_human(v: &Status) -> anyhow::Result<()> {
+    let up = v.uptime_s;
     outln!(
         "edge-agent {} on {}: {}, {} (up {}h {:02}m {:02}s)",
-        s(&v["version"]),
-        s(&v["device"]),
-        if v["ready"].as_bool() == Some(true) { "ready" } else { "NOT READY" },
-        s(&v["doing"]),
+        v.version,
+        v.device,
+        if v.ready { "ready" } else { "NOT READY" },
+        v.doing,
         up / 3600,
         up / 60 % 60,
         up % 60
     );
     outln!("models");
-    if let Some(models) = v["models"].as_object() {
-        for (name, m) in models {
-            let sum = |key: &str| {
-                m[key].as_object().map(|o| o.values().filter_map(Value::as_u64).sum()).unwrap_or(0u64)
-            };
-            outln!(
-                "  {name:<16} {:<10} {:<8} ok {:<8} errors {:<6} rejected {:<6} p50 {:.2} ms  p99 {:.2} ms",
-                s(&m["version"]),
-                s(&m["state"]),
-                n(&m["ok"]),
-                sum("errors"),
-                sum("rejected"),
-                f(&m["latency"]["p50_ms"]),
-                f(&m["latency"]["p99_ms"])
-            );
-        }
+    for (name, m) in &v.models {
+        let c = m.counts.as_ref();
+        let sum = |map: Option<&BTreeMap<String, u64>>| map.map(|o| o.values().sum()).unwrap_or(0u64);
+        outln!(
+            "  {name:<16} {:<10} {:<8} ok {:<8} errors {:<6} rejected {:<6} p50 {:.2} ms  p99 {:.2} ms",
+            m.version,
+            m.state,
+            c.map_or(0, |c| c.ok),
+            sum(c.map(|c| &c.errors)),
+            sum(c.map(|c| &c.rejected)),
+            c.map_or(0.0, |c| c.latency.p50_ms),
+            c.map_or(0.0, |c| c.latency.p99_ms)
+        );
     }
-    let e = &v["engine"];
+    let e = &v.engine;
     outln!(
         "engine   {} thread(s), queue {}/{}, busy {}, {} done, {} live stream(s)",
-        n(&e["threads"]),
-        n(&e["queue_depth"]),
-        n(&e["queue_capacity"]),
-        n(&e["busy"]),
-        n(&e["jobs_done"]),
-        n(&e["live_streams"])
+        e.threads,
+        e.queue_depth,
+        e.queue_capacity,
+        e.busy,
+        e.jobs_done,
+        e.live_streams
     );
-    if let Some(conns) = v["connections"].as_object() {
+    if !v.connections.is_empty() {
         outln!("connections");
-        for (k, c) in conns {
-            outln!("  {k:<16} {}", s(c));
+        for (k, c) in &v.connections {
+            outln!("  {k:<16} {c}");
         }
     }
-    let fb = &v["fallback"];
-    if fb.is_object() {
-        let routed: Vec<String> = fb["routed"]
-            .as_object()
-            .map(|o| o.iter().map(|(k, c)| format!("{k} {}", n(c))).collect())
-            .unwrap_or_default();
+    if let Some(fb) = &v.fallback {
+        let routed: Vec<String> = fb.routed.iter().map(|(k, c)| format!("{k} {c}")).collect();
         outln!(
             "fallback cloud answers {}, degraded {}, rejected {}; routed: {}; budget used {} this hour{}",
-            n(&fb["answered"]),
-            n(&fb["degraded"]),
-            n(&fb["rejected"]),
+            fb.answered,
+            fb.degraded,
+            fb.rejected,
             if routed.is_empty() { "none".to_string() } else { routed.join(", ") },
-            n(&fb["budget"]["used_hour"]),
-            if fb["resource"]["engaged"] == true { "; RESOURCE LIMIT ENGAGED" } else { "" }
+            fb.budget.used_hour,
+            if fb.resource.engaged { "; RESOURCE LIMIT ENGAGED" } else { "" }
         );
-        if let Some(eps) = fb["endpoints"].as_object() {
-            for (name, e) in eps {
-                outln!("  {name:<16} breaker {:<9} {}", s(&e["breaker"]), s(&e["url"]));
-            }
+        for (name, e) in &fb.endpoints {
+            outln!("  {name:<16} breaker {:<9} {}", e.breaker.as_str(), e.url);
         }
     }
-    match v["last_errors"].as_array() {
-        Some(errs) if !errs.is_empty() => {
-            outln!("last errors");
-            for e in errs.iter().rev().take(5) {
-                outln!("  {} {} {}: {}", s(&e["ts"]), s(&e["model"]), s(&e["kind"]), s(&e["message"]));
-            }
+    if v.last_errors.is_empty() {
+        outln!("last errors: none");
+    } else {
+        outln!("last errors");
+        for e in v.last_errors.iter().rev().take(5) {
+            outln!("  {} {} {}: {}", e.ts, e.model, e.kind, e.message);
         }
-        _ => outln!("last errors: none"),
     }
     outln!(
         "memory   {:.1} MiB (peak {:.1} MiB)",
-        f(&v["memory"]["rss"]) / 1_048_576.0,
-        f(&v["memory"]["peak_rss"]) / 1_048_576.0
+        v.memory.rss as f64 / 1_048_576.0,
+        v.memory.peak_rss as f64 / 1_048_576.0
     );
     Ok(())
 }

@@ -87,7 +87,7 @@ pub const UPDATES_OFF: &str = "model updates are off on this device: there is no
 
 /// Update commands go to the update task, which answers when the work is done.
 fn updates_on(ctx: &Context) -> Result<(), String> {
-    match ctx.health.ota() {
+    match ctx.ota {
         Some(_) => Ok(()),
         None => Err(UPDATES_OFF.into()),
     }
@@ -120,7 +120,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
 
 /// The update task, once the command is under way (`prepare` made sure it exists).
 async fn update_task<'a>(ctx: &'a Context, progress: &Progress<'_>) -> Option<&'a OtaHandle> {
-    let ota = ctx.health.ota()?;
+    let ota = ctx.ota.as_ref()?;
     progress.report(0.0).await;
     Some(ota)
 }

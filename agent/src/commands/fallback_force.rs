@@ -41,9 +41,10 @@ pub struct Checked {
 
 /// Checks that this device has a cloud endpoint for the model, and the duration.
 pub fn prepare(args: FallbackForceArgs, ctx: &Context) -> Result<Checked, String> {
-    let Some(fallback) = ctx.health.fallback().filter(|f| f.is_configured()) else {
+    let fallback = &ctx.fallback;
+    if !fallback.is_configured() {
         return Err("the cloud fallback is off on this device: there is no [[fallback.model]]".into());
-    };
+    }
     let Some(model) = args.model else {
         return Err("fallback/force needs `args.model`, the name of a model with a cloud endpoint".into());
     };
@@ -63,9 +64,7 @@ pub fn prepare(args: FallbackForceArgs, ctx: &Context) -> Result<Checked, String
 /// Forces the model to the cloud, or stops forcing it.
 pub fn run(checked: Checked, ctx: &Context) -> Outcome {
     let Checked { model, on, seconds } = checked;
-    let Some(fallback) = ctx.health.fallback() else {
-        return Outcome::Failed("the cloud fallback stopped on this device".into());
-    };
+    let fallback = &ctx.fallback;
     let duration = on.then(|| Duration::from_secs(seconds));
     match fallback.force(&model, duration) {
         Ok(()) => Outcome::Succeeded(json!({"model": model, "forced": on, "seconds": on.then_some(seconds)})),

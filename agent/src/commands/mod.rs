@@ -52,6 +52,9 @@ pub struct Context {
     pub state_dir: PathBuf,
     pub started: Instant,
     pub telemetry: watch::Sender<TelemetrySection>,
+    /// The model update task, when `[ota]` is configured.
+    pub ota: Option<crate::ota::OtaHandle>,
+    pub fallback: Arc<crate::fallback::Fallback>,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }

@@ -17,7 +17,7 @@ impl Args for ModelsListArgs {
 
 /// Lists the models the engine serves now.
 pub fn run(ctx: &Context) -> Outcome {
-    let ota = ctx.health.ota().map(|o| o.status());
+    let ota = ctx.ota.as_ref().map(|o| o.status());
     let list: Vec<Value> = ctx
         .engine
         .models()

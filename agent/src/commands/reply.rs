@@ -7,9 +7,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::mqtt::client::ReplyTo;
-use crate::mqtt::{Mqtt, Outgoing};
-use edge_spool::{Class, Record};
+use crate::mqtt::{Mqtt, ReplyTo};
 
 /// Whom one request's replies go to.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,15 +45,7 @@ impl Replies for Mqtt {
                 targets.push((topic.clone(), Some(reply)));
             }
             for (topic, reply) in targets {
-                let record = Record {
-                    topic,
-                    qos: 1,
-                    retain: false,
-                    payload: payload.clone(),
-                    class: Class::Reply,
-                    correlation: reply.as_ref().and_then(|r: &ReplyTo| r.correlation.clone()),
-                };
-                let _ = self.outbox.send(Outgoing { record, reply, acks: Vec::new() }).await;
+                let _ = self.reply(topic, payload.clone(), reply).await;
             }
         })
     }

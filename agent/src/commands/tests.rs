@@ -262,7 +262,7 @@ mod dispatcher {
     use crate::mqtt::CommandMsg;
     use crate::mqtt::topics::Scope;
     use crate::service::health::Health;
-    use crate::service::status::{Parts, Status};
+    use crate::service::status::Parts;
 
     /// The fake sink: every reply, with whom it was for.
     struct Collect(mpsc::UnboundedSender<(Recipient, Value)>);
@@ -289,7 +289,14 @@ mod dispatcher {
         let engine =
             Arc::new(Engine::start(&EngineConfig { threads: 1, queue: 2, ..EngineConfig::default() }));
         let health = Arc::new(Health::new("dev1", Duration::from_secs(1)));
-        let (e, h) = (engine.clone(), health.clone());
+        let fallback = Arc::new(crate::fallback::Fallback::new(None).unwrap().0);
+        let parts = Parts {
+            engine: engine.clone(),
+            health: health.clone(),
+            mqtt: None,
+            ota: None,
+            fallback: fallback.clone(),
+        };
         Context {
             engine,
             health,
@@ -298,7 +305,9 @@ mod dispatcher {
             state_dir: dir.to_path_buf(),
             started: Instant::now(),
             telemetry: watch::channel(TelemetrySection::default()).0,
-            status: Box::new(move || Status::gather(Parts::of(&e, &h, None))),
+            ota: None,
+            fallback,
+            status: Box::new(move || parts.gather(None)),
         }
     }
 

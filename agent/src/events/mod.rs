@@ -209,3 +209,9 @@ impl Events {
         }
     }
 }
+
+/// Now, as RFC 3339 with milliseconds: the time stamp of events, replies, reports and
+/// the online status.
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}

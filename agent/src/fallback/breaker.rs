@@ -28,13 +28,24 @@ pub enum Permit {
 }
 
 /// Coarse state for status pages and telemetry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BreakerState {
     Closed,
     Open,
     #[serde(rename = "half-open")]
     HalfOpen,
+}
+
+impl BreakerState {
+    /// The state's name, as the status document writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half-open",
+        }
+    }
 }
 
 /// Counters since the breaker was created (monotonic, for telemetry).
@@ -228,6 +239,14 @@ mod tests {
         }
         assert_eq!(b.state(), BreakerState::Open);
         b
+    }
+
+    #[test]
+    fn state_names_are_the_documents() {
+        for s in [BreakerState::Closed, BreakerState::Open, BreakerState::HalfOpen] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+            assert_eq!(serde_json::from_value::<BreakerState>(s.as_str().into()).unwrap(), s);
+        }
     }
 
     #[test]

@@ -242,6 +242,12 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 40);
 /// How many transitions may wait for the event task before new ones are dropped.
 const TRANSITION_QUEUE: usize = 64;
 
+/// A counter map with owned keys, as the status document (which is also read back)
+/// holds it.
+fn owned(map: &BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
+    map.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
 impl Fallback {
     /// Builds the endpoints (reading token and certificate files now, so a bad file is
     /// a start-up error, not a failure at the first request). The receiver gets every
@@ -599,9 +605,9 @@ impl Fallback {
             })
             .collect();
         Some(FallbackReport {
-            routed: c.routed.clone(),
+            routed: owned(&c.routed),
             answered: c.answered,
-            unavailable: c.unavailable.clone(),
+            unavailable: owned(&c.unavailable),
             degraded: c.degraded,
             rejected: c.rejected,
             cascade_judged: c.judged,

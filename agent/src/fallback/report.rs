@@ -3,20 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::breaker::BreakerState;
 
 /// Requests routed by reason, answers, failures, the budget, resource readings and
 /// each endpoint's breaker.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FallbackReport {
     /// Requests routed to the cloud, by reason.
-    pub routed: BTreeMap<&'static str, u64>,
+    pub routed: BTreeMap<String, u64>,
     /// Answers from the cloud.
     pub answered: u64,
     /// Cloud requests that got no answer, by kind.
-    pub unavailable: BTreeMap<&'static str, u64>,
+    pub unavailable: BTreeMap<String, u64>,
     /// Local answers given because the cloud could not answer.
     pub degraded: u64,
     /// Requests neither the cloud nor the device answered.
@@ -30,7 +30,7 @@ pub struct FallbackReport {
 }
 
 /// Cloud requests counted against the budget, and its limits (`None`: no limit).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BudgetReport {
     pub used_hour: u64,
     pub used_day: u64,
@@ -39,7 +39,7 @@ pub struct BudgetReport {
 }
 
 /// The device's resource limits: engaged or not, why, and the last readings.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceReport {
     pub engaged: bool,
     pub why: Vec<String>,
@@ -49,7 +49,7 @@ pub struct ResourceReport {
 }
 
 /// One model's cloud endpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointReport {
     pub url: String,
     pub breaker: BreakerState,

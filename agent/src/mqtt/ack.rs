@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use super::client::Client;
+use crate::sources::{Receipt, Settled};
 
 /// The acknowledgements owed on the current connection, in arrival order.
 #[derive(Default)]
@@ -128,6 +129,17 @@ impl Ack {
     pub fn forget(mut self) {
         self.armed = false;
         self.book.settle(self.generation, self.number, Slot::Forgotten, &self.client);
+    }
+}
+
+/// What the data path carries: settled as handled, the message is acknowledged;
+/// forgotten, the broker delivers it again.
+impl From<Ack> for Receipt {
+    fn from(ack: Ack) -> Receipt {
+        Receipt::new(move |how| match how {
+            Settled::Handled => drop(ack),
+            Settled::Forgotten => ack.forget(),
+        })
     }
 }
 

@@ -16,10 +16,8 @@ use super::link::Backlog;
 use super::outbox::{LinkSignal, OutboxStats};
 use super::topics::{self, Scope, Topics};
 use crate::config::SensorSubscription;
-use crate::engine::Engine;
-use crate::engine::spec::PayloadFormat;
 use crate::pipeline::Payload;
-use crate::sources::SensorMessage;
+use crate::sources::{Receipt, SensorMessage};
 
 /// A command request as received.
 #[derive(Debug)]
@@ -44,7 +42,6 @@ pub struct InboundRouter {
     /// Where refused messages are reported, as events through the outbox.
     pub events: mpsc::UnboundedSender<LinkSignal>,
     pub sensors: Vec<SensorSubscription>,
-    pub engine: Arc<Engine>,
     pub backlog: Arc<Backlog>,
     pub to_streams: mpsc::Sender<SensorMessage>,
     pub to_commands: mpsc::Sender<CommandMsg>,
@@ -111,8 +108,8 @@ impl InboundRouter {
             let permit = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
-                    if let Some(a) = msg.ack {
-                        a.forget();
+                    if let Some(r) = msg.receipt {
+                        r.forget();
                     }
                     break;
                 }
@@ -162,34 +159,17 @@ impl InboundRouter {
             },
             None => topic.to_string(),
         };
-        // A JSON object may carry an `id`, echoed on the result so that the sender can
-        // match results to messages (and drop duplicates after a crash).
-        let json = self.engine.model(&sub.model).is_some_and(|m| m.spec.pre.format == PayloadFormat::Json);
-        // `"route": "cloud"` asks for the cloud fallback (audits, A/B comparisons).
-        let text = crate::pipeline::strip_bom(&payload);
-        let (payload, input_id, force_cloud) =
-            if json && text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-                match serde_json::from_slice::<serde_json::Value>(text) {
-                    Ok(v) => {
-                        let id = v.get("id").cloned();
-                        let cloud = v.get("route").and_then(|r| r.as_str()) == Some("cloud");
-                        (Payload::Json(v), id, cloud)
-                    }
-                    // Let the decoder report it, with its own words.
-                    Err(_) => (Payload::Bytes(payload.to_vec()), None, false),
-                }
-            } else {
-                (Payload::Bytes(payload.to_vec()), None, false)
-            };
+        // Read as the model's spec says by the stream task, which has the spec (a JSON
+        // object's `id` and `route` included).
         Ok(SensorMessage {
             model: sub.model.clone(),
             stream,
             source: topic.to_string(),
-            payload,
+            payload: Payload::Bytes(payload.to_vec()),
             reset: false,
-            ack,
-            input_id,
-            force_cloud,
+            receipt: ack.map(Receipt::from),
+            input_id: None,
+            force_cloud: false,
         })
     }
 }

@@ -5,7 +5,9 @@
 //! - [`inbound`]: sensor messages to the data path, commands to the dispatcher;
 //! - [`outbox`]: every publish, in order, through memory or the on-disk spool;
 //! - the producers (result sink, telemetry, events, command replies) hold an
-//!   [`Mqtt`] handle and send [`Outgoing`] messages to the outbox.
+//!   [`Mqtt`] handle and call its methods ([`Mqtt::publish_result`], [`Mqtt::reply`],
+//!   [`Mqtt::telemetry`], [`Mqtt::event`]); how a message is queued and spooled stays
+//!   here.
 
 mod ack;
 pub mod backoff;
@@ -19,22 +21,25 @@ mod tests;
 pub mod topics;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use ack::{Ack, AckBook};
+pub use client::ReplyTo;
+// Kept here for the command handlers that stamp replies with it.
+pub use crate::events::now;
 pub use inbound::CommandMsg;
-pub use outbox::{OutboxReport, OutboxStats, Outgoing};
+use outbox::Outgoing;
+pub use outbox::{OutboxReport, OutboxStats};
 pub use topics::Topics;
 
 use crate::config::{FsyncMode, MqttConfig, SpoolSection};
-use crate::engine::Engine;
 use crate::events::Event;
 use crate::service::health::Health;
-use crate::sources::SensorMessage;
+use crate::sources::{Receipt, SensorMessage};
 use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
 
 /// Messages producers may have waiting for the outbox.
@@ -51,12 +56,73 @@ pub enum MqttError {
     Spool(#[from] edge_spool::SpoolError),
 }
 
-/// What producers use to publish.
+/// What producers use to publish. The outbox runs while any handle lives.
 #[derive(Clone)]
 pub struct Mqtt {
-    pub outbox: mpsc::Sender<Outgoing>,
+    outbox: mpsc::Sender<Outgoing>,
     pub stats: Arc<OutboxStats>,
     pub topics: Topics,
+}
+
+/// The outbox has closed (shutdown is past the point where it takes messages).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the MQTT outbox is closed")]
+pub struct Closed;
+
+impl Mqtt {
+    async fn send(
+        &self,
+        record: Record,
+        reply: Option<ReplyTo>,
+        receipts: Vec<Receipt>,
+    ) -> Result<(), Closed> {
+        self.outbox.send(Outgoing { record, reply, receipts }).await.map_err(|_| Closed)
+    }
+
+    /// Publishes one result of `model` (QoS 1, spooled when offline); `receipts` are
+    /// settled once it is delivered or safe on disk.
+    pub async fn publish_result(
+        &self,
+        model: &str,
+        payload: Vec<u8>,
+        receipts: Vec<Receipt>,
+    ) -> Result<(), Closed> {
+        let record = Record {
+            topic: self.topics.results(model),
+            qos: 1,
+            retain: false,
+            payload,
+            class: Class::Result,
+            correlation: None,
+        };
+        self.send(record, None, receipts).await
+    }
+
+    /// Publishes a command reply on `topic`; with `to` (an MQTT 5 request's response
+    /// topic), echoing its correlation data.
+    pub async fn reply(&self, topic: String, payload: Vec<u8>, to: Option<ReplyTo>) -> Result<(), Closed> {
+        let correlation = to.as_ref().and_then(|r| r.correlation.clone());
+        let record = Record { topic, qos: 1, retain: false, payload, class: Class::Reply, correlation };
+        self.send(record, to, Vec::new()).await
+    }
+
+    /// Publishes a telemetry report (already encoded) at `qos`.
+    pub async fn telemetry(&self, payload: Vec<u8>, qos: u8) -> Result<(), Closed> {
+        let record = Record {
+            topic: self.topics.telemetry(),
+            qos,
+            retain: false,
+            payload,
+            class: Class::Telemetry,
+            correlation: None,
+        };
+        self.send(record, None, Vec::new()).await
+    }
+
+    /// Publishes `event`, stamped now.
+    pub async fn event(&self, event: &Event) -> Result<(), Closed> {
+        self.send(event_record(self.topics.events(), event), None, Vec::new()).await
+    }
 }
 
 /// The MQTT side of the event sink ([`crate::events::Events`]).
@@ -66,8 +132,7 @@ impl crate::events::Publish for Mqtt {
         event: &'a Event,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
-            let record = event_record(self.topics.events(), event);
-            let _ = self.outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await;
+            let _ = self.event(event).await;
         })
     }
 }
@@ -92,11 +157,6 @@ pub fn excerpt(text: &str, max: usize) -> String {
     format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
-/// Now, as RFC 3339 with milliseconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
 /// The running link: the producers' handle, where commands arrive, and how to stop.
 pub struct Started {
     pub handle: Mqtt,
@@ -118,7 +178,6 @@ pub fn start(
     state_dir: &std::path::Path,
     device: &str,
     status: StatusFn,
-    engine: Arc<Engine>,
     health: Arc<Health>,
     to_streams: mpsc::Sender<SensorMessage>,
     stop: CancellationToken,
@@ -203,7 +262,6 @@ pub fn start(
         stats: stats.clone(),
         events: link_tx_router,
         sensors: cfg.sensors.clone(),
-        engine,
         backlog,
         to_streams,
         to_commands: cmd_tx,

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ack::Ack;
 use super::client::{Client, ReplyTo};
 use crate::events::{Event, Kind, Severity};
+use crate::sources::Receipt;
 use edge_spool::{Class, Dropped, Record, Spool};
 
 /// Messages waiting in memory while connected; beyond this the producers wait.
@@ -52,8 +52,8 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
 pub struct Outgoing {
     pub record: Record,
     pub reply: Option<ReplyTo>,
-    /// Dropped (so acknowledged) once the record is delivered or safe on disk.
-    pub acks: Vec<Ack>,
+    /// Dropped (so settled as handled) once the record is delivered or safe on disk.
+    pub receipts: Vec<Receipt>,
 }
 
 /// What the connection task tells the outbox.
@@ -158,7 +158,7 @@ struct Entry {
     reply: Option<ReplyTo>,
     /// Held, never read: dropping the entry acknowledges its sensor messages.
     #[allow(dead_code)]
-    acks: Vec<Ack>,
+    receipts: Vec<Receipt>,
     spool_id: Option<u64>,
     /// Status messages are state, not history: never spooled (the next connection
     /// publishes a fresh one).
@@ -299,7 +299,7 @@ impl Outbox {
             let entry = Entry {
                 record: out.record,
                 reply: out.reply,
-                acks: out.acks,
+                receipts: out.receipts,
                 spool_id: None,
                 spoolable: true,
             };
@@ -438,7 +438,7 @@ impl Outbox {
             serde_json::json!({"dropped_total": totals, "while": "offline"}),
         );
         let record = super::event_record(self.presence.events_topic.clone(), &event);
-        self.accept(vec![Outgoing { record, reply: None, acks: Vec::new() }]);
+        self.accept(vec![Outgoing { record, reply: None, receipts: Vec::new() }]);
     }
 
     fn on_link(&mut self, sig: LinkSignal) {
@@ -459,7 +459,7 @@ impl Outbox {
                         correlation: None,
                     },
                     reply: None,
-                    acks: Vec::new(),
+                    receipts: Vec::new(),
                     spool_id: None,
                     spoolable: false,
                 };
@@ -501,7 +501,7 @@ impl Outbox {
                 }
             }
             LinkSignal::Event(record) => {
-                self.accept(vec![Outgoing { record, reply: None, acks: Vec::new() }]);
+                self.accept(vec![Outgoing { record, reply: None, receipts: Vec::new() }]);
             }
             LinkSignal::PubAck(pkid) => {
                 let Some(pos) = self.inflight.iter().position(|f| f.pkid == Some(pkid)) else {
@@ -550,7 +550,7 @@ impl Outbox {
                             let entry = Entry {
                                 record,
                                 reply,
-                                acks: Vec::new(),
+                                receipts: Vec::new(),
                                 spool_id: Some(id),
                                 spoolable: true,
                             };

@@ -144,13 +144,23 @@ impl OtaHandle {
     }
 }
 
+/// What [`prepare`] found, for [`start`].
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Events to send once the update task runs (a current version that does not load
+    /// falls back to the previous one, an interrupted activation is abandoned).
+    notes: Vec<Event>,
+    /// Every model's `state.json`, read here once: the update task starts from it.
+    states: BTreeMap<String, ModelState>,
+}
+
 /// Replaces configured models by the versions the store says are current. Run before
-/// the agent serves, so a restart serves what was last activated. Returns notes for
-/// events (a current version that does not load falls back to the previous one).
-pub fn prepare(config: &Config, engine: &Engine) -> Vec<Event> {
-    let Some(ota) = &config.ota else { return Vec::new() };
+/// the agent serves, so a restart serves what was last activated.
+pub fn prepare(config: &Config, engine: &Engine) -> Prepared {
+    let Some(ota) = &config.ota else { return Prepared::default() };
     let store = Store::new(&config.state_dir);
     let mut notes = Vec::new();
+    let mut states = BTreeMap::new();
     for model in &ota.models {
         let mut state = store.state(model);
         let current = store.current(model);
@@ -171,6 +181,7 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<Event> {
             state.probation = None;
             let _ = store.save_state(model, &state);
         }
+        states.insert(model.clone(), state);
         let Some(dir) = current else { continue };
         match LoadedModel::load_dir(&dir, &engine.model_limits()) {
             Ok(m) if m.name() == model => {
@@ -201,7 +212,7 @@ pub fn prepare(config: &Config, engine: &Engine) -> Vec<Event> {
         }
         store.collect_garbage(model);
     }
-    notes
+    Prepared { notes, states }
 }
 
 /// The version of a store directory (`versions/<v>`), or of a configured model dir.
@@ -235,16 +246,17 @@ struct Ota {
     previous: BTreeMap<String, Option<String>>,
 }
 
-/// Starts the update task. `notes` come from [`prepare`].
+/// Starts the update task, from what [`prepare`] found.
 pub fn start(
     config: &Config,
     engine: Arc<Engine>,
     events: Events,
-    notes: Vec<Event>,
+    prepared: Prepared,
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
-    let ota = Ota::new(config, engine, events)?;
+    let Prepared { notes, states } = prepared;
+    let ota = Ota::new(config, engine, events, states)?;
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));
@@ -316,9 +328,14 @@ async fn run(mut ota: Ota, mut rx: mpsc::Receiver<Request>, notes: Vec<Event>, t
 }
 
 impl Ota {
-    /// The update task's state, with every model's `state.json` read (once: see
-    /// [`Ota::states`]).
-    fn new(config: &Config, engine: Arc<Engine>, events: Events) -> Result<Ota, OtaError> {
+    /// The update task's state, starting from every model's `state.json` as [`prepare`]
+    /// read it (once: see [`Ota::states`]).
+    fn new(
+        config: &Config,
+        engine: Arc<Engine>,
+        events: Events,
+        mut states: BTreeMap<String, ModelState>,
+    ) -> Result<Ota, OtaError> {
         let Some(cfg) = config.ota.clone() else {
             return Err(OtaError::Refused("no [ota] section".into()));
         };
@@ -327,7 +344,7 @@ impl Ota {
         let mut ota = Ota {
             device: config.device_id.clone(),
             engine,
-            states: cfg.models.iter().map(|m| (m.clone(), store.state(m))).collect(),
+            states: cfg.models.iter().map(|m| (m.clone(), states.remove(m).unwrap_or_default())).collect(),
             previous: BTreeMap::new(),
             store,
             updater,
@@ -391,7 +408,7 @@ impl Ota {
 
     async fn check(&mut self, origin: &str) -> Result<Value, String> {
         let result = self.check_inner().await;
-        self.last_check = Some((crate::mqtt::now(), result.clone()));
+        self.last_check = Some((crate::events::now(), result.clone()));
         if let Err(e) = &result {
             tracing::warn!(origin, error = %e, "update check failed");
         }

@@ -3,13 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::probation::{Limits, Numbers};
 use super::updater::RefreshInfo;
 
 /// Model updates: the registry, the last check, each model's state.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct OtaStatus {
     pub url: String,
     pub channel: String,
@@ -28,7 +28,7 @@ impl OtaStatus {
 }
 
 /// When the registry was last checked, and how it went.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LastCheck {
     pub ts: String,
     pub ok: bool,
@@ -37,7 +37,7 @@ pub struct LastCheck {
 }
 
 /// One model under updates.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OtaModelStatus {
     /// `active`, `probation`, `missing`, `rolled-back`, or the first word of `doing`.
     pub state: String,
@@ -57,7 +57,7 @@ pub struct OtaModelStatus {
 }
 
 /// A probation in progress: the numbers so far against the baseline and the limits.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbationStatus {
     pub version: String,
     pub elapsed_s: u64,

@@ -127,7 +127,8 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     let config = Config::load_with_env(&config_file, &Overrides::default(), &[]).unwrap();
     let engine = crate::service::start_engine(&config).unwrap();
     let (tx, mut tap) = mpsc::unbounded_channel();
-    let mut ota = Ota::new(&config, engine.clone(), Events::log_only().tap(tx)).unwrap();
+    let prepared = super::prepare(&config, &engine);
+    let mut ota = Ota::new(&config, engine.clone(), Events::log_only().tap(tx), prepared.states).unwrap();
     ota.selftest_exe = passing_selftest(tmp.path());
     assert_eq!(serving(&ota), "1");
     assert_eq!(ota.state("vibration"), ModelState::default());
@@ -172,7 +173,9 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     assert_eq!(serving(&ota), "1");
 
     // A restart reads the same state back.
-    let again = Ota::new(&config, engine.clone(), Events::log_only()).unwrap();
+    let again =
+        Ota::new(&config, engine.clone(), Events::log_only(), super::prepare(&config, &engine).states)
+            .unwrap();
     assert_eq!(again.state("vibration"), state);
 
     let _ = stop.send(());

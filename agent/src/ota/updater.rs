@@ -22,7 +22,7 @@ use edge_tuf::client::TrustedSet;
 use edge_tuf::workflow::{self, File, LocalCopies, Next, Request, Workflow};
 
 /// What a refresh found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RefreshInfo {
     /// Whether the timestamp changed since the last refresh.
     pub changed: bool,

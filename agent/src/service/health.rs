@@ -1,5 +1,9 @@
 //! What the agent knows about itself: start time, readiness, what it is doing, and the
 //! state of its connections, for `/status`, `STATUS=` and readiness probes.
+//!
+//! Only the agent's own life cycle lives here. The parts (the MQTT link, the update
+//! task, the cloud fallback) are not looked up through it: `service::run` hands each
+//! consumer the handles it needs when it builds it.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,12 +23,6 @@ pub struct Health {
     doing: Mutex<String>,
     /// The request deadline in milliseconds: shared here because a reload may change it.
     deadline_ms: AtomicU64,
-    /// The MQTT link's counters, once it is started (the API starts before it).
-    mqtt: std::sync::OnceLock<std::sync::Arc<crate::mqtt::OutboxStats>>,
-    /// The model update task, once it is started (with `[ota]`).
-    ota: std::sync::OnceLock<crate::ota::OtaHandle>,
-    /// The cloud fallback, when configured.
-    fallback: std::sync::OnceLock<std::sync::Arc<crate::fallback::Fallback>>,
 }
 
 impl Health {
@@ -38,40 +36,7 @@ impl Health {
             connections: Mutex::new(BTreeMap::new()),
             doing: Mutex::new("starting".into()),
             deadline_ms: AtomicU64::new(deadline.as_millis() as u64),
-            mqtt: std::sync::OnceLock::new(),
-            ota: std::sync::OnceLock::new(),
-            fallback: std::sync::OnceLock::new(),
         }
-    }
-
-    /// Makes the MQTT link's counters visible to `/status` and `/metrics`.
-    pub fn set_mqtt(&self, stats: std::sync::Arc<crate::mqtt::OutboxStats>) {
-        let _ = self.mqtt.set(stats);
-    }
-
-    /// The MQTT link's counters, when it runs.
-    pub fn mqtt(&self) -> Option<crate::mqtt::OutboxReport> {
-        self.mqtt.get().map(|s| s.report())
-    }
-
-    /// Makes the model update task reachable from commands and the API.
-    pub fn set_ota(&self, handle: crate::ota::OtaHandle) {
-        let _ = self.ota.set(handle);
-    }
-
-    /// The model update task, when updates are on.
-    pub fn ota(&self) -> Option<&crate::ota::OtaHandle> {
-        self.ota.get()
-    }
-
-    /// Makes the cloud fallback visible to `/status`, `/metrics`, the API and commands.
-    pub fn set_fallback(&self, f: std::sync::Arc<crate::fallback::Fallback>) {
-        let _ = self.fallback.set(f);
-    }
-
-    /// The cloud fallback, once the service has started it.
-    pub fn fallback(&self) -> Option<&std::sync::Arc<crate::fallback::Fallback>> {
-        self.fallback.get()
     }
 
     /// Ready to serve: models loaded, listeners bound, not draining.

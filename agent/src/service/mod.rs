@@ -11,6 +11,8 @@ mod seq;
 pub mod status;
 mod stream;
 pub mod systemd;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,10 +29,10 @@ use crate::engine::{Engine, LoadedModel};
 use crate::events::{Event, Events, Kind};
 use crate::sources::{self, SensorMessage};
 use health::Health;
-use status::{Parts, Status};
+use status::Parts;
 use systemd::Notifier;
 
-pub use result::{MqttResults, ResultRecord, ResultSink};
+pub use result::{ResultRecord, ResultSink};
 pub use stream::raw_outputs;
 
 /// How long in-flight work may take to finish after shutdown is requested.
@@ -93,121 +95,46 @@ fn load_model(dir: &std::path::Path, limits: &crate::engine::ModelLimits) -> Res
 
 /// Runs the daemon until `shutdown` completes (or, with no API, every source has ended),
 /// then drains. Each message on `reloads` re-reads the configuration file (SIGHUP).
+///
+/// The steps, each a function below: start the parts (engine, fallback, listeners, the
+/// MQTT link, the update task), serve the API and the MQTT commands with the handles
+/// of those parts, wire the data path (sources → router → streams → result sink), tell
+/// systemd READY, wait for shutdown while handling reloads, drain.
 pub async fn run(
     config: Config,
     flags: Overrides,
     sink: ResultSink,
     shutdown: impl Future<Output = ()>,
-    mut reloads: mpsc::Receiver<()>,
+    reloads: mpsc::Receiver<()>,
 ) -> Result<RunSummary, StartError> {
     let notifier = Arc::new(Notifier::from_env());
     let health = Arc::new(Health::new(&config.device_id, config.deadline));
-    notifier.status("loading models");
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
-    let engine = start_engine(&config)?;
-    // Cloud endpoints: token and certificate files are read now.
-    let (fallback, transitions) = crate::fallback::Fallback::new(config.fallback.as_ref())?;
-    let fallback = Arc::new(fallback);
-    health.set_fallback(fallback.clone());
-    // Versions installed from the registry replace the configured ones.
-    let ota_notes = crate::ota::prepare(&config, &engine);
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
-
-    // The API: bound before READY, so that READY means "answers requests". Its state
-    // is kept: the MQTT `status` command reports the API's counters too.
-    let mut api_state = None;
-    if let Some(api) = &config.api {
-        let listeners = Listeners::bind(api.listen.as_deref(), api.socket.as_deref()).await?;
-        if let Some(addr) = listeners.tcp_addr() {
-            tracing::info!(%addr, "API listening");
-            health.set_connection("api_tcp", format!("listening {addr}"));
-        }
-        if let Some(path) = listeners.unix_path() {
-            tracing::info!(path = %path.display(), "API listening on unix socket");
-            health.set_connection("api_unix", format!("listening {}", path.display()));
-        }
-        let l = &api.limits;
-        let state = ApiState {
-            engine: engine.clone(),
-            health: health.clone(),
-            limits: Arc::new(ApiLimits {
-                max_body_bytes: l.max_body_bytes,
-                max_concurrency: l.max_concurrency,
-                max_connections: l.max_connections,
-                header_timeout: Duration::from_millis(l.header_timeout_ms),
-                body_timeout: Duration::from_millis(l.body_timeout_ms),
-            }),
-            inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
-            counters: Arc::new(ApiCounters::default()),
-        };
-        listeners.serve(state.clone(), token.child_token(), &tracker);
-        api_state = Some(state);
-    }
-
-    // Sources → router.
     let (source_tx, source_rx) = mpsc::channel::<SensorMessage>(256);
-    let sources_tracker = TaskTracker::new();
-    for entry in config.sources.clone() {
-        let rate = engine.model(entry.model()).and_then(|m| m.spec.pre.sample_rate);
-        sources_tracker.spawn(sources::run(entry, rate, source_tx.clone(), token.child_token()));
-    }
-    sources_tracker.close();
 
-    // The MQTT link: sensor messages join the sources, results and the rest go out.
-    let mut sink = sink;
-    let mqtt = match &config.mqtt {
-        Some(m) => {
-            let (handle, closed) =
-                start_mqtt(&config, m, &engine, &health, api_state, source_tx.clone(), &token, &tracker)?;
-            sink.mqtt = Some(MqttResults { outbox: handle.outbox.clone(), topics: handle.topics.clone() });
-            sink.seq = Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| {
-                StartError::Seq { path: config.state_dir.display().to_string(), source }
-            })?);
-            Some((handle, closed))
-        }
-        None => None,
+    let parts = start_parts(&config, &health, &notifier, source_tx.clone(), &token, &tracker).await?;
+    let Running { engine, fallback, events, mqtt, listeners, status } = parts;
+    // The producers' handle outlives the link's start: the result sink publishes with it.
+    let publisher = mqtt.as_ref().map(|link| link.handle.clone());
+    let data = wire_data_path(
+        &config,
+        sink,
+        publisher,
+        DataDeps { engine: &engine, health: &health, fallback: &fallback, events: &events },
+        (source_tx, source_rx),
+        &token,
+        &tracker,
+    )?;
+    // Served once every part exists, still before READY.
+    let api = match (&config.api, listeners) {
+        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), &token, &tracker)),
+        _ => None,
     };
-    drop(source_tx);
-
-    // Events: every one logged; published when MQTT is on.
-    let events = match &mqtt {
-        Some((handle, _)) => Events::log_only().publish_to(Arc::new(handle.clone())),
-        None => Events::log_only(),
+    let mqtt_closed = match (&config.mqtt, mqtt) {
+        (Some(m), Some(link)) => Some(serve_mqtt(&config, m, link, status, api, &token, &tracker)),
+        _ => None,
     };
-
-    // Model updates from the registry.
-    if config.ota.is_some() {
-        let handle = crate::ota::start(
-            &config,
-            engine.clone(),
-            events.clone(),
-            ota_notes,
-            token.child_token(),
-            &tracker,
-        )?;
-        health.set_ota(handle);
-    }
-
-    // Cloud fallback: device pressure sampled on a timer; routes engaged or cleared
-    // become events.
-    tracker.spawn(fallback.clone().watch_resources(config.state_dir.clone(), token.child_token()));
-    tracker.spawn(report_transitions(transitions, events.clone(), token.child_token()));
-
-    // Results → sink.
-    let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
-    let sink_task = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
-
-    // Router → one task per stream.
-    let deps = stream::Deps {
-        engine: engine.clone(),
-        health: health.clone(),
-        results: result_tx,
-        events: events.clone(),
-        fallback: fallback.clone(),
-    };
-    let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
 
     tracker.spawn(systemd::watchdog(notifier.clone(), engine.clone(), token.child_token()));
     health.set_ready(true);
@@ -226,11 +153,232 @@ pub async fn run(
     // With the API on, the agent serves until stopped; without it, it ends with its
     // sources (a file replay), and idles forever when it has none.
     let finite = config.api.is_none() && config.mqtt.is_none() && !config.sources.is_empty();
+    let reloader = reload::Reloader::new(config.clone(), flags);
+    let sources_done = data.sources.clone();
     let sources_done =
-        async { if finite { sources_tracker.wait().await } else { std::future::pending::<()>().await } };
+        async move { if finite { sources_done.wait().await } else { std::future::pending::<()>().await } };
+    serve_until(shutdown, sources_done, reloads, reloader, &engine, &health, &fallback, &notifier, &events)
+        .await;
+
+    notifier.send("STOPPING=1\nSTATUS=draining in-flight requests");
+    health.set_draining();
+    health.set_doing("draining");
+    token.cancel();
+    // The outbox closes once every producer is gone: ours goes now, the sink's when the
+    // data path has drained.
+    drop(events);
+    let summary = drain(data, tracker, mqtt_closed).await;
+    engine.shutdown();
+    Ok(summarise(&engine, summary))
+}
+
+/// The parts of a running agent, each started once; consumers get their handles from
+/// here, not by looking them up later.
+struct Running {
+    engine: Arc<Engine>,
+    fallback: Arc<crate::fallback::Fallback>,
+    /// Every event logged; published when MQTT is on.
+    events: Events,
+    mqtt: Option<MqttLink>,
+    /// The API's listeners, bound and not yet serving.
+    listeners: Option<Listeners>,
+    /// What the status document is made of.
+    status: Parts,
+}
+
+/// The running MQTT link, its commands not yet served.
+struct MqttLink {
+    handle: crate::mqtt::Mqtt,
+    commands: mpsc::Receiver<crate::mqtt::CommandMsg>,
+    /// Resolves once the outbox has closed.
+    closed: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the models, starts the cloud fallback, binds the API's listeners (so that a
+/// port in use fails the start), starts the MQTT link (its sensor messages join
+/// `to_streams`) and the update task.
+async fn start_parts(
+    config: &Config,
+    health: &Arc<Health>,
+    notifier: &Notifier,
+    to_streams: mpsc::Sender<SensorMessage>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Running, StartError> {
+    notifier.status("loading models");
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
+    let engine = start_engine(config)?;
+    // Cloud endpoints: token and certificate files are read now.
+    let (fallback, transitions) = crate::fallback::Fallback::new(config.fallback.as_ref())?;
+    let fallback = Arc::new(fallback);
+    // Versions installed from the registry replace the configured ones.
+    let prepared = crate::ota::prepare(config, &engine);
+
+    let listeners = match &config.api {
+        Some(api) => Some(bind_api(api, health).await?),
+        None => None,
+    };
+
+    let mqtt = match &config.mqtt {
+        Some(m) => Some(start_mqtt_link(config, m, &engine, health, to_streams, token, tracker)?),
+        None => None,
+    };
+    let events = match &mqtt {
+        Some(link) => Events::log_only().publish_to(Arc::new(link.handle.clone())),
+        None => Events::log_only(),
+    };
+
+    // Model updates from the registry.
+    let ota = match config.ota {
+        Some(_) => Some(crate::ota::start(
+            config,
+            engine.clone(),
+            events.clone(),
+            prepared,
+            token.child_token(),
+            tracker,
+        )?),
+        None => None,
+    };
+
+    // Cloud fallback: device pressure sampled on a timer; routes engaged or cleared
+    // become events.
+    tracker.spawn(fallback.clone().watch_resources(config.state_dir.clone(), token.child_token()));
+    tracker.spawn(report_transitions(transitions, events.clone(), token.child_token()));
+
+    let status = Parts {
+        engine: engine.clone(),
+        health: health.clone(),
+        mqtt: mqtt.as_ref().map(|link| link.handle.stats.clone()),
+        ota,
+        fallback: fallback.clone(),
+    };
+    Ok(Running { engine, fallback, events, mqtt, listeners, status })
+}
+
+/// Binds the API's listeners. They serve once the parts exist ([`serve_api`]), still
+/// before READY, so that READY means "answers requests".
+async fn bind_api(api: &crate::config::ApiConfig, health: &Health) -> Result<Listeners, StartError> {
+    let listeners = Listeners::bind(api.listen.as_deref(), api.socket.as_deref()).await?;
+    if let Some(addr) = listeners.tcp_addr() {
+        tracing::info!(%addr, "API listening");
+        health.set_connection("api_tcp", format!("listening {addr}"));
+    }
+    if let Some(path) = listeners.unix_path() {
+        tracing::info!(path = %path.display(), "API listening on unix socket");
+        health.set_connection("api_unix", format!("listening {}", path.display()));
+    }
+    Ok(listeners)
+}
+
+/// Serves the API on `listeners` with the parts' handles. Returns its state: the MQTT
+/// `status` command reports the API's counters too.
+fn serve_api(
+    api: &crate::config::ApiConfig,
+    listeners: Listeners,
+    parts: Parts,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> ApiState {
+    let Parts { engine, health, mqtt, ota, fallback } = parts;
+    let l = &api.limits;
+    let state = ApiState {
+        engine,
+        health,
+        ota,
+        fallback,
+        mqtt,
+        limits: Arc::new(ApiLimits {
+            max_body_bytes: l.max_body_bytes,
+            max_concurrency: l.max_concurrency,
+            max_connections: l.max_connections,
+            header_timeout: Duration::from_millis(l.header_timeout_ms),
+            body_timeout: Duration::from_millis(l.body_timeout_ms),
+        }),
+        inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
+        counters: Arc::new(ApiCounters::default()),
+    };
+    listeners.serve(state.clone(), token.child_token(), tracker);
+    state
+}
+
+/// The data path's running tasks.
+struct DataPath {
+    /// The sources, closed: done once every source has ended.
+    sources: TaskTracker,
+    /// Returns the messages dropped for lack of a stream slot.
+    router: tokio::task::JoinHandle<u64>,
+    /// Returns the results written.
+    sink: tokio::task::JoinHandle<u64>,
+}
+
+/// What the stream tasks share, borrowed from the running parts.
+struct DataDeps<'a> {
+    engine: &'a Arc<Engine>,
+    health: &'a Arc<Health>,
+    fallback: &'a Arc<crate::fallback::Fallback>,
+    events: &'a Events,
+}
+
+/// Sources → router → one task per stream → the result sink (which publishes on MQTT
+/// when it is on). `channel` is the router's; the MQTT link holds a sender of its own.
+fn wire_data_path(
+    config: &Config,
+    mut sink: ResultSink,
+    mqtt: Option<crate::mqtt::Mqtt>,
+    deps: DataDeps<'_>,
+    channel: (mpsc::Sender<SensorMessage>, mpsc::Receiver<SensorMessage>),
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<DataPath, StartError> {
+    let (source_tx, source_rx) = channel;
+    let sources = TaskTracker::new();
+    for entry in config.sources.clone() {
+        let rate = deps.engine.model(entry.model()).and_then(|m| m.spec.pre.sample_rate);
+        sources.spawn(sources::run(entry, rate, source_tx.clone(), token.child_token()));
+    }
+    sources.close();
+    drop(source_tx);
+
+    if let Some(handle) = mqtt {
+        sink.mqtt = Some(handle);
+        sink.seq =
+            Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| StartError::Seq {
+                path: config.state_dir.display().to_string(),
+                source,
+            })?);
+    }
+    let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
+    let sink = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
+
+    let deps = stream::Deps {
+        engine: deps.engine.clone(),
+        health: deps.health.clone(),
+        results: result_tx,
+        events: deps.events.clone(),
+        fallback: deps.fallback.clone(),
+    };
+    let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
+    Ok(DataPath { sources, router, sink })
+}
+
+/// Waits for `shutdown` (or the end of the sources), re-reading the configuration on
+/// each message on `reloads`.
+#[allow(clippy::too_many_arguments)]
+async fn serve_until(
+    shutdown: impl Future<Output = ()>,
+    sources_done: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<()>,
+    mut reloader: reload::Reloader,
+    engine: &Engine,
+    health: &Health,
+    fallback: &crate::fallback::Fallback,
+    notifier: &Notifier,
+    events: &Events,
+) {
     tokio::pin!(shutdown);
     tokio::pin!(sources_done);
-    let mut reloader = reload::Reloader::new(config.clone(), flags);
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -242,21 +390,22 @@ pub async fn run(
                 break;
             }
             Some(()) = reloads.recv() => {
-                let line = reloader.reload(&engine, &health, &fallback, &notifier);
+                let line = reloader.reload(engine, health, fallback, notifier);
                 events.emit(Event::info(Kind::ConfigReloaded, serde_json::json!({"changes": line}))).await;
             }
         }
     }
-    notifier.send("STOPPING=1\nSTATUS=draining in-flight requests");
-    health.set_draining();
-    health.set_doing("draining");
-    token.cancel();
+}
 
-    // The outbox closes once every producer is gone: ours goes now, the sink's when the
-    // data path has drained.
-    drop(events);
-    let mqtt_closed = mqtt.map(|(_, closed)| closed);
+/// Lets in-flight work finish (bounded by [`DRAIN_GRACE`]), then waits for the result
+/// sink and the MQTT outbox. Returns the run's counts so far.
+async fn drain(
+    data: DataPath,
+    tracker: TaskTracker,
+    mqtt_closed: Option<tokio::task::JoinHandle<()>>,
+) -> RunSummary {
     tracker.close();
+    let DataPath { router, sink, .. } = data;
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
         let dropped = router.await.unwrap_or_default();
         tracker.wait().await;
@@ -276,7 +425,7 @@ pub async fn run(
     };
     // The tracker reports a task done a moment before its handle holds the output, so
     // wait on the handle itself; bounded, in case the drain above timed out.
-    let written = match tokio::time::timeout(Duration::from_secs(2), sink_task).await {
+    let written = match tokio::time::timeout(Duration::from_secs(2), sink).await {
         Ok(Ok(n)) => n,
         _ => {
             tracing::warn!("the result sink did not finish; some results may not have been written");
@@ -288,9 +437,11 @@ pub async fn run(
     {
         tracing::warn!("the MQTT outbox did not close in time; undelivered messages stay in the spool");
     }
-    engine.shutdown();
+    RunSummary { results: written, failed: 0, dropped_streams: dropped }
+}
 
-    let mut summary = RunSummary { results: written, failed: 0, dropped_streams: dropped };
+/// Adds the engine's failures to `summary` and logs the last lines.
+fn summarise(engine: &Engine, mut summary: RunSummary) -> RunSummary {
     for (model, r) in engine.stats() {
         let failed: u64 = r.errors.values().sum::<u64>() + r.rejected.values().sum::<u64>();
         summary.failed += failed;
@@ -303,23 +454,20 @@ pub async fn run(
         peak_rss_kib = mem.peak_rss / 1024,
         "edge-agent stopped"
     );
-    Ok(summary)
+    summary
 }
 
-/// Starts the MQTT link with its command dispatcher and telemetry, and announces the
-/// models. Returns the producers' handle and what resolves once the outbox has closed.
-// Eight handles, each used once; a struct to carry them would only rename them.
-#[allow(clippy::too_many_arguments)]
-fn start_mqtt(
+/// Starts the MQTT link: the connection, the outbox over the spool, and the inbound
+/// router that hands sensor messages to `to_streams`.
+fn start_mqtt_link(
     config: &Config,
     m: &crate::config::MqttConfig,
     engine: &Arc<Engine>,
     health: &Arc<Health>,
-    api: Option<ApiState>,
     to_streams: mpsc::Sender<SensorMessage>,
     token: &CancellationToken,
     tracker: &TaskTracker,
-) -> Result<(crate::mqtt::Mqtt, tokio::task::JoinHandle<()>), StartError> {
+) -> Result<MqttLink, StartError> {
     let status_engine = engine.clone();
     let status = Box::new(move |state: &str| {
         let models: std::collections::BTreeMap<String, String> =
@@ -338,37 +486,51 @@ fn start_mqtt(
         &config.state_dir,
         &config.device_id,
         status,
-        engine.clone(),
         health.clone(),
         to_streams,
         token.child_token(),
         tracker,
     )?;
-    health.set_mqtt(handle.stats.clone());
+    Ok(MqttLink { handle, commands, closed })
+}
+
+/// Serves over MQTT: the command dispatcher (with the parts' handles), telemetry, and
+/// the announcement of the models.
+fn serve_mqtt(
+    config: &Config,
+    m: &crate::config::MqttConfig,
+    link: MqttLink,
+    parts: Parts,
+    api: Option<ApiState>,
+    token: &CancellationToken,
+    tracker: &TaskTracker,
+) -> tokio::task::JoinHandle<()> {
+    let MqttLink { handle, commands, closed } = link;
     let (telemetry_tx, telemetry_rx) = tokio::sync::watch::channel(config.telemetry.clone());
-    let (e, h) = (engine.clone(), health.clone());
-    let ctx = crate::commands::Context {
-        engine: engine.clone(),
-        health: health.clone(),
-        config_file: config.file.clone(),
-        state_dir: config.state_dir.clone(),
-        started: h.started,
-        telemetry: telemetry_tx,
-        status: Box::new(move || Status::gather(Parts::of(&e, &h, api.as_ref().map(ApiState::report)))),
-    };
-    tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
+    let (engine, health) = (parts.engine.clone(), parts.health.clone());
     let sources = crate::telemetry::report::Sources {
         device: config.device_id.clone(),
         engine: engine.clone(),
         outbox: handle.stats.clone(),
         started: health.started,
-        fallback: health.fallback().cloned(),
+        fallback: Some(parts.fallback.clone()),
     };
+    let ctx = crate::commands::Context {
+        engine: engine.clone(),
+        health: health.clone(),
+        config_file: config.file.clone(),
+        state_dir: config.state_dir.clone(),
+        started: health.started,
+        telemetry: telemetry_tx,
+        ota: parts.ota.clone(),
+        fallback: parts.fallback.clone(),
+        status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
+    };
+    tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
     tracker.spawn(crate::telemetry::report::run(
         sources,
         crate::telemetry::SystemSampler::new(&config.state_dir),
-        handle.topics.clone(),
-        handle.outbox.clone(),
+        handle.clone(),
         telemetry_rx,
         token.child_token(),
     ));
@@ -382,7 +544,7 @@ fn start_mqtt(
                 .await;
         }
     });
-    Ok((handle, closed))
+    closed
 }
 
 /// Logs each fallback route engaged or cleared and publishes it as an event.

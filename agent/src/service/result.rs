@@ -9,8 +9,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use super::seq::SeqAllocator;
-use crate::mqtt::{Outgoing, Topics};
-use edge_spool::{Class, Record};
+use crate::mqtt::Mqtt;
+use crate::sources::Receipt;
 
 /// A result as computed by a stream task, before the sink numbers it.
 #[derive(Debug)]
@@ -32,8 +32,8 @@ pub struct ResultRecord {
     pub reason: Option<&'static str>,
     /// A cascade's local answer, when the cloud was asked because it was unsure.
     pub deferred: Option<Value>,
-    /// Broker copies of the sensor messages this result answers (see `mqtt::Ack`).
-    pub acks: Vec<crate::mqtt::Ack>,
+    /// Receipts of the sensor messages this result answers, settled once it is safe.
+    pub receipts: Vec<Receipt>,
 }
 
 /// The result as published (stdout line now; MQTT payload later). Field order is part
@@ -66,15 +66,9 @@ pub struct ResultSink {
     /// Write JSON lines to standard output.
     pub stdout: bool,
     /// Publish on `{prefix}/{device}/results/{model}`.
-    pub mqtt: Option<MqttResults>,
+    pub mqtt: Option<Mqtt>,
     /// Numbering that survives restarts; without it, numbering starts at 0.
     pub seq: Option<SeqAllocator>,
-}
-
-/// The MQTT side of the sink.
-pub struct MqttResults {
-    pub outbox: mpsc::Sender<Outgoing>,
-    pub topics: Topics,
 }
 
 impl ResultSink {
@@ -128,19 +122,8 @@ impl ResultSink {
                 }
             };
             if let Some(m) = &self.mqtt {
-                let out = Outgoing {
-                    record: Record {
-                        topic: m.topics.results(&r.model),
-                        qos: 1,
-                        retain: false,
-                        payload: line.clone(),
-                        class: Class::Result,
-                        correlation: None,
-                    },
-                    reply: None,
-                    acks: std::mem::take(&mut r.acks),
-                };
-                if m.outbox.send(out).await.is_err() {
+                let receipts = std::mem::take(&mut r.receipts);
+                if m.publish_result(&r.model, line.clone(), receipts).await.is_err() {
                     tracing::warn!("the MQTT outbox is closed; results are no longer published");
                     self.mqtt = None;
                 }

@@ -1,34 +1,40 @@
 //! The status document: one typed [`Status`], built in one place ([`Status::gather`])
 //! and served by `GET /status`, the MQTT `status` command and read by `edge-agent
 //! status`. Its JSON is stable: fields are only ever added.
+//!
+//! The document owns its schema: the engine's parts are copied into types of their own
+//! here ([`ModelCounts`], [`EngineStatus`], [`RecentError`]), so that the engine may
+//! change its reports without changing what readers parse, and so that the document
+//! reads back into [`Status`] (`edge-agent status`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::health::Health;
-use crate::engine::stats::ErrorEntry;
+use crate::engine::stats::{ErrorEntry, Percentiles};
 use crate::engine::{Engine, ModelReport, PoolReport};
-use crate::fallback::FallbackReport;
-use crate::mqtt::OutboxReport;
-use crate::ota::OtaStatus;
+use crate::fallback::{Fallback, FallbackReport};
+use crate::mqtt::{OutboxReport, OutboxStats};
+use crate::ota::{OtaHandle, OtaStatus};
 use crate::telemetry::Memory;
 
 /// The status document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
-    pub version: &'static str,
+    pub version: String,
     pub device: String,
     pub uptime_s: u64,
     pub ready: bool,
     pub doing: String,
     pub models: BTreeMap<String, ModelStatus>,
-    pub engine: PoolReport,
+    pub engine: EngineStatus,
     /// The local API's counters, when it is configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiReport>,
     pub connections: BTreeMap<String, String>,
-    pub last_errors: Vec<ErrorEntry>,
+    pub last_errors: Vec<RecentError>,
     pub memory: Memory,
     /// The MQTT link (connected, published, spool, dropped), when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -42,18 +48,104 @@ pub struct Status {
 }
 
 /// One model.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ModelStatus {
     pub version: String,
     /// `active`, or with model updates: `probation`, `downloading`, `self-testing`, ...
     pub state: String,
     /// Counters and latency percentiles, once the model has served.
     #[serde(flatten)]
-    pub counts: Option<ModelReport>,
+    pub counts: Option<ModelCounts>,
+}
+
+/// One model's counters since start, by outcome, and its latency percentiles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCounts {
+    pub ok: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Requests turned away before running, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// From submission to result.
+    pub latency: Latency,
+    /// The model run alone.
+    pub run: Latency,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The engine's worker pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineStatus {
+    pub threads: usize,
+    pub queue_depth: usize,
+    pub queue_capacity: usize,
+    pub busy: usize,
+    /// Longest time a worker has been on its current job.
+    pub longest_job_ms: u64,
+    pub jobs_done: u64,
+    pub live_streams: usize,
+    pub streams_evicted: u64,
+}
+
+/// One recent failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecentError {
+    pub ts: String,
+    pub model: String,
+    pub kind: String,
+    pub message: String,
+}
+
+impl From<ModelReport> for ModelCounts {
+    fn from(r: ModelReport) -> ModelCounts {
+        let owned = |m: BTreeMap<&'static str, u64>| m.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+        ModelCounts {
+            ok: r.ok,
+            errors: owned(r.errors),
+            rejected: owned(r.rejected),
+            latency: r.latency.into(),
+            run: r.run.into(),
+        }
+    }
+}
+
+impl From<Percentiles> for Latency {
+    fn from(p: Percentiles) -> Latency {
+        Latency { p50_ms: p.p50_ms, p95_ms: p.p95_ms, p99_ms: p.p99_ms, max_ms: p.max_ms }
+    }
+}
+
+impl From<PoolReport> for EngineStatus {
+    fn from(p: PoolReport) -> EngineStatus {
+        EngineStatus {
+            threads: p.threads,
+            queue_depth: p.queue_depth,
+            queue_capacity: p.queue_capacity,
+            busy: p.busy,
+            longest_job_ms: p.longest_job_ms,
+            jobs_done: p.jobs_done,
+            live_streams: p.live_streams,
+            streams_evicted: p.streams_evicted,
+        }
+    }
+}
+
+impl From<ErrorEntry> for RecentError {
+    fn from(e: ErrorEntry) -> RecentError {
+        RecentError { ts: e.ts, model: e.model, kind: e.kind.to_string(), message: e.message }
+    }
 }
 
 /// The local API's counters.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiReport {
     pub in_flight: usize,
     pub max_concurrency: usize,
@@ -64,61 +156,58 @@ pub struct ApiReport {
     pub evicted_connections: u64,
 }
 
-/// What the status document is made of, each part read by its owner.
-pub struct Parts<'a> {
-    pub engine: &'a Engine,
-    pub health: &'a Health,
-    pub api: Option<ApiReport>,
-    pub mqtt: Option<OutboxReport>,
-    pub ota: Option<OtaStatus>,
-    pub fallback: Option<FallbackReport>,
+/// What the status document is made of: each part's handle, given once by the service
+/// when it builds the part (the API's counters, which only the API holds, come with
+/// each call).
+#[derive(Clone)]
+pub struct Parts {
+    pub engine: Arc<Engine>,
+    pub health: Arc<Health>,
+    /// The MQTT link's counters, when it is configured.
+    pub mqtt: Option<Arc<OutboxStats>>,
+    /// The model update task, when `[ota]` is configured.
+    pub ota: Option<OtaHandle>,
+    pub fallback: Arc<Fallback>,
 }
 
-impl<'a> Parts<'a> {
-    /// The parts the service has registered with `health`, with the API's counters
-    /// (which only the API holds).
-    pub fn of(engine: &'a Engine, health: &'a Health, api: Option<ApiReport>) -> Parts<'a> {
-        Parts {
-            engine,
-            health,
-            api,
-            mqtt: health.mqtt(),
-            ota: health.ota().map(|o| o.status()),
-            fallback: health.fallback().and_then(|f| f.report()),
-        }
+impl Parts {
+    /// Builds the document, with the API's counters when it runs.
+    pub fn gather(&self, api: Option<ApiReport>) -> Status {
+        Status::gather(self, api)
     }
 }
 
 impl Status {
     /// Builds the document.
-    pub fn gather(parts: Parts<'_>) -> Status {
-        let Parts { engine, health, api, mqtt, ota, fallback } = parts;
+    pub fn gather(parts: &Parts, api: Option<ApiReport>) -> Status {
+        let Parts { engine, health, .. } = parts;
+        let ota = parts.ota.as_ref().map(OtaHandle::status);
         let stats = engine.stats();
         let models = engine
             .models()
             .into_iter()
             .map(|(name, m)| {
-                let counts = stats.get(&name).cloned();
+                let counts = stats.get(&name).cloned().map(ModelCounts::from);
                 // Models outside updates are simply active.
                 let state = ota.as_ref().and_then(|o| o.state_of(&name)).unwrap_or("active").to_string();
                 (name, ModelStatus { version: m.version().to_string(), state, counts })
             })
             .collect();
         Status {
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_string(),
             device: health.device.clone(),
             uptime_s: health.started.elapsed().as_secs(),
             ready: health.is_ready(),
             doing: health.doing(),
             models,
-            engine: engine.pool(),
+            engine: engine.pool().into(),
             api,
             connections: health.connections(),
-            last_errors: engine.recent_errors(),
+            last_errors: engine.recent_errors().into_iter().map(RecentError::from).collect(),
             memory: crate::telemetry::memory(),
-            mqtt,
+            mqtt: parts.mqtt.as_ref().map(|m| m.report()),
             ota,
-            fallback,
+            fallback: parts.fallback.report(),
         }
     }
 }

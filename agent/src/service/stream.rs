@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::result::ResultRecord;
-use crate::engine::spec::ModelSpec;
+use crate::engine::spec::{ModelSpec, PayloadFormat};
 use crate::engine::{Engine, InferError};
 use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
@@ -77,11 +77,16 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
-        // Dropping `ack` acknowledges the broker's copy: it rides on the message's last
-        // result (acknowledged once that is delivered or spooled), or goes when this
-        // iteration ends without one.
-        let ack = msg.ack.take();
+        // Dropping the receipt settles it (the broker's copy is acknowledged): it rides
+        // on the message's last result (settled once that is delivered or spooled), or
+        // goes when this iteration ends without one.
+        let receipt = msg.receipt.take();
         let local = engine.model(&msg.model);
+        if let Some(m) = &local
+            && m.spec.pre.format == PayloadFormat::Json
+        {
+            read_envelope(&mut msg);
+        }
         let cloud = fallback.cloud(&msg.model);
         let Some((serving, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud.as_ref()) else {
             let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
@@ -159,20 +164,38 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                         place: a.place,
                         reason: a.reason,
                         deferred: a.deferred,
-                        acks: Vec::new(),
+                        receipts: Vec::new(),
                     });
                 }
                 Err(e) => errors.report(&msg.model, &msg.stream, &e).await,
             }
         }
-        if let (Some(last), Some(ack)) = (records.last_mut(), ack) {
-            last.acks.push(ack);
+        if let (Some(last), Some(receipt)) = (records.last_mut(), receipt) {
+            last.receipts.push(receipt);
         }
         for record in records {
             if results.send(record).await.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// Reads raw bytes (an MQTT message) for a model that takes JSON: an object may carry an
+/// `id`, echoed on the result so that the sender can match results to messages (and
+/// drop duplicates after a crash), and `"route": "cloud"`, which asks for the cloud
+/// fallback (audits, A/B comparisons). Bytes that are not a JSON object stay bytes, for
+/// the decoder to report in its own words.
+fn read_envelope(msg: &mut SensorMessage) {
+    let Payload::Bytes(bytes) = &msg.payload else { return };
+    let text = crate::pipeline::strip_bom(bytes);
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return;
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(text) {
+        msg.input_id = v.get("id").cloned();
+        msg.force_cloud = v.get("route").and_then(|r| r.as_str()) == Some("cloud");
+        msg.payload = Payload::Json(v);
     }
 }
 

@@ -37,7 +37,7 @@ pub(super) async fn run(
         source: path_str.clone(),
         payload,
         reset: false,
-        ack: None,
+        receipt: None,
         input_id: None,
         force_cloud: false,
     };

@@ -6,6 +6,7 @@
 
 mod file;
 mod ndjson;
+mod receipt;
 mod simulated;
 mod stdin;
 
@@ -20,6 +21,7 @@ use crate::config::SourceEntry;
 use crate::pipeline::Payload;
 
 pub use file::{rate_mismatch, read_wav};
+pub use receipt::{Receipt, Settled};
 pub use simulated::VibrationSim;
 
 /// One message from a sensor.
@@ -34,8 +36,9 @@ pub struct SensorMessage {
     pub payload: Payload,
     /// Start the stream afresh (windows and state) with this message.
     pub reset: bool,
-    /// The broker's copy (MQTT QoS 1): dropped once the message's results are safe.
-    pub ack: Option<crate::mqtt::Ack>,
+    /// Settled once the message's results are safe (the MQTT broker's copy of a QoS 1
+    /// message is acknowledged then); `None` for sources that need no word back.
+    pub receipt: Option<Receipt>,
     /// The sender's id for the message, echoed on its results.
     pub input_id: Option<serde_json::Value>,
     /// The sender asks for the cloud (`"route": "cloud"`), for audits and comparisons.

@@ -35,7 +35,7 @@ pub fn parse_line(
         source: source.to_string(),
         payload: Payload::Json(data),
         reset,
-        ack: None,
+        receipt: None,
         input_id: None,
         force_cloud: false,
     })

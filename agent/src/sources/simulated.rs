@@ -208,7 +208,7 @@ pub(super) async fn run(cfg: SimulatedSource, tx: mpsc::Sender<SensorMessage>, t
             source: "simulated".into(),
             payload: Payload::Samples(samples),
             reset: false,
-            ack: None,
+            receipt: None,
             input_id: None,
             force_cloud: false,
         };

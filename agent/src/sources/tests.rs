@@ -1,6 +1,8 @@
-use super::VibrationSim;
+use std::sync::{Arc, Mutex};
+
 use super::ndjson::parse_line;
 use super::simulated::Condition;
+use super::{Receipt, Settled, VibrationSim};
 
 #[test]
 fn simulation_is_deterministic_and_follows_its_schedule() {
@@ -28,4 +30,16 @@ fn ndjson_lines() {
     assert!(parse_line(r#"{"stream": "a b", "data": [1]}"#, "m", "d", "src").is_err());
     assert!(parse_line(r#"{"stream": "a"}"#, "m", "d", "src").unwrap_err().contains("data"));
     assert!(parse_line("[1,", "m", "d", "src").unwrap_err().contains("not JSON"));
+}
+
+#[test]
+fn a_receipt_is_settled_once_as_handled_when_dropped_or_as_forgotten() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let probe = || {
+        let seen = seen.clone();
+        Receipt::new(move |how| seen.lock().unwrap().push(how))
+    };
+    drop(probe());
+    probe().forget();
+    assert_eq!(*seen.lock().unwrap(), vec![Settled::Handled, Settled::Forgotten]);
 }

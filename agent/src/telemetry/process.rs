@@ -1,7 +1,7 @@
 //! This process's own memory and CPU time, from Linux `/proc`.
 
 /// Resident and peak resident memory of this process, in bytes (Linux `/proc`).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Memory {
     pub rss: u64,
     pub peak_rss: u64,

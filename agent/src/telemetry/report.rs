@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::system::{SystemReading, SystemSampler};
 use crate::config::{TelemetryFormat, TelemetrySection};
 use crate::engine::Engine;
-use crate::mqtt::{OutboxReport, OutboxStats, Outgoing, Topics};
-use edge_spool::{Class, Record};
+use crate::mqtt::{Mqtt, OutboxReport, OutboxStats};
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
 /// and `bad_stream`.
@@ -144,7 +143,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
     let mem = super::memory();
     Report {
         schema: SCHEMA,
-        ts: crate::mqtt::now(),
+        ts: crate::events::now(),
         device: src.device.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_s: src.started.elapsed().as_secs(),
@@ -170,8 +169,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
 pub async fn run(
     src: Sources,
     mut sampler: SystemSampler,
-    topics: Topics,
-    outbox: mpsc::Sender<Outgoing>,
+    mqtt: Mqtt,
     mut settings: watch::Receiver<TelemetrySection>,
     stop: CancellationToken,
 ) {
@@ -202,15 +200,7 @@ pub async fn run(
         };
         sampler = s;
         let report = build(&src, reading);
-        let record = Record {
-            topic: topics.telemetry(),
-            qos: current.qos,
-            retain: false,
-            payload: report.encode(current.format),
-            class: Class::Telemetry,
-            correlation: None,
-        };
-        if outbox.send(Outgoing { record, reply: None, acks: Vec::new() }).await.is_err() {
+        if mqtt.telemetry(report.encode(current.format), current.qos).await.is_err() {
             return;
         }
     }
