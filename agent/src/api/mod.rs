@@ -42,8 +42,8 @@ use tokio_util::task::TaskTracker;
 use conn::ConnTable;
 pub use error::ApiError;
 
-use crate::engine::Engine;
 use crate::service::health::Health;
+use edge_infer::engine::Engine;
 
 /// Limits of the API.
 #[derive(Debug, Clone)]

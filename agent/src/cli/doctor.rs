@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::config::{Config, Overrides};
-use crate::engine::LoadedModel;
+use edge_infer::engine::LoadedModel;
 
 /// Arguments of `doctor`.
 #[derive(Debug, Args)]

@@ -20,10 +20,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::TelemetrySection;
-use crate::engine::Engine;
 use crate::mqtt::client::ReplyTo;
 use crate::mqtt::{CommandMsg, Mqtt, Outgoing};
 use crate::service::health::Health;
+use edge_infer::engine::Engine;
 use edge_spool::{Class, Record};
 pub use handlers::NAMES;
 use seen::Seen;

@@ -1,4 +1,4 @@
-use super::locate::{line_of, line_of_path};
+use edge_infer::locate::{line_of, line_of_path};
 
 #[test]
 fn lines_of_keys_tables_and_array_items() {

@@ -16,10 +16,10 @@ use super::link::Backlog;
 use super::outbox::{LinkSignal, OutboxStats};
 use super::topics::{self, Scope, Topics};
 use crate::config::SensorSubscription;
-use crate::engine::Engine;
-use crate::engine::spec::PayloadFormat;
-use crate::pipeline::Payload;
 use crate::sources::SensorMessage;
+use edge_infer::engine::Engine;
+use edge_infer::engine::spec::PayloadFormat;
+use edge_infer::pipeline::Payload;
 
 /// A command request as received.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ impl InboundRouter {
         // match results to messages (and drop duplicates after a crash).
         let json = self.engine.model(&sub.model).is_some_and(|m| m.spec.pre.format == PayloadFormat::Json);
         // `"route": "cloud"` asks for the cloud fallback (audits, A/B comparisons).
-        let text = crate::pipeline::strip_bom(&payload);
+        let text = edge_infer::pipeline::strip_bom(&payload);
         let (payload, input_id, force_cloud) =
             if json && text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
                 match serde_json::from_slice::<serde_json::Value>(text) {

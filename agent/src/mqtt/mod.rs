@@ -31,10 +31,10 @@ pub use outbox::{OutboxReport, OutboxStats, Outgoing};
 pub use topics::Topics;
 
 use crate::config::{FsyncMode, MqttConfig, SpoolSection};
-use crate::engine::Engine;
 use crate::events::Event;
 use crate::service::health::Health;
 use crate::sources::SensorMessage;
+use edge_infer::engine::Engine;
 use edge_spool::{Class, FsyncPolicy, Record, Spool, SpoolConfig};
 
 /// Messages producers may have waiting for the outbox.

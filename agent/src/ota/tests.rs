@@ -15,8 +15,8 @@ use super::store::{ModelState, Store};
 use super::tuf::keys::PrivateKey;
 use super::tuf::repo::{Expiries, Repository, RootKeys};
 use crate::config::{Config, Overrides};
-use crate::engine::InferError;
 use crate::events::Events;
+use edge_infer::engine::InferError;
 type Tap = mpsc::UnboundedReceiver<crate::events::Event>;
 
 fn demo_dir() -> PathBuf {

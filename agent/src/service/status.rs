@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::health::Health;
-use crate::engine::stats::ErrorEntry;
-use crate::engine::{Engine, ModelReport, PoolReport};
 use crate::fallback::FallbackReport;
 use crate::mqtt::OutboxReport;
 use crate::ota::OtaStatus;
 use crate::telemetry::Memory;
+use edge_infer::engine::stats::ErrorEntry;
+use edge_infer::engine::{Engine, ModelReport, PoolReport};
 
 /// The status document.
 #[derive(Debug, Serialize)]

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::system::{SystemReading, SystemSampler};
 use crate::config::{TelemetryFormat, TelemetrySection};
-use crate::engine::Engine;
 use crate::mqtt::{OutboxReport, OutboxStats, Outgoing, Topics};
+use edge_infer::engine::Engine;
 use edge_spool::{Class, Record};
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
