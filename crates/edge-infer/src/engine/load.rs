@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use tract_onnx::prelude::*;
@@ -13,30 +14,92 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
-use super::model::{Feed, TensorInfo, datum_type, tensor_from_f64};
+use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
 use super::panic::contain;
-use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec};
+use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
+use crate::pipeline::PostProcessor;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl LoadedModel {
+    /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
+    pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        let spec = ModelSpec::load_dir(dir)?;
+        Self::load(spec, dir, limits)
+    }
+
+    /// Loads the model a spec names, checks the two agree and that the model fits
+    /// `limits`, and optimises it.
+    pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        check_sizes(&loaded, limits)?;
+        let LoadedSpec { spec, path: spec_path, model_path } = loaded;
+        let parsed = read_onnx(&model_path)?;
+        let at = Files { spec: &spec_path, model: &model_path, bytes: parsed.file_bytes };
+        let graph = graph_names(&parsed.model).map_err(|e| at.parse(format!("{e:#}")))?;
+        let post_output = match_names(&spec, &graph).map_err(|problems| at.mismatch(problems))?;
+        check_declared(&parsed.model, &graph, &spec, &at)?;
+        let fixed = fix_inputs(parsed.model, &graph, &spec, &at)?;
+
+        let started = Instant::now();
+        let typed = analyse(fixed.model, &graph, &spec, &at)?;
+        if spec.post.kind == PostKind::Scores
+            && let Some(problem) = labels_problem(&typed, post_output, &graph.outputs, &spec)
+        {
+            return Err(at.mismatch(vec![problem]));
+        }
+        let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
+        let typed = optimise(typed, &at)?;
+        let optimise_ms = ms(started);
+
+        let ops = op_counts(&typed);
+        let op_count = typed.nodes().len();
+        let (inputs, outputs) = tensor_infos(&typed, graph);
+        let plan = plan(typed, &at)?;
+
+        Ok(LoadedModel {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            post: PostProcessor::new(&spec.post),
+            spec,
+            dir: dir.to_path_buf(),
+            inputs,
+            outputs,
+            info: LoadInfo {
+                file_bytes: parsed.file_bytes,
+                load_ms: parsed.load_ms,
+                optimise_ms,
+                op_count,
+                ops,
+                memory,
+                memory_limit_bytes: limits.max_bytes,
+            },
+            plan,
+            feeds: fixed.feeds,
+            state_outputs: fixed.state_outputs,
+            post_output,
+        })
+    }
+}
 
 /// Milliseconds since `since`.
-pub(super) fn ms(since: Instant) -> f64 {
+fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Where a load's errors point: the spec, and the model file it names with its size.
-pub(super) struct Files<'a> {
-    pub(super) spec: &'a Path,
-    pub(super) model: &'a Path,
-    pub(super) bytes: u64,
+struct Files<'a> {
+    spec: &'a Path,
+    model: &'a Path,
+    bytes: u64,
 }
 
 impl Files<'_> {
     /// The model file is not a usable ONNX model.
-    pub(super) fn parse(&self, reason: String) -> LoadError {
+    fn parse(&self, reason: String) -> LoadError {
         LoadError::Parse { path: self.model.to_path_buf(), bytes: self.bytes, reason }
     }
 
     /// The spec and the model disagree.
-    pub(super) fn mismatch(&self, problems: Vec<String>) -> LoadError {
+    fn mismatch(&self, problems: Vec<String>) -> LoadError {
         LoadError::Mismatch {
             spec: self.spec.to_path_buf(),
             path: self.model.to_path_buf(),
@@ -56,14 +119,14 @@ impl Files<'_> {
 }
 
 /// The model file, parsed: tract's graph before analysis.
-pub(super) struct Parsed {
-    pub(super) model: InferenceModel,
-    pub(super) file_bytes: u64,
-    pub(super) load_ms: f64,
+struct Parsed {
+    model: InferenceModel,
+    file_bytes: u64,
+    load_ms: f64,
 }
 
 /// Reads the model file whole and parses it. The bytes are dropped once parsed.
-pub(super) fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
+fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
     let parse_err =
         |reason: String| LoadError::Parse { path: path.to_path_buf(), bytes: bytes.len() as u64, reason };
@@ -78,13 +141,13 @@ pub(super) fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
 }
 
 /// The graph's input and output names, in graph order.
-pub(super) struct GraphNames {
-    pub(super) inputs: Vec<String>,
+struct GraphNames {
+    inputs: Vec<String>,
     /// An output without a label is `output_N`.
-    pub(super) outputs: Vec<String>,
+    outputs: Vec<String>,
 }
 
-pub(super) fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
+fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
     let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
     let outputs = model
         .output_outlets()?
@@ -97,7 +160,7 @@ pub(super) fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
 
 /// Matches graph inputs and outputs to the spec's by name, every mismatch at once, and
 /// finds the output post-processing reads (its index).
-pub(super) fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize, Vec<String>> {
+fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize, Vec<String>> {
     let mut problems = Vec::new();
     for name in &graph.inputs {
         if !spec.inputs.iter().any(|i| &i.name == name) {
@@ -146,7 +209,7 @@ pub(super) fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize,
 
 /// The declared dtypes and shapes against what the model file says about its inputs,
 /// every mismatch at once.
-pub(super) fn check_declared(
+fn check_declared(
     model: &InferenceModel,
     graph: &GraphNames,
     spec: &ModelSpec,
@@ -189,17 +252,17 @@ pub(super) fn check_declared(
 }
 
 /// The graph with every input fixed to the spec's type and shape, and what feeds it.
-pub(super) struct Fixed {
-    pub(super) model: InferenceModel,
-    pub(super) feeds: Vec<Feed>,
-    pub(super) state_outputs: Vec<usize>,
+struct Fixed {
+    model: InferenceModel,
+    feeds: Vec<Feed>,
+    state_outputs: Vec<usize>,
     /// A range dimension's symbol and the largest size it takes: memory is reckoned there.
-    pub(super) widest: SymbolValues,
+    widest: SymbolValues,
 }
 
 /// Fixes every input's fact to the spec's concrete type and shape (a range dimension
 /// stays a symbol), and builds each input's feed: data, state slot or constant.
-pub(super) fn fix_inputs(
+fn fix_inputs(
     mut model: InferenceModel,
     graph: &GraphNames,
     spec: &ModelSpec,
@@ -263,7 +326,7 @@ pub(super) fn fix_inputs(
 /// Types the graph at the spec's shapes (tract's analysis), first, so that the model's
 /// working memory is known before optimisation and the run plan allocate for it. A
 /// failure that the data input's strides explain is reported as such.
-pub(super) fn analyse(
+fn analyse(
     model: InferenceModel,
     graph: &GraphNames,
     spec: &ModelSpec,
@@ -280,7 +343,7 @@ pub(super) fn analyse(
 }
 
 /// The typed model's estimated working memory, against `limits`.
-pub(super) fn check_memory(
+fn check_memory(
     typed: &TypedModel,
     widest: &SymbolValues,
     limits: &ModelLimits,
@@ -305,17 +368,17 @@ pub(super) fn check_memory(
 }
 
 /// tract's optimisation of the typed graph.
-pub(super) fn optimise(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
+fn optimise(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
     contain(move || typed.into_optimized()).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
 }
 
 /// The run plan worker threads spawn their run state from.
-pub(super) fn plan(typed: TypedModel, at: &Files) -> Result<Arc<TypedSimplePlan>, LoadError> {
+fn plan(typed: TypedModel, at: &Files) -> Result<Arc<TypedSimplePlan>, LoadError> {
     contain(move || typed.into_runnable()).map_err(at.panic("planning"))?.map_err(|e| at.optimise(e))
 }
 
 /// What the optimised graph's inputs and outputs look like, named as in the file.
-pub(super) fn tensor_infos(typed: &TypedModel, graph: GraphNames) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+fn tensor_infos(typed: &TypedModel, graph: GraphNames) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
     let describe = |outlet: OutletId, name: String| -> TensorInfo {
         let (dtype, shape, dims) = match typed.outlet_fact(outlet) {
             Ok(f) => (
@@ -336,7 +399,7 @@ pub(super) fn tensor_infos(typed: &TypedModel, graph: GraphNames) -> (Vec<Tensor
 }
 
 /// Operator name → number of nodes.
-pub(super) fn op_counts(typed: &TypedModel) -> BTreeMap<String, usize> {
+fn op_counts(typed: &TypedModel) -> BTreeMap<String, usize> {
     let mut ops = BTreeMap::new();
     for node in typed.nodes() {
         *ops.entry(node.op.name().to_string()).or_insert(0) += 1;
@@ -383,12 +446,7 @@ pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), Load
 
 /// When post-processing names classes, their number must be what the post output holds:
 /// otherwise some classes are reported without a name (or names never appear).
-pub(super) fn labels_problem(
-    typed: &TypedModel,
-    output: usize,
-    names: &[String],
-    spec: &ModelSpec,
-) -> Option<String> {
+fn labels_problem(typed: &TypedModel, output: usize, names: &[String], spec: &ModelSpec) -> Option<String> {
     let labels = spec.post.labels.len();
     if labels == 0 {
         return None;

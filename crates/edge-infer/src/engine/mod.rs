@@ -32,6 +32,7 @@ use tract_onnx::prelude::*;
 
 pub use budget::ModelLimits;
 pub use error::{InferError, LoadError, SpecError};
+pub use load::check_sizes;
 pub use model::LoadedModel;
 pub use stats::{ModelReport, Percentiles};
 

@@ -2,24 +2,15 @@
 //! spec's concrete shapes, and runnable from any worker thread.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
-use super::budget::{MemoryEstimate, ModelLimits};
-use super::error::LoadError;
-use super::load::{
-    Files, analyse, check_declared, check_memory, fix_inputs, graph_names, labels_problem, match_names, ms,
-    op_counts, optimise, plan, read_onnx, tensor_infos,
-};
-use super::spec::{DType, LoadedSpec, ModelSpec, PostKind};
+use super::budget::MemoryEstimate;
+use super::spec::{DType, ModelSpec};
 use crate::pipeline::PostProcessor;
-
-pub use super::load::check_sizes;
 
 /// Converts a spec dtype to tract's.
 pub fn datum_type(dt: DType) -> DatumType {
@@ -95,15 +86,15 @@ pub struct LoadedModel {
     pub outputs: Vec<TensorInfo>,
     /// What loading measured.
     pub info: LoadInfo,
-    plan: Arc<TypedSimplePlan>,
+    pub(super) plan: Arc<TypedSimplePlan>,
     /// For each graph input, in graph order: what feeds it.
-    feeds: Vec<Feed>,
+    pub(super) feeds: Vec<Feed>,
     /// Graph output index feeding each state slot, in state-slot order.
-    state_outputs: Vec<usize>,
+    pub(super) state_outputs: Vec<usize>,
     /// Index of the output read by post-processing.
-    post_output: usize,
+    pub(super) post_output: usize,
     /// The spec's post-processing, built once rather than per request.
-    post: PostProcessor,
+    pub(super) post: PostProcessor,
 }
 
 /// What feeds one graph input on each call.
@@ -122,66 +113,7 @@ pub(super) enum Feed {
     Const(Arc<Tensor>),
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 impl LoadedModel {
-    /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
-    pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
-        let spec = ModelSpec::load_dir(dir)?;
-        Self::load(spec, dir, limits)
-    }
-
-    /// Loads the model a spec names, checks the two agree and that the model fits
-    /// `limits`, and optimises it.
-    pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
-        check_sizes(&loaded, limits)?;
-        let LoadedSpec { spec, path: spec_path, model_path } = loaded;
-        let parsed = read_onnx(&model_path)?;
-        let at = Files { spec: &spec_path, model: &model_path, bytes: parsed.file_bytes };
-        let graph = graph_names(&parsed.model).map_err(|e| at.parse(format!("{e:#}")))?;
-        let post_output = match_names(&spec, &graph).map_err(|problems| at.mismatch(problems))?;
-        check_declared(&parsed.model, &graph, &spec, &at)?;
-        let fixed = fix_inputs(parsed.model, &graph, &spec, &at)?;
-
-        let started = Instant::now();
-        let typed = analyse(fixed.model, &graph, &spec, &at)?;
-        if spec.post.kind == PostKind::Scores
-            && let Some(problem) = labels_problem(&typed, post_output, &graph.outputs, &spec)
-        {
-            return Err(at.mismatch(vec![problem]));
-        }
-        let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
-        let typed = optimise(typed, &at)?;
-        let optimise_ms = ms(started);
-
-        let ops = op_counts(&typed);
-        let op_count = typed.nodes().len();
-        let (inputs, outputs) = tensor_infos(&typed, graph);
-        let plan = plan(typed, &at)?;
-
-        Ok(LoadedModel {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            post: PostProcessor::new(&spec.post),
-            spec,
-            dir: dir.to_path_buf(),
-            inputs,
-            outputs,
-            info: LoadInfo {
-                file_bytes: parsed.file_bytes,
-                load_ms: parsed.load_ms,
-                optimise_ms,
-                op_count,
-                ops,
-                memory,
-                memory_limit_bytes: limits.max_bytes,
-            },
-            plan,
-            feeds: fixed.feeds,
-            state_outputs: fixed.state_outputs,
-            post_output,
-        })
-    }
-
     /// The model name from the spec.
     pub fn name(&self) -> &str {
         &self.spec.name
