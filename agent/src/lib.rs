@@ -8,8 +8,6 @@
 //!   `diagnostics` command.
 //! - [`daemon_client`]: one HTTP/1.0 exchange with a running agent's API (CLI, diagnostics).
 //! - [`events`]: the typed [`events::Event`] and the one sink that logs and publishes it.
-//! - [`engine`]: model specs, loading and optimising with tract, the worker pool, stream state.
-//! - [`pipeline`]: declarative pre-processing (decode, images, windows) and post-processing.
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
 //! - [`service`]: the daemon: wiring sources → engine → results, start-up and shutdown.
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
@@ -23,6 +21,10 @@
 //!   for [`mqtt`], [`ota`] and [`fallback`].
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 //!
+//! The inference engine (model specs, loading and optimising with tract, the worker pool,
+//! stream state) and the declarative pre- and post-processing are the [`edge_infer`]
+//! crate: `edge_infer::engine` and `edge_infer::pipeline`.
+//!
 //! The on-disk spool of the MQTT outbox and the atomic replacement of state files are the
 //! [`edge_spool`] crate (`edge_spool::durable` for the latter).
 
@@ -35,13 +37,11 @@ pub mod commands;
 pub mod config;
 pub mod daemon_client;
 pub mod diagnostics;
-pub mod engine;
 pub mod events;
 pub mod fallback;
 pub mod mqtt;
 pub mod oip;
 pub mod ota;
-pub mod pipeline;
 pub mod service;
 pub mod sources;
 pub mod telemetry;

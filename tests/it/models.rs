@@ -10,8 +10,8 @@ use serde_json::json;
 
 use crate::common::registry::*;
 use crate::common::*;
-use edge_agent::engine::ModelLimits;
 use edge_agent::ota::selftest::{Limits, run_isolated};
+use edge_infer::engine::ModelLimits;
 
 /// The PP-OCR v4 text detector, taken from the rapidocr wheel in the test cache: a real
 /// detection model, whose height and width must be multiples of 32 (it downsamples by

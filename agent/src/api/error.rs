@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use crate::engine::InferError;
+use edge_infer::engine::InferError;
 
 /// An error answer.
 #[derive(Debug)]

@@ -42,11 +42,11 @@ use tokio_util::task::TaskTracker;
 use conn::ConnTable;
 pub use error::ApiError;
 
-use crate::engine::Engine;
 use crate::fallback::Fallback;
 use crate::mqtt::OutboxStats;
 use crate::ota::OtaHandle;
 use crate::service::health::Health;
+use edge_infer::engine::Engine;
 
 /// Limits of the API.
 #[derive(Debug, Clone)]

@@ -15,9 +15,9 @@ use serde_json::{Map, Value, json};
 use super::error::{ApiError, ApiPath};
 use super::request::{self, InferRequest, InputTensor, RequestedOutput};
 use super::{ApiState, response};
-use crate::engine::LoadedModel;
-use crate::engine::spec::{DType, InputFrom, ModelSpec, PayloadFormat};
-use crate::pipeline::{InputError, Payload, check_finite, nesting_matches};
+use edge_infer::engine::LoadedModel;
+use edge_infer::engine::spec::{DType, InputFrom, ModelSpec, PayloadFormat};
+use edge_infer::pipeline::{InputError, Payload, check_finite, nesting_matches};
 
 fn spec_datatype(dt: DType) -> &'static str {
     crate::oip::datatype(dt.name())
@@ -58,7 +58,7 @@ fn find_model(st: &ApiState, name: &str, version: Option<&str>) -> Result<Arc<Lo
 }
 
 fn metadata(model: &LoadedModel) -> Value {
-    let tensors = |list: &[crate::engine::model::TensorInfo], inputs: bool| -> Vec<Value> {
+    let tensors = |list: &[edge_infer::engine::model::TensorInfo], inputs: bool| -> Vec<Value> {
         list.iter()
             .filter(|t| {
                 // Only what a client sends or reads: state and constants are the agent's business.
@@ -409,7 +409,7 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
         }
     };
     let format = format_name(spec.pre.format);
-    let values = crate::pipeline::decode(spec, Payload::Bytes(payload))
+    let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
         .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
     let want = spec.data_input();
     if values.len() != want.len() {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::pipeline::Nesting;
+use edge_infer::pipeline::Nesting;
 
 /// The header of the binary tensor extension (lower case, as `http` names headers).
 pub const HEADER_LENGTH: &str = "inference-header-content-length";

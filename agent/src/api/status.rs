@@ -11,9 +11,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::ApiState;
-use crate::engine::Engine;
 use crate::mqtt::OutboxReport;
 use crate::service::status::{ApiReport, Parts, Status};
+use edge_infer::engine::Engine;
 
 impl ApiState {
     /// The API's counters for the status document.

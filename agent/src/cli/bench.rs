@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::input;
-use crate::engine::stats::{Latency, Percentiles};
-use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
+use edge_infer::engine::stats::{Latency, Percentiles};
+use edge_infer::engine::{Engine, EngineConfig, LoadedModel, Request};
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -270,7 +270,7 @@ fn run_block(
 /// run the plan, read the outputs as f32.
 fn direct_call(
     model: &LoadedModel,
-    state: &mut tract_onnx::prelude::TypedSimpleState,
+    state: &mut edge_infer::tract_onnx::prelude::TypedSimpleState,
     data: Vec<f32>,
 ) -> anyhow::Result<()> {
     let inputs = model.assemble(data, None)?;

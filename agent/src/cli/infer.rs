@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::input::{self, InputFormat};
-use crate::engine::{Engine, EngineConfig, LoadedModel, Request};
-use crate::pipeline::SegmentState;
 use crate::service::raw_outputs;
+use edge_infer::engine::{Engine, EngineConfig, LoadedModel, Request};
+use edge_infer::pipeline::SegmentState;
 
 /// Arguments of `infer`.
 #[derive(Debug, Args)]

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use crate::engine::spec::{ModelSpec, PayloadFormat};
-use crate::pipeline::{self, Payload, Windower};
+use edge_infer::engine::spec::{ModelSpec, PayloadFormat};
+use edge_infer::pipeline::{self, Payload, Windower};
 
 /// How an input file is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -29,7 +29,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ConfigError, LogFormat};
-use crate::engine::{LoadError, SpecError};
+use edge_infer::engine::{LoadError, SpecError};
 
 /// Exit code: the command's work failed (bad input, inference error).
 pub const EXIT_FAILED: u8 = 1;
@@ -76,7 +76,7 @@ pub enum Command {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    crate::engine::panic::install_hook();
+    edge_infer::engine::panic::install_hook();
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Infer(args) => infer::run(args),

@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::engine::budget::{self, DEFAULT_MAX_MODEL_MEMORY_MB, MAX_MODEL_MEMORY_MB};
-use crate::engine::model::{LoadInfo, TensorInfo};
-use crate::engine::onnx_file::{self, OnnxDim, OnnxFile};
-use crate::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
-use crate::engine::{LoadError, LoadedModel, ModelLimits};
+use edge_infer::engine::budget::{self, DEFAULT_MAX_MODEL_MEMORY_MB, MAX_MODEL_MEMORY_MB};
+use edge_infer::engine::model::{LoadInfo, TensorInfo};
+use edge_infer::engine::onnx_file::{self, OnnxDim, OnnxFile};
+use edge_infer::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
+use edge_infer::engine::{LoadError, LoadedModel, ModelLimits};
 
 /// `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -126,7 +126,7 @@ struct InputView<'a> {
 struct RangeView {
     axis: usize,
     #[serde(flatten)]
-    range: crate::engine::spec::DimRange,
+    range: edge_infer::engine::spec::DimRange,
 }
 
 pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {

@@ -318,7 +318,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     );
     // Sizes first: packing reads every file of the directory into memory.
     let limits = a.limits.limits();
-    crate::engine::model::check_sizes(&crate::engine::spec::ModelSpec::load_dir(&a.model)?, &limits)?;
+    edge_infer::engine::check_sizes(&edge_infer::engine::spec::ModelSpec::load_dir(&a.model)?, &limits)?;
     let (bytes, spec) = package::pack(&a.model)?;
     anyhow::ensure!(
         crate::config::is_valid_id(&spec.version),

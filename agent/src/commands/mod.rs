@@ -37,10 +37,10 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::TelemetrySection;
-use crate::engine::Engine;
 use crate::mqtt::CommandMsg;
 use crate::service::health::Health;
 pub use command::{NAMES, UPDATES_OFF};
+use edge_infer::engine::Engine;
 pub use reply::{Recipient, Replies};
 use seen::Seen;
 

@@ -258,11 +258,11 @@ mod dispatcher {
 
     use crate::commands::{Context, Recipient, Replies};
     use crate::config::TelemetrySection;
-    use crate::engine::{Engine, EngineConfig};
     use crate::mqtt::CommandMsg;
     use crate::mqtt::topics::Scope;
     use crate::service::health::Health;
     use crate::service::status::Parts;
+    use edge_infer::engine::{Engine, EngineConfig};
 
     /// The fake sink: every reply, with whom it was for.
     struct Collect(mpsc::UnboundedSender<(Recipient, Value)>);

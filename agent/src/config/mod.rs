@@ -7,7 +7,6 @@
 
 mod error;
 pub mod fallback;
-pub mod locate;
 pub mod mqtt;
 pub mod ota;
 pub mod runtime;
@@ -28,9 +27,9 @@ pub use mqtt::{
 };
 pub use ota::OtaSection;
 
-use crate::engine::EngineConfig;
-use crate::engine::spec::ModelSpec;
-use locate::{line_of, line_of_path};
+use edge_infer::engine::EngineConfig;
+use edge_infer::engine::spec::ModelSpec;
+use edge_infer::locate::{line_of, line_of_path};
 
 /// Prefix of environment variables that override config keys.
 pub const ENV_PREFIX: &str = "EDGE_AGENT_";
@@ -139,7 +138,7 @@ fn default_spin_us() -> u64 {
     50
 }
 fn default_max_model_memory_mb() -> u64 {
-    crate::engine::budget::DEFAULT_MAX_MODEL_MEMORY_MB
+    edge_infer::engine::budget::DEFAULT_MAX_MODEL_MEMORY_MB
 }
 
 /// `[[model]]`: a model directory (holding `model.toml` and the model file).
@@ -670,7 +669,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             queue: raw.engine.queue,
             max_streams: raw.engine.max_streams,
             spin: Duration::from_micros(raw.engine.spin_us),
-            model_limits: crate::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
+            model_limits: edge_infer::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
         },
         deadline: Duration::from_millis(raw.engine.deadline_ms),
         models,
@@ -723,13 +722,13 @@ fn check_engine(e: &EngineSection, problem: &mut dyn FnMut(&str, String)) {
     if e.spin_us > 10_000 {
         problem("engine.spin_us", format!("{} µs would burn a core while idle; use 0 to 10000", e.spin_us));
     }
-    if !(1..=crate::engine::budget::MAX_MODEL_MEMORY_MB).contains(&e.max_model_memory_mb) {
+    if !(1..=edge_infer::engine::budget::MAX_MODEL_MEMORY_MB).contains(&e.max_model_memory_mb) {
         problem(
             "engine.max_model_memory_mb",
             format!(
                 "{} is out of range; use 1 to {} (MiB a model may need: weights and working memory)",
                 e.max_model_memory_mb,
-                crate::engine::budget::MAX_MODEL_MEMORY_MB
+                edge_infer::engine::budget::MAX_MODEL_MEMORY_MB
             ),
         );
     }

@@ -5,7 +5,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::{Check, Level};
 use crate::config::{Config, Overrides};
-use crate::engine::LoadedModel;
+use edge_infer::engine::LoadedModel;
 
 fn check(name: &str, level: Level, message: impl Into<String>, fix: Option<&str>) -> Check {
     Check { check: name.into(), level, message: message.into(), fix: fix.map(str::to_string) }

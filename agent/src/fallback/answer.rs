@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::{Fallback, REASON_DEGRADED, REASON_LOW_CONFIDENCE, REASON_QUEUE, Route, Unavailable};
 use crate::config::fallback::WhenUnavailable;
-use crate::engine::{Engine, InferError, LoadedModel, Output, Request};
+use edge_infer::engine::{Engine, InferError, LoadedModel, Output, Request};
 
 /// One request, pre-processed.
 pub struct Job {
@@ -179,7 +179,7 @@ pub async fn answer(
 fn from_cloud(
     fallback: &Fallback,
     job: &Job,
-    spec: &crate::engine::spec::ModelSpec,
+    spec: &edge_infer::engine::spec::ModelSpec,
     (outputs, version): (Vec<Output>, Option<String>),
     reason: &'static str,
     local: Option<&Arc<LoadedModel>>,

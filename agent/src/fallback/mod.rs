@@ -25,13 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::FallbackSection;
 use crate::config::fallback::{CloudModelSection, ResourceSection, WhenUnavailable};
-use crate::engine::spec::{InputFrom, ModelSpec};
-use crate::engine::{LoadedModel, Output};
-use crate::pipeline::PostProcessor;
 pub use answer::{Answer, Failure, Job, answer};
 use breaker::{Breaker, Permit};
 use budget::Budget;
 use client::{CloudClient, Endpoint, Tensor};
+use edge_infer::engine::spec::{InputFrom, ModelSpec};
+use edge_infer::engine::{LoadedModel, Output};
+use edge_infer::pipeline::PostProcessor;
 use hysteresis::{Change, Latch};
 pub use report::FallbackReport;
 use report::{BudgetReport, EndpointReport};
@@ -152,7 +152,7 @@ pub struct Signals {
 impl Signals {
     /// The engine's side of the signals (queue, workers) for a request that may wait
     /// `deadline`; the request's own (size, wish) start false.
-    pub fn from_engine(engine: &crate::engine::Engine, deadline: Duration) -> Signals {
+    pub fn from_engine(engine: &edge_infer::engine::Engine, deadline: Duration) -> Signals {
         Signals {
             oversized: false,
             forced: false,
@@ -761,7 +761,7 @@ fn build(cfg: &FallbackSection, old: &BTreeMap<String, Arc<CloudModel>>) -> Resu
 /// The request's tensors: the data input, and the spec's constant inputs (which the
 /// device would otherwise add itself).
 fn tensors(spec: &ModelSpec, data: Vec<f32>) -> Vec<Tensor> {
-    let datatype = |i: &crate::engine::spec::InputSpec| crate::oip::datatype(i.dtype.name()).to_string();
+    let datatype = |i: &edge_infer::engine::spec::InputSpec| crate::oip::datatype(i.dtype.name()).to_string();
     let mut data = Some(data);
     spec.inputs
         .iter()

@@ -16,8 +16,8 @@ use super::link::Backlog;
 use super::outbox::{LinkSignal, OutboxStats};
 use super::topics::{self, Scope, Topics};
 use crate::config::SensorSubscription;
-use crate::pipeline::Payload;
 use crate::sources::{Receipt, SensorMessage};
+use edge_infer::pipeline::Payload;
 
 /// A command request as received.
 #[derive(Debug)]

@@ -31,9 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, OtaSection};
-use crate::engine::stats::ModelStats;
-use crate::engine::{Engine, LoadedModel};
 use crate::events::{Event, Events, Kind, Severity};
+use edge_infer::engine::stats::ModelStats;
+use edge_infer::engine::{Engine, LoadedModel};
 use probation::{Numbers, Probation, Verdict};
 use rollout::Offer;
 pub use status::OtaStatus;
@@ -217,7 +217,7 @@ pub fn prepare(config: &Config, engine: &Engine) -> Prepared {
 
 /// The version of a store directory (`versions/<v>`), or of a configured model dir.
 fn dir_version(dir: &Path) -> Option<String> {
-    crate::engine::spec::ModelSpec::load_dir(dir).ok().map(|s| s.spec.version)
+    edge_infer::engine::spec::ModelSpec::load_dir(dir).ok().map(|s| s.spec.version)
 }
 
 /// The update task's state.
@@ -581,7 +581,7 @@ impl Ota {
         tokio::task::spawn_blocking(move || package::unpack(&p, &u))
             .await
             .map_err(|e| OtaError::Refused(format!("unpacking stopped: {e}")))??;
-        let spec = crate::engine::spec::ModelSpec::load_dir(&unpacked)
+        let spec = edge_infer::engine::spec::ModelSpec::load_dir(&unpacked)
             .map_err(|e| OtaError::Package { path: unpacked.clone(), reason: e.to_string() })?;
         if spec.spec.name != model || spec.spec.version != version {
             let _ = std::fs::remove_dir_all(&unpacked);

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::OtaError;
-use crate::engine::spec::ModelSpec;
+use edge_infer::engine::spec::ModelSpec;
 
 /// Name of the golden vectors file a package must carry.
 pub const SELFTEST_FILE: &str = "selftest.json";

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use super::rollout::ProbationOverride;
-use crate::engine::stats::ModelStats;
+use edge_infer::engine::stats::ModelStats;
 
 /// Probation limits (config `[ota.probation]`, overridable per version by the publisher).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

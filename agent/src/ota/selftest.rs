@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineConfig, LoadedModel, ModelLimits, Request};
+use edge_infer::engine::{Engine, EngineConfig, LoadedModel, ModelLimits, Request};
 
 /// `selftest.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +83,7 @@ pub struct CaseReport {
 pub fn read(dir: &Path) -> Result<Golden, String> {
     let path = dir.join(super::package::SELFTEST_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let golden: Golden = serde_json::from_str(crate::pipeline::strip_bom_str(&text))
+    let golden: Golden = serde_json::from_str(edge_infer::pipeline::strip_bom_str(&text))
         .map_err(|e| format!("{}: not a golden vectors file: {e}", path.display()))?;
     if golden.cases.is_empty() {
         return Err(format!("{}: no cases; a self-test needs at least one", path.display()));
@@ -139,7 +139,7 @@ impl Runner {
         &self,
         input: &[f32],
         stream: &str,
-    ) -> Result<crate::engine::Response, crate::engine::InferError> {
+    ) -> Result<edge_infer::engine::Response, edge_infer::engine::InferError> {
         self.engine.infer_blocking(Request {
             model: self.name.clone(),
             stream: Some(stream.to_string()),
@@ -223,7 +223,7 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64, limits: &ModelLimits) -
     }
     let text =
         std::fs::read_to_string(inputs).map_err(|e| format!("cannot read {}: {e}", inputs.display()))?;
-    let list = match serde_json::from_str::<Inputs>(crate::pipeline::strip_bom_str(&text))
+    let list = match serde_json::from_str::<Inputs>(edge_infer::pipeline::strip_bom_str(&text))
         .map_err(|e| format!("{}: expected [{{\"name\", \"input\": [...]}}]: {e}", inputs.display()))?
     {
         Inputs::List(l) | Inputs::Cases { cases: l } => l,

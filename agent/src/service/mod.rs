@@ -25,9 +25,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
 use crate::config::{Config, Overrides};
-use crate::engine::{Engine, LoadedModel};
 use crate::events::{Event, Events, Kind};
 use crate::sources::{self, SensorMessage};
+use edge_infer::engine::{Engine, LoadedModel};
 use health::Health;
 use status::Parts;
 use systemd::Notifier;
@@ -47,7 +47,7 @@ pub enum StartError {
     Model {
         dir: String,
         #[source]
-        source: crate::engine::LoadError,
+        source: edge_infer::engine::LoadError,
     },
     #[error(transparent)]
     Api(#[from] api::BindError),
@@ -80,7 +80,10 @@ pub fn start_engine(config: &Config) -> Result<Arc<Engine>, StartError> {
     Ok(Arc::new(engine))
 }
 
-fn load_model(dir: &std::path::Path, limits: &crate::engine::ModelLimits) -> Result<LoadedModel, StartError> {
+fn load_model(
+    dir: &std::path::Path,
+    limits: &edge_infer::engine::ModelLimits,
+) -> Result<LoadedModel, StartError> {
     let loaded = LoadedModel::load_dir(dir, limits)
         .map_err(|source| StartError::Model { dir: dir.display().to_string(), source })?;
     tracing::info!(

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use super::health::Health;
 use super::systemd::Notifier;
 use crate::config::{Config, Overrides};
-use crate::engine::Engine;
+use edge_infer::engine::Engine;
 
 /// The size and modification time of a model's files, to tell a changed model.
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;

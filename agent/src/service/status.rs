@@ -13,12 +13,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::health::Health;
-use crate::engine::stats::{ErrorEntry, Percentiles};
-use crate::engine::{Engine, ModelReport, PoolReport};
 use crate::fallback::{Fallback, FallbackReport};
 use crate::mqtt::{OutboxReport, OutboxStats};
 use crate::ota::{OtaHandle, OtaStatus};
 use crate::telemetry::Memory;
+use edge_infer::engine::stats::{ErrorEntry, Percentiles};
+use edge_infer::engine::{Engine, ModelReport, PoolReport};
 
 /// The status document.
 #[derive(Debug, Serialize, Deserialize)]

@@ -10,18 +10,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::result::ResultRecord;
-use crate::engine::spec::{ModelSpec, PayloadFormat};
-use crate::engine::{Engine, InferError};
 use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
-use crate::pipeline::{self, Payload, SegmentState, Windower};
 use crate::sources::SensorMessage;
+use edge_infer::engine::spec::{ModelSpec, PayloadFormat};
+use edge_infer::engine::{Engine, InferError};
+use edge_infer::pipeline::{self, Payload, SegmentState, Windower};
 
 /// Windows and post-processing memory of one stream, for what serves it: a loaded model
 /// (by its load id) or a cloud endpoint.
 struct Pipeline {
     serving: u64,
-    window: Option<crate::engine::spec::WindowSpec>,
+    window: Option<edge_infer::engine::spec::WindowSpec>,
     windower: Option<Windower>,
     segment: SegmentState,
     next_index: u64,
@@ -188,7 +188,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
 /// the decoder to report in its own words.
 fn read_envelope(msg: &mut SensorMessage) {
     let Payload::Bytes(bytes) = &msg.payload else { return };
-    let text = crate::pipeline::strip_bom(bytes);
+    let text = edge_infer::pipeline::strip_bom(bytes);
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return;
     }
@@ -200,7 +200,7 @@ fn read_envelope(msg: &mut SensorMessage) {
 }
 
 /// All outputs as `{name: {"shape": [...], "data": [...]}}`.
-pub fn raw_outputs(outputs: &[crate::engine::Output]) -> serde_json::Value {
+pub fn raw_outputs(outputs: &[edge_infer::engine::Output]) -> serde_json::Value {
     let map = outputs
         .iter()
         .map(|o| (o.name.clone(), serde_json::json!({"shape": o.shape, "data": o.values})))

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Engine;
+use edge_infer::engine::Engine;
 
 enum Target {
     Path(PathBuf),

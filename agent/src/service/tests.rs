@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use super::health::Health;
 use super::result::ResultRecord;
 use super::stream;
-use crate::engine::{Engine, EngineConfig, LoadedModel, ModelLimits};
 use crate::events::{Event, Events};
 use crate::fallback::Fallback;
-use crate::pipeline::Payload;
 use crate::sources::{Receipt, SensorMessage, Settled};
+use edge_infer::engine::{Engine, EngineConfig, LoadedModel, ModelLimits};
+use edge_infer::pipeline::Payload;
 
 /// The demo classifier: JSON samples, windows of 256 every 128.
 fn demo_dir() -> PathBuf {

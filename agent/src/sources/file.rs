@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SensorMessage, SourceError, ndjson, replay_lines};
 use crate::config::{FileFormat, FileSource};
-use crate::pipeline::Payload;
+use edge_infer::pipeline::Payload;
 
 /// WAV samples are sent in chunks of this many frames.
 const WAV_CHUNK: usize = 4096;

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceEntry;
-use crate::pipeline::Payload;
+use edge_infer::pipeline::Payload;
 
 pub use file::{rate_mismatch, read_wav};
 pub use receipt::{Receipt, Settled};
@@ -107,7 +107,7 @@ async fn replay_lines<R: AsyncRead + Unpin>(
         number += 1;
         // A file saved with a byte-order mark (common on Windows) carries it before the
         // first line; left there, the line would not parse as JSON or numbers.
-        let line = if number == 1 { crate::pipeline::strip_bom_str(&line) } else { line.as_str() };
+        let line = if number == 1 { edge_infer::pipeline::strip_bom_str(&line) } else { line.as_str() };
         if line.trim().is_empty() {
             continue;
         }

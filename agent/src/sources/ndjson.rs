@@ -3,7 +3,7 @@
 use serde_json::Value;
 
 use super::SensorMessage;
-use crate::pipeline::Payload;
+use edge_infer::pipeline::Payload;
 
 /// Parses a line: a JSON array of numbers, or an object with `data` and optionally
 /// `stream` (overriding `default_stream`) and `reset`.

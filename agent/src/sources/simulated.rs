@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SensorMessage;
 use crate::config::SimulatedSource;
-use crate::pipeline::Payload;
+use edge_infer::pipeline::Payload;
 
 /// A small deterministic generator (SplitMix64): the simulation must replay identically
 /// for a given seed, and needs nothing stronger.

@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::system::{SystemReading, SystemSampler};
 use crate::config::{TelemetryFormat, TelemetrySection};
-use crate::engine::Engine;
 use crate::mqtt::{Mqtt, OutboxReport, OutboxStats};
+use edge_infer::engine::Engine;
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
 /// and `bad_stream`.

@@ -38,6 +38,7 @@ impl OnnxDim {
 /// One graph input or output.
 #[derive(Debug, Clone, Serialize)]
 pub struct OnnxTensor {
+    /// The name in the graph.
     pub name: String,
     /// `f32`, `i64`, ... (the names specs use), or the ONNX type name for other types.
     pub dtype: String,
@@ -48,14 +49,19 @@ pub struct OnnxTensor {
 /// What an ONNX file says about itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct OnnxFile {
+    /// The file read.
     pub file: PathBuf,
+    /// Its size.
     pub bytes: u64,
+    /// The ONNX IR version it was written with.
     pub ir_version: i64,
     /// Producer name and version, as the exporter wrote them.
     pub producer: String,
     /// Operator set versions, by domain (`ai.onnx` for the default domain).
     pub opsets: BTreeMap<String, i64>,
+    /// The main graph's inputs, initializers left out.
     pub inputs: Vec<OnnxTensor>,
+    /// The main graph's outputs.
     pub outputs: Vec<OnnxTensor>,
     /// Nodes of the main graph.
     pub op_count: usize,

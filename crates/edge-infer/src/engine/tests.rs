@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 use super::*;
 
 fn demo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/models/vibration")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/vibration")
 }
 
 fn vad_dir() -> Option<PathBuf> {
     let cache = std::env::var_os("EDGE_TEST_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-cache"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache"));
     let dir = cache.join("models/silero-vad");
     dir.join("model.onnx").is_file().then_some(dir)
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::budget;
 use super::error::SpecError;
-use crate::config::locate::{line_of, line_of_path};
+use crate::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
 pub const SPEC_FILE: &str = "model.toml";
@@ -20,13 +20,21 @@ pub const SPEC_FILE: &str = "model.toml";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// 32-bit float.
     F32,
+    /// 64-bit float.
     F64,
+    /// 64-bit signed integer.
     I64,
+    /// 32-bit signed integer.
     I32,
+    /// 16-bit signed integer.
     I16,
+    /// 8-bit signed integer.
     I8,
+    /// 8-bit unsigned integer.
     U8,
+    /// Boolean.
     Bool,
 }
 
@@ -75,6 +83,7 @@ pub enum InputFrom {
 pub struct InputSpec {
     /// The ONNX graph input's name.
     pub name: String,
+    /// Element type the model takes.
     pub dtype: DType,
     /// Concrete shape, batch included; `[]` for a scalar. A dimension declared as a
     /// range holds its largest size here, so the product bounds every accepted input.
@@ -82,6 +91,7 @@ pub struct InputSpec {
     /// Dimensions declared as a range (`{ min, max, multiple_of }`), by axis. Checks allow
     /// one, on the data input: the engine tells its size from the number of values.
     pub ranges: Vec<(usize, DimRange)>,
+    /// What feeds the input on each call (default: the request's data).
     pub from: InputFrom,
     /// With `from = "state"`: the model output that feeds this input on the next call.
     pub state_output: Option<String>,
@@ -94,8 +104,11 @@ pub struct InputSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DimRange {
+    /// The smallest size.
     pub min: usize,
+    /// The largest size.
     pub max: usize,
+    /// Sizes are multiples of this (default 1).
     #[serde(default = "default_multiple")]
     pub multiple_of: usize,
 }
@@ -361,8 +374,10 @@ pub struct WindowSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageLayout {
+    /// Channels first: `[batch, channels, height, width]` (most ONNX vision models).
     #[default]
     Nchw,
+    /// Channels last: `[batch, height, width, channels]`.
     Nhwc,
 }
 
@@ -393,6 +408,7 @@ pub enum PadPosition {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelOrder {
+    /// Red, green, blue.
     #[default]
     Rgb,
     /// Blue, green, red (models trained on OpenCV-loaded images).
@@ -422,8 +438,10 @@ pub struct ImageSpec {
     /// Per-channel standard deviation divided by after subtracting the mean.
     #[serde(default)]
     pub std: Vec<f32>,
+    /// Where the channels are in the input's shape.
     #[serde(default)]
     pub layout: ImageLayout,
+    /// How the image is brought to the target size.
     #[serde(default)]
     pub resize: ResizeMode,
     /// With `resize = "letterbox"`: the pixel value (0 to 255, before `scale`, `mean`
@@ -433,6 +451,7 @@ pub struct ImageSpec {
     /// With `resize = "letterbox"`: where the image sits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<PadPosition>,
+    /// Order of the colour channels.
     #[serde(default)]
     pub channel_order: ChannelOrder,
 }
@@ -442,7 +461,9 @@ pub struct ImageSpec {
 pub struct ImageGeometry {
     /// The width, or with a range the largest.
     pub width: u32,
+    /// The height.
     pub height: u32,
+    /// 1 (grey) or 3 (colour).
     pub channels: usize,
     /// The widths the input takes, when its width varies.
     pub width_range: Option<DimRange>,
@@ -495,8 +516,10 @@ pub struct PreSpec {
     /// Multiplier applied to every decoded sample (after i16 scaling).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale: Option<f32>,
+    /// Cut a stream of samples into overlapping windows; without, each payload is one input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<WindowSpec>,
+    /// Decode image payloads (`format = "image"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
     /// Sample rate of audio inputs, in Hz: a WAV file at another rate is refused.
@@ -508,7 +531,9 @@ pub struct PreSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SegmentSpec {
+    /// The score at which a segment starts.
     pub on: f32,
+    /// The score below which it ends.
     pub off: f32,
 }
 
@@ -528,6 +553,7 @@ pub enum PostKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostSpec {
+    /// Scores or none (raw outputs).
     #[serde(default)]
     pub kind: PostKind,
     /// The output read by the steps below (default: the model's first output that is not
@@ -586,19 +612,26 @@ fn default_max_payload() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// The model's name: what requests and sources address.
     pub name: String,
+    /// Its version, free text; reported with every result.
     pub version: String,
+    /// A line about what the model does, for status and `model inspect`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// The ONNX file, relative to the spec.
     #[serde(default = "default_model_file")]
     pub file: String,
+    /// The graph inputs, each declared (`[[input]]` in the file).
     #[serde(rename = "input")]
     pub inputs: Vec<InputSpec>,
+    /// Pre-processing (`[pre]`).
     #[serde(default)]
     pub pre: PreSpec,
+    /// Post-processing (`[post]`).
     #[serde(default)]
     pub post: PostSpec,
+    /// Limits on what requests may send (`[limits]`).
     #[serde(default)]
     pub limits: LimitsSpec,
 }
@@ -610,6 +643,7 @@ fn default_model_file() -> String {
 /// A spec read from a model directory, with where it came from.
 #[derive(Debug, Clone)]
 pub struct LoadedSpec {
+    /// The spec.
     pub spec: ModelSpec,
     /// The spec file, for error messages.
     pub path: PathBuf,

@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod error;
+mod load;
 pub mod model;
 pub mod onnx_file;
 pub mod panic;
@@ -31,6 +32,7 @@ use tract_onnx::prelude::*;
 
 pub use budget::ModelLimits;
 pub use error::{InferError, LoadError, SpecError};
+pub use load::check_sizes;
 pub use model::LoadedModel;
 pub use stats::{ModelReport, Percentiles};
 
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
 /// One inference request.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The name of the model to run, as installed.
     pub model: String,
     /// Stream id for stateful models; requests without one share the stream `default`.
     pub stream: Option<String>,
@@ -86,8 +89,11 @@ pub struct Request {
 /// One output tensor, as `f32`.
 #[derive(Debug, Clone)]
 pub struct Output {
+    /// The graph output's name.
     pub name: String,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its values, flat in row-major order.
     pub values: Vec<f32>,
 }
 
@@ -192,14 +198,21 @@ pub struct Engine {
 /// Health of the worker pool, for status reports and watchdogs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PoolReport {
+    /// Worker threads.
     pub threads: usize,
+    /// Requests waiting for a worker.
     pub queue_depth: usize,
+    /// Requests that may wait at most.
     pub queue_capacity: usize,
+    /// Workers running a request now.
     pub busy: usize,
     /// Longest time a worker has been on its current job.
     pub longest_job_ms: u64,
+    /// Requests finished since start, by all workers.
     pub jobs_done: u64,
+    /// Streams holding recurrent state.
     pub live_streams: usize,
+    /// Streams whose state was dropped to make room for newer ones.
     pub streams_evicted: u64,
 }
 

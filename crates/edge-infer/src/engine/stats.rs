@@ -10,9 +10,13 @@ use serde::Serialize;
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
+    /// Median.
     pub p50_ms: f64,
+    /// 95th percentile.
     pub p95_ms: f64,
+    /// 99th percentile.
     pub p99_ms: f64,
+    /// Largest.
     pub max_ms: f64,
 }
 
@@ -74,6 +78,7 @@ impl Latency {
 /// Counts of one model since start.
 #[derive(Debug, Clone, Default)]
 pub struct ModelStats {
+    /// Requests answered.
     pub ok: u64,
     /// Failed requests by error kind (bad_input, run_failed, panic, ...).
     pub errors: BTreeMap<&'static str, u64>,
@@ -88,19 +93,28 @@ pub struct ModelStats {
 /// A snapshot for reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelReport {
+    /// Requests answered.
     pub ok: u64,
+    /// Failed requests by error kind (bad_input, run_failed, panic, ...).
     pub errors: BTreeMap<&'static str, u64>,
+    /// Requests turned away before running (queue full, deadline, shutdown).
     pub rejected: BTreeMap<&'static str, u64>,
+    /// Time from submission to result.
     pub latency: Percentiles,
+    /// Time spent inside the model run alone.
     pub run: Percentiles,
 }
 
 /// One recent failure, for status reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorEntry {
+    /// When it happened, RFC 3339 with milliseconds.
     pub ts: String,
+    /// The model.
     pub model: String,
+    /// The error's kind ([`InferError::kind`](super::InferError::kind)).
     pub kind: &'static str,
+    /// The error message.
     pub message: String,
 }
 

@@ -1,0 +1,515 @@
+//! Loading a model, step by step: read and parse the file, match its inputs and outputs
+//! to the spec by name, check the declared types and shapes, fix the inputs to the spec,
+//! analyse, check the working memory against the device's limit, optimise, plan. Each
+//! step reports every problem it finds at once, with the file it is in.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+
+use super::budget::{self, MemoryEstimate, ModelLimits};
+use super::error::LoadError;
+use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
+use super::panic::contain;
+use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
+use crate::pipeline::PostProcessor;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl LoadedModel {
+    /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
+    pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        let spec = ModelSpec::load_dir(dir)?;
+        Self::load(spec, dir, limits)
+    }
+
+    /// Loads the model a spec names, checks the two agree and that the model fits
+    /// `limits`, and optimises it.
+    pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        check_sizes(&loaded, limits)?;
+        let LoadedSpec { spec, path: spec_path, model_path } = loaded;
+        let parsed = read_onnx(&model_path)?;
+        let at = Files { spec: &spec_path, model: &model_path, bytes: parsed.file_bytes };
+        let graph = graph_names(&parsed.model).map_err(|e| at.parse(format!("{e:#}")))?;
+        let post_output = match_names(&spec, &graph).map_err(|problems| at.mismatch(problems))?;
+        check_declared(&parsed.model, &graph, &spec, &at)?;
+        let fixed = fix_inputs(parsed.model, &graph, &spec, &at)?;
+
+        let started = Instant::now();
+        let typed = analyse(fixed.model, &graph, &spec, &at)?;
+        if spec.post.kind == PostKind::Scores
+            && let Some(problem) = labels_problem(&typed, post_output, &graph.outputs, &spec)
+        {
+            return Err(at.mismatch(vec![problem]));
+        }
+        let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
+        let typed = optimise(typed, &at)?;
+        let optimise_ms = ms(started);
+
+        let ops = op_counts(&typed);
+        let op_count = typed.nodes().len();
+        let (inputs, outputs) = tensor_infos(&typed, graph);
+        let plan = plan(typed, &at)?;
+
+        Ok(LoadedModel {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            post: PostProcessor::new(&spec.post),
+            spec,
+            dir: dir.to_path_buf(),
+            inputs,
+            outputs,
+            info: LoadInfo {
+                file_bytes: parsed.file_bytes,
+                load_ms: parsed.load_ms,
+                optimise_ms,
+                op_count,
+                ops,
+                memory,
+                memory_limit_bytes: limits.max_bytes,
+            },
+            plan,
+            feeds: fixed.feeds,
+            state_outputs: fixed.state_outputs,
+            post_output,
+        })
+    }
+}
+
+/// Milliseconds since `since`.
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Where a load's errors point: the spec, and the model file it names with its size.
+struct Files<'a> {
+    spec: &'a Path,
+    model: &'a Path,
+    bytes: u64,
+}
+
+impl Files<'_> {
+    /// The model file is not a usable ONNX model.
+    fn parse(&self, reason: String) -> LoadError {
+        LoadError::Parse { path: self.model.to_path_buf(), bytes: self.bytes, reason }
+    }
+
+    /// The spec and the model disagree.
+    fn mismatch(&self, problems: Vec<String>) -> LoadError {
+        LoadError::Mismatch {
+            spec: self.spec.to_path_buf(),
+            path: self.model.to_path_buf(),
+            problems: problems.join("\n  "),
+        }
+    }
+
+    /// tract cannot prepare the model.
+    fn optimise(&self, e: impl std::fmt::Display) -> LoadError {
+        LoadError::Optimise { path: self.model.to_path_buf(), reason: format!("{e:#}") }
+    }
+
+    /// tract panicked at `stage`.
+    fn panic(&self, stage: &'static str) -> impl Fn(String) -> LoadError + '_ {
+        move |message| LoadError::Panic { path: self.model.to_path_buf(), stage, message }
+    }
+}
+
+/// The model file, parsed: tract's graph before analysis.
+struct Parsed {
+    model: InferenceModel,
+    file_bytes: u64,
+    load_ms: f64,
+}
+
+/// Reads the model file whole and parses it. The bytes are dropped once parsed.
+fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let parse_err =
+        |reason: String| LoadError::Parse { path: path.to_path_buf(), bytes: bytes.len() as u64, reason };
+    if bytes.is_empty() {
+        return Err(parse_err("the file is empty".into()));
+    }
+    let started = Instant::now();
+    let model = contain(|| onnx().model_for_read(&mut bytes.as_slice()))
+        .map_err(|message| LoadError::Panic { path: path.to_path_buf(), stage: "parsing", message })?
+        .map_err(|e| parse_err(format!("{e:#}")))?;
+    Ok(Parsed { model, file_bytes: bytes.len() as u64, load_ms: ms(started) })
+}
+
+/// The graph's input and output names, in graph order.
+struct GraphNames {
+    inputs: Vec<String>,
+    /// An output without a label is `output_N`.
+    outputs: Vec<String>,
+}
+
+fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
+    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let outputs = model
+        .output_outlets()?
+        .iter()
+        .enumerate()
+        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
+        .collect();
+    Ok(GraphNames { inputs, outputs })
+}
+
+/// Matches graph inputs and outputs to the spec's by name, every mismatch at once, and
+/// finds the output post-processing reads (its index).
+fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize, Vec<String>> {
+    let mut problems = Vec::new();
+    for name in &graph.inputs {
+        if !spec.inputs.iter().any(|i| &i.name == name) {
+            problems.push(format!(
+                "model input `{name}` is not declared; add an [[input]] with name = \"{name}\""
+            ));
+        }
+    }
+    for input in &spec.inputs {
+        if !graph.inputs.contains(&input.name) {
+            problems.push(format!(
+                "input `{}` is not an input of the model (its inputs: {})",
+                input.name,
+                graph.inputs.join(", ")
+            ));
+        }
+        if let Some(out) = &input.state_output
+            && !graph.outputs.contains(out)
+        {
+            problems.push(format!(
+                "input `{}`: state_output `{out}` is not an output of the model (its outputs: {})",
+                input.name,
+                graph.outputs.join(", ")
+            ));
+        }
+    }
+    let post_output = match &spec.post.output {
+        Some(name) => match graph.outputs.iter().position(|o| o == name) {
+            Some(ix) => ix,
+            None => {
+                problems.push(format!(
+                    "post.output `{name}` is not an output of the model (its outputs: {})",
+                    graph.outputs.join(", ")
+                ));
+                0
+            }
+        },
+        None => graph
+            .outputs
+            .iter()
+            .position(|o| !spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(o)))
+            .unwrap_or(0),
+    };
+    if problems.is_empty() { Ok(post_output) } else { Err(problems) }
+}
+
+/// The declared dtypes and shapes against what the model file says about its inputs,
+/// every mismatch at once.
+fn check_declared(
+    model: &InferenceModel,
+    graph: &GraphNames,
+    spec: &ModelSpec,
+    at: &Files,
+) -> Result<(), LoadError> {
+    let mut problems = Vec::new();
+    for (ix, name) in graph.inputs.iter().enumerate() {
+        let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
+        let fact = model.input_fact(ix).map_err(|e| at.parse(format!("{e:#}")))?;
+        if let Some(dt) = fact.datum_type.concretize()
+            && dt != datum_type(input.dtype)
+        {
+            problems.push(format!(
+                "input `{name}` is declared {} but the model takes {dt:?}; set dtype accordingly",
+                input.dtype.name()
+            ));
+        }
+        if let Some(dims) = fact.shape.concretize() {
+            let rank_ok = dims.len() == input.shape.len();
+            let dims_ok = rank_ok
+                && dims.iter().zip(&input.shape).enumerate().all(|(axis, (d, want))| {
+                    match (d.to_i64(), input.ranges.iter().any(|(a, _)| *a == axis)) {
+                        // A range needs a dimension the model leaves open.
+                        (Ok(_), true) => false,
+                        (Ok(n), false) => n == *want as i64,
+                        (Err(_), _) => true, // symbolic: any concrete size fits
+                    }
+                });
+            if !dims_ok {
+                let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+                problems.push(format!(
+                    "input `{name}` is declared {} but the model takes [{}]",
+                    input.shape_text(),
+                    shown.join(", ")
+                ));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(at.mismatch(problems)) }
+}
+
+/// The graph with every input fixed to the spec's type and shape, and what feeds it.
+struct Fixed {
+    model: InferenceModel,
+    feeds: Vec<Feed>,
+    state_outputs: Vec<usize>,
+    /// A range dimension's symbol and the largest size it takes: memory is reckoned there.
+    widest: SymbolValues,
+}
+
+/// Fixes every input's fact to the spec's concrete type and shape (a range dimension
+/// stays a symbol), and builds each input's feed: data, state slot or constant.
+fn fix_inputs(
+    mut model: InferenceModel,
+    graph: &GraphNames,
+    spec: &ModelSpec,
+    at: &Files,
+) -> Result<Fixed, LoadError> {
+    let mut feeds = Vec::new();
+    let mut state_outputs = Vec::new();
+    let mut widest = SymbolValues::default();
+    for (ix, name) in graph.inputs.iter().enumerate() {
+        let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
+        let fact = match input.range() {
+            None => InferenceFact::dt_shape(datum_type(input.dtype), input.shape.clone()),
+            Some((axis, range)) => {
+                // The varying dimension stays a symbol: the graph is optimised once for
+                // every size, and tract resolves the symbol from each call's input.
+                let sym = model.symbols.new_with_prefix("edge_dim");
+                widest = widest.with(&sym, range.max as i64);
+                for bound in [format!("{sym}>={}", range.min), format!("{sym}<={}", range.max)] {
+                    // Bounds only help the optimiser; a model runs without them.
+                    if let Err(e) = model.symbols.add_assertion(bound) {
+                        tracing::debug!(error = %e, "cannot tell tract the range's bounds");
+                    }
+                }
+                let dims: TVec<TDim> = input
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| if i == axis { TDim::Sym(sym.clone()) } else { TDim::from(*n) })
+                    .collect();
+                InferenceFact::dt_shape(datum_type(input.dtype), dims)
+            }
+        };
+        model = model
+            .with_input_fact(ix, fact)
+            .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
+        let shape = input.shape.clone();
+        let feed = match input.from {
+            InputFrom::Data => Feed::Data { dtype: input.dtype, shape, varies: !input.ranges.is_empty() },
+            InputFrom::State => {
+                let out = input.state_output.as_deref().unwrap_or_default();
+                let out_ix = graph.outputs.iter().position(|o| o == out).unwrap_or(0);
+                state_outputs.push(out_ix);
+                // Built in the input's own type: an f64 buffer to cast from would take up
+                // to eight times the bytes the limit was checked for.
+                let zeros = Tensor::zero_dt(datum_type(input.dtype), &shape)
+                    .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
+                Feed::State { slot: state_outputs.len() - 1, zeros: Arc::new(zeros) }
+            }
+            InputFrom::Const => {
+                let values = input.value.clone().unwrap_or_default();
+                let t = tensor_from_f64(input.dtype, &shape, &values)
+                    .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
+                Feed::Const(Arc::new(t))
+            }
+        };
+        feeds.push(feed);
+    }
+    Ok(Fixed { model, feeds, state_outputs, widest })
+}
+
+/// Types the graph at the spec's shapes (tract's analysis), first, so that the model's
+/// working memory is known before optimisation and the run plan allocate for it. A
+/// failure that the data input's strides explain is reported as such.
+fn analyse(
+    model: InferenceModel,
+    graph: &GraphNames,
+    spec: &ModelSpec,
+    at: &Files,
+) -> Result<TypedModel, LoadError> {
+    let analysed = model.clone();
+    match contain(move || analysed.into_typed()).map_err(at.panic("analysing"))? {
+        Ok(typed) => Ok(typed),
+        Err(e) => match stride_problem(&model, &graph.inputs, spec) {
+            Some(problem) => Err(at.mismatch(vec![problem])),
+            None => Err(at.optimise(e)),
+        },
+    }
+}
+
+/// The typed model's estimated working memory, against `limits`.
+fn check_memory(
+    typed: &TypedModel,
+    widest: &SymbolValues,
+    limits: &ModelLimits,
+    at: &Files,
+) -> Result<MemoryEstimate, LoadError> {
+    let memory = MemoryEstimate::of_with(typed, widest).map_err(|e| at.optimise(e))?;
+    if memory.total() > limits.max_bytes {
+        let what = format!(
+            "the model's estimated working memory ({} of weights, {} of tensors at its peak, at the spec's shapes)",
+            budget::human(memory.weights_bytes),
+            budget::human(memory.peak_tensor_bytes)
+        );
+        return Err(LoadError::TooLarge {
+            path: at.model.to_path_buf(),
+            what,
+            bytes: memory.total(),
+            limit: limits.max_bytes,
+            instead: "declare a smaller shape",
+        });
+    }
+    Ok(memory)
+}
+
+/// tract's optimisation of the typed graph.
+fn optimise(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
+    contain(move || typed.into_optimized()).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
+}
+
+/// The run plan worker threads spawn their run state from.
+fn plan(typed: TypedModel, at: &Files) -> Result<Arc<TypedSimplePlan>, LoadError> {
+    contain(move || typed.into_runnable()).map_err(at.panic("planning"))?.map_err(|e| at.optimise(e))
+}
+
+/// What the optimised graph's inputs and outputs look like, named as in the file.
+fn tensor_infos(typed: &TypedModel, graph: GraphNames) -> (Vec<TensorInfo>, Vec<TensorInfo>) {
+    let describe = |outlet: OutletId, name: String| -> TensorInfo {
+        let (dtype, shape, dims) = match typed.outlet_fact(outlet) {
+            Ok(f) => (
+                format!("{:?}", f.datum_type).to_lowercase(),
+                f.shape.as_concrete().map(|s| s.to_vec()).unwrap_or_default(),
+                f.shape.as_concrete().is_none().then(|| f.shape.iter().map(|d| d.to_string()).collect()),
+            ),
+            Err(_) => ("unknown".into(), vec![], None),
+        };
+        TensorInfo { name, dtype, shape, dims }
+    };
+    let outlets = |list: TractResult<&[OutletId]>| list.map(|l| l.to_vec()).unwrap_or_default();
+    let inputs =
+        outlets(typed.input_outlets()).into_iter().zip(graph.inputs).map(|(o, n)| describe(o, n)).collect();
+    let outputs =
+        outlets(typed.output_outlets()).into_iter().zip(graph.outputs).map(|(o, n)| describe(o, n)).collect();
+    (inputs, outputs)
+}
+
+/// Operator name → number of nodes.
+fn op_counts(typed: &TypedModel) -> BTreeMap<String, usize> {
+    let mut ops = BTreeMap::new();
+    for node in typed.nodes() {
+        *ops.entry(node.op.name().to_string()).or_insert(0) += 1;
+    }
+    ops
+}
+
+/// The sizes a spec and its model file declare, against `limits`, before anything of
+/// that size is allocated: each declared input, the inputs together, then the file
+/// (which a load reads whole). The first part of every load; `registry publish` runs it
+/// before it packs the directory.
+pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), LoadError> {
+    let too_large = |path: &Path, what: String, bytes: u64, instead: &'static str| LoadError::TooLarge {
+        path: path.to_path_buf(),
+        what,
+        bytes,
+        limit: limits.max_bytes,
+        instead,
+    };
+    let smaller_shape = "declare a smaller shape";
+    let mut inputs_bytes = 0u64;
+    for input in &loaded.spec.inputs {
+        // A checked spec has no shape past u64; saturate rather than trust that here.
+        let bytes = input.bytes().unwrap_or(u64::MAX);
+        if bytes > limits.max_bytes {
+            let what = format!("input `{}` {:?} of {}", input.name, input.shape, input.dtype.name());
+            return Err(too_large(&loaded.path, what, bytes, smaller_shape));
+        }
+        inputs_bytes = inputs_bytes.saturating_add(bytes);
+    }
+    if inputs_bytes > limits.max_bytes {
+        let what = "the declared inputs together".to_string();
+        return Err(too_large(&loaded.path, what, inputs_bytes, smaller_shape));
+    }
+    let file_bytes = std::fs::metadata(&loaded.model_path)
+        .map_err(|source| LoadError::Read { path: loaded.model_path.clone(), source })?
+        .len();
+    if file_bytes > limits.max_bytes {
+        let what = "the model file".to_string();
+        return Err(too_large(&loaded.model_path, what, file_bytes, "use a smaller model"));
+    }
+    Ok(())
+}
+
+/// When post-processing names classes, their number must be what the post output holds:
+/// otherwise some classes are reported without a name (or names never appear).
+fn labels_problem(typed: &TypedModel, output: usize, names: &[String], spec: &ModelSpec) -> Option<String> {
+    let labels = spec.post.labels.len();
+    if labels == 0 {
+        return None;
+    }
+    let shape = typed.output_fact(output).ok()?.shape.as_concrete()?.to_vec();
+    let name = names.get(output).map(String::as_str).unwrap_or("?");
+    let values = budget::elements(&shape)?;
+    if values == 1 && labels != 2 {
+        Some(format!(
+            "post.labels has {labels} name(s) but output `{name}` {shape:?} is a single score: give two labels (below post.threshold, and at or above it) or none"
+        ))
+    } else if values > 1 && labels != values {
+        Some(format!(
+            "post.labels has {labels} name(s) but output `{name}` {shape:?} holds {values} classes: give one label per class, in class order"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why a graph does not type at the spec's shape, when the reason is that the data
+/// input's spatial dimensions must be multiples of something: detection and
+/// segmentation models downsample by their strides and merge the scales back, which
+/// only lines up when each side is a multiple of the total stride. tract reports this as
+/// a failed unification deep in the graph; this finds the multiple by typing the model
+/// again at rounded-up shapes (a few analyses, on the failure path only).
+fn stride_problem(model: &InferenceModel, graph_inputs: &[String], spec: &ModelSpec) -> Option<String> {
+    let input = spec.inputs.iter().find(|i| i.from == InputFrom::Data)?;
+    let ix = graph_inputs.iter().position(|n| *n == input.name)?;
+    let rank = input.shape.len();
+    // ONNX convolutions take channels first; an NHWC image input is transposed inside.
+    let axes: Vec<usize> = match &spec.pre.image {
+        Some(img) if img.layout == ImageLayout::Nhwc && rank == 4 => vec![1, 2],
+        _ if rank >= 3 => (2..rank).collect(),
+        _ => return None,
+    };
+    let axes: Vec<usize> = axes.into_iter().filter(|a| input.shape[*a] > 1).collect();
+    for multiple in [2usize, 4, 8, 16, 32, 64, 128, 256] {
+        if axes.iter().all(|a| input.shape[*a] % multiple == 0) {
+            continue;
+        }
+        let up = rounded(input, &axes, |d| d.div_ceil(multiple).saturating_mul(multiple));
+        let fact = InferenceFact::dt_shape(datum_type(input.dtype), up.clone());
+        let Ok(trial) = model.clone().with_input_fact(ix, fact) else { return None };
+        if !matches!(contain(move || trial.into_typed()), Ok(Ok(_))) {
+            continue;
+        }
+        let off: Vec<String> =
+            axes.iter().filter(|a| input.shape[**a] % multiple != 0).map(|a| a.to_string()).collect();
+        let down = rounded(input, &axes, |d| (d / multiple).max(1) * multiple);
+        let choice = if down == up { format!("{up:?}") } else { format!("{down:?} or {up:?}") };
+        return Some(format!(
+            "input `{}` is declared {:?}, but the model needs dimension{} {} to be a multiple of {multiple} (its layers downsample by {multiple} and merge the scales back): declare {choice}",
+            input.name,
+            input.shape,
+            if off.len() == 1 { "" } else { "s" },
+            off.join(" and "),
+        ));
+    }
+    None
+}
+
+/// The input's shape with `f` applied to the dimensions at `axes`.
+fn rounded(input: &InputSpec, axes: &[usize], f: impl Fn(usize) -> usize) -> Vec<usize> {
+    input.shape.iter().enumerate().map(|(a, d)| if axes.contains(&a) { f(*d) } else { *d }).collect()
+}

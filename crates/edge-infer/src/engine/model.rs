@@ -1,0 +1,196 @@
+//! One loaded model: the ONNX graph checked against its spec, optimised once for the
+//! spec's concrete shapes, and runnable from any worker thread.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tract_onnx::prelude::*;
+
+use super::budget::MemoryEstimate;
+use super::spec::{DType, ModelSpec};
+use crate::pipeline::PostProcessor;
+
+/// Converts a spec dtype to tract's.
+pub fn datum_type(dt: DType) -> DatumType {
+    match dt {
+        DType::F32 => f32::datum_type(),
+        DType::F64 => f64::datum_type(),
+        DType::I64 => i64::datum_type(),
+        DType::I32 => i32::datum_type(),
+        DType::I16 => i16::datum_type(),
+        DType::I8 => i8::datum_type(),
+        DType::U8 => u8::datum_type(),
+        DType::Bool => bool::datum_type(),
+    }
+}
+
+/// Builds a tensor of `dt` and `shape` from f64 values (consts, zeros).
+pub fn tensor_from_f64(dt: DType, shape: &[usize], values: &[f64]) -> TractResult<Tensor> {
+    let t = Tensor::from_shape(shape, values)?;
+    t.cast_to_dt(datum_type(dt)).map(|c| c.into_owned())
+}
+
+/// Builds a tensor of `dt` and `shape` from f32 values (request data).
+pub fn tensor_from_f32(dt: DType, shape: &[usize], values: &[f32]) -> TractResult<Tensor> {
+    let t = Tensor::from_shape(shape, values)?;
+    if dt == DType::F32 { Ok(t) } else { t.cast_to_dt(datum_type(dt)).map(|c| c.into_owned()) }
+}
+
+/// What one input or output looks like, for `model inspect` and metadata endpoints.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorInfo {
+    /// The graph input's or output's name.
+    pub name: String,
+    /// Element type, as tract names it, lower case (`f32`, `i64`, ...).
+    pub dtype: String,
+    /// The concrete shape; empty when a dimension is symbolic (see `dims`).
+    pub shape: Vec<usize>,
+    /// Every dimension as text, when one is symbolic (an input declared with a range,
+    /// and what follows from it): `["1", "edge_dim", "3"]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dims: Option<Vec<String>>,
+}
+
+/// Facts measured while loading, for `model inspect` and status.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadInfo {
+    /// Size of the ONNX file.
+    pub file_bytes: u64,
+    /// Time to parse the file.
+    pub load_ms: f64,
+    /// Time to type, check and optimise the graph.
+    pub optimise_ms: f64,
+    /// Nodes after optimisation.
+    pub op_count: usize,
+    /// Operator name → number of nodes, after optimisation.
+    pub ops: BTreeMap<String, usize>,
+    /// What the model needs in memory, estimated before optimisation.
+    pub memory: MemoryEstimate,
+    /// The device's limit it was checked against.
+    pub memory_limit_bytes: u64,
+}
+
+/// A model ready to run.
+pub struct LoadedModel {
+    /// Unique per load, so worker threads can cache per-model run state.
+    pub id: u64,
+    /// The spec the model was loaded with.
+    pub spec: ModelSpec,
+    /// The model directory.
+    pub dir: PathBuf,
+    /// The graph's inputs, in graph order, after optimisation.
+    pub inputs: Vec<TensorInfo>,
+    /// The graph's outputs, in graph order, after optimisation.
+    pub outputs: Vec<TensorInfo>,
+    /// What loading measured.
+    pub info: LoadInfo,
+    pub(super) plan: Arc<TypedSimplePlan>,
+    /// For each graph input, in graph order: what feeds it.
+    pub(super) feeds: Vec<Feed>,
+    /// Graph output index feeding each state slot, in state-slot order.
+    pub(super) state_outputs: Vec<usize>,
+    /// Index of the output read by post-processing.
+    pub(super) post_output: usize,
+    /// The spec's post-processing, built once rather than per request.
+    pub(super) post: PostProcessor,
+}
+
+/// What feeds one graph input on each call.
+pub(super) enum Feed {
+    Data {
+        dtype: DType,
+        shape: Vec<usize>,
+        /// A dimension is a range: the call's shape comes from its number of values.
+        varies: bool,
+    },
+    /// Slot in the stream's state vector; `zeros` is the first call's value.
+    State {
+        slot: usize,
+        zeros: Arc<Tensor>,
+    },
+    Const(Arc<Tensor>),
+}
+
+impl LoadedModel {
+    /// The model name from the spec.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The model version from the spec.
+    pub fn version(&self) -> &str {
+        &self.spec.version
+    }
+
+    /// Whether the model carries recurrent state between calls of a stream.
+    pub fn is_stateful(&self) -> bool {
+        !self.state_outputs.is_empty()
+    }
+
+    /// Index of the output read by post-processing.
+    pub fn post_output(&self) -> usize {
+        self.post_output
+    }
+
+    /// The model's post-processing.
+    pub fn post(&self) -> &PostProcessor {
+        &self.post
+    }
+
+    /// Whether the output `name` is recurrent state (fed back, not an answer).
+    pub fn is_state_output(&self, name: &str) -> bool {
+        self.spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(name))
+    }
+
+    /// A fresh run state; worker threads keep one per model to avoid re-allocating the
+    /// plan's buffers on every call.
+    pub fn spawn_state(&self) -> TractResult<TypedSimpleState> {
+        self.plan.spawn()
+    }
+
+    /// Builds the graph inputs for one call: `data` (already checked for length) plus the
+    /// stream's state (or zeros) and constants. An f32 input takes `data` without a copy.
+    pub fn assemble(&self, data: Vec<f32>, state: Option<&[TValue]>) -> TractResult<TVec<TValue>> {
+        let mut inputs = TVec::with_capacity(self.feeds.len());
+        let mut data = Some(data);
+        for feed in &self.feeds {
+            let value: TValue = match feed {
+                Feed::Data { dtype, shape, varies } => {
+                    let values = data.take().unwrap_or_default();
+                    let shape = if *varies {
+                        let input = self.spec.data_input();
+                        std::borrow::Cow::Owned(input.shape_for(values.len()).ok_or_else(|| {
+                            TractError::msg(format!(
+                                "{} values fit no shape of input `{}` {}",
+                                values.len(),
+                                input.name,
+                                input.shape_text()
+                            ))
+                        })?)
+                    } else {
+                        std::borrow::Cow::Borrowed(shape)
+                    };
+                    if *dtype == DType::F32 {
+                        tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), values)?.into_tensor().into()
+                    } else {
+                        tensor_from_f32(*dtype, &shape, &values)?.into()
+                    }
+                }
+                Feed::State { slot, zeros } => match state.and_then(|s| s.get(*slot)) {
+                    Some(v) => v.clone(),
+                    None => TValue::from_const(zeros.clone()),
+                },
+                Feed::Const(t) => TValue::from_const(t.clone()),
+            };
+            inputs.push(value);
+        }
+        Ok(inputs)
+    }
+
+    /// Picks the stream's next state out of one call's outputs.
+    pub fn next_state(&self, outputs: &TVec<TValue>) -> Vec<TValue> {
+        self.state_outputs.iter().filter_map(|ix| outputs.get(*ix).cloned()).collect()
+    }
+}

@@ -1,0 +1,96 @@
+//! One model directory run the way the agent runs a stream, for programs that want a
+//! model's answers without the agent's sources, MQTT or HTTP: payloads are decoded by
+//! the spec's pre-processing, cut into the spec's windows, run on an engine of their
+//! own, and post-processed into answers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::engine::{Engine, EngineConfig, InferError, LoadError, LoadedModel, Output, Request};
+use crate::pipeline::{self, Payload, SegmentState, Windower};
+
+/// How long one window may wait for a worker. A runner feeds its engine one window at a
+/// time, so this bounds a stuck run, not a queue.
+const WINDOW_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A loaded model and one stream's state: its windower, its segment hysteresis and its
+/// recurrent state (kept by the engine under the stream `default`).
+pub struct Runner {
+    engine: Engine,
+    model: Arc<LoadedModel>,
+    windower: Option<Windower>,
+    segment: SegmentState,
+    /// Index of the next answer when the spec cuts no windows (one per payload).
+    next_index: u64,
+}
+
+/// The answer to one model input (one window, or one payload without windows).
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// Index of the input in the stream, from 0.
+    pub window: u64,
+    /// Stream offset of the window's first new sample; `None` without windows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The post-processed answer (`class`, `label`, `score`, `top`, ...), as in the
+    /// agent's results; empty with `post.kind = "none"`, where `raw` is the answer.
+    pub outputs: Map<String, Value>,
+    /// Every output tensor of the model, in graph order.
+    #[serde(skip)]
+    pub raw: Vec<Output>,
+}
+
+impl Runner {
+    /// Loads `dir` (its `model.toml` and the model it names) within `config`'s model
+    /// limits, and starts an engine of `config`'s size for it.
+    pub fn open(dir: &Path, config: &EngineConfig) -> Result<Runner, LoadError> {
+        let model = LoadedModel::load_dir(dir, &config.model_limits)?;
+        let windower = model.spec.pre.window.as_ref().map(Windower::new);
+        let engine = Engine::start(config);
+        let model = engine.install(model);
+        Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0 })
+    }
+
+    /// The model being run.
+    pub fn model(&self) -> &LoadedModel {
+        &self.model
+    }
+
+    /// Decodes one payload and answers every input it completes: with windows, none
+    /// until a window fills, then one per window; without, one per payload. Blocks the
+    /// calling thread while the model runs.
+    pub fn push(&mut self, payload: Payload) -> Result<Vec<Answer>, InferError> {
+        let model = self.model.clone();
+        let name = model.name().to_string();
+        let values = pipeline::decode(&model.spec, payload)
+            .map_err(|source| InferError::Input { model: name.clone(), source })?;
+        let inputs: Vec<(Vec<f32>, u64, Option<u64>)> = match self.windower.as_mut() {
+            Some(w) => w.push(&values).into_iter().map(|w| (w.data, w.index, Some(w.offset))).collect(),
+            None => {
+                self.next_index += 1;
+                vec![(values, self.next_index - 1, None)]
+            }
+        };
+        let mut answers = Vec::with_capacity(inputs.len());
+        for (data, window, offset) in inputs {
+            let request = Request {
+                model: name.clone(),
+                stream: None,
+                data,
+                deadline: Instant::now() + WINDOW_DEADLINE,
+                reset: false,
+            };
+            let response = self.engine.submit_to(model.clone(), request)?.wait_blocking()?;
+            let outputs = model.post().apply(response.post_values(), window, Some(&mut self.segment));
+            answers.push(Answer { window, offset, outputs, raw: response.outputs });
+        }
+        Ok(answers)
+    }
+}
+
+#[cfg(test)]
+mod tests;
