@@ -298,46 +298,15 @@ impl Fetcher {
     ) -> Result<Downloaded, FetchError> {
         let started = Instant::now();
         let url = self.url_for(path)?;
-        let io_err = |source: io::Error| FetchError::Io { path: partial.to_path_buf(), source };
-
-        let mut existing = match tokio::fs::metadata(partial).await {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(e)),
+        let job = Transfer { url: &url, partial, expected_len, started };
+        let Some(mut at) = resume_point(&job, expected_sha256).await? else {
+            progress(expected_len, expected_len);
+            return Ok(Downloaded {
+                bytes: expected_len,
+                resumed_from: expected_len,
+                elapsed: started.elapsed(),
+            });
         };
-        if existing > expected_len {
-            // Longer than the signed length: it cannot be a prefix of this target.
-            tokio::fs::remove_file(partial).await.map_err(io_err)?;
-            existing = 0;
-        }
-
-        let dir = staging_dir(partial);
-        let need = (expected_len - existing).saturating_add(SPACE_MARGIN);
-        let free = crate::telemetry::free_space(&dir)
-            .map_err(|source| FetchError::Io { path: dir.clone(), source })?;
-        if free < need {
-            return Err(FetchError::NoSpace { dir, need, free });
-        }
-
-        // The partial's bytes are hashed rather than trusted: they may come from
-        // an earlier attempt against a server that has since been fixed.
-        let mut hasher = digest::Context::new(&digest::SHA256);
-        if existing > 0 {
-            (hasher, existing) = hash_prefix(partial).await.map_err(io_err)?;
-        }
-        if existing == expected_len && existing > 0 {
-            if hasher.clone().finish().as_ref() == expected_sha256 {
-                progress(existing, expected_len);
-                return Ok(Downloaded {
-                    bytes: expected_len,
-                    resumed_from: existing,
-                    elapsed: started.elapsed(),
-                });
-            }
-            tokio::fs::remove_file(partial).await.map_err(io_err)?;
-            existing = 0;
-            hasher = digest::Context::new(&digest::SHA256);
-        }
 
         // A kept prefix is only proven right by the hash of the whole file. When a resumed
         // download does not hash (an earlier server or cache answered with other bytes),
@@ -345,18 +314,8 @@ impl Fetcher {
         // leaving it to the next one.
         let mut first_attempt = true;
         loop {
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(partial)
-                .await
-                .map_err(io_err)?;
-            file.set_len(existing).await.map_err(io_err)?;
-            file.seek(SeekFrom::Start(existing)).await.map_err(io_err)?;
-
-            let job = Transfer { url: &url, partial, expected_len, started };
-            let result = self.transfer(&job, &mut file, existing, hasher, progress).await;
+            let mut file = open_at(partial, at.offset).await.map_err(|e| job.io_err(e))?;
+            let result = self.transfer(&job, &mut file, at, progress).await;
             // tokio's File finishes writes in the background; flush so the partial
             // on disk is exactly what was counted, for the next resume.
             let flushed = file.flush().await;
@@ -370,18 +329,17 @@ impl Fetcher {
                     return Err(e);
                 }
             };
-            flushed.map_err(io_err)?;
+            flushed.map_err(|e| job.io_err(e))?;
 
             let got = done.finish();
             if got.as_ref() != expected_sha256 {
                 drop(file);
                 // A wrong file must not be resumed from.
-                tokio::fs::remove_file(partial).await.map_err(io_err)?;
+                tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
                 if resumed_from > 0 && first_attempt {
                     tracing::warn!(%url, resumed_from, "a resumed download does not hash; downloading it whole");
                     first_attempt = false;
-                    existing = 0;
-                    hasher = digest::Context::new(&digest::SHA256);
+                    at = Written::empty();
                     continue;
                 }
                 return Err(FetchError::HashMismatch {
@@ -392,24 +350,22 @@ impl Fetcher {
             }
             // The caller renames the file into place next; without fsync a power
             // cut could leave a renamed but empty or short file.
-            file.sync_all().await.map_err(io_err)?;
+            file.sync_all().await.map_err(|e| job.io_err(e))?;
             return Ok(Downloaded { bytes: expected_len, resumed_from, elapsed: started.elapsed() });
         }
     }
 
     /// Requests the rest of the target and streams it into `file` (positioned
-    /// at `offset`). Returns the hash context over the whole file and the
+    /// at `at.offset`). Returns the hash context over the whole file and the
     /// offset the transfer resumed from.
     async fn transfer(
         &self,
         job: &Transfer<'_>,
         file: &mut tokio::fs::File,
-        offset: u64,
-        hasher: digest::Context,
+        mut at: Written,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(digest::Context, u64), FetchError> {
         let deadline = job.started + self.inner.limits.download_timeout;
-        let mut at = Written { offset, hasher };
         let resp = self.request_rest(job, file, &mut at, deadline).await?;
         let resumed_from = at.offset;
         if resp.content_length().is_some_and(|len| len > job.expected_len - at.offset) {
@@ -618,7 +574,7 @@ impl Fetcher {
     }
 }
 
-/// Fixed facts of one download, passed down to keep `transfer`'s signature short.
+/// Fixed facts of one download, shared by its steps.
 struct Transfer<'a> {
     url: &'a Url,
     partial: &'a Path,
@@ -647,15 +603,68 @@ struct Written {
 }
 
 impl Written {
+    /// Nothing written yet.
+    fn empty() -> Written {
+        Written { offset: 0, hasher: digest::Context::new(&digest::SHA256) }
+    }
+
     /// Empties `file` and starts the hash over: the bytes kept so far are not a prefix
     /// of what the server sends.
     async fn restart(&mut self, file: &mut tokio::fs::File) -> io::Result<()> {
         file.set_len(0).await?;
         file.seek(SeekFrom::Start(0)).await?;
-        self.offset = 0;
-        self.hasher = digest::Context::new(&digest::SHA256);
+        *self = Written::empty();
         Ok(())
     }
+}
+
+/// Where a download starts: what an earlier partial download left, hashed, or nothing
+/// when that cannot be a prefix of the target. `None` when the partial already is the
+/// whole target. Refuses to start without room for the rest on the staging filesystem.
+async fn resume_point(job: &Transfer<'_>, expected_sha256: &[u8; 32]) -> Result<Option<Written>, FetchError> {
+    let (partial, expected_len) = (job.partial, job.expected_len);
+    let mut existing = match tokio::fs::metadata(partial).await {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(job.io_err(e)),
+    };
+    if existing > expected_len {
+        // Longer than the signed length: it cannot be a prefix of this target.
+        tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
+        existing = 0;
+    }
+
+    let dir = staging_dir(partial);
+    let need = (expected_len - existing).saturating_add(SPACE_MARGIN);
+    let free =
+        crate::telemetry::free_space(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
+    if free < need {
+        return Err(FetchError::NoSpace { dir, need, free });
+    }
+
+    // The partial's bytes are hashed rather than trusted: they may come from
+    // an earlier attempt against a server that has since been fixed.
+    let mut at = Written::empty();
+    if existing > 0 {
+        (at.hasher, at.offset) = hash_prefix(partial).await.map_err(|e| job.io_err(e))?;
+    }
+    if at.offset == expected_len && at.offset > 0 {
+        if at.hasher.clone().finish().as_ref() == expected_sha256 {
+            return Ok(None);
+        }
+        tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
+        at = Written::empty();
+    }
+    Ok(Some(at))
+}
+
+/// Opens the partial file for writing at `offset`, cutting off whatever follows it.
+async fn open_at(partial: &Path, offset: u64) -> io::Result<tokio::fs::File> {
+    let mut file =
+        tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(partial).await?;
+    file.set_len(offset).await?;
+    file.seek(SeekFrom::Start(offset)).await?;
+    Ok(file)
 }
 
 /// The minimum transfer rate, checked over consecutive windows (slow-retrieval attack).
