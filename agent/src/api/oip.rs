@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::{ApiError, ApiPath};
 use super::request::{self, InferRequest, InputTensor, RequestedOutput};
@@ -159,10 +160,61 @@ async fn infer_inner(
     body: Body,
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let (_permit, mut req) = read_request(&st, headers, body).await?;
+    // A model that is not installed may still have a cloud endpoint (with its spec).
+    let cloud = st.fallback.cloud(&name);
+    let (local, missing) = match find_model(&st, &name, version.as_deref()) {
+        Ok(m) => (Some(m), None),
+        Err(e) => (None, Some(e)),
+    };
+    // A request for a named version is only for the installed model.
+    let cloud_spec = cloud.as_ref().filter(|_| version.is_none());
+    let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
+        return Err(missing.unwrap_or_else(|| ApiError::not_found(format!("model `{name}` is not loaded"))));
+    };
+    let data = data_tensor(spec, &name, &mut req)?;
+    let requested = match &local {
+        Some(m) => requested_outputs(m, &req)?,
+        None => req.outputs.clone().unwrap_or_default(),
+    };
+    let params = Params::read(&std::mem::take(&mut req.parameters))?;
+
+    let deadline = st.health.deadline();
+    let job = crate::fallback::Job {
+        model: name.clone(),
+        stream: params.stream.or_else(|| Some("api".into())),
+        data,
+        wait: deadline,
+        reset: params.reset,
+    };
+    let f = &st.fallback;
+    let signals = crate::fallback::Signals {
+        forced: params.forced,
+        ..crate::fallback::Signals::from_engine(&st.engine, deadline)
+    };
+    let Some(route) = f.route(&name, local.clone(), &signals) else {
+        return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
+    };
+    let answer = crate::fallback::answer(&st.engine, f, &route, job).await.map_err(|e| match e {
+        crate::fallback::Failure::Local(e) => ApiError::from(e),
+        rejected => ApiError::unavailable(rejected.to_string()),
+    })?;
+    let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
+    let reply = Reply { model: &name, local: local.as_deref(), requested: &requested, result, started };
+    Ok(reply.encode(&req, answer))
+}
+
+/// Admits a request and reads it: a permit within the concurrency limit, then the
+/// body, uncompressed, within the size and time limits, decoded.
+async fn read_request(
+    st: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(OwnedSemaphorePermit, InferRequest), ApiError> {
     // Overload answers at once rather than queueing without bound. The body is still
     // read (and discarded, within the same limits): a server that answers before taking
     // the upload makes clients fail with a broken pipe instead of reading the 503.
-    let Ok(_permit) = st.inflight.clone().try_acquire_owned() else {
+    let Ok(permit) = st.inflight.clone().try_acquire_owned() else {
         st.counters.overloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         super::discard_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await;
         return Err(ApiError::unavailable(format!(
@@ -184,107 +236,103 @@ async fn infer_inner(
         });
     }
     let bytes = super::read_body(body, st.limits.max_body_bytes, st.limits.body_timeout).await?;
-    let mut req = request::decode(bytes, headers.get(request::HEADER_LENGTH).map(|v| v.as_bytes()))
+    let req = request::decode(bytes, headers.get(request::HEADER_LENGTH).map(|v| v.as_bytes()))
         .map_err(|e| ApiError::bad_request(e.0))?;
-    // A model that is not installed may still have a cloud endpoint (with its spec).
-    let cloud = st.fallback.cloud(&name);
-    let (local, missing) = match find_model(&st, &name, version.as_deref()) {
-        Ok(m) => (Some(m), None),
-        Err(e) => (None, Some(e)),
-    };
-    // A request for a named version is only for the installed model.
-    let cloud_spec = cloud.as_ref().filter(|_| version.is_none());
-    let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
-        return Err(missing.unwrap_or_else(|| ApiError::not_found(format!("model `{name}` is not loaded"))));
-    };
-    let data = data_tensor(spec, &name, &mut req)?;
-    let requested = match &local {
-        Some(m) => requested_outputs(m, &req)?,
-        None => req.outputs.clone().unwrap_or_default(),
-    };
-    let params = std::mem::take(&mut req.parameters);
-    let stream = match params.get("stream") {
-        None => None,
-        Some(Value::String(s)) if crate::config::is_valid_id(s) => Some(s.clone()),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "parameters.stream must be an id (A-Z a-z 0-9 . _ -), got {other}"
-            )));
-        }
-    };
-    let reset = matches!(params.get("reset"), Some(Value::Bool(true)));
-    let forced = match params.get("route") {
-        None => false,
-        Some(Value::String(r)) if r == "cloud" => true,
-        Some(Value::String(r)) if r == "auto" => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "parameters.route must be \"cloud\" or \"auto\", got {other}"
-            )));
-        }
-    };
+    Ok((permit, req))
+}
 
-    let deadline = st.health.deadline();
-    let job = crate::fallback::Job {
-        model: name.clone(),
-        stream: stream.or_else(|| Some("api".into())),
-        data,
-        wait: deadline,
-        reset,
-    };
-    let f = &st.fallback;
-    let signals =
-        crate::fallback::Signals { forced, ..crate::fallback::Signals::from_engine(&st.engine, deadline) };
-    let Some(route) = f.route(&name, local.clone(), &signals) else {
-        return Err(ApiError::not_found(format!("model `{name}` is not loaded")));
-    };
-    let answer = crate::fallback::answer(&st.engine, f, &route, job).await.map_err(|e| match e {
-        crate::fallback::Failure::Local(e) => ApiError::from(e),
-        rejected => ApiError::unavailable(rejected.to_string()),
-    })?;
-    let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
+/// The request parameters the agent acts on.
+struct Params {
+    /// `stream`: the stream whose state the request runs in.
+    stream: Option<String>,
+    /// `reset`: start that stream's state afresh.
+    reset: bool,
+    /// `route: "cloud"`: send the request to the cloud.
+    forced: bool,
+}
 
-    let outputs: Vec<response::Output> = answer
-        .outputs
-        .iter()
-        .filter_map(|o| {
-            let binary = if requested.is_empty() {
-                req.binary_by_default
-            } else {
-                requested.iter().find(|r| r.name == o.name)?.binary
-            };
-            // The local model's declared type where it has the output; the cloud's
-            // answers are decoded as numbers and returned as FP32 otherwise.
-            let dtype = local
-                .as_ref()
-                .and_then(|m| m.outputs.iter().find(|i| i.name == o.name))
-                .map(|i| i.dtype.as_str());
-            let datatype = dtype.map(crate::oip::datatype).unwrap_or("FP32");
-            Some(response::Output { name: &o.name, shape: &o.shape, datatype, values: &o.values, binary })
-        })
-        .collect();
-    // Response parameters hold scalars only, as the protocol says; the structured
-    // extras (the post-processed result, a cascade's deferred answer) go in the
-    // `edge_agent` extension object, which OIP clients ignore.
-    let mut parameters = Map::new();
-    parameters.insert("place".into(), json!(answer.place));
-    if let Some(reason) = answer.reason {
-        parameters.insert("reason".into(), json!(reason));
+impl Params {
+    fn read(params: &Map<String, Value>) -> Result<Params, ApiError> {
+        let stream = match params.get("stream") {
+            None => None,
+            Some(Value::String(s)) if crate::config::is_valid_id(s) => Some(s.clone()),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "parameters.stream must be an id (A-Z a-z 0-9 . _ -), got {other}"
+                )));
+            }
+        };
+        let reset = matches!(params.get("reset"), Some(Value::Bool(true)));
+        let forced = match params.get("route") {
+            None => false,
+            Some(Value::String(r)) if r == "cloud" => true,
+            Some(Value::String(r)) if r == "auto" => false,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "parameters.route must be \"cloud\" or \"auto\", got {other}"
+                )));
+            }
+        };
+        Ok(Params { stream, reset, forced })
     }
-    parameters.insert("latency_ms".into(), json!((started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
-    let mut extension = Map::new();
-    extension.insert("result".into(), Value::Object(result));
-    if let Some(d) = answer.deferred {
-        extension.insert("deferred".into(), d);
+}
+
+/// What the answer to a request is encoded with, beside the request and the answer.
+struct Reply<'a> {
+    model: &'a str,
+    /// The installed model, whose declared output types the answer keeps.
+    local: Option<&'a LoadedModel>,
+    requested: &'a [RequestedOutput],
+    /// The post-processed result.
+    result: Map<String, Value>,
+    started: Instant,
+}
+
+impl Reply<'_> {
+    fn encode(self, req: &InferRequest, answer: crate::fallback::Answer) -> Response {
+        let outputs: Vec<response::Output> = answer
+            .outputs
+            .iter()
+            .filter_map(|o| {
+                let binary = if self.requested.is_empty() {
+                    req.binary_by_default
+                } else {
+                    self.requested.iter().find(|r| r.name == o.name)?.binary
+                };
+                // The local model's declared type where it has the output; the cloud's
+                // answers are decoded as numbers and returned as FP32 otherwise.
+                let dtype = self
+                    .local
+                    .and_then(|m| m.outputs.iter().find(|i| i.name == o.name))
+                    .map(|i| i.dtype.as_str());
+                let datatype = dtype.map(crate::oip::datatype).unwrap_or("FP32");
+                Some(response::Output { name: &o.name, shape: &o.shape, datatype, values: &o.values, binary })
+            })
+            .collect();
+        // Response parameters hold scalars only, as the protocol says; the structured
+        // extras (the post-processed result, a cascade's deferred answer) go in the
+        // `edge_agent` extension object, which OIP clients ignore.
+        let mut parameters = Map::new();
+        parameters.insert("place".into(), json!(answer.place));
+        if let Some(reason) = answer.reason {
+            parameters.insert("reason".into(), json!(reason));
+        }
+        parameters
+            .insert("latency_ms".into(), json!((self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3));
+        let mut extension = Map::new();
+        extension.insert("result".into(), Value::Object(self.result));
+        if let Some(d) = answer.deferred {
+            extension.insert("deferred".into(), d);
+        }
+        let header = response::Header {
+            model_name: self.model,
+            model_version: &answer.version,
+            id: req.id.as_deref(),
+            parameters,
+            extension,
+        };
+        response::encode(header, &outputs)
     }
-    let header = response::Header {
-        model_name: &name,
-        model_version: &answer.version,
-        id: req.id.as_deref(),
-        parameters,
-        extension,
-    };
-    Ok(response::encode(header, &outputs))
 }
 
 /// Checks the request's inputs against the model and returns the data input's values.

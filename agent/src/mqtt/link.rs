@@ -15,6 +15,7 @@
 //! It never waits on the data path: a slow model must not stop acknowledgements from
 //! flowing, or the broker would stop sending.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -109,16 +110,27 @@ enum Reset {
     Leaving,
 }
 
+/// What the connection task keeps from one event to the next.
+struct Conn {
+    backoff: Backoff,
+    connected: bool,
+    last_complaint: Option<Instant>,
+    /// The size of the oversized packet that ended the last connection soon after it
+    /// came up. The same size again on the next one is the broker resending it.
+    oversize_streak: Option<usize>,
+    reset: Reset,
+}
+
 impl Link {
     /// Runs until `stop` fires.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut backoff = Backoff::new(self.reconnect_min, self.reconnect_max);
-        let mut connected = false;
-        let mut last_complaint: Option<Instant> = None;
-        // The size of the oversized packet that ended the last connection soon after it
-        // came up. The same size again on the next one is the broker resending it.
-        let mut oversize_streak: Option<usize> = None;
-        let mut reset = Reset::None;
+        let mut conn = Conn {
+            backoff: Backoff::new(self.reconnect_min, self.reconnect_max),
+            connected: false,
+            last_complaint: None,
+            oversize_streak: None,
+            reset: Reset::None,
+        };
         self.health.set_connection("mqtt", format!("connecting to {}", self.broker));
         loop {
             // A broker may send far more than the data path takes (Mosquitto does not
@@ -137,49 +149,9 @@ impl Link {
             };
             match event {
                 Ok(LinkEvent::Connected { session_present, receive_maximum }) => {
-                    self.acks.advance();
-                    if reset == Reset::Asked {
-                        oversize_streak = None;
-                        self.event_loop.set_fresh_session(false);
-                        self.stats.session_resets.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(broker = %self.broker, session_present,
-                            "MQTT session discarded at the broker, with the messages it held");
-                        if !self.event_loop.fresh_session_persists() {
-                            // A 3.1.1 clean session would lose whatever arrives while we are
-                            // away: leave at once (a clean disconnect, so no last will) and
-                            // come back with a persistent one. Nothing is subscribed yet.
-                            reset = Reset::Leaving;
-                            if self.client.try_disconnect().is_err() {
-                                // No room to say goodbye: drop the connection (the broker
-                                // then publishes the last will, and the next online status
-                                // replaces it); the next poll connects again.
-                                self.event_loop.forget_pending();
-                                reset = Reset::None;
-                            }
-                            continue;
-                        }
-                        reset = Reset::None;
-                    }
-                    connected = true;
-                    backoff.connected(Instant::now());
-                    for (filter, qos) in &self.subscriptions {
-                        if let Err(e) = self.client.try_subscribe(filter, *qos) {
-                            tracing::error!(%filter, error = %e, "cannot subscribe");
-                        }
-                    }
-                    tracing::info!(broker = %self.broker, session_present, "MQTT connected");
-                    self.health.set_connection("mqtt", format!("connected to {}", self.broker));
-                    let _ = self.to_outbox.send(LinkSignal::Up { receive_maximum });
+                    self.connected(&mut conn, session_present, receive_maximum);
                 }
-                Ok(LinkEvent::Message(m)) => {
-                    // Registered here, at receipt: acknowledgements go out in this order,
-                    // and only on this connection.
-                    let ack = (m.qos > 0).then(|| Ack::new(self.client.clone(), m.pkid, self.acks.clone()));
-                    self.backlog.add();
-                    if self.inbound.send((m, ack)).is_err() {
-                        self.backlog.take();
-                    }
-                }
+                Ok(LinkEvent::Message(m)) => self.hand_inbound(m),
                 Ok(LinkEvent::PubAck(pkid)) => {
                     let _ = self.to_outbox.send(LinkSignal::PubAck(pkid));
                 }
@@ -187,69 +159,141 @@ impl Link {
                     let _ = self.to_outbox.send(LinkSignal::Sent { pkid, waiting });
                 }
                 Ok(LinkEvent::Other) => {}
-                Err(_) if reset == Reset::Leaving => {
+                Err(_) if conn.reset == Reset::Leaving => {
                     // The broker closed the clean session we left: the persistent one now.
-                    reset = Reset::None;
+                    conn.reset = Reset::None;
                     self.event_loop.forget_pending();
                 }
                 Err(error) => {
-                    if self.to_outbox.is_closed() {
-                        // The outbox said goodbye and disconnected: this is the end.
+                    if self.failed(&mut conn, error, &stop).await.is_break() {
                         break;
                     }
-                    let now = Instant::now();
-                    let was_healthy = backoff.healthy(now);
-                    let base = backoff.failed(now);
-                    let was_connected = connected;
-                    // Acknowledgements of messages from the lost connection must not go
-                    // out on the next one.
-                    self.acks.advance();
-                    if connected {
-                        connected = false;
-                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(broker = %self.broker, %error, "MQTT connection lost; spooling until it is back");
-                        let (tx, rx) = oneshot::channel();
-                        if self.to_outbox.send(LinkSignal::Down(tx)).is_ok() {
-                            tokio::select! {
-                                _ = rx => {}
-                                _ = stop.cancelled() => break,
-                            }
-                        }
-                    } else if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
-                        tracing::warn!(broker = %self.broker, %error, retry_ms = base.as_millis() as u64,
-                            "cannot connect to the MQTT broker; retrying (spooling meanwhile)");
-                        last_complaint = Some(Instant::now());
-                    }
-                    let mut asked = false;
-                    match &error {
-                        LinkError::Oversize { size } => {
-                            // Only a persistent session brings a message back; a message of
-                            // the same size long after the connect is a new one.
-                            let resent = self.persistent && oversize_streak == Some(*size) && !was_healthy;
-                            oversize_streak = Some(*size);
-                            asked = self.oversize(*size, resent);
-                            if asked {
-                                reset = Reset::Asked;
-                            }
-                        }
-                        // A connection attempt that failed says nothing about the message
-                        // that ended the connection before.
-                        LinkError::Other(_) if !was_connected => {}
-                        LinkError::Other(_) => oversize_streak = None,
-                    }
-                    self.health.set_connection("mqtt", format!("disconnected from {}: {error}", self.broker));
-                    self.event_loop.forget_pending();
-                    if asked {
-                        // The cause is known and the fresh session removes it: no wait. This
-                        // happens once per oversized message, so it cannot become a loop.
-                        continue;
-                    }
-                    tracing::debug!(retry_ms = base.as_millis() as u64, "MQTT reconnect backoff");
-                    tokio::select! {
-                        _ = tokio::time::sleep(jitter(base)) => {}
-                        _ = stop.cancelled() => break,
-                    }
                 }
+            }
+        }
+    }
+
+    /// A connection came up: finishes a session reset under way, then subscribes and
+    /// tells the outbox.
+    fn connected(&mut self, conn: &mut Conn, session_present: bool, receive_maximum: Option<u16>) {
+        self.acks.advance();
+        if conn.reset == Reset::Asked {
+            conn.oversize_streak = None;
+            self.event_loop.set_fresh_session(false);
+            self.stats.session_resets.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(broker = %self.broker, session_present,
+                "MQTT session discarded at the broker, with the messages it held");
+            if !self.event_loop.fresh_session_persists() {
+                // A 3.1.1 clean session would lose whatever arrives while we are
+                // away: leave at once (a clean disconnect, so no last will) and
+                // come back with a persistent one. Nothing is subscribed yet.
+                conn.reset = Reset::Leaving;
+                if self.client.try_disconnect().is_err() {
+                    // No room to say goodbye: drop the connection (the broker
+                    // then publishes the last will, and the next online status
+                    // replaces it); the next poll connects again.
+                    self.event_loop.forget_pending();
+                    conn.reset = Reset::None;
+                }
+                return;
+            }
+            conn.reset = Reset::None;
+        }
+        conn.connected = true;
+        conn.backoff.connected(Instant::now());
+        for (filter, qos) in &self.subscriptions {
+            if let Err(e) = self.client.try_subscribe(filter, *qos) {
+                tracing::error!(%filter, error = %e, "cannot subscribe");
+            }
+        }
+        tracing::info!(broker = %self.broker, session_present, "MQTT connected");
+        self.health.set_connection("mqtt", format!("connected to {}", self.broker));
+        let _ = self.to_outbox.send(LinkSignal::Up { receive_maximum });
+    }
+
+    /// A message arrived: registers its acknowledgement and hands it to the inbound task.
+    fn hand_inbound(&self, m: Inbound) {
+        // Registered here, at receipt: acknowledgements go out in this order,
+        // and only on this connection.
+        let ack = (m.qos > 0).then(|| Ack::new(self.client.clone(), m.pkid, self.acks.clone()));
+        self.backlog.add();
+        if self.inbound.send((m, ack)).is_err() {
+            self.backlog.take();
+        }
+    }
+
+    /// The connection failed or could not be made: settles what the old connection
+    /// held, decides on a session reset, then waits out the backoff. Breaks when the
+    /// task is to end.
+    async fn failed(
+        &mut self,
+        conn: &mut Conn,
+        error: LinkError,
+        stop: &CancellationToken,
+    ) -> ControlFlow<()> {
+        if self.to_outbox.is_closed() {
+            // The outbox said goodbye and disconnected: this is the end.
+            return ControlFlow::Break(());
+        }
+        let now = Instant::now();
+        let was_healthy = conn.backoff.healthy(now);
+        let base = conn.backoff.failed(now);
+        let was_connected = conn.connected;
+        // Acknowledgements of messages from the lost connection must not go
+        // out on the next one.
+        self.acks.advance();
+        if conn.connected {
+            conn.connected = false;
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(broker = %self.broker, %error, "MQTT connection lost; spooling until it is back");
+            outbox_down(&self.to_outbox, stop).await?;
+        } else if conn.last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+            tracing::warn!(broker = %self.broker, %error, retry_ms = base.as_millis() as u64,
+                "cannot connect to the MQTT broker; retrying (spooling meanwhile)");
+            conn.last_complaint = Some(Instant::now());
+        }
+        let asked = self.reset_after(conn, &error, was_healthy, was_connected);
+        self.health.set_connection("mqtt", format!("disconnected from {}: {error}", self.broker));
+        self.event_loop.forget_pending();
+        if asked {
+            // The cause is known and the fresh session removes it: no wait. This
+            // happens once per oversized message, so it cannot become a loop.
+            return ControlFlow::Continue(());
+        }
+        tracing::debug!(retry_ms = base.as_millis() as u64, "MQTT reconnect backoff");
+        tokio::select! {
+            _ = tokio::time::sleep(jitter(base)) => ControlFlow::Continue(()),
+            _ = stop.cancelled() => ControlFlow::Break(()),
+        }
+    }
+
+    /// Keeps track of oversized packets across connections and returns whether the next
+    /// connection asks for a fresh session.
+    fn reset_after(
+        &mut self,
+        conn: &mut Conn,
+        error: &LinkError,
+        was_healthy: bool,
+        was_connected: bool,
+    ) -> bool {
+        match error {
+            LinkError::Oversize { size } => {
+                // Only a persistent session brings a message back; a message of
+                // the same size long after the connect is a new one.
+                let resent = self.persistent && conn.oversize_streak == Some(*size) && !was_healthy;
+                conn.oversize_streak = Some(*size);
+                let asked = self.oversize(*size, resent);
+                if asked {
+                    conn.reset = Reset::Asked;
+                }
+                asked
+            }
+            // A connection attempt that failed says nothing about the message
+            // that ended the connection before.
+            LinkError::Other(_) if !was_connected => false,
+            LinkError::Other(_) => {
+                conn.oversize_streak = None;
+                false
             }
         }
     }
@@ -300,4 +344,21 @@ impl Link {
         let record = super::event_record(self.events_topic.clone(), &Event::error(kind, detail));
         let _ = self.to_outbox.send(LinkSignal::Event(record));
     }
+}
+
+/// Tells the outbox the connection is down and waits until it has taken back what was
+/// in flight. Breaks if `stop` fires meanwhile. (A free function: `Link` holds the event
+/// loop, which is not `Sync`, so a `&Link` cannot live across this await.)
+async fn outbox_down(
+    to_outbox: &mpsc::UnboundedSender<LinkSignal>,
+    stop: &CancellationToken,
+) -> ControlFlow<()> {
+    let (tx, rx) = oneshot::channel();
+    if to_outbox.send(LinkSignal::Down(tx)).is_ok() {
+        tokio::select! {
+            _ = rx => {}
+            _ = stop.cancelled() => return ControlFlow::Break(()),
+        }
+    }
+    ControlFlow::Continue(())
 }

@@ -185,32 +185,7 @@ pub fn start(
 ) -> Result<Started, MqttError> {
     let topics =
         Topics { prefix: cfg.prefix.clone(), device: device.to_string(), groups: cfg.groups.clone() };
-    let fsync = match spool_cfg.fsync {
-        FsyncMode::Always => FsyncPolicy::Always,
-        FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(spool_cfg.fsync_interval_ms)),
-        FsyncMode::Never => FsyncPolicy::Never,
-    };
-    let fsync_every = match fsync {
-        FsyncPolicy::Interval(d) => Some(d),
-        _ => None,
-    };
-    let (spool, report) = Spool::open(SpoolConfig {
-        dir: state_dir.join("spool"),
-        max_bytes: spool_cfg.max_bytes,
-        segment_bytes: spool_cfg.segment_bytes,
-        fsync,
-    })?;
-    if report.records > 0 || report.torn_bytes_cut > 0 || !report.bad_segments.is_empty() {
-        tracing::info!(
-            records = report.records,
-            torn_bytes_cut = report.torn_bytes_cut,
-            bad_segments = report.bad_segments.len(),
-            "spool opened with undelivered messages; they go out first"
-        );
-    }
-    for bad in &report.bad_segments {
-        tracing::error!(problem = %bad, "spool segment damaged; its readable part is kept");
-    }
+    let (spool, fsync_every) = open_spool(spool_cfg, state_dir)?;
 
     let will = options::Will { topic: topics.status(), payload: status("offline") };
     let (client, event_loop) = options::build(cfg, will)?;
@@ -277,4 +252,39 @@ pub fn start(
         link_stop.cancel();
     });
     Ok(Started { handle: Mqtt { outbox: out_tx, stats, topics }, commands: cmd_rx, closed })
+}
+
+/// Opens the spool of undelivered messages under `state_dir` and reports what an earlier
+/// run left in it. Returns it with the interval of its periodic fsync, if it has one.
+fn open_spool(
+    spool_cfg: &SpoolSection,
+    state_dir: &std::path::Path,
+) -> Result<(Spool, Option<Duration>), MqttError> {
+    let fsync = match spool_cfg.fsync {
+        FsyncMode::Always => FsyncPolicy::Always,
+        FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(spool_cfg.fsync_interval_ms)),
+        FsyncMode::Never => FsyncPolicy::Never,
+    };
+    let fsync_every = match fsync {
+        FsyncPolicy::Interval(d) => Some(d),
+        _ => None,
+    };
+    let (spool, report) = Spool::open(SpoolConfig {
+        dir: state_dir.join("spool"),
+        max_bytes: spool_cfg.max_bytes,
+        segment_bytes: spool_cfg.segment_bytes,
+        fsync,
+    })?;
+    if report.records > 0 || report.torn_bytes_cut > 0 || !report.bad_segments.is_empty() {
+        tracing::info!(
+            records = report.records,
+            torn_bytes_cut = report.torn_bytes_cut,
+            bad_segments = report.bad_segments.len(),
+            "spool opened with undelivered messages; they go out first"
+        );
+    }
+    for bad in &report.bad_segments {
+        tracing::error!(problem = %bad, "spool segment damaged; its readable part is kept");
+    }
+    Ok((spool, fsync_every))
 }

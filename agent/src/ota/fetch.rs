@@ -298,46 +298,15 @@ impl Fetcher {
     ) -> Result<Downloaded, FetchError> {
         let started = Instant::now();
         let url = self.url_for(path)?;
-        let io_err = |source: io::Error| FetchError::Io { path: partial.to_path_buf(), source };
-
-        let mut existing = match tokio::fs::metadata(partial).await {
-            Ok(meta) => meta.len(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(e)),
+        let job = Transfer { url: &url, partial, expected_len, started };
+        let Some(mut at) = resume_point(&job, expected_sha256).await? else {
+            progress(expected_len, expected_len);
+            return Ok(Downloaded {
+                bytes: expected_len,
+                resumed_from: expected_len,
+                elapsed: started.elapsed(),
+            });
         };
-        if existing > expected_len {
-            // Longer than the signed length: it cannot be a prefix of this target.
-            tokio::fs::remove_file(partial).await.map_err(io_err)?;
-            existing = 0;
-        }
-
-        let dir = staging_dir(partial);
-        let need = (expected_len - existing).saturating_add(SPACE_MARGIN);
-        let free = crate::telemetry::free_space(&dir)
-            .map_err(|source| FetchError::Io { path: dir.clone(), source })?;
-        if free < need {
-            return Err(FetchError::NoSpace { dir, need, free });
-        }
-
-        // The partial's bytes are hashed rather than trusted: they may come from
-        // an earlier attempt against a server that has since been fixed.
-        let mut hasher = digest::Context::new(&digest::SHA256);
-        if existing > 0 {
-            (hasher, existing) = hash_prefix(partial).await.map_err(io_err)?;
-        }
-        if existing == expected_len && existing > 0 {
-            if hasher.clone().finish().as_ref() == expected_sha256 {
-                progress(existing, expected_len);
-                return Ok(Downloaded {
-                    bytes: expected_len,
-                    resumed_from: existing,
-                    elapsed: started.elapsed(),
-                });
-            }
-            tokio::fs::remove_file(partial).await.map_err(io_err)?;
-            existing = 0;
-            hasher = digest::Context::new(&digest::SHA256);
-        }
 
         // A kept prefix is only proven right by the hash of the whole file. When a resumed
         // download does not hash (an earlier server or cache answered with other bytes),
@@ -345,18 +314,8 @@ impl Fetcher {
         // leaving it to the next one.
         let mut first_attempt = true;
         loop {
-            let mut file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(false)
-                .open(partial)
-                .await
-                .map_err(io_err)?;
-            file.set_len(existing).await.map_err(io_err)?;
-            file.seek(SeekFrom::Start(existing)).await.map_err(io_err)?;
-
-            let job = Transfer { url: &url, partial, expected_len, started };
-            let result = self.transfer(&job, &mut file, existing, hasher, progress).await;
+            let mut file = open_at(partial, at.offset).await.map_err(|e| job.io_err(e))?;
+            let result = self.transfer(&job, &mut file, at, progress).await;
             // tokio's File finishes writes in the background; flush so the partial
             // on disk is exactly what was counted, for the next resume.
             let flushed = file.flush().await;
@@ -370,18 +329,17 @@ impl Fetcher {
                     return Err(e);
                 }
             };
-            flushed.map_err(io_err)?;
+            flushed.map_err(|e| job.io_err(e))?;
 
             let got = done.finish();
             if got.as_ref() != expected_sha256 {
                 drop(file);
                 // A wrong file must not be resumed from.
-                tokio::fs::remove_file(partial).await.map_err(io_err)?;
+                tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
                 if resumed_from > 0 && first_attempt {
                     tracing::warn!(%url, resumed_from, "a resumed download does not hash; downloading it whole");
                     first_attempt = false;
-                    existing = 0;
-                    hasher = digest::Context::new(&digest::SHA256);
+                    at = Written::empty();
                     continue;
                 }
                 return Err(FetchError::HashMismatch {
@@ -392,38 +350,53 @@ impl Fetcher {
             }
             // The caller renames the file into place next; without fsync a power
             // cut could leave a renamed but empty or short file.
-            file.sync_all().await.map_err(io_err)?;
+            file.sync_all().await.map_err(|e| job.io_err(e))?;
             return Ok(Downloaded { bytes: expected_len, resumed_from, elapsed: started.elapsed() });
         }
     }
 
     /// Requests the rest of the target and streams it into `file` (positioned
-    /// at `offset`). Returns the hash context over the whole file and the
+    /// at `at.offset`). Returns the hash context over the whole file and the
     /// offset the transfer resumed from.
     async fn transfer(
         &self,
         job: &Transfer<'_>,
         file: &mut tokio::fs::File,
-        mut offset: u64,
-        mut hasher: digest::Context,
+        mut at: Written,
         progress: &mut (dyn FnMut(u64, u64) + Send),
     ) -> Result<(digest::Context, u64), FetchError> {
-        let limits = &self.inner.limits;
-        let url = job.url;
-        let expected_len = job.expected_len;
-        let deadline = job.started + limits.download_timeout;
-        let io_err = |source: io::Error| FetchError::Io { path: job.partial.to_path_buf(), source };
-        let timed_out = || FetchError::TimedOut { url: url.to_string(), after: job.started.elapsed() };
+        let deadline = job.started + self.inner.limits.download_timeout;
+        let resp = self.request_rest(job, file, &mut at, deadline).await?;
+        let resumed_from = at.offset;
+        if resp.content_length().is_some_and(|len| len > job.expected_len - at.offset) {
+            return Err(job.endless());
+        }
+        self.receive(job, resp, file, &mut at, deadline, progress).await?;
+        Ok((at.hasher, resumed_from))
+    }
 
+    /// Asks for the target from `at.offset` on and returns the response that carries
+    /// it. A server that ignores the range, or whose file is shorter than the partial
+    /// (once), makes `at` start over from zero.
+    async fn request_rest(
+        &self,
+        job: &Transfer<'_>,
+        file: &mut tokio::fs::File,
+        at: &mut Written,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, FetchError> {
+        let url = job.url;
         let mut restarted_after_416 = false;
-        let resp = loop {
+        loop {
+            let offset = at.offset;
             let mut req = self.inner.client.get(url.clone());
             if offset > 0 {
                 req = req.header(header::RANGE, format!("bytes={offset}-"));
             }
-            let headers_by = deadline.min(Instant::now() + limits.metadata_timeout);
-            let resp =
-                tokio::time::timeout_at(headers_by, self.send(req, url)).await.map_err(|_| timed_out())??;
+            let headers_by = deadline.min(Instant::now() + self.inner.limits.metadata_timeout);
+            let resp = tokio::time::timeout_at(headers_by, self.send(req, url))
+                .await
+                .map_err(|_| job.timed_out())??;
             match resp.status() {
                 StatusCode::PARTIAL_CONTENT if offset > 0 => {
                     let start = content_range_start(resp.headers());
@@ -436,74 +409,74 @@ impl Fetcher {
                             ),
                         });
                     }
-                    break resp;
+                    return Ok(resp);
                 }
                 StatusCode::OK => {
                     if offset > 0 {
                         // HTTP lets a server ignore Range; the full body follows,
                         // so the partial is discarded rather than appended to.
                         tracing::debug!(%url, offset, "server ignored Range, restarting from zero");
-                        file.set_len(0).await.map_err(io_err)?;
-                        file.seek(SeekFrom::Start(0)).await.map_err(io_err)?;
-                        offset = 0;
-                        hasher = digest::Context::new(&digest::SHA256);
+                        at.restart(file).await.map_err(|e| job.io_err(e))?;
                     }
-                    break resp;
+                    return Ok(resp);
                 }
                 StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 && !restarted_after_416 => {
                     // The server's file is shorter than our partial: the partial
                     // belongs to another version. Start over, once.
                     tracing::debug!(%url, offset, "416 for resume, restarting from zero");
-                    file.set_len(0).await.map_err(io_err)?;
-                    file.seek(SeekFrom::Start(0)).await.map_err(io_err)?;
-                    offset = 0;
-                    hasher = digest::Context::new(&digest::SHA256);
+                    at.restart(file).await.map_err(|e| job.io_err(e))?;
                     restarted_after_416 = true;
                 }
                 status => {
                     return Err(FetchError::Status { url: url.to_string(), status: status.as_u16() });
                 }
             }
-        };
-        let resumed_from = offset;
-
-        let endless = || FetchError::EndlessData { url: url.to_string(), expected: expected_len };
-        if resp.content_length().is_some_and(|len| len > expected_len - offset) {
-            return Err(endless());
         }
+    }
 
+    /// Streams the response body into `file` at `at`, up to the expected length. Cuts
+    /// the download when it runs past the deadline, sends more than the expected length,
+    /// or stays below the minimum rate for a whole window.
+    async fn receive(
+        &self,
+        job: &Transfer<'_>,
+        resp: reqwest::Response,
+        file: &mut tokio::fs::File,
+        at: &mut Written,
+        deadline: Instant,
+        progress: &mut (dyn FnMut(u64, u64) + Send),
+    ) -> Result<(), FetchError> {
+        let url = job.url;
+        let expected_len = job.expected_len;
         // Rate is checked over consecutive windows; the timer wakes us even
         // when nothing arrives, so a server that stalls completely is cut too.
-        let window = (limits.min_rate > 0 && !limits.rate_window.is_zero()).then_some(limits.rate_window);
-        let mut window_start = Instant::now();
-        let mut window_bytes: u64 = 0;
+        let mut window = RateWindow::new(&self.inner.limits);
         let mut stream = resp.bytes_stream();
         loop {
-            let window_end = window.map(|w| window_start + w);
-            let wake = window_end.map_or(deadline, |end| end.min(deadline));
+            let wake = window.end().map_or(deadline, |end| end.min(deadline));
             let next = tokio::time::timeout_at(wake, stream.next()).await;
             let now = Instant::now();
             match next {
                 Ok(Some(Ok(chunk))) => {
                     self.count(chunk.len());
-                    let room = expected_len - offset;
+                    let room = expected_len - at.offset;
                     let take = usize::try_from(room).map_or(chunk.len(), |r| r.min(chunk.len()));
                     if take > 0 {
                         let data = &chunk[..take];
-                        file.write_all(data).await.map_err(io_err)?;
-                        hasher.update(data);
-                        offset += take as u64;
-                        window_bytes += take as u64;
-                        progress(offset, expected_len);
+                        file.write_all(data).await.map_err(|e| job.io_err(e))?;
+                        at.hasher.update(data);
+                        at.offset += take as u64;
+                        window.bytes += take as u64;
+                        progress(at.offset, expected_len);
                     }
                     if take < chunk.len() {
-                        return Err(endless());
+                        return Err(job.endless());
                     }
                 }
                 Ok(Some(Err(e))) => {
                     return Err(FetchError::Interrupted {
                         url: url.to_string(),
-                        done: offset,
+                        done: at.offset,
                         reason: tls::error_chain(&e),
                     });
                 }
@@ -511,32 +484,21 @@ impl Fetcher {
                 Err(_) => {} // timer: checked below
             }
             if now >= deadline {
-                return Err(timed_out());
+                return Err(job.timed_out());
             }
-            if let Some(end) = window_end
-                && now >= end
-            {
-                let elapsed_ms = (now - window_start).as_millis().max(1);
-                let rate = u64::try_from(u128::from(window_bytes) * 1000 / elapsed_ms).unwrap_or(u64::MAX);
-                if rate < limits.min_rate {
-                    return Err(FetchError::SlowRetrieval {
-                        url: url.to_string(),
-                        rate,
-                        min: limits.min_rate,
-                    });
-                }
-                window_start = now;
-                window_bytes = 0;
+            if let Some(rate) = window.too_slow(now) {
+                return Err(FetchError::SlowRetrieval { url: url.to_string(), rate, min: window.min_rate });
             }
         }
-        if offset < expected_len {
+        if at.offset < expected_len {
+            let offset = at.offset;
             return Err(FetchError::Interrupted {
                 url: url.to_string(),
                 done: offset,
                 reason: format!("the response ended at {offset} of {expected_len} bytes"),
             });
         }
-        Ok((hasher, resumed_from))
+        Ok(())
     }
 
     /// Joins a repository path onto the base URL segment by segment. Each
@@ -612,12 +574,135 @@ impl Fetcher {
     }
 }
 
-/// Fixed facts of one download, passed down to keep `transfer`'s signature short.
+/// Fixed facts of one download, shared by its steps.
 struct Transfer<'a> {
     url: &'a Url,
     partial: &'a Path,
     expected_len: u64,
     started: Instant,
+}
+
+impl Transfer<'_> {
+    fn io_err(&self, source: io::Error) -> FetchError {
+        FetchError::Io { path: self.partial.to_path_buf(), source }
+    }
+
+    fn timed_out(&self) -> FetchError {
+        FetchError::TimedOut { url: self.url.to_string(), after: self.started.elapsed() }
+    }
+
+    fn endless(&self) -> FetchError {
+        FetchError::EndlessData { url: self.url.to_string(), expected: self.expected_len }
+    }
+}
+
+/// How far a transfer has written the partial file, with the hash of all of it.
+struct Written {
+    offset: u64,
+    hasher: digest::Context,
+}
+
+impl Written {
+    /// Nothing written yet.
+    fn empty() -> Written {
+        Written { offset: 0, hasher: digest::Context::new(&digest::SHA256) }
+    }
+
+    /// Empties `file` and starts the hash over: the bytes kept so far are not a prefix
+    /// of what the server sends.
+    async fn restart(&mut self, file: &mut tokio::fs::File) -> io::Result<()> {
+        file.set_len(0).await?;
+        file.seek(SeekFrom::Start(0)).await?;
+        *self = Written::empty();
+        Ok(())
+    }
+}
+
+/// Where a download starts: what an earlier partial download left, hashed, or nothing
+/// when that cannot be a prefix of the target. `None` when the partial already is the
+/// whole target. Refuses to start without room for the rest on the staging filesystem.
+async fn resume_point(job: &Transfer<'_>, expected_sha256: &[u8; 32]) -> Result<Option<Written>, FetchError> {
+    let (partial, expected_len) = (job.partial, job.expected_len);
+    let mut existing = match tokio::fs::metadata(partial).await {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(job.io_err(e)),
+    };
+    if existing > expected_len {
+        // Longer than the signed length: it cannot be a prefix of this target.
+        tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
+        existing = 0;
+    }
+
+    let dir = staging_dir(partial);
+    let need = (expected_len - existing).saturating_add(SPACE_MARGIN);
+    let free =
+        crate::telemetry::free_space(&dir).map_err(|source| FetchError::Io { path: dir.clone(), source })?;
+    if free < need {
+        return Err(FetchError::NoSpace { dir, need, free });
+    }
+
+    // The partial's bytes are hashed rather than trusted: they may come from
+    // an earlier attempt against a server that has since been fixed.
+    let mut at = Written::empty();
+    if existing > 0 {
+        (at.hasher, at.offset) = hash_prefix(partial).await.map_err(|e| job.io_err(e))?;
+    }
+    if at.offset == expected_len && at.offset > 0 {
+        if at.hasher.clone().finish().as_ref() == expected_sha256 {
+            return Ok(None);
+        }
+        tokio::fs::remove_file(partial).await.map_err(|e| job.io_err(e))?;
+        at = Written::empty();
+    }
+    Ok(Some(at))
+}
+
+/// Opens the partial file for writing at `offset`, cutting off whatever follows it.
+async fn open_at(partial: &Path, offset: u64) -> io::Result<tokio::fs::File> {
+    let mut file =
+        tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(partial).await?;
+    file.set_len(offset).await?;
+    file.seek(SeekFrom::Start(offset)).await?;
+    Ok(file)
+}
+
+/// The minimum transfer rate, checked over consecutive windows (slow-retrieval attack).
+struct RateWindow {
+    /// `None` when the check is off (`min_rate` or `rate_window` is zero).
+    length: Option<Duration>,
+    min_rate: u64,
+    start: Instant,
+    bytes: u64,
+}
+
+impl RateWindow {
+    fn new(limits: &Limits) -> RateWindow {
+        let length = (limits.min_rate > 0 && !limits.rate_window.is_zero()).then_some(limits.rate_window);
+        RateWindow { length, min_rate: limits.min_rate, start: Instant::now(), bytes: 0 }
+    }
+
+    /// When the current window ends.
+    fn end(&self) -> Option<Instant> {
+        self.length.map(|w| self.start + w)
+    }
+
+    /// Once the current window has ended: its rate if that is below the minimum;
+    /// otherwise the next window starts at `now`.
+    fn too_slow(&mut self, now: Instant) -> Option<u64> {
+        let end = self.end()?;
+        if now < end {
+            return None;
+        }
+        let elapsed_ms = (now - self.start).as_millis().max(1);
+        let rate = u64::try_from(u128::from(self.bytes) * 1000 / elapsed_ms).unwrap_or(u64::MAX);
+        if rate < self.min_rate {
+            return Some(rate);
+        }
+        self.start = now;
+        self.bytes = 0;
+        None
+    }
 }
 
 async fn with_timeout<T>(

@@ -72,6 +72,54 @@ impl Reloader {
         };
         let mut changed = Vec::new();
         let mut failed = Vec::new();
+        let models = self.reload_models(&next, engine, &mut changed, &mut failed);
+        if next.deadline != self.current.deadline {
+            health.set_deadline(next.deadline);
+            changed.push(format!(
+                "engine.deadline_ms {} -> {}",
+                self.current.deadline.as_millis(),
+                next.deadline.as_millis()
+            ));
+        }
+        if next.fallback != self.current.fallback {
+            match fallback.reconfigure(next.fallback.as_ref()) {
+                Ok(()) => {
+                    changed.push("fallback reconfigured".to_string());
+                    self.current.fallback = next.fallback.clone();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "fallback not reconfigured; the running one stays");
+                    failed.push(format!("fallback refused: {e}"));
+                }
+            }
+        }
+        let restart = needs_restart(&self.current, &next);
+        let mut summary = if changed.is_empty() { vec!["no change applied".to_string()] } else { changed };
+        summary.extend(failed);
+        if !restart.is_empty() {
+            summary.push(format!("needs a restart for: {}", restart.join(", ")));
+        }
+        let line = summary.join("; ");
+        tracing::info!(changes = %line, "configuration reloaded");
+        notifier.send(&format!("READY=1\nSTATUS=reloaded: {line}"));
+        health.set_doing(format!("reloaded: {line}"));
+        self.models = models;
+        // Keep what did not change in place: the parts that need a restart still run
+        // with the old values, and the next reload compares against those.
+        self.current.models = next.models;
+        self.current.deadline = next.deadline;
+        line
+    }
+    /// Loads the models that are new or changed on disk and removes those no longer
+    /// configured; a model that fails to load keeps its running version. Returns what
+    /// the next reload compares against.
+    fn reload_models(
+        &self,
+        next: &Config,
+        engine: &Engine,
+        changed: &mut Vec<String>,
+        failed: &mut Vec<String>,
+    ) -> BTreeMap<String, (PathBuf, Fingerprint)> {
         let mut models = BTreeMap::new();
         for m in &next.models {
             let print = fingerprint(&m.dir);
@@ -103,62 +151,32 @@ impl Reloader {
             engine.remove(name);
             changed.push(format!("model {name} removed"));
         }
-        if next.deadline != self.current.deadline {
-            health.set_deadline(next.deadline);
-            changed.push(format!(
-                "engine.deadline_ms {} -> {}",
-                self.current.deadline.as_millis(),
-                next.deadline.as_millis()
-            ));
-        }
-        if next.fallback != self.current.fallback {
-            match fallback.reconfigure(next.fallback.as_ref()) {
-                Ok(()) => {
-                    changed.push("fallback reconfigured".to_string());
-                    self.current.fallback = next.fallback.clone();
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "fallback not reconfigured; the running one stays");
-                    failed.push(format!("fallback refused: {e}"));
-                }
-            }
-        }
-        let mut restart = Vec::new();
-        let c = &self.current;
-        if next.engine.threads != c.engine.threads
-            || next.engine.queue != c.engine.queue
-            || next.engine.max_streams != c.engine.max_streams
-            || next.engine.spin != c.engine.spin
-            || next.engine.model_limits != c.engine.model_limits
-        {
-            restart.push("engine");
-        }
-        if next.api != c.api {
-            restart.push("api");
-        }
-        if serde_json::to_string(&next.sources).ok() != serde_json::to_string(&c.sources).ok() {
-            restart.push("source");
-        }
-        if next.log.level != c.log.level || next.log.format != c.log.format {
-            restart.push("log");
-        }
-        if next.device_id != c.device_id || next.state_dir != c.state_dir {
-            restart.push("agent");
-        }
-        let mut summary = if changed.is_empty() { vec!["no change applied".to_string()] } else { changed };
-        summary.extend(failed);
-        if !restart.is_empty() {
-            summary.push(format!("needs a restart for: {}", restart.join(", ")));
-        }
-        let line = summary.join("; ");
-        tracing::info!(changes = %line, "configuration reloaded");
-        notifier.send(&format!("READY=1\nSTATUS=reloaded: {line}"));
-        health.set_doing(format!("reloaded: {line}"));
-        self.models = models;
-        // Keep what did not change in place: the parts that need a restart still run
-        // with the old values, and the next reload compares against those.
-        self.current.models = next.models;
-        self.current.deadline = next.deadline;
-        line
+        models
     }
+}
+
+/// The parts whose settings changed but only take effect after a restart.
+fn needs_restart(c: &Config, next: &Config) -> Vec<&'static str> {
+    let mut restart = Vec::new();
+    if next.engine.threads != c.engine.threads
+        || next.engine.queue != c.engine.queue
+        || next.engine.max_streams != c.engine.max_streams
+        || next.engine.spin != c.engine.spin
+        || next.engine.model_limits != c.engine.model_limits
+    {
+        restart.push("engine");
+    }
+    if next.api != c.api {
+        restart.push("api");
+    }
+    if serde_json::to_string(&next.sources).ok() != serde_json::to_string(&c.sources).ok() {
+        restart.push("source");
+    }
+    if next.log.level != c.log.level || next.log.format != c.log.format {
+        restart.push("log");
+    }
+    if next.device_id != c.device_id || next.state_dir != c.state_dir {
+        restart.push("agent");
+    }
+    restart
 }
