@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
+//! - [`capture`]: keeping the inputs worth retraining on, in a bounded on-disk store; exports.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
 //! - [`diagnostics`]: the checks of a device's setup, for `edge-agent doctor` and the
@@ -30,6 +31,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;

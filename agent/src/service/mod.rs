@@ -59,6 +59,10 @@ pub enum StartError {
     Fallback(#[from] crate::fallback::FallbackError),
     #[error("model updates: {0}")]
     Ota(#[from] crate::ota::OtaError),
+    #[error(
+        "cannot open the capture store {path}: {source}; check the state directory or turn [capture] off"
+    )]
+    Capture { path: String, source: std::io::Error },
     #[error("result numbering in {path}: {source}")]
     Seq { path: String, source: std::io::Error },
 }
@@ -358,6 +362,9 @@ fn wire_data_path(
         results: result_tx,
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
+        capture: crate::capture::Capture::start(&config.capture, &config.state_dir).map_err(|source| {
+            StartError::Capture { path: crate::capture::dir(&config.state_dir).display().to_string(), source }
+        })?,
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
     Ok(DataPath { sources, router, sink })
