@@ -112,8 +112,9 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 
 impl Capture {
     /// Opens the store under `state_dir` and starts the writer thread; `None` when
-    /// capture is off. The thread ends when the last handle is dropped.
-    pub fn start(cfg: &CaptureSection, state_dir: &Path) -> std::io::Result<Option<Arc<Capture>>> {
+    /// capture is off. The thread ends when the last handle is dropped, after writing
+    /// what it was handed; [`Writer::finish`] waits for that.
+    pub fn start(cfg: &CaptureSection, state_dir: &Path) -> std::io::Result<Option<(Arc<Capture>, Writer)>> {
         if !cfg.enabled {
             return Ok(None);
         }
@@ -123,11 +124,12 @@ impl Capture {
             min_free_bytes: cfg.min_free_mb.saturating_mul(1024 * 1024),
         };
         let store = store::Store::open(&dir(state_dir), limits)?;
-        Ok(Some(Arc::new(Capture::with_store(cfg, store)?)))
+        let (capture, writer) = Capture::with_store(cfg, store)?;
+        Ok(Some((Arc::new(capture), writer)))
     }
 
     /// A handle over an opened store (tests give one with a fake disk).
-    pub fn with_store(cfg: &CaptureSection, mut store: store::Store) -> std::io::Result<Capture> {
+    pub fn with_store(cfg: &CaptureSection, mut store: store::Store) -> std::io::Result<(Capture, Writer)> {
         // Samples already on disk from the last hour count against this hour's budget,
         // so a restart loop cannot write more than the bound.
         let since = now_ms().saturating_sub(HOUR_MS);
@@ -142,7 +144,7 @@ impl Capture {
         let counters = Arc::new(Counters::default());
         let (tx, rx) = std::sync::mpsc::sync_channel::<Sample>(QUEUE);
         let c = counters.clone();
-        std::thread::Builder::new().name("capture".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("capture".into()).spawn(move || {
             for sample in rx {
                 match store.put(&sample) {
                     Ok(_) => {
@@ -162,7 +164,8 @@ impl Capture {
                 }
             }
         })?;
-        Ok(Capture {
+        let writer = Writer { thread, counters: counters.clone() };
+        let capture = Capture {
             low_confidence: cfg.low_confidence,
             random_share: cfg.random_share,
             max_payload_bytes: cfg.max_payload_bytes,
@@ -171,7 +174,8 @@ impl Capture {
             full_until: AtomicU64::new(0),
             tx,
             counters,
-        })
+        };
+        Ok((capture, writer))
     }
 
     /// Whether a result may be kept at all now: false while the hourly budget is spent,
@@ -245,6 +249,33 @@ impl Capture {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         false
+    }
+}
+
+/// The writer thread, for the daemon to wait on at shutdown.
+pub struct Writer {
+    thread: std::thread::JoinHandle<()>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    /// Waits (at most `limit`) until the writer has written what it was handed, once
+    /// every [`Capture`] handle is gone, and logs what capture did in this run.
+    pub async fn finish(self, limit: std::time::Duration) {
+        let Writer { thread, counters } = self;
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(limit, joined).await.is_err() {
+            tracing::warn!("the capture writer did not finish in time; the last samples may be missing");
+        }
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        tracing::info!(
+            kept = c(&counters.kept),
+            over_rate = c(&counters.over_rate),
+            queue_full = c(&counters.queue_full),
+            disk_tight = c(&counters.disk_tight),
+            failed = c(&counters.failed),
+            "capture: samples kept and refused in this run"
+        );
     }
 }
 

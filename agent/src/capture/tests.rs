@@ -121,7 +121,7 @@ fn section(low: f64, share: f64, per_hour: u32) -> CaptureSection {
 fn reasons_follow_the_settings() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), limits(1 << 20)).unwrap();
-    let c = Capture::with_store(&section(0.6, 0.0, 10), store).unwrap();
+    let c = Capture::with_store(&section(0.6, 0.0, 10), store).unwrap().0;
     assert_eq!(c.reason(Some(0.5), Flags::default()), Some(Reason::LowConfidence));
     assert_eq!(c.reason(Some(0.9), Flags::default()), None);
     assert_eq!(c.reason(None, Flags::default()), None);
@@ -131,11 +131,11 @@ fn reasons_follow_the_settings() {
     assert_eq!(c.reason(Some(0.9), shadow), Some(Reason::ShadowDisagreement));
 
     let store = Store::open(dir.path(), limits(1 << 20)).unwrap();
-    let all = Capture::with_store(&section(0.0, 1.0, 10), store).unwrap();
+    let all = Capture::with_store(&section(0.0, 1.0, 10), store).unwrap().0;
     assert_eq!(all.reason(Some(0.99), Flags::default()), Some(Reason::Random));
     // A share of 1 in 10: about 1000 of 10000, far from 0 and from all.
     let store = Store::open(dir.path(), limits(1 << 20)).unwrap();
-    let tenth = Capture::with_store(&section(0.0, 0.1, 10), store).unwrap();
+    let tenth = Capture::with_store(&section(0.0, 0.1, 10), store).unwrap().0;
     let n = (0..10_000).filter(|_| tenth.reason(Some(0.99), Flags::default()).is_some()).count();
     assert!((700..1300).contains(&n), "{n}");
 }
@@ -144,7 +144,7 @@ fn reasons_follow_the_settings() {
 fn a_flood_keeps_the_hourly_count_and_stops_copying() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), limits(1 << 24)).unwrap().with_free(|_| Ok(LOTS));
-    let c = Capture::with_store(&section(1.0, 0.0, 25), store).unwrap();
+    let c = Capture::with_store(&section(1.0, 0.0, 25), store).unwrap().0;
     let mut offered = 0;
     for _ in 0..1000 {
         if !c.wanted() {
@@ -173,7 +173,7 @@ fn a_restart_counts_the_last_hours_samples() {
         store.put(&sample(8, None)).unwrap();
     }
     let store = Store::open(dir.path(), limits(1 << 24)).unwrap();
-    let c = Capture::with_store(&section(1.0, 0.0, 5), store).unwrap();
+    let c = Capture::with_store(&section(1.0, 0.0, 5), store).unwrap().0;
     let mut s = sample(8, None);
     s.meta.time_ms = super::now_ms();
     c.offer(s);

@@ -315,6 +315,8 @@ struct DataPath {
     router: tokio::task::JoinHandle<u64>,
     /// Returns the results written.
     sink: tokio::task::JoinHandle<u64>,
+    /// The capture store's writer, when `[capture]` is on.
+    capture: Option<crate::capture::Writer>,
 }
 
 /// What the stream tasks share, borrowed from the running parts.
@@ -356,18 +358,19 @@ fn wire_data_path(
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
     let sink = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
 
+    let capture = crate::capture::Capture::start(&config.capture, &config.state_dir).map_err(|source| {
+        StartError::Capture { path: crate::capture::dir(&config.state_dir).display().to_string(), source }
+    })?;
     let deps = stream::Deps {
         engine: deps.engine.clone(),
         health: deps.health.clone(),
         results: result_tx,
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
-        capture: crate::capture::Capture::start(&config.capture, &config.state_dir).map_err(|source| {
-            StartError::Capture { path: crate::capture::dir(&config.state_dir).display().to_string(), source }
-        })?,
+        capture: capture.as_ref().map(|(c, _)| c.clone()),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
-    Ok(DataPath { sources, router, sink })
+    Ok(DataPath { sources, router, sink, capture: capture.map(|(_, writer)| writer) })
 }
 
 /// Waits for `shutdown` (or the end of the sources), re-reading the configuration on
@@ -412,7 +415,7 @@ async fn drain(
     mqtt_closed: Option<tokio::task::JoinHandle<()>>,
 ) -> RunSummary {
     tracker.close();
-    let DataPath { router, sink, .. } = data;
+    let DataPath { router, sink, capture, .. } = data;
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
         let dropped = router.await.unwrap_or_default();
         tracker.wait().await;
@@ -439,6 +442,10 @@ async fn drain(
             0
         }
     };
+    // The stream tasks are gone, and with them every capture handle.
+    if let Some(writer) = capture {
+        writer.finish(Duration::from_secs(10)).await;
+    }
     if let Some(closed) = mqtt_closed
         && tokio::time::timeout(Duration::from_secs(10), closed).await.is_err()
     {

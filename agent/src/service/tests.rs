@@ -174,7 +174,7 @@ async fn a_stream_task_captures_the_window_it_ran_with_its_outputs() {
         min_free_mb: 0,
         ..Default::default()
     };
-    let capture = crate::capture::Capture::start(&cfg, state.path()).unwrap().unwrap();
+    let (capture, writer) = crate::capture::Capture::start(&cfg, state.path()).unwrap().unwrap();
     let counters = capture.counters.clone();
     let mut h = Harness::start_with(Some(capture));
     let data = samples(384);
@@ -184,13 +184,9 @@ async fn a_stream_task_captures_the_window_it_ran_with_its_outputs() {
     drop(h.messages);
     tokio::time::timeout(Duration::from_secs(5), h.task).await.unwrap().unwrap();
     h.engine.shutdown();
-    // The task's end dropped the last handle: the writer has finished.
-    for _ in 0..500 {
-        if counters.kept.load(std::sync::atomic::Ordering::Relaxed) == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // The task's end dropped the last handle: the writer finishes what it was handed.
+    writer.finish(Duration::from_secs(10)).await;
+    assert_eq!(counters.kept.load(std::sync::atomic::Ordering::Relaxed), 2);
     let dir = crate::capture::dir(state.path());
     let kept: Vec<_> = crate::capture::store::entries(&dir)
         .unwrap()

@@ -1,0 +1,220 @@
+//! Capture (`[capture]`, `edge-agent samples`, `samples/upload`): the store's bounds under
+//! a flood, exports read by numpy and re-run through `infer`, uploads that resume.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// A config that replays `seconds` of the simulated sensor as fast as the model takes it,
+/// with `capture` as the `[capture]` table's body.
+fn config(dir: &Path, seconds: u32, capture: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    let text = format!(
+        "[agent]\ndevice_id = \"it\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n\
+         [[model]]\npath = \"{model}\"\n\n[[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\n\
+         speed = 0.0\nduration_s = {seconds}.0\n\n[capture]\nenabled = true\nmin_free_mb = 0\n{capture}\n",
+        state = dir.join("state").display(),
+        model = demo_model().display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the daemon until its source ends; returns its log.
+fn run_to_end(config: &Path) -> String {
+    let out = run(&["run", "--config", config.to_str().unwrap(), "--log-format", "json"], secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    stderr(&out)
+}
+
+/// The sample files of a state directory: (name, bytes).
+fn sample_files(state: &Path) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(state.join("capture"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cap"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `samples list --json` of a config's store.
+fn list(config: &Path) -> Vec<Value> {
+    let out = run(&["samples", "list", "--config", config.to_str().unwrap(), "--json"], secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    json_lines(&out.stdout)
+}
+
+/// What the daemon's last capture log line says: kept, over_rate, queue_full, disk_tight.
+fn counters(log: &str) -> [u64; 4] {
+    let line = json_lines(log.as_bytes())
+        .into_iter()
+        .rfind(|l| l["message"] == "capture: samples kept and refused in this run")
+        .unwrap_or_else(|| panic!("no capture summary in the log: {log}"));
+    ["kept", "over_rate", "queue_full", "disk_tight"].map(|k| line[k].as_u64().unwrap())
+}
+
+/// Every window of a 60 s replay (467 windows, replayed as fast as the model answers) is
+/// low confidence. The writer syncs each file, so it cannot keep up: the samples it
+/// has no room for in its queue are dropped and counted, and inference never waits.
+/// The byte bound holds, the oldest going first; then the hourly count holds.
+#[test]
+fn a_flood_of_low_confidence_inputs_keeps_the_byte_and_rate_bounds() {
+    let dir = tempdir();
+    let cfg = config(dir.path(), 60, "low_confidence = 1.01\nmax_kb = 16\nmax_per_hour = 100000");
+    let [kept, over_rate, queue_full, disk_tight] = counters(&run_to_end(&cfg));
+    assert_eq!(kept + queue_full, 467, "each window kept or counted as dropped");
+    assert_eq!((over_rate, disk_tight), (0, 0));
+    let files = sample_files(&dir.path().join("state"));
+    let total: u64 = files.iter().map(|(_, b)| b).sum();
+    assert!(total <= 16 * 1024, "{total} bytes on disk, over max_kb = 16");
+    assert!(files.len() >= 5, "{} samples kept in 16 KiB", files.len());
+    assert!((files.len() as u64) < kept, "{kept} written, {} left: the oldest went", files.len());
+    // The ones left are the newest written: numbered kept - n .. kept.
+    let numbers: Vec<u64> = files.iter().map(|(n, _)| n.trim_end_matches(".cap").parse().unwrap()).collect();
+    assert_eq!(numbers, (kept - files.len() as u64..kept).collect::<Vec<_>>());
+    let listed = list(&cfg);
+    assert_eq!(listed.len(), files.len());
+    assert!(listed.iter().all(|s| s["reason"] == "low-confidence" && s["model"] == "vibration"));
+    let windows: Vec<u64> = listed.iter().map(|s| s["window"].as_u64().unwrap()).collect();
+    assert!(windows.windows(2).all(|w| w[0] < w[1]) && windows[0] > 0, "{windows:?}");
+
+    // The same flood with room for everything but 50 an hour: no more than 50 are
+    // offered to the writer; the rest are counted once, then not even copied.
+    let dir = tempdir();
+    let cfg = config(dir.path(), 60, "low_confidence = 1.01\nmax_per_hour = 50");
+    let [kept, over_rate, queue_full, _] = counters(&run_to_end(&cfg));
+    assert_eq!(kept + queue_full, 50);
+    assert_eq!(over_rate, 1, "the stream task stops copying once the hour's budget is spent");
+    assert_eq!(sample_files(&dir.path().join("state")).len() as u64, kept);
+}
+
+/// The Python script of docs/monitoring.md ("## Capture"), as it is written there.
+fn doc_script() -> String {
+    let doc = std::fs::read_to_string(root().join("docs/monitoring.md")).unwrap();
+    let capture = &doc[doc.find("## Capture").expect("a Capture section")..];
+    let start = capture.find("```python\n").expect("a python block") + "```python\n".len();
+    let end = start + capture[start..].find("```").unwrap();
+    capture[start..end].to_string()
+}
+
+/// An export is read by the documented numpy script, and each exported window run
+/// through `edge-agent infer` gives the outputs the daemon recorded.
+#[test]
+fn exported_samples_are_read_by_numpy_and_rerun_through_infer_to_the_recorded_outputs() {
+    let dir = tempdir();
+    let cfg = config(dir.path(), 6, "low_confidence = 1.01\nmax_per_hour = 6");
+    run_to_end(&cfg);
+    let out_dir = dir.path().join("export");
+    let out = run(
+        &["samples", "export", "--config", cfg.to_str().unwrap(), "--out", out_dir.to_str().unwrap()],
+        secs(30),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("6 sample(s)"), "{}", stderr(&out));
+    let index: Vec<Value> = json_lines(&std::fs::read(out_dir.join("index.jsonl")).unwrap());
+    assert_eq!(index.len(), 6);
+
+    // The documented script, run as it is, and its `load` imported to read the values.
+    let script = dir.path().join("read_samples.py");
+    std::fs::write(&script, doc_script()).unwrap();
+    let python = cache().join("venv/bin/python");
+    let shown = Command::new(&python).arg(&script).arg(&out_dir).output().expect("run python");
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("vibration (6, 1, 256)"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("(1, 256) float32")).count(), 6, "{text}");
+    let dump = Command::new(&python)
+        .current_dir(dir.path())
+        .args(["-c", "import json, sys, read_samples as r\nprint(json.dumps([[m['id'], list(w.shape), w.astype(float).ravel().tolist()] for m, w, p in r.load(sys.argv[1])]))"])
+        .arg(&out_dir)
+        .output()
+        .expect("run python");
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let read: Vec<Value> = serde_json::from_slice(&dump.stdout).unwrap();
+    assert_eq!(read.len(), 6);
+
+    for (meta, seen) in index.iter().zip(&read) {
+        assert_eq!(meta["id"], seen[0]);
+        assert_eq!(seen[1], serde_json::json!([1, 256]));
+        let npy = out_dir.join(meta["input"].as_str().unwrap());
+        let out = run(
+            &["infer", "--model", demo_model().to_str().unwrap(), "--input", npy.to_str().unwrap(), "--json"],
+            secs(60),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let results = report["results"].as_array().unwrap();
+        assert_eq!(results.len(), 1, "a .npy is one model input, not windowed again");
+        let again = &results[0]["outputs"];
+        let recorded = &meta["outputs"];
+        assert_eq!(again["label"], recorded["label"], "{again} vs {recorded}");
+        let (a, r) = (again["score"].as_f64().unwrap(), recorded["score"].as_f64().unwrap());
+        assert!((a - r).abs() <= 1e-6, "score {a} vs recorded {r}");
+        assert_eq!(meta["score"].as_f64(), recorded["score"].as_f64());
+        // numpy read the values the daemon kept (the store's file, read by the agent).
+        let stored =
+            std::fs::read(dir.path().join(format!("state/capture/{:016}.cap", meta["id"].as_u64().unwrap())));
+        let stored = edge_agent::capture::store::Sample::decode(&stored.unwrap()).unwrap();
+        let numpy: Vec<f32> =
+            seen[2].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(numpy, stored.input);
+    }
+}
+
+/// `samples` refuses a missing store location and a non-empty export directory, plainly.
+#[test]
+fn samples_commands_refuse_bad_locations() {
+    let dir = tempdir();
+    let out = run(&["samples", "list", "--state-dir", dir.path().join("nope").to_str().unwrap()], secs(10));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    std::fs::write(dir.path().join("x"), b"").unwrap();
+    let out = run(
+        &[
+            "samples",
+            "export",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ],
+        secs(10),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not an empty directory"), "{}", stderr(&out));
+    // An empty store lists nothing, and says so.
+    let out = run(&["samples", "list", "--state-dir", dir.path().to_str().unwrap(), "--json"], secs(10));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("0 sample(s)"), "{}", stderr(&out));
+}
+
+/// `infer` takes a `.npy` only in a size the model takes, and float32 only.
+#[test]
+fn infer_refuses_a_npy_it_cannot_run() {
+    let dir = tempdir();
+    let small = dir.path().join("small.npy");
+    std::fs::write(&small, edge_agent::capture::npy::write_f32(&[3], &[0.0, 1.0, 2.0])).unwrap();
+    let out = run(
+        &["infer", "--model", demo_model().to_str().unwrap(), "--input", small.to_str().unwrap()],
+        secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("shape [3]") && stderr(&out).contains("vibration"), "{}", stderr(&out));
+    let mut f64 = edge_agent::capture::npy::write_f32(&[1, 256], &[0.0; 256]);
+    let at = f64.windows(3).position(|w| w == b"<f4").unwrap();
+    f64[at + 2] = b'8';
+    let wrong = dir.path().join("f64.npy");
+    std::fs::write(&wrong, f64).unwrap();
+    let out = run(
+        &["infer", "--model", demo_model().to_str().unwrap(), "--input", wrong.to_str().unwrap()],
+        secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("float32"), "{}", stderr(&out));
+}
