@@ -22,6 +22,7 @@
 //!   probation and rollback; `registry` publishing and serving.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
 //!   for [`mqtt`], [`ota`] and [`fallback`].
+//! - [`upload`]: resumable `PUT` uploads to pre-signed URLs (captured samples; log bundles).
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 //!
 //! The on-disk spool of the MQTT outbox and the atomic replacement of state files are the
@@ -50,3 +51,4 @@ pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod upload;

@@ -218,3 +218,229 @@ fn infer_refuses_a_npy_it_cannot_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("float32"), "{}", stderr(&out));
 }
+
+/// What the test's upload server saw and keeps.
+#[derive(Default)]
+struct Uploaded {
+    /// The bytes kept so far (a resumable service keeps what arrived before a cut).
+    bytes: Vec<u8>,
+    complete: bool,
+    /// Each request's `Content-Range`.
+    ranges: Vec<String>,
+    /// Connections left to cut in the middle of a body.
+    cuts_left: u32,
+}
+
+/// A resumable-upload server on loopback (the protocol of `agent/src/upload.rs`): `PUT
+/// /ok` answers as the protocol says, cutting the connection in the middle of the first
+/// `cuts` bodies after keeping half of what they sent; `PUT /expired` answers 403.
+fn upload_server(cuts: u32) -> (u16, std::sync::Arc<std::sync::Mutex<Uploaded>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state =
+        std::sync::Arc::new(std::sync::Mutex::new(Uploaded { cuts_left: cuts, ..Default::default() }));
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let state = shared.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let header = |name: &str| {
+                    head.iter()
+                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+                        .map(|(_, v)| v.trim().to_string())
+                };
+                let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let range = header("content-range").unwrap_or_default();
+                let respond = |conn: &mut std::net::TcpStream, status: &str, extra: String| {
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                };
+                if head[0].starts_with("PUT /expired") {
+                    return respond(&mut conn, "403 Forbidden", String::new());
+                }
+                let mut s = state.lock().unwrap();
+                s.ranges.push(range.clone());
+                if len > 0 && s.cuts_left > 0 {
+                    // Keep half of this body, then drop the connection without a word.
+                    s.cuts_left -= 1;
+                    let mut part = vec![0u8; len / 2];
+                    drop(s);
+                    reader.read_exact(&mut part).unwrap();
+                    state.lock().unwrap().bytes.extend_from_slice(&part);
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                let mut body = vec![0u8; len];
+                drop(s);
+                if reader.read_exact(&mut body).is_err() {
+                    return;
+                }
+                let mut s = state.lock().unwrap();
+                let total: usize =
+                    range.rsplit('/').next().and_then(|t| t.parse().ok()).unwrap_or(usize::MAX);
+                if !body.is_empty() {
+                    let start: usize = range["bytes ".len()..].split('-').next().unwrap().parse().unwrap();
+                    assert_eq!(start, s.bytes.len(), "a send starts where the server's bytes end");
+                    s.bytes.extend_from_slice(&body);
+                }
+                if s.bytes.len() == total {
+                    s.complete = true;
+                    respond(&mut conn, "201 Created", String::new());
+                } else if s.bytes.is_empty() {
+                    respond(&mut conn, "308 Resume Incomplete", String::new());
+                } else {
+                    let has = format!("Range: bytes=0-{}\r\n", s.bytes.len() - 1);
+                    respond(&mut conn, "308 Resume Incomplete", has);
+                }
+            });
+        }
+    });
+    (port, state)
+}
+
+/// Every reply to the command `id`, in order, once its final one came.
+fn replies_to(replies: &crate::common::broker::Subscription, id: &str) -> Vec<Value> {
+    replies.wait_for(&format!("the final reply to {id}"), secs(60), |t, p| {
+        t == "edge/dev1/cmd/samples/upload/reply"
+            && p.contains(&format!("\"id\":\"{id}\""))
+            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
+    });
+    replies
+        .messages()
+        .iter()
+        .filter(|(t, p)| t == "edge/dev1/cmd/samples/upload/reply" && p.contains(&format!("\"id\":\"{id}\"")))
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
+/// `samples/upload` over a real broker to a server that cuts the connection twice: the
+/// upload resumes from what the server kept, completes, and the reply's size and
+/// SHA-256 are those of the bytes the server holds, a tar of the export format. Bad
+/// arguments are refused before anything starts; an expired URL fails plainly.
+#[test]
+fn samples_upload_resumes_after_two_cuts_and_completes_with_the_right_digest() {
+    use crate::common::mqtt_agent::MqttSetup;
+    use edge_agent::capture::store::{Limits, Store};
+
+    let setup = MqttSetup::new().extra("[capture]\nenabled = true\nlow_confidence = 0.5\nmin_free_mb = 0\n");
+    // 300 samples of 4096 values (about 5 MB) already in the store.
+    let store_dir = setup.dir().join("state/capture");
+    let mut store =
+        Store::open(&store_dir, Limits { max_bytes: 1 << 30, max_per_hour: 1000, min_free_bytes: 0 })
+            .unwrap();
+    for i in 0..300u64 {
+        let sample = edge_agent::capture::Sample {
+            meta: serde_json::from_value(serde_json::json!({
+                "model": "flat", "version": "1", "stream": "s1", "time_ms": 1_000 + i, "reason": "low-confidence",
+                "score": 0.4, "window": i, "shape": [1, 4096], "place": "local", "outputs": {"label": "normal"}
+            }))
+            .unwrap(),
+            input: (0..4096).map(|v| (v as f32 + i as f32).sin()).collect(),
+            payload: None,
+        };
+        store.put(&sample).unwrap();
+    }
+    drop(store);
+    let crate::common::mqtt_agent::Running { broker, subs: [replies], agent, dir: _dir, .. } =
+        setup.start(["edge/dev1/cmd/#"]);
+    let (port, server) = upload_server(2);
+
+    // Refused before `accepted`: no URL, a scheme that is not http(s), an unknown key.
+    for (id, args, why) in [
+        ("u-1", r#"{}"#, "needs `args.url`"),
+        ("u-2", r#"{"url":"ftp://127.0.0.1/x?sig=secret"}"#, "the scheme is ftp"),
+        (
+            "u-3",
+            r#"{"url":"http://127.0.0.1/x","bucket":"b"}"#,
+            "`args.bucket` is not an argument of samples/upload",
+        ),
+        ("u-4", r#"{"url":"http://127.0.0.1/x","model":"../etc"}"#, "not a model name"),
+    ] {
+        broker.publish(
+            "test",
+            "edge/dev1/cmd/samples/upload",
+            format!(r#"{{"id":"{id}","args":{args}}}"#).as_bytes(),
+            1,
+            false,
+        );
+        let all = replies_to(&replies, id);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0]["state"], "rejected", "{all:?}");
+        let error = all[0]["error"].as_str().unwrap();
+        assert!(error.contains(why) && !error.contains("secret"), "{id}: {error}");
+    }
+
+    let url = format!("http://127.0.0.1:{port}/ok?X-Signature=secret");
+    let request = serde_json::json!({"id": "u-5", "args": {"url": url}}).to_string();
+    broker.publish("test", "edge/dev1/cmd/samples/upload", request.as_bytes(), 1, false);
+    let all = replies_to(&replies, "u-5");
+    let states: Vec<&str> = all.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"accepted"), "{all:?}");
+    assert!(states.iter().filter(|s| **s == "running").count() >= 2, "progress replies: {all:?}");
+    let last = all.last().unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let result = &last["result"];
+    let got = server.lock().unwrap();
+    assert!(got.complete);
+    assert_eq!(got.cuts_left, 0, "both cuts happened");
+    assert_eq!(result["bytes"].as_u64(), Some(got.bytes.len() as u64));
+    let digest = ring::digest::digest(&ring::digest::SHA256, &got.bytes);
+    assert_eq!(result["sha256"].as_str(), Some(hex::encode(digest).as_str()));
+    assert_eq!(result["samples"], 300);
+    assert!(result["resumed"].as_u64().unwrap() >= 2, "{result}");
+    assert_eq!(result["url"], format!("http://127.0.0.1:{port}/ok"), "the signature is not echoed");
+    // Each send after a cut started where the server's kept bytes ended (the server
+    // asserts it), after asking with `bytes */total`.
+    let total = got.bytes.len();
+    let asks = got.ranges.iter().filter(|r| **r == format!("bytes */{total}")).count();
+    assert!(asks >= 3, "{:?}", got.ranges);
+    assert_eq!(got.ranges.iter().filter(|r| r.starts_with("bytes 0-")).count(), 1, "{:?}", got.ranges);
+    // What arrived is the export format: a tar with index.jsonl and 300 .npy files.
+    let mut names = Vec::new();
+    let mut index = String::new();
+    for entry in tar::Archive::new(&got.bytes[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        if name == "samples/index.jsonl" {
+            std::io::Read::read_to_string(&mut entry, &mut index).unwrap();
+        }
+        names.push(name);
+    }
+    assert_eq!(names.iter().filter(|n| n.ends_with(".npy")).count(), 300);
+    assert_eq!(index.lines().count(), 300);
+    drop(got);
+    assert!(!agent_dir_has_archives(&_dir), "the archive is removed after the upload");
+
+    // An expired URL: a plain failure naming the status, the signature left out.
+    let url = format!("http://127.0.0.1:{port}/expired?X-Signature=secret");
+    let request = serde_json::json!({"id": "u-6", "args": {"url": url}}).to_string();
+    broker.publish("test", "edge/dev1/cmd/samples/upload", request.as_bytes(), 1, false);
+    let last = replies_to(&replies, "u-6").pop().unwrap();
+    assert_eq!(last["state"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("403") && !error.contains("secret"), "{error}");
+    agent.stop();
+}
+
+/// Whether an upload archive was left in the state directory.
+fn agent_dir_has_archives(dir: &tempfile::TempDir) -> bool {
+    std::fs::read_dir(dir.path().join("state/uploads"))
+        .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".tar")))
+        .unwrap_or(false)
+}
