@@ -371,6 +371,24 @@ mod tests {
         assert_eq!(parse_range("bytes=0-18446744073709551615"), None);
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::parse_range;
+        use crate::testing::proptest_config as config;
+
+        proptest! {
+            #![proptest_config(config(64))]
+
+            /// Any header value is read without a panic; a prefix range reads back.
+            #[test]
+            fn range_headers_never_panic_and_prefixes_round_trip(text in ".{0,40}", last in 0u64..u64::MAX) {
+                let _ = parse_range(&text);
+                prop_assert_eq!(parse_range(&format!("bytes=0-{last}")), Some(last + 1));
+            }
+        }
+    }
+
     #[test]
     fn urls_are_checked_and_their_secrets_never_shown() {
         let url = parse_url("https://user:pw@store.example/b/o.tar?X-Amz-Signature=secret#f").unwrap();
