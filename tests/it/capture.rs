@@ -231,11 +231,14 @@ struct Uploaded {
     cuts_left: u32,
 }
 
-/// A resumable-upload server on loopback (the protocol of `agent/src/upload.rs`): `PUT
-/// /ok` answers as the protocol says, cutting the connection in the middle of the first
-/// `cuts` bodies after keeping half of what they sent; `PUT /expired` answers 403.
-fn upload_server(cuts: u32) -> (u16, std::sync::Arc<std::sync::Mutex<Uploaded>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
+/// A resumable-upload server on loopback (the protocol of `agent/src/upload.rs`), over
+/// TLS when given a config: `PUT /ok` answers as the protocol says, cutting the
+/// connection in the middle of the first `cuts` bodies after keeping half of what they
+/// sent; `PUT /expired` answers 403.
+fn upload_server(
+    cuts: u32,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Uploaded>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let state =
@@ -243,75 +246,83 @@ fn upload_server(cuts: u32) -> (u16, std::sync::Arc<std::sync::Mutex<Uploaded>>)
     let shared = state.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let state = shared.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                let mut head = Vec::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                    head.push(line.trim_end().to_string());
+            let Ok(conn) = conn else { return };
+            let (state, tls) = (shared.clone(), tls.clone());
+            std::thread::spawn(move || match tls {
+                Some(config) => {
+                    let Ok(server) = rustls::ServerConnection::new(config) else { return };
+                    serve_put(rustls::StreamOwned::new(server, conn), &state)
                 }
-                let header = |name: &str| {
-                    head.iter()
-                        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
-                        .map(|(_, v)| v.trim().to_string())
-                };
-                let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                let range = header("content-range").unwrap_or_default();
-                let respond = |conn: &mut std::net::TcpStream, status: &str, extra: String| {
-                    let _ = write!(
-                        conn,
-                        "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                };
-                if head[0].starts_with("PUT /expired") {
-                    return respond(&mut conn, "403 Forbidden", String::new());
-                }
-                let mut s = state.lock().unwrap();
-                s.ranges.push(range.clone());
-                if len > 0 && s.cuts_left > 0 {
-                    // Keep half of this body, then drop the connection without a word.
-                    s.cuts_left -= 1;
-                    let mut part = vec![0u8; len / 2];
-                    drop(s);
-                    reader.read_exact(&mut part).unwrap();
-                    state.lock().unwrap().bytes.extend_from_slice(&part);
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-                let mut body = vec![0u8; len];
-                drop(s);
-                if reader.read_exact(&mut body).is_err() {
-                    return;
-                }
-                let mut s = state.lock().unwrap();
-                let total: usize =
-                    range.rsplit('/').next().and_then(|t| t.parse().ok()).unwrap_or(usize::MAX);
-                if !body.is_empty() {
-                    let start: usize = range["bytes ".len()..].split('-').next().unwrap().parse().unwrap();
-                    assert_eq!(start, s.bytes.len(), "a send starts where the server's bytes end");
-                    s.bytes.extend_from_slice(&body);
-                }
-                if s.bytes.len() == total {
-                    s.complete = true;
-                    respond(&mut conn, "201 Created", String::new());
-                } else if s.bytes.is_empty() {
-                    respond(&mut conn, "308 Resume Incomplete", String::new());
-                } else {
-                    let has = format!("Range: bytes=0-{}\r\n", s.bytes.len() - 1);
-                    respond(&mut conn, "308 Resume Incomplete", has);
-                }
+                None => serve_put(conn, &state),
             });
         }
     });
     (port, state)
+}
+
+/// Answers one request on `conn` (then closes it), as [`upload_server`] says.
+fn serve_put<S: std::io::Read + std::io::Write>(conn: S, state: &std::sync::Mutex<Uploaded>) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(conn);
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_string());
+    }
+    let header = |name: &str| {
+        head.iter()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let range = header("content-range").unwrap_or_default();
+    let respond = |reader: &mut BufReader<S>, status: &str, extra: String| {
+        let conn = reader.get_mut();
+        let _ = write!(conn, "HTTP/1.1 {status}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = conn.flush();
+    };
+    if head[0].starts_with("PUT /expired") {
+        return respond(&mut reader, "403 Forbidden", String::new());
+    }
+    let mut s = state.lock().unwrap();
+    s.ranges.push(range.clone());
+    if len > 0 && s.cuts_left > 0 {
+        // Keep half of this body, then drop the connection without a word.
+        s.cuts_left -= 1;
+        let mut part = vec![0u8; len / 2];
+        drop(s);
+        reader.read_exact(&mut part).unwrap();
+        state.lock().unwrap().bytes.extend_from_slice(&part);
+        return;
+    }
+    let mut body = vec![0u8; len];
+    drop(s);
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let mut s = state.lock().unwrap();
+    let total: usize = range.rsplit('/').next().and_then(|t| t.parse().ok()).unwrap_or(usize::MAX);
+    if !body.is_empty() {
+        let start: usize = range["bytes ".len()..].split('-').next().unwrap().parse().unwrap();
+        assert_eq!(start, s.bytes.len(), "a send starts where the server's bytes end");
+        s.bytes.extend_from_slice(&body);
+    }
+    let answer = if s.bytes.len() == total {
+        s.complete = true;
+        ("201 Created", String::new())
+    } else if s.bytes.is_empty() {
+        ("308 Resume Incomplete", String::new())
+    } else {
+        ("308 Resume Incomplete", format!("Range: bytes=0-{}\r\n", s.bytes.len() - 1))
+    };
+    drop(s);
+    respond(&mut reader, answer.0, answer.1);
 }
 
 /// Every reply to the command `id`, in order, once its final one came.
@@ -359,7 +370,7 @@ fn samples_upload_resumes_after_two_cuts_and_completes_with_the_right_digest() {
     drop(store);
     let crate::common::mqtt_agent::Running { broker, subs: [replies], agent, dir: _dir, .. } =
         setup.start(["edge/dev1/cmd/#"]);
-    let (port, server) = upload_server(2);
+    let (port, server) = upload_server(2, None);
 
     // Refused before `accepted`: no URL, a scheme that is not http(s), an unknown key.
     for (id, args, why) in [
@@ -443,4 +454,62 @@ fn agent_dir_has_archives(dir: &tempfile::TempDir) -> bool {
     std::fs::read_dir(dir.path().join("state/uploads"))
         .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".tar")))
         .unwrap_or(false)
+}
+
+/// A TLS server config for 127.0.0.1 from `make_certificates`'s files in `dir`.
+fn tls_server(dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    crate::common::broker::make_certificates(dir);
+    let certs = CertificateDer::pem_file_iter(dir.join("server.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    std::sync::Arc::new(config)
+}
+
+/// Over https the uploader trusts the CA of `capture.ca_file` (and resumes there too); a
+/// server whose certificate another CA signed is refused at once, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_over_https_trust_the_capture_ca_file_only() {
+    use edge_agent::upload::{Limits, Uploader, parse_url};
+    let dir = tempdir();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&theirs).unwrap();
+    let (port, server) = upload_server(1, Some(tls_server(&ours)));
+    let file = dir.path().join("archive.tar");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let url = parse_url(&format!("https://127.0.0.1:{port}/ok?sig=secret")).unwrap();
+    let limits = Limits { backoff: std::time::Duration::from_millis(50), ..Limits::default() };
+
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let done = Uploader::new(&url, Some(&ours.join("ca.crt")), limits)
+        .unwrap()
+        .put_file(&url, &file, &tx)
+        .await
+        .unwrap();
+    assert_eq!((done.bytes, done.resumed), (data.len() as u64, 1));
+    assert_eq!(*rx.borrow(), data.len() as u64, "progress ends at the whole file");
+    assert_eq!(server.lock().unwrap().bytes, data);
+
+    // Another CA, whose certificate the server's was not signed by.
+    drop(tls_server(&theirs));
+    let err = Uploader::new(&url, Some(&theirs.join("ca.crt")), limits)
+        .unwrap()
+        .put_file(&url, &file, &tx)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, edge_agent::upload::UploadError::Tls { .. }), "{text}");
+    assert!(text.contains("capture.ca_file") && !text.contains("secret"), "{text}");
 }
