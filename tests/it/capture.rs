@@ -352,9 +352,7 @@ fn samples_upload_resumes_after_two_cuts_and_completes_with_the_right_digest() {
     let setup = MqttSetup::new().extra("[capture]\nenabled = true\nlow_confidence = 0.5\nmin_free_mb = 0\n");
     // 300 samples of 4096 values (about 5 MB) already in the store.
     let store_dir = setup.dir().join("state/capture");
-    let mut store =
-        Store::open(&store_dir, Limits { max_bytes: 1 << 30, max_per_hour: 1000, min_free_bytes: 0 })
-            .unwrap();
+    let mut store = Store::open(&store_dir, Limits { max_bytes: 1 << 30, min_free_bytes: 0 }).unwrap();
     for i in 0..300u64 {
         let sample = edge_agent::capture::Sample {
             meta: serde_json::from_value(serde_json::json!({

@@ -120,7 +120,6 @@ impl Capture {
         }
         let limits = store::Limits {
             max_bytes: cfg.max_kb.saturating_mul(1024),
-            max_per_hour: cfg.max_per_hour,
             min_free_bytes: cfg.min_free_mb.saturating_mul(1024 * 1024),
         };
         let store = store::Store::open(&dir(state_dir), limits)?;
@@ -133,13 +132,12 @@ impl Capture {
         // Samples already on disk from the last hour count against this hour's budget,
         // so a restart loop cannot write more than the bound.
         let since = now_ms().saturating_sub(HOUR_MS);
-        let hour: VecDeque<u64> = store::entries(&dir_of(&store))?
+        let mut hour: Vec<u64> = store::entries(store.dir())?
             .iter()
             .filter_map(|e| std::fs::metadata(&e.path).ok()?.modified().ok())
             .filter_map(|t| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64))
             .filter(|t| *t >= since)
             .collect();
-        let mut hour: Vec<u64> = hour.into();
         hour.sort_unstable();
         let counters = Arc::new(Counters::default());
         let (tx, rx) = std::sync::mpsc::sync_channel::<Sample>(QUEUE);
@@ -277,10 +275,6 @@ impl Writer {
             "capture: samples kept and refused in this run"
         );
     }
-}
-
-fn dir_of(store: &store::Store) -> PathBuf {
-    store.dir().to_path_buf()
 }
 
 /// The message's bytes as received, with their format's name, when they are at most

@@ -181,17 +181,13 @@ impl<'a> Reader<'a> {
 pub struct Limits {
     /// Bytes of sample files kept at most; the oldest go first.
     pub max_bytes: u64,
-    /// Samples kept in any hour at most; more are refused.
-    pub max_per_hour: u32,
     /// Free bytes the file system must keep after a write.
     pub min_free_bytes: u64,
 }
 
-/// Why a sample was not kept.
+/// Why the store did not keep a sample (the hourly count is the handle's, before).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("{0} samples were already kept in the last hour (capture.max_per_hour)")]
-    Rate(u32),
     #[error("the sample is {bytes} bytes, more than the whole store may hold ({max} bytes, capture.max_kb)")]
     TooLarge { bytes: u64, max: u64 },
     #[error(

@@ -38,7 +38,7 @@ fn sample(n: usize, payload: Option<Vec<u8>>) -> Sample {
 const LOTS: u64 = u64::MAX / 4;
 
 fn limits(max_bytes: u64) -> Limits {
-    Limits { max_bytes, max_per_hour: 1_000_000, min_free_bytes: 0 }
+    Limits { max_bytes, min_free_bytes: 0 }
 }
 
 fn files(dir: &Path) -> Vec<store::Entry> {
@@ -98,7 +98,7 @@ fn a_sample_larger_than_the_store_is_refused() {
 #[test]
 fn a_tight_disk_refuses_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let l = Limits { max_bytes: 1 << 20, max_per_hour: 100, min_free_bytes: 10_000 };
+    let l = Limits { max_bytes: 1 << 20, min_free_bytes: 10_000 };
     let mut store = Store::open(dir.path(), l).unwrap().with_free(|_| Ok(10_500));
     let err = store.put(&sample(256, None)).unwrap_err();
     assert!(matches!(err, Refused::DiskTight { free: 10_500, .. }), "{err}");
