@@ -366,6 +366,9 @@ fn samples_upload_resumes_after_two_cuts_and_completes_with_the_right_digest() {
         store.put(&sample).unwrap();
     }
     drop(store);
+    // A crashed upload's archive, which the next upload clears away.
+    std::fs::create_dir_all(setup.dir().join("state/uploads")).unwrap();
+    std::fs::write(setup.dir().join("state/uploads/samples-old.tar"), b"left over").unwrap();
     let crate::common::mqtt_agent::Running { broker, subs: [replies], agent, dir: _dir, .. } =
         setup.start(["edge/dev1/cmd/#"]);
     let (port, server) = upload_server(2, None);

@@ -107,6 +107,16 @@ struct Packed {
 fn pack(store: &Path, path: &Path, filter: &export::Filter, min_free: u64) -> Result<Packed, String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Commands run one at a time, so an archive already here is a crashed run's leftover.
+    if let Ok(old) = std::fs::read_dir(dir) {
+        for e in old.filter_map(Result::ok) {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("samples-") && name.ends_with(".tar") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     // The archive is about the size of the store's files (.npy and .cap hold the same
     // values); a tenth more covers the tar headers.
     let stored: u64 = crate::capture::store::entries(store)
