@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`api`]: the local HTTP API: Open Inference Protocol v2, `/status`, `/metrics`.
+//! - [`capture`]: keeping the inputs worth retraining on, in a bounded on-disk store; exports.
 //! - [`cli`]: the command line, one module per subcommand (the binary's edge: `anyhow`).
 //! - [`config`]: the configuration schema, loading (file, environment, flags), validation.
 //! - [`diagnostics`]: the checks of a device's setup, for `edge-agent doctor` and the
@@ -19,6 +20,7 @@
 //!   probation and rollback; `registry` publishing and serving.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
 //!   for [`mqtt`], [`ota`] and [`fallback`].
+//! - [`upload`]: resumable `PUT` uploads to pre-signed URLs (captured samples; log bundles).
 //! - [`telemetry`]: readings about the agent and its device, and the periodic report.
 //!
 //! The inference engine (model specs, loading and optimising with tract, the worker pool,
@@ -32,6 +34,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -48,3 +51,4 @@ pub mod telemetry;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod upload;

@@ -12,6 +12,8 @@ mod api;
 mod bad_input;
 /// The benchmark's tools: the native MQTT load driver and the Python peer agent.
 mod bench;
+/// Capture: the store's bounds, exports read by numpy and re-run, resumable uploads.
+mod capture;
 /// The command line: inspect, infer, bench output formats.
 mod cli;
 /// Configuration errors and overrides.

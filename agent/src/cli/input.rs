@@ -20,6 +20,9 @@ pub enum InputFormat {
     Wav,
     /// PNG or JPEG (`.png`, `.jpg`, `.jpeg`).
     Image,
+    /// A model input already pre-processed: a float32 NumPy array (`.npy`, as `samples
+    /// export` writes), run as it is (no scale, no windows).
+    Npy,
 }
 
 impl InputFormat {
@@ -32,8 +35,9 @@ impl InputFormat {
             "i16" | "pcm" => InputFormat::I16,
             "wav" => InputFormat::Wav,
             "png" | "jpg" | "jpeg" => InputFormat::Image,
+            "npy" => InputFormat::Npy,
             _ => bail!(
-                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image",
+                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image|npy",
                 path.display()
             ),
         })
@@ -53,6 +57,9 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         None => InputFormat::detect(path)?,
     };
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    if format == InputFormat::Npy {
+        return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format });
+    }
     let max = spec.limits.max_payload_bytes;
     // WAV files are streams, cut into windows; every other file is one payload.
     if format != InputFormat::Wav && meta.len() > max as u64 {
@@ -81,6 +88,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?,
         InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
+        InputFormat::Npy => read_npy(path, spec)?,
     };
     let inputs = match &spec.pre.window {
         Some(w) if format != InputFormat::Image => {
@@ -126,4 +134,23 @@ fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow
     let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
     pipeline::decode(spec, Payload::Encoded(encoding, bytes))
         .with_context(|| format!("input {}", path.display()))
+}
+
+/// A pre-processed model input from a `.npy` file: float32, and a size the model's data
+/// input takes.
+fn read_npy(path: &Path, spec: &ModelSpec) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let (shape, values) =
+        crate::capture::npy::read_f32(&bytes).with_context(|| format!("input {}", path.display()))?;
+    let want = spec.data_input();
+    if want.shape_for(values.len()).is_none() {
+        bail!(
+            "input {} is an array of shape {shape:?}, but the model input `{}` takes {}",
+            path.display(),
+            want.name,
+            want.shape_text()
+        );
+    }
+    pipeline::check_finite(&values).with_context(|| format!("input {}", path.display()))?;
+    Ok(values)
 }

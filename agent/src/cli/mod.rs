@@ -19,6 +19,7 @@ mod input;
 mod model;
 mod registry;
 mod run;
+mod samples;
 mod spool;
 pub mod status;
 mod update;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Look inside the MQTT spool; decode compact (postcard) telemetry.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
+    /// List or export the samples `[capture]` kept for retraining.
+    #[command(subcommand)]
+    Samples(samples::SamplesCommand),
     /// Check for model updates now, or install a signed version (asks the daemon).
     #[command(subcommand)]
     Update(update::UpdateCommand),
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Spool(cmd) => spool::run(cmd),
+        Command::Samples(cmd) => samples::run(cmd),
         Command::Update(cmd) => update::run(cmd),
         Command::Registry(cmd) => registry::run(cmd),
     }

@@ -11,6 +11,7 @@ use super::fallback_force::{self, FallbackForceArgs};
 use super::models_list::ModelsListArgs;
 use super::ping::PingArgs;
 use super::rollback::RollbackArgs;
+use super::samples_upload::{self, SamplesUploadArgs};
 use super::status::StatusArgs;
 use super::update_apply::{UpdateApply, UpdateApplyArgs};
 use super::update_check::UpdateCheckArgs;
@@ -18,7 +19,7 @@ use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -29,6 +30,7 @@ pub const NAMES: [&str; 10] = [
     UpdateApplyArgs::COMMAND,
     RollbackArgs::COMMAND,
     FallbackForceArgs::COMMAND,
+    SamplesUploadArgs::COMMAND,
 ];
 
 /// A command whose arguments were checked: [`run`] has nothing left to refuse, only to
@@ -46,6 +48,7 @@ pub enum Command {
     UpdateApply(UpdateApply),
     Rollback(RollbackArgs),
     FallbackForce(fallback_force::Checked),
+    SamplesUpload(samples_upload::Checked),
 }
 
 /// Reads a known command's arguments into its type and checks them (and that this device
@@ -77,6 +80,7 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
             Command::Rollback(args)
         }
         FallbackForceArgs::COMMAND => Command::FallbackForce(fallback_force::prepare(read(args)?, ctx)?),
+        SamplesUploadArgs::COMMAND => Command::SamplesUpload(samples_upload::prepare(read(args)?, ctx)?),
         other => return Err(format!("unknown command `{}`", crate::mqtt::excerpt(other, 64))),
     })
 }
@@ -115,6 +119,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
             None => updates_stopped(),
         },
         Command::FallbackForce(checked) => fallback_force::run(checked, ctx),
+        Command::SamplesUpload(checked) => samples_upload::run(checked, progress).await,
     }
 }
 

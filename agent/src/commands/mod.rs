@@ -21,6 +21,7 @@ mod models_list;
 mod ping;
 mod reply;
 pub mod rollback;
+mod samples_upload;
 mod seen;
 mod status;
 #[cfg(test)]
@@ -55,6 +56,8 @@ pub struct Context {
     /// The model update task, when `[ota]` is configured.
     pub ota: Option<crate::ota::OtaHandle>,
     pub fallback: Arc<crate::fallback::Fallback>,
+    /// `[capture]`: where `samples/upload` finds its CA file and disk margin.
+    pub capture: crate::config::CaptureSection,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }
@@ -228,6 +231,11 @@ pub struct Progress<'a> {
 impl Progress<'_> {
     pub async fn report(&self, fraction: f64) {
         self.replier.send(&json!({"id": self.id, "state": "running", "progress": fraction})).await;
+    }
+
+    /// The request's id (unique among the device's commands).
+    pub fn id(&self) -> &str {
+        self.id
     }
 }
 

@@ -307,6 +307,7 @@ mod dispatcher {
             telemetry: watch::channel(TelemetrySection::default()).0,
             ota: None,
             fallback,
+            capture: crate::config::CaptureSection::default(),
             status: Box::new(move || parts.gather(None)),
         }
     }

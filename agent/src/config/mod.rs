@@ -5,6 +5,7 @@
 //! rest of the agent never sees an unchecked value. Every problem is reported at once,
 //! each as `file:line: key: what is wrong; how to fix it`.
 
+pub mod capture;
 mod error;
 pub mod fallback;
 pub mod mqtt;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use capture::CaptureSection;
 pub use error::ConfigError;
 pub use fallback::FallbackSection;
 pub use mqtt::{
@@ -391,11 +393,13 @@ pub struct RawConfig {
     pub ota: Option<OtaSection>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackSection>,
+    #[serde(default)]
+    pub capture: CaptureSection,
 }
 
 /// Sections that environment variables may set.
-const SECTIONS: [&str; 10] =
-    ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool", "ota", "fallback"];
+const SECTIONS: [&str; 11] =
+    ["agent", "log", "engine", "output", "api", "mqtt", "telemetry", "spool", "ota", "fallback", "capture"];
 
 /// Overrides given as command-line flags (highest precedence).
 #[derive(Debug, Clone, Default)]
@@ -439,6 +443,8 @@ pub struct Config {
     pub ota: Option<OtaSection>,
     /// Cloud inference, paths resolved.
     pub fallback: Option<FallbackSection>,
+    /// Keeping samples for retraining (off by default), paths resolved.
+    pub capture: CaptureSection,
 }
 
 /// The validated API settings.
@@ -655,6 +661,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
     let ota = raw.ota.as_ref().map(|o| ota::validate(o, &resolve, &groups, &mut problem));
     let fallback =
         raw.fallback.as_ref().map(|f| check_fallback(f, &models, &absent.registry, &resolve, &mut problem));
+    let capture = capture::validate(&raw.capture, &resolve, &mut problem);
 
     if !problems.is_empty() {
         return Err(report(&problems, path, text));
@@ -681,6 +688,7 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
         spool: raw.spool,
         ota,
         fallback,
+        capture,
     })
 }
 

@@ -1,11 +1,20 @@
+/// A fresh directory and the path of its `agent.toml` (written by [`write_agent`]).
+fn config_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    (dir, path)
+}
+
+/// Writes `path`: an `[agent]` table, then `text`.
+fn write_agent(path: &std::path::Path, text: &str) {
+    std::fs::write(path, format!("[agent]\ndevice_id = \"d\"\nstate_dir = \"s\"\n{text}")).unwrap()
+}
+
 #[test]
 fn the_model_memory_limit_is_checked_and_reaches_the_engine() {
     use super::{Config, Overrides};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("agent.toml");
-    let write = |text: &str| {
-        std::fs::write(&path, format!("[agent]\ndevice_id = \"d\"\nstate_dir = \"s\"\n{text}")).unwrap()
-    };
+    let (_dir, path) = config_file();
+    let write = |text: &str| write_agent(&path, text);
 
     write("");
     let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
@@ -28,6 +37,39 @@ fn the_model_memory_limit_is_checked_and_reaches_the_engine() {
             "{err}"
         );
     }
+}
+
+#[test]
+fn capture_is_off_by_default_and_its_ranges_are_checked() {
+    use super::{Config, Overrides};
+    let (dir, path) = config_file();
+    let write = |text: &str| write_agent(&path, text);
+    write("");
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    assert!(!c.capture.enabled, "off unless turned on: the data may be private");
+
+    write("\n[capture]\nenabled = true\nrandom_share = 0.01\nca_file = \"ca.pem\"\n");
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    assert!(c.capture.enabled);
+    assert_eq!(c.capture.ca_file, Some(dir.path().join("ca.pem")), "relative to the config file");
+    let env = [("EDGE_AGENT_CAPTURE_MAX_PER_HOUR".to_string(), "7".to_string())];
+    assert_eq!(Config::load_with_env(&path, &Overrides::default(), &env).unwrap().capture.max_per_hour, 7);
+
+    write(
+        "\n[capture]\nenabled = true\nrandom_share = 1.5\nlow_confidence = -1\nmax_kb = 0\nmax_per_hour = 0\n",
+    );
+    let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
+    for want in [
+        "capture.random_share: 1.5 is not a share; use 0 to 1",
+        "capture.low_confidence: -1 is not a score",
+        "capture.max_kb: 0 is out of range",
+        "capture.max_per_hour: 0 would keep nothing",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    write("\n[capture]\nenabled = true\n");
+    let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
+    assert!(err.contains("no reason keeps anything"), "{err}");
 }
 
 /// Cases the property tests found (against the code before they existed).
@@ -106,6 +148,12 @@ budget_per_day = 100
 [fallback.resource]
 max_temperature_c = 80.5
 max_load_per_cpu = 1.5
+[capture]
+enabled = true
+low_confidence = 0.6
+random_share = 0.01
+max_kb = 1024
+ca_file = "ca.pem"
 "#;
 
     fn rich() -> RawConfig {

@@ -59,6 +59,10 @@ pub enum StartError {
     Fallback(#[from] crate::fallback::FallbackError),
     #[error("model updates: {0}")]
     Ota(#[from] crate::ota::OtaError),
+    #[error(
+        "cannot open the capture store {path}: {source}; check the state directory or turn [capture] off"
+    )]
+    Capture { path: String, source: std::io::Error },
     #[error("result numbering in {path}: {source}")]
     Seq { path: String, source: std::io::Error },
 }
@@ -314,6 +318,8 @@ struct DataPath {
     router: tokio::task::JoinHandle<u64>,
     /// Returns the results written.
     sink: tokio::task::JoinHandle<u64>,
+    /// The capture store's writer, when `[capture]` is on.
+    capture: Option<crate::capture::Writer>,
 }
 
 /// What the stream tasks share, borrowed from the running parts.
@@ -355,15 +361,19 @@ fn wire_data_path(
     let (result_tx, result_rx) = mpsc::channel::<ResultRecord>(1024);
     let sink = tracker.spawn(sink.run(result_rx, config.device_id.clone()));
 
+    let capture = crate::capture::Capture::start(&config.capture, &config.state_dir).map_err(|source| {
+        StartError::Capture { path: crate::capture::dir(&config.state_dir).display().to_string(), source }
+    })?;
     let deps = stream::Deps {
         engine: deps.engine.clone(),
         health: deps.health.clone(),
         results: result_tx,
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
+        capture: capture.as_ref().map(|(c, _)| c.clone()),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
-    Ok(DataPath { sources, router, sink })
+    Ok(DataPath { sources, router, sink, capture: capture.map(|(_, writer)| writer) })
 }
 
 /// Waits for `shutdown` (or the end of the sources), re-reading the configuration on
@@ -408,7 +418,7 @@ async fn drain(
     mqtt_closed: Option<tokio::task::JoinHandle<()>>,
 ) -> RunSummary {
     tracker.close();
-    let DataPath { router, sink, .. } = data;
+    let DataPath { router, sink, capture, .. } = data;
     let dropped = match tokio::time::timeout(DRAIN_GRACE, async {
         let dropped = router.await.unwrap_or_default();
         tracker.wait().await;
@@ -435,6 +445,10 @@ async fn drain(
             0
         }
     };
+    // The stream tasks are gone, and with them every capture handle.
+    if let Some(writer) = capture {
+        writer.finish(Duration::from_secs(10)).await;
+    }
     if let Some(closed) = mqtt_closed
         && tokio::time::timeout(Duration::from_secs(10), closed).await.is_err()
     {
@@ -527,6 +541,7 @@ fn serve_mqtt(
         telemetry: telemetry_tx,
         ota: parts.ota.clone(),
         fallback: parts.fallback.clone(),
+        capture: config.capture.clone(),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));

@@ -2,7 +2,7 @@
 //!
 //! What can change while running is applied: models (added, removed, or changed on disk,
 //! found by the size and modification time of their files) and the request deadline.
-//! What cannot (threads, queue, sources, API, logging) is reported as needing a restart.
+//! What cannot (threads, queue, sources, API, logging, capture) is reported as needing a restart.
 //! A configuration that does not validate is refused and the running one stays.
 
 use std::collections::BTreeMap;
@@ -177,6 +177,9 @@ fn needs_restart(c: &Config, next: &Config) -> Vec<&'static str> {
     }
     if next.device_id != c.device_id || next.state_dir != c.state_dir {
         restart.push("agent");
+    }
+    if next.capture != c.capture {
+        restart.push("capture");
     }
     restart
 }

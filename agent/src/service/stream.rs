@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::result::ResultRecord;
+use crate::capture::{self, Capture};
 use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
 use crate::sources::SensorMessage;
@@ -70,10 +71,13 @@ pub(super) struct Deps {
     /// Where failures go (the log, and MQTT when it is on).
     pub events: Events,
     pub fallback: Arc<Fallback>,
+    /// Keeps samples worth retraining on; `None` when `[capture]` is off (then the
+    /// stream task copies nothing).
+    pub capture: Option<Arc<Capture>>,
 }
 
 pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
-    let Deps { engine, health, results, events, fallback } = deps;
+    let Deps { engine, health, results, events, fallback, capture } = deps;
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
@@ -109,6 +113,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             _ => own_limit,
         };
         let payload = std::mem::replace(&mut msg.payload, Payload::Samples(Vec::new()));
+        let wanted = capture.as_ref().filter(|c| c.wanted());
+        let raw = wanted.and_then(|c| capture::raw_payload(&payload, spec, c.max_payload_bytes()));
         let (values, size) = match pipeline::decode_within(spec, payload, limit) {
             Ok(v) => v,
             Err(source) => {
@@ -136,6 +142,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 ..Signals::from_engine(&engine, deadline)
             };
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
+            // The window is copied only while capture may keep it.
+            let kept_input = wanted.map(|_| data.clone());
             let job = Job {
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
@@ -150,6 +158,30 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
                     if spec.post.wants_raw() {
                         outputs.insert("raw".into(), raw_outputs(&a.outputs));
+                    }
+                    if let (Some(c), Some(input)) = (wanted, kept_input) {
+                        let score = outputs.get("score").and_then(serde_json::Value::as_f64);
+                        if let Some(reason) = c.reason(score, capture::Flags::default()) {
+                            let meta = capture::Meta {
+                                model: msg.model.clone(),
+                                version: a.version.clone(),
+                                stream: msg.stream.clone(),
+                                time_ms: capture::now_ms(),
+                                reason,
+                                score,
+                                window,
+                                shape: spec.data_input().shape_for(input.len()).unwrap_or(vec![input.len()]),
+                                place: a.place.to_string(),
+                                outputs: outputs.clone(),
+                                input_id: msg.input_id.clone(),
+                                payload_format: raw.as_ref().map(|(f, _)| f.clone()),
+                            };
+                            c.offer(capture::Sample {
+                                meta,
+                                input,
+                                payload: raw.as_ref().map(|(_, b)| b.clone()),
+                            });
+                        }
                     }
                     records.push(ResultRecord {
                         model: msg.model.clone(),

@@ -35,6 +35,10 @@ struct Harness {
 
 impl Harness {
     fn start() -> Harness {
+        Harness::start_with(None)
+    }
+
+    fn start_with(capture: Option<Arc<crate::capture::Capture>>) -> Harness {
         let engine = Arc::new(Engine::start(&EngineConfig::default()));
         engine.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
         let (fallback, _transitions) = Fallback::new(None).unwrap();
@@ -46,6 +50,7 @@ impl Harness {
             results: results_tx,
             events: Events::log_only().tap(tap),
             fallback: Arc::new(fallback),
+            capture,
         };
         let (messages, rx) = mpsc::channel(8);
         let task = tokio::spawn(stream::run(rx, deps));
@@ -155,4 +160,74 @@ async fn the_status_document_reads_back_into_its_type() {
     assert!(read.models["vibration"].counts.is_some());
     assert_eq!(serde_json::to_value(&read).unwrap(), written);
     h.engine.shutdown();
+}
+
+/// With `[capture]` on, a stream task keeps each window the model ran on with the outputs
+/// it published, its metadata and the message's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_task_captures_the_window_it_ran_with_its_outputs() {
+    let state = tempfile::tempdir().unwrap();
+    // Every score is below 1.01: each window is low confidence.
+    let cfg = crate::config::CaptureSection {
+        enabled: true,
+        low_confidence: 1.01,
+        min_free_mb: 0,
+        ..Default::default()
+    };
+    let (capture, writer) = crate::capture::Capture::start(&cfg, state.path()).unwrap().unwrap();
+    let counters = capture.counters.clone();
+    let mut h = Harness::start_with(Some(capture));
+    let data = samples(384);
+    let body = json!({"id": "m-1", "data": data}).to_string().into_bytes();
+    h.send(Payload::Bytes(body), "first").await;
+    let (a, b) = (h.result().await, h.result().await);
+    drop(h.messages);
+    tokio::time::timeout(Duration::from_secs(5), h.task).await.unwrap().unwrap();
+    h.engine.shutdown();
+    // The task's end dropped the last handle: the writer finishes what it was handed.
+    writer.finish(Duration::from_secs(10)).await;
+    assert_eq!(counters.kept.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let dir = crate::capture::dir(state.path());
+    let kept: Vec<_> = crate::capture::store::entries(&dir)
+        .unwrap()
+        .iter()
+        .map(|e| crate::capture::store::read(&e.path).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 2);
+    let values: Vec<f32> = data.iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    for (s, (r, start)) in kept.iter().zip([(&a, 0), (&b, 128)]) {
+        assert_eq!(s.input, values[start..start + 256], "the window the model ran on");
+        assert_eq!(s.meta.shape, [1, 256]);
+        // JSON's text may move a float by its last bit: equal within a relative 1e-12.
+        let (got, want) = (json!(s.meta.outputs), json!(r.outputs));
+        assert!(nearly_equal(&got, &want), "the outputs it published: {got} vs {want}");
+        assert_eq!(
+            (s.meta.model.as_str(), s.meta.version.as_str(), s.meta.stream.as_str()),
+            ("vibration", "1", "s-1")
+        );
+        assert_eq!(s.meta.reason, crate::capture::Reason::LowConfidence);
+        assert_eq!(s.meta.window, r.window);
+        assert_eq!(s.meta.input_id, Some(json!("m-1")));
+        assert_eq!(s.meta.payload_format.as_deref(), Some("json"));
+        let payload: serde_json::Value = serde_json::from_slice(s.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(payload["id"], "m-1");
+    }
+}
+
+/// JSON values equal, numbers within a relative 1e-12.
+fn nearly_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| nearly_equal(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| nearly_equal(v, w)))
+        }
+        _ => a == b,
+    }
 }
