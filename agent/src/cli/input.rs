@@ -20,6 +20,9 @@ pub enum InputFormat {
     Wav,
     /// PNG or JPEG (`.png`, `.jpg`, `.jpeg`).
     Image,
+    /// JSON lines (`.jsonl`, `.ndjson`): one payload per line, as a sensor sends them,
+    /// cut into windows as one stream.
+    Jsonl,
 }
 
 impl InputFormat {
@@ -32,8 +35,9 @@ impl InputFormat {
             "i16" | "pcm" => InputFormat::I16,
             "wav" => InputFormat::Wav,
             "png" | "jpg" | "jpeg" => InputFormat::Image,
+            "jsonl" | "ndjson" => InputFormat::Jsonl,
             _ => bail!(
-                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image",
+                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image|jsonl",
                 path.display()
             ),
         })
@@ -52,6 +56,9 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         Some(f) => f,
         None => InputFormat::detect(path)?,
     };
+    if format == InputFormat::Jsonl {
+        return Ok(Prepared { inputs: prepare_lines(path, spec)?, format });
+    }
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
     let max = spec.limits.max_payload_bytes;
     // WAV files are streams, cut into windows; every other file is one payload.
@@ -81,6 +88,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?,
         InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
+        InputFormat::Jsonl => unreachable_jsonl(path)?,
     };
     let inputs = match &spec.pre.window {
         Some(w) if format != InputFormat::Image => {
@@ -96,30 +104,84 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             windows.into_iter().map(|w| w.data).collect()
         }
         _ => {
-            let want = spec.data_input();
-            if want.shape_for(values.len()).is_none() {
-                if want.ranges.is_empty() {
-                    bail!(
-                        "input {} has {} values but the model input `{}` {:?} takes {}",
-                        path.display(),
-                        values.len(),
-                        want.name,
-                        want.shape,
-                        want.len()
-                    );
-                }
-                bail!(
-                    "input {} has {} values, and no shape the model input `{}` takes ({}) holds that many",
-                    path.display(),
-                    values.len(),
-                    want.name,
-                    want.shape_text()
-                );
-            }
+            check_whole(&path.display().to_string(), &values, spec)?;
             vec![values]
         }
     };
     Ok(Prepared { inputs, format })
+}
+
+/// JSON lines are read by [`prepare_lines`]; this arm is never taken.
+fn unreachable_jsonl(path: &Path) -> anyhow::Result<Vec<f32>> {
+    bail!("input {}: JSON lines are read line by line", path.display())
+}
+
+/// Checks that one payload's values fill the model's data input.
+fn check_whole(what: &str, values: &[f32], spec: &ModelSpec) -> anyhow::Result<()> {
+    let want = spec.data_input();
+    if want.shape_for(values.len()).is_some() {
+        return Ok(());
+    }
+    if want.ranges.is_empty() {
+        bail!(
+            "input {what} has {} values but the model input `{}` {:?} takes {}",
+            values.len(),
+            want.name,
+            want.shape,
+            want.len()
+        );
+    }
+    bail!(
+        "input {what} has {} values, and no shape the model input `{}` takes ({}) holds that many",
+        values.len(),
+        want.name,
+        want.shape_text()
+    )
+}
+
+/// A JSON-lines file: each non-empty line is one payload (at most the model's payload
+/// limit), decoded as a sensor message would be; with windows, the lines are one stream.
+fn prepare_lines(path: &Path, spec: &ModelSpec) -> anyhow::Result<Vec<Vec<f32>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let max = spec.limits.max_payload_bytes;
+    let mut windower = spec.pre.window.as_ref().map(Windower::new);
+    let mut inputs = Vec::new();
+    let mut samples = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        if line.len() > max {
+            bail!(
+                "input {at}: the line is {} bytes, over the model's limit of {max} bytes (limits.max_payload_bytes in its model.toml)",
+                line.len()
+            );
+        }
+        let values = pipeline::decode(spec, Payload::Encoded(PayloadFormat::Json, line.as_bytes().to_vec()))
+            .with_context(|| format!("input {at}"))?;
+        samples += values.len();
+        match windower.as_mut() {
+            Some(w) => inputs.extend(w.push(&values).into_iter().map(|w| w.data)),
+            None => {
+                check_whole(&at, &values, spec)?;
+                inputs.push(values);
+            }
+        }
+    }
+    if inputs.is_empty() {
+        match &spec.pre.window {
+            Some(w) => bail!(
+                "input {} has {samples} samples, fewer than one window of {} (pre.window.size)",
+                path.display(),
+                w.size
+            ),
+            None => bail!("input {} has no lines", path.display()),
+        }
+    }
+    Ok(inputs)
 }
 
 fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow::Result<Vec<f32>> {

@@ -17,6 +17,7 @@ pub mod doctor;
 mod infer;
 mod input;
 mod model;
+mod profile;
 mod registry;
 mod run;
 mod spool;

@@ -20,6 +20,9 @@ pub enum ModelCommand {
     /// Run a model directory's golden vectors (selftest.json), as a device does before
     /// activating an update; or record them with --record.
     Selftest(SelftestArgs),
+    /// Run a model over representative inputs and write its drift reference
+    /// (profile.json) into its directory; `registry publish` ships it with the model.
+    Profile(super::profile::ProfileArgs),
     /// List the running agent's models with their update state (asks the daemon).
     List(super::update::DaemonArgs),
     /// Go back to the previous version of a model on the running agent (asks the daemon);
@@ -134,6 +137,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Inspect(args) => inspect(args),
         ModelCommand::Selftest(args) => selftest(args),
+        ModelCommand::Profile(args) => super::profile::run(args),
         ModelCommand::List(d) => list(d),
         ModelCommand::Rollback(a) => {
             super::update::ask(&a.daemon, "/ota/rollback", serde_json::json!({"model": a.model}))

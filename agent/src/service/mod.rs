@@ -27,6 +27,7 @@ use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
 use crate::config::{Config, Overrides};
 use crate::engine::{Engine, LoadedModel};
 use crate::events::{Event, Events, Kind};
+use crate::monitor::Monitors;
 use crate::sources::{self, SensorMessage};
 use health::Health;
 use status::Parts;
@@ -115,13 +116,20 @@ pub async fn run(
 
     let parts = start_parts(&config, &health, &notifier, source_tx.clone(), &token, &tracker).await?;
     let Running { engine, fallback, events, mqtt, listeners, status } = parts;
+    let monitors = status.monitors.clone();
     // The producers' handle outlives the link's start: the result sink publishes with it.
     let publisher = mqtt.as_ref().map(|link| link.handle.clone());
     let data = wire_data_path(
         &config,
         sink,
         publisher,
-        DataDeps { engine: &engine, health: &health, fallback: &fallback, events: &events },
+        DataDeps {
+            engine: &engine,
+            health: &health,
+            fallback: &fallback,
+            events: &events,
+            monitors: &monitors,
+        },
         (source_tx, source_rx),
         &token,
         &tracker,
@@ -253,6 +261,7 @@ async fn start_parts(
         mqtt: mqtt.as_ref().map(|link| link.handle.stats.clone()),
         ota,
         fallback: fallback.clone(),
+        monitors: Arc::new(Monitors::new()),
     };
     Ok(Running { engine, fallback, events, mqtt, listeners, status })
 }
@@ -281,7 +290,7 @@ fn serve_api(
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> ApiState {
-    let Parts { engine, health, mqtt, ota, fallback } = parts;
+    let Parts { engine, health, mqtt, ota, fallback, monitors } = parts;
     let l = &api.limits;
     let state = ApiState {
         engine,
@@ -289,6 +298,7 @@ fn serve_api(
         ota,
         fallback,
         mqtt,
+        monitors,
         limits: Arc::new(ApiLimits {
             max_body_bytes: l.max_body_bytes,
             max_concurrency: l.max_concurrency,
@@ -319,6 +329,7 @@ struct DataDeps<'a> {
     health: &'a Arc<Health>,
     fallback: &'a Arc<crate::fallback::Fallback>,
     events: &'a Events,
+    monitors: &'a Arc<Monitors>,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -358,6 +369,7 @@ fn wire_data_path(
         results: result_tx,
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
+        monitors: deps.monitors.clone(),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
     Ok(DataPath { sources, router, sink })
@@ -514,6 +526,7 @@ fn serve_mqtt(
         outbox: handle.stats.clone(),
         started: health.started,
         fallback: Some(parts.fallback.clone()),
+        monitors: Some(parts.monitors.clone()),
     };
     let ctx = crate::commands::Context {
         engine: engine.clone(),

@@ -14,6 +14,7 @@ use crate::engine::spec::{ModelSpec, PayloadFormat};
 use crate::engine::{Engine, InferError};
 use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
+use crate::monitor::Monitors;
 use crate::pipeline::{self, Payload, SegmentState, Windower};
 use crate::sources::SensorMessage;
 
@@ -70,10 +71,12 @@ pub(super) struct Deps {
     /// Where failures go (the log, and MQTT when it is on).
     pub events: Events,
     pub fallback: Arc<Fallback>,
+    /// Drift of each model's inputs and outputs (fed with every local result).
+    pub monitors: Arc<Monitors>,
 }
 
 pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
-    let Deps { engine, health, results, events, fallback } = deps;
+    let Deps { engine, health, results, events, fallback, monitors } = deps;
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
@@ -136,6 +139,9 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 ..Signals::from_engine(&engine, deadline)
             };
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
+            // Summarised before the data moves into the job; only local answers are
+            // compared with the reference (a cloud model's outputs are another model's).
+            let watched = local.as_ref().and_then(|m| monitors.summarise(m, &data));
             let job = Job {
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
@@ -150,6 +156,11 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
                     if spec.post.wants_raw() {
                         outputs.insert("raw".into(), raw_outputs(&a.outputs));
+                    }
+                    if let (Some(m), Some(summaries), "local") = (&local, watched, a.place)
+                        && let Some(change) = monitors.observe(m, summaries, &outputs)
+                    {
+                        errors.events.emit(change.event(&msg.model)).await;
                     }
                     records.push(ResultRecord {
                         model: msg.model.clone(),
