@@ -1,0 +1,163 @@
+//! Drift monitoring through the binary: `model profile` writes the reference, and the
+//! daemon on a drifting simulated machine publishes `model-drift` on MQTT and reports the
+//! scores in `/status`, `/metrics` and telemetry.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::mqtt_agent::MqttSetup;
+use crate::common::{copy_model, demo_model, free_port, http, run, secs, stderr};
+use edge_agent::sources::VibrationSim;
+
+/// The demo model with smaller monitor windows (so that the test runs in seconds), in
+/// `dir/vibration`.
+fn monitored_model(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("vibration");
+    copy_model(&demo_model(), &model);
+    let spec = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    std::fs::write(model.join("model.toml"), format!("{spec}\n[monitor]\nwindow = 200\nevery = 50\n"))
+        .unwrap();
+    model
+}
+
+/// The demo machine's normal signal (seed 7, as the demo config) as JSON lines of 1,000
+/// samples: `windows` windows of the demo model.
+fn normal_signal(path: &Path, windows: usize) {
+    let mut sim = VibrationSim::new(7, 1000.0, 0.0, 0.0).with_noise_seed(1);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for _ in 0..(windows * 128).div_ceil(1000) + 1 {
+        serde_json::to_writer(&mut out, &sim.samples(1000)).unwrap();
+        out.write_all(b"\n").unwrap();
+    }
+}
+
+#[test]
+fn profile_writes_the_reference_and_says_what_it_holds() {
+    let dir = crate::common::tempdir();
+    let model = monitored_model(dir.path());
+    let input = dir.path().join("normal.jsonl");
+    normal_signal(&input, 1200);
+    let out = run(
+        &[
+            "model",
+            "profile",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--json",
+        ],
+        secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Piped: no progress line.
+    assert!(!stderr(&out).contains('\r'), "{}", stderr(&out));
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(summary["model"], "vibration");
+    assert!(summary["windows"].as_u64().unwrap() >= 1200, "{summary}");
+    let names: Vec<&str> =
+        summary["summaries"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for want in [
+        "input.mean",
+        "input.std",
+        "input.min",
+        "input.max",
+        "input.mean_abs",
+        "output.score",
+        "output.label",
+    ] {
+        assert!(names.contains(&want), "{want} missing: {names:?}");
+    }
+    let profile: Value = serde_json::from_slice(&std::fs::read(model.join("profile.json")).unwrap()).unwrap();
+    assert_eq!(profile["format"], 1);
+    let std = profile["summaries"].as_array().unwrap().iter().find(|s| s["name"] == "input.std").unwrap();
+    assert_eq!(std["edges"].as_array().unwrap().len() + 1, std["freq"].as_array().unwrap().len());
+
+    // A file the model cannot take is refused with where and why, and nothing is written.
+    std::fs::remove_file(model.join("profile.json")).unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "[1, 2, 3]\n{\"not\": \"samples\"}\n").unwrap();
+    let out = run(
+        &["model", "profile", "--model", model.to_str().unwrap(), "--input", bad.to_str().unwrap()],
+        secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("bad.jsonl:2"), "{}", stderr(&out));
+    assert!(!model.join("profile.json").exists());
+}
+
+/// The issue's end-to-end case: a profile of the normal signal, then the daemon on the
+/// same machine whose gain goes to 1.5x after 30 s of signal. `model-drift` is published,
+/// naming the summaries that moved; `/status`, `/metrics` and telemetry show it.
+#[test]
+fn a_drifting_machine_raises_model_drift_on_mqtt() {
+    let setup = MqttSetup::new();
+    let model = monitored_model(setup.dir());
+    let input = setup.dir().join("normal.jsonl");
+    normal_signal(&input, 2000);
+    let out = run(
+        &["model", "profile", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("profile.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let api = free_port();
+    let model_path = model.display().to_string();
+    let setup = setup.config(move |dir, port| {
+        format!(
+            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n\
+             [api]\nlisten = \"127.0.0.1:{api}\"\n\n[telemetry]\ninterval_s = 1\n\n\
+             [[model]]\npath = \"{model_path}\"\n\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\n\
+             [[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nspeed = 50.0\nanomaly_every_s = 0.0\n\
+             seed = 7\nnoise_seed = 2\n\n[source.drift]\nafter_s = 30.0\ngain = 1.5\n",
+            state = dir.join("state").display(),
+        )
+    });
+    let running = setup.start(["edge/dev1/events", "edge/dev1/telemetry"]);
+    let [events, telemetry] = &running.subs;
+    let (_, event) = events.wait_for("a model-drift event", secs(60), |_, p| p.contains("\"model-drift\""));
+    let event: Value = serde_json::from_str(&event).unwrap();
+    assert_eq!(event["model"], "vibration", "{event}");
+    assert_eq!(event["severity"], "warning", "{event}");
+    assert_eq!(event["detail"]["reference"], "profile", "{event}");
+    let moved = event["detail"]["summaries"].as_array().unwrap();
+    let std = moved.iter().find(|s| s["summary"] == "input.std").unwrap_or_else(|| panic!("{event}"));
+    assert!(std["score"].as_f64().unwrap() >= 0.3, "{event}");
+    // The window is part old, part new: its mean is between the two.
+    assert!(std["mean"].as_f64().unwrap() > 1.1 * std["reference_mean"].as_f64().unwrap(), "{event}");
+    // No clear: the machine stays changed.
+    assert!(!events.messages().iter().any(|(_, p)| p.contains("model-drift-cleared")));
+
+    let get = |path: &str| {
+        let mut r = http().get(&format!("http://127.0.0.1:{api}{path}")).call().expect("request");
+        r.body_mut().read_to_string().unwrap()
+    };
+    let status: Value = serde_json::from_str(&get("/status")).unwrap();
+    let drift = &status["models"]["vibration"]["drift"];
+    assert_eq!(drift["drifting"], true, "{status:#}");
+    assert_eq!(drift["reference"], "profile", "{drift}");
+    assert!(drift["scores"]["input.std"].as_f64().unwrap() >= 0.2, "{drift}");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("edge_agent_model_drift_active{model=\"vibration\",version=\"1\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "edge_agent_model_drift_score{model=\"vibration\",version=\"1\",summary=\"input.std\"}"
+        ),
+        "{metrics}"
+    );
+    let (_, report) =
+        telemetry.wait_for("a report with drift", secs(30), |_, p| p.contains("\"drifting\":true"));
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert!(report["models"]["vibration"]["drift"]["input.std"].as_f64().unwrap() > 0.0, "{report}");
+}
