@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::mqtt_agent::MqttSetup;
 use crate::common::{copy_model, demo_model, free_port, http, run, secs, stderr};
@@ -160,4 +160,47 @@ fn a_drifting_machine_raises_model_drift_on_mqtt() {
         telemetry.wait_for("a report with drift", secs(30), |_, p| p.contains("\"drifting\":true"));
     let report: Value = serde_json::from_str(&report).unwrap();
     assert!(report["models"]["vibration"]["drift"]["input.std"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+/// Requests through the local API are watched too: without a profile the first results
+/// are the reference (status says so), and a gain on later requests raises drift.
+#[test]
+fn api_requests_are_watched_against_the_first_results() {
+    let dir = crate::common::tempdir();
+    let model = dir.path().join("vibration");
+    copy_model(&demo_model(), &model);
+    let spec = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    std::fs::write(
+        model.join("model.toml"),
+        format!("{spec}\n[monitor]\nwindow = 200\nevery = 50\nreference = 400\n"),
+    )
+    .unwrap();
+    let body = format!("[[model]]\npath = \"{}\"\n", model.display());
+    let d = crate::common::Daemon::start("serve", &body, "", &[]);
+    let mut sim = VibrationSim::new(7, 1000.0, 0.0, 0.0);
+    let mut send = |gain: f32| {
+        let data: Vec<f32> = sim.samples(256).into_iter().map(|x| x * gain).collect();
+        let req = serde_json::json!({"inputs": [{"name": "vibration", "shape": [1, 256], "datatype": "FP32", "data": data}]});
+        let r = http().post(&d.url("/v2/models/vibration/infer")).send_json(&req).expect("request");
+        assert_eq!(r.status().as_u16(), 200);
+    };
+    let drift = || {
+        let mut r = http().get(&d.url("/status")).call().expect("request");
+        let status: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        status["models"]["vibration"]["drift"].clone()
+    };
+    for _ in 0..100 {
+        send(1.0);
+    }
+    assert_eq!(drift()["state"], "learning", "{}", drift());
+    assert_eq!(drift()["reference"], "first-results");
+    for _ in 0..500 {
+        send(1.0);
+    }
+    assert_eq!((&drift()["state"], &drift()["drifting"]), (&json!("ok"), &json!(false)), "{}", drift());
+    for _ in 0..200 {
+        send(2.0);
+    }
+    assert_eq!(drift()["drifting"], true, "{}", drift());
+    assert_eq!(drift()["state"], "drift");
 }

@@ -80,6 +80,8 @@ pub struct ApiState {
     pub fallback: Arc<Fallback>,
     /// Drift of each model, for `/status` and `/metrics`.
     pub monitors: Arc<crate::monitor::Monitors>,
+    /// Where drift changes seen on API requests go (the log, and MQTT when it is on).
+    pub events: crate::events::Events,
     /// The MQTT link's counters, for `/status` and `/metrics`, when it is configured.
     pub mqtt: Option<Arc<OutboxStats>>,
     pub limits: Arc<ApiLimits>,

@@ -704,9 +704,10 @@ impl ModelSpec {
             out.push("version must not be empty".into());
         }
         let m = &self.monitor;
-        if !(10..=1_000_000).contains(&m.window) || !(1..=m.window).contains(&m.every) {
+        // Fewer than 100 results give histograms too noisy to tell drift (docs/monitoring.md).
+        if !(100..=1_000_000).contains(&m.window) || !(1..=m.window).contains(&m.every) {
             out.push(format!(
-                "monitor: window = {} and every = {} must satisfy 10 <= window <= 1000000 and 1 <= every <= window",
+                "monitor: window = {} and every = {} must satisfy 100 <= window <= 1000000 and 1 <= every <= window",
                 m.window, m.every
             ));
         }

@@ -360,11 +360,11 @@ fn bad_monitor_settings_are_refused_with_the_rule() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("monitor") && e.contains("clear"), "{e}");
-    let text = format!("{spec}\n[monitor]\nwindow = 5\n");
+    let text = format!("{spec}\n[monitor]\nwindow = 50\n");
     let e = crate::engine::spec::ModelSpec::parse(&text, std::path::Path::new("model.toml"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("window = 5"), "{e}");
+    assert!(e.contains("window = 50") && e.contains("100 <= window"), "{e}");
     let text = format!("{spec}\n[monitor]\nwindo = 500\n");
     assert!(crate::engine::spec::ModelSpec::parse(&text, std::path::Path::new("model.toml")).is_err());
 }

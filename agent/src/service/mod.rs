@@ -136,7 +136,7 @@ pub async fn run(
     )?;
     // Served once every part exists, still before READY.
     let api = match (&config.api, listeners) {
-        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), &token, &tracker)),
+        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), events.clone(), &token, &tracker)),
         _ => None,
     };
     let mqtt_closed = match (&config.mqtt, mqtt) {
@@ -287,6 +287,7 @@ fn serve_api(
     api: &crate::config::ApiConfig,
     listeners: Listeners,
     parts: Parts,
+    events: Events,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> ApiState {
@@ -299,6 +300,7 @@ fn serve_api(
         fallback,
         mqtt,
         monitors,
+        events,
         limits: Arc::new(ApiLimits {
             max_body_bytes: l.max_body_bytes,
             max_concurrency: l.max_concurrency,
