@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::engine::budget::{self, DEFAULT_MAX_MODEL_MEMORY_MB, MAX_MODEL_MEMORY_MB};
+use crate::engine::budget;
 use crate::engine::model::{LoadInfo, TensorInfo};
 use crate::engine::onnx_file::{self, OnnxDim, OnnxFile};
 use crate::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
-use crate::engine::{LoadError, LoadedModel, ModelLimits};
+use crate::engine::{LoadError, LoadedModel};
 
 /// `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -50,26 +50,8 @@ pub struct SelftestArgs {
     pub limits: LimitArgs,
 }
 
-/// The memory limit of commands that load a model, as a device applies it.
-#[derive(Debug, Args)]
-pub struct LimitArgs {
-    /// The most memory the model may need, in MiB: its weights plus its estimated working
-    /// memory. A device takes it from engine.max_model_memory_mb; larger models are refused.
-    #[arg(
-        long,
-        value_name = "MIB",
-        default_value_t = DEFAULT_MAX_MODEL_MEMORY_MB,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_MEMORY_MB)
-    )]
-    pub max_model_memory_mb: u64,
-}
-
-impl LimitArgs {
-    /// The limit to load with.
-    pub fn limits(&self) -> ModelLimits {
-        ModelLimits::from_mb(self.max_model_memory_mb)
-    }
-}
+/// The memory limit of commands that load a model (shared by every such command).
+pub use super::LimitArgs;
 
 /// Arguments of `model rollback`.
 #[derive(Debug, Args)]

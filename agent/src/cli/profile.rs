@@ -35,7 +35,7 @@ pub struct ProfileArgs {
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     pub deadline_ms: u64,
     #[command(flatten)]
-    pub limits: super::model::LimitArgs,
+    pub limits: super::LimitArgs,
 }
 
 /// The `--json` summary.
