@@ -128,6 +128,8 @@ fn a_drifting_machine_raises_model_drift_on_mqtt() {
     assert_eq!(event["model"], "vibration", "{event}");
     assert_eq!(event["severity"], "warning", "{event}");
     assert_eq!(event["detail"]["reference"], "profile", "{event}");
+    // Raised after the change (30 s of signal: window 234), not by the noise before it.
+    assert!(event["detail"]["results"].as_u64().unwrap() > 234, "{event}");
     let moved = event["detail"]["summaries"].as_array().unwrap();
     let std = moved.iter().find(|s| s["summary"] == "input.std").unwrap_or_else(|| panic!("{event}"));
     assert!(std["score"].as_f64().unwrap() >= 0.3, "{event}");

@@ -56,13 +56,11 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         Some(f) => f,
         None => InputFormat::detect(path)?,
     };
-    if format == InputFormat::Jsonl {
-        return Ok(Prepared { inputs: prepare_lines(path, spec)?, format });
-    }
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
     let max = spec.limits.max_payload_bytes;
-    // WAV files are streams, cut into windows; every other file is one payload.
-    if format != InputFormat::Wav && meta.len() > max as u64 {
+    // WAV and JSON-lines files are streams, cut into windows; every other file is one
+    // payload.
+    if !matches!(format, InputFormat::Wav | InputFormat::Jsonl) && meta.len() > max as u64 {
         bail!(
             "input {} is {} bytes, over the model's limit of {max} bytes (limits.max_payload_bytes in its model.toml)",
             path.display(),
@@ -88,7 +86,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?,
         InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
-        InputFormat::Jsonl => unreachable_jsonl(path)?,
+        InputFormat::Jsonl => return Ok(Prepared { inputs: prepare_lines(path, spec)?, format }),
     };
     let inputs = match &spec.pre.window {
         Some(w) if format != InputFormat::Image => {
@@ -109,11 +107,6 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         }
     };
     Ok(Prepared { inputs, format })
-}
-
-/// JSON lines are read by [`prepare_lines`]; this arm is never taken.
-fn unreachable_jsonl(path: &Path) -> anyhow::Result<Vec<f32>> {
-    bail!("input {}: JSON lines are read line by line", path.display())
 }
 
 /// Checks that one payload's values fill the model's data input.

@@ -55,7 +55,8 @@ impl Monitors {
 
     /// Records one result of `model` (its input summaries and its `outputs`); returns a
     /// drift change, if this result made one. A new version of the model starts afresh
-    /// with that version's profile.
+    /// with that version's profile, read here once (a small file; the lock is held
+    /// while it is read, once per version).
     pub fn observe(
         &self,
         model: &LoadedModel,
@@ -65,7 +66,13 @@ impl Monitors {
         let obs = Observation::new(inputs, outputs);
         let mut models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let m = models.entry(model.name().to_string()).or_insert_with(|| ModelMonitor::start(model));
-        if m.load_id != model.id {
+        // Load ids only grow (a rollback loads the old version anew), so a smaller one is
+        // a result of the version just replaced, still in flight on another stream: it
+        // must not start the monitor over.
+        if model.id < m.load_id {
+            return None;
+        }
+        if model.id > m.load_id {
             *m = ModelMonitor::start(model);
         }
         m.observe(&obs)

@@ -388,3 +388,23 @@ fn the_package_carries_the_profile() {
     crate::ota::package::unpack(&tar_path, &out).unwrap();
     assert_eq!(Profile::load_dir(&out).unwrap(), Some(profile));
 }
+
+/// A result of the version just replaced, still in flight on another stream, does not
+/// start the new version's monitor over; a newer load does.
+#[test]
+fn a_stale_version_does_not_reset_the_monitor() {
+    let old = Rig::new(None, "");
+    let new = Rig::new(None, "");
+    assert!(new.model.id > old.model.id);
+    let monitors = Monitors::new();
+    let outputs = json!({"label": "normal", "score": 0.9});
+    let outputs = outputs.as_object().unwrap();
+    for _ in 0..3 {
+        monitors.observe(&new.model, vec![0.0; 5], outputs);
+    }
+    assert!(monitors.observe(&old.model, vec![0.0; 5], outputs).is_none());
+    assert_eq!(monitors.report()["vibration"].results, 3, "the stale result is not counted");
+    let newer = Rig::new(None, "");
+    monitors.observe(&newer.model, vec![0.0; 5], outputs);
+    assert_eq!(monitors.report()["vibration"].results, 1, "a newer load starts afresh");
+}
