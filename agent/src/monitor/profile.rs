@@ -365,17 +365,23 @@ impl ProfileBuilder {
     }
 }
 
-/// Inner edges at the `1/bins .. (bins-1)/bins` quantiles of sorted finite values,
-/// repeated edges merged (a constant summary gets one edge, two bins).
+/// Inner edges at the `1/bins .. (bins-1)/bins` quantiles of sorted finite values. An
+/// edge closer to the one before than a quarter of an even split of the central 80% of
+/// the values is dropped: where many windows share nearly one value (digital silence,
+/// a saturated score), deciles would otherwise cut bins a rounding step wide, and the
+/// score would measure noise at the level of the data's own resolution. A constant
+/// summary gets one edge, two bins.
 pub fn quantile_edges(sorted: &[f64], bins: usize) -> Vec<f64> {
     let mut edges: Vec<f64> = Vec::with_capacity(bins);
-    if sorted.is_empty() {
+    if sorted.is_empty() || bins < 2 {
         return edges;
     }
+    let at = |q: usize| sorted[(q * sorted.len() / bins).min(sorted.len() - 1)];
+    let central = at(bins - 1) - at(1);
+    let resolution = if central.is_finite() { central / (4 * bins) as f64 } else { 0.0 };
     for i in 1..bins {
-        let at = (i * sorted.len() / bins).min(sorted.len() - 1);
-        let e = sorted[at];
-        if edges.last().is_none_or(|last| e > *last) {
+        let e = at(i);
+        if edges.last().is_none_or(|last| e > *last && e - *last > resolution) {
             edges.push(e);
         }
     }
