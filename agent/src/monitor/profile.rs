@@ -196,38 +196,36 @@ impl Summariser {
         let mut out = Vec::with_capacity(self.channels * STATS.len());
         let c = self.channels;
         for ch in 0..c {
-            let values: Box<dyn Iterator<Item = f32>> = if c == 1 {
-                Box::new(data.iter().copied())
-            } else if self.interleaved {
-                Box::new(data.iter().skip(ch).step_by(c).copied())
+            if self.interleaved {
+                out.extend(stats(data.iter().skip(ch).step_by(c).copied()));
             } else {
                 let plane = data.len() / c;
-                Box::new(data[ch * plane..(ch + 1) * plane].iter().copied())
-            };
-            out.extend(stats(values));
+                out.extend(stats(data[ch * plane..(ch + 1) * plane].iter().copied()));
+            }
         }
         out
     }
 }
 
-/// Mean, standard deviation, min, max, mean absolute value (Welford's update, so a long
-/// window loses no precision); all 0 for no values.
-fn stats(values: impl Iterator<Item = f32>) -> [f64; 5] {
-    let (mut n, mut mean, mut m2, mut lo, mut hi, mut abs) =
-        (0f64, 0f64, 0f64, f64::INFINITY, f64::NEG_INFINITY, 0f64);
-    for v in values {
+/// Mean, standard deviation, min, max, mean absolute value; all 0 for no values. Two
+/// passes in f64 (the mean, then the squared deviations from it): exact enough for any
+/// window and without a division per value, which matters as it runs on every result.
+fn stats(values: impl Iterator<Item = f32> + Clone) -> [f64; 5] {
+    let (mut n, mut sum, mut lo, mut hi, mut abs) = (0usize, 0f64, f64::INFINITY, f64::NEG_INFINITY, 0f64);
+    for v in values.clone() {
         let v = f64::from(v);
-        n += 1.0;
-        let d = v - mean;
-        mean += d / n;
-        m2 += d * (v - mean);
+        n += 1;
+        sum += v;
         lo = lo.min(v);
         hi = hi.max(v);
         abs += v.abs();
     }
-    if n == 0.0 {
+    if n == 0 {
         return [0.0; 5];
     }
+    let n = n as f64;
+    let mean = sum / n;
+    let m2: f64 = values.map(|v| (f64::from(v) - mean).powi(2)).sum();
     [mean, (m2 / n).max(0.0).sqrt(), lo, hi, abs / n]
 }
 
