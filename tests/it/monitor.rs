@@ -113,12 +113,13 @@ fn a_drifting_machine_raises_model_drift_on_mqtt() {
     let setup = setup.config(move |dir, port| {
         format!(
             "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n\
-             [api]\nlisten = \"127.0.0.1:{api}\"\n\n[telemetry]\ninterval_s = 1\n\n\
+             [api]\nlisten = \"127.0.0.1:{api}\"\nsocket = \"{socket}\"\n\n[telemetry]\ninterval_s = 1\n\n\
              [[model]]\npath = \"{model_path}\"\n\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\n\
              [[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nspeed = 50.0\nanomaly_every_s = 0.0\n\
              seed = 7\nnoise_seed = 2\n\n[source.drift]\nafter_s = 30.0\ngain = 1.5\n",
             state = dir.join("state").display(),
+            socket = dir.join("api.sock").display(),
         )
     });
     let running = setup.start(["edge/dev1/events", "edge/dev1/telemetry"]);
@@ -158,6 +159,11 @@ fn a_drifting_machine_raises_model_drift_on_mqtt() {
         ),
         "{metrics}"
     );
+    // `edge-agent status` shows it to a person.
+    let socket = running.dir.path().join("api.sock");
+    let out = run(&["status", "--socket", socket.to_str().unwrap()], secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("drift RAISED since") && text.contains("(reference: profile)"), "{text}");
     let (_, report) =
         telemetry.wait_for("a report with drift", secs(30), |_, p| p.contains("\"drifting\":true"));
     let report: Value = serde_json::from_str(&report).unwrap();
