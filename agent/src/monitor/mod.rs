@@ -164,6 +164,16 @@ impl ModelMonitor {
         let settings = model.spec.monitor.clone();
         let input_names = Summariser::for_spec(&model.spec).names();
         let (profile, profile_error) = match Profile::load_dir(&model.dir) {
+            // Another model's profile (a directory copied whole) describes other data.
+            Ok(Some(p)) if p.model != model.name() => {
+                let e = format!(
+                    "profile.json was made for model `{}`, not `{}`; make it again with `edge-agent model profile`",
+                    p.model,
+                    model.name()
+                );
+                tracing::warn!(model = %model.name(), error = %e, "drift profile unusable: the first results are the reference");
+                (None, Some(e))
+            }
             Ok(p) => (p, None),
             Err(e) => {
                 tracing::warn!(model = %model.name(), error = %e, "drift profile unusable: the first results are the reference");

@@ -344,6 +344,20 @@ fn without_a_profile_the_first_results_are_the_reference_and_drift_clears() {
     assert!(r.memory_bytes > 0 && r.memory_bytes < 64 * 1024, "{}", r.memory_bytes);
 }
 
+/// A profile made for another model is not used: the first results are the reference,
+/// and status says why.
+#[test]
+fn another_models_profile_is_not_used() {
+    let mut b = ProfileBuilder::new(&demo_spec());
+    b.add(&Observation::new(vec![0.0; 5], &Map::new()));
+    let rig = Rig::new(Some(&b.build("other", "1")), "");
+    let monitors = Monitors::new();
+    monitors.observe(&rig.model, vec![0.0; 5], &Map::new());
+    let r = &monitors.report()["vibration"];
+    assert_eq!((r.reference, r.state), (ReferenceKind::FirstResults, "learning"));
+    assert!(r.profile_error.as_deref().is_some_and(|e| e.contains("`other`")), "{r:?}");
+}
+
 #[test]
 fn monitoring_can_be_turned_off() {
     let rig = Rig::new(None, "enabled = false");
