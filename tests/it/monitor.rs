@@ -354,3 +354,53 @@ fn silero_vad_notices_a_recording_mixed_with_noise() {
     assert!(moved.contains(&"input.std") || moved.contains(&"input.mean_abs"), "{moved:?}");
     engine.shutdown();
 }
+
+/// `registry publish` ships profile.json inside the signed package, and refuses one
+/// that devices could not use.
+#[test]
+fn publish_refuses_a_broken_profile_and_ships_a_good_one() {
+    let publisher = crate::common::registry::Publisher::new(1);
+    let dir = crate::common::tempdir();
+    let model = dir.path().join("vibration");
+    copy_model(&demo_model(), &model);
+    std::fs::write(model.join("profile.json"), "{\"format\": 1}").unwrap();
+    let out = publisher.try_publish(&model, &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("profile.json") && stderr(&out).contains("model profile"),
+        "{}",
+        stderr(&out)
+    );
+
+    let input = dir.path().join("normal.jsonl");
+    normal_signal(&input, 300);
+    let out = run(
+        &["model", "profile", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap()],
+        secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    publisher.publish(&model, 100, &[]);
+    // The package (its file name may carry its hash, for consistent snapshots).
+    let mut tars = Vec::new();
+    let mut dirs = vec![publisher.repo()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "tar") {
+                tars.push(p);
+            }
+        }
+    }
+    assert!(!tars.is_empty(), "no package in {}", publisher.repo().display());
+    let profile = std::fs::read(model.join("profile.json")).unwrap();
+    for t in tars {
+        let tar = std::fs::read(&t).unwrap();
+        assert!(
+            tar.windows(profile.len()).any(|w| w == profile.as_slice()),
+            "profile.json is not in {}",
+            t.display()
+        );
+    }
+}
