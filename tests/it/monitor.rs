@@ -213,33 +213,16 @@ fn api_requests_are_watched_against_the_first_results() {
     assert_eq!(drift()["state"], "drift");
 }
 
-/// A deterministic standard normal generator (SplitMix64 and Box-Muller) for mixing
-/// noise into a recording.
-struct Noise(u64);
-
-impl Noise {
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let u1 = self.unit().max(1e-12);
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * self.unit()).cos()
-    }
-}
-
 /// `speech` with Gaussian noise of standard deviation `sigma` (of full scale), as 16-bit.
 fn noisy_copy(speech: &Path, out: &Path, sigma: f64, seed: u64) {
     let mut reader = hound::WavReader::open(speech).unwrap();
     let spec = reader.spec();
-    let mut noise = Noise(seed);
+    // The simulated machine with its gain at 0 and noise of 1 is a standard normal source.
+    let drift = edge_agent::sources::Drift { from_sample: 0, gain: 0.0, offset: 0.0, noise: 1.0 };
+    let mut noise = VibrationSim::new(0, 16000.0, 0.0, 0.0).with_noise_seed(seed).with_drift(drift);
     let mut w = hound::WavWriter::create(out, spec).unwrap();
     for s in reader.samples::<i16>() {
-        let x = f64::from(s.unwrap()) + sigma * 32768.0 * noise.normal();
+        let x = f64::from(s.unwrap()) + sigma * 32768.0 * f64::from(noise.sample());
         w.write_sample(x.round().clamp(-32768.0, 32767.0) as i16).unwrap();
     }
     w.finalize().unwrap();
