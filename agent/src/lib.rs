@@ -12,6 +12,7 @@
 //! - [`sources`]: sensor inputs (simulated, file replay, stdin).
 //! - [`service`]: the daemon: wiring sources → engine → results, start-up and shutdown.
 //! - [`fallback`]: cloud inference over the Open Inference Protocol v2 when local limits are hit.
+//! - [`monitor`]: drift of each model's inputs and outputs against its reference profile.
 //! - [`mqtt`]: the link to the fleet: sensor topics in; results, telemetry, events, status out.
 //! - [`oip`]: the Open Inference Protocol v2 vocabulary shared by [`api`] and [`fallback`].
 //! - [`commands`]: the commands, one file each with its typed arguments (read by MQTT and
@@ -42,6 +43,7 @@ pub mod daemon_client;
 pub mod diagnostics;
 pub mod events;
 pub mod fallback;
+pub mod monitor;
 pub mod mqtt;
 pub mod oip;
 pub mod ota;

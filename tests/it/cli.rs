@@ -85,6 +85,11 @@ fn bench_reports_latency_throughput_and_memory_as_json() {
     }
     assert!(v["overhead_p50"].as_f64().unwrap() > 0.0);
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
+    // Drift monitoring's cost per result, next to the engine's, and its fixed memory.
+    assert!(v["monitor_ns"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["monitor_share"].as_f64().unwrap() > 0.0, "{v}");
+    let bytes = v["monitor_memory_bytes"].as_u64().unwrap();
+    assert!(bytes > 0 && bytes < 1 << 20, "{v}");
 }
 
 #[test]

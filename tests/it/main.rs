@@ -32,6 +32,8 @@ mod fallback_client;
 mod images;
 /// Bounded models: the device's memory limit, wrapping shapes, strides, spec files.
 mod models;
+/// Drift monitoring: `model profile`, and `model-drift` on MQTT from a drifting machine.
+mod monitor;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.

@@ -78,6 +78,10 @@ pub struct ApiState {
     pub ota: Option<OtaHandle>,
     /// The cloud fallback (configured or not: an empty one routes everything locally).
     pub fallback: Arc<Fallback>,
+    /// Drift of each model, for `/status` and `/metrics`.
+    pub monitors: Arc<crate::monitor::Monitors>,
+    /// Where drift changes seen on API requests go (the log, and MQTT when it is on).
+    pub events: crate::events::Events,
     /// The MQTT link's counters, for `/status` and `/metrics`, when it is configured.
     pub mqtt: Option<Arc<OutboxStats>>,
     pub limits: Arc<ApiLimits>,

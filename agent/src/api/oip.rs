@@ -179,6 +179,8 @@ async fn infer_inner(
     };
     let params = Params::read(&std::mem::take(&mut req.parameters))?;
 
+    // Summarised before the data moves into the job (local answers only: see stream.rs).
+    let watched = local.as_ref().and_then(|m| st.monitors.summarise(m, &data));
     let deadline = st.health.deadline();
     let job = crate::fallback::Job {
         model: name.clone(),
@@ -200,6 +202,11 @@ async fn infer_inner(
         rejected => ApiError::unavailable(rejected.to_string()),
     })?;
     let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
+    if let (Some(m), Some(summaries), "local") = (&local, watched, answer.place)
+        && let Some(change) = st.monitors.observe(m, summaries, &result)
+    {
+        st.events.emit(change.event(&name)).await;
+    }
     let reply = Reply { model: &name, local: local.as_deref(), requested: &requested, result, started };
     Ok(reply.encode(&req, answer))
 }

@@ -11,6 +11,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::ApiState;
+use crate::monitor::DriftReport;
 use crate::mqtt::OutboxReport;
 use crate::service::status::{ApiReport, Parts, Status};
 use edge_infer::engine::Engine;
@@ -35,6 +36,7 @@ impl ApiState {
             mqtt: self.mqtt.clone(),
             ota: self.ota.clone(),
             fallback: self.fallback.clone(),
+            monitors: self.monitors.clone(),
         }
     }
 }
@@ -65,6 +67,7 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
             out.family(m.name, m.kind, m.help, lines);
         }
     }
+    drift_metrics(&mut out, &st.monitors.report());
     process_metrics(&mut out, st.health.started, st.health.is_ready());
     if let Some(m) = st.mqtt.as_ref().map(|m| m.report()) {
         mqtt_metrics(&mut out, &m);
@@ -149,6 +152,31 @@ fn pool_metrics(out: &mut Exposition, engine: &Engine) {
     out.single("edge_agent_queue_capacity", "gauge", "Size of the engine queue.", pool.queue_capacity);
     out.single("edge_agent_workers_busy", "gauge", "Engine workers running a request.", pool.busy);
     out.single("edge_agent_streams_live", "gauge", "Streams with recurrent state.", pool.live_streams);
+}
+
+/// Drift of each watched model: whether it is raised and each summary's last score.
+fn drift_metrics(out: &mut Exposition, drift: &std::collections::BTreeMap<String, DriftReport>) {
+    if drift.is_empty() {
+        return;
+    }
+    out.family(
+        "edge_agent_model_drift_active",
+        "gauge",
+        "1 while drift against the model's reference is raised.",
+        drift
+            .iter()
+            .map(|(m, d)| format!("{{model=\"{m}\",version=\"{}\"}} {}", d.version, u8::from(d.drifting))),
+    );
+    out.family(
+        "edge_agent_model_drift_score",
+        "gauge",
+        "Last Jensen-Shannon distance (0..1) of a summary's recent histogram from the reference.",
+        drift.iter().flat_map(|(m, d)| {
+            d.scores
+                .iter()
+                .map(move |(s, v)| format!("{{model=\"{m}\",version=\"{}\",summary=\"{s}\"}} {v}", d.version))
+        }),
+    );
 }
 
 /// The agent's process: memory, CPU time, uptime and readiness.

@@ -86,6 +86,13 @@ pub struct BenchReport {
     /// the engine's mean latency (0.001 = 0.1%).
     pub routing_ns: f64,
     pub routing_share: f64,
+    /// Drift monitoring of each result (summaries of the input, the histograms, a score
+    /// every `every` results; docs/monitoring.md): nanoseconds per result, as a share of
+    /// the engine's mean latency, and the bytes its histograms hold. 0 when the spec
+    /// turns it off.
+    pub monitor_ns: f64,
+    pub monitor_share: f64,
+    pub monitor_memory_bytes: u64,
     pub peak_rss_bytes: u64,
 }
 
@@ -180,6 +187,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let routing_ns = routing_cost(&engine, &model)?;
     let routing_share =
         if engine_report.mean_ms > 0.0 { routing_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
+    let (monitor_ns, monitor_memory_bytes) = monitor_cost(&engine, &model, &data)?;
+    let monitor_share =
+        if engine_report.mean_ms > 0.0 { monitor_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
     let report = BenchReport {
         model: model.name().to_string(),
         version: model.version().to_string(),
@@ -194,6 +204,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         overhead_p50: overhead,
         routing_ns,
         routing_share,
+        monitor_ns,
+        monitor_share,
+        monitor_memory_bytes,
         peak_rss_bytes: crate::telemetry::memory().peak_rss,
     };
     if args.json {
@@ -336,6 +349,12 @@ fn print_human(r: &BenchReport) -> anyhow::Result<()> {
         r.routing_ns,
         r.routing_share * 100.0
     );
+    outln!(
+        "  drift monitoring: {:.0} ns per result ({:.2}% of the engine mean), {:.1} KiB of histograms",
+        r.monitor_ns,
+        r.monitor_share * 100.0,
+        r.monitor_memory_bytes as f64 / 1024.0
+    );
     outln!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
     Ok(())
 }
@@ -364,4 +383,37 @@ fn routing_cost(engine: &Engine, model: &Arc<LoadedModel>) -> anyhow::Result<f64
     let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(N);
     anyhow::ensure!(local == N, "the routing benchmark expected every request to stay local");
     Ok(ns)
+}
+
+/// Times what drift monitoring adds to each result in steady state: the input summaries
+/// and [`Monitors::observe`](crate::monitor::Monitors::observe) with the model's
+/// `[monitor]` settings, after the reference is learnt and the window filled (a scoring
+/// every `every` results included). Returns nanoseconds per result and the bytes held.
+fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyhow::Result<(f64, u64)> {
+    let monitors = crate::monitor::Monitors::new();
+    if monitors.summarise(model, data).is_none() {
+        return Ok((0.0, 0));
+    }
+    let resp = engine.infer_blocking(Request {
+        model: model.name().to_string(),
+        stream: None,
+        data: data.to_vec(),
+        deadline: Instant::now() + Duration::from_secs(60),
+        reset: false,
+    })?;
+    let outputs = model.post().apply(resp.post_values(), 0, None);
+    let settings = &model.spec.monitor;
+    for _ in 0..settings.reference + settings.window {
+        let s = monitors.summarise(model, data).unwrap_or_default();
+        monitors.observe(model, s, &outputs);
+    }
+    const N: u32 = 20_000;
+    let started = Instant::now();
+    for _ in 0..N {
+        let s = monitors.summarise(model, std::hint::black_box(data)).unwrap_or_default();
+        std::hint::black_box(monitors.observe(model, s, &outputs));
+    }
+    let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(N);
+    let bytes = monitors.report().get(model.name()).map_or(0, |r| r.memory_bytes as u64);
+    Ok((ns, bytes))
 }

@@ -20,7 +20,8 @@ pub struct InferArgs {
     /// The model directory (model.toml and the model file).
     #[arg(long, short, value_name = "DIR")]
     pub model: PathBuf,
-    /// The input: JSON numbers, raw f32/i16, a WAV file, or a PNG/JPEG image.
+    /// The input: JSON numbers, JSON lines (one payload each), raw f32/i16, a WAV file,
+    /// or a PNG/JPEG image.
     #[arg(long, short, value_name = "FILE")]
     pub input: PathBuf,
     /// The input's format, when its extension does not tell.

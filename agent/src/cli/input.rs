@@ -23,6 +23,9 @@ pub enum InputFormat {
     /// A model input already pre-processed: a float32 NumPy array (`.npy`, as `samples
     /// export` writes), run as it is (no scale, no windows).
     Npy,
+    /// JSON lines (`.jsonl`, `.ndjson`): one payload per line, as a sensor sends them,
+    /// cut into windows as one stream.
+    Jsonl,
 }
 
 impl InputFormat {
@@ -36,8 +39,9 @@ impl InputFormat {
             "wav" => InputFormat::Wav,
             "png" | "jpg" | "jpeg" => InputFormat::Image,
             "npy" => InputFormat::Npy,
+            "jsonl" | "ndjson" => InputFormat::Jsonl,
             _ => bail!(
-                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image|npy",
+                "cannot tell the format of {} from its extension; pass --format json|f32|i16|wav|image|npy|jsonl",
                 path.display()
             ),
         })
@@ -61,8 +65,9 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format });
     }
     let max = spec.limits.max_payload_bytes;
-    // WAV files are streams, cut into windows; every other file is one payload.
-    if format != InputFormat::Wav && meta.len() > max as u64 {
+    // WAV and JSON-lines files are streams, cut into windows; every other file is one
+    // payload.
+    if !matches!(format, InputFormat::Wav | InputFormat::Jsonl) && meta.len() > max as u64 {
         bail!(
             "input {} is {} bytes, over the model's limit of {max} bytes (limits.max_payload_bytes in its model.toml)",
             path.display(),
@@ -89,6 +94,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
         InputFormat::Npy => read_npy(path, spec)?,
+        InputFormat::Jsonl => return Ok(Prepared { inputs: prepare_lines(path, spec)?, format }),
     };
     let inputs = match &spec.pre.window {
         Some(w) if format != InputFormat::Image => {
@@ -104,30 +110,79 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             windows.into_iter().map(|w| w.data).collect()
         }
         _ => {
-            let want = spec.data_input();
-            if want.shape_for(values.len()).is_none() {
-                if want.ranges.is_empty() {
-                    bail!(
-                        "input {} has {} values but the model input `{}` {:?} takes {}",
-                        path.display(),
-                        values.len(),
-                        want.name,
-                        want.shape,
-                        want.len()
-                    );
-                }
-                bail!(
-                    "input {} has {} values, and no shape the model input `{}` takes ({}) holds that many",
-                    path.display(),
-                    values.len(),
-                    want.name,
-                    want.shape_text()
-                );
-            }
+            check_whole(&path.display().to_string(), &values, spec)?;
             vec![values]
         }
     };
     Ok(Prepared { inputs, format })
+}
+
+/// Checks that one payload's values fill the model's data input.
+fn check_whole(what: &str, values: &[f32], spec: &ModelSpec) -> anyhow::Result<()> {
+    let want = spec.data_input();
+    if want.shape_for(values.len()).is_some() {
+        return Ok(());
+    }
+    if want.ranges.is_empty() {
+        bail!(
+            "input {what} has {} values but the model input `{}` {:?} takes {}",
+            values.len(),
+            want.name,
+            want.shape,
+            want.len()
+        );
+    }
+    bail!(
+        "input {what} has {} values, and no shape the model input `{}` takes ({}) holds that many",
+        values.len(),
+        want.name,
+        want.shape_text()
+    )
+}
+
+/// A JSON-lines file: each non-empty line is one payload (at most the model's payload
+/// limit), decoded as a sensor message would be; with windows, the lines are one stream.
+fn prepare_lines(path: &Path, spec: &ModelSpec) -> anyhow::Result<Vec<Vec<f32>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read input {}", path.display()))?;
+    let max = spec.limits.max_payload_bytes;
+    let mut windower = spec.pre.window.as_ref().map(Windower::new);
+    let mut inputs = Vec::new();
+    let mut samples = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        if line.len() > max {
+            bail!(
+                "input {at}: the line is {} bytes, over the model's limit of {max} bytes (limits.max_payload_bytes in its model.toml)",
+                line.len()
+            );
+        }
+        let values = pipeline::decode(spec, Payload::Encoded(PayloadFormat::Json, line.as_bytes().to_vec()))
+            .with_context(|| format!("input {at}"))?;
+        samples += values.len();
+        match windower.as_mut() {
+            Some(w) => inputs.extend(w.push(&values).into_iter().map(|w| w.data)),
+            None => {
+                check_whole(&at, &values, spec)?;
+                inputs.push(values);
+            }
+        }
+    }
+    if inputs.is_empty() {
+        match &spec.pre.window {
+            Some(w) => bail!(
+                "input {} has {samples} samples, fewer than one window of {} (pre.window.size)",
+                path.display(),
+                w.size
+            ),
+            None => bail!("input {} has no lines", path.display()),
+        }
+    }
+    Ok(inputs)
 }
 
 fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow::Result<Vec<f32>> {

@@ -17,6 +17,7 @@ pub mod doctor;
 mod infer;
 mod input;
 mod model;
+mod profile;
 mod registry;
 mod run;
 mod samples;
@@ -76,6 +77,27 @@ pub enum Command {
     /// Publish models to a registry (a TUF repository of static files), check and serve it.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+}
+
+/// The memory limit of commands that load a model, as a device applies it.
+#[derive(Debug, clap::Args)]
+pub struct LimitArgs {
+    /// The most memory the model may need, in MiB: its weights plus its estimated working
+    /// memory. A device takes it from engine.max_model_memory_mb; larger models are refused.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = edge_infer::engine::budget::DEFAULT_MAX_MODEL_MEMORY_MB,
+        value_parser = clap::value_parser!(u64).range(1..=edge_infer::engine::budget::MAX_MODEL_MEMORY_MB)
+    )]
+    pub max_model_memory_mb: u64,
+}
+
+impl LimitArgs {
+    /// The limit to load with.
+    pub fn limits(&self) -> edge_infer::engine::ModelLimits {
+        edge_infer::engine::ModelLimits::from_mb(self.max_model_memory_mb)
+    }
 }
 
 /// Runs a parsed command line.

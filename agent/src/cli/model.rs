@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use edge_infer::engine::budget::{self, DEFAULT_MAX_MODEL_MEMORY_MB, MAX_MODEL_MEMORY_MB};
+use edge_infer::engine::budget;
 use edge_infer::engine::model::{LoadInfo, TensorInfo};
 use edge_infer::engine::onnx_file::{self, OnnxDim, OnnxFile};
 use edge_infer::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
-use edge_infer::engine::{LoadError, LoadedModel, ModelLimits};
+use edge_infer::engine::{LoadError, LoadedModel};
 
 /// `model` subcommands.
 #[derive(Debug, Subcommand)]
@@ -20,6 +20,9 @@ pub enum ModelCommand {
     /// Run a model directory's golden vectors (selftest.json), as a device does before
     /// activating an update; or record them with --record.
     Selftest(SelftestArgs),
+    /// Run a model over representative inputs and write its drift reference
+    /// (profile.json) into its directory; `registry publish` ships it with the model.
+    Profile(super::profile::ProfileArgs),
     /// List the running agent's models with their update state (asks the daemon).
     List(super::update::DaemonArgs),
     /// Go back to the previous version of a model on the running agent (asks the daemon);
@@ -47,26 +50,8 @@ pub struct SelftestArgs {
     pub limits: LimitArgs,
 }
 
-/// The memory limit of commands that load a model, as a device applies it.
-#[derive(Debug, Args)]
-pub struct LimitArgs {
-    /// The most memory the model may need, in MiB: its weights plus its estimated working
-    /// memory. A device takes it from engine.max_model_memory_mb; larger models are refused.
-    #[arg(
-        long,
-        value_name = "MIB",
-        default_value_t = DEFAULT_MAX_MODEL_MEMORY_MB,
-        value_parser = clap::value_parser!(u64).range(1..=MAX_MODEL_MEMORY_MB)
-    )]
-    pub max_model_memory_mb: u64,
-}
-
-impl LimitArgs {
-    /// The limit to load with.
-    pub fn limits(&self) -> ModelLimits {
-        ModelLimits::from_mb(self.max_model_memory_mb)
-    }
-}
+/// The memory limit of commands that load a model (shared by every such command).
+pub use super::LimitArgs;
 
 /// Arguments of `model rollback`.
 #[derive(Debug, Args)]
@@ -134,6 +119,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelCommand::Inspect(args) => inspect(args),
         ModelCommand::Selftest(args) => selftest(args),
+        ModelCommand::Profile(args) => super::profile::run(args),
         ModelCommand::List(d) => list(d),
         ModelCommand::Rollback(a) => {
             super::update::ask(&a.daemon, "/ota/rollback", serde_json::json!({"model": a.model}))

@@ -319,6 +319,9 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     // Sizes first: packing reads every file of the directory into memory.
     let limits = a.limits.limits();
     edge_infer::engine::check_sizes(&edge_infer::engine::spec::ModelSpec::load_dir(&a.model)?, &limits)?;
+    // A drift profile travels in the package, signed with the model: a broken one would
+    // only be found on the devices.
+    crate::monitor::Profile::load_dir(&a.model)?;
     let (bytes, spec) = package::pack(&a.model)?;
     anyhow::ensure!(
         crate::config::is_valid_id(&spec.version),

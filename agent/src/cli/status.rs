@@ -157,6 +157,20 @@ fn print_human(v: &Status) -> anyhow::Result<()> {
             c.map_or(0.0, |c| c.latency.p50_ms),
             c.map_or(0.0, |c| c.latency.p99_ms)
         );
+        if let Some(d) = &m.drift {
+            // The summaries furthest from the reference first.
+            let mut scores: Vec<(&String, &f64)> = d.scores.iter().collect();
+            scores.sort_by(|a, b| b.1.total_cmp(a.1));
+            let top: Vec<String> = scores.iter().take(3).map(|(n, s)| format!("{n} {s:.2}")).collect();
+            outln!(
+                "  {:<16} drift {}{} (reference: {}){}",
+                "",
+                if d.drifting { "RAISED" } else { d.state.as_str() },
+                d.since.as_deref().map(|s| format!(" since {s}")).unwrap_or_default(),
+                d.reference,
+                if top.is_empty() { String::new() } else { format!("; {}", top.join(", ")) }
+            );
+        }
     }
     let e = &v.engine;
     outln!(

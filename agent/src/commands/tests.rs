@@ -296,6 +296,7 @@ mod dispatcher {
             mqtt: None,
             ota: None,
             fallback: fallback.clone(),
+            monitors: Arc::default(),
         };
         Context {
             engine,

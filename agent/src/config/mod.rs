@@ -205,6 +205,36 @@ pub struct SimulatedSource {
     pub duration_s: f64,
     #[serde(default = "default_seed")]
     pub seed: u64,
+    /// The noise and the anomalies' draws come from this seed when set, while the machine
+    /// (speed, amplitude, phases) still comes from `seed`: the same machine, another run.
+    #[serde(default)]
+    pub noise_seed: Option<u64>,
+    /// A change of the signal from a given point on, to show drift monitoring.
+    #[serde(default)]
+    pub drift: Option<SimDrift>,
+}
+
+/// `[source.drift]` of a simulated source: from `after_s` seconds of signal (or after
+/// `after_messages` messages; neither: from the start), every sample becomes
+/// `gain * x + offset + noise * N(0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimDrift {
+    #[serde(default)]
+    pub after_s: Option<f64>,
+    #[serde(default)]
+    pub after_messages: Option<u64>,
+    #[serde(default = "default_gain")]
+    pub gain: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Standard deviation of the added Gaussian noise.
+    #[serde(default)]
+    pub noise: f64,
+}
+
+fn default_gain() -> f64 {
+    1.0
 }
 
 fn default_sim_stream() -> String {
@@ -864,6 +894,23 @@ fn check_simulated(key: &str, sim: &SimulatedSource, problem: &mut dyn FnMut(&st
     }
     if !is_valid_id(&sim.stream) {
         problem(&format!("{key}.stream"), format!("`{}` may only use A-Z a-z 0-9 . _ -", sim.stream));
+    }
+    if let Some(d) = &sim.drift {
+        if d.after_s.is_some() && d.after_messages.is_some() {
+            problem(&format!("{key}.drift"), "give after_s or after_messages, not both".into());
+        }
+        if d.after_s.is_some_and(|t| !(t >= 0.0 && t.is_finite())) {
+            problem(&format!("{key}.drift.after_s"), "must be 0 or more seconds of signal".into());
+        }
+        if !(d.gain.is_finite() && d.offset.is_finite() && d.noise >= 0.0 && d.noise.is_finite()) {
+            problem(
+                &format!("{key}.drift"),
+                format!(
+                    "gain ({}), offset ({}) must be finite numbers and noise ({}) 0 or more",
+                    d.gain, d.offset, d.noise
+                ),
+            );
+        }
     }
 }
 

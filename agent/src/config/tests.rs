@@ -400,3 +400,38 @@ ca_file = "ca.pem"
         assert!(kinds.iter().any(|k| matches!(k, Kind::Word(_))));
     }
 }
+
+/// A simulated source's drift is read, and a drift that cannot be meant is refused with
+/// the key and the rule.
+#[test]
+fn simulated_drift_is_read_and_checked() {
+    use super::{Config, Overrides, SourceEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    let write = |drift: &str| {
+        std::fs::write(
+            &path,
+            format!(
+                "[agent]\ndevice_id = \"d\"\nstate_dir = \"s\"\n\n[[model]]\npath = \"{model}\"\n\n[[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nnoise_seed = 3\n\n[source.drift]\n{drift}\n",
+                model = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/models/vibration"),
+            ),
+        )
+        .unwrap()
+    };
+    write("after_s = 60\ngain = 1.5\nnoise = 0.1");
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    let SourceEntry::Simulated(sim) = &c.sources[0] else { panic!("not simulated") };
+    let d = sim.drift.unwrap();
+    assert_eq!((d.after_s, d.after_messages, d.gain, d.offset, d.noise), (Some(60.0), None, 1.5, 0.0, 0.1));
+    assert_eq!(sim.noise_seed, Some(3));
+    for (bad, says) in [
+        ("after_s = 1\nafter_messages = 2", "not both"),
+        ("after_s = -1", "after_s"),
+        ("noise = -0.5", "noise"),
+        ("gian = 2", "gian"),
+    ] {
+        write(bad);
+        let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

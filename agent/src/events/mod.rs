@@ -1,8 +1,8 @@
 //! Events: what the agent tells the fleet about itself (`edge/{d}/events`) and writes to
 //! its log, one typed [`Event`] for both.
 //!
-//! Producers (the update task, the stream tasks, the fallback route reporter, the
-//! service's start-up and reload) hand an [`Event`] to an [`Events`] sink. The service
+//! Producers (the update task, the stream tasks (failures, drift), the fallback route reporter, the
+//! service's start-up and reload, the drift monitor through the stream tasks) hand an [`Event`] to an [`Events`] sink. The service
 //! builds that sink once: it always logs (at the level of the event's [`Severity`]) and,
 //! when MQTT is on, publishes through a [`Publish`] implementation (the MQTT handle).
 //! The MQTT link's own events (`spool-overflow`, `message-oversize`, `session-reset`,
@@ -77,6 +77,8 @@ kinds! {
     RequestFailed => "request-failed", "request failed";
     FallbackEngaged => "fallback-engaged", "cloud fallback engaged";
     FallbackCleared => "fallback-cleared", "cloud fallback cleared";
+    ModelDrift => "model-drift", "model inputs or outputs drifted from the reference";
+    ModelDriftCleared => "model-drift-cleared", "model drift cleared";
     // The MQTT link.
     SpoolOverflow => "spool-overflow", "spool overflow";
     MessageOversize => "message-oversize", "oversized message";

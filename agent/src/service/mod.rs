@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
 use crate::config::{Config, Overrides};
 use crate::events::{Event, Events, Kind};
+use crate::monitor::Monitors;
 use crate::sources::{self, SensorMessage};
 use edge_infer::engine::{Engine, LoadedModel};
 use health::Health;
@@ -122,20 +123,27 @@ pub async fn run(
 
     let parts = start_parts(&config, &health, &notifier, source_tx.clone(), &token, &tracker).await?;
     let Running { engine, fallback, events, mqtt, listeners, status } = parts;
+    let monitors = status.monitors.clone();
     // The producers' handle outlives the link's start: the result sink publishes with it.
     let publisher = mqtt.as_ref().map(|link| link.handle.clone());
     let data = wire_data_path(
         &config,
         sink,
         publisher,
-        DataDeps { engine: &engine, health: &health, fallback: &fallback, events: &events },
+        DataDeps {
+            engine: &engine,
+            health: &health,
+            fallback: &fallback,
+            events: &events,
+            monitors: &monitors,
+        },
         (source_tx, source_rx),
         &token,
         &tracker,
     )?;
     // Served once every part exists, still before READY.
     let api = match (&config.api, listeners) {
-        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), &token, &tracker)),
+        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), events.clone(), &token, &tracker)),
         _ => None,
     };
     let mqtt_closed = match (&config.mqtt, mqtt) {
@@ -260,6 +268,7 @@ async fn start_parts(
         mqtt: mqtt.as_ref().map(|link| link.handle.stats.clone()),
         ota,
         fallback: fallback.clone(),
+        monitors: Arc::new(Monitors::new()),
     };
     Ok(Running { engine, fallback, events, mqtt, listeners, status })
 }
@@ -285,10 +294,11 @@ fn serve_api(
     api: &crate::config::ApiConfig,
     listeners: Listeners,
     parts: Parts,
+    events: Events,
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> ApiState {
-    let Parts { engine, health, mqtt, ota, fallback } = parts;
+    let Parts { engine, health, mqtt, ota, fallback, monitors } = parts;
     let l = &api.limits;
     let state = ApiState {
         engine,
@@ -296,6 +306,8 @@ fn serve_api(
         ota,
         fallback,
         mqtt,
+        monitors,
+        events,
         limits: Arc::new(ApiLimits {
             max_body_bytes: l.max_body_bytes,
             max_concurrency: l.max_concurrency,
@@ -328,6 +340,7 @@ struct DataDeps<'a> {
     health: &'a Arc<Health>,
     fallback: &'a Arc<crate::fallback::Fallback>,
     events: &'a Events,
+    monitors: &'a Arc<Monitors>,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -371,6 +384,7 @@ fn wire_data_path(
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
         capture: capture.as_ref().map(|(c, _)| c.clone()),
+        monitors: deps.monitors.clone(),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
     Ok(DataPath { sources, router, sink, capture: capture.map(|(_, writer)| writer) })
@@ -531,6 +545,7 @@ fn serve_mqtt(
         outbox: handle.stats.clone(),
         started: health.started,
         fallback: Some(parts.fallback.clone()),
+        monitors: Some(parts.monitors.clone()),
     };
     let ctx = crate::commands::Context {
         engine: engine.clone(),

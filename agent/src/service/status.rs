@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::health::Health;
 use crate::fallback::{Fallback, FallbackReport};
+use crate::monitor::{DriftReport, Monitors};
 use crate::mqtt::{OutboxReport, OutboxStats};
 use crate::ota::{OtaHandle, OtaStatus};
 use crate::telemetry::Memory;
@@ -56,6 +57,51 @@ pub struct ModelStatus {
     /// Counters and latency percentiles, once the model has served.
     #[serde(flatten)]
     pub counts: Option<ModelCounts>,
+    /// Drift against the reference, once the model has served with monitoring on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
+}
+
+/// One model's drift against its reference (docs/monitoring.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DriftStatus {
+    /// The version the numbers are about.
+    pub version: String,
+    /// `learning` (the reference is being taken from the first results), `filling` (the
+    /// window is not full yet), `ok` or `drift`.
+    pub state: String,
+    /// `profile` (profile.json) or `first-results`.
+    pub reference: String,
+    /// Results seen by the monitor.
+    pub results: u64,
+    pub drifting: bool,
+    /// When drift was raised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// The last Jensen-Shannon distance of each summary (0: same as the reference, 1:
+    /// nothing in common).
+    pub scores: BTreeMap<String, f64>,
+    /// Why profile.json was not used, when it was there but unusable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_error: Option<String>,
+    /// Bytes the monitor's histograms hold.
+    pub memory_bytes: usize,
+}
+
+impl From<DriftReport> for DriftStatus {
+    fn from(r: DriftReport) -> DriftStatus {
+        DriftStatus {
+            version: r.version,
+            state: r.state.to_string(),
+            reference: r.reference.as_str().to_string(),
+            results: r.results,
+            drifting: r.drifting,
+            since: r.since,
+            scores: r.scores,
+            profile_error: r.profile_error,
+            memory_bytes: r.memory_bytes,
+        }
+    }
 }
 
 /// One model's counters since start, by outcome, and its latency percentiles.
@@ -168,6 +214,8 @@ pub struct Parts {
     /// The model update task, when `[ota]` is configured.
     pub ota: Option<OtaHandle>,
     pub fallback: Arc<Fallback>,
+    /// Drift of each model against its reference.
+    pub monitors: Arc<Monitors>,
 }
 
 impl Parts {
@@ -183,6 +231,7 @@ impl Status {
         let Parts { engine, health, .. } = parts;
         let ota = parts.ota.as_ref().map(OtaHandle::status);
         let stats = engine.stats();
+        let mut drift = parts.monitors.report();
         let models = engine
             .models()
             .into_iter()
@@ -190,7 +239,8 @@ impl Status {
                 let counts = stats.get(&name).cloned().map(ModelCounts::from);
                 // Models outside updates are simply active.
                 let state = ota.as_ref().and_then(|o| o.state_of(&name)).unwrap_or("active").to_string();
-                (name, ModelStatus { version: m.version().to_string(), state, counts })
+                let drift = drift.remove(&name).map(DriftStatus::from);
+                (name, ModelStatus { version: m.version().to_string(), state, counts, drift })
             })
             .collect();
         Status {

@@ -13,6 +13,7 @@ use super::result::ResultRecord;
 use crate::capture::{self, Capture};
 use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
+use crate::monitor::Monitors;
 use crate::sources::SensorMessage;
 use edge_infer::engine::spec::{ModelSpec, PayloadFormat};
 use edge_infer::engine::{Engine, InferError};
@@ -74,10 +75,12 @@ pub(super) struct Deps {
     /// Keeps samples worth retraining on; `None` when `[capture]` is off (then the
     /// stream task copies nothing).
     pub capture: Option<Arc<Capture>>,
+    /// Drift of each model's inputs and outputs (fed with every local result).
+    pub monitors: Arc<Monitors>,
 }
 
 pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
-    let Deps { engine, health, results, events, fallback, capture } = deps;
+    let Deps { engine, health, results, events, fallback, capture, monitors } = deps;
     let mut pipe: Option<Pipeline> = None;
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
@@ -144,6 +147,9 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
             // The window is copied only while capture may keep it.
             let kept_input = wanted.map(|_| data.clone());
+            // Summarised before the data moves into the job; only local answers are
+            // compared with the reference (a cloud model's outputs are another model's).
+            let watched = local.as_ref().and_then(|m| monitors.summarise(m, &data));
             let job = Job {
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
@@ -159,9 +165,16 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     if spec.post.wants_raw() {
                         outputs.insert("raw".into(), raw_outputs(&a.outputs));
                     }
+                    if let (Some(m), Some(summaries), "local") = (&local, watched, a.place)
+                        && let Some(change) = monitors.observe(m, summaries, &outputs)
+                    {
+                        errors.events.emit(change.event(&msg.model)).await;
+                    }
                     if let (Some(c), Some(input)) = (wanted, kept_input) {
                         let score = outputs.get("score").and_then(serde_json::Value::as_f64);
-                        if let Some(reason) = c.reason(score, capture::Flags::default()) {
+                        let flags =
+                            capture::Flags { drift: monitors.is_drifting(&msg.model), ..Default::default() };
+                        if let Some(reason) = c.reason(score, flags) {
                             let meta = capture::Meta {
                                 model: msg.model.clone(),
                                 version: a.version.clone(),

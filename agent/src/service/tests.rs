@@ -51,6 +51,7 @@ impl Harness {
             events: Events::log_only().tap(tap),
             fallback: Arc::new(fallback),
             capture,
+            monitors: Arc::new(crate::monitor::Monitors::new()),
         };
         let (messages, rx) = mpsc::channel(8);
         let task = tokio::spawn(stream::run(rx, deps));
@@ -152,6 +153,7 @@ async fn the_status_document_reads_back_into_its_type() {
         mqtt: Some(Arc::default()),
         ota: None,
         fallback: Arc::new(fallback),
+        monitors: Arc::new(crate::monitor::Monitors::new()),
     };
     let written = serde_json::to_value(parts.gather(None)).unwrap();
     assert_eq!(written["models"]["vibration"]["ok"], 1, "{written:#}");

@@ -22,7 +22,7 @@ use edge_infer::pipeline::Payload;
 
 pub use file::{rate_mismatch, read_wav};
 pub use receipt::{Receipt, Settled};
-pub use simulated::VibrationSim;
+pub use simulated::{Drift, VibrationSim};
 
 /// One message from a sensor.
 #[derive(Debug)]

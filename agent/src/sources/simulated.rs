@@ -4,7 +4,8 @@
 //! a machine turning at `f0` in 45..55 Hz, amplitude `A` in 0.8..1.2, with its second
 //! harmonic at 0.3 A and Gaussian noise (σ 0.05). Anomalies alternate between
 //! *imbalance* (A in 2..3) and *impact* (decaying 300 Hz bursts of amplitude 2..4,
-//! τ = 3 ms, every 20..40 ms, on top of the normal signal).
+//! τ = 3 ms, every 20..40 ms, on top of the normal signal). A drift (gain, offset, added
+//! noise) may change the signal from a given sample on, to show drift monitoring.
 
 use std::f64::consts::TAU;
 use std::time::Duration;
@@ -74,6 +75,19 @@ pub struct VibrationSim {
     next_impact: f64,
     impact_time: f64,
     impact_amp: f64,
+    /// Draws of the noise and anomalies, when they come from a seed of their own.
+    noise_rng: Option<Rng>,
+    drift: Option<Drift>,
+}
+
+/// A change of the signal from a sample on: `gain * x + offset + noise * N(0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Drift {
+    /// The first sample changed.
+    pub from_sample: u64,
+    pub gain: f64,
+    pub offset: f64,
+    pub noise: f64,
 }
 
 impl VibrationSim {
@@ -102,7 +116,26 @@ impl VibrationSim {
             next_impact: f64::INFINITY,
             impact_time: f64::NEG_INFINITY,
             impact_amp: 0.0,
+            noise_rng: None,
+            drift: None,
         }
+    }
+
+    /// The same machine (from `seed`), with noise and anomalies drawn from `noise_seed`.
+    pub fn with_noise_seed(mut self, noise_seed: u64) -> VibrationSim {
+        self.noise_rng = Some(Rng(noise_seed));
+        self
+    }
+
+    /// The signal changes as `drift` says from its sample on.
+    pub fn with_drift(mut self, drift: Drift) -> VibrationSim {
+        self.drift = Some(drift);
+        self
+    }
+
+    /// The generator of the noise and anomalies' draws.
+    fn draws(&mut self) -> &mut Rng {
+        self.noise_rng.as_mut().unwrap_or(&mut self.rng)
     }
 
     /// Samples produced so far.
@@ -130,12 +163,13 @@ impl VibrationSim {
             match want {
                 Condition::Imbalance => {
                     self.anomalies += 1;
-                    self.imbalance_amp = self.rng.range(2.0, 3.0);
+                    self.imbalance_amp = self.draws().range(2.0, 3.0);
                 }
                 Condition::Impact => {
                     self.anomalies += 1;
-                    self.impact_period = self.rng.range(0.020, 0.040);
-                    self.next_impact = t + self.rng.range(0.0, self.impact_period);
+                    self.impact_period = self.draws().range(0.020, 0.040);
+                    let period = self.impact_period;
+                    self.next_impact = t + self.draws().range(0.0, period);
                 }
                 Condition::Normal => self.next_impact = f64::INFINITY,
             }
@@ -150,15 +184,23 @@ impl VibrationSim {
         let amp = if self.condition == Condition::Imbalance { self.imbalance_amp } else { self.amp };
         let mut x = amp * (TAU * self.f0 * t + self.phase1).sin()
             + 0.3 * amp * (TAU * 2.0 * self.f0 * t + self.phase2).sin()
-            + 0.05 * self.rng.normal();
+            + 0.05 * self.draws().normal();
         if self.condition == Condition::Impact && t >= self.next_impact {
             self.impact_time = self.next_impact;
-            self.impact_amp = self.rng.range(2.0, 4.0);
+            self.impact_amp = self.draws().range(2.0, 4.0);
             self.next_impact += self.impact_period;
         }
         let tau = t - self.impact_time;
         if (0.0..0.05).contains(&tau) {
             x += self.impact_amp * (-tau / 0.003).exp() * (TAU * 300.0 * tau).sin();
+        }
+        if let Some(d) = self.drift
+            && self.n > d.from_sample
+        {
+            x = d.gain * x + d.offset;
+            if d.noise > 0.0 {
+                x += d.noise * self.draws().normal();
+            }
         }
         x as f32
     }
@@ -173,6 +215,19 @@ pub(super) async fn run(cfg: SimulatedSource, tx: mpsc::Sender<SensorMessage>, t
     let mut sim =
         VibrationSim::new(cfg.seed, f64::from(cfg.sample_rate), cfg.anomaly_every_s, cfg.anomaly_len_s);
     let chunk = ((u64::from(cfg.sample_rate) * cfg.chunk_ms) / 1000).max(1) as usize;
+    if let Some(seed) = cfg.noise_seed {
+        sim = sim.with_noise_seed(seed);
+    }
+    if let Some(d) = cfg.drift {
+        let from_sample = match (d.after_s, d.after_messages) {
+            (Some(t), _) => (t * f64::from(cfg.sample_rate)) as u64,
+            (None, Some(m)) => m.saturating_mul(chunk as u64),
+            (None, None) => 0,
+        };
+        tracing::info!(stream = %cfg.stream, from_sample, gain = d.gain, offset = d.offset, noise = d.noise,
+            "simulated drift configured");
+        sim = sim.with_drift(Drift { from_sample, gain: d.gain, offset: d.offset, noise: d.noise });
+    }
     let total =
         if cfg.duration_s > 0.0 { Some((cfg.duration_s * f64::from(cfg.sample_rate)) as u64) } else { None };
     let period = (cfg.speed > 0.0).then(|| Duration::from_secs_f64(cfg.chunk_ms as f64 / 1000.0 / cfg.speed));

@@ -19,8 +19,8 @@ use crate::mqtt::{Mqtt, OutboxReport, OutboxStats};
 use edge_infer::engine::Engine;
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
-/// and `bad_stream`.
-pub const SCHEMA: u32 = 2;
+/// and `bad_stream`. 3: each model gained `drifting` and `drift` (scores by summary).
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -51,6 +51,11 @@ pub struct ModelCounts {
     pub p99_ms: f64,
     /// Requests waiting in the engine's queue (one queue, shared by all models).
     pub queue: u64,
+    /// Whether drift against the model's reference is raised (docs/monitoring.md).
+    pub drifting: bool,
+    /// The last drift score (Jensen-Shannon distance) of each summary; empty until the
+    /// monitor has scored.
+    pub drift: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -93,6 +98,8 @@ pub struct Sources {
     pub started: Instant,
     /// Answers computed in the cloud, per model and reason.
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
+    /// Drift of each model.
+    pub monitors: Option<Arc<crate::monitor::Monitors>>,
 }
 
 /// Builds a report now.
@@ -100,6 +107,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
     let stats = src.engine.stats();
     let pool = src.engine.pool();
     let mut cloud = src.fallback.as_ref().map(|f| f.cloud_answers()).unwrap_or_default();
+    let mut drift = src.monitors.as_ref().map(|m| m.report()).unwrap_or_default();
     let mut models: BTreeMap<String, ModelCounts> = src
         .engine
         .models()
@@ -107,6 +115,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
         .map(|(name, m)| {
             let s = stats.get(&name);
             let ok = s.map_or(0, |s| s.ok);
+            let d = drift.remove(&name);
             let counts = ModelCounts {
                 version: m.version().to_string(),
                 ok,
@@ -118,6 +127,8 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
                 p95_ms: s.map_or(0.0, |s| s.latency.p95_ms),
                 p99_ms: s.map_or(0.0, |s| s.latency.p99_ms),
                 queue: pool.queue_depth as u64,
+                drifting: d.as_ref().is_some_and(|d| d.drifting),
+                drift: d.map(|d| d.scores).unwrap_or_default(),
             };
             (name, counts)
         })
@@ -137,6 +148,8 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
                 p95_ms: 0.0,
                 p99_ms: 0.0,
                 queue: 0,
+                drifting: false,
+                drift: BTreeMap::new(),
             },
         );
     }

@@ -634,6 +634,36 @@ pub struct ModelSpec {
     /// Limits on what requests may send (`[limits]`).
     #[serde(default)]
     pub limits: LimitsSpec,
+    /// Drift monitoring (`[monitor]`, read by the agent's monitor; docs/monitoring.md).
+    #[serde(default)]
+    pub monitor: MonitorSpec,
+}
+
+/// `[monitor]`: how a device watches this model's inputs and outputs for drift against
+/// its reference (`profile.json`, or its first results). The monitor reads it; the
+/// engine only carries it with the spec, so that a model update brings its own settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSpec {
+    /// Whether the device watches this model at all (on by default: it costs a few
+    /// microseconds and tens of KiB per model).
+    pub enabled: bool,
+    /// Recent results the histograms cover (a sliding window).
+    pub window: usize,
+    /// Scores are computed every this many results.
+    pub every: usize,
+    /// Drift is raised when a summary's score reaches this (Jensen-Shannon distance, 0..1).
+    pub raise: f64,
+    /// ... and cleared once every score is below this.
+    pub clear: f64,
+    /// Without profile.json: results after activation taken as the reference.
+    pub reference: usize,
+}
+
+impl Default for MonitorSpec {
+    fn default() -> Self {
+        MonitorSpec { enabled: true, window: 1000, every: 100, raise: 0.3, clear: 0.2, reference: 2000 }
+    }
 }
 
 fn default_model_file() -> String {
@@ -708,6 +738,20 @@ impl ModelSpec {
         }
         if self.version.is_empty() {
             out.push("version must not be empty".into());
+        }
+        let m = &self.monitor;
+        // Fewer than 100 results give histograms too noisy to tell drift (docs/monitoring.md).
+        if !(100..=1_000_000).contains(&m.window) || !(1..=m.window).contains(&m.every) {
+            out.push(format!(
+                "monitor: window = {} and every = {} must satisfy 100 <= window <= 1000000 and 1 <= every <= window",
+                m.window, m.every
+            ));
+        }
+        if !(m.clear > 0.0 && m.clear < m.raise && m.raise <= 1.0) || m.reference < m.window {
+            out.push(format!(
+                "monitor: need 0 < clear ({}) < raise ({}) <= 1 and reference ({}) >= window ({})",
+                m.clear, m.raise, m.reference, m.window
+            ));
         }
         let data: Vec<_> = self.inputs.iter().filter(|i| i.from == InputFrom::Data).collect();
         if data.len() != 1 {

@@ -632,6 +632,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                     pre,
                     post,
                     limits: LimitsSpec { max_payload_bytes: max },
+                    monitor: Default::default(),
                 }
             },
         )
