@@ -191,7 +191,7 @@ mod arguments {
     /// The keys a refusal lists are the type's own fields, read from the type.
     #[test]
     fn keys_are_the_fields_of_the_type() {
-        assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force"]);
+        assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force", "shadow"]);
         assert_eq!(keys::<RollbackArgs>(), ["model"]);
         assert_eq!(keys::<FallbackForceArgs>(), ["model", "seconds", "on"]);
         assert_eq!(keys::<ConfigSetArgs>(), ["key", "value"]);
@@ -205,7 +205,7 @@ mod arguments {
             parse::<UpdateApplyArgs>(map(json!({"model": "m", "forse": true})), Origin::Request).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`"
         );
         let e = parse::<RollbackArgs>(map(json!({"version": "2"})), Origin::Body).unwrap_err();
         assert_eq!(e.to_string(), "`version` is not an argument of rollback; it takes `model`");
@@ -409,7 +409,7 @@ mod dispatcher {
             .await;
         assert_eq!(
             r["error"],
-            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`"
         );
         let r = d.rejected("config/set", r#"{"id":"k-3","args":{"key":"telemetry.interval_s"}}"#).await;
         assert_eq!(r["error"], "`args.value` is missing; telemetry.interval_s needs a value");

@@ -117,14 +117,20 @@ pub async fn run(
     let (source_tx, source_rx) = mpsc::channel::<SensorMessage>(256);
 
     let parts = start_parts(&config, &health, &notifier, source_tx.clone(), &token, &tracker).await?;
-    let Running { engine, fallback, events, mqtt, listeners, status } = parts;
+    let Running { engine, fallback, events, shadows, mqtt, listeners, status } = parts;
     // The producers' handle outlives the link's start: the result sink publishes with it.
     let publisher = mqtt.as_ref().map(|link| link.handle.clone());
     let data = wire_data_path(
         &config,
         sink,
         publisher,
-        DataDeps { engine: &engine, health: &health, fallback: &fallback, events: &events },
+        DataDeps {
+            engine: &engine,
+            health: &health,
+            fallback: &fallback,
+            events: &events,
+            shadows: &shadows,
+        },
         (source_tx, source_rx),
         &token,
         &tracker,
@@ -182,6 +188,8 @@ struct Running {
     fallback: Arc<crate::fallback::Fallback>,
     /// Every event logged; published when MQTT is on.
     events: Events,
+    /// Shadow runs of candidate versions: started by the update task, fed by the streams.
+    shadows: Arc<crate::shadow::Shadows>,
     mqtt: Option<MqttLink>,
     /// The API's listeners, bound and not yet serving.
     listeners: Option<Listeners>,
@@ -233,11 +241,13 @@ async fn start_parts(
     };
 
     // Model updates from the registry.
+    let shadows = Arc::new(crate::shadow::Shadows::default());
     let ota = match config.ota {
         Some(_) => Some(crate::ota::start(
             config,
             engine.clone(),
             events.clone(),
+            shadows.clone(),
             prepared,
             token.child_token(),
             tracker,
@@ -257,7 +267,7 @@ async fn start_parts(
         ota,
         fallback: fallback.clone(),
     };
-    Ok(Running { engine, fallback, events, mqtt, listeners, status })
+    Ok(Running { engine, fallback, events, shadows, mqtt, listeners, status })
 }
 
 /// Binds the API's listeners. They serve once the parts exist ([`serve_api`]), still
@@ -322,6 +332,7 @@ struct DataDeps<'a> {
     health: &'a Arc<Health>,
     fallback: &'a Arc<crate::fallback::Fallback>,
     events: &'a Events,
+    shadows: &'a Arc<crate::shadow::Shadows>,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -361,6 +372,7 @@ fn wire_data_path(
         results: result_tx,
         events: deps.events.clone(),
         fallback: deps.fallback.clone(),
+        shadows: deps.shadows.clone(),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
     Ok(DataPath { sources, router, sink })

@@ -46,6 +46,7 @@ impl Harness {
             results: results_tx,
             events: Events::log_only().tap(tap),
             fallback: Arc::new(fallback),
+            shadows: Default::default(),
         };
         let (messages, rx) = mpsc::channel(8);
         let task = tokio::spawn(stream::run(rx, deps));
