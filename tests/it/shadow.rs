@@ -168,3 +168,73 @@ fn a_candidate_that_disagrees_on_a_third_of_inputs_is_rejected_with_its_confusio
     let (code, _) = d.stop();
     assert!(code.success());
 }
+
+#[test]
+fn an_operator_ends_a_shadow_run_by_command() {
+    let p = Publisher::new(1);
+    let work = tempdir();
+    // Limits that would keep it running for long: only a command ends it here.
+    p.publish(&model_version(work.path(), "2", |_| {}), 0, &["--shadow-limits", r#"{"requests":1000000}"#]);
+    let reg = Served::start(&p.repo());
+    let broker = Broker::start(BrokerOptions::default());
+    let events = broker.subscribe("test", "edge/it/events");
+    let replies = broker.subscribe("test", "edge/it/cmd/#");
+    let online = broker.subscribe("test", "edge/it/status");
+    let ota = ota_section(&reg.url, &p.root_v1(), "");
+    let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
+    online.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
+    let sock = d.socket.to_str().unwrap().to_string();
+
+    // The CLI on the device starts it...
+    let args = [
+        "update",
+        "apply",
+        "--model",
+        "vibration",
+        "--version",
+        "2",
+        "--shadow",
+        "--socket",
+        &sock,
+        "--json",
+    ];
+    let out = run(&args, secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started["action"], "shadowing", "{started:#}");
+    // ...which holds back other installs of the model until its verdict.
+    let (code, refused) = post(&d, "/ota/apply", json!({"model": "vibration", "version": "2"}));
+    assert_eq!(code, 422, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("update/shadow"), "{refused}");
+    wait_status(&d, "a few compared", secs(60), |s| {
+        s["ota"]["models"]["vibration"]["shadow"]["numbers"]["compared"].as_u64().unwrap_or(0) >= 5
+    });
+
+    // update/shadow over MQTT promotes it.
+    let cmd = json!({"id": "verdict-1", "args": {"model": "vibration", "verdict": "promote"}});
+    broker.publish("test", "edge/it/cmd/update/shadow", cmd.to_string().as_bytes(), 1, false);
+    let (_, reply) = replies.wait_for("update/shadow", secs(60), |t, p| {
+        t.ends_with("/reply") && p.contains("verdict-1") && (p.contains("succeeded") || p.contains("failed"))
+    });
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["state"], "succeeded", "{reply:#}");
+    assert_eq!(reply["result"]["action"], "activated", "{reply:#}");
+    let report = event(&events, "shadow-report");
+    assert_eq!(
+        (report["detail"]["verdict"].as_str(), report["detail"]["by"].as_str()),
+        (Some("promote"), Some("command"))
+    );
+    assert_eq!(serving(&d), "2");
+    assert_eq!(status(&d)["ota"]["models"]["vibration"]["state"], "probation");
+
+    // Nothing runs in shadow now: the CLI says so, and fails.
+    let out = run(
+        &["update", "shadow", "--model", "vibration", "--verdict", "reject", "--socket", &sock],
+        secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no shadow run in progress"), "{}", stderr(&out));
+    assert_no_active_rejections(&d);
+    let (code, _) = d.stop();
+    assert!(code.success());
+}

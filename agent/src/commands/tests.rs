@@ -180,6 +180,7 @@ mod arguments {
     use crate::commands::ping::PingArgs;
     use crate::commands::rollback::RollbackArgs;
     use crate::commands::update_apply::UpdateApplyArgs;
+    use crate::commands::update_shadow::UpdateShadowArgs;
 
     fn map(v: Value) -> Map<String, Value> {
         match v {
@@ -193,6 +194,7 @@ mod arguments {
     fn keys_are_the_fields_of_the_type() {
         assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force", "shadow"]);
         assert_eq!(keys::<RollbackArgs>(), ["model"]);
+        assert_eq!(keys::<UpdateShadowArgs>(), ["model", "verdict"]);
         assert_eq!(keys::<FallbackForceArgs>(), ["model", "seconds", "on"]);
         assert_eq!(keys::<ConfigSetArgs>(), ["key", "value"]);
         assert!(keys::<PingArgs>().is_empty());
@@ -228,6 +230,20 @@ mod arguments {
         // `null` is a value for config/set (refused later as "cannot be a setting").
         let a = parse::<ConfigSetArgs>(map(json!({"key": "k", "value": null})), Origin::Request).unwrap();
         assert_eq!(a.value, Some(Value::Null));
+    }
+
+    /// `update/shadow` takes a verdict by name, and says what it needs.
+    #[test]
+    fn a_shadow_verdict_is_promote_or_reject() {
+        let a = parse::<UpdateShadowArgs>(map(json!({"model": "m", "verdict": "promote"})), Origin::Request)
+            .unwrap();
+        assert!(a.check(Origin::Request).is_ok());
+        let e = parse::<UpdateShadowArgs>(map(json!({"model": "m", "verdict": "keep"})), Origin::Request)
+            .unwrap_err();
+        assert!(e.to_string().contains("`args.verdict`") && e.to_string().contains("promote"), "{e}");
+        let missing = parse::<UpdateShadowArgs>(map(json!({"model": "m"})), Origin::Request).unwrap();
+        let e = missing.check(Origin::Request).unwrap_err();
+        assert!(e.contains("`args.verdict`") && e.contains("reject"), "{e}");
     }
 
     /// HTTP bodies: empty is `{}`, anything but an object is refused.
