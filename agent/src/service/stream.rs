@@ -141,7 +141,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             };
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
             // A shadow run of a candidate gets the same input, once the active answered.
-            let trial = shadows.pick(&msg.model);
+            let trial = shadows.pick(&msg.model, &engine);
             let shadow_data = trial.as_ref().map(|_| data.clone());
             let shadow_reset = reset;
             let job = Job {

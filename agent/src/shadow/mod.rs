@@ -173,13 +173,20 @@ impl Shadows {
         self.trials.load().values().cloned().collect()
     }
 
-    /// The run that takes this request of `model`, if its share picks it.
-    pub fn pick(&self, model: &str) -> Option<Arc<Trial>> {
+    /// The run that takes this request of `model`, if its share picks it and the engine
+    /// has idle capacity now (else it is counted as skipped, `busy`, before its input is
+    /// copied: under full load nearly every request is, and must cost next to nothing).
+    pub fn pick(&self, model: &str, engine: &Engine) -> Option<Arc<Trial>> {
         let trials = self.trials.load();
         if trials.is_empty() {
             return None;
         }
-        trials.get(model).filter(|t| t.pick()).cloned()
+        let trial = trials.get(model).filter(|t| t.pick())?;
+        if engine.queue_depth() > 0 || engine.all_busy() {
+            trial.tally().skip(report::skip::BUSY);
+            return None;
+        }
+        Some(trial.clone())
     }
 }
 
@@ -215,6 +222,13 @@ impl Lane {
     /// as skipped. Call it after the active answers were handed on: nothing here waits.
     pub fn submit(&self, engine: &Arc<Engine>, pending: Vec<Pending>) {
         if pending.is_empty() {
+            return;
+        }
+        // The usual case under load: no idle worker now. Counted here, without a task.
+        if engine.queue_depth() > 0 || engine.all_busy() {
+            for p in &pending {
+                p.trial.tally().skip(report::skip::BUSY);
+            }
             return;
         }
         if self.busy.swap(true, Ordering::AcqRel) {
