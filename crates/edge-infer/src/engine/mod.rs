@@ -619,10 +619,12 @@ fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Share
         if let Err(e) = &result {
             tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
         }
-        // The caller may have given up waiting; nothing to do then.
-        let _ = job.reply.send(result);
+        // Idle before the caller hears back: a caller that looks at the pool right after
+        // its answer (a shadow run waiting for idle capacity) must see this worker free.
         shared.busy_since[ix].store(0, Ordering::Relaxed);
         shared.done[ix].fetch_add(1, Ordering::Relaxed);
+        // The caller may have given up waiting; nothing to do then.
+        let _ = job.reply.send(result);
         tracing::trace!(worker = ix, us = started.elapsed().as_micros() as u64, "job done");
     }
 }
