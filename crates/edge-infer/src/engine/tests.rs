@@ -798,3 +798,29 @@ fn a_shadow_runs_on_idle_capacity_only_and_is_not_counted_as_the_model() {
     assert!(engine.remove_shadow("vibration").is_some());
     assert!(engine.shadow("vibration").is_none());
 }
+
+#[test]
+fn a_recurrent_candidate_keeps_its_own_state_per_stream() {
+    let Some(dir) = vad_dir() else {
+        panic!("silero-vad is not in the test cache: run tests/run --prepare-only");
+    };
+    let engine =
+        Engine::start(&EngineConfig { threads: 1, queue: 16, max_streams: 8, ..EngineConfig::default() });
+    engine.install(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
+    let candidate = engine.install_shadow(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
+    // Each step runs on the active version, then on the candidate, on the same stream id:
+    // with state of its own, the identical candidate follows the same trajectory; were
+    // the state shared, each would see the other's step and the scores would part.
+    for step in 0..6 {
+        let window: Vec<f32> = (0..576).map(|i| 0.5 * ((i + step * 576) as f32 * 0.07).sin()).collect();
+        let active = engine.infer_blocking(request("silero-vad", "mic", window.clone())).unwrap();
+        let shadow = engine
+            .submit_idle(candidate.clone(), request("silero-vad", "mic", window))
+            .unwrap()
+            .expect("idle")
+            .wait_blocking()
+            .unwrap();
+        assert_eq!(active.outputs[0].values, shadow.outputs[0].values, "step {step}");
+    }
+    assert_eq!(engine.pool().live_streams, 2, "the stream once per version");
+}
