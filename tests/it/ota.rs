@@ -85,7 +85,7 @@ fn an_update_is_activated_kept_after_probation_and_rolled_back_on_command() {
         (
             "/ota/apply",
             json!({"model": "vibration", "version": "1", "forse": true}),
-            "`forse` is not an argument of update/apply; it takes `model`, `version` and `force`",
+            "`forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`",
         ),
         (
             "/ota/rollback",

@@ -686,6 +686,16 @@ impl Ota {
         self.activate(&model, &version, &dir, limits, reason).await
     }
 
+    /// Loads a version's directory off the task, within the engine's memory limits.
+    async fn load(&self, dir: &Path) -> Result<LoadedModel, OtaError> {
+        let d = dir.to_path_buf();
+        let model_limits = self.engine.model_limits();
+        tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
+            .await
+            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
+            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))
+    }
+
     /// Loads `dir`, records the probation, switches the links, then swaps the engine's
     /// model: requests in flight finish on the old version, new ones take the new.
     async fn activate(
@@ -697,12 +707,7 @@ impl Ota {
         reason: &str,
     ) -> Result<(), OtaError> {
         self.set_doing(model, Some(&format!("activating {version}")));
-        let d = dir.to_path_buf();
-        let model_limits = self.engine.model_limits();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
-            .await
-            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
-            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))?;
+        let loaded = self.load(dir).await?;
         let old = self.engine.model(model);
         let previous = old.as_ref().map(|m| m.dir.clone()).or_else(|| self.configured.get(model).cloned());
         let previous_version = old.as_ref().map(|m| m.version().to_string());
@@ -892,12 +897,7 @@ impl Ota {
             )));
         };
         self.set_doing(model, Some(&format!("loading {version} for a shadow run")));
-        let d = dir.to_path_buf();
-        let model_limits = self.engine.model_limits();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
-            .await
-            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
-            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))?;
+        let loaded = self.load(dir).await?;
         crate::shadow::check_compatible(&active, &loaded).map_err(OtaError::Refused)?;
         let candidate = self.engine.install_shadow(loaded);
         let trial = crate::shadow::Trial::new(&self.engine, candidate, dir.to_path_buf(), limits, probation);

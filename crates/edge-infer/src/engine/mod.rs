@@ -136,6 +136,48 @@ struct Job {
     shadow: bool,
 }
 
+impl Job {
+    /// The job for `req` on `model`, taking its data (left empty in `req`), and the
+    /// receiver of its reply.
+    fn new(model: Arc<LoadedModel>, req: &mut Request, shadow: bool) -> (Job, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            model,
+            stream: req.stream.clone().unwrap_or_else(|| "default".to_string()),
+            data: std::mem::take(&mut req.data),
+            deadline: req.deadline,
+            reset: req.reset,
+            submitted: Instant::now(),
+            reply,
+            shadow,
+        };
+        (job, rx)
+    }
+}
+
+/// Refuses input of a length the model's data input cannot take.
+fn check_length(model: &LoadedModel, req: &Request) -> Result<(), InferError> {
+    let input = model.spec.data_input();
+    if input.shape_for(req.data.len()).is_some() {
+        return Ok(());
+    }
+    let source = if input.ranges.is_empty() {
+        crate::pipeline::InputError::Length {
+            input: input.name.clone(),
+            got: req.data.len(),
+            want: input.len(),
+            shape: input.shape.clone(),
+        }
+    } else {
+        crate::pipeline::InputError::LengthRange {
+            input: input.name.clone(),
+            got: req.data.len(),
+            shape: input.shape_text(),
+        }
+    };
+    Err(InferError::Input { model: req.model.clone(), source })
+}
+
 /// A queued request's result, to wait for.
 pub struct Ticket {
     rx: oneshot::Receiver<Reply>,
@@ -317,44 +359,18 @@ impl Engine {
     /// Queues a request for one loaded model (version), even if another version has
     /// replaced it meanwhile: a caller that pre-processed the input for this version's
     /// spec gets this version's answer.
-    pub fn submit_to(&self, model: Arc<LoadedModel>, req: Request) -> Result<Ticket, InferError> {
-        let input = model.spec.data_input();
-        if input.shape_for(req.data.len()).is_none() {
-            let source = if input.ranges.is_empty() {
-                crate::pipeline::InputError::Length {
-                    input: input.name.clone(),
-                    got: req.data.len(),
-                    want: input.len(),
-                    shape: input.shape.clone(),
-                }
-            } else {
-                crate::pipeline::InputError::LengthRange {
-                    input: input.name.clone(),
-                    got: req.data.len(),
-                    shape: input.shape_text(),
-                }
-            };
-            let err = InferError::Input { model: req.model.clone(), source };
+    pub fn submit_to(&self, model: Arc<LoadedModel>, mut req: Request) -> Result<Ticket, InferError> {
+        if let Err(err) = check_length(&model, &req) {
             self.count_error(&req.model, &err);
             return Err(err);
         }
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            model,
-            stream: req.stream.unwrap_or_else(|| "default".to_string()),
-            data: req.data,
-            deadline: req.deadline,
-            reset: req.reset,
-            submitted: Instant::now(),
-            reply,
-            shadow: false,
-        };
+        let (job, rx) = Job::new(model, &mut req, false);
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
         };
         match lanes.requests.try_send(job) {
-            Ok(()) => Ok(Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }),
+            Ok(()) => Ok(self.ticket(rx, req)),
             Err(TrySendError::Full(_)) => {
                 let err = InferError::QueueFull { capacity: self.capacity };
                 self.count_error(&req.model, &err);
@@ -362,6 +378,10 @@ impl Engine {
             }
             Err(TrySendError::Disconnected(_)) => Err(InferError::ShuttingDown),
         }
+    }
+
+    fn ticket(&self, rx: oneshot::Receiver<Reply>, req: Request) -> Ticket {
+        Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }
     }
 
     /// Submits and waits from a plain thread.
@@ -444,19 +464,12 @@ impl Engine {
     /// busy, or the shadow lane is full. A worker takes a shadow job only when the
     /// request queue is empty, and drops it unrun once its deadline passed. Shadow runs
     /// are not counted in the engine's stats; the caller counts them.
-    pub fn submit_idle(&self, model: Arc<LoadedModel>, req: Request) -> Result<Option<Ticket>, InferError> {
-        let input = model.spec.data_input();
-        if input.shape_for(req.data.len()).is_none() {
-            return Err(InferError::Input {
-                model: req.model.clone(),
-                source: crate::pipeline::InputError::Length {
-                    input: input.name.clone(),
-                    got: req.data.len(),
-                    want: input.len(),
-                    shape: input.shape.clone(),
-                },
-            });
-        }
+    pub fn submit_idle(
+        &self,
+        model: Arc<LoadedModel>,
+        mut req: Request,
+    ) -> Result<Option<Ticket>, InferError> {
+        check_length(&model, &req)?;
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
@@ -464,19 +477,9 @@ impl Engine {
         if !lanes.requests.is_empty() || self.all_busy() {
             return Ok(None);
         }
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            model,
-            stream: req.stream.unwrap_or_else(|| "default".to_string()),
-            data: req.data,
-            deadline: req.deadline,
-            reset: req.reset,
-            submitted: Instant::now(),
-            reply,
-            shadow: true,
-        };
+        let (job, rx) = Job::new(model, &mut req, true);
         match lanes.shadow.try_send(job) {
-            Ok(()) => Ok(Some(Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin })),
+            Ok(()) => Ok(Some(self.ticket(rx, req))),
             Err(TrySendError::Full(_)) => Ok(None),
             Err(TrySendError::Disconnected(_)) => Err(InferError::ShuttingDown),
         }
