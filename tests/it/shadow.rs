@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::common::broker::{Broker, BrokerOptions};
+use crate::common::broker::{Broker, BrokerOptions, Subscription};
 use crate::common::registry::*;
 use crate::common::*;
 
@@ -23,7 +23,37 @@ fn body(port: u16, ota: &str) -> String {
     )
 }
 
-fn event(events: &crate::common::broker::Subscription, kind: &str) -> Value {
+/// An agent following a registry of `p`'s, with a broker and subscriptions to its
+/// events and command replies; returned once the agent is online.
+struct Agent {
+    d: Daemon,
+    broker: Broker,
+    events: Subscription,
+    replies: Subscription,
+    _registry: Served,
+}
+
+fn start(p: &Publisher) -> Agent {
+    let registry = Served::start(&p.repo());
+    let broker = Broker::start(BrokerOptions::default());
+    let events = broker.subscribe("test", "edge/it/events");
+    let replies = broker.subscribe("test", "edge/it/cmd/#");
+    let online = broker.subscribe("test", "edge/it/status");
+    let ota = ota_section(&registry.url, &p.root_v1(), "");
+    let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
+    // Commands reach an agent once it is subscribed: after its online status.
+    online.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
+    Agent { d, broker, events, replies, _registry: registry }
+}
+
+/// Checks that no active request was turned away, then stops the agent cleanly.
+fn finish(d: Daemon) {
+    assert_no_active_rejections(&d);
+    let (code, _) = d.stop();
+    assert!(code.success());
+}
+
+fn event(events: &Subscription, kind: &str) -> Value {
     let (_, payload) = events.wait_for(kind, secs(120), |_, p| p.contains(&format!("\"kind\":\"{kind}\"")));
     serde_json::from_str(&payload).unwrap()
 }
@@ -53,11 +83,7 @@ fn an_identical_candidate_in_a_shadow_stage_is_promoted_with_full_agreement() {
     let work = tempdir();
     let limits = r#"{"requests":150,"min_requests":20}"#;
     p.publish(&model_version(work.path(), "2", |_| {}), 100, &["--shadow", "--shadow-limits", limits]);
-    let reg = Served::start(&p.repo());
-    let broker = Broker::start(BrokerOptions::default());
-    let events = broker.subscribe("test", "edge/it/events");
-    let ota = ota_section(&reg.url, &p.root_v1(), "");
-    let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
+    let Agent { d, events, broker: _broker, replies: _replies, _registry } = start(&p);
 
     let report = event(&events, "shadow-report");
     let detail = &report["detail"];
@@ -89,9 +115,7 @@ fn an_identical_candidate_in_a_shadow_stage_is_promoted_with_full_agreement() {
     assert_eq!(activated["detail"]["version"], "2");
     let s = wait_status(&d, "version 2 serving", secs(30), |s| s["models"]["vibration"]["version"] == "2");
     assert!(s["ota"]["models"]["vibration"].get("shadow").is_none(), "the run ended: {s:#}");
-    assert_no_active_rejections(&d);
-    let (code, _) = d.stop();
-    assert!(code.success());
+    finish(d);
 }
 
 #[test]
@@ -108,15 +132,7 @@ fn a_candidate_that_disagrees_on_a_third_of_inputs_is_rejected_with_its_confusio
     // At 0%: no device takes it by itself; the operator asks for a shadow run.
     let limits = r#"{"requests":300,"min_requests":50}"#;
     p.publish(&swapped, 0, &["--shadow-limits", limits]);
-    let reg = Served::start(&p.repo());
-    let broker = Broker::start(BrokerOptions::default());
-    let events = broker.subscribe("test", "edge/it/events");
-    let replies = broker.subscribe("test", "edge/it/cmd/#");
-    let ota = ota_section(&reg.url, &p.root_v1(), "");
-    let online = broker.subscribe("test", "edge/it/status");
-    let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
-    // Commands reach an agent once it is subscribed: after its online status.
-    online.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
+    let Agent { d, broker, events, replies, _registry } = start(&p);
 
     let cmd = json!({"id": "shadow-1", "args": {"model": "vibration", "version": "2", "shadow": true}});
     broker.publish("test", "edge/it/cmd/update/apply", cmd.to_string().as_bytes(), 1, false);
@@ -164,9 +180,7 @@ fn a_candidate_that_disagrees_on_a_third_of_inputs_is_rejected_with_its_confusio
     assert_eq!(s["models"]["vibration"]["version"], "1", "{s:#}");
     let bad = s["ota"]["models"]["vibration"]["bad"]["2"].as_str().unwrap_or_default();
     assert!(bad.contains("rejected in shadow"), "{s:#}");
-    assert_no_active_rejections(&d);
-    let (code, _) = d.stop();
-    assert!(code.success());
+    finish(d);
 }
 
 #[test]
@@ -175,14 +189,7 @@ fn an_operator_ends_a_shadow_run_by_command() {
     let work = tempdir();
     // Limits that would keep it running for long: only a command ends it here.
     p.publish(&model_version(work.path(), "2", |_| {}), 0, &["--shadow-limits", r#"{"requests":1000000}"#]);
-    let reg = Served::start(&p.repo());
-    let broker = Broker::start(BrokerOptions::default());
-    let events = broker.subscribe("test", "edge/it/events");
-    let replies = broker.subscribe("test", "edge/it/cmd/#");
-    let online = broker.subscribe("test", "edge/it/status");
-    let ota = ota_section(&reg.url, &p.root_v1(), "");
-    let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
-    online.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
+    let Agent { d, broker, events, replies, _registry } = start(&p);
     let sock = d.socket.to_str().unwrap().to_string();
 
     // The CLI on the device starts it...
@@ -234,7 +241,5 @@ fn an_operator_ends_a_shadow_run_by_command() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no shadow run in progress"), "{}", stderr(&out));
-    assert_no_active_rejections(&d);
-    let (code, _) = d.stop();
-    assert!(code.success());
+    finish(d);
 }
