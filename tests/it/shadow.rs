@@ -39,7 +39,9 @@ fn start(p: &Publisher) -> Agent {
     let events = broker.subscribe("test", "edge/it/events");
     let replies = broker.subscribe("test", "edge/it/cmd/#");
     let online = broker.subscribe("test", "edge/it/status");
-    let ota = ota_section(&registry.url, &p.root_v1(), "");
+    // A long probation: a promoted version stays on it while the test looks.
+    let ota =
+        ota_section(&registry.url, &p.root_v1(), "[ota.probation]\nrequests = 1000000\nminutes = 600.0\n");
     let d = Daemon::start("run", &body(broker.port, &ota), "", &[]);
     // Commands reach an agent once it is subscribed: after its online status.
     online.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
@@ -113,6 +115,11 @@ fn an_identical_candidate_in_a_shadow_stage_is_promoted_with_full_agreement() {
     let activated: Value = serde_json::from_str(&activated).unwrap();
     assert_eq!(activated["detail"]["reason"], "shadow", "{activated:#}");
     assert_eq!(activated["detail"]["version"], "2");
+    // Probation starts with the shadow run's numbers, reported beside its own.
+    assert_eq!(activated["detail"]["shadow"]["agreement"], 1.0, "{activated:#}");
+    let s = status(&d);
+    let probation = &s["ota"]["models"]["vibration"]["probation"];
+    assert!(probation["shadow"]["compared"].as_u64().unwrap() >= 150, "{s:#}");
     let s = wait_status(&d, "version 2 serving", secs(30), |s| s["models"]["vibration"]["version"] == "2");
     assert!(s["ota"]["models"]["vibration"].get("shadow").is_none(), "the run ended: {s:#}");
     finish(d);

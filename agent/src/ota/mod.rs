@@ -683,7 +683,7 @@ impl Ota {
             let shadow_limits = offer.custom.shadow.clone().unwrap_or_default();
             return self.start_shadow(&model, &version, &dir, shadow_limits, limits, reason).await;
         }
-        self.activate(&model, &version, &dir, limits, reason).await
+        self.activate(&model, &version, &dir, limits, reason, None).await
     }
 
     /// Loads a version's directory off the task, within the engine's memory limits.
@@ -705,6 +705,7 @@ impl Ota {
         dir: &Path,
         limits: probation::Limits,
         reason: &str,
+        shadow: Option<crate::shadow::Numbers>,
     ) -> Result<(), OtaError> {
         self.set_doing(model, Some(&format!("activating {version}")));
         let loaded = self.load(dir).await?;
@@ -727,6 +728,7 @@ impl Ota {
                 Numbers::default()
             },
             limits,
+            shadow: shadow.clone(),
         });
         self.save_state(model, &state)?;
         fault::point("activate-state-written");
@@ -738,7 +740,7 @@ impl Ota {
         self.at_switch.insert(model.to_string(), before);
         fault::point("activated");
         self.events
-            .emit(Event::info(Kind::ModelActivated, json!({"version": version, "previous": previous_version, "reason": reason, "probation": true})).model(model))
+            .emit(Event::info(Kind::ModelActivated, with_shadow(json!({"version": version, "previous": previous_version, "reason": reason, "probation": true}), shadow.as_ref())).model(model))
             .await;
         Ok(())
     }
@@ -774,7 +776,10 @@ impl Ota {
                             .emit(
                                 Event::info(
                                     Kind::ProbationPassed,
-                                    json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                                    with_shadow(
+                                        json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                                        p.shadow.as_ref(),
+                                    ),
                                 )
                                 .model(&model),
                             )
@@ -783,7 +788,8 @@ impl Ota {
                 }
                 Verdict::Fail(why) => {
                     let why = format!("failed probation: {why}");
-                    let detail = json!({"numbers": now, "baseline": p.baseline});
+                    let detail =
+                        with_shadow(json!({"numbers": now, "baseline": p.baseline}), p.shadow.as_ref());
                     if let Err(e) = self.roll_back(&model, &why, detail.clone()).await {
                         self.end_failed_probation(&model, &p, &why, &e, detail).await;
                     }
@@ -954,8 +960,16 @@ impl Ota {
         self.events.emit(Event::new(Kind::ShadowReport, severity, detail.clone()).model(model)).await;
         let outcome = if promote {
             let version = trial.version.clone();
-            let activated =
-                self.activate(model, &version, &trial.dir, trial.probation.clone(), "shadow").await;
+            let activated = self
+                .activate(
+                    model,
+                    &version,
+                    &trial.dir,
+                    trial.probation.clone(),
+                    "shadow",
+                    Some(report.numbers.clone()),
+                )
+                .await;
             self.set_doing(model, None);
             match activated {
                 Ok(()) => "activated",
@@ -1010,6 +1024,7 @@ impl Ota {
                     numbers: Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests),
                     baseline: p.baseline.clone(),
                     limits: p.limits.clone(),
+                    shadow: p.shadow.clone(),
                 }
             });
             let entry = OtaModelStatus {
@@ -1037,6 +1052,14 @@ impl Ota {
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = doc;
     }
+}
+
+/// An event's detail with a shadow run's numbers added, for a version promoted from one.
+fn with_shadow(mut detail: Value, shadow: Option<&crate::shadow::Numbers>) -> Value {
+    if let (Value::Object(o), Some(n)) = (&mut detail, shadow) {
+        o.insert("shadow".into(), serde_json::to_value(n).unwrap_or(Value::Null));
+    }
+    detail
 }
 
 fn unix_now() -> u64 {

@@ -67,4 +67,7 @@ pub struct ProbationStatus {
     pub numbers: Numbers,
     pub baseline: Numbers,
     pub limits: Limits,
+    /// The shadow run's numbers, for a version promoted from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Numbers>,
 }
