@@ -199,7 +199,7 @@ fn an_operator_ends_a_shadow_run_by_command() {
     let Agent { d, broker, events, replies, _registry } = start(&p);
     let sock = d.socket.to_str().unwrap().to_string();
 
-    // The CLI on the device starts it...
+    // The CLI on the device starts it.
     let args = [
         "update",
         "apply",
@@ -216,7 +216,15 @@ fn an_operator_ends_a_shadow_run_by_command() {
     assert!(out.status.success(), "{}", stderr(&out));
     let started: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(started["action"], "shadowing", "{started:#}");
-    // ...which holds back other installs of the model until its verdict.
+    // `model list` shows it beside the active version.
+    let out = run(&["model", "list", "--socket", &sock], secs(10));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shadow: version 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // It holds back other installs of the model until its verdict.
     let (code, refused) = post(&d, "/ota/apply", json!({"model": "vibration", "version": "2"}));
     assert_eq!(code, 422, "{refused}");
     assert!(refused["error"].as_str().unwrap().contains("update/shadow"), "{refused}");
