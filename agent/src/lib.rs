@@ -19,6 +19,8 @@
 //!   `POST /ota/*` alike), and the MQTT command dispatcher.
 //! - [`ota`]: signed model updates: the TUF registry client, downloads, self-tests, activation,
 //!   probation and rollback; `registry` publishing and serving.
+//! - [`shadow`]: shadow runs of a candidate version beside the active one, on idle
+//!   capacity, compared and never served.
 //! - [`tls`]: TLS client setup (roots, client certificates, rustls on ring) and TLS errors
 //!   for [`mqtt`], [`ota`] and [`fallback`].
 //! - [`upload`]: resumable `PUT` uploads to pre-signed URLs (captured samples; log bundles).
@@ -48,6 +50,7 @@ pub mod mqtt;
 pub mod oip;
 pub mod ota;
 pub mod service;
+pub mod shadow;
 pub mod sources;
 pub mod telemetry;
 #[cfg(test)]

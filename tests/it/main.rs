@@ -49,6 +49,9 @@ mod packaging;
 mod registry;
 /// The daemon under systemd: notify, watchdog, reload.
 mod service;
+/// Shadow runs of a candidate version: promoted on agreement, rejected with its
+/// confusion matrix, never delaying the active version.
+mod shadow;
 /// Model specs: a bare ONNX file inspected, BOMs, sample rates, no post-processing,
 /// letterbox and BGR, a dimension that varies.
 mod spec;

@@ -816,7 +816,7 @@ fn commands_are_checked_before_they_are_accepted() {
             "update/apply",
             r#"{"id":"a-9","args":{"model":"flat","version":"2","forse":true}}"#,
             "a-9",
-            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`",
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`",
         ),
     ] {
         let r = command(&broker, &replies, name, payload, id);

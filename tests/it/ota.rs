@@ -85,7 +85,7 @@ fn an_update_is_activated_kept_after_probation_and_rolled_back_on_command() {
         (
             "/ota/apply",
             json!({"model": "vibration", "version": "1", "forse": true}),
-            "`forse` is not an argument of update/apply; it takes `model`, `version` and `force`",
+            "`forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`",
         ),
         (
             "/ota/rollback",
@@ -445,7 +445,7 @@ pub(crate) fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Da
 fn salt_for(devices: &[String], percent: u32, lo: usize, hi: usize) -> (String, Vec<String>) {
     for i in 0..1000 {
         let salt = format!("fleet-{i}");
-        let r = edge_agent::ota::rollout::Rollout { percent, salt: salt.clone() };
+        let r = edge_agent::ota::rollout::Rollout { percent, salt: salt.clone(), mode: Default::default() };
         let cohort: Vec<String> = devices
             .iter()
             .filter(|d| edge_agent::ota::rollout::in_cohort(d, "vibration", &r))

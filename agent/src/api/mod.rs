@@ -116,6 +116,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(status::metrics))
         .route("/ota/check", post(ota::check))
         .route("/ota/apply", post(ota::apply))
+        .route("/ota/shadow", post(ota::shadow))
         .route("/ota/rollback", post(ota::rollback))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(error::method_not_allowed)

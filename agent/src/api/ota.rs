@@ -15,6 +15,7 @@ use crate::commands::args::{self, Args, Origin};
 use crate::commands::rollback::RollbackArgs;
 use crate::commands::update_apply::UpdateApplyArgs;
 use crate::commands::update_check::UpdateCheckArgs;
+use crate::commands::update_shadow::UpdateShadowArgs;
 
 /// Reads the body into the command's argument type: empty is `{}`.
 async fn args<A: Args>(st: &ApiState, body: Body) -> Result<A, ApiError> {
@@ -38,11 +39,18 @@ pub async fn check(State(st): State<ApiState>, body: Body) -> Result<Json<serde_
     answer(a.run(&handle(&st)?).await)
 }
 
-/// `POST /ota/apply` with `{"model", "version", "force"?}`.
+/// `POST /ota/apply` with `{"model", "version", "force"?, "shadow"?}`.
 pub async fn apply(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
     let a: UpdateApplyArgs = args(&st, body).await?;
     let apply = a.check(Origin::Body).map_err(ApiError::bad_request)?;
     answer(apply.run(&handle(&st)?).await)
+}
+
+/// `POST /ota/shadow` with `{"model", "verdict"}`.
+pub async fn shadow(State(st): State<ApiState>, body: Body) -> Result<Json<serde_json::Value>, ApiError> {
+    let a: UpdateShadowArgs = args(&st, body).await?;
+    let shadow = a.check(Origin::Body).map_err(ApiError::bad_request)?;
+    answer(shadow.run(&handle(&st)?).await)
 }
 
 /// `POST /ota/rollback` with `{"model"?}`.

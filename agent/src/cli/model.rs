@@ -187,6 +187,7 @@ fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
             "previous": u.and_then(|u| u.previous.as_ref()),
             "bad": u.map(|u| &u.bad),
             "probation": u.and_then(|u| u.probation.as_ref()),
+            "shadow": u.and_then(|u| u.shadow.as_ref()),
         }));
     }
     // Registry models not installed yet.
@@ -211,6 +212,12 @@ fn list(d: super::update::DaemonArgs) -> anyhow::Result<ExitCode> {
             s("previous"),
             bad.join(",")
         );
+        if let Some(v) = r["shadow"]["version"].as_str() {
+            let n = &r["shadow"]["numbers"];
+            let agreement =
+                n["agreement"].as_f64().map(|a| format!("{:.1}%", a * 100.0)).unwrap_or_else(|| "-".into());
+            outln!("  shadow: version {v}, {} compared, agreement {agreement}", n["compared"]);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

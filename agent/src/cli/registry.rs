@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::ota::package;
-use crate::ota::rollout::{Custom, ProbationOverride, Rollout};
+use crate::ota::rollout::{Custom, Mode, ProbationOverride, Rollout};
 use edge_tuf::keys::{PrivateKey, PublicKey};
 use edge_tuf::repo::{self, Expiries, Repository, RootKeys};
 
@@ -125,6 +125,14 @@ pub struct PublishArgs {
     /// (`{"requests":200,"minutes":10,"max_error_rate":0.05,"max_latency_ratio":2}`).
     #[arg(long, value_name = "JSON")]
     pub probation: Option<String>,
+    /// Devices of the cohort run this version as a shadow candidate beside their active
+    /// version (compared, never served) until its verdict, instead of activating it.
+    #[arg(long)]
+    pub shadow: bool,
+    /// Limits of the shadow run, as JSON with integer values
+    /// (`{"requests":500,"min_agreement_pct":95,"max_latency_pct":200,"share_pct":100}`).
+    #[arg(long, value_name = "JSON")]
+    pub shadow_limits: Option<String>,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
     /// The devices' model memory limit: the package is refused here if its model would
@@ -344,16 +352,27 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let shadow: Option<crate::shadow::Limits> = match &a.shadow_limits {
+        Some(text) => {
+            let limits: crate::shadow::Limits =
+                serde_json::from_str(text).context("--shadow-limits is not the expected JSON object")?;
+            limits.check().map_err(|e| anyhow::anyhow!("--shadow-limits: {e}"))?;
+            Some(limits)
+        }
+        None => None,
+    };
     let custom = Custom {
         model: spec.name.clone(),
         version: spec.version.clone(),
         rollout: Rollout {
             percent: a.rollout,
             salt: a.salt.clone().unwrap_or_else(|| format!("{}-{}", spec.name, spec.version)),
+            mode: if a.shadow { Mode::Shadow } else { Mode::Active },
         },
         groups: (!a.groups.is_empty()).then(|| a.groups.clone()),
         min_agent: a.min_agent.clone(),
         probation,
+        shadow,
     };
     let name = format!("{}/{}/{}.tar", a.channel, spec.name, spec.version);
     let mut repo = Repository::open(&a.repo.repo)?;

@@ -1,4 +1,4 @@
-//! `edge-agent update check|apply` and the daemon side of `model list|rollback`: they ask
+//! `edge-agent update check|apply|shadow` and the daemon side of `model list|rollback`: they ask
 //! the running agent over its unix socket, which runs the same code as the MQTT
 //! commands `update/check`, `update/apply` and `rollback`.
 
@@ -32,6 +32,21 @@ pub enum UpdateCommand {
     Check(DaemonArgs),
     /// Install one version the signed metadata lists, whatever the rollout says.
     Apply(ApplyArgs),
+    /// End a model's shadow run now: promote its candidate or reject it.
+    Shadow(ShadowArgs),
+}
+
+/// Arguments of `update shadow`.
+#[derive(Debug, Args)]
+pub struct ShadowArgs {
+    /// The model whose shadow run ends.
+    #[arg(long)]
+    pub model: String,
+    /// `promote` (activate the candidate, then probation) or `reject` (unload it).
+    #[arg(long, value_parser = ["promote", "reject"])]
+    pub verdict: String,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 /// Arguments of `update apply`.
@@ -46,6 +61,10 @@ pub struct ApplyArgs {
     /// Also take a version this device marked bad.
     #[arg(long)]
     pub force: bool,
+    /// Run it as a shadow candidate beside the active version (compared, never served)
+    /// until its verdict, instead of activating it.
+    #[arg(long)]
+    pub shadow: bool,
     #[command(flatten)]
     pub daemon: DaemonArgs,
 }
@@ -56,8 +75,13 @@ const UPDATE_WAIT: Duration = Duration::from_secs(3600);
 pub fn run(cmd: UpdateCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UpdateCommand::Check(d) => ask(&d, "/ota/check", json!({})),
-        UpdateCommand::Apply(a) => {
-            ask(&a.daemon, "/ota/apply", json!({"model": a.model, "version": a.version, "force": a.force}))
+        UpdateCommand::Apply(a) => ask(
+            &a.daemon,
+            "/ota/apply",
+            json!({"model": a.model, "version": a.version, "force": a.force, "shadow": a.shadow}),
+        ),
+        UpdateCommand::Shadow(a) => {
+            ask(&a.daemon, "/ota/shadow", json!({"model": a.model, "verdict": a.verdict}))
         }
     }
 }

@@ -15,11 +15,12 @@ use super::samples_upload::{self, SamplesUploadArgs};
 use super::status::StatusArgs;
 use super::update_apply::{UpdateApply, UpdateApplyArgs};
 use super::update_check::UpdateCheckArgs;
+use super::update_shadow::{UpdateShadow, UpdateShadowArgs};
 use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -28,6 +29,7 @@ pub const NAMES: [&str; 11] = [
     DiagnosticsArgs::COMMAND,
     UpdateCheckArgs::COMMAND,
     UpdateApplyArgs::COMMAND,
+    UpdateShadowArgs::COMMAND,
     RollbackArgs::COMMAND,
     FallbackForceArgs::COMMAND,
     SamplesUploadArgs::COMMAND,
@@ -46,6 +48,7 @@ pub enum Command {
     Diagnostics,
     UpdateCheck(UpdateCheckArgs),
     UpdateApply(UpdateApply),
+    UpdateShadow(UpdateShadow),
     Rollback(RollbackArgs),
     FallbackForce(fallback_force::Checked),
     SamplesUpload(samples_upload::Checked),
@@ -73,6 +76,11 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
             let args: UpdateApplyArgs = read(args)?;
             updates_on(ctx)?;
             Command::UpdateApply(args.check(Origin::Request)?)
+        }
+        UpdateShadowArgs::COMMAND => {
+            let args: UpdateShadowArgs = read(args)?;
+            updates_on(ctx)?;
+            Command::UpdateShadow(args.check(Origin::Request)?)
         }
         RollbackArgs::COMMAND => {
             let args = read(args)?;
@@ -112,6 +120,10 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         },
         Command::UpdateApply(apply) => match update_task(ctx, progress).await {
             Some(ota) => outcome(apply.run(ota).await),
+            None => updates_stopped(),
+        },
+        Command::UpdateShadow(shadow) => match update_task(ctx, progress).await {
+            Some(ota) => outcome(shadow.run(ota).await),
             None => updates_stopped(),
         },
         Command::Rollback(rollback) => match update_task(ctx, progress).await {

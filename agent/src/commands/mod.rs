@@ -28,6 +28,7 @@ mod status;
 mod tests;
 pub mod update_apply;
 pub mod update_check;
+pub mod update_shadow;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -180,6 +180,7 @@ mod arguments {
     use crate::commands::ping::PingArgs;
     use crate::commands::rollback::RollbackArgs;
     use crate::commands::update_apply::UpdateApplyArgs;
+    use crate::commands::update_shadow::UpdateShadowArgs;
 
     fn map(v: Value) -> Map<String, Value> {
         match v {
@@ -191,8 +192,9 @@ mod arguments {
     /// The keys a refusal lists are the type's own fields, read from the type.
     #[test]
     fn keys_are_the_fields_of_the_type() {
-        assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force"]);
+        assert_eq!(keys::<UpdateApplyArgs>(), ["model", "version", "force", "shadow"]);
         assert_eq!(keys::<RollbackArgs>(), ["model"]);
+        assert_eq!(keys::<UpdateShadowArgs>(), ["model", "verdict"]);
         assert_eq!(keys::<FallbackForceArgs>(), ["model", "seconds", "on"]);
         assert_eq!(keys::<ConfigSetArgs>(), ["key", "value"]);
         assert!(keys::<PingArgs>().is_empty());
@@ -205,7 +207,7 @@ mod arguments {
             parse::<UpdateApplyArgs>(map(json!({"model": "m", "forse": true})), Origin::Request).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`"
         );
         let e = parse::<RollbackArgs>(map(json!({"version": "2"})), Origin::Body).unwrap_err();
         assert_eq!(e.to_string(), "`version` is not an argument of rollback; it takes `model`");
@@ -228,6 +230,20 @@ mod arguments {
         // `null` is a value for config/set (refused later as "cannot be a setting").
         let a = parse::<ConfigSetArgs>(map(json!({"key": "k", "value": null})), Origin::Request).unwrap();
         assert_eq!(a.value, Some(Value::Null));
+    }
+
+    /// `update/shadow` takes a verdict by name, and says what it needs.
+    #[test]
+    fn a_shadow_verdict_is_promote_or_reject() {
+        let a = parse::<UpdateShadowArgs>(map(json!({"model": "m", "verdict": "promote"})), Origin::Request)
+            .unwrap();
+        assert!(a.check(Origin::Request).is_ok());
+        let e = parse::<UpdateShadowArgs>(map(json!({"model": "m", "verdict": "keep"})), Origin::Request)
+            .unwrap_err();
+        assert!(e.to_string().contains("`args.verdict`") && e.to_string().contains("promote"), "{e}");
+        let missing = parse::<UpdateShadowArgs>(map(json!({"model": "m"})), Origin::Request).unwrap();
+        let e = missing.check(Origin::Request).unwrap_err();
+        assert!(e.contains("`args.verdict`") && e.contains("reject"), "{e}");
     }
 
     /// HTTP bodies: empty is `{}`, anything but an object is refused.
@@ -411,7 +427,7 @@ mod dispatcher {
             .await;
         assert_eq!(
             r["error"],
-            "`args.forse` is not an argument of update/apply; it takes `model`, `version` and `force`"
+            "`args.forse` is not an argument of update/apply; it takes `model`, `version`, `force` and `shadow`"
         );
         let r = d.rejected("config/set", r#"{"id":"k-3","args":{"key":"telemetry.interval_s"}}"#).await;
         assert_eq!(r["error"], "`args.value` is missing; telemetry.interval_s needs a value");

@@ -1,5 +1,6 @@
-//! `update/apply {model, version, force?}` (and `POST /ota/apply`): installs a version
-//! that the signed registry metadata lists.
+//! `update/apply {model, version, force?, shadow?}` (and `POST /ota/apply`): installs a
+//! version that the signed registry metadata lists, activated or (with `shadow`) as a
+//! shadow candidate beside the active version.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -20,6 +21,10 @@ pub struct UpdateApplyArgs {
     /// Install even if the policy would not (an older version, outside the window).
     #[serde(default)]
     pub force: bool,
+    /// Run it as a shadow candidate beside the active version (compared, never served)
+    /// until its verdict, instead of activating it.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 impl Args for UpdateApplyArgs {
@@ -32,6 +37,7 @@ pub struct UpdateApply {
     model: String,
     version: String,
     force: bool,
+    shadow: bool,
 }
 
 impl UpdateApplyArgs {
@@ -44,13 +50,17 @@ impl UpdateApplyArgs {
                 origin.name("version")
             ));
         };
-        Ok(UpdateApply { model, version, force: self.force })
+        Ok(UpdateApply { model, version, force: self.force, shadow: self.shadow })
     }
 }
 
 impl UpdateApply {
     /// Runs the installation on the update task; answers when it is done.
     pub async fn run(self, ota: &OtaHandle) -> Result<Value, String> {
-        ota.apply(self.model, self.version, self.force).await
+        if self.shadow {
+            ota.apply_shadow(self.model, self.version, self.force).await
+        } else {
+            ota.apply(self.model, self.version, self.force).await
+        }
     }
 }

@@ -97,6 +97,7 @@ kinds! {
     RegistryFrozen => "registry-frozen", "update event";
     RootRotated => "root-rotated", "update event";
     UpdateAbandoned => "update-abandoned", "update event";
+    ShadowReport => "shadow-report", "shadow run ended";
 }
 
 impl std::fmt::Display for Kind {

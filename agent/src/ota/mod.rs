@@ -98,8 +98,9 @@ type Reply = oneshot::Sender<Result<Value, String>>;
 
 enum Request {
     Check(Reply),
-    Apply { model: String, version: String, force: bool, reply: Reply },
+    Apply { model: String, version: String, force: bool, shadow: bool, reply: Reply },
     Rollback { model: Option<String>, reply: Reply },
+    ShadowVerdict { model: String, promote: bool, reply: Reply },
 }
 
 /// The way to the update task, for commands and the API.
@@ -130,7 +131,20 @@ impl OtaHandle {
     /// Installs one signed version, whatever the rollout says (`force` also takes a
     /// version this device marked bad).
     pub async fn apply(&self, model: String, version: String, force: bool) -> Result<Value, String> {
-        self.ask(|reply| Request::Apply { model, version, force, reply }).await
+        self.ask(|reply| Request::Apply { model, version, force, shadow: false, reply }).await
+    }
+
+    /// Installs one signed version as the shadow candidate of `model`: downloaded,
+    /// verified and self-tested as for [`OtaHandle::apply`], then run beside the active
+    /// version until its verdict instead of activated.
+    pub async fn apply_shadow(&self, model: String, version: String, force: bool) -> Result<Value, String> {
+        self.ask(|reply| Request::Apply { model, version, force, shadow: true, reply }).await
+    }
+
+    /// Ends the shadow run of `model` now: promotes the candidate (activated, then on
+    /// probation) or rejects it (unloaded, marked bad here).
+    pub async fn shadow_verdict(&self, model: String, promote: bool) -> Result<Value, String> {
+        self.ask(|reply| Request::ShadowVerdict { model, promote, reply }).await
     }
 
     /// Goes back to the previous version of `model` (the only OTA model if `None`).
@@ -244,6 +258,8 @@ struct Ota {
     /// The version `previous` points at, per model, for `/status`: read when the links
     /// change, not at every status update (a probation updates it once a second).
     previous: BTreeMap<String, Option<String>>,
+    /// Shadow runs in progress; the stream tasks feed them.
+    shadows: Arc<crate::shadow::Shadows>,
 }
 
 /// Starts the update task, from what [`prepare`] found.
@@ -251,12 +267,13 @@ pub fn start(
     config: &Config,
     engine: Arc<Engine>,
     events: Events,
+    shadows: Arc<crate::shadow::Shadows>,
     prepared: Prepared,
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
     let Prepared { notes, states } = prepared;
-    let ota = Ota::new(config, engine, events, states)?;
+    let ota = Ota::new(config, engine, events, shadows, states)?;
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));
@@ -299,7 +316,10 @@ async fn run(mut ota: Ota, mut rx: mpsc::Receiver<Request>, notes: Vec<Event>, t
                 }
                 next_check = tokio::time::Instant::now() + next_interval(&ota.cfg);
             }
-            _ = tick.tick() => ota.watch_probations().await,
+            _ = tick.tick() => {
+                ota.watch_probations().await;
+                ota.watch_shadows().await;
+            }
             Some(req) = rx.recv() => {
                 let work = async {
                     match req {
@@ -307,8 +327,12 @@ async fn run(mut ota: Ota, mut rx: mpsc::Receiver<Request>, notes: Vec<Event>, t
                             let r = ota.check("command").await;
                             let _ = reply.send(r);
                         }
-                        Request::Apply { model, version, force, reply } => {
-                            let r = ota.apply(&model, &version, force).await;
+                        Request::Apply { model, version, force, shadow, reply } => {
+                            let r = ota.apply(&model, &version, force, shadow).await;
+                            let _ = reply.send(r);
+                        }
+                        Request::ShadowVerdict { model, promote, reply } => {
+                            let r = ota.shadow_command(&model, promote).await;
                             let _ = reply.send(r);
                         }
                         Request::Rollback { model, reply } => {
@@ -334,6 +358,7 @@ impl Ota {
         config: &Config,
         engine: Arc<Engine>,
         events: Events,
+        shadows: Arc<crate::shadow::Shadows>,
         mut states: BTreeMap<String, ModelState>,
     ) -> Result<Ota, OtaError> {
         let Some(cfg) = config.ota.clone() else {
@@ -355,6 +380,7 @@ impl Ota {
             selftest_exe: selftest::current_exe(),
             last_check: None,
             doing: BTreeMap::new(),
+            shadows,
             cfg,
         };
         for model in ota.cfg.models.clone() {
@@ -432,6 +458,13 @@ impl Ota {
                 );
                 continue;
             }
+            if let Some(t) = self.shadows.get(&model) {
+                models.insert(
+                    model.clone(),
+                    json!({"active": active, "shadow": t.version, "action": "none: a shadow run is in progress"}),
+                );
+                continue;
+            }
             let device = rollout::Device {
                 id: &self.device,
                 groups: &groups,
@@ -443,7 +476,9 @@ impl Ota {
                 None => json!("none"),
                 Some(offer) => {
                     let version = offer.custom.version.clone();
-                    match self.install(offer, "rollout").await {
+                    let shadow = offer.custom.rollout.mode == rollout::Mode::Shadow;
+                    match self.install(offer, "rollout", shadow).await {
+                        Ok(()) if shadow => json!(format!("shadowing {version}")),
                         Ok(()) => json!(format!("activated {version}")),
                         Err(e) => json!(format!("refused {version}: {e}")),
                     }
@@ -462,7 +497,13 @@ impl Ota {
         Ok(json!({"registry": registry, "models": models}))
     }
 
-    async fn apply(&mut self, model: &str, version: &str, force: bool) -> Result<Value, String> {
+    async fn apply(
+        &mut self,
+        model: &str,
+        version: &str,
+        force: bool,
+        shadow: bool,
+    ) -> Result<Value, String> {
         if !self.cfg.models.iter().any(|m| m == model) {
             return Err(format!(
                 "`{model}` is not a registry model here (ota.models: {})",
@@ -490,8 +531,20 @@ impl Ota {
         if self.engine.model(model).is_some_and(|m| m.version() == version) {
             return Ok(json!({"model": model, "version": version, "action": "already active"}));
         }
-        self.install(offer, "operator").await.map_err(|e| e.to_string())?;
-        Ok(json!({"model": model, "version": version, "action": "activated"}))
+        if let Some(t) = self.shadows.get(model) {
+            return Err(format!(
+                "version {} of `{model}` is running in shadow; end it first with update/shadow {{\"model\": \"{model}\", \"verdict\": \"promote\" or \"reject\"}}",
+                t.version
+            ));
+        }
+        if shadow && self.engine.model(model).is_none() {
+            return Err(format!(
+                "`{model}` has no active version to compare a shadow candidate with; apply version {version} without \"shadow\""
+            ));
+        }
+        self.install(offer, "operator", shadow).await.map_err(|e| e.to_string())?;
+        let action = if shadow { "shadowing" } else { "activated" };
+        Ok(json!({"model": model, "version": version, "action": action}))
     }
 
     fn set_doing(&mut self, model: &str, what: Option<&str>) {
@@ -504,10 +557,10 @@ impl Ota {
 
     /// Download, unpack, self-test and activate one offered version. Refusals mark the
     /// version bad where retrying cannot help (bad package, failed self-test).
-    async fn install(&mut self, offer: Offer, reason: &str) -> Result<(), OtaError> {
+    async fn install(&mut self, offer: Offer, reason: &str, shadow: bool) -> Result<(), OtaError> {
         let model = offer.custom.model.clone();
         let version = offer.custom.version.clone();
-        let result = self.install_steps(&offer, reason).await;
+        let result = self.install_steps(&offer, reason, shadow).await;
         self.set_doing(&model, None);
         if let Err(e) = &result {
             // A bad package or a failed self-test will not get better: the version is
@@ -528,7 +581,7 @@ impl Ota {
         result
     }
 
-    async fn install_steps(&mut self, offer: &Offer, reason: &str) -> Result<(), OtaError> {
+    async fn install_steps(&mut self, offer: &Offer, reason: &str, shadow: bool) -> Result<(), OtaError> {
         let model = offer.custom.model.clone();
         let version = offer.custom.version.clone();
         if !crate::config::is_valid_id(&version) {
@@ -624,9 +677,23 @@ impl Ota {
             .emit(Event::info(Kind::SelftestPassed, json!({"version": version, "cases": report.cases.len(), "max_latency_ms": report.max_latency_ms, "peak_rss_kib": report.peak_rss_kib})).model(&model))
             .await;
         fault::point("selftested");
-        // 4. Activate, then probation.
+        // 4. Activate, then probation; or run in shadow until the verdict.
         let limits = self.cfg.probation.with(offer.custom.probation.as_ref());
-        self.activate(&model, &version, &dir, limits, reason).await
+        if shadow {
+            let shadow_limits = offer.custom.shadow.clone().unwrap_or_default();
+            return self.start_shadow(&model, &version, &dir, shadow_limits, limits, reason).await;
+        }
+        self.activate(&model, &version, &dir, limits, reason, None).await
+    }
+
+    /// Loads a version's directory off the task, within the engine's memory limits.
+    async fn load(&self, dir: &Path) -> Result<LoadedModel, OtaError> {
+        let d = dir.to_path_buf();
+        let model_limits = self.engine.model_limits();
+        tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
+            .await
+            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
+            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))
     }
 
     /// Loads `dir`, records the probation, switches the links, then swaps the engine's
@@ -638,14 +705,10 @@ impl Ota {
         dir: &Path,
         limits: probation::Limits,
         reason: &str,
+        shadow: Option<crate::shadow::Numbers>,
     ) -> Result<(), OtaError> {
         self.set_doing(model, Some(&format!("activating {version}")));
-        let d = dir.to_path_buf();
-        let model_limits = self.engine.model_limits();
-        let loaded = tokio::task::spawn_blocking(move || LoadedModel::load_dir(&d, &model_limits))
-            .await
-            .map_err(|e| OtaError::Refused(format!("loading stopped: {e}")))?
-            .map_err(|e| OtaError::Refused(format!("does not load: {e}")))?;
+        let loaded = self.load(dir).await?;
         let old = self.engine.model(model);
         let previous = old.as_ref().map(|m| m.dir.clone()).or_else(|| self.configured.get(model).cloned());
         let previous_version = old.as_ref().map(|m| m.version().to_string());
@@ -665,6 +728,7 @@ impl Ota {
                 Numbers::default()
             },
             limits,
+            shadow: shadow.clone(),
         });
         self.save_state(model, &state)?;
         fault::point("activate-state-written");
@@ -676,7 +740,7 @@ impl Ota {
         self.at_switch.insert(model.to_string(), before);
         fault::point("activated");
         self.events
-            .emit(Event::info(Kind::ModelActivated, json!({"version": version, "previous": previous_version, "reason": reason, "probation": true})).model(model))
+            .emit(Event::info(Kind::ModelActivated, with_shadow(json!({"version": version, "previous": previous_version, "reason": reason, "probation": true}), shadow.as_ref())).model(model))
             .await;
         Ok(())
     }
@@ -712,7 +776,10 @@ impl Ota {
                             .emit(
                                 Event::info(
                                     Kind::ProbationPassed,
-                                    json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                                    with_shadow(
+                                        json!({"version": p.version, "numbers": now, "baseline": p.baseline}),
+                                        p.shadow.as_ref(),
+                                    ),
                                 )
                                 .model(&model),
                             )
@@ -721,7 +788,8 @@ impl Ota {
                 }
                 Verdict::Fail(why) => {
                     let why = format!("failed probation: {why}");
-                    let detail = json!({"numbers": now, "baseline": p.baseline});
+                    let detail =
+                        with_shadow(json!({"numbers": now, "baseline": p.baseline}), p.shadow.as_ref());
                     if let Err(e) = self.roll_back(&model, &why, detail.clone()).await {
                         self.end_failed_probation(&model, &p, &why, &e, detail).await;
                     }
@@ -816,6 +884,116 @@ impl Ota {
         self.roll_back(&model, "rolled back by the operator", json!({})).await
     }
 
+    /// Loads a verified, self-tested version as the shadow candidate of `model`, beside
+    /// the active version, and starts its run. Nothing is written to disk: a restart
+    /// ends the run (the registry's shadow stage starts it again at the next check).
+    async fn start_shadow(
+        &mut self,
+        model: &str,
+        version: &str,
+        dir: &Path,
+        limits: crate::shadow::Limits,
+        probation: probation::Limits,
+        reason: &str,
+    ) -> Result<(), OtaError> {
+        limits.check().map_err(|e| OtaError::Package { path: dir.to_path_buf(), reason: e })?;
+        let Some(active) = self.engine.model(model) else {
+            return Err(OtaError::Deferred(format!(
+                "`{model}` has no active version to compare a shadow candidate with"
+            )));
+        };
+        self.set_doing(model, Some(&format!("loading {version} for a shadow run")));
+        let loaded = self.load(dir).await?;
+        crate::shadow::check_compatible(&active, &loaded).map_err(OtaError::Refused)?;
+        let candidate = self.engine.install_shadow(loaded);
+        let trial = crate::shadow::Trial::new(&self.engine, candidate, dir.to_path_buf(), limits, probation);
+        let trial = self.shadows.start(trial);
+        tracing::info!(model, version, active = %trial.active_version, reason, share_pct = trial.limits.share_pct, "shadow run started");
+        Ok(())
+    }
+
+    /// Judges every shadow run in progress by its limits.
+    async fn watch_shadows(&mut self) {
+        let trials = self.shadows.all();
+        if trials.is_empty() {
+            return;
+        }
+        for trial in trials {
+            let numbers = trial.numbers(&self.engine);
+            match crate::shadow::report::judge(&numbers, &trial.limits, trial.elapsed()) {
+                crate::shadow::Verdict::Continue => {}
+                crate::shadow::Verdict::Promote(why) => {
+                    let _ = self.end_shadow(&trial.model, true, &why, "limits").await;
+                }
+                crate::shadow::Verdict::Reject(why) => {
+                    let _ = self.end_shadow(&trial.model, false, &why, "limits").await;
+                }
+            }
+        }
+        self.publish_status();
+    }
+
+    /// `update/shadow`: the operator's verdict on a shadow run.
+    async fn shadow_command(&mut self, model: &str, promote: bool) -> Result<Value, String> {
+        let why = if promote { "promoted by the operator" } else { "rejected by the operator" };
+        self.end_shadow(model, promote, why, "command").await
+    }
+
+    /// Ends the shadow run of `model` with its report (a `shadow-report` event): the
+    /// candidate is activated through the normal path (then on probation), or unloaded
+    /// and marked bad here.
+    async fn end_shadow(&mut self, model: &str, promote: bool, why: &str, by: &str) -> Result<Value, String> {
+        let Some(trial) = self.shadows.get(model) else {
+            return Err(format!("`{model}` has no shadow run in progress"));
+        };
+        let report = trial.report(&self.engine);
+        self.shadows.end(model);
+        self.engine.remove_shadow(model);
+        let verdict = if promote { "promote" } else { "reject" };
+        let mut detail = serde_json::to_value(&report).unwrap_or(Value::Null);
+        if let Value::Object(o) = &mut detail {
+            o.insert("verdict".into(), json!(verdict));
+            o.insert("reason".into(), json!(why));
+            o.insert("by".into(), json!(by));
+        }
+        let severity = if promote { Severity::Info } else { Severity::Warning };
+        self.events.emit(Event::new(Kind::ShadowReport, severity, detail.clone()).model(model)).await;
+        let outcome = if promote {
+            let version = trial.version.clone();
+            let activated = self
+                .activate(
+                    model,
+                    &version,
+                    &trial.dir,
+                    trial.probation.clone(),
+                    "shadow",
+                    Some(report.numbers.clone()),
+                )
+                .await;
+            self.set_doing(model, None);
+            match activated {
+                Ok(()) => "activated",
+                Err(e) => {
+                    let mut state = self.state(model);
+                    state.bad.insert(version.clone(), format!("promoted from shadow but not activated: {e}"));
+                    let _ = self.save_state(model, &state);
+                    self.publish_status();
+                    return Err(format!("version {version} was promoted but does not activate: {e}"));
+                }
+            }
+        } else {
+            let mut state = self.state(model);
+            state.bad.insert(trial.version.clone(), format!("rejected in shadow: {why}"));
+            self.save_state(model, &state).map_err(|e| e.to_string())?;
+            self.store.collect_garbage(model);
+            "rejected"
+        };
+        self.publish_status();
+        Ok(
+            json!({"model": model, "version": trial.version, "verdict": verdict, "action": outcome, "report": detail}),
+        )
+    }
+
     /// Rewrites the update task's part of the status document (`ota`).
     fn publish_status(&self) {
         let mut models = BTreeMap::new();
@@ -846,6 +1024,7 @@ impl Ota {
                     numbers: Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests),
                     baseline: p.baseline.clone(),
                     limits: p.limits.clone(),
+                    shadow: p.shadow.clone(),
                 }
             });
             let entry = OtaModelStatus {
@@ -856,6 +1035,7 @@ impl Ota {
                 bad: state.bad.clone(),
                 doing,
                 probation,
+                shadow: self.shadows.get(model).map(|t| t.report(&self.engine)),
             };
             models.insert(model.clone(), entry);
         }
@@ -872,6 +1052,14 @@ impl Ota {
         };
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = doc;
     }
+}
+
+/// An event's detail with a shadow run's numbers added, for a version promoted from one.
+fn with_shadow(mut detail: Value, shadow: Option<&crate::shadow::Numbers>) -> Value {
+    if let (Value::Object(o), Some(n)) = (&mut detail, shadow) {
+        o.insert("shadow".into(), serde_json::to_value(n).unwrap_or(Value::Null));
+    }
+    detail
 }
 
 fn unix_now() -> u64 {

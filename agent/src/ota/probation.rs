@@ -137,6 +137,11 @@ pub struct Probation {
     pub started: u64,
     pub limits: Limits,
     pub baseline: Numbers,
+    /// A version promoted from a shadow run starts probation with that run's numbers
+    /// (agreement with the version it replaces, confusion matrix, run times), reported
+    /// beside its own; they are not judged again here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Numbers>,
 }
 
 /// The outcome of looking at a probation.
@@ -204,6 +209,7 @@ mod tests {
             started,
             limits: Limits { requests: 100, minutes: 10.0, ..Limits::default() },
             baseline,
+            shadow: None,
         }
     }
 

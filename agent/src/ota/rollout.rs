@@ -21,6 +21,10 @@ pub struct Custom {
     /// Probation limits for this version, over the device's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation: Option<ProbationOverride>,
+    /// Limits of a shadow run of this version (`rollout.mode = "shadow"`, or
+    /// `update/apply` with `"shadow": true`); absent: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Limits>,
 }
 
 /// `rollout`: the share of devices that take a version.
@@ -30,6 +34,28 @@ pub struct Rollout {
     /// floating-point numbers.
     pub percent: u32,
     pub salt: String,
+    /// How the devices of the cohort take it: activated (the default), or installed as a
+    /// shadow candidate beside the active version until its verdict.
+    #[serde(default, skip_serializing_if = "Mode::is_active")]
+    pub mode: Mode,
+}
+
+/// A rollout stage's mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Activated, then on probation.
+    #[default]
+    Active,
+    /// Run beside the active version on a share of its requests, compared, never
+    /// served; promoted or rejected by the limits in `custom.shadow` or a command.
+    Shadow,
+}
+
+impl Mode {
+    fn is_active(&self) -> bool {
+        *self == Mode::Active
+    }
 }
 
 /// Probation limits a publisher may set per version.
@@ -185,10 +211,11 @@ mod tests {
             custom: Custom {
                 model: "m".into(),
                 version: version.into(),
-                rollout: Rollout { percent, salt: "s1".into() },
+                rollout: Rollout { percent, salt: "s1".into(), mode: Mode::Active },
                 groups: None,
                 min_agent: None,
                 probation: None,
+                shadow: None,
             },
         }
     }
@@ -198,7 +225,7 @@ mod tests {
         let devices: Vec<String> = (0..2000).map(|i| format!("dev-{i}")).collect();
         let mut previous: Vec<&String> = Vec::new();
         for pct in [0, 1, 10, 25, 50, 99, 100] {
-            let r = Rollout { percent: pct, salt: "abc".into() };
+            let r = Rollout { percent: pct, salt: "abc".into(), mode: Mode::Active };
             let now: Vec<&String> = devices.iter().filter(|d| in_cohort(d, "m", &r)).collect();
             assert!(previous.iter().all(|d| now.contains(d)), "{pct}% dropped a device");
             let share = now.len() as f64 / devices.len() as f64 * 100.0;

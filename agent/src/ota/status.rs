@@ -54,6 +54,9 @@ pub struct OtaModelStatus {
     pub doing: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probation: Option<ProbationStatus>,
+    /// A candidate version running in shadow beside the active one: its numbers so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::ShadowStatus>,
 }
 
 /// A probation in progress: the numbers so far against the baseline and the limits.
@@ -64,4 +67,7 @@ pub struct ProbationStatus {
     pub numbers: Numbers,
     pub baseline: Numbers,
     pub limits: Limits,
+    /// The shadow run's numbers, for a version promoted from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::shadow::Numbers>,
 }

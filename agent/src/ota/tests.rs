@@ -61,10 +61,11 @@ fn registry(dir: &Path, work: &Path, versions: &[&str]) {
         let custom = Custom {
             model: "vibration".into(),
             version: v.to_string(),
-            rollout: Rollout { percent: 100, salt: format!("vibration-{v}") },
+            rollout: Rollout { percent: 100, salt: format!("vibration-{v}"), mode: Default::default() },
             groups: None,
             min_agent: None,
             probation: None,
+            shadow: None,
         };
         repo.add_target(&format!("stable/vibration/{v}.tar"), &bytes, serde_json::to_value(&custom).unwrap())
             .unwrap();
@@ -128,7 +129,9 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     let engine = crate::service::start_engine(&config).unwrap();
     let (tx, mut tap) = mpsc::unbounded_channel();
     let prepared = super::prepare(&config, &engine);
-    let mut ota = Ota::new(&config, engine.clone(), Events::log_only().tap(tx), prepared.states).unwrap();
+    let mut ota =
+        Ota::new(&config, engine.clone(), Events::log_only().tap(tx), Default::default(), prepared.states)
+            .unwrap();
     ota.selftest_exe = passing_selftest(tmp.path());
     assert_eq!(serving(&ota), "1");
     assert_eq!(ota.state("vibration"), ModelState::default());
@@ -173,9 +176,14 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     assert_eq!(serving(&ota), "1");
 
     // A restart reads the same state back.
-    let again =
-        Ota::new(&config, engine.clone(), Events::log_only(), super::prepare(&config, &engine).states)
-            .unwrap();
+    let again = Ota::new(
+        &config,
+        engine.clone(),
+        Events::log_only(),
+        Default::default(),
+        super::prepare(&config, &engine).states,
+    )
+    .unwrap();
     assert_eq!(again.state("vibration"), state);
 
     let _ = stop.send(());

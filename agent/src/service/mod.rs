@@ -122,7 +122,7 @@ pub async fn run(
     let (source_tx, source_rx) = mpsc::channel::<SensorMessage>(256);
 
     let parts = start_parts(&config, &health, &notifier, source_tx.clone(), &token, &tracker).await?;
-    let Running { engine, fallback, events, mqtt, listeners, status } = parts;
+    let Running { engine, fallback, events, shadows, mqtt, listeners, status } = parts;
     let monitors = status.monitors.clone();
     // The producers' handle outlives the link's start: the result sink publishes with it.
     let publisher = mqtt.as_ref().map(|link| link.handle.clone());
@@ -136,6 +136,7 @@ pub async fn run(
             fallback: &fallback,
             events: &events,
             monitors: &monitors,
+            shadows: &shadows,
         },
         (source_tx, source_rx),
         &token,
@@ -194,6 +195,8 @@ struct Running {
     fallback: Arc<crate::fallback::Fallback>,
     /// Every event logged; published when MQTT is on.
     events: Events,
+    /// Shadow runs of candidate versions: started by the update task, fed by the streams.
+    shadows: Arc<crate::shadow::Shadows>,
     mqtt: Option<MqttLink>,
     /// The API's listeners, bound and not yet serving.
     listeners: Option<Listeners>,
@@ -245,11 +248,13 @@ async fn start_parts(
     };
 
     // Model updates from the registry.
+    let shadows = Arc::new(crate::shadow::Shadows::default());
     let ota = match config.ota {
         Some(_) => Some(crate::ota::start(
             config,
             engine.clone(),
             events.clone(),
+            shadows.clone(),
             prepared,
             token.child_token(),
             tracker,
@@ -270,7 +275,7 @@ async fn start_parts(
         fallback: fallback.clone(),
         monitors: Arc::new(Monitors::new()),
     };
-    Ok(Running { engine, fallback, events, mqtt, listeners, status })
+    Ok(Running { engine, fallback, events, shadows, mqtt, listeners, status })
 }
 
 /// Binds the API's listeners. They serve once the parts exist ([`serve_api`]), still
@@ -341,6 +346,7 @@ struct DataDeps<'a> {
     fallback: &'a Arc<crate::fallback::Fallback>,
     events: &'a Events,
     monitors: &'a Arc<Monitors>,
+    shadows: &'a Arc<crate::shadow::Shadows>,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -385,6 +391,7 @@ fn wire_data_path(
         fallback: deps.fallback.clone(),
         capture: capture.as_ref().map(|(c, _)| c.clone()),
         monitors: deps.monitors.clone(),
+        shadows: deps.shadows.clone(),
     };
     let router = tracker.spawn(route(source_rx, deps, config.engine.max_streams, tracker.clone()));
     Ok(DataPath { sources, router, sink, capture: capture.map(|(_, writer)| writer) })

@@ -77,11 +77,14 @@ pub(super) struct Deps {
     pub capture: Option<Arc<Capture>>,
     /// Drift of each model's inputs and outputs (fed with every local result).
     pub monitors: Arc<Monitors>,
+    /// Shadow runs of candidate versions, given the same input after the active answer.
+    pub shadows: Arc<crate::shadow::Shadows>,
 }
 
 pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
-    let Deps { engine, health, results, events, fallback, capture, monitors } = deps;
+    let Deps { engine, health, results, events, fallback, capture, monitors, shadows } = deps;
     let mut pipe: Option<Pipeline> = None;
+    let shadow_lane = crate::shadow::Lane::default();
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
     while let Some(mut msg) = rx.recv().await {
         // Dropping the receipt settles it (the broker's copy is acknowledged): it rides
@@ -136,6 +139,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
         };
         let mut reset = msg.reset;
         let mut records = Vec::with_capacity(inputs.len());
+        let mut shadowed = Vec::new();
         for (data, window, offset) in inputs {
             let started = Instant::now();
             let deadline = health.deadline();
@@ -150,6 +154,10 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             // Summarised before the data moves into the job; only local answers are
             // compared with the reference (a cloud model's outputs are another model's).
             let watched = local.as_ref().and_then(|m| monitors.summarise(m, &data));
+            // A shadow run of a candidate gets the same input, once the active answered.
+            let trial = shadows.pick(&msg.model, &engine);
+            let shadow_data = trial.as_ref().map(|_| data.clone());
+            let shadow_reset = reset;
             let job = Job {
                 model: msg.model.clone(),
                 stream: Some(msg.stream.clone()),
@@ -160,6 +168,18 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             reset = false;
             match answer(&engine, &fallback, &route, job).await {
                 Ok(a) => {
+                    if let (Some(trial), Some(data), "local") = (trial, shadow_data, a.place)
+                        && let Some(active) = crate::shadow::report::top1(&spec.post, a.post_values())
+                    {
+                        shadowed.push(crate::shadow::Pending {
+                            trial,
+                            active,
+                            data,
+                            stream: msg.stream.clone(),
+                            reset: shadow_reset,
+                            deadline: started + deadline,
+                        });
+                    }
                     let Some(post) = route.post() else { continue };
                     let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
                     if spec.post.wants_raw() {
@@ -223,6 +243,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 return;
             }
         }
+        // Only now, with the active answers on their way, may the candidate run.
+        shadow_lane.submit(&engine, shadowed);
     }
 }
 

@@ -52,6 +52,7 @@ impl Harness {
             fallback: Arc::new(fallback),
             capture,
             monitors: Arc::new(crate::monitor::Monitors::new()),
+            shadows: Default::default(),
         };
         let (messages, rx) = mpsc::channel(8);
         let task = tokio::spawn(stream::run(rx, deps));

@@ -131,6 +131,51 @@ struct Job {
     reset: bool,
     submitted: Instant,
     reply: oneshot::Sender<Reply>,
+    /// A shadow run of a candidate version: not counted in the model's stats (the
+    /// caller keeps its own), and taken only when no other job waits.
+    shadow: bool,
+}
+
+impl Job {
+    /// The job for `req` on `model`, taking its data (left empty in `req`), and the
+    /// receiver of its reply.
+    fn new(model: Arc<LoadedModel>, req: &mut Request, shadow: bool) -> (Job, oneshot::Receiver<Reply>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            model,
+            stream: req.stream.clone().unwrap_or_else(|| "default".to_string()),
+            data: std::mem::take(&mut req.data),
+            deadline: req.deadline,
+            reset: req.reset,
+            submitted: Instant::now(),
+            reply,
+            shadow,
+        };
+        (job, rx)
+    }
+}
+
+/// Refuses input of a length the model's data input cannot take.
+fn check_length(model: &LoadedModel, req: &Request) -> Result<(), InferError> {
+    let input = model.spec.data_input();
+    if input.shape_for(req.data.len()).is_some() {
+        return Ok(());
+    }
+    let source = if input.ranges.is_empty() {
+        crate::pipeline::InputError::Length {
+            input: input.name.clone(),
+            got: req.data.len(),
+            want: input.len(),
+            shape: input.shape.clone(),
+        }
+    } else {
+        crate::pipeline::InputError::LengthRange {
+            input: input.name.clone(),
+            got: req.data.len(),
+            shape: input.shape_text(),
+        }
+    };
+    Err(InferError::Input { model: req.model.clone(), source })
 }
 
 /// A queued request's result, to wait for.
@@ -175,6 +220,9 @@ impl Ticket {
 
 struct Shared {
     models: ArcSwap<BTreeMap<String, Arc<LoadedModel>>>,
+    /// Candidate versions on trial beside the serving ones, one per model name: they
+    /// never answer a request of their own (see [`Engine::submit_idle`]).
+    shadows: ArcSwap<BTreeMap<String, Arc<LoadedModel>>>,
     streams: StreamTable,
     stats: Stats,
     /// Per worker: milliseconds since `epoch` when its current job started, 0 when idle.
@@ -188,11 +236,19 @@ struct Shared {
 /// The engine. Cheap to share behind an `Arc`; safe to call from many threads and tasks.
 pub struct Engine {
     shared: Arc<Shared>,
-    tx: RwLock<Option<Sender<Job>>>,
+    tx: RwLock<Option<Lanes>>,
     capacity: usize,
     spin: Duration,
     model_limits: ModelLimits,
     workers: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The two ways to the workers: the request queue, and a small lane of shadow runs that
+/// a worker takes only when the request queue is empty, so a shadow job never waits in
+/// front of a request.
+struct Lanes {
+    requests: Sender<Job>,
+    shadow: Sender<Job>,
 }
 
 /// Health of the worker pool, for status reports and watchdogs.
@@ -221,8 +277,11 @@ impl Engine {
     pub fn start(config: &EngineConfig) -> Engine {
         let threads = config.threads.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(config.queue.max(1));
+        // One shadow job per worker at most: more would only wait for a busy pool.
+        let (shadow_tx, shadow_rx) = crossbeam_channel::bounded::<Job>(threads);
         let shared = Arc::new(Shared {
             models: ArcSwap::from_pointee(BTreeMap::new()),
+            shadows: ArcSwap::from_pointee(BTreeMap::new()),
             streams: StreamTable::new(config.max_streams),
             stats: Stats::default(),
             busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
@@ -232,11 +291,12 @@ impl Engine {
         let mut workers = Vec::with_capacity(threads);
         for ix in 0..threads {
             let rx = rx.clone();
+            let shadow_rx = shadow_rx.clone();
             let shared = shared.clone();
             let spin = config.spin;
             let spawned = std::thread::Builder::new()
                 .name(format!("engine-{ix}"))
-                .spawn(move || worker(ix, rx, shared, spin));
+                .spawn(move || worker(ix, rx, shadow_rx, shared, spin));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => tracing::error!(error = %e, worker = ix, "cannot start engine worker thread"),
@@ -244,7 +304,7 @@ impl Engine {
         }
         Engine {
             shared,
-            tx: RwLock::new(Some(tx)),
+            tx: RwLock::new(Some(Lanes { requests: tx, shadow: shadow_tx })),
             capacity: config.queue.max(1),
             spin: config.spin,
             model_limits: config.model_limits,
@@ -299,43 +359,18 @@ impl Engine {
     /// Queues a request for one loaded model (version), even if another version has
     /// replaced it meanwhile: a caller that pre-processed the input for this version's
     /// spec gets this version's answer.
-    pub fn submit_to(&self, model: Arc<LoadedModel>, req: Request) -> Result<Ticket, InferError> {
-        let input = model.spec.data_input();
-        if input.shape_for(req.data.len()).is_none() {
-            let source = if input.ranges.is_empty() {
-                crate::pipeline::InputError::Length {
-                    input: input.name.clone(),
-                    got: req.data.len(),
-                    want: input.len(),
-                    shape: input.shape.clone(),
-                }
-            } else {
-                crate::pipeline::InputError::LengthRange {
-                    input: input.name.clone(),
-                    got: req.data.len(),
-                    shape: input.shape_text(),
-                }
-            };
-            let err = InferError::Input { model: req.model.clone(), source };
+    pub fn submit_to(&self, model: Arc<LoadedModel>, mut req: Request) -> Result<Ticket, InferError> {
+        if let Err(err) = check_length(&model, &req) {
             self.count_error(&req.model, &err);
             return Err(err);
         }
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            model,
-            stream: req.stream.unwrap_or_else(|| "default".to_string()),
-            data: req.data,
-            deadline: req.deadline,
-            reset: req.reset,
-            submitted: Instant::now(),
-            reply,
-        };
+        let (job, rx) = Job::new(model, &mut req, false);
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tx) = guard.as_ref() else {
+        let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
         };
-        match tx.try_send(job) {
-            Ok(()) => Ok(Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }),
+        match lanes.requests.try_send(job) {
+            Ok(()) => Ok(self.ticket(rx, req)),
             Err(TrySendError::Full(_)) => {
                 let err = InferError::QueueFull { capacity: self.capacity };
                 self.count_error(&req.model, &err);
@@ -343,6 +378,10 @@ impl Engine {
             }
             Err(TrySendError::Disconnected(_)) => Err(InferError::ShuttingDown),
         }
+    }
+
+    fn ticket(&self, rx: oneshot::Receiver<Reply>, req: Request) -> Ticket {
+        Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }
     }
 
     /// Submits and waits from a plain thread.
@@ -388,7 +427,62 @@ impl Engine {
 
     /// Requests waiting for a worker (cheap: for routing every request).
     pub fn queue_depth(&self) -> usize {
-        self.tx.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.len()).unwrap_or(0)
+        self.tx.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|t| t.requests.len()).unwrap_or(0)
+    }
+
+    /// Loads a candidate version of a model beside the serving one, replacing an earlier
+    /// candidate. It serves nothing; [`Engine::submit_idle`] gives it work.
+    pub fn install_shadow(&self, model: LoadedModel) -> Arc<LoadedModel> {
+        let model = Arc::new(model);
+        let name = model.name().to_string();
+        self.shared.shadows.rcu(|old| {
+            let mut next = BTreeMap::clone(old);
+            next.insert(name.clone(), model.clone());
+            next
+        });
+        model
+    }
+
+    /// The candidate version on trial for `name`, if any (cheap: one atomic load).
+    pub fn shadow(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        self.shared.shadows.load().get(name).cloned()
+    }
+
+    /// Unloads the candidate of `name`; shadow runs already queued finish on it.
+    pub fn remove_shadow(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        let mut removed = None;
+        self.shared.shadows.rcu(|old| {
+            let mut next = BTreeMap::clone(old);
+            removed = next.remove(name);
+            next
+        });
+        removed
+    }
+
+    /// Queues a shadow run of `model` (a candidate version) on idle capacity only:
+    /// `Ok(None)`, and nothing queued, when a request waits in the queue, every worker is
+    /// busy, or the shadow lane is full. A worker takes a shadow job only when the
+    /// request queue is empty, and drops it unrun once its deadline passed. Shadow runs
+    /// are not counted in the engine's stats; the caller counts them.
+    pub fn submit_idle(
+        &self,
+        model: Arc<LoadedModel>,
+        mut req: Request,
+    ) -> Result<Option<Ticket>, InferError> {
+        check_length(&model, &req)?;
+        let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
+        let Some(lanes) = guard.as_ref() else {
+            return Err(InferError::ShuttingDown);
+        };
+        if !lanes.requests.is_empty() || self.all_busy() {
+            return Ok(None);
+        }
+        let (job, rx) = Job::new(model, &mut req, true);
+        match lanes.shadow.try_send(job) {
+            Ok(()) => Ok(Some(self.ticket(rx, req))),
+            Err(TrySendError::Full(_)) => Ok(None),
+            Err(TrySendError::Disconnected(_)) => Err(InferError::ShuttingDown),
+        }
     }
 
     /// Every worker is running a request: a new one will wait (cheap: one atomic read
@@ -475,25 +569,39 @@ impl Drop for Engine {
     }
 }
 
-/// The next job: polls for up to `spin`, then sleeps until one arrives. None once the
-/// engine shuts down and the queue is empty.
-fn next_job(rx: &Receiver<Job>, spin: Duration) -> Option<Job> {
+/// The next job: a request first, a shadow run only when no request waits. Polls for up
+/// to `spin`, then sleeps until either lane has one. None once the engine shuts down and
+/// the request queue is empty (shadow runs still queued then are dropped unrun).
+fn next_job(rx: &Receiver<Job>, shadow: &Receiver<Job>, spin: Duration) -> Option<Job> {
+    use crossbeam_channel::TryRecvError;
     let start = Instant::now();
     loop {
         match rx.try_recv() {
             Ok(job) => return Some(job),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam_channel::TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
-            Err(crossbeam_channel::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
         }
+        if let Ok(job) = shadow.try_recv() {
+            return Some(job);
+        }
+        if start.elapsed() < spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        // Both lanes' senders go together at shutdown, so `ready` cannot spin on a
+        // disconnected shadow lane while requests still flow.
+        let mut select = crossbeam_channel::Select::new();
+        select.recv(rx);
+        select.recv(shadow);
+        select.ready();
     }
 }
 
-fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
+fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
     // One tract run state per model: reusing it saves re-allocating the plan's buffers on
     // every call. Keyed by load id; cleared when models change often enough to pile up.
     let mut states: HashMap<u64, TypedSimpleState> = HashMap::new();
-    while let Some(job) = next_job(&rx, spin) {
+    while let Some(job) = next_job(&rx, &shadow, spin) {
         let started = Instant::now();
         let since = (shared.epoch.elapsed().as_millis() as u64).max(1);
         shared.busy_since[ix].store(since, Ordering::Relaxed);
@@ -501,6 +609,9 @@ fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
         let result = run_job(&mut job, &mut states, &shared);
         let name = job.model.name().to_string();
         match &result {
+            // The candidate shares the serving version's name; its runs are the caller's
+            // to count, so the serving version's numbers (probation, /metrics) stay its own.
+            _ if job.shadow => {}
             Ok(r) => shared.stats.with(&name, |s| {
                 s.ok += 1;
                 s.latency.record(job.submitted.elapsed());
@@ -511,10 +622,12 @@ fn worker(ix: usize, rx: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
         if let Err(e) = &result {
             tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
         }
-        // The caller may have given up waiting; nothing to do then.
-        let _ = job.reply.send(result);
+        // Idle before the caller hears back: a caller that looks at the pool right after
+        // its answer (a shadow run waiting for idle capacity) must see this worker free.
         shared.busy_since[ix].store(0, Ordering::Relaxed);
         shared.done[ix].fetch_add(1, Ordering::Relaxed);
+        // The caller may have given up waiting; nothing to do then.
+        let _ = job.reply.send(result);
         tracing::trace!(worker = ix, us = started.elapsed().as_micros() as u64, "job done");
     }
 }

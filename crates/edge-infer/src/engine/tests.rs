@@ -758,3 +758,70 @@ fn sample_rate_and_post_kind_are_checked_with_their_line() {
     let err = spec_problems("[1, 4]", "[post]\nkind = \"boxes\"\n");
     assert!(err.contains("model.toml:8") && err.contains("scores") && err.contains("none"), "{err}");
 }
+
+#[test]
+fn a_shadow_runs_on_idle_capacity_only_and_is_not_counted_as_the_model() {
+    let engine =
+        Engine::start(&EngineConfig { threads: 1, queue: 64, max_streams: 8, ..EngineConfig::default() });
+    engine.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
+    let candidate =
+        engine.install_shadow(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
+    assert!(engine.shadow("vibration").is_some());
+    let active = engine.model("vibration").unwrap();
+    assert_ne!(active.id, candidate.id, "two loads, two stream keys");
+    // Idle: the shadow run is taken and answers like the serving version.
+    let data = vec![0.3; 256];
+    let served = engine.infer_blocking(request("vibration", "s", data.clone())).unwrap();
+    let shadowed =
+        engine.submit_idle(candidate.clone(), request("vibration", "s", data)).unwrap().expect("idle");
+    let shadowed = shadowed.wait_blocking().unwrap();
+    assert_eq!(served.post_values(), shadowed.post_values());
+    assert!(Arc::ptr_eq(&shadowed.model, &candidate));
+    // Busy: with requests waiting, no shadow run is queued.
+    let waiting: Vec<_> =
+        (0..32).filter_map(|_| engine.submit(request("vibration", "t", vec![0.1; 256])).ok()).collect();
+    let busy = engine.submit_idle(candidate.clone(), request("vibration", "u", vec![0.1; 256])).unwrap();
+    assert!(busy.is_none() || engine.queue_depth() == 0, "a shadow run was queued behind requests");
+    for t in waiting {
+        t.wait_blocking().unwrap();
+    }
+    if let Some(t) = busy {
+        t.wait_blocking().unwrap();
+    }
+    // A shadow run past its deadline is dropped unrun and not counted against the model.
+    let mut late = request("vibration", "s", vec![0.1; 256]);
+    late.deadline = Instant::now() - Duration::from_millis(1);
+    let err = engine.submit_idle(candidate, late).unwrap().expect("idle").wait_blocking().err().unwrap();
+    assert!(matches!(err, InferError::Deadline { .. }), "{err}");
+    let stats = &engine.stats()["vibration"];
+    assert_eq!(stats.ok, 1 + 32 - stats.rejected.values().sum::<u64>());
+    assert!(!stats.rejected.contains_key("deadline"), "the shadow's deadline was counted: {stats:?}");
+    assert!(engine.remove_shadow("vibration").is_some());
+    assert!(engine.shadow("vibration").is_none());
+}
+
+#[test]
+fn a_recurrent_candidate_keeps_its_own_state_per_stream() {
+    let Some(dir) = vad_dir() else {
+        panic!("silero-vad is not in the test cache: run tests/run --prepare-only");
+    };
+    let engine =
+        Engine::start(&EngineConfig { threads: 1, queue: 16, max_streams: 8, ..EngineConfig::default() });
+    engine.install(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
+    let candidate = engine.install_shadow(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
+    // Each step runs on the active version, then on the candidate, on the same stream id:
+    // with state of its own, the identical candidate follows the same trajectory; were
+    // the state shared, each would see the other's step and the scores would part.
+    for step in 0..6 {
+        let window: Vec<f32> = (0..576).map(|i| 0.5 * ((i + step * 576) as f32 * 0.07).sin()).collect();
+        let active = engine.infer_blocking(request("silero-vad", "mic", window.clone())).unwrap();
+        let shadow = engine
+            .submit_idle(candidate.clone(), request("silero-vad", "mic", window))
+            .unwrap()
+            .expect("idle")
+            .wait_blocking()
+            .unwrap();
+        assert_eq!(active.outputs[0].values, shadow.outputs[0].values, "step {step}");
+    }
+    assert_eq!(engine.pool().live_streams, 2, "the stream once per version");
+}
