@@ -42,6 +42,7 @@ pub mod daemon_client;
 pub mod diagnostics;
 pub mod events;
 pub mod fallback;
+pub mod logs;
 pub mod mqtt;
 pub mod oip;
 pub mod ota;
