@@ -7,7 +7,9 @@ use super::args::{self, Args, Origin};
 use super::config_get::ConfigGetArgs;
 use super::config_set::{self, ConfigSetArgs};
 use super::diagnostics::DiagnosticsArgs;
+use super::diagnostics_bundle::{self, DiagnosticsBundleArgs};
 use super::fallback_force::{self, FallbackForceArgs};
+use super::logs_upload::{self, LogsUploadArgs};
 use super::models_list::ModelsListArgs;
 use super::ping::PingArgs;
 use super::rollback::RollbackArgs;
@@ -19,7 +21,7 @@ use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 13] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -31,6 +33,8 @@ pub const NAMES: [&str; 11] = [
     RollbackArgs::COMMAND,
     FallbackForceArgs::COMMAND,
     SamplesUploadArgs::COMMAND,
+    LogsUploadArgs::COMMAND,
+    DiagnosticsBundleArgs::COMMAND,
 ];
 
 /// A command whose arguments were checked: [`run`] has nothing left to refuse, only to
@@ -49,6 +53,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     FallbackForce(fallback_force::Checked),
     SamplesUpload(samples_upload::Checked),
+    LogsUpload(diagnostics_bundle::Checked),
+    DiagnosticsBundle(diagnostics_bundle::Checked),
 }
 
 /// Reads a known command's arguments into its type and checks them (and that this device
@@ -81,6 +87,10 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
         }
         FallbackForceArgs::COMMAND => Command::FallbackForce(fallback_force::prepare(read(args)?, ctx)?),
         SamplesUploadArgs::COMMAND => Command::SamplesUpload(samples_upload::prepare(read(args)?, ctx)?),
+        LogsUploadArgs::COMMAND => Command::LogsUpload(logs_upload::prepare(read(args)?, ctx)?),
+        DiagnosticsBundleArgs::COMMAND => {
+            Command::DiagnosticsBundle(diagnostics_bundle::prepare(read(args)?, ctx)?)
+        }
         other => return Err(format!("unknown command `{}`", crate::mqtt::excerpt(other, 64))),
     })
 }
@@ -120,6 +130,8 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         },
         Command::FallbackForce(checked) => fallback_force::run(checked, ctx),
         Command::SamplesUpload(checked) => samples_upload::run(checked, progress).await,
+        Command::LogsUpload(checked) => logs_upload::run(checked, ctx, progress).await,
+        Command::DiagnosticsBundle(checked) => diagnostics_bundle::run(checked, ctx, progress).await,
     }
 }
 

@@ -16,7 +16,9 @@ mod command;
 mod config_get;
 mod config_set;
 mod diagnostics;
+pub mod diagnostics_bundle;
 mod fallback_force;
+mod logs_upload;
 mod models_list;
 mod ping;
 mod reply;
@@ -58,6 +60,8 @@ pub struct Context {
     pub fallback: Arc<crate::fallback::Fallback>,
     /// `[capture]`: where `samples/upload` finds its CA file and disk margin.
     pub capture: crate::config::CaptureSection,
+    /// `[log]`: the archive limit of `logs/upload` and `diagnostics/bundle`.
+    pub log: crate::config::LogSection,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }

@@ -308,6 +308,7 @@ mod dispatcher {
             ota: None,
             fallback,
             capture: crate::config::CaptureSection::default(),
+            log: crate::config::LogSection::default(),
             status: Box::new(move || parts.gather(None)),
         }
     }

@@ -542,6 +542,7 @@ fn serve_mqtt(
         ota: parts.ota.clone(),
         fallback: parts.fallback.clone(),
         capture: config.capture.clone(),
+        log: config.log.clone(),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));

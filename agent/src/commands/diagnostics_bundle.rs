@@ -1,0 +1,194 @@
+//! `diagnostics/bundle {url, since?, until?, level?}`: the agent's recent log lines and
+//! what a support case needs (the configuration with secrets redacted, `status`, the
+//! checks of `doctor`, the spool summary, the model update state, the versions) packed
+//! as one tar.gz ([`crate::diagnostics::bundle`]) and uploaded to `url` by `PUT`,
+//! resuming across lost connections, with `running` replies and the archive's size and
+//! SHA-256 at the end. `logs/upload` is the same with the log alone.
+//!
+//! The archive is written to `<state_dir>/uploads/` first, within `log.upload_max_mb`
+//! (past it the command fails saying so), and removed when the command ends.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use reqwest::Url;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::args::Args;
+use super::{Context, Outcome, Progress};
+use crate::diagnostics::bundle::{self, Contents};
+use crate::logs::read::{self, Filter};
+use crate::upload::{self, Uploader};
+
+/// Arguments of `diagnostics/bundle`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiagnosticsBundleArgs {
+    /// Where to `PUT` the archive: an http(s) URL, typically pre-signed by an object store.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Log lines from: an RFC 3339 time or a span back from now (`2h`); all by default.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Log lines until: the same forms; now by default.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Log lines at this level and more severe: error, warn, info, debug, trace.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+impl Args for DiagnosticsBundleArgs {
+    const COMMAND: &'static str = "diagnostics/bundle";
+}
+
+/// An archive upload that can start: arguments read, client built.
+pub struct Checked {
+    /// A whole bundle, or the log alone (`logs/upload`).
+    bundle: bool,
+    url: Url,
+    filter: Filter,
+    /// The arguments as given, for the manifest.
+    selection: Value,
+    uploader: Uploader,
+}
+
+/// The log selection of `since`, `until` and `level`, checked.
+pub fn selection(
+    since: Option<&str>,
+    until: Option<&str>,
+    level: Option<&str>,
+) -> Result<(Filter, Value), String> {
+    let now = SystemTime::now();
+    let time = |key: &str, v: Option<&str>| {
+        v.map(|t| read::parse_time(t, now).map_err(|e| format!("`args.{key}`: {e}"))).transpose()
+    };
+    let filter = Filter {
+        since_ms: time("since", since)?,
+        until_ms: time("until", until)?,
+        level: level.map(|l| read::parse_level(l).map_err(|e| format!("`args.level`: {e}"))).transpose()?,
+    };
+    if let (Some(s), Some(u)) = (filter.since_ms, filter.until_ms)
+        && s > u
+    {
+        return Err("`args.since` is after `args.until`: nothing would be selected".into());
+    }
+    Ok((filter, json!({"since": since, "until": until, "level": level})))
+}
+
+/// Checks the arguments of `command` (`logs/upload` or `diagnostics/bundle`).
+pub(super) fn check(
+    command: &str,
+    bundle: bool,
+    args: DiagnosticsBundleArgs,
+    ctx: &Context,
+) -> Result<Checked, String> {
+    let Some(text) = args.url else {
+        return Err(format!("{command} needs `args.url`, an http(s) URL to PUT the archive to"));
+    };
+    let url = upload::parse_url(&text).map_err(|e| format!("`args.url`: {e}"))?;
+    let (filter, selection) = selection(args.since.as_deref(), args.until.as_deref(), args.level.as_deref())?;
+    let uploader = Uploader::new(&url, ctx.capture.ca_file.as_deref(), upload::Limits::default())
+        .map_err(|e| e.to_string())?;
+    Ok(Checked { bundle, url, filter, selection, uploader })
+}
+
+/// Checks the arguments.
+pub fn prepare(args: DiagnosticsBundleArgs, ctx: &Context) -> Result<Checked, String> {
+    check(DiagnosticsBundleArgs::COMMAND, true, args, ctx)
+}
+
+/// The files of a bundle besides the log: gathered from the running agent.
+pub async fn gather(ctx: &Context) -> Vec<(String, Vec<u8>)> {
+    let status = (ctx.status)();
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    let status_json = serde_json::to_value(&status).unwrap_or(Value::Null);
+    let mut files = Vec::new();
+    match std::fs::read_to_string(&ctx.config_file) {
+        Ok(text) => match bundle::redact_config(&text) {
+            Ok(redacted) => files.push(("config.toml".to_string(), redacted.into_bytes())),
+            Err(why) => files.push(("config.toml.missing".to_string(), why.into_bytes())),
+        },
+        Err(e) => {
+            files.push(("config.toml.missing".to_string(), format!("cannot read it: {e}").into_bytes()))
+        }
+    }
+    let overlay = crate::config::runtime::overlay_path(&ctx.state_dir);
+    if let Ok(text) = std::fs::read_to_string(&overlay) {
+        // Only runtime keys (levels, intervals) go there, never secrets; redacted anyway.
+        let text = bundle::redact_config(&text).unwrap_or_default();
+        files.push(("runtime.toml".to_string(), text.into_bytes()));
+    }
+    files.push(("status.json".to_string(), pretty(&status_json)));
+    let file = ctx.config_file.clone();
+    // The checks load every model again and probe the network: blocking work.
+    let doctor = match tokio::task::spawn_blocking(move || crate::diagnostics::run(&file)).await {
+        Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
+        Err(e) => json!({"error": format!("the checks stopped: {e}")}),
+    };
+    files.push(("doctor.json".to_string(), pretty(&doctor)));
+    files.push(("spool.json".to_string(), pretty(&status_json["mqtt"])));
+    files.push(("ota.json".to_string(), pretty(&status_json["ota"])));
+    let models: Map<String, Value> =
+        status.models.iter().map(|(name, m)| (name.clone(), Value::String(m.version.clone()))).collect();
+    files.push(("versions.json".to_string(), pretty(&bundle::versions(&models))));
+    files
+}
+
+/// Packs, uploads, reports.
+pub async fn run(checked: Checked, ctx: &Context, progress: &Progress<'_>) -> Outcome {
+    progress.report(0.0).await;
+    let Checked { bundle, url, filter, selection, uploader } = checked;
+    let kind = if bundle { "diagnostics" } else { "logs" };
+    let work = ctx.state_dir.join("uploads");
+    clear_leftovers(&work);
+    let archive: PathBuf = work.join(format!("{kind}-{}.tar.gz", progress.id()));
+    let files = if bundle { gather(ctx).await } else { Vec::new() };
+    let mut manifest = Map::new();
+    manifest.insert("kind".into(), json!(kind));
+    manifest
+        .insert("created".into(), json!(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()));
+    manifest.insert("device".into(), json!((ctx.status)().device));
+    manifest.insert("selection".into(), selection);
+    manifest.insert("log_source".into(), json!(crate::logs::dir(&ctx.state_dir)));
+    manifest.insert("log_lines_dropped_since_start".into(), json!(crate::logs::dropped()));
+    let contents = Contents { logs: crate::logs::dir(&ctx.state_dir), filter, files, manifest };
+    let limit = ctx.log.upload_max_mb.saturating_mul(1024 * 1024);
+    let path = archive.clone();
+    let packed = match tokio::task::spawn_blocking(move || bundle::pack(&path, &contents, limit)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Outcome::Failed(e.to_string()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&archive);
+            return Outcome::Failed(format!("packing the archive stopped: {e}"));
+        }
+    };
+    let shown = upload::redacted(&url);
+    tracing::info!(url = %shown, bytes = packed.bytes, lines = packed.log_lines, kind, "uploading a diagnostics archive");
+    let result =
+        super::samples_upload::put_with_progress(&uploader, &url, &archive, packed.bytes, progress).await;
+    let _ = std::fs::remove_file(&archive);
+    match result {
+        Ok(done) => Outcome::Succeeded(json!({
+            "url": shown,
+            "bytes": packed.bytes,
+            "sha256": packed.sha256,
+            "log_lines": packed.log_lines,
+            "files": packed.names,
+            "resumed": done.resumed,
+        })),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Commands run one at a time, so an archive already here is a crashed run's leftover.
+fn clear_leftovers(dir: &std::path::Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if (name.starts_with("logs-") || name.starts_with("diagnostics-")) && name.contains(".tar.gz") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
