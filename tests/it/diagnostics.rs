@@ -1,0 +1,187 @@
+//! Remote diagnostics: the agent's own log, `logs/upload` and `diagnostics/bundle` over a
+//! real broker to a loopback server that cuts connections, and the log level at run time.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::common::mqtt_agent::{MqttSetup, Running};
+use crate::common::upload_server::upload_server;
+use crate::common::*;
+
+/// A token the fallback reads from its file: it must never reach an archive.
+const TOKEN: &str = "fallback-token-7d41c9e0a2";
+/// The MQTT password of `write_config`.
+const PASSWORD: &str = "agent-pass";
+
+/// `[fallback]` for the flat model with a token file, and `[log]` with `log`.
+fn extra(dir: &Path, log: &str) -> String {
+    let token = dir.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    format!(
+        "[fallback]\n[[fallback.model]]\nmodel = \"flat\"\nurl = \"http://127.0.0.1:9\"\ntoken_file = \"{}\"\n\n[log]\n{log}\n",
+        token.display()
+    )
+}
+
+/// Writes `bytes` of log lines (JSON, as the agent writes them, with hard-to-compress
+/// messages) to `path`; every `error_every`th line is an ERROR, the others DEBUG.
+fn fill_log(path: &Path, bytes: usize, error_every: usize, seed: u64) -> usize {
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(bytes + 2048);
+    let mut lines = 0;
+    while out.len() < bytes {
+        let level = if lines % error_every == 0 { "ERROR" } else { "DEBUG" };
+        out.extend_from_slice(
+            format!("{{\"timestamp\":\"{now}\",\"level\":\"{level}\",\"message\":\"filler ").as_bytes(),
+        );
+        for _ in 0..1000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            out.push(CHARS[(state % 64) as usize]);
+        }
+        out.extend_from_slice(b"\",\"target\":\"prefill\"}\n");
+        lines += 1;
+    }
+    std::fs::write(path, out).unwrap();
+    lines
+}
+
+/// Every reply to the command `id` on `command`'s reply topic, once its final one came.
+fn replies_to(replies: &crate::common::broker::Subscription, command: &str, id: &str) -> Vec<Value> {
+    let topic = format!("edge/dev1/cmd/{command}/reply");
+    replies.wait_for(&format!("the final reply to {id}"), secs(120), |t, p| {
+        t == topic
+            && p.contains(&format!("\"id\":\"{id}\""))
+            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
+    });
+    replies
+        .messages()
+        .iter()
+        .filter(|(t, p)| *t == topic && p.contains(&format!("\"id\":\"{id}\"")))
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect()
+}
+
+/// Publishes a command and returns all its replies.
+fn command(running: &Running<1>, command: &str, id: &str, args: Value) -> Vec<Value> {
+    let request = serde_json::json!({"id": id, "args": args}).to_string();
+    running.broker.publish("test", &format!("edge/dev1/cmd/{command}"), request.as_bytes(), 1, false);
+    replies_to(&running.subs[0], command, id)
+}
+
+/// Lists and extracts `archive` with the system's `tar`; returns the names.
+fn untar(archive: &Path, into: &Path) -> Vec<String> {
+    std::fs::create_dir_all(into).unwrap();
+    let list = run_with(std::process::Command::new("tar").arg("-tzf").arg(archive), None, secs(60));
+    assert!(list.status.success(), "tar -tzf: {}", String::from_utf8_lossy(&list.stderr));
+    let x = run_with(
+        std::process::Command::new("tar").arg("-xzf").arg(archive).arg("-C").arg(into),
+        None,
+        secs(60),
+    );
+    assert!(x.status.success(), "tar -xzf: {}", String::from_utf8_lossy(&x.stderr));
+    String::from_utf8(list.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// Every extracted file's bytes, by name.
+fn files_in(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).unwrap().map(Result::unwrap) {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                all.push((e.path().display().to_string(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    all
+}
+
+/// `diagnostics/bundle` of a log of about 66 MB (three rotated files and the active one)
+/// to a server that cuts the connection twice: the upload resumes and completes, the
+/// reply's size and SHA-256 are those of what the server holds, `tar` opens it, it holds
+/// the files docs/diagnostics.md lists and the lines of every log file (the active one
+/// included), and neither the MQTT password nor the fallback token is anywhere in it.
+#[test]
+fn a_50_mb_bundle_resumes_after_two_cuts_opens_with_tar_and_holds_no_secret() {
+    let setup = MqttSetup::new();
+    let log = "file_max_mb = 400\nfiles = 8\nupload_max_mb = 100";
+    let setup = {
+        let e = extra(setup.dir(), log);
+        setup.extra(&e)
+    };
+    let mut filler = 0;
+    for i in 1..=3 {
+        filler += fill_log(&setup.dir().join(format!("state/log/agent.log.{i}")), 22 << 20, 1000, i);
+    }
+    let running = setup.start(["edge/dev1/cmd/#"]);
+    let (port, server) = upload_server(2, None);
+    let url = format!("http://127.0.0.1:{port}/ok?X-Signature=secret");
+    let all = command(&running, "diagnostics/bundle", "b-1", serde_json::json!({"url": url}));
+    let states: Vec<&str> = all.iter().map(|r| r["state"].as_str().unwrap()).collect();
+    assert_eq!(states.first(), Some(&"accepted"), "{all:?}");
+    assert!(states.iter().filter(|s| **s == "running").count() >= 3, "progress replies: {all:?}");
+    let last = all.last().unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let result = &last["result"];
+    let got = server.lock().unwrap();
+    assert!(got.complete && got.cuts_left == 0, "both cuts happened and it completed");
+    assert!(result["resumed"].as_u64().unwrap() >= 2, "{result}");
+    assert_eq!(result["bytes"].as_u64(), Some(got.bytes.len() as u64));
+    assert!(got.bytes.len() > 45 << 20, "a bundle of about 50 MB: {} bytes", got.bytes.len());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &got.bytes);
+    assert_eq!(result["sha256"].as_str(), Some(hex::encode(digest).as_str()));
+    assert_eq!(result["url"], format!("http://127.0.0.1:{port}/ok"), "the signature is not echoed");
+    let archive = running.dir.path().join("got.tar.gz");
+    std::fs::write(&archive, &got.bytes).unwrap();
+    drop(got);
+
+    let out = running.dir.path().join("extracted");
+    let mut names = untar(&archive, &out);
+    names.sort();
+    let mut expected = [
+        "config.toml",
+        "doctor.json",
+        "logs/agent.jsonl",
+        "manifest.json",
+        "ota.json",
+        "spool.json",
+        "status.json",
+        "versions.json",
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+    let log = std::fs::read_to_string(out.join("logs/agent.jsonl")).unwrap();
+    let prefilled = log.lines().filter(|l| l.contains("\"target\":\"prefill\"")).count();
+    assert_eq!(prefilled, filler, "every line of the rotated files");
+    assert!(
+        log.lines().any(|l| l.contains("\"target\":\"edge_agent")),
+        "the agent's own lines from the active file"
+    );
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("(redacted)") && config.contains("token_file"), "{config}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["kind"], "diagnostics");
+    assert_eq!(manifest["device"], "dev1");
+    let versions: Value = serde_json::from_slice(&std::fs::read(out.join("versions.json")).unwrap()).unwrap();
+    assert_eq!(versions["models"]["flat"], "1", "{versions}");
+    let status: Value = serde_json::from_slice(&std::fs::read(out.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["device"], "dev1");
+    for (name, bytes) in files_in(&out) {
+        for secret in [PASSWORD, TOKEN] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in {name}");
+        }
+    }
+    assert!(
+        std::fs::read_dir(running.dir.path().join("state/uploads")).unwrap().next().is_none(),
+        "the archive is removed after the upload"
+    );
+    running.agent.stop();
+}
