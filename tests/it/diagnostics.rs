@@ -68,7 +68,7 @@ fn replies_to(replies: &crate::common::broker::Subscription, command: &str, id: 
 }
 
 /// Publishes a command and returns all its replies.
-fn command(running: &Running<1>, command: &str, id: &str, args: Value) -> Vec<Value> {
+fn command<const N: usize>(running: &Running<N>, command: &str, id: &str, args: Value) -> Vec<Value> {
     let request = serde_json::json!({"id": id, "args": args}).to_string();
     running.broker.publish("test", &format!("edge/dev1/cmd/{command}"), request.as_bytes(), 1, false);
     replies_to(&running.subs[0], command, id)
@@ -183,5 +183,149 @@ fn a_50_mb_bundle_resumes_after_two_cuts_opens_with_tar_and_holds_no_secret() {
         std::fs::read_dir(running.dir.path().join("state/uploads")).unwrap().next().is_none(),
         "the archive is removed after the upload"
     );
+    running.agent.stop();
+}
+
+/// Whether the agent's standard error has a line with all of `parts`.
+fn logged(agent: &crate::common::mqtt_agent::Agent, parts: &[&str]) -> bool {
+    agent.log().lines().any(|l| parts.iter().all(|p| l.contains(p)))
+}
+
+/// With `log.upload_max_mb = 1` and 3 MB of hard-to-compress log: bad arguments are
+/// refused before anything starts; `logs/upload` of the errors alone fits and holds only
+/// them; the whole log is refused as too large, saying which setting, and no archive is
+/// left behind. Then `config/set log.level = "debug"` for 2 s: debug lines appear on the
+/// agent's output, `status` shows the level and its revert, and the level goes back by
+/// itself (an event says so), after which no debug line appears.
+#[test]
+fn bad_args_and_oversize_are_refused_and_the_log_level_changes_and_reverts_at_run_time() {
+    let setup = MqttSetup::new();
+    let setup = {
+        let e = extra(setup.dir(), "upload_max_mb = 1");
+        setup.extra(&e)
+    };
+    let lines = fill_log(&setup.dir().join("state/log/agent.log.1"), 3 << 20, 100, 7);
+    let running = setup.start(["edge/dev1/cmd/#", "edge/dev1/events"]);
+    let (port, server) = upload_server(0, None);
+    let url = format!("http://127.0.0.1:{port}/ok");
+
+    for (cmd, id, args, why) in [
+        ("logs/upload", "r-1", serde_json::json!({}), "logs/upload needs `args.url`"),
+        (
+            "logs/upload",
+            "r-2",
+            serde_json::json!({"url": url, "level": "loud"}),
+            "`args.level`: `loud` is not a level",
+        ),
+        (
+            "logs/upload",
+            "r-3",
+            serde_json::json!({"url": url, "since": "yesterday"}),
+            "`args.since`: `yesterday` is neither",
+        ),
+        (
+            "diagnostics/bundle",
+            "r-4",
+            serde_json::json!({"url": url, "bucket": "b"}),
+            "`args.bucket` is not an argument of diagnostics/bundle",
+        ),
+        (
+            "diagnostics/bundle",
+            "r-5",
+            serde_json::json!({"url": url, "since": "1h", "until": "2h"}),
+            "`args.since` is after `args.until`",
+        ),
+        ("diagnostics/bundle", "r-6", serde_json::json!({"url": "ftp://127.0.0.1/x"}), "the scheme is ftp"),
+        ("config/set", "r-7", serde_json::json!({"key": "log.level", "value": "loud=="}), "log.level"),
+        (
+            "config/set",
+            "r-8",
+            serde_json::json!({"key": "telemetry.qos", "value": 1, "revert_after_s": 5}),
+            "applies to log.level only",
+        ),
+        (
+            "config/set",
+            "r-9",
+            serde_json::json!({"key": "log.level", "value": "debug", "revert_after_s": 0}),
+            "use 1 to 604800",
+        ),
+    ] {
+        let all = command(&running, cmd, id, args);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0]["state"], "rejected", "{all:?}");
+        let error = all[0]["error"].as_str().unwrap();
+        assert!(error.contains(why), "{id}: {error}");
+    }
+
+    // The errors alone: a small archive holding only ERROR lines.
+    let all = command(&running, "logs/upload", "l-1", serde_json::json!({"url": url, "level": "error"}));
+    let last = all.last().unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert_eq!(last["result"]["files"], serde_json::json!(["logs/agent.jsonl", "manifest.json"]));
+    let got = std::mem::take(&mut server.lock().unwrap().bytes);
+    let archive = running.dir.path().join("errors.tar.gz");
+    std::fs::write(&archive, &got).unwrap();
+    let out = running.dir.path().join("errors");
+    untar(&archive, &out);
+    let log = std::fs::read_to_string(out.join("logs/agent.jsonl")).unwrap();
+    assert!(log.lines().all(|l| l.contains("\"level\":\"ERROR\"")), "only errors");
+    let errors = log.lines().filter(|l| l.contains("\"target\":\"prefill\"")).count();
+    assert_eq!(errors, lines.div_ceil(100));
+    assert_eq!(last["result"]["log_lines"].as_u64(), Some(log.lines().count() as u64));
+
+    // The whole log does not fit in 1 MB: a clear failure, nothing left behind.
+    server.lock().unwrap().complete = false;
+    let all = command(&running, "diagnostics/bundle", "l-2", serde_json::json!({"url": url}));
+    let last = all.last().unwrap();
+    assert_eq!(last["state"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(error.contains("larger than 1048576 bytes (log.upload_max_mb)"), "{error}");
+    assert!(server.lock().unwrap().bytes.is_empty(), "nothing was sent");
+    assert!(
+        std::fs::read_dir(running.dir.path().join("state/uploads")).unwrap().next().is_none(),
+        "the partial archive is removed"
+    );
+
+    // Run-time log level: no debug lines at `info`, then debug for 2 s, then back.
+    command(&running, "ping", "p-1", serde_json::json!({}));
+    running.agent.wait_log("\"id\":\"p-1\"", secs(10));
+    assert!(!logged(&running.agent, &["command received", "p-1"]), "no debug line at info");
+    let all = command(
+        &running,
+        "config/set",
+        "s-1",
+        serde_json::json!({"key": "log.level", "value": "debug", "revert_after_s": 2}),
+    );
+    let last = all.last().unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert_eq!(last["result"]["previous"], "info");
+    assert_eq!(last["result"]["revert_to"], "info");
+    assert!(last["result"].get("persisted").is_none(), "a temporary level is not persisted");
+    let events = &running.subs[1];
+    events.wait_for("the change event", secs(10), |_, p| {
+        p.contains("log-level-changed") && p.contains("\"level\":\"debug\"")
+    });
+    let status = command(&running, "status", "st-1", serde_json::json!({}));
+    let log_status = &status.last().unwrap()["result"]["log"];
+    assert_eq!(log_status["level"], "debug", "{log_status}");
+    assert_eq!(log_status["revert_to"], "info", "{log_status}");
+    assert!(log_status["revert_at"].is_string(), "{log_status}");
+    command(&running, "ping", "p-2", serde_json::json!({}));
+    running.agent.wait_log("\"id\":\"p-2\"", secs(10));
+    assert!(logged(&running.agent, &["command received", "\"id\":\"p-2\""]), "debug lines at debug");
+    assert!(
+        std::fs::read_to_string(running.dir.path().join("state/log/agent.log"))
+            .unwrap()
+            .contains("command received"),
+        "the own log has them too"
+    );
+    events.wait_for("the revert event", secs(20), |_, p| {
+        p.contains("log-level-changed") && p.contains("\"reverted\":true")
+    });
+    command(&running, "ping", "p-3", serde_json::json!({}));
+    running.agent.wait_log("\"id\":\"p-3\"", secs(10));
+    assert!(!logged(&running.agent, &["command received", "\"id\":\"p-3\""]), "back at info");
+    let status = command(&running, "status", "st-2", serde_json::json!({}));
+    assert_eq!(status.last().unwrap()["result"]["log"]["level"], "info");
     running.agent.stop();
 }

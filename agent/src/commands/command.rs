@@ -114,7 +114,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         Command::Status => super::status::run(ctx),
         Command::ModelsList => super::models_list::run(ctx),
         Command::ConfigGet(answer) => super::config_get::run(answer),
-        Command::ConfigSet(checked) => config_set::run(checked, ctx),
+        Command::ConfigSet(checked) => config_set::run(checked, ctx).await,
         Command::Diagnostics => super::diagnostics::run(ctx, progress).await,
         Command::UpdateCheck(check) => match update_task(ctx, progress).await {
             Some(ota) => outcome(check.run(ota).await),

@@ -62,6 +62,8 @@ pub struct Context {
     pub capture: crate::config::CaptureSection,
     /// `[log]`: the archive limit of `logs/upload` and `diagnostics/bundle`.
     pub log: crate::config::LogSection,
+    /// Where `config/set log.level` reports its change (and its revert).
+    pub events: crate::events::Events,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }
@@ -187,6 +189,7 @@ async fn handle(msg: CommandMsg, replier: &Replier<'_>, ctx: &Context, seen: &mu
         Ok(r) => r,
         Err(r) => return reject(replier, &name, r.id, r.error).await,
     };
+    tracing::debug!(command = %crate::mqtt::excerpt(&name, 64), id = %req.id, "command received");
     if let Some(previous) = seen.get(&req.id) {
         tracing::info!(command = %crate::mqtt::excerpt(&name, 64), id = %req.id,
             "repeated command id: sending the recorded reply");

@@ -77,6 +77,7 @@ kinds! {
     RequestFailed => "request-failed", "request failed";
     FallbackEngaged => "fallback-engaged", "cloud fallback engaged";
     FallbackCleared => "fallback-cleared", "cloud fallback cleared";
+    LogLevelChanged => "log-level-changed", "log level changed";
     // The MQTT link.
     SpoolOverflow => "spool-overflow", "spool overflow";
     MessageOversize => "message-oversize", "oversized message";

@@ -186,12 +186,35 @@ static LEVEL: OnceLock<Level> = OnceLock::new();
 
 struct Level {
     handle: reload::Handle<EnvFilter, Registry>,
-    current: std::sync::Mutex<String>,
+    state: std::sync::Mutex<LevelState>,
+}
+
+struct LevelState {
+    filter: String,
+    /// Bumped by each change, so that a pending revert of an older one does nothing.
+    generation: u64,
+    /// The filter a temporary change goes back to, and when.
+    revert: Option<(String, std::time::SystemTime)>,
+}
+
+/// The log level as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogStatus {
+    /// The filter in force.
+    pub level: String,
+    /// When a temporary level goes back (RFC 3339), and to what.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_to: Option<String>,
+    /// Lines the own log dropped because its writer fell behind, since start.
+    pub dropped_lines: u64,
 }
 
 /// Keeps the reload handle of the logging set up at start (`cli::init_logging`).
 pub fn keep_handle(handle: reload::Handle<EnvFilter, Registry>, level: &str) {
-    let _ = LEVEL.set(Level { handle, current: std::sync::Mutex::new(level.to_string()) });
+    let state = LevelState { filter: level.to_string(), generation: 0, revert: None };
+    let _ = LEVEL.set(Level { handle, state: std::sync::Mutex::new(state) });
 }
 
 /// Why the level could not change.
@@ -205,18 +228,64 @@ pub enum LevelError {
     NoHandle,
 }
 
-/// Changes the level filter of the running process; returns the one it replaces.
-pub fn set_level(filter: &str) -> Result<String, LevelError> {
-    let new = EnvFilter::try_new(filter).map_err(|_| LevelError::Filter(filter.to_string()))?;
-    let level = LEVEL.get().ok_or(LevelError::NoHandle)?;
-    level.handle.reload(new).map_err(|_| LevelError::NoHandle)?;
-    let mut current = level.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    Ok(std::mem::replace(&mut current, filter.to_string()))
+/// A change made by [`set_level`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    pub previous: String,
+    /// What [`revert`] takes to undo this change (and no later one).
+    pub generation: u64,
+    /// The filter a temporary change goes back to.
+    pub revert_to: Option<String>,
 }
 
-/// The level filter in force, when logging was set up by edge-agent.
-pub fn current_level() -> Option<String> {
-    LEVEL.get().map(|l| l.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+/// Changes the level filter of the running process, for good or (with `revert_at`)
+/// until [`revert`] is called with the returned generation. A temporary change made
+/// over another goes back to the level before the first.
+pub fn set_level(filter: &str, revert_at: Option<std::time::SystemTime>) -> Result<Changed, LevelError> {
+    let new = EnvFilter::try_new(filter).map_err(|_| LevelError::Filter(filter.to_string()))?;
+    let level = LEVEL.get().ok_or(LevelError::NoHandle)?;
+    let mut state = level.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    level.handle.reload(new).map_err(|_| LevelError::NoHandle)?;
+    let previous = std::mem::replace(&mut state.filter, filter.to_string());
+    state.generation += 1;
+    state.revert = revert_at.map(|at| {
+        let to = state.revert.take().map_or_else(|| previous.clone(), |(to, _)| to);
+        (to, at)
+    });
+    Ok(Changed {
+        previous,
+        generation: state.generation,
+        revert_to: state.revert.as_ref().map(|r| r.0.clone()),
+    })
+}
+
+/// Undoes the temporary change of `generation` if no other change came since; returns
+/// the filter it went back to.
+pub fn revert(generation: u64) -> Option<String> {
+    let level = LEVEL.get()?;
+    let mut state = level.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if state.generation != generation {
+        return None;
+    }
+    let (to, _) = state.revert.take()?;
+    // The filter was in force before, so it parses; fall back to `info` all the same.
+    let filter = EnvFilter::try_new(&to).unwrap_or_else(|_| EnvFilter::new("info"));
+    level.handle.reload(filter).ok()?;
+    state.filter = to.clone();
+    state.generation += 1;
+    Some(to)
+}
+
+/// The log level and the own log's losses, when logging was set up by edge-agent.
+pub fn status() -> Option<LogStatus> {
+    let level = LEVEL.get()?;
+    let state = level.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    Some(LogStatus {
+        level: state.filter.clone(),
+        revert_at: state.revert.as_ref().map(|(_, at)| humantime::format_rfc3339_seconds(*at).to_string()),
+        revert_to: state.revert.as_ref().map(|(to, _)| to.clone()),
+        dropped_lines: dropped(),
+    })
 }
 
 #[cfg(test)]

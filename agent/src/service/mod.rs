@@ -543,6 +543,7 @@ fn serve_mqtt(
         fallback: parts.fallback.clone(),
         capture: config.capture.clone(),
         log: config.log.clone(),
+        events: Events::log_only().publish_to(Arc::new(handle.clone())),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
