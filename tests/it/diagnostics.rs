@@ -329,3 +329,78 @@ fn bad_args_and_oversize_are_refused_and_the_log_level_changes_and_reverts_at_ru
     assert_eq!(status.last().unwrap()["result"]["log"]["level"], "info");
     running.agent.stop();
 }
+
+/// On the device, without the daemon: `edge-agent logs` prints the own log filtered
+/// (JSON as stored, or a line per event for a person), refuses a bad level as a usage
+/// error, and `edge-agent diagnostics bundle --out` writes an archive `tar` opens,
+/// holding the documented files, no secret, and saying why there is no status.
+#[test]
+fn logs_and_diagnostics_bundle_work_on_the_device_without_the_daemon() {
+    let dir = tempdir();
+    let model = crate::common::mqtt_agent::flat_model(dir.path());
+    let config = crate::common::mqtt_agent::write_config(dir.path(), 1, &model, "", &extra(dir.path(), ""));
+    let lines = fill_log(&dir.path().join("state/log/agent.log"), 200_000, 10, 3);
+    let config = config.to_str().unwrap();
+
+    let out = run(&["logs", "--config", config, "--level", "error", "--json"], secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), lines.div_ceil(10));
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["level"], "ERROR");
+    }
+    let out = run(&["logs", "--config", config, "--level", "warn"], secs(30));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.lines().next().unwrap().contains(" ERROR prefill: filler "), "{}", &text[..200]);
+    let out = run(&["logs", "--config", config, "--level", "loud"], secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`--level`: `loud` is not a level"));
+
+    let archive = dir.path().join("bundle.tar.gz");
+    let out = run(
+        &[
+            "diagnostics",
+            "bundle",
+            "--config",
+            config,
+            "--out",
+            archive.to_str().unwrap(),
+            "--since",
+            "1h",
+            "--json",
+        ],
+        secs(60),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["bytes"].as_u64(), Some(std::fs::metadata(&archive).unwrap().len()));
+    assert_eq!(result["log_lines"].as_u64(), Some(lines as u64));
+    let extracted = dir.path().join("bundle");
+    let mut names = untar(&archive, &extracted);
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "config.toml",
+            "doctor.json",
+            "logs/agent.jsonl",
+            "manifest.json",
+            "ota.json",
+            "spool.json",
+            "status.json",
+            "versions.json"
+        ]
+    );
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(extracted.join("status.json")).unwrap()).unwrap();
+    assert!(status["error"].as_str().unwrap().contains("no status"), "{status}");
+    let doctor: Value =
+        serde_json::from_slice(&std::fs::read(extracted.join("doctor.json")).unwrap()).unwrap();
+    assert!(doctor["checks"].as_array().is_some_and(|c| !c.is_empty()), "{doctor}");
+    for (name, bytes) in files_in(&extracted) {
+        for secret in [PASSWORD, TOKEN] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} in {name}");
+        }
+    }
+}

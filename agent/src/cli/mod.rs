@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod diagnostics;
 pub mod doctor;
 mod infer;
 mod input;
@@ -64,6 +65,11 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Check a device's setup without the daemon: config, state dir, models, clock, API.
     Doctor(doctor::DoctorArgs),
+    /// Print the agent's own log (time range and level filters), from its state directory.
+    Logs(diagnostics::LogsArgs),
+    /// Write a support bundle of logs, redacted configuration, status and checks.
+    #[command(subcommand)]
+    Diagnostics(diagnostics::DiagnosticsCommand),
     /// Look inside the MQTT spool; decode compact (postcard) telemetry.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
@@ -89,6 +95,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => run::daemon(args, true),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Logs(args) => diagnostics::logs(args),
+        Command::Diagnostics(cmd) => diagnostics::run(cmd),
         Command::Spool(cmd) => spool::run(cmd),
         Command::Samples(cmd) => samples::run(cmd),
         Command::Update(cmd) => update::run(cmd),

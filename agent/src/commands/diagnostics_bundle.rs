@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use reqwest::Url;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::args::Args;
 use super::{Context, Outcome, Progress};
@@ -99,41 +99,16 @@ pub fn prepare(args: DiagnosticsBundleArgs, ctx: &Context) -> Result<Checked, St
     check(DiagnosticsBundleArgs::COMMAND, true, args, ctx)
 }
 
-/// The files of a bundle besides the log: gathered from the running agent.
-pub async fn gather(ctx: &Context) -> Vec<(String, Vec<u8>)> {
-    let status = (ctx.status)();
-    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
-    let status_json = serde_json::to_value(&status).unwrap_or(Value::Null);
-    let mut files = Vec::new();
-    match std::fs::read_to_string(&ctx.config_file) {
-        Ok(text) => match bundle::redact_config(&text) {
-            Ok(redacted) => files.push(("config.toml".to_string(), redacted.into_bytes())),
-            Err(why) => files.push(("config.toml.missing".to_string(), why.into_bytes())),
-        },
-        Err(e) => {
-            files.push(("config.toml.missing".to_string(), format!("cannot read it: {e}").into_bytes()))
-        }
-    }
-    let overlay = crate::config::runtime::overlay_path(&ctx.state_dir);
-    if let Ok(text) = std::fs::read_to_string(&overlay) {
-        // Only runtime keys (levels, intervals) go there, never secrets; redacted anyway.
-        let text = bundle::redact_config(&text).unwrap_or_default();
-        files.push(("runtime.toml".to_string(), text.into_bytes()));
-    }
-    files.push(("status.json".to_string(), pretty(&status_json)));
+/// The files of a bundle besides the log, gathered from the running agent.
+async fn gather(ctx: &Context) -> Vec<(String, Vec<u8>)> {
+    let status = serde_json::to_value((ctx.status)()).map_err(|e| e.to_string());
     let file = ctx.config_file.clone();
     // The checks load every model again and probe the network: blocking work.
     let doctor = match tokio::task::spawn_blocking(move || crate::diagnostics::run(&file)).await {
         Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
         Err(e) => json!({"error": format!("the checks stopped: {e}")}),
     };
-    files.push(("doctor.json".to_string(), pretty(&doctor)));
-    files.push(("spool.json".to_string(), pretty(&status_json["mqtt"])));
-    files.push(("ota.json".to_string(), pretty(&status_json["ota"])));
-    let models: Map<String, Value> =
-        status.models.iter().map(|(name, m)| (name.clone(), Value::String(m.version.clone()))).collect();
-    files.push(("versions.json".to_string(), pretty(&bundle::versions(&models))));
-    files
+    bundle::files(&ctx.config_file, &ctx.state_dir, status, doctor)
 }
 
 /// Packs, uploads, reports.
@@ -145,13 +120,8 @@ pub async fn run(checked: Checked, ctx: &Context, progress: &Progress<'_>) -> Ou
     clear_leftovers(&work);
     let archive: PathBuf = work.join(format!("{kind}-{}.tar.gz", progress.id()));
     let files = if bundle { gather(ctx).await } else { Vec::new() };
-    let mut manifest = Map::new();
-    manifest.insert("kind".into(), json!(kind));
-    manifest
-        .insert("created".into(), json!(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()));
-    manifest.insert("device".into(), json!((ctx.status)().device));
-    manifest.insert("selection".into(), selection);
-    manifest.insert("log_source".into(), json!(crate::logs::dir(&ctx.state_dir)));
+    let device = (ctx.status)().device;
+    let mut manifest = bundle::manifest(kind, &device, selection, &ctx.state_dir);
     manifest.insert("log_lines_dropped_since_start".into(), json!(crate::logs::dropped()));
     let contents = Contents { logs: crate::logs::dir(&ctx.state_dir), filter, files, manifest };
     let limit = ctx.log.upload_max_mb.saturating_mul(1024 * 1024);

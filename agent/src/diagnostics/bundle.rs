@@ -199,6 +199,60 @@ fn without_credentials(text: &str) -> Option<String> {
     Some(url.to_string())
 }
 
+/// The files of a bundle besides the log: the configuration file (redacted) and the
+/// runtime overlay, `status` (or why there is none), the `doctor` report, the spool
+/// summary and the model update state (parts of the status), the versions.
+pub fn files(
+    config_file: &Path,
+    state_dir: &Path,
+    status: Result<Value, String>,
+    doctor: Value,
+) -> Vec<(String, Vec<u8>)> {
+    let pretty = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut files = Vec::new();
+    match std::fs::read_to_string(config_file) {
+        Ok(text) => match redact_config(&text) {
+            Ok(redacted) => files.push(("config.toml".to_string(), redacted.into_bytes())),
+            Err(why) => files.push(("config.toml.missing".to_string(), why.into_bytes())),
+        },
+        Err(e) => {
+            files.push(("config.toml.missing".to_string(), format!("cannot read it: {e}").into_bytes()))
+        }
+    }
+    let overlay = crate::config::runtime::overlay_path(state_dir);
+    if let Ok(text) = std::fs::read_to_string(&overlay) {
+        // Only runtime keys (levels, intervals) go there, never secrets; redacted anyway.
+        let text = redact_config(&text).unwrap_or_default();
+        files.push(("runtime.toml".to_string(), text.into_bytes()));
+    }
+    let status = status.unwrap_or_else(|why| json!({"error": why}));
+    files.push(("status.json".to_string(), pretty(&status)));
+    files.push(("doctor.json".to_string(), pretty(&doctor)));
+    files.push(("spool.json".to_string(), pretty(&status["mqtt"])));
+    files.push(("ota.json".to_string(), pretty(&status["ota"])));
+    let models: Map<String, Value> = status["models"]
+        .as_object()
+        .map(|m| m.iter().map(|(name, s)| (name.clone(), s["version"].clone())).collect())
+        .unwrap_or_default();
+    files.push(("versions.json".to_string(), pretty(&versions(&models))));
+    files
+}
+
+/// The manifest's first fields: what the archive is, when, of which device, which log
+/// lines were asked for and from where.
+pub fn manifest(kind: &str, device: &str, selection: Value, state_dir: &Path) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("kind".into(), json!(kind));
+    m.insert(
+        "created".into(),
+        json!(humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+    );
+    m.insert("device".into(), json!(device));
+    m.insert("selection".into(), selection);
+    m.insert("log_source".into(), json!(crate::logs::dir(state_dir)));
+    m
+}
+
 /// The versions of what runs: the agent, the models, the system.
 pub fn versions(models: &Map<String, Value>) -> Value {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|t| t.trim().to_string());
