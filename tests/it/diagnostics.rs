@@ -404,3 +404,77 @@ fn logs_and_diagnostics_bundle_work_on_the_device_without_the_daemon() {
         }
     }
 }
+
+/// Under systemd (`JOURNAL_STREAM` and `INVOCATION_ID` set) `logs/upload` takes the
+/// journal: `journalctl -u UNIT -o json` for the time range, its entries turned into
+/// log lines (a JSON line kept, a text line given its level), the level filter applied.
+/// When journalctl fails, the own log is the source and the manifest says why.
+#[test]
+fn under_systemd_the_journal_is_the_source_and_the_own_log_the_fallback() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = MqttSetup::new();
+    let bin = setup.dir().join("fakebin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = setup.dir().join("journalctl.args");
+    let fail = setup.dir().join("journalctl.fail");
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros();
+    let now = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+    let own = format!(
+        r#"{{"timestamp":"{now}","level":"ERROR","message":"from the journal as json","target":"edge_agent"}}"#
+    );
+    let own = own.as_str();
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{calls}'\nif [ -e '{fail}' ]; then echo 'No journal files were found.' >&2; exit 1; fi\n\
+         cat <<'EOF2'\n{}\n{}\n{}\nnot json at all\nEOF2\n",
+        serde_json::json!({"MESSAGE": own, "__REALTIME_TIMESTAMP": now_us.to_string(), "PRIORITY": "6"}),
+        serde_json::json!({"MESSAGE": "2026-12-07T10:00:01Z  WARN edge_agent: journal text warning", "__REALTIME_TIMESTAMP": now_us.to_string(), "PRIORITY": "6"}),
+        serde_json::json!({"MESSAGE": "journal info line", "__REALTIME_TIMESTAMP": now_us.to_string(), "PRIORITY": "6"}),
+        calls = calls.display(),
+        fail = fail.display(),
+    );
+    std::fs::write(bin.join("journalctl"), script).unwrap();
+    std::fs::set_permissions(bin.join("journalctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let setup = setup.env("PATH", &path).env("JOURNAL_STREAM", "8:12345").env("INVOCATION_ID", "0123abcd");
+    let running = setup.start(["edge/dev1/cmd/#"]);
+    let (port, server) = upload_server(0, None);
+    let url = format!("http://127.0.0.1:{port}/ok");
+
+    let last = command(
+        &running,
+        "logs/upload",
+        "j-1",
+        serde_json::json!({"url": url, "level": "warn", "since": "1h"}),
+    )
+    .pop()
+    .unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let archive = running.dir.path().join("j1.tar.gz");
+    std::fs::write(&archive, std::mem::take(&mut server.lock().unwrap().bytes)).unwrap();
+    let out = running.dir.path().join("j1");
+    untar(&archive, &out);
+    let log = std::fs::read_to_string(out.join("logs/agent.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "the error and the warning, not the info line: {log}");
+    assert_eq!(log.lines().next().unwrap(), own);
+    assert!(log.contains("journal text warning") && log.contains("\"level\":\"WARN\""), "{log}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["log_source"].as_str().unwrap().starts_with("journal of "), "{manifest}");
+    let args = std::fs::read_to_string(&calls).unwrap();
+    assert!(args.contains("-u ") && args.contains("-o json") && args.contains("--since=@"), "{args}");
+
+    // journalctl fails: the own log instead, and the manifest says why.
+    std::fs::write(&fail, "").unwrap();
+    server.lock().unwrap().complete = false;
+    let last = command(&running, "logs/upload", "j-2", serde_json::json!({"url": url})).pop().unwrap();
+    assert_eq!(last["state"], "succeeded", "{last}");
+    let archive = running.dir.path().join("j2.tar.gz");
+    std::fs::write(&archive, std::mem::take(&mut server.lock().unwrap().bytes)).unwrap();
+    let out = running.dir.path().join("j2");
+    untar(&archive, &out);
+    let log = std::fs::read_to_string(out.join("logs/agent.jsonl")).unwrap();
+    assert!(!log.contains("from the journal") && log.contains("\"target\":\"edge_agent"), "{log}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let source = manifest["log_source"].as_str().unwrap();
+    assert!(source.contains("state/log") && source.contains("No journal files were found"), "{source}");
+    running.agent.stop();
+}

@@ -170,8 +170,9 @@ pub fn run(cmd: DiagnosticsCommand) -> anyhow::Result<ExitCode> {
     say("running the doctor checks ...");
     let doctor = serde_json::to_value(crate::diagnostics::run(&args.config)).unwrap_or(Value::Null);
     let files = bundle::files(&args.config, &config.state_dir, status, doctor);
-    let manifest = bundle::manifest("diagnostics", &config.device_id, selection, &config.state_dir);
-    let contents = Contents { logs: crate::logs::dir(&config.state_dir), filter, files, manifest };
+    let manifest = bundle::manifest("diagnostics", &config.device_id, selection);
+    let contents =
+        Contents { logs: crate::logs::dir(&config.state_dir), filter, journal: None, files, manifest };
     say("packing ...");
     let limit = config.log.upload_max_mb.saturating_mul(1024 * 1024);
     let packed = bundle::pack(&args.out, &contents, limit)?;

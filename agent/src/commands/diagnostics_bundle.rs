@@ -121,9 +121,11 @@ pub async fn run(checked: Checked, ctx: &Context, progress: &Progress<'_>) -> Ou
     let archive: PathBuf = work.join(format!("{kind}-{}.tar.gz", progress.id()));
     let files = if bundle { gather(ctx).await } else { Vec::new() };
     let device = (ctx.status)().device;
-    let mut manifest = bundle::manifest(kind, &device, selection, &ctx.state_dir);
+    let mut manifest = bundle::manifest(kind, &device, selection);
     manifest.insert("log_lines_dropped_since_start".into(), json!(crate::logs::dropped()));
-    let contents = Contents { logs: crate::logs::dir(&ctx.state_dir), filter, files, manifest };
+    // Under systemd the journal has every line, the ones from before the own log too.
+    let journal = crate::logs::journal::in_use().then(crate::logs::journal::unit);
+    let contents = Contents { logs: crate::logs::dir(&ctx.state_dir), filter, journal, files, manifest };
     let limit = ctx.log.upload_max_mb.saturating_mul(1024 * 1024);
     let path = archive.clone();
     let packed = match tokio::task::spawn_blocking(move || bundle::pack(&path, &contents, limit)).await {

@@ -56,6 +56,9 @@ pub struct Contents {
     /// The own log's directory, and which of its lines.
     pub logs: PathBuf,
     pub filter: Filter,
+    /// Under systemd, the unit whose journal is the log source instead (the own log
+    /// when journalctl cannot be run).
+    pub journal: Option<String>,
     /// Other files: name in the archive, bytes.
     pub files: Vec<(String, Vec<u8>)>,
     /// `manifest.json`'s fields; `log_lines` and `files` are added.
@@ -86,19 +89,12 @@ fn write_archive(archive: &Path, contents: &Contents, limit: u64) -> Result<Pack
     // The log lines are staged in a file first: a tar entry needs its size up front,
     // and the active log file grows while it is read.
     let staged = staged_log(archive);
-    let copied = {
-        let file = std::fs::File::create(&staged)
-            .map_err(|source| PackError::Write { path: staged.clone(), source })?;
-        let mut out = std::io::BufWriter::new(file);
-        let copied = read::copy(&contents.logs, &contents.filter, &mut out)
-            .map_err(|source| PackError::Read { dir: contents.logs.clone(), source })?;
-        out.flush().map_err(|source| PackError::Write { path: staged.clone(), source })?;
-        copied
-    };
+    let (copied, source) = stage_log(contents, &staged)?;
     let mut names: Vec<String> = vec![LOG_NAME.to_string()];
     names.extend(contents.files.iter().map(|(n, _)| n.clone()));
     names.push("manifest.json".into());
     let mut manifest = contents.manifest.clone();
+    manifest.insert("log_source".into(), json!(source));
     manifest.insert("log_lines".into(), json!(copied.lines));
     manifest.insert("files".into(), json!(names));
     let manifest = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
@@ -139,6 +135,39 @@ fn write_archive(archive: &Path, contents: &Contents, limit: u64) -> Result<Pack
     let (out, sha256) = hashing.finish();
     out.get_ref().sync_all().map_err(write_error)?;
     Ok(Packed { bytes, sha256, log_lines: copied.lines, names })
+}
+
+/// Writes the selected log lines to `staged`: from the journal when asked and it can be
+/// read, else from the own log. Returns what was copied and a word on where from.
+fn stage_log(contents: &Contents, staged: &Path) -> Result<(read::Copied, String), PackError> {
+    let create = || {
+        std::fs::File::create(staged)
+            .map(std::io::BufWriter::new)
+            .map_err(|source| PackError::Write { path: staged.to_path_buf(), source })
+    };
+    let mut fell_back = None;
+    if let Some(unit) = &contents.journal {
+        let mut out = create()?;
+        match crate::logs::journal::copy(unit, &contents.filter, &mut out).and_then(|c| {
+            out.flush().map_err(crate::logs::journal::JournalError::Write)?;
+            Ok(c)
+        }) {
+            Ok(copied) => return Ok((copied, format!("journal of {unit}"))),
+            Err(e) => {
+                tracing::warn!(error = %e, "the journal could not be read; the archive takes the agent's own log");
+                fell_back = Some(e.to_string());
+            }
+        }
+    }
+    let mut out = create()?;
+    let copied = read::copy(&contents.logs, &contents.filter, &mut out)
+        .map_err(|source| PackError::Read { dir: contents.logs.clone(), source })?;
+    out.flush().map_err(|source| PackError::Write { path: staged.to_path_buf(), source })?;
+    let source = match fell_back {
+        Some(why) => format!("{} (the journal could not be read: {why})", contents.logs.display()),
+        None => contents.logs.display().to_string(),
+    };
+    Ok((copied, source))
 }
 
 /// The configuration file's text with its secrets redacted (see the module's rule), or
@@ -239,8 +268,8 @@ pub fn files(
 }
 
 /// The manifest's first fields: what the archive is, when, of which device, which log
-/// lines were asked for and from where.
-pub fn manifest(kind: &str, device: &str, selection: Value, state_dir: &Path) -> Map<String, Value> {
+/// lines were asked for.
+pub fn manifest(kind: &str, device: &str, selection: Value) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("kind".into(), json!(kind));
     m.insert(
@@ -249,7 +278,6 @@ pub fn manifest(kind: &str, device: &str, selection: Value, state_dir: &Path) ->
     );
     m.insert("device".into(), json!(device));
     m.insert("selection".into(), selection);
-    m.insert("log_source".into(), json!(crate::logs::dir(state_dir)));
     m
 }
 

@@ -9,6 +9,7 @@
 //! its share of the bound, shifts `agent.log.1 .. agent.log.{N-1}` up by one (the oldest
 //! falls off) and starts a new `agent.log`.
 
+pub mod journal;
 pub mod read;
 
 use std::fs::File;
