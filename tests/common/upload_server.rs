@@ -1,5 +1,9 @@
 //! A resumable-upload server on loopback for the upload commands' tests
-//! (`samples/upload`, `logs/upload`, `diagnostics/bundle`).
+//! (`samples/upload`, `logs/upload`, `diagnostics/bundle`), and those commands' replies.
+
+use serde_json::Value;
+
+use super::secs;
 
 /// What the test's upload server saw and keeps.
 #[derive(Default)]
@@ -105,4 +109,20 @@ fn serve_put<S: std::io::Read + std::io::Write>(conn: S, state: &std::sync::Mute
     };
     drop(s);
     respond(&mut reader, answer.0, answer.1);
+}
+
+/// Every reply to the command `id` on `command`'s reply topic, once its final one came.
+pub fn replies_to(replies: &super::broker::Subscription, command: &str, id: &str) -> Vec<Value> {
+    let topic = format!("edge/dev1/cmd/{command}/reply");
+    replies.wait_for(&format!("the final reply to {id}"), secs(120), |t, p| {
+        t == topic
+            && p.contains(&format!("\"id\":\"{id}\""))
+            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
+    });
+    replies
+        .messages()
+        .iter()
+        .filter(|(t, p)| *t == topic && p.contains(&format!("\"id\":\"{id}\"")))
+        .map(|(_, p)| serde_json::from_str(p).unwrap())
+        .collect()
 }

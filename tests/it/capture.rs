@@ -222,17 +222,7 @@ fn infer_refuses_a_npy_it_cannot_run() {
 
 /// Every reply to the command `id`, in order, once its final one came.
 fn replies_to(replies: &crate::common::broker::Subscription, id: &str) -> Vec<Value> {
-    replies.wait_for(&format!("the final reply to {id}"), secs(60), |t, p| {
-        t == "edge/dev1/cmd/samples/upload/reply"
-            && p.contains(&format!("\"id\":\"{id}\""))
-            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
-    });
-    replies
-        .messages()
-        .iter()
-        .filter(|(t, p)| t == "edge/dev1/cmd/samples/upload/reply" && p.contains(&format!("\"id\":\"{id}\"")))
-        .map(|(_, p)| serde_json::from_str(p).unwrap())
-        .collect()
+    crate::common::upload_server::replies_to(replies, "samples/upload", id)
 }
 
 /// `samples/upload` over a real broker to a server that cuts the connection twice: the

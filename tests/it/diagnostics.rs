@@ -14,6 +14,18 @@ const TOKEN: &str = "fallback-token-7d41c9e0a2";
 /// The MQTT password of `write_config`.
 const PASSWORD: &str = "agent-pass";
 
+/// The files of a bundle, as docs/diagnostics.md lists them (sorted).
+const BUNDLE_FILES: [&str; 8] = [
+    "config.toml",
+    "doctor.json",
+    "logs/agent.jsonl",
+    "manifest.json",
+    "ota.json",
+    "spool.json",
+    "status.json",
+    "versions.json",
+];
+
 /// `[fallback]` for the flat model with a token file, and `[log]` with `log`.
 fn extra(dir: &Path, log: &str) -> String {
     let token = dir.join("token");
@@ -51,27 +63,11 @@ fn fill_log(path: &Path, bytes: usize, error_every: usize, seed: u64) -> usize {
     lines
 }
 
-/// Every reply to the command `id` on `command`'s reply topic, once its final one came.
-fn replies_to(replies: &crate::common::broker::Subscription, command: &str, id: &str) -> Vec<Value> {
-    let topic = format!("edge/dev1/cmd/{command}/reply");
-    replies.wait_for(&format!("the final reply to {id}"), secs(120), |t, p| {
-        t == topic
-            && p.contains(&format!("\"id\":\"{id}\""))
-            && ["succeeded", "failed", "rejected"].iter().any(|s| p.contains(&format!("\"state\":\"{s}\"")))
-    });
-    replies
-        .messages()
-        .iter()
-        .filter(|(t, p)| *t == topic && p.contains(&format!("\"id\":\"{id}\"")))
-        .map(|(_, p)| serde_json::from_str(p).unwrap())
-        .collect()
-}
-
 /// Publishes a command and returns all its replies.
 fn command<const N: usize>(running: &Running<N>, command: &str, id: &str, args: Value) -> Vec<Value> {
     let request = serde_json::json!({"id": id, "args": args}).to_string();
     running.broker.publish("test", &format!("edge/dev1/cmd/{command}"), request.as_bytes(), 1, false);
-    replies_to(&running.subs[0], command, id)
+    crate::common::upload_server::replies_to(&running.subs[0], command, id)
 }
 
 /// Lists and extracts `archive` with the system's `tar`; returns the names.
@@ -146,18 +142,7 @@ fn a_50_mb_bundle_resumes_after_two_cuts_opens_with_tar_and_holds_no_secret() {
     let out = running.dir.path().join("extracted");
     let mut names = untar(&archive, &out);
     names.sort();
-    let mut expected = [
-        "config.toml",
-        "doctor.json",
-        "logs/agent.jsonl",
-        "manifest.json",
-        "ota.json",
-        "spool.json",
-        "status.json",
-        "versions.json",
-    ];
-    expected.sort();
-    assert_eq!(names, expected);
+    assert_eq!(names, BUNDLE_FILES);
     let log = std::fs::read_to_string(out.join("logs/agent.jsonl")).unwrap();
     let prefilled = log.lines().filter(|l| l.contains("\"target\":\"prefill\"")).count();
     assert_eq!(prefilled, filler, "every line of the rotated files");
@@ -379,19 +364,7 @@ fn logs_and_diagnostics_bundle_work_on_the_device_without_the_daemon() {
     let extracted = dir.path().join("bundle");
     let mut names = untar(&archive, &extracted);
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "config.toml",
-            "doctor.json",
-            "logs/agent.jsonl",
-            "manifest.json",
-            "ota.json",
-            "spool.json",
-            "status.json",
-            "versions.json"
-        ]
-    );
+    assert_eq!(names, BUNDLE_FILES);
     let status: Value =
         serde_json::from_slice(&std::fs::read(extracted.join("status.json")).unwrap()).unwrap();
     assert!(status["error"].as_str().unwrap().contains("no status"), "{status}");
