@@ -451,3 +451,50 @@ fn under_systemd_the_journal_is_the_source_and_the_own_log_the_fallback() {
     assert!(source.contains("state/log") && source.contains("No journal files were found"), "{source}");
     running.agent.stop();
 }
+
+/// The local API's `POST /diagnostics/bundle` and `POST /logs/upload`: the same
+/// arguments (named as a body names them) and the same archive, answered when the
+/// upload is done; bad bodies are 400 before anything starts.
+#[test]
+fn the_local_api_uploads_a_bundle_and_refuses_bad_bodies() {
+    let port = free_port();
+    let setup = MqttSetup::new();
+    let setup = {
+        let e = extra(setup.dir(), "");
+        setup.extra(&format!("{e}\n[api]\nlisten = \"127.0.0.1:{port}\"\n"))
+    };
+    let running = setup.start(["edge/dev1/cmd/#"]);
+    let (server_port, server) = upload_server(1, None);
+    let url = format!("http://127.0.0.1:{server_port}/ok?X-Signature=secret");
+    let post = |path: &str, body: Value| {
+        let r = http().post(&format!("http://127.0.0.1:{port}{path}")).send_json(&body).expect("POST");
+        let code = r.status().as_u16();
+        (code, r.into_body().read_json::<Value>().unwrap_or(Value::Null))
+    };
+    for (path, body, why) in [
+        (
+            "/diagnostics/bundle",
+            serde_json::json!({"url": url, "bucket": 1}),
+            "`bucket` is not an argument of diagnostics/bundle",
+        ),
+        ("/logs/upload", serde_json::json!({"url": url, "level": "loud"}), "`level`: `loud` is not a level"),
+        ("/logs/upload", serde_json::json!({}), "logs/upload needs `url`"),
+    ] {
+        let (code, v) = post(path, body);
+        assert_eq!(code, 400, "{v}");
+        assert!(v.to_string().contains(why), "{path}: {v}");
+    }
+    let (code, v) = post("/diagnostics/bundle", serde_json::json!({"url": url, "since": "1h"}));
+    assert_eq!(code, 200, "{v}");
+    let got = server.lock().unwrap();
+    assert!(got.complete && got.cuts_left == 0);
+    assert_eq!(v["bytes"].as_u64(), Some(got.bytes.len() as u64));
+    let digest = ring::digest::digest(&ring::digest::SHA256, &got.bytes);
+    assert_eq!(v["sha256"].as_str(), Some(hex::encode(digest).as_str()));
+    assert!(v["resumed"].as_u64().unwrap() >= 1, "{v}");
+    let mut files: Vec<String> = serde_json::from_value(v["files"].clone()).unwrap();
+    files.sort();
+    assert_eq!(files, BUNDLE_FILES);
+    drop(got);
+    running.agent.stop();
+}

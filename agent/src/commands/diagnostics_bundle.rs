@@ -8,7 +8,7 @@
 //! The archive is written to `<state_dir>/uploads/` first, within `log.upload_max_mb`
 //! (past it the command fails saying so), and removed when the command ends.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use reqwest::Url;
@@ -78,62 +78,95 @@ pub fn selection(
 }
 
 /// Checks the arguments of `command` (`logs/upload` or `diagnostics/bundle`).
-pub(super) fn check(
+pub fn check(
     command: &str,
     bundle: bool,
     args: DiagnosticsBundleArgs,
-    ctx: &Context,
+    ca_file: Option<&Path>,
 ) -> Result<Checked, String> {
     let Some(text) = args.url else {
         return Err(format!("{command} needs `args.url`, an http(s) URL to PUT the archive to"));
     };
     let url = upload::parse_url(&text).map_err(|e| format!("`args.url`: {e}"))?;
     let (filter, selection) = selection(args.since.as_deref(), args.until.as_deref(), args.level.as_deref())?;
-    let uploader = Uploader::new(&url, ctx.capture.ca_file.as_deref(), upload::Limits::default())
-        .map_err(|e| e.to_string())?;
+    let uploader = Uploader::new(&url, ca_file, upload::Limits::default()).map_err(|e| e.to_string())?;
     Ok(Checked { bundle, url, filter, selection, uploader })
 }
 
 /// Checks the arguments.
 pub fn prepare(args: DiagnosticsBundleArgs, ctx: &Context) -> Result<Checked, String> {
-    check(DiagnosticsBundleArgs::COMMAND, true, args, ctx)
+    check(DiagnosticsBundleArgs::COMMAND, true, args, ctx.capture.ca_file.as_deref())
 }
 
+/// What making and sending an archive needs of the running agent: the same for the MQTT
+/// commands and the local API.
+pub struct Setup<'a> {
+    pub config_file: &'a Path,
+    pub state_dir: &'a Path,
+    pub upload_max_mb: u64,
+    pub status: &'a (dyn Fn() -> crate::service::status::Status + Send + Sync),
+}
+
+/// One archive at a time, whoever asks (MQTT commands run one at a time, the API's
+/// requests do not): each run clears the leftovers of crashed ones.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The files of a bundle besides the log, gathered from the running agent.
-async fn gather(ctx: &Context) -> Vec<(String, Vec<u8>)> {
-    let status = serde_json::to_value((ctx.status)()).map_err(|e| e.to_string());
-    let file = ctx.config_file.clone();
+async fn gather(setup: &Setup<'_>) -> Vec<(String, Vec<u8>)> {
+    let status = serde_json::to_value((setup.status)()).map_err(|e| e.to_string());
+    let file = setup.config_file.to_path_buf();
     // The checks load every model again and probe the network: blocking work.
     let doctor = match tokio::task::spawn_blocking(move || crate::diagnostics::run(&file)).await {
         Ok(report) => serde_json::to_value(report).unwrap_or(Value::Null),
         Err(e) => json!({"error": format!("the checks stopped: {e}")}),
     };
-    bundle::files(&ctx.config_file, &ctx.state_dir, status, doctor)
+    bundle::files(setup.config_file, setup.state_dir, status, doctor)
 }
 
-/// Packs, uploads, reports.
+/// Packs, uploads, reports (through `progress`).
 pub async fn run(checked: Checked, ctx: &Context, progress: &Progress<'_>) -> Outcome {
     progress.report(0.0).await;
+    let setup = Setup {
+        config_file: &ctx.config_file,
+        state_dir: &ctx.state_dir,
+        upload_max_mb: ctx.log.upload_max_mb,
+        status: &*ctx.status,
+    };
+    match send(checked, &setup, progress.id(), Some(progress)).await {
+        Ok(result) => Outcome::Succeeded(result),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// Packs the archive (named after `id`), uploads it with `running` replies to
+/// `progress` if any, and returns the result.
+pub async fn send(
+    checked: Checked,
+    setup: &Setup<'_>,
+    id: &str,
+    progress: Option<&Progress<'_>>,
+) -> Result<Value, String> {
+    let _one = ONE_AT_A_TIME.lock().await;
     let Checked { bundle, url, filter, selection, uploader } = checked;
     let kind = if bundle { "diagnostics" } else { "logs" };
-    let work = ctx.state_dir.join("uploads");
+    let work = setup.state_dir.join("uploads");
     clear_leftovers(&work);
-    let archive: PathBuf = work.join(format!("{kind}-{}.tar.gz", progress.id()));
-    let files = if bundle { gather(ctx).await } else { Vec::new() };
-    let device = (ctx.status)().device;
+    let archive: PathBuf = work.join(format!("{kind}-{id}.tar.gz"));
+    let files = if bundle { gather(setup).await } else { Vec::new() };
+    let device = (setup.status)().device;
     let mut manifest = bundle::manifest(kind, &device, selection);
     manifest.insert("log_lines_dropped_since_start".into(), json!(crate::logs::dropped()));
     // Under systemd the journal has every line, the ones from before the own log too.
     let journal = crate::logs::journal::in_use().then(crate::logs::journal::unit);
-    let contents = Contents { logs: crate::logs::dir(&ctx.state_dir), filter, journal, files, manifest };
-    let limit = ctx.log.upload_max_mb.saturating_mul(1024 * 1024);
+    let contents = Contents { logs: crate::logs::dir(setup.state_dir), filter, journal, files, manifest };
+    let limit = setup.upload_max_mb.saturating_mul(1024 * 1024);
     let path = archive.clone();
     let packed = match tokio::task::spawn_blocking(move || bundle::pack(&path, &contents, limit)).await {
         Ok(Ok(p)) => p,
-        Ok(Err(e)) => return Outcome::Failed(e.to_string()),
+        Ok(Err(e)) => return Err(e.to_string()),
         Err(e) => {
             let _ = std::fs::remove_file(&archive);
-            return Outcome::Failed(format!("packing the archive stopped: {e}"));
+            return Err(format!("packing the archive stopped: {e}"));
         }
     };
     let shown = upload::redacted(&url);
@@ -141,17 +174,15 @@ pub async fn run(checked: Checked, ctx: &Context, progress: &Progress<'_>) -> Ou
     let result =
         super::samples_upload::put_with_progress(&uploader, &url, &archive, packed.bytes, progress).await;
     let _ = std::fs::remove_file(&archive);
-    match result {
-        Ok(done) => Outcome::Succeeded(json!({
-            "url": shown,
-            "bytes": packed.bytes,
-            "sha256": packed.sha256,
-            "log_lines": packed.log_lines,
-            "files": packed.names,
-            "resumed": done.resumed,
-        })),
-        Err(e) => Outcome::Failed(e.to_string()),
-    }
+    let done = result.map_err(|e| e.to_string())?;
+    Ok(json!({
+        "url": shown,
+        "bytes": packed.bytes,
+        "sha256": packed.sha256,
+        "log_lines": packed.log_lines,
+        "files": packed.names,
+        "resumed": done.resumed,
+    }))
 }
 
 /// Commands run one at a time, so an archive already here is a crashed run's leftover.

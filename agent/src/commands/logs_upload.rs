@@ -34,7 +34,7 @@ impl Args for LogsUploadArgs {
 pub fn prepare(args: LogsUploadArgs, ctx: &Context) -> Result<Checked, String> {
     let LogsUploadArgs { url, since, until, level } = args;
     let args = DiagnosticsBundleArgs { url, since, until, level };
-    diagnostics_bundle::check(LogsUploadArgs::COMMAND, false, args, ctx)
+    diagnostics_bundle::check(LogsUploadArgs::COMMAND, false, args, ctx.capture.ca_file.as_deref())
 }
 
 /// Packs the log, uploads it, reports.

@@ -145,7 +145,7 @@ pub async fn run(checked: Checked, progress: &Progress<'_>) -> Outcome {
         return Outcome::Succeeded(json!({"url": shown, "samples": 0, "uploaded": false}));
     }
     tracing::info!(url = %shown, samples = packed.samples, bytes = packed.bytes, "uploading captured samples");
-    let result = put_with_progress(&uploader, &url, &archive, packed.bytes, progress).await;
+    let result = put_with_progress(&uploader, &url, &archive, packed.bytes, Some(progress)).await;
     let _ = std::fs::remove_file(&archive);
     match result {
         Ok(done) => Outcome::Succeeded(json!({
@@ -159,15 +159,15 @@ pub async fn run(checked: Checked, progress: &Progress<'_>) -> Outcome {
     }
 }
 
-/// Uploads `archive` (`bytes` long), with a `running` reply per tenth sent: enough to
-/// see it move, few enough for a slow link. Also used by `logs/upload` and
-/// `diagnostics/bundle`.
+/// Uploads `archive` (`bytes` long), with a `running` reply (when there is `progress`
+/// to report to) per tenth sent: enough to see it move, few enough for a slow link.
+/// Also used by `logs/upload` and `diagnostics/bundle` (and the API's, without replies).
 pub(super) async fn put_with_progress(
     uploader: &Uploader,
     url: &Url,
     archive: &Path,
     bytes: u64,
-    progress: &Progress<'_>,
+    progress: Option<&Progress<'_>>,
 ) -> Result<upload::Done, upload::UploadError> {
     let (tx, mut rx) = watch::channel(0u64);
     let upload = uploader.put_file(url, archive, &tx);
@@ -180,7 +180,9 @@ pub(super) async fn put_with_progress(
                 let fraction = *rx.borrow_and_update() as f64 / bytes.max(1) as f64;
                 if fraction >= reported + 0.1 && fraction < 1.0 {
                     reported = fraction;
-                    progress.report((fraction * 100.0).round() / 100.0).await;
+                    if let Some(p) = progress {
+                        p.report((fraction * 100.0).round() / 100.0).await;
+                    }
                 }
             }
         }

@@ -135,7 +135,7 @@ pub async fn run(
     )?;
     // Served once every part exists, still before READY.
     let api = match (&config.api, listeners) {
-        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), &token, &tracker)),
+        (Some(a), Some(l)) => Some(serve_api(&config, a, l, status.clone(), &token, &tracker)),
         _ => None,
     };
     let mqtt_closed = match (&config.mqtt, mqtt) {
@@ -282,6 +282,7 @@ async fn bind_api(api: &crate::config::ApiConfig, health: &Health) -> Result<Lis
 /// Serves the API on `listeners` with the parts' handles. Returns its state: the MQTT
 /// `status` command reports the API's counters too.
 fn serve_api(
+    config: &Config,
     api: &crate::config::ApiConfig,
     listeners: Listeners,
     parts: Parts,
@@ -305,6 +306,12 @@ fn serve_api(
         }),
         inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
         counters: Arc::new(ApiCounters::default()),
+        diagnostics: Arc::new(api::diagnostics::DiagnosticsSetup {
+            config_file: config.file.clone(),
+            state_dir: config.state_dir.clone(),
+            upload_max_mb: config.log.upload_max_mb,
+            ca_file: config.capture.ca_file.clone(),
+        }),
     };
     listeners.serve(state.clone(), token.child_token(), tracker);
     state
