@@ -82,9 +82,24 @@ proptest! {
         let f = Filter { since_ms: Some(0), until_ms: None, level: Some(tracing::Level::TRACE) };
         let _ = f.keeps(&text);
         let _ = read::parse_line(&text);
+        let _ = read::parse_time(&text, std::time::SystemTime::now());
+        let _ = read::parse_level(&text);
         let levels = ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"];
         let ts = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
         let l = String::from_utf8(line(&ts.to_string(), levels[lv], "m")).unwrap();
         prop_assert_eq!(read::parse_line(l.trim()), Some((secs * 1000, levels[lv].parse().unwrap())));
+    }
+}
+
+proptest! {
+    /// A time given as RFC 3339 reads back to its millisecond, and a span back from now
+    /// to now minus the span.
+    #[test]
+    fn times_read_back(ms in 0u64..4_000_000_000_000, back_s in 0u64..1_000_000) {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let text = humantime::format_rfc3339_millis(t).to_string();
+        prop_assert_eq!(read::parse_time(&text, std::time::SystemTime::now()), Ok(ms));
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(2_000_000);
+        prop_assert_eq!(read::parse_time(&format!("{back_s}s"), now), Ok((2_000_000 - back_s) * 1000));
     }
 }
