@@ -89,7 +89,7 @@ fn write_archive(archive: &Path, contents: &Contents, limit: u64) -> Result<Pack
     // The log lines are staged in a file first: a tar entry needs its size up front,
     // and the active log file grows while it is read.
     let staged = staged_log(archive);
-    let (copied, source) = stage_log(contents, &staged)?;
+    let (copied, source) = stage_log(contents, &staged, limit)?;
     let mut names: Vec<String> = vec![LOG_NAME.to_string()];
     names.extend(contents.files.iter().map(|(n, _)| n.clone()));
     names.push("manifest.json".into());
@@ -137,22 +137,58 @@ fn write_archive(archive: &Path, contents: &Contents, limit: u64) -> Result<Pack
     Ok(Packed { bytes, sha256, log_lines: copied.lines, names })
 }
 
-/// Writes the selected log lines to `staged`: from the journal when asked and it can be
-/// read, else from the own log. Returns what was copied and a word on where from.
-fn stage_log(contents: &Contents, staged: &Path) -> Result<(read::Copied, String), PackError> {
+/// How many times the archive's limit the selected log lines may be before packing:
+/// logs compress about tenfold, and the staged copy must not fill the disk (a journal
+/// asked for without `since` can be large).
+pub const STAGED_FACTOR: u64 = 16;
+
+/// A writer that refuses to go past `left` bytes ([`std::io::ErrorKind::FileTooLarge`]).
+struct Capped<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "the selected log lines are too many",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the selected log lines to `staged` (at most [`STAGED_FACTOR`] times `limit`):
+/// from the journal when asked and it can be read, else from the own log. Returns what
+/// was copied and a word on where from.
+fn stage_log(contents: &Contents, staged: &Path, limit: u64) -> Result<(read::Copied, String), PackError> {
+    use crate::logs::journal::{self, JournalError};
+    let too_large = PackError::TooLarge { limit };
     let create = || {
         std::fs::File::create(staged)
-            .map(std::io::BufWriter::new)
+            .map(|f| Capped { inner: std::io::BufWriter::new(f), left: limit.saturating_mul(STAGED_FACTOR) })
             .map_err(|source| PackError::Write { path: staged.to_path_buf(), source })
     };
     let mut fell_back = None;
     if let Some(unit) = &contents.journal {
         let mut out = create()?;
-        match crate::logs::journal::copy(unit, &contents.filter, &mut out).and_then(|c| {
-            out.flush().map_err(crate::logs::journal::JournalError::Write)?;
+        let result = journal::copy(unit, &contents.filter, &mut out).and_then(|c| {
+            out.flush().map_err(JournalError::Write)?;
             Ok(c)
-        }) {
+        });
+        match result {
             Ok(copied) => return Ok((copied, format!("journal of {unit}"))),
+            Err(JournalError::Write(e)) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(too_large);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the journal could not be read; the archive takes the agent's own log");
                 fell_back = Some(e.to_string());
@@ -160,9 +196,12 @@ fn stage_log(contents: &Contents, staged: &Path) -> Result<(read::Copied, String
         }
     }
     let mut out = create()?;
-    let copied = read::copy(&contents.logs, &contents.filter, &mut out)
-        .map_err(|source| PackError::Read { dir: contents.logs.clone(), source })?;
-    out.flush().map_err(|source| PackError::Write { path: staged.to_path_buf(), source })?;
+    let copied = read::copy(&contents.logs, &contents.filter, &mut out).and_then(|c| out.flush().map(|()| c));
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => return Err(too_large),
+        Err(source) => return Err(PackError::Read { dir: contents.logs.clone(), source }),
+    };
     let source = match fell_back {
         Some(why) => format!("{} (the journal could not be read: {why})", contents.logs.display()),
         None => contents.logs.display().to_string(),
@@ -326,6 +365,30 @@ bearer_token = "t-456"
         );
         assert!(out.contains("127.0.0.1:8883"), "{out}");
         assert!(redact_config("not = [toml").unwrap_err().contains("left out"));
+    }
+
+    #[test]
+    fn a_selection_past_the_staging_bound_is_refused_as_too_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("log");
+        std::fs::create_dir_all(&logs).unwrap();
+        let line = "{\"timestamp\":\"2026-12-07T10:00:00Z\",\"level\":\"INFO\",\"message\":\"m\"}\n";
+        std::fs::write(logs.join(crate::logs::ACTIVE), line.repeat(1000)).unwrap();
+        let contents = Contents {
+            logs,
+            filter: Filter::default(),
+            journal: None,
+            files: Vec::new(),
+            manifest: Map::new(),
+        };
+        let archive = dir.path().join("a.tar.gz");
+        // Under 1/16 of the log's size: refused while staging, nothing left behind.
+        let small = (line.len() as u64 * 1000) / STAGED_FACTOR / 2;
+        assert!(matches!(pack(&archive, &contents, small), Err(PackError::TooLarge { .. })));
+        assert!(!archive.exists() && !staged_log(&archive).exists());
+        let packed = pack(&archive, &contents, 1 << 20).unwrap();
+        assert_eq!(packed.log_lines, 1000);
+        assert_eq!(packed.bytes, std::fs::metadata(&archive).unwrap().len());
     }
 
     proptest! {
