@@ -13,8 +13,7 @@ use serde_json::Value;
 
 use super::{ApiError, ApiState};
 use crate::commands::args::{self, Args};
-use crate::commands::diagnostics_bundle::{self, DiagnosticsBundleArgs, Setup};
-use crate::commands::logs_upload::LogsUploadArgs;
+use crate::commands::diagnostics_bundle::{self, ArchiveArgs, Setup};
 
 /// What the archives need that the API's other parts do not.
 #[derive(Debug, Clone)]
@@ -28,31 +27,23 @@ pub struct DiagnosticsSetup {
 
 /// `POST /logs/upload`.
 pub async fn logs(State(st): State<ApiState>, body: Body) -> Result<Json<Value>, ApiError> {
-    let a: LogsUploadArgs = read(&st, body).await?;
-    let a = DiagnosticsBundleArgs { url: a.url, since: a.since, until: a.until, level: a.level };
-    run(st, LogsUploadArgs::COMMAND, false, a).await
+    run::<false>(st, body).await
 }
 
 /// `POST /diagnostics/bundle`.
 pub async fn bundle(State(st): State<ApiState>, body: Body) -> Result<Json<Value>, ApiError> {
-    let a: DiagnosticsBundleArgs = read(&st, body).await?;
-    run(st, DiagnosticsBundleArgs::COMMAND, true, a).await
+    run::<true>(st, body).await
 }
 
-async fn read<A: Args>(st: &ApiState, body: Body) -> Result<A, ApiError> {
+async fn run<const BUNDLE: bool>(st: ApiState, body: Body) -> Result<Json<Value>, ApiError>
+where
+    ArchiveArgs<BUNDLE>: Args,
+{
     let bytes = super::read_body(body, 64 * 1024, st.limits.body_timeout).await?;
-    args::from_body(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-async fn run(
-    st: ApiState,
-    command: &str,
-    bundle: bool,
-    a: DiagnosticsBundleArgs,
-) -> Result<Json<Value>, ApiError> {
+    let a: ArchiveArgs<BUNDLE> = args::from_body(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let d = st.diagnostics.clone();
     // The checks name keys as an MQTT request's `args.x`; a body's keys are plain `x`.
-    let checked = diagnostics_bundle::check(command, bundle, a, d.ca_file.as_deref())
+    let checked = diagnostics_bundle::check(a, d.ca_file.as_deref())
         .map_err(|e| ApiError::bad_request(e.replace("`args.", "`")))?;
     let status = {
         let st = st.clone();

@@ -21,10 +21,11 @@ use crate::diagnostics::bundle::{self, Contents};
 use crate::logs::read::{self, Filter};
 use crate::upload::{self, Uploader};
 
-/// Arguments of `diagnostics/bundle`.
+/// Arguments of `diagnostics/bundle` (`BUNDLE = true`) and `logs/upload` (`false`):
+/// the same keys, two command names.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DiagnosticsBundleArgs {
+pub struct ArchiveArgs<const BUNDLE: bool> {
     /// Where to `PUT` the archive: an http(s) URL, typically pre-signed by an object store.
     #[serde(default)]
     pub url: Option<String>,
@@ -38,6 +39,9 @@ pub struct DiagnosticsBundleArgs {
     #[serde(default)]
     pub level: Option<String>,
 }
+
+/// Arguments of `diagnostics/bundle`.
+pub type DiagnosticsBundleArgs = ArchiveArgs<true>;
 
 impl Args for DiagnosticsBundleArgs {
     const COMMAND: &'static str = "diagnostics/bundle";
@@ -77,25 +81,26 @@ pub fn selection(
     Ok((filter, json!({"since": since, "until": until, "level": level})))
 }
 
-/// Checks the arguments of `command` (`logs/upload` or `diagnostics/bundle`).
-pub fn check(
-    command: &str,
-    bundle: bool,
-    args: DiagnosticsBundleArgs,
-    ca_file: Option<&Path>,
-) -> Result<Checked, String> {
+/// Checks the arguments of `logs/upload` or `diagnostics/bundle`.
+pub fn check<const BUNDLE: bool>(args: ArchiveArgs<BUNDLE>, ca_file: Option<&Path>) -> Result<Checked, String>
+where
+    ArchiveArgs<BUNDLE>: Args,
+{
     let Some(text) = args.url else {
-        return Err(format!("{command} needs `args.url`, an http(s) URL to PUT the archive to"));
+        return Err(format!(
+            "{} needs `args.url`, an http(s) URL to PUT the archive to",
+            ArchiveArgs::<BUNDLE>::COMMAND
+        ));
     };
     let url = upload::parse_url(&text).map_err(|e| format!("`args.url`: {e}"))?;
     let (filter, selection) = selection(args.since.as_deref(), args.until.as_deref(), args.level.as_deref())?;
     let uploader = Uploader::new(&url, ca_file, upload::Limits::default()).map_err(|e| e.to_string())?;
-    Ok(Checked { bundle, url, filter, selection, uploader })
+    Ok(Checked { bundle: BUNDLE, url, filter, selection, uploader })
 }
 
 /// Checks the arguments.
 pub fn prepare(args: DiagnosticsBundleArgs, ctx: &Context) -> Result<Checked, String> {
-    check(DiagnosticsBundleArgs::COMMAND, true, args, ctx.capture.ca_file.as_deref())
+    check(args, ctx.capture.ca_file.as_deref())
 }
 
 /// What making and sending an archive needs of the running agent: the same for the MQTT

@@ -1,30 +1,14 @@
 //! `logs/upload {url, since?, until?, level?}`: the agent's recent log lines, time range
 //! and level filtered, as one tar.gz uploaded to `url` by a resumable `PUT`: the log
-//! part of `diagnostics/bundle` (which has the details), without the rest.
-
-use serde::Deserialize;
+//! part of `diagnostics/bundle` (which has the details and the argument type), without
+//! the rest.
 
 use super::args::Args;
-use super::diagnostics_bundle::{self, Checked, DiagnosticsBundleArgs};
+use super::diagnostics_bundle::{self, ArchiveArgs, Checked};
 use super::{Context, Outcome, Progress};
 
-/// Arguments of `logs/upload`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsUploadArgs {
-    /// Where to `PUT` the archive: an http(s) URL, typically pre-signed.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// From: an RFC 3339 time or a span back from now (`2h`).
-    #[serde(default)]
-    pub since: Option<String>,
-    /// Until: the same forms.
-    #[serde(default)]
-    pub until: Option<String>,
-    /// This level and more severe: error, warn, info, debug, trace.
-    #[serde(default)]
-    pub level: Option<String>,
-}
+/// Arguments of `logs/upload`: `url`, `since`, `until`, `level`, as `diagnostics/bundle`.
+pub type LogsUploadArgs = ArchiveArgs<false>;
 
 impl Args for LogsUploadArgs {
     const COMMAND: &'static str = "logs/upload";
@@ -32,9 +16,7 @@ impl Args for LogsUploadArgs {
 
 /// Checks the arguments.
 pub fn prepare(args: LogsUploadArgs, ctx: &Context) -> Result<Checked, String> {
-    let LogsUploadArgs { url, since, until, level } = args;
-    let args = DiagnosticsBundleArgs { url, since, until, level };
-    diagnostics_bundle::check(LogsUploadArgs::COMMAND, false, args, ctx.capture.ca_file.as_deref())
+    diagnostics_bundle::check(args, ctx.capture.ca_file.as_deref())
 }
 
 /// Packs the log, uploads it, reports.

@@ -18,7 +18,7 @@ mod config_set;
 mod diagnostics;
 pub mod diagnostics_bundle;
 mod fallback_force;
-pub mod logs_upload;
+mod logs_upload;
 mod models_list;
 mod ping;
 mod reply;
