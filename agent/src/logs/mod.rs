@@ -95,6 +95,13 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for FileSink {
 /// Starts the writer thread for `dir` and returns the sink the fmt layer writes to.
 pub fn start(dir: &Path, bound: Bound) -> std::io::Result<FileSink> {
     std::fs::create_dir_all(dir)?;
+    // Files past the count (`log.files` was lowered) would hold the bound no longer.
+    for path in files(dir) {
+        let n = path.extension().and_then(|e| e.to_str()).and_then(|e| e.parse::<u32>().ok());
+        if n.is_some_and(|n| n >= bound.files.max(2)) {
+            std::fs::remove_file(&path)?;
+        }
+    }
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let mut writer = Rotating::open(dir, bound)?;
     std::thread::Builder::new().name("edge-agent-log".into()).spawn(move || writer.run(rx))?;
