@@ -45,6 +45,7 @@ pub mod daemon_client;
 pub mod diagnostics;
 pub mod events;
 pub mod fallback;
+pub mod logs;
 pub mod monitor;
 pub mod mqtt;
 pub mod oip;

@@ -92,6 +92,46 @@ pub fn redacted(url: &Url) -> String {
     u.to_string()
 }
 
+/// A writer that hashes (SHA-256) and counts what goes through it, for an archive whose
+/// size and digest a reply reports; past `limit` bytes it fails with
+/// [`std::io::ErrorKind::FileTooLarge`].
+pub struct Hashing<W> {
+    pub inner: W,
+    digest: ring::digest::Context,
+    pub bytes: u64,
+    limit: u64,
+}
+
+impl<W: std::io::Write> Hashing<W> {
+    pub fn new(inner: W, limit: u64) -> Hashing<W> {
+        Hashing { inner, digest: ring::digest::Context::new(&ring::digest::SHA256), bytes: 0, limit }
+    }
+
+    /// The writer back, and the hex SHA-256 of what went through.
+    pub fn finish(self) -> (W, String) {
+        (self.inner, hex::encode(self.digest.finish()))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes + buf.len() as u64 > self.limit {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                "the archive passed its size limit",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.digest.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Checks an upload URL: http or https, with a host.
 pub fn parse_url(text: &str) -> Result<Url, UploadError> {
     let shown = || text.split('?').next().unwrap_or_default().chars().take(200).collect::<String>();

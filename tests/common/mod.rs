@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod mqtt_agent;
 pub mod registry;
+pub mod upload_server;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

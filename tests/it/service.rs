@@ -136,7 +136,7 @@ fn sighup_reloads_models_and_refuses_a_bad_config() {
     // Add a model, change the deadline and the thread count.
     let text = std::fs::read_to_string(&d.config).unwrap();
     let added = format!(
-        "{text}\n[[model]]\npath = \"{}\"\n\n[engine]\nthreads = 2\ndeadline_ms = 2500\n",
+        "{text}\n[[model]]\npath = \"{}\"\n\n[engine]\nthreads = 2\ndeadline_ms = 2500\n\n[log]\nlevel = \"debug\"\n",
         model("ppocr-cls").display()
     );
     std::fs::write(&d.config, &added).unwrap();
@@ -149,6 +149,11 @@ fn sighup_reloads_models_and_refuses_a_bad_config() {
     assert!(reload.contains("model ppocr-cls added (2.0)"), "{reload}");
     assert!(reload.contains("engine.deadline_ms 1000 -> 2500"), "{reload}");
     assert!(reload.contains("needs a restart for: engine"), "{reload}");
+    // The log level applies in place, no restart needed for it.
+    assert!(reload.contains("log.level info -> debug") && !reload.contains("engine, log"), "{reload}");
+    let status: serde_json::Value =
+        http().get(&d.url("/status")).call().unwrap().into_body().read_json().unwrap();
+    assert_eq!(status["log"]["level"], "debug", "{status}");
     assert_eq!(http().get(&d.url("/v2/models/ppocr-cls")).call().unwrap().status(), 200);
 
     // A broken config is refused; the running one stays.

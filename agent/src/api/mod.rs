@@ -14,6 +14,7 @@
 //! update commands, `conn.rs` connection limits, `error.rs` the `{"error"}` answers.
 
 mod conn;
+pub mod diagnostics;
 mod error;
 pub mod oip;
 mod ota;
@@ -87,6 +88,8 @@ pub struct ApiState {
     pub limits: Arc<ApiLimits>,
     pub inflight: Arc<Semaphore>,
     pub counters: Arc<ApiCounters>,
+    /// For `/logs/upload` and `/diagnostics/bundle`.
+    pub diagnostics: Arc<diagnostics::DiagnosticsSetup>,
 }
 
 /// Why the API could not start.
@@ -118,6 +121,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/ota/apply", post(ota::apply))
         .route("/ota/shadow", post(ota::shadow))
         .route("/ota/rollback", post(ota::rollback))
+        .route("/logs/upload", post(diagnostics::logs))
+        .route("/diagnostics/bundle", post(diagnostics::bundle))
         .fallback(|| async { ApiError::not_found("no such endpoint; see docs/api.md") })
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod diagnostics;
 pub mod doctor;
 mod infer;
 mod input;
@@ -65,6 +66,11 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Check a device's setup without the daemon: config, state dir, models, clock, API.
     Doctor(doctor::DoctorArgs),
+    /// Print the agent's own log (time range and level filters), from its state directory.
+    Logs(diagnostics::LogsArgs),
+    /// Write a support bundle of logs, redacted configuration, status and checks.
+    #[command(subcommand)]
+    Diagnostics(diagnostics::DiagnosticsCommand),
     /// Look inside the MQTT spool; decode compact (postcard) telemetry.
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
@@ -111,6 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => run::daemon(args, true),
         Command::Status(args) => status::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Logs(args) => diagnostics::logs(args),
+        Command::Diagnostics(cmd) => diagnostics::run(cmd),
         Command::Spool(cmd) => spool::run(cmd),
         Command::Samples(cmd) => samples::run(cmd),
         Command::Update(cmd) => update::run(cmd),
@@ -180,21 +188,36 @@ pub fn error_chain(err: &anyhow::Error) -> String {
 
 /// Sets up logging to standard error. `RUST_LOG`, when set, wins over `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
-        .or_else(|| tracing_subscriber::EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    init_logging_to(format, level, None);
+}
+
+/// Sets up logging to standard error and, with `file`, to the agent's own log (JSON
+/// lines, `crate::logs`), under one level filter that `config/set log.level` can change.
+/// `RUST_LOG`, when set, wins over `level`.
+pub fn init_logging_to(format: LogFormat, level: &str, file: Option<crate::logs::FileSink>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let from_env =
+        std::env::var("RUST_LOG").ok().filter(|v| tracing_subscriber::EnvFilter::try_new(v).is_ok());
+    let text = from_env.unwrap_or_else(|| {
+        if tracing_subscriber::EnvFilter::try_new(level).is_ok() { level.to_string() } else { "info".into() }
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(&text));
     // Colour only for a person at a terminal: a journal, a pipe or a file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    let result = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let stderr = match format {
+        LogFormat::Human => stderr.boxed(),
+        LogFormat::Json => stderr.json().flatten_event(true).boxed(),
     };
+    let own = file.map(|sink| {
+        tracing_subscriber::fmt::layer().with_writer(sink).with_ansi(false).json().flatten_event(true).boxed()
+    });
     // Already initialised (tests that call in twice): keep the first.
-    let _ = result;
+    if tracing_subscriber::registry().with(filter).with(stderr).with(own).try_init().is_ok() {
+        crate::logs::keep_handle(handle, &text);
+    }
 }
 
 /// A model directory argument, checked to be one (a usage error otherwise).

@@ -49,7 +49,13 @@ pub fn daemon(args: RunArgs, serve: bool) -> anyhow::Result<ExitCode> {
         no_sources: serve,
     };
     let config = Config::load(&args.config, &flags)?;
-    super::init_logging(config.log.format, &config.log.level);
+    // The own log is best effort: a state directory that cannot hold it costs the log,
+    // not the service (the reason goes to standard error once logging is up).
+    let (sink, no_file) = own_log(&config);
+    super::init_logging_to(config.log.format, &config.log.level, sink);
+    if let Some(e) = no_file {
+        tracing::warn!(error = %e, "the agent's own log is off");
+    }
     let sink = ResultSink { stdout: config.output.stdout && !args.quiet, ..ResultSink::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +81,20 @@ pub fn daemon(args: RunArgs, serve: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The own log's writer, when `log.file_max_mb` asks for one.
+fn own_log(config: &Config) -> (Option<crate::logs::FileSink>, Option<String>) {
+    if config.log.file_max_mb == 0 {
+        return (None, None);
+    }
+    let dir = crate::logs::dir(&config.state_dir);
+    let bound =
+        crate::logs::Bound { total_bytes: config.log.file_max_mb * 1024 * 1024, files: config.log.files };
+    match crate::logs::start(&dir, bound) {
+        Ok(sink) => (Some(sink), None),
+        Err(e) => (None, Some(format!("cannot write {}: {e}", dir.display()))),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

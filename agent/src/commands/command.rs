@@ -7,7 +7,9 @@ use super::args::{self, Args, Origin};
 use super::config_get::ConfigGetArgs;
 use super::config_set::{self, ConfigSetArgs};
 use super::diagnostics::DiagnosticsArgs;
+use super::diagnostics_bundle::{self, DiagnosticsBundleArgs};
 use super::fallback_force::{self, FallbackForceArgs};
+use super::logs_upload::{self, LogsUploadArgs};
 use super::models_list::ModelsListArgs;
 use super::ping::PingArgs;
 use super::rollback::RollbackArgs;
@@ -20,7 +22,7 @@ use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 12] = [
+pub const NAMES: [&str; 14] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -33,6 +35,8 @@ pub const NAMES: [&str; 12] = [
     RollbackArgs::COMMAND,
     FallbackForceArgs::COMMAND,
     SamplesUploadArgs::COMMAND,
+    LogsUploadArgs::COMMAND,
+    DiagnosticsBundleArgs::COMMAND,
 ];
 
 /// A command whose arguments were checked: [`run`] has nothing left to refuse, only to
@@ -52,6 +56,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     FallbackForce(fallback_force::Checked),
     SamplesUpload(samples_upload::Checked),
+    LogsUpload(diagnostics_bundle::Checked),
+    DiagnosticsBundle(diagnostics_bundle::Checked),
 }
 
 /// Reads a known command's arguments into its type and checks them (and that this device
@@ -89,6 +95,10 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
         }
         FallbackForceArgs::COMMAND => Command::FallbackForce(fallback_force::prepare(read(args)?, ctx)?),
         SamplesUploadArgs::COMMAND => Command::SamplesUpload(samples_upload::prepare(read(args)?, ctx)?),
+        LogsUploadArgs::COMMAND => Command::LogsUpload(logs_upload::prepare(read(args)?, ctx)?),
+        DiagnosticsBundleArgs::COMMAND => {
+            Command::DiagnosticsBundle(diagnostics_bundle::prepare(read(args)?, ctx)?)
+        }
         other => return Err(format!("unknown command `{}`", crate::mqtt::excerpt(other, 64))),
     })
 }
@@ -112,7 +122,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         Command::Status => super::status::run(ctx),
         Command::ModelsList => super::models_list::run(ctx),
         Command::ConfigGet(answer) => super::config_get::run(answer),
-        Command::ConfigSet(checked) => config_set::run(checked, ctx),
+        Command::ConfigSet(checked) => config_set::run(checked, ctx).await,
         Command::Diagnostics => super::diagnostics::run(ctx, progress).await,
         Command::UpdateCheck(check) => match update_task(ctx, progress).await {
             Some(ota) => outcome(check.run(ota).await),
@@ -132,6 +142,8 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         },
         Command::FallbackForce(checked) => fallback_force::run(checked, ctx),
         Command::SamplesUpload(checked) => samples_upload::run(checked, progress).await,
+        Command::LogsUpload(checked) => logs_upload::run(checked, ctx, progress).await,
+        Command::DiagnosticsBundle(checked) => diagnostics_bundle::run(checked, ctx, progress).await,
     }
 }
 

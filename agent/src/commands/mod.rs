@@ -16,7 +16,9 @@ mod command;
 mod config_get;
 mod config_set;
 mod diagnostics;
+pub mod diagnostics_bundle;
 mod fallback_force;
+mod logs_upload;
 mod models_list;
 mod ping;
 mod reply;
@@ -59,6 +61,10 @@ pub struct Context {
     pub fallback: Arc<crate::fallback::Fallback>,
     /// `[capture]`: where `samples/upload` finds its CA file and disk margin.
     pub capture: crate::config::CaptureSection,
+    /// `[log]`: the archive limit of `logs/upload` and `diagnostics/bundle`.
+    pub log: crate::config::LogSection,
+    /// Where `config/set log.level` reports its change (and its revert).
+    pub events: crate::events::Events,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
 }
@@ -184,6 +190,7 @@ async fn handle(msg: CommandMsg, replier: &Replier<'_>, ctx: &Context, seen: &mu
         Ok(r) => r,
         Err(r) => return reject(replier, &name, r.id, r.error).await,
     };
+    tracing::debug!(command = %crate::mqtt::excerpt(&name, 64), id = %req.id, "command received");
     if let Some(previous) = seen.get(&req.id) {
         tracing::info!(command = %crate::mqtt::excerpt(&name, 64), id = %req.id,
             "repeated command id: sending the recorded reply");

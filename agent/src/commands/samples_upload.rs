@@ -76,26 +76,6 @@ pub fn prepare(args: SamplesUploadArgs, ctx: &Context) -> Result<Checked, String
     })
 }
 
-/// A writer that hashes and counts what goes through it.
-struct Hashing<W> {
-    inner: W,
-    digest: ring::digest::Context,
-    bytes: u64,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.digest.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// The packed archive.
 struct Packed {
     samples: u64,
@@ -134,16 +114,14 @@ fn pack(store: &Path, path: &Path, filter: &export::Filter, min_free: u64) -> Re
         ));
     }
     let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let w = Hashing {
-        inner: std::io::BufWriter::new(file),
-        digest: ring::digest::Context::new(&ring::digest::SHA256),
-        bytes: 0,
-    };
+    let w = upload::Hashing::new(std::io::BufWriter::new(file), u64::MAX);
     let (summary, mut w) =
         export::to_tar(store, w, filter, &mut |_, _| {}).map_err(|e| format!("packing the samples: {e}"))?;
     w.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     w.inner.get_ref().sync_all().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(Packed { samples: summary.samples, bytes: w.bytes, sha256: hex::encode(w.digest.finish()) })
+    let bytes = w.bytes;
+    let (_, sha256) = w.finish();
+    Ok(Packed { samples: summary.samples, bytes, sha256 })
 }
 
 /// Packs, uploads, reports.
@@ -167,23 +145,7 @@ pub async fn run(checked: Checked, progress: &Progress<'_>) -> Outcome {
         return Outcome::Succeeded(json!({"url": shown, "samples": 0, "uploaded": false}));
     }
     tracing::info!(url = %shown, samples = packed.samples, bytes = packed.bytes, "uploading captured samples");
-    let (tx, mut rx) = watch::channel(0u64);
-    let upload = uploader.put_file(&url, &archive, &tx);
-    tokio::pin!(upload);
-    let mut reported = 0.0f64;
-    let result = loop {
-        tokio::select! {
-            r = &mut upload => break r,
-            Ok(()) = rx.changed() => {
-                let fraction = *rx.borrow_and_update() as f64 / packed.bytes.max(1) as f64;
-                // A reply per tenth: enough to see it move, few enough for a slow link.
-                if fraction >= reported + 0.1 && fraction < 1.0 {
-                    reported = fraction;
-                    progress.report((fraction * 100.0).round() / 100.0).await;
-                }
-            }
-        }
-    };
+    let result = put_with_progress(&uploader, &url, &archive, packed.bytes, Some(progress)).await;
     let _ = std::fs::remove_file(&archive);
     match result {
         Ok(done) => Outcome::Succeeded(json!({
@@ -194,5 +156,35 @@ pub async fn run(checked: Checked, progress: &Progress<'_>) -> Outcome {
             "resumed": done.resumed,
         })),
         Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Uploads `archive` (`bytes` long), with a `running` reply (when there is `progress`
+/// to report to) per tenth sent: enough to see it move, few enough for a slow link.
+/// Also used by `logs/upload` and `diagnostics/bundle` (and the API's, without replies).
+pub(super) async fn put_with_progress(
+    uploader: &Uploader,
+    url: &Url,
+    archive: &Path,
+    bytes: u64,
+    progress: Option<&Progress<'_>>,
+) -> Result<upload::Done, upload::UploadError> {
+    let (tx, mut rx) = watch::channel(0u64);
+    let upload = uploader.put_file(url, archive, &tx);
+    tokio::pin!(upload);
+    let mut reported = 0.0f64;
+    loop {
+        tokio::select! {
+            r = &mut upload => break r,
+            Ok(()) = rx.changed() => {
+                let fraction = *rx.borrow_and_update() as f64 / bytes.max(1) as f64;
+                if fraction >= reported + 0.1 && fraction < 1.0 {
+                    reported = fraction;
+                    if let Some(p) = progress {
+                        p.report((fraction * 100.0).round() / 100.0).await;
+                    }
+                }
+            }
+        }
     }
 }

@@ -196,7 +196,7 @@ mod arguments {
         assert_eq!(keys::<RollbackArgs>(), ["model"]);
         assert_eq!(keys::<UpdateShadowArgs>(), ["model", "verdict"]);
         assert_eq!(keys::<FallbackForceArgs>(), ["model", "seconds", "on"]);
-        assert_eq!(keys::<ConfigSetArgs>(), ["key", "value"]);
+        assert_eq!(keys::<ConfigSetArgs>(), ["key", "value", "revert_after_s"]);
         assert!(keys::<PingArgs>().is_empty());
     }
 
@@ -325,6 +325,8 @@ mod dispatcher {
             ota: None,
             fallback,
             capture: crate::config::CaptureSection::default(),
+            log: crate::config::LogSection::default(),
+            events: crate::events::Events::log_only(),
             status: Box::new(move || parts.gather(None)),
         }
     }

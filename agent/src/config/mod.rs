@@ -78,12 +78,40 @@ pub struct LogSection {
     /// A tracing filter such as `info` or `edge_agent=debug,info`.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// The agent's own log under `<state_dir>/log/`: megabytes for all its files
+    /// together (0: none).
+    #[serde(default = "default_log_file_max_mb")]
+    pub file_max_mb: u64,
+    /// Files of the own log, the active one included (2 to 16).
+    #[serde(default = "default_log_files")]
+    pub files: u32,
+    /// The largest archive `logs/upload` and `diagnostics/bundle` will send, in megabytes.
+    #[serde(default = "default_log_upload_max_mb")]
+    pub upload_max_mb: u64,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { format: LogFormat::Human, level: default_log_level() }
+        LogSection {
+            format: LogFormat::Human,
+            level: default_log_level(),
+            file_max_mb: default_log_file_max_mb(),
+            files: default_log_files(),
+            upload_max_mb: default_log_upload_max_mb(),
+        }
     }
+}
+
+fn default_log_file_max_mb() -> u64 {
+    16
+}
+
+fn default_log_files() -> u32 {
+    4
+}
+
+fn default_log_upload_max_mb() -> u64 {
+    64
 }
 
 fn default_log_level() -> String {
@@ -782,6 +810,18 @@ fn check_log(log: &LogSection, problem: &mut dyn FnMut(&str, String)) {
             "log.level",
             format!("`{}` is not a log filter; use error, warn, info, debug or trace", log.level),
         );
+    }
+    if !(2..=16).contains(&log.files) {
+        problem("log.files", format!("{} files: use 2 to 16 (the active one and older ones)", log.files));
+    }
+    if log.file_max_mb > 1 << 20 {
+        problem(
+            "log.file_max_mb",
+            format!("{} MB is more than a device's log needs; use at most 1048576", log.file_max_mb),
+        );
+    }
+    if log.upload_max_mb == 0 || log.upload_max_mb > 1 << 20 {
+        problem("log.upload_max_mb", format!("{} MB: use 1 to 1048576", log.upload_max_mb));
     }
 }
 

@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 use super::RawConfig;
 
 /// The keys `config/set` accepts, with what they take.
-pub const RUNTIME_KEYS: [(&str, &str); 4] = [
+pub const RUNTIME_KEYS: [(&str, &str); 5] = [
     ("telemetry.interval_s", "seconds between telemetry reports, 0 to 86400 (0: off)"),
     ("telemetry.format", "\"json\" or \"postcard\""),
     ("telemetry.qos", "0 or 1"),
     ("engine.deadline_ms", "request deadline in milliseconds, 1 to 3600000"),
+    ("log.level", "a log filter such as \"info\", \"debug\" or \"edge_agent=debug,info\""),
 ];
 
 /// The overlay file in a state directory.
@@ -47,6 +48,7 @@ pub fn set(raw: &mut RawConfig, key: &str, value: &toml::Value) -> Result<(), Se
         "telemetry.format" => {
             raw.telemetry.format = value.clone().try_into().map_err(|_: toml::de::Error| bad())?;
         }
+        "log.level" => raw.log.level = value.as_str().ok_or_else(bad)?.to_string(),
         _ => return Err(SetError::NotRuntime { key: key.into() }),
     }
     Ok(())
@@ -58,6 +60,7 @@ pub fn get(raw: &RawConfig) -> toml::Table {
     t.insert("telemetry.interval_s".into(), toml::Value::Integer(raw.telemetry.interval_s as i64));
     t.insert("telemetry.qos".into(), toml::Value::Integer(i64::from(raw.telemetry.qos)));
     t.insert("engine.deadline_ms".into(), toml::Value::Integer(raw.engine.deadline_ms as i64));
+    t.insert("log.level".into(), toml::Value::String(raw.log.level.clone()));
     t.insert(
         "telemetry.format".into(),
         toml::Value::try_from(raw.telemetry.format).unwrap_or(toml::Value::String("json".into())),

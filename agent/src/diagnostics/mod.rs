@@ -6,6 +6,7 @@
 //! checks load every model again and probe the network: they block, so the daemon runs
 //! them off its executor.
 
+pub mod bundle;
 mod checks;
 
 use std::path::Path;

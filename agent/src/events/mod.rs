@@ -79,6 +79,7 @@ kinds! {
     FallbackCleared => "fallback-cleared", "cloud fallback cleared";
     ModelDrift => "model-drift", "model inputs or outputs drifted from the reference";
     ModelDriftCleared => "model-drift-cleared", "model drift cleared";
+    LogLevelChanged => "log-level-changed", "log level changed";
     // The MQTT link.
     SpoolOverflow => "spool-overflow", "spool overflow";
     MessageOversize => "message-oversize", "oversized message";

@@ -144,7 +144,9 @@ pub async fn run(
     )?;
     // Served once every part exists, still before READY.
     let api = match (&config.api, listeners) {
-        (Some(a), Some(l)) => Some(serve_api(a, l, status.clone(), events.clone(), &token, &tracker)),
+        (Some(a), Some(l)) => {
+            Some(serve_api(&config, a, l, status.clone(), events.clone(), &token, &tracker))
+        }
         _ => None,
     };
     let mqtt_closed = match (&config.mqtt, mqtt) {
@@ -296,6 +298,7 @@ async fn bind_api(api: &crate::config::ApiConfig, health: &Health) -> Result<Lis
 /// Serves the API on `listeners` with the parts' handles. Returns its state: the MQTT
 /// `status` command reports the API's counters too.
 fn serve_api(
+    config: &Config,
     api: &crate::config::ApiConfig,
     listeners: Listeners,
     parts: Parts,
@@ -322,6 +325,12 @@ fn serve_api(
         }),
         inflight: Arc::new(tokio::sync::Semaphore::new(l.max_concurrency)),
         counters: Arc::new(ApiCounters::default()),
+        diagnostics: Arc::new(api::diagnostics::DiagnosticsSetup {
+            config_file: config.file.clone(),
+            state_dir: config.state_dir.clone(),
+            upload_max_mb: config.log.upload_max_mb,
+            ca_file: config.capture.ca_file.clone(),
+        }),
     };
     listeners.serve(state.clone(), token.child_token(), tracker);
     state
@@ -564,6 +573,8 @@ fn serve_mqtt(
         ota: parts.ota.clone(),
         fallback: parts.fallback.clone(),
         capture: config.capture.clone(),
+        log: config.log.clone(),
+        events: Events::log_only().publish_to(Arc::new(handle.clone())),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));

@@ -2,7 +2,7 @@
 //!
 //! What can change while running is applied: models (added, removed, or changed on disk,
 //! found by the size and modification time of their files) and the request deadline.
-//! What cannot (threads, queue, sources, API, logging, capture) is reported as needing a restart.
+//! What cannot (threads, queue, sources, API, the log format, capture) is reported as needing a restart.
 //! A configuration that does not validate is refused and the running one stays.
 
 use std::collections::BTreeMap;
@@ -93,6 +93,16 @@ impl Reloader {
                 }
             }
         }
+        if next.log.level != self.current.log.level {
+            // The level filter reloads in place (`config/set log.level` uses it too).
+            match crate::logs::set_level(&next.log.level, None) {
+                Ok(_) => {
+                    changed.push(format!("log.level {} -> {}", self.current.log.level, next.log.level));
+                    self.current.log.level = next.log.level.clone();
+                }
+                Err(e) => failed.push(format!("log.level not changed: {e}")),
+            }
+        }
         let restart = needs_restart(&self.current, &next);
         let mut summary = if changed.is_empty() { vec!["no change applied".to_string()] } else { changed };
         summary.extend(failed);
@@ -172,7 +182,11 @@ fn needs_restart(c: &Config, next: &Config) -> Vec<&'static str> {
     if serde_json::to_string(&next.sources).ok() != serde_json::to_string(&c.sources).ok() {
         restart.push("source");
     }
-    if next.log.level != c.log.level || next.log.format != c.log.format {
+    let (l, n) = (&c.log, &next.log);
+    if n.level != l.level
+        || n.format != l.format
+        || (n.file_max_mb, n.files, n.upload_max_mb) != (l.file_max_mb, l.files, l.upload_max_mb)
+    {
         restart.push("log");
     }
     if next.device_id != c.device_id || next.state_dir != c.state_dir {

@@ -46,6 +46,9 @@ pub struct Status {
     /// Cloud fallback: requests routed by reason, answers, failures, breakers, budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackReport>,
+    /// The log level in force (and a temporary one's revert), the own log's losses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::logs::LogStatus>,
 }
 
 /// One model.
@@ -258,6 +261,7 @@ impl Status {
             mqtt: parts.mqtt.as_ref().map(|m| m.report()),
             ota,
             fallback: parts.fallback.report(),
+            log: crate::logs::status(),
         }
     }
 }
