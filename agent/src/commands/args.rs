@@ -55,13 +55,22 @@ pub fn parse<A: Args>(args: Map<String, Value>, origin: Origin) -> Result<A, Arg
             accepted: accepted(keys),
         });
     }
-    // The keys are known: what is left is a value of the wrong type, and the path names it.
-    serde_path_to_error::deserialize(Value::Object(args)).map_err(|e| {
-        let path = e.path().to_string();
-        let problem = crate::mqtt::excerpt(&e.inner().to_string(), 256);
-        match path.as_str() {
-            "." => ArgsError::Invalid { name: A::COMMAND.into(), problem },
-            key => ArgsError::Invalid { name: origin.name(key), problem },
+    // The keys are known: what is left is a value of the wrong type. Every field of an
+    // argument type has a default (a command's `check` names what it needs), so a
+    // one-key object reads unless that key's value is wrong: trying each key alone finds
+    // the one to name, without a path-tracking deserializer in the binary.
+    serde_json::from_value(Value::Object(args.clone())).map_err(|e| {
+        let problem = crate::mqtt::excerpt(&e.to_string(), 256);
+        let culprit = args.into_iter().find_map(|(key, value)| {
+            let alone = Map::from_iter([(key.clone(), value)]);
+            serde_json::from_value::<A>(Value::Object(alone)).err().map(|e| (key, e))
+        });
+        match culprit {
+            Some((key, e)) => ArgsError::Invalid {
+                name: origin.name(&key),
+                problem: crate::mqtt::excerpt(&e.to_string(), 256),
+            },
+            None => ArgsError::Invalid { name: A::COMMAND.into(), problem },
         }
     })
 }
