@@ -198,12 +198,12 @@ pub fn init_logging_to(format: LogFormat, level: &str, file: Option<crate::logs:
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let from_env =
-        std::env::var("RUST_LOG").ok().filter(|v| tracing_subscriber::EnvFilter::try_new(v).is_ok());
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| crate::logs::parse_filter(v).is_some());
     let text = from_env.unwrap_or_else(|| {
-        if tracing_subscriber::EnvFilter::try_new(level).is_ok() { level.to_string() } else { "info".into() }
+        if crate::logs::parse_filter(level).is_some() { level.to_string() } else { "info".into() }
     });
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(&text));
+    let start = crate::logs::parse_filter(&text).unwrap_or_default();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(start);
     // Colour only for a person at a terminal: a journal, a pipe or a file gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);

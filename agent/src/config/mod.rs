@@ -805,7 +805,7 @@ fn check_engine(e: &EngineSection, problem: &mut dyn FnMut(&str, String)) {
 
 /// Checks that `log.level` is a filter the log can use.
 fn check_log(log: &LogSection, problem: &mut dyn FnMut(&str, String)) {
-    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+    if crate::logs::parse_filter(&log.level).is_none() {
         problem(
             "log.level",
             format!("`{}` is not a log filter; use error, warn, info, debug or trace", log.level),

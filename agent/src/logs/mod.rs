@@ -19,7 +19,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
-use tracing_subscriber::{EnvFilter, Registry, reload};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::{Registry, reload};
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -189,11 +190,33 @@ pub fn files(dir: &Path) -> Vec<PathBuf> {
     all
 }
 
+/// Reads a log filter: comma-separated directives, each a level (`error`, `warn`, `info`,
+/// `debug`, `trace`, `off`) or `target=level` (`edge_agent::mqtt=debug`). `None` for
+/// anything else, such as a misspelt level, which the filter itself would take as the
+/// name of a target and so pass silently. Span and field filters are not supported:
+/// they need a regular-expression engine in the binary for a feature devices do not use.
+pub fn parse_filter(text: &str) -> Option<Targets> {
+    let level = |l: &str| {
+        ["off", "error", "warn", "info", "debug", "trace"].iter().any(|k| k.eq_ignore_ascii_case(l.trim()))
+    };
+    let target = |t: &str| {
+        !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-' | '.'))
+    };
+    let fine = text.split(',').all(|d| match d.trim().split_once('=') {
+        Some((t, l)) => target(t.trim()) && level(l),
+        None => level(d),
+    });
+    if !fine {
+        return None;
+    }
+    text.split(',').map(str::trim).collect::<Vec<_>>().join(",").parse().ok()
+}
+
 /// The level filter's reload handle, once logging is set up.
 static LEVEL: OnceLock<Level> = OnceLock::new();
 
 struct Level {
-    handle: reload::Handle<EnvFilter, Registry>,
+    handle: reload::Handle<Targets, Registry>,
     state: std::sync::Mutex<LevelState>,
 }
 
@@ -220,7 +243,7 @@ pub struct LogStatus {
 }
 
 /// Keeps the reload handle of the logging set up at start (`cli::init_logging`).
-pub fn keep_handle(handle: reload::Handle<EnvFilter, Registry>, level: &str) {
+pub fn keep_handle(handle: reload::Handle<Targets, Registry>, level: &str) {
     let state = LevelState { filter: level.to_string(), generation: 0, revert: None };
     let _ = LEVEL.set(Level { handle, state: std::sync::Mutex::new(state) });
 }
@@ -250,7 +273,7 @@ pub struct Changed {
 /// until [`revert`] is called with the returned generation. A temporary change made
 /// over another goes back to the level before the first.
 pub fn set_level(filter: &str, revert_at: Option<std::time::SystemTime>) -> Result<Changed, LevelError> {
-    let new = EnvFilter::try_new(filter).map_err(|_| LevelError::Filter(filter.to_string()))?;
+    let new = parse_filter(filter).ok_or_else(|| LevelError::Filter(filter.to_string()))?;
     let level = LEVEL.get().ok_or(LevelError::NoHandle)?;
     let mut state = level.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     level.handle.reload(new).map_err(|_| LevelError::NoHandle)?;
@@ -277,7 +300,7 @@ pub fn revert(generation: u64) -> Option<String> {
     }
     let (to, _) = state.revert.take()?;
     // The filter was in force before, so it parses; fall back to `info` all the same.
-    let filter = EnvFilter::try_new(&to).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = parse_filter(&to).unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     level.handle.reload(filter).ok()?;
     state.filter = to.clone();
     state.generation += 1;

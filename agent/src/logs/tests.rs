@@ -106,3 +106,14 @@ proptest! {
         prop_assert_eq!(read::parse_time(&format!("{back_s}s"), now), Ok((2_000_000 - back_s) * 1000));
     }
 }
+
+#[test]
+fn filters_are_levels_and_targets_and_a_misspelt_level_is_refused() {
+    for good in ["info", "DEBUG", "off", "edge_agent::mqtt=debug,info", " warn , rumqttc=error "] {
+        assert!(super::parse_filter(good).is_some(), "{good}");
+    }
+    // The filter itself would read `verbose` as a target name and enable it at trace.
+    for bad in ["verbose", "", "info,", "edge_agent=loud", "=debug", "[span{x=1}]=debug", "a b=info"] {
+        assert!(super::parse_filter(bad).is_none(), "{bad}");
+    }
+}
