@@ -15,26 +15,12 @@ MIB="${2:-64}"
 SWITCHES="${3:-20}"
 [ -x "$BIN" ] || { echo "ota.sh: build $BIN first (cargo build --release)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "ota.sh: needs curl" >&2; exit 2; }
-TMP="$(mktemp -d)"
-PORT=$((20000 + RANDOM % 20000))
-API=$((PORT + 1))
-cleanup() {
-    [ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null
-    [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
-
-cd "$TMP"
-mkdir keys
-for r in root targets snapshot timestamp; do "$BIN" registry keygen "keys/$r.key" >/dev/null 2>&1; done
-"$BIN" registry init --repo reg --keys keys --root-key keys/root.key.pub --targets-key keys/targets.key.pub \
-    --snapshot-key keys/snapshot.key.pub --timestamp-key keys/timestamp.key.pub 2>/dev/null
+. tests/bench/registry_env.sh
 version() { # version N [MiB of padding]: the demo model as version N
     mkdir -p "v$1"
-    cp "$OLDPWD"/configs/models/vibration/{model.toml,model.onnx,selftest.json} "v$1/"
+    cp "$ROOT"/configs/models/vibration/{model.toml,model.onnx,selftest.json} "v$1/"
     sed -i "s/^version = \"1\"/version = \"$1\"/" "v$1/model.toml"
     if [ "${2:-0}" -gt 0 ]; then head -c "$(( $2 * 1048576 ))" /dev/urandom > "v$1/padding.bin"; fi
 }
@@ -59,7 +45,7 @@ listen = "127.0.0.1:$API"
 queue = 256
 deadline_ms = 5000
 [[model]]
-path = "$OLDPWD/configs/models/vibration"
+path = "$ROOT/configs/models/vibration"
 [[source]]
 kind = "simulated"
 model = "vibration"
@@ -88,7 +74,7 @@ start_agent serve
 post() { curl -s -X POST -H 'content-type: application/json' -d "${2:-}" "http://127.0.0.1:$API$1"; }
 post /ota/check >/dev/null
 
-echo "== machine: $(nproc) cores, $(uname -m); commit $(git -C "$OLDPWD" rev-parse --short HEAD 2>/dev/null || echo '?'); command: tests/bench/ota.sh $*"
+echo "== machine: $(nproc) cores, $(uname -m); commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); command: tests/bench/ota.sh $*"
 echo
 echo "== 1. an unchanged check (50 in a row)"
 C0=$(cpu_s "$AGENT"); T0=$(date +%s.%N)

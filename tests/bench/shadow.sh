@@ -18,21 +18,7 @@ SECS="${2:-20}"
 STREAMS="${3:-2}"
 [ -x "$BIN" ] || { echo "shadow.sh: build $BIN first" >&2; exit 2; }
 command -v curl >/dev/null || { echo "shadow.sh: needs curl" >&2; exit 2; }
-TMP="$(mktemp -d)"
-PORT=$((20000 + RANDOM % 20000))
-API=$((PORT + 1))
-cleanup() {
-    [ -n "${AGENT:-}" ] && kill "$AGENT" 2>/dev/null
-    [ -n "${SERVER:-}" ] && kill "$SERVER" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-ROOT="$PWD"
-cd "$TMP"
-mkdir keys
-for r in root targets snapshot timestamp; do "$BIN" registry keygen "keys/$r.key" >/dev/null 2>&1; done
-"$BIN" registry init --repo reg --keys keys --root-key keys/root.key.pub --targets-key keys/targets.key.pub \
-    --snapshot-key keys/snapshot.key.pub --timestamp-key keys/timestamp.key.pub 2>/dev/null
+. tests/bench/registry_env.sh
 mkdir v2
 cp "$ROOT"/configs/models/vibration/{model.toml,model.onnx,selftest.json} v2/
 sed -i 's/^version = "1"/version = "2"/' v2/model.toml
