@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod mqtt_agent;
+pub mod proxy;
 pub mod registry;
 
 use std::io::Read;

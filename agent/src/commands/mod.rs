@@ -60,6 +60,8 @@ pub struct Context {
     pub capture: crate::config::CaptureSection,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
+    /// Bytes per destination: uploads count theirs here.
+    pub usage: crate::usage::Usage,
 }
 
 /// A request as sent: `{"id", "args"?, "expires"?}`.

@@ -296,6 +296,7 @@ mod dispatcher {
             mqtt: None,
             ota: None,
             fallback: fallback.clone(),
+            usage: Default::default(),
         };
         Context {
             engine,
@@ -308,6 +309,7 @@ mod dispatcher {
             ota: None,
             fallback,
             capture: crate::config::CaptureSection::default(),
+            usage: Default::default(),
             status: Box::new(move || parts.gather(None)),
         }
     }

@@ -254,9 +254,11 @@ pub fn start(
     prepared: Prepared,
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
+    wire: Arc<crate::usage::Counter>,
 ) -> Result<OtaHandle, OtaError> {
     let Prepared { notes, states } = prepared;
-    let ota = Ota::new(config, engine, events, states)?;
+    let mut ota = Ota::new(config, engine, events, states)?;
+    ota.updater = ota.updater.counting_in(wire);
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));

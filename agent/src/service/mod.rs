@@ -27,6 +27,7 @@ use crate::api::{self, ApiCounters, ApiLimits, ApiState, Listeners};
 use crate::config::{Config, Overrides};
 use crate::events::{Event, Events, Kind};
 use crate::sources::{self, SensorMessage};
+use crate::usage::{Dest, Usage};
 use edge_infer::engine::{Engine, LoadedModel};
 use health::Health;
 use status::Parts;
@@ -216,8 +217,11 @@ async fn start_parts(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let engine = start_engine(config)?;
+    // Bytes per destination: each client gets its destination's counter when built.
+    let usage = Usage::default();
     // Cloud endpoints: token and certificate files are read now.
-    let (fallback, transitions) = crate::fallback::Fallback::new(config.fallback.as_ref())?;
+    let (fallback, transitions) =
+        crate::fallback::Fallback::counting_in(config.fallback.as_ref(), usage.counter(Dest::Cloud))?;
     let fallback = Arc::new(fallback);
     // Versions installed from the registry replace the configured ones.
     let prepared = crate::ota::prepare(config, &engine);
@@ -228,7 +232,7 @@ async fn start_parts(
     };
 
     let mqtt = match &config.mqtt {
-        Some(m) => Some(start_mqtt_link(config, m, &engine, health, to_streams, token, tracker)?),
+        Some(m) => Some(start_mqtt_link(config, m, &engine, health, to_streams, token, tracker, &usage)?),
         None => None,
     };
     let events = match &mqtt {
@@ -245,6 +249,7 @@ async fn start_parts(
             prepared,
             token.child_token(),
             tracker,
+            usage.counter(Dest::Registry),
         )?),
         None => None,
     };
@@ -260,6 +265,7 @@ async fn start_parts(
         mqtt: mqtt.as_ref().map(|link| link.handle.stats.clone()),
         ota,
         fallback: fallback.clone(),
+        usage,
     };
     Ok(Running { engine, fallback, events, mqtt, listeners, status })
 }
@@ -288,7 +294,7 @@ fn serve_api(
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> ApiState {
-    let Parts { engine, health, mqtt, ota, fallback } = parts;
+    let Parts { engine, health, mqtt, ota, fallback, usage } = parts;
     let l = &api.limits;
     let state = ApiState {
         engine,
@@ -296,6 +302,7 @@ fn serve_api(
         ota,
         fallback,
         mqtt,
+        usage,
         limits: Arc::new(ApiLimits {
             max_body_bytes: l.max_body_bytes,
             max_concurrency: l.max_concurrency,
@@ -476,6 +483,7 @@ fn summarise(engine: &Engine, mut summary: RunSummary) -> RunSummary {
 
 /// Starts the MQTT link: the connection, the outbox over the spool, and the inbound
 /// router that hands sensor messages to `to_streams`.
+#[allow(clippy::too_many_arguments)]
 fn start_mqtt_link(
     config: &Config,
     m: &crate::config::MqttConfig,
@@ -484,6 +492,7 @@ fn start_mqtt_link(
     to_streams: mpsc::Sender<SensorMessage>,
     token: &CancellationToken,
     tracker: &TaskTracker,
+    usage: &Usage,
 ) -> Result<MqttLink, StartError> {
     let status_engine = engine.clone();
     let status = Box::new(move |state: &str| {
@@ -507,6 +516,7 @@ fn start_mqtt_link(
         to_streams,
         token.child_token(),
         tracker,
+        usage.counter(Dest::Broker),
     )?;
     Ok(MqttLink { handle, commands, closed })
 }
@@ -531,6 +541,7 @@ fn serve_mqtt(
         outbox: handle.stats.clone(),
         started: health.started,
         fallback: Some(parts.fallback.clone()),
+        usage: parts.usage.clone(),
     };
     let ctx = crate::commands::Context {
         engine: engine.clone(),
@@ -542,6 +553,7 @@ fn serve_mqtt(
         ota: parts.ota.clone(),
         fallback: parts.fallback.clone(),
         capture: config.capture.clone(),
+        usage: parts.usage.clone(),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));

@@ -45,6 +45,9 @@ pub struct Status {
     /// Cloud fallback: requests routed by reason, answers, failures, breakers, budget.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackReport>,
+    /// Bytes sent and received per destination since start (docs/data-usage.md).
+    #[serde(default)]
+    pub usage: crate::usage::UsageReport,
 }
 
 /// One model.
@@ -168,6 +171,8 @@ pub struct Parts {
     /// The model update task, when `[ota]` is configured.
     pub ota: Option<OtaHandle>,
     pub fallback: Arc<Fallback>,
+    /// Bytes per destination.
+    pub usage: crate::usage::Usage,
 }
 
 impl Parts {
@@ -208,6 +213,7 @@ impl Status {
             mqtt: parts.mqtt.as_ref().map(|m| m.report()),
             ota,
             fallback: parts.fallback.report(),
+            usage: parts.usage.report(),
         }
     }
 }

@@ -152,6 +152,7 @@ async fn the_status_document_reads_back_into_its_type() {
         mqtt: Some(Arc::default()),
         ota: None,
         fallback: Arc::new(fallback),
+        usage: Default::default(),
     };
     let written = serde_json::to_value(parts.gather(None)).unwrap();
     assert_eq!(written["models"]["vibration"]["ok"], 1, "{written:#}");

@@ -19,8 +19,8 @@ use crate::mqtt::{Mqtt, OutboxReport, OutboxStats};
 use edge_infer::engine::Engine;
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
-/// and `bad_stream`.
-pub const SCHEMA: u32 = 2;
+/// and `bad_stream`. 3: `usage`, bytes per destination.
+pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -33,6 +33,9 @@ pub struct Report {
     pub engine: EngineCounts,
     pub system: SystemReading,
     pub agent: AgentReading,
+    /// Bytes sent and received per destination since start.
+    #[serde(default)]
+    pub usage: crate::usage::UsageReport,
 }
 
 /// One model's totals since start.
@@ -93,6 +96,7 @@ pub struct Sources {
     pub started: Instant,
     /// Answers computed in the cloud, per model and reason.
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
+    pub usage: crate::usage::Usage,
 }
 
 /// Builds a report now.
@@ -161,6 +165,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
             cpu_s: super::cpu_seconds(),
             mqtt: src.outbox.report(),
         },
+        usage: src.usage.report(),
     }
 }
 

@@ -1,0 +1,99 @@
+//! Bytes per destination (docs/data-usage.md): what the agent says it sent and received
+//! against what crossed a counting TCP proxy on loopback.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::mqtt_agent::*;
+use crate::common::proxy::CountingProxy;
+use crate::common::registry::*;
+use crate::common::*;
+
+fn sensor_payload(id: u64) -> String {
+    let samples: Vec<String> =
+        (0..256).map(|i| format!("{:.3}", ((i as f64) * 0.3 + id as f64).sin())).collect();
+    format!("{{\"id\":{id},\"data\":[{}]}}", samples.join(","))
+}
+
+fn counts(v: &Value) -> (u64, u64) {
+    (v["sent"].as_u64().expect("sent"), v["received"].as_u64().expect("received"))
+}
+
+/// `lo <= wire <= hi`, and the window between the two readings is a few percent of it.
+fn bracketed(what: &str, lo: u64, wire: u64, hi: u64) {
+    assert!(lo <= wire && wire <= hi, "{what}: counted {lo}..{hi}, on the wire {wire}");
+    assert!((hi - lo) as f64 <= wire as f64 * 0.04, "{what}: counted {lo}..{hi}, on the wire {wire}");
+}
+
+#[test]
+fn broker_bytes_over_tls_are_the_bytes_that_crossed_the_link() {
+    let setup = MqttSetup::new().tls().extra("[telemetry]\ninterval_s = 1\n").prepare();
+    // The agent reaches the broker through the proxy.
+    let proxy = CountingProxy::start(setup.broker.port);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let port_line = format!("port = {}\n", setup.broker.port);
+    assert!(text.contains(&port_line), "{text}");
+    std::fs::write(&setup.config, text.replacen(&port_line, &format!("port = {}\n", proxy.port), 1)).unwrap();
+    let Running { dir: _dir, broker, subs: [results, telemetry], agent, .. } =
+        setup.start(["edge/dev1/results/#", "edge/dev1/telemetry"]);
+
+    let lines: Vec<(String, String)> =
+        (0..400).map(|id| ("sensors/s1/accel".to_string(), sensor_payload(id))).collect();
+    broker.publish_many("test", &lines, 1);
+    results.wait_count(400, secs(60), |_, _| true);
+
+    // Report r1 was made before the proxy is read, r3 after (two intervals later): the
+    // bytes that crossed lie between what they counted.
+    let seen = telemetry.received().len();
+    let r1 = telemetry.wait_count(seen + 1, secs(10), |_, _| true).pop().unwrap();
+    let (up, down) = proxy.counts();
+    let r3 = telemetry.wait_count(seen + 3, secs(20), |_, _| true).pop().unwrap();
+    let (r1, r3): (Value, Value) =
+        (serde_json::from_str(&r1.1).unwrap(), serde_json::from_str(&r3.1).unwrap());
+    let ((s1, g1), (s3, g3)) = (counts(&r1["usage"]["broker"]), counts(&r3["usage"]["broker"]));
+    assert!(down > 400 * 1500, "the sensor messages came through the proxy: {down}");
+    bracketed("sent to the broker", s1, up, s3);
+    bracketed("received from the broker", g1, down, g3);
+    assert_eq!(r3["usage"]["registry"]["sent"], 0, "{r3}");
+    agent.stop();
+}
+
+#[test]
+fn registry_bytes_are_within_a_few_percent_of_what_crossed_the_link() {
+    let p = Publisher::new(1);
+    let work = tempdir();
+    // A bigger model file, so that the download is most of the traffic, as in the field.
+    p.publish(
+        &model_version(work.path(), "2", |dir| {
+            let pad: String = (0..200_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+            std::fs::write(dir.join("README.pad"), pad).unwrap();
+        }),
+        100,
+        &[],
+    );
+    let reg = Served::start(&p.repo());
+    let port: u16 = reg.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = CountingProxy::start(port);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let ota = ota_section(&url, &p.root_v1(), "");
+    let d = Daemon::start("run", &crate::ota::body(&demo_model(), None, &ota), "", &[]);
+    wait_status(&d, "version 2 active", secs(60), |s| s["models"]["vibration"]["version"] == "2");
+    // The update task is done with the registry once the version is active; the
+    // connection is idle.
+    std::thread::sleep(Duration::from_millis(200));
+    let s = status(&d);
+    let (sent, received) = counts(&s["usage"]["registry"]);
+    let (up, down) = proxy.counts();
+    assert!(down > 200_000, "the model came through the proxy: {down}");
+    let near = |what: &str, counted: u64, wire: u64| {
+        let off = (counted as f64 - wire as f64).abs() / wire as f64;
+        assert!(off < 0.03, "{what}: counted {counted}, on the wire {wire} ({:.1} % off)", off * 100.0);
+    };
+    near("received from the registry", received, down);
+    // Requests are small and mostly headers: reqwest adds some we only estimate.
+    let off = (sent as f64 - up as f64).abs() / up as f64;
+    assert!(off < 0.10, "sent to the registry: counted {sent}, on the wire {up}");
+    assert_eq!(s["usage"]["broker"]["sent"], 0, "{s}");
+    d.stop();
+}
