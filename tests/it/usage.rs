@@ -97,3 +97,89 @@ fn registry_bytes_are_within_a_few_percent_of_what_crossed_the_link() {
     assert_eq!(s["usage"]["broker"]["sent"], 0, "{s}");
     d.stop();
 }
+
+/// Adds `publish = {...}` to the config's model entry.
+fn with_publish(config: &std::path::Path, publish: &str) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let at = text.find("[[model]]\npath = ").expect("a model entry");
+    let end = at + text[at..].find('\n').unwrap() + 1;
+    let end = end + text[end..].find('\n').unwrap() + 1;
+    let text = format!("{}publish = {publish}\n{}", &text[..end], &text[end..]);
+    std::fs::write(config, text).unwrap();
+}
+
+/// `n` messages of 256 samples from the simulated machine, with an anomaly of 0.1 s
+/// every second, so that labels change now and then.
+fn varied(n: u64) -> Vec<(String, String)> {
+    let mut sim = edge_agent::sources::VibrationSim::new(7, 1000.0, 1.0, 0.1);
+    (0..n)
+        .map(|id| {
+            let samples: Vec<String> = sim.samples(256).iter().map(|x| format!("{x:.4}")).collect();
+            ("sensors/s1/accel".to_string(), format!("{{\"id\":{id},\"data\":[{}]}}", samples.join(",")))
+        })
+        .collect()
+}
+
+#[test]
+fn on_change_publishes_exactly_the_label_changes_the_full_stream_has() {
+    let setup = MqttSetup::new().extra("[telemetry]\ninterval_s = 1\n").prepare();
+    with_publish(&setup.config, "{ mode = \"change\" }");
+    let Running { dir: _dir, broker, subs: [results, telemetry], agent, .. } =
+        setup.start(["edge/dev1/results/#", "edge/dev1/telemetry"]);
+    broker.publish_many("test", &varied(100), 1);
+    // Every result was computed (the engine's count), whatever was published.
+    telemetry.wait_for("100 results computed", secs(60), |_, p| p.contains("\"ok\":100,"));
+    let log = agent.stop();
+    // The log notes each label change of a stream: the reference.
+    let changes: Vec<u64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "label")
+        .map(|l| l["window"].as_u64().expect("window"))
+        .collect();
+    assert!(changes.len() > 2, "the inputs change labels: {changes:?}");
+    assert!(changes.len() < 100);
+    results.wait_count(changes.len(), secs(10), |_, _| true);
+    let published: Vec<u64> =
+        results.received().iter().map(|m| m.json()["window"].as_u64().expect("a result")).collect();
+    assert_eq!(published, changes, "published exactly the changes");
+}
+
+#[test]
+fn summary_mode_publishes_summaries_that_cover_every_result() {
+    let setup = MqttSetup::new().prepare();
+    with_publish(&setup.config, "{ mode = \"summary\", interval_s = 1 }");
+    let Running { dir: _dir, broker, subs: [results], agent, .. } = setup.start(["edge/dev1/results/#"]);
+    broker.publish_many("test", &varied(60), 1);
+    let covered = |all: &[(String, String)]| -> u64 {
+        all.iter()
+            .map(|(_, p)| serde_json::from_str::<Value>(p).unwrap()["results"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let start = std::time::Instant::now();
+    while covered(&results.messages()) < 60 && start.elapsed() < secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.stop();
+    let all = results.messages();
+    assert_eq!(covered(&all), 60, "{all:?}");
+    let mut next_seq = None;
+    for (_, p) in &all {
+        let s: Value = serde_json::from_str(p).unwrap();
+        assert_eq!(s["summary"], true, "only summaries: {s}");
+        let labels: u64 = s["labels"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(labels, s["results"].as_u64().unwrap(), "{s}");
+        let (lo, hi, mean) = (
+            s["score"]["min"].as_f64().unwrap(),
+            s["score"]["max"].as_f64().unwrap(),
+            s["score"]["mean"].as_f64().unwrap(),
+        );
+        assert!(lo <= mean && mean <= hi, "{s}");
+        // Consecutive summaries of the stream cover consecutive results.
+        let from = s["from_seq"].as_u64().unwrap();
+        if let Some(n) = next_seq {
+            assert_eq!(from, n, "{all:?}");
+        }
+        next_seq = Some(s["to_seq"].as_u64().unwrap() + 1);
+    }
+}

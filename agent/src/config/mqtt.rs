@@ -154,11 +154,20 @@ pub struct TelemetrySection {
     /// 0 or 1. Reports spooled while offline are always replayed with QoS 1.
     #[serde(default)]
     pub qos: u8,
+    /// JSON only: a report holds only the values that changed since the one before
+    /// (with `schema`, `ts`, `device` and `"partial": true`); every tenth is whole.
+    #[serde(default)]
+    pub only_changed: bool,
 }
 
 impl Default for TelemetrySection {
     fn default() -> Self {
-        TelemetrySection { interval_s: default_telemetry_interval(), format: TelemetryFormat::Json, qos: 0 }
+        TelemetrySection {
+            interval_s: default_telemetry_interval(),
+            format: TelemetryFormat::Json,
+            qos: 0,
+            only_changed: false,
+        }
     }
 }
 

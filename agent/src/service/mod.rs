@@ -5,6 +5,7 @@
 //! by bounded channels under one cancellation token, and tells systemd what it does.
 
 pub mod health;
+mod publish;
 mod reload;
 mod result;
 mod seq;
@@ -359,6 +360,7 @@ fn wire_data_path(
 
     if let Some(handle) = mqtt {
         sink.mqtt = Some(handle);
+        sink.publish = config.models.iter().map(|m| (m.name.clone(), m.publish)).collect();
         sink.seq =
             Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| StartError::Seq {
                 path: config.state_dir.display().to_string(),
