@@ -183,3 +183,22 @@ fn summary_mode_publishes_summaries_that_cover_every_result() {
         next_seq = Some(s["to_seq"].as_u64().unwrap() + 1);
     }
 }
+
+#[test]
+fn telemetry_with_only_changed_sends_the_whole_report_then_the_changes() {
+    let Running { dir: _dir, broker: _broker, subs: [telemetry], agent, .. } = MqttSetup::new()
+        .extra("[telemetry]\ninterval_s = 1\nonly_changed = true\n")
+        .start(["edge/dev1/telemetry"]);
+    let reports = telemetry.wait_count(3, secs(20), |_, _| true);
+    agent.stop();
+    let r: Vec<Value> = reports.iter().map(|(_, p)| serde_json::from_str(p).unwrap()).collect();
+    assert!(r[0]["system"]["mem_total"].as_u64().unwrap() > 0, "the first is whole: {}", r[0]);
+    assert!(r[0].get("partial").is_none());
+    for later in &r[1..] {
+        assert_eq!(later["partial"], true, "{later}");
+        assert!(later["ts"].is_string() && later["device"] == "dev1", "{later}");
+        assert!(later["system"].get("mem_total").is_none(), "unchanged values are left out: {later}");
+        assert!(later.get("engine").is_none(), "an idle engine did not change: {later}");
+    }
+    assert!(reports[1].1.len() * 2 < reports[0].1.len(), "{} vs {}", reports[1].1.len(), reports[0].1.len());
+}
