@@ -202,3 +202,66 @@ fn telemetry_with_only_changed_sends_the_whole_report_then_the_changes() {
     }
     assert!(reports[1].1.len() * 2 < reports[0].1.len(), "{} vs {}", reports[1].1.len(), reports[0].1.len());
 }
+
+/// One message of 256 samples written short (about 1 KB).
+fn short_message(id: u64) -> (String, String) {
+    let samples: Vec<String> = (0..256).map(|i| format!("{:.1}", ((i + id) as f64 * 0.3).sin())).collect();
+    ("sensors/s1/accel".to_string(), format!("{{\"id\":{id},\"data\":[{}]}}", samples.join(",")))
+}
+
+#[test]
+fn the_daily_cap_holds_telemetry_first_then_results_and_never_replies_or_events() {
+    const CAP: u64 = 20_000;
+    let Running { dir: _dir, broker, subs: [all], agent, .. } = MqttSetup::new()
+        .mqtt(&format!("max_bytes_per_day = {CAP}"))
+        .extra("[telemetry]\ninterval_s = 1\n")
+        .start(["edge/dev1/#"]);
+    let kind_of = |t: &str, p: &str| -> String {
+        if t.ends_with("/telemetry") {
+            "telemetry".into()
+        } else if t.contains("/results/") {
+            "result".into()
+        } else if t.ends_with("/events") && p.contains("data-cap-reached") {
+            let e: Value = serde_json::from_str(p).unwrap();
+            format!("cap:{}", e["detail"]["holding"].as_str().unwrap())
+        } else if t.ends_with("/reply") {
+            "reply".into()
+        } else {
+            "other".into()
+        }
+    };
+    // Telemetry alone reaches 80 % of the cap: telemetry stops, announced.
+    all.wait_for("the first stage", secs(60), |t, p| kind_of(t, p) == "cap:telemetry");
+    // Results still go: one message, one result.
+    broker.publish("test", short_message(0).0.as_str(), short_message(0).1.as_bytes(), 1, false);
+    all.wait_for("a result under the cap", secs(20), |t, _| t.contains("/results/"));
+    // A flood takes it past the cap: results stop, announced.
+    let flood: Vec<(String, String)> = (1..60).map(short_message).collect();
+    broker.publish_many("test", &flood, 1);
+    all.wait_for("the second stage", secs(30), |t, p| kind_of(t, p) == "cap:telemetry and results");
+    // Commands are still answered, with the counts of what was held back.
+    broker.publish("test", "edge/dev1/cmd/status", br#"{"id":"st-1"}"#, 1, false);
+    let (_, reply) =
+        all.wait_for("the status reply", secs(20), |t, p| t.ends_with("/reply") && p.contains("succeeded"));
+    agent.stop();
+
+    let order: Vec<String> =
+        all.messages().iter().map(|(t, p)| kind_of(t, p)).filter(|k| k != "other").collect();
+    let first = order.iter().position(|k| k == "cap:telemetry").unwrap();
+    let second = order.iter().position(|k| k == "cap:telemetry and results").unwrap();
+    assert!(first < second, "{order:?}");
+    assert!(
+        !order[first..].contains(&"telemetry".to_string()),
+        "no telemetry after the first stage: {order:?}"
+    );
+    assert!(order[first..second].contains(&"result".to_string()), "results between the stages: {order:?}");
+    assert!(!order[second..].contains(&"result".to_string()), "no result after the second stage: {order:?}");
+    let results = order.iter().filter(|k| *k == "result").count();
+    assert!(results < 60, "the flood was held back: {results} results published");
+
+    let status: Value = serde_json::from_str(&reply).unwrap();
+    let cap = &status["result"]["usage"]["broker_cap"];
+    assert_eq!(cap["bytes_per_day"], CAP, "{status}");
+    assert!(cap["held_telemetry"].as_u64().unwrap() >= 1, "{cap}");
+    assert_eq!(cap["held_results"].as_u64().unwrap() as usize, 60 - results, "{cap}");
+}

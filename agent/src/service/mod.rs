@@ -130,7 +130,13 @@ pub async fn run(
         &config,
         sink,
         publisher,
-        DataDeps { engine: &engine, health: &health, fallback: &fallback, events: &events },
+        DataDeps {
+            engine: &engine,
+            health: &health,
+            fallback: &fallback,
+            events: &events,
+            usage: &status.usage,
+        },
         (source_tx, source_rx),
         &token,
         &tracker,
@@ -240,6 +246,12 @@ async fn start_parts(
         Some(link) => Events::log_only().publish_to(Arc::new(link.handle.clone())),
         None => Events::log_only(),
     };
+    if let Some(m) = &config.mqtt {
+        let cap =
+            Arc::new(crate::usage::cap::DailyCap::new(m.max_bytes_per_day, usage.counter(Dest::Broker)));
+        cap.announce_to(events.clone());
+        usage.set_cap(cap);
+    }
 
     // Model updates from the registry.
     let ota = match config.ota {
@@ -336,6 +348,7 @@ struct DataDeps<'a> {
     health: &'a Arc<Health>,
     fallback: &'a Arc<crate::fallback::Fallback>,
     events: &'a Events,
+    usage: &'a Usage,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -361,6 +374,7 @@ fn wire_data_path(
     if let Some(handle) = mqtt {
         sink.mqtt = Some(handle);
         sink.publish = config.models.iter().map(|m| (m.name.clone(), m.publish)).collect();
+        sink.cap = deps.usage.cap();
         sink.seq =
             Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| StartError::Seq {
                 path: config.state_dir.display().to_string(),

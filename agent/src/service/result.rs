@@ -71,6 +71,8 @@ pub struct ResultSink {
     pub seq: Option<SeqAllocator>,
     /// Per model, which results go to MQTT (`[model.publish]`); every one by default.
     pub publish: HashMap<String, crate::config::PublishSection>,
+    /// The broker's daily cap: results give way once it is reached.
+    pub cap: Option<std::sync::Arc<crate::usage::cap::DailyCap>>,
 }
 
 impl ResultSink {
@@ -115,6 +117,10 @@ impl ResultSink {
                     ts: &ts,
                     outputs: &r.outputs,
                 });
+            let to_mqtt = match (&self.cap, to_mqtt) {
+                (Some(cap), true) => cap.allow(crate::usage::cap::Class::Result).await,
+                (_, to_mqtt) => to_mqtt,
+            };
             let published = Published {
                 seq,
                 ts,
@@ -190,6 +196,11 @@ impl ResultSink {
         let due = gate.due(now, device, &ts);
         if let Some(m) = &self.mqtt {
             for (model, payload) in due {
+                if let Some(cap) = &self.cap
+                    && !cap.allow(crate::usage::cap::Class::Result).await
+                {
+                    continue;
+                }
                 if m.publish_result(&model, payload, Vec::new()).await.is_err() {
                     tracing::warn!("the MQTT outbox is closed; results are no longer published");
                     self.mqtt = None;

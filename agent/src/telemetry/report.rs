@@ -194,6 +194,12 @@ pub async fn run(
         if current.interval_s == 0 {
             continue;
         }
+        // Over the broker's daily cap, telemetry is the first to give way.
+        if let Some(cap) = src.usage.cap()
+            && !cap.allow(crate::usage::cap::Class::Telemetry).await
+        {
+            continue;
+        }
         // sysinfo reads /proc and /sys: small, but blocking.
         let (s, reading) = match tokio::task::spawn_blocking(move || {
             let r = sampler.sample();

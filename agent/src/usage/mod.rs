@@ -12,13 +12,14 @@
 //!   and received. TLS adds its handshake (some 4-6 KB per new connection) and about
 //!   0.2 % on bulk data (22 bytes per 16 KB record), which are not in the count.
 
+pub mod cap;
 pub mod http;
 pub mod relay;
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,9 @@ pub struct UsageReport {
     pub registry: Bytes,
     pub cloud: Bytes,
     pub uploads: Bytes,
+    /// The broker's daily cap (zeros without one).
+    #[serde(default)]
+    pub broker_cap: cap::CapReport,
 }
 
 impl UsageReport {
@@ -87,9 +91,20 @@ pub struct Usage {
     registry: Arc<Counter>,
     cloud: Arc<Counter>,
     uploads: Arc<Counter>,
+    /// The broker's daily cap, once the MQTT link has one.
+    cap: Arc<OnceLock<Arc<cap::DailyCap>>>,
 }
 
 impl Usage {
+    /// Sets the broker's daily cap (once).
+    pub fn set_cap(&self, cap: Arc<cap::DailyCap>) {
+        let _ = self.cap.set(cap);
+    }
+
+    pub fn cap(&self) -> Option<Arc<cap::DailyCap>> {
+        self.cap.get().cloned()
+    }
+
     /// The counter of `dest`, to hand to the client that talks to it.
     pub fn counter(&self, dest: Dest) -> Arc<Counter> {
         match dest {
@@ -106,6 +121,7 @@ impl Usage {
             registry: self.registry.totals(),
             cloud: self.cloud.totals(),
             uploads: self.uploads.totals(),
+            broker_cap: self.cap.get().map(|c| c.report()).unwrap_or_default(),
         }
     }
 }

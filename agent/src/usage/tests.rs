@@ -49,3 +49,38 @@ fn an_http_request_is_counted_with_its_line_headers_and_body() {
     // the host, accept, content-length, x-a lines and the blank line about 70 more.
     assert!((1100..1130).contains(&n), "{n}");
 }
+
+#[tokio::test]
+async fn the_cap_holds_telemetry_first_then_results_and_announces_each_once() {
+    let counter = Arc::new(Counter::default());
+    let cap = cap::DailyCap::new(1000, counter.clone());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    cap.announce_to(crate::events::Events::log_only().tap(tx));
+    use cap::Class::{Result, Telemetry};
+
+    counter.add_sent(700);
+    assert!(cap.allow(Telemetry).await && cap.allow(Result).await, "under 80 %: everything goes");
+    counter.add_received(100);
+    assert!(!cap.allow(Telemetry).await, "from 80 %: telemetry gives way");
+    assert!(cap.allow(Result).await, "results still go");
+    assert!(!cap.allow(Telemetry).await);
+    counter.add_sent(200);
+    assert!(!cap.allow(Result).await, "at the cap: results give way too");
+    assert!(!cap.allow(Result).await);
+
+    let first = rx.try_recv().map(|e| e.detail["holding"].clone());
+    let second = rx.try_recv().map(|e| e.detail["holding"].clone());
+    assert_eq!(first.ok(), Some(serde_json::json!("telemetry")));
+    assert_eq!(second.ok(), Some(serde_json::json!("telemetry and results")));
+    assert!(rx.try_recv().is_err(), "each stage is announced once");
+    let r = cap.report();
+    assert_eq!((r.bytes_per_day, r.used_today, r.held_telemetry, r.held_results), (1000, 1000, 2, 2));
+}
+
+#[tokio::test]
+async fn no_cap_holds_nothing() {
+    let counter = Arc::new(Counter::default());
+    let cap = cap::DailyCap::new(0, counter.clone());
+    counter.add_sent(u64::MAX / 2);
+    assert!(cap.allow(cap::Class::Telemetry).await && cap.allow(cap::Class::Result).await);
+}
