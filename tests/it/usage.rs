@@ -265,3 +265,78 @@ fn the_daily_cap_holds_telemetry_first_then_results_and_never_replies_or_events(
     assert!(cap["held_telemetry"].as_u64().unwrap() >= 1, "{cap}");
     assert_eq!(cap["held_results"].as_u64().unwrap() as usize, 60 - results, "{cap}");
 }
+
+#[test]
+fn spool_flush_drops_the_spooled_results_and_the_reply_still_comes() {
+    const N: u64 = 1500;
+    let api = free_port();
+    let setup = MqttSetup::new().extra(&format!("[api]\nlisten = \"127.0.0.1:{api}\"\n")).prepare();
+    let proxy = CountingProxy::start(setup.broker.port);
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let port_line = format!("port = {}\n", setup.broker.port);
+    std::fs::write(&setup.config, text.replacen(&port_line, &format!("port = {}\n", proxy.port), 1)).unwrap();
+    let Running { dir: _dir, broker, subs: [results, replies], agent, .. } =
+        setup.start(["edge/dev1/results/#", "edge/dev1/cmd/spool/flush/reply"]);
+    let status = || -> Value {
+        ureq::get(&format!("http://127.0.0.1:{api}/status")).call().unwrap().body_mut().read_json().unwrap()
+    };
+
+    // Nothing the agent sends gets through: its results pile up and spill to the spool.
+    // (QoS 0 sensor messages: the broker does not wait for the agent's acknowledgements,
+    // which are held too.)
+    proxy.hold_up(true);
+    let flood: Vec<(String, String)> = (0..N).map(short_message).collect();
+    broker.publish_many("test", &flood, 0);
+    let start = std::time::Instant::now();
+    let mut s = status();
+    while (s["models"]["flat"]["ok"] != N || s["mqtt"]["spool_records"] == 0) && start.elapsed() < secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+        s = status();
+    }
+    let spooled = s["mqtt"]["spool_records"].as_u64().unwrap();
+    assert!(spooled > 100, "{s}");
+
+    broker.publish(
+        "test",
+        "edge/dev1/cmd/spool/flush",
+        br#"{"id":"f-1","args":{"classes":["result"]}}"#,
+        1,
+        false,
+    );
+    agent.wait_log("command accepted", secs(20));
+    proxy.hold_up(false);
+    let (_, reply) = replies.wait_for("the reply", secs(30), |_, p| p.contains("succeeded"));
+    assert!(reply.contains("\"dropping\":[\"result\"]"), "{reply}");
+    let start = std::time::Instant::now();
+    while status()["mqtt"]["spool_records"] != 0 && start.elapsed() < secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = status();
+    let dropped = s["mqtt"]["dropped"]["result"].as_u64().unwrap();
+    agent.stop();
+    let mut ids: Vec<u64> =
+        results.received().iter().map(|m| m.json()["input_id"].as_u64().expect("a result")).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert!(dropped > 0, "{s}");
+    assert!((ids.len() as u64) < N, "results were dropped, not sent: {} arrived", ids.len());
+    assert!(ids.len() as u64 + dropped >= N, "each result was sent or dropped: {} + {dropped}", ids.len());
+    assert_eq!(s["mqtt"]["dropped"]["reply"], 0, "{s}");
+}
+
+#[test]
+fn spool_flush_refuses_events_replies_and_unknown_classes() {
+    let Running { dir: _dir, broker, subs: [replies], agent, .. } =
+        MqttSetup::new().start(["edge/dev1/cmd/spool/flush/reply"]);
+    for (id, args, why) in [
+        ("r-1", r#"{"classes":["event"]}"#, "events and command replies are always delivered"),
+        ("r-2", r#"{"classes":["logs"]}"#, "is not a class of the spool"),
+        ("r-3", r#"{}"#, "needs `args.classes`"),
+    ] {
+        let body = format!(r#"{{"id":"{id}","args":{args}}}"#);
+        broker.publish("test", "edge/dev1/cmd/spool/flush", body.as_bytes(), 1, false);
+        let (_, p) = replies.wait_for(id, secs(20), |_, p| p.contains(id) && p.contains("rejected"));
+        assert!(p.contains(why), "{p}");
+    }
+    agent.stop();
+}

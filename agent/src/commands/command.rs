@@ -12,6 +12,7 @@ use super::models_list::ModelsListArgs;
 use super::ping::PingArgs;
 use super::rollback::RollbackArgs;
 use super::samples_upload::{self, SamplesUploadArgs};
+use super::spool_flush::{self, SpoolFlushArgs};
 use super::status::StatusArgs;
 use super::update_apply::{UpdateApply, UpdateApplyArgs};
 use super::update_check::UpdateCheckArgs;
@@ -19,7 +20,7 @@ use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 12] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -31,6 +32,7 @@ pub const NAMES: [&str; 11] = [
     RollbackArgs::COMMAND,
     FallbackForceArgs::COMMAND,
     SamplesUploadArgs::COMMAND,
+    SpoolFlushArgs::COMMAND,
 ];
 
 /// A command whose arguments were checked: [`run`] has nothing left to refuse, only to
@@ -49,6 +51,7 @@ pub enum Command {
     Rollback(RollbackArgs),
     FallbackForce(fallback_force::Checked),
     SamplesUpload(samples_upload::Checked),
+    SpoolFlush(spool_flush::Checked),
 }
 
 /// Reads a known command's arguments into its type and checks them (and that this device
@@ -81,6 +84,7 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
         }
         FallbackForceArgs::COMMAND => Command::FallbackForce(fallback_force::prepare(read(args)?, ctx)?),
         SamplesUploadArgs::COMMAND => Command::SamplesUpload(samples_upload::prepare(read(args)?, ctx)?),
+        SpoolFlushArgs::COMMAND => Command::SpoolFlush(spool_flush::prepare(read(args)?, ctx)?),
         other => return Err(format!("unknown command `{}`", crate::mqtt::excerpt(other, 64))),
     })
 }
@@ -120,6 +124,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         },
         Command::FallbackForce(checked) => fallback_force::run(checked, ctx),
         Command::SamplesUpload(checked) => samples_upload::run(checked, progress).await,
+        Command::SpoolFlush(checked) => spool_flush::run(checked, ctx),
     }
 }
 

@@ -310,6 +310,7 @@ mod dispatcher {
             fallback,
             capture: crate::config::CaptureSection::default(),
             usage: Default::default(),
+            outbox: None,
             status: Box::new(move || parts.gather(None)),
         }
     }

@@ -570,6 +570,7 @@ fn serve_mqtt(
         fallback: parts.fallback.clone(),
         capture: config.capture.clone(),
         usage: parts.usage.clone(),
+        outbox: Some(handle.stats.clone()),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));
