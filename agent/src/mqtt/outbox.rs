@@ -535,23 +535,14 @@ impl Outbox {
     fn complete(&mut self, entry: Entry) {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Some(id) = entry.spool_id {
-            self.handed.remove(&id);
-            let through = match self.handed.first() {
-                Some(first) => first - 1,
-                None => self.last_handed,
-            };
-            if through > self.acked {
-                self.acked = through;
-                self.spool.ack_through(through);
-                self.update_stats();
-            }
+            self.release(id);
         }
         drop(entry);
     }
 
-    /// A spool record dropped unsent by `spool/flush`: released like a delivered one,
-    /// counted as dropped.
-    fn flushed(&mut self, id: u64, class: Class) {
+    /// A spool record is done with (delivered or flushed): acknowledges the spool up to
+    /// the oldest record still handed out.
+    fn release(&mut self, id: u64) {
         self.handed.remove(&id);
         let through = match self.handed.first() {
             Some(first) => first - 1,
@@ -562,6 +553,12 @@ impl Outbox {
             self.spool.ack_through(through);
             self.update_stats();
         }
+    }
+
+    /// A spool record dropped unsent by `spool/flush`: released like a delivered one,
+    /// counted as dropped.
+    fn flushed(&mut self, id: u64, class: Class) {
+        self.release(id);
         let counter = match class {
             Class::Telemetry => &self.stats.dropped_telemetry,
             Class::Result => &self.stats.dropped_result,
