@@ -99,7 +99,8 @@ PY
 OUT=docs/bench/data-usage.md
 {
 echo "Measured $(date -u '+%Y-%m-%d %H:%M UTC') at commit \`$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\` by"
-echo "\`tests/bench/data_usage.sh\` with the $(basename "$BIN") build, ${SECONDS_PER_RUN} s per mode."
+echo "\`tests/bench/data_usage.sh\` with \`$BIN\`, ${SECONDS_PER_RUN} s per mode (bytes do not"
+echo "depend on the build)."
 echo
 echo "The demo's setting (\`configs/demo.toml\`: a simulated pump at 1 kHz, the vibration model with"
 echo "256-sample windows every 128 samples, so 7.8 results a second) at real time, against a"
@@ -117,6 +118,18 @@ echo "|---|---|---|---|---|"
 run_mode "every result (\`every\`, the default)" '{ mode = "every" }'
 run_mode "on change (\`change\`)" '{ mode = "change" }'
 run_mode "a summary per minute (\`summary\`, \`interval_s = 60\`)" '{ mode = "summary", interval_s = 60 }'
-} | tee "$OUT.new"
-mv "$OUT.new" "$OUT"
-python3 tests/bench/report.py --peer-python "$(command -v python3)" --data-usage-only
+} > "$TMP/table.md"
+python3 - "$TMP/table.md" <<'PY' >> "$TMP/table.md"
+import sys
+rows = [l for l in open(sys.argv[1]) if l.startswith("| ") and "MB/day" not in l]
+total = [float(r.split("|")[5].replace(",", "")) for r in rows]
+print(f"\nAgainst every result: on change {total[0] / total[1]:.0f} times less, a summary per minute"
+      f" {total[0] / total[2]:.0f} times less. Telemetry at its defaults is part of each row (one"
+      f" report a minute); in the summary row it is about half of the messages.")
+PY
+cat "$TMP/table.md" | tee "$TMP/fragment.md"
+cp "$TMP/fragment.md" "$OUT"
+# report.py imports the benchmark modules (numpy): the test venv's Python has them.
+PY="${EDGE_TEST_CACHE:-target/test-cache}/venv/bin/python"
+[ -x "$PY" ] || PY=python3
+"$PY" tests/bench/report.py --peer-python "$PY" --data-usage-only
