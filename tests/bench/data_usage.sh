@@ -123,9 +123,10 @@ python3 - "$TMP/table.md" <<'PY' >> "$TMP/table.md"
 import sys
 rows = [l for l in open(sys.argv[1]) if l.startswith("| ") and "MB/day" not in l]
 total = [float(r.split("|")[5].replace(",", "")) for r in rows]
-print(f"\nAgainst every result: on change {total[0] / total[1]:.0f} times less, a summary per minute"
-      f" {total[0] / total[2]:.0f} times less. Telemetry at its defaults is part of each row (one"
-      f" report a minute); in the summary row it is about half of the messages.")
+less = lambda t: f"{total[0] / t:.0f} times less" if t > 0 else "nothing measured (run longer)"
+print(f"\nAgainst every result: on change {less(total[1])}, a summary per minute {less(total[2])}."
+      f" Telemetry at its defaults is part of each row (one report a minute); in the summary row"
+      f" it is about half of the messages.")
 PY
 cat "$TMP/table.md" | tee "$TMP/fragment.md"
 cp "$TMP/fragment.md" "$OUT"

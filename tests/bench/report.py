@@ -25,7 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import models  # noqa: E402  (tests/bench/models.py: edge-agent bench and onnxruntime)
+try:
+    import models  # noqa: E402  (tests/bench/models.py: edge-agent bench and onnxruntime)
+except ImportError:
+    # numpy is only needed to measure; rewriting a section (--data-usage-only,
+    # --images-only) works without it.
+    models = None
 import svg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
