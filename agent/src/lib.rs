@@ -58,3 +58,4 @@ pub mod telemetry;
 mod testing;
 pub mod tls;
 pub mod upload;
+pub mod usage;

@@ -150,6 +150,8 @@ pub fn parse_url(text: &str) -> Result<Url, UploadError> {
 pub struct Uploader {
     client: reqwest::Client,
     limits: Limits,
+    /// Bytes to and from upload targets (crate::usage::http: the HTTP messages, not TLS).
+    wire: std::sync::Arc<crate::usage::Counter>,
 }
 
 /// What one exchange said.
@@ -188,7 +190,26 @@ impl Uploader {
             .tls_backend_preconfigured(config)
             .build()
             .map_err(|e| tls_error(format!("cannot build the HTTP client: {}", tls::error_chain(&e))))?;
-        Ok(Uploader { client, limits })
+        Ok(Uploader { client, limits, wire: Default::default() })
+    }
+
+    /// Counts this uploader's traffic in `wire` (the uploads' bytes per destination).
+    pub fn counting_in(mut self, wire: std::sync::Arc<crate::usage::Counter>) -> Uploader {
+        self.wire = wire;
+        self
+    }
+
+    /// Sends a request, counting its head (and a body held in memory) and the answer's head.
+    async fn execute(&self, url: &Url, req: reqwest::RequestBuilder) -> Result<reqwest::Response, Failure> {
+        let req = req.build().map_err(|e| self.transport(url, &e))?;
+        let defaults = crate::usage::http::defaults(
+            concat!("edge-agent/", env!("CARGO_PKG_VERSION")),
+            &header::HeaderMap::new(),
+        );
+        self.wire.add_sent(crate::usage::http::request(&req, defaults));
+        let resp = self.client.execute(req).await.map_err(|e| self.transport(url, &e))?;
+        self.wire.add_received(crate::usage::http::response_head(&resp));
+        Ok(resp)
     }
 
     /// Uploads the file at `path` to `url`, resuming across lost connections;
@@ -256,15 +277,13 @@ impl Uploader {
 
     /// Step 1: how many bytes the server has.
     async fn ask(&self, url: &Url, total: u64) -> Result<Answer, Failure> {
-        let resp = self
+        let req = self
             .client
             .put(url.clone())
             .header(header::CONTENT_RANGE, format!("bytes */{total}"))
             .header(header::CONTENT_LENGTH, 0)
-            .timeout(self.limits.min_time)
-            .send()
-            .await
-            .map_err(|e| self.transport(url, &e))?;
+            .timeout(self.limits.min_time);
+        let resp = self.execute(url, req).await?;
         self.answer(url, resp, total).await
     }
 
@@ -293,10 +312,12 @@ impl Uploader {
             .map_err(|source| Failure::Final(UploadError::Read { path: path.to_path_buf(), source }))?;
         let left = total - start;
         let sent = progress.clone();
+        let wire = self.wire.clone();
         // The body is read in chunks as the connection takes them; progress follows
         // what has been handed to the connection.
         let body = futures_util::stream::unfold((file, start, left), move |(mut file, at, left)| {
             let sent = sent.clone();
+            let wire = wire.clone();
             async move {
                 if left == 0 {
                     return None;
@@ -312,6 +333,7 @@ impl Uploader {
                     )),
                     Ok(n) => {
                         buf.truncate(n);
+                        wire.add_sent(n as u64);
                         let at = at + n as u64;
                         sent.send_if_modified(|v| {
                             let moved = at > *v;
@@ -327,16 +349,14 @@ impl Uploader {
         let range =
             if total == 0 { "bytes */0".to_string() } else { format!("bytes {start}-{}/{total}", total - 1) };
         let time = self.limits.min_time.max(Duration::from_secs(left / self.limits.min_rate.max(1)));
-        let resp = self
+        let req = self
             .client
             .put(url.clone())
             .header(header::CONTENT_RANGE, range)
             .header(header::CONTENT_LENGTH, left)
             .timeout(time)
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(|e| self.transport(url, &e))?;
+            .body(reqwest::Body::wrap_stream(body));
+        let resp = self.execute(url, req).await?;
         self.answer(url, resp, total).await
     }
 
@@ -371,6 +391,7 @@ impl Uploader {
             }
             s => {
                 let body = resp.text().await.unwrap_or_default();
+                self.wire.add_received(body.len() as u64);
                 let body: String = body.chars().take(200).collect();
                 Err(Failure::Final(UploadError::Refused { url: redacted(url), status: s.as_u16(), body }))
             }

@@ -25,7 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import models  # noqa: E402  (tests/bench/models.py: edge-agent bench and onnxruntime)
+try:
+    import models  # noqa: E402  (tests/bench/models.py: edge-agent bench and onnxruntime)
+except ImportError:
+    # numpy is only needed to measure; rewriting a section (--data-usage-only,
+    # --images-only) works without it.
+    models = None
 import svg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -594,6 +599,7 @@ def write_report(args, res, out_path, plot_dir):
         w("")
 
     images_section(w)
+    data_usage_section(w)
 
     w(READING_HEADING + "\n")
     w((ROOT / "tests" / "bench" / "notes.md").read_text().strip() + "\n")
@@ -649,6 +655,35 @@ def images_section(w):
     w("nothing about a board.\n")
 
 
+DATA_HEADING = "## 7. Data per day on the demo"
+DATA_FRAGMENT = ROOT / "docs" / "bench" / "data-usage.md"
+
+
+def data_usage_section(w):
+    """Section 7: what tests/bench/data_usage.sh last measured (docs/bench/data-usage.md),
+    not this run: it takes minutes of wall-clock time per mode, at real time."""
+    w(DATA_HEADING + "\n")
+    if not DATA_FRAGMENT.is_file():
+        w("Not measured: run `tests/bench/data_usage.sh`.\n")
+        return
+    w(DATA_FRAGMENT.read_text().strip() + "\n")
+
+
+def splice_data_usage_section(out_path):
+    """Rewrites section 7 of an existing report in place from docs/bench/data-usage.md."""
+    text = out_path.read_text()
+    md = []
+    data_usage_section(md.append)
+    section = "\n".join(md) + "\n"
+    start = text.find(DATA_HEADING)
+    end = text.find(READING_HEADING)
+    if end < 0:
+        raise SystemExit(f"bench: {out_path} has no '{READING_HEADING}' section to put section 7 before")
+    if start < 0 or start > end:
+        start = end
+    out_path.write_text(text[:start] + section + text[end:])
+
+
 def splice_images_section(out_path):
     """Rewrites section 6 of an existing report in place from target/images, leaving the
     other sections (and the run they came from) as they are: the image figures come from
@@ -685,7 +720,13 @@ def main():
                     help="rewrite the report from target/bench/results.json without measuring")
     ap.add_argument("--images-only", action="store_true",
                     help="rewrite only section 6 (device images) of the report, from target/images")
+    ap.add_argument("--data-usage-only", action="store_true",
+                    help="rewrite only section 7 (data per day) of the report, from docs/bench/data-usage.md")
     args = ap.parse_args()
+    if args.data_usage_only:
+        splice_data_usage_section(args.out)
+        log(f"rewrote section 7 of {os.path.relpath(args.out, ROOT)} from docs/bench/data-usage.md")
+        return
     if args.images_only:
         splice_images_section(args.out)
         log(f"rewrote section 6 of {os.path.relpath(args.out, ROOT)} from target/images")

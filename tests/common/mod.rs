@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod mqtt_agent;
+pub mod proxy;
 pub mod registry;
 pub mod upload_server;
 

@@ -57,3 +57,5 @@ mod shadow;
 /// Model specs: a bare ONNX file inspected, BOMs, sample rates, no post-processing,
 /// letterbox and BGR, a dimension that varies.
 mod spec;
+/// Bytes per destination against a counting proxy.
+mod usage;

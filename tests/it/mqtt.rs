@@ -554,6 +554,7 @@ fn postcard_telemetry_decodes_to_the_json_report() {
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(report["schema"], 3);
     assert_eq!(report["device"], "dev1");
+    assert!(report["usage"]["broker"]["sent"].as_u64().unwrap() > 0, "{report}");
     assert!(report["models"]["flat"].is_object(), "{report}");
     assert!(report["system"]["mem_total"].as_u64().unwrap() > 0, "{report}");
     // The JSON form of the same report is several times larger.

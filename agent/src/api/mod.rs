@@ -85,6 +85,8 @@ pub struct ApiState {
     pub events: crate::events::Events,
     /// The MQTT link's counters, for `/status` and `/metrics`, when it is configured.
     pub mqtt: Option<Arc<OutboxStats>>,
+    /// Bytes per destination, for `/status` and `/metrics`.
+    pub usage: crate::usage::Usage,
     pub limits: Arc<ApiLimits>,
     pub inflight: Arc<Semaphore>,
     pub counters: Arc<ApiCounters>,

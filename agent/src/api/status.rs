@@ -37,6 +37,7 @@ impl ApiState {
             ota: self.ota.clone(),
             fallback: self.fallback.clone(),
             monitors: self.monitors.clone(),
+            usage: self.usage.clone(),
         }
     }
 }
@@ -72,6 +73,7 @@ pub async fn metrics(State(st): State<ApiState>) -> impl IntoResponse {
     if let Some(m) = st.mqtt.as_ref().map(|m| m.report()) {
         mqtt_metrics(&mut out, &m);
     }
+    usage_metrics(&mut out, &st.usage.report());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out.0)
 }
 
@@ -207,6 +209,23 @@ fn process_metrics(out: &mut Exposition, started: Instant, ready: bool) {
         "1 when models are loaded and the agent serves.",
         u8::from(ready),
     );
+}
+
+/// Bytes per destination (crate::usage; docs/data-usage.md says how close to the wire).
+fn usage_metrics(out: &mut Exposition, u: &crate::usage::UsageReport) {
+    for (name, help, pick) in [
+        (
+            "edge_agent_bytes_sent_total",
+            "Bytes sent, by destination.",
+            (|b: crate::usage::Bytes| b.sent) as fn(_) -> u64,
+        ),
+        ("edge_agent_bytes_received_total", "Bytes received, by destination.", |b: crate::usage::Bytes| {
+            b.received
+        }),
+    ] {
+        let lines = u.each().into_iter().map(|(dest, b)| format!("{{destination=\"{dest}\"}} {}", pick(b)));
+        out.family(name, "counter", help, lines);
+    }
 }
 
 /// The MQTT link and its spool.

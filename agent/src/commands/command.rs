@@ -14,6 +14,7 @@ use super::models_list::ModelsListArgs;
 use super::ping::PingArgs;
 use super::rollback::RollbackArgs;
 use super::samples_upload::{self, SamplesUploadArgs};
+use super::spool_flush::{self, SpoolFlushArgs};
 use super::status::StatusArgs;
 use super::update_apply::{UpdateApply, UpdateApplyArgs};
 use super::update_check::UpdateCheckArgs;
@@ -22,7 +23,7 @@ use super::{Context, Outcome, Progress};
 use crate::ota::OtaHandle;
 
 /// Every command this agent knows.
-pub const NAMES: [&str; 14] = [
+pub const NAMES: [&str; 15] = [
     PingArgs::COMMAND,
     StatusArgs::COMMAND,
     ModelsListArgs::COMMAND,
@@ -37,6 +38,7 @@ pub const NAMES: [&str; 14] = [
     SamplesUploadArgs::COMMAND,
     LogsUploadArgs::COMMAND,
     DiagnosticsBundleArgs::COMMAND,
+    SpoolFlushArgs::COMMAND,
 ];
 
 /// A command whose arguments were checked: [`run`] has nothing left to refuse, only to
@@ -58,6 +60,7 @@ pub enum Command {
     SamplesUpload(samples_upload::Checked),
     LogsUpload(diagnostics_bundle::Checked),
     DiagnosticsBundle(diagnostics_bundle::Checked),
+    SpoolFlush(spool_flush::Checked),
 }
 
 /// Reads a known command's arguments into its type and checks them (and that this device
@@ -99,6 +102,7 @@ pub fn prepare(name: &str, ctx: &Context, args: Map<String, Value>) -> Result<Co
         DiagnosticsBundleArgs::COMMAND => {
             Command::DiagnosticsBundle(diagnostics_bundle::prepare(read(args)?, ctx)?)
         }
+        SpoolFlushArgs::COMMAND => Command::SpoolFlush(spool_flush::prepare(read(args)?, ctx)?),
         other => return Err(format!("unknown command `{}`", crate::mqtt::excerpt(other, 64))),
     })
 }
@@ -144,6 +148,7 @@ pub async fn run(cmd: Command, ctx: &Context, progress: &Progress<'_>) -> Outcom
         Command::SamplesUpload(checked) => samples_upload::run(checked, progress).await,
         Command::LogsUpload(checked) => logs_upload::run(checked, ctx, progress).await,
         Command::DiagnosticsBundle(checked) => diagnostics_bundle::run(checked, ctx, progress).await,
+        Command::SpoolFlush(checked) => spool_flush::run(checked, ctx),
     }
 }
 

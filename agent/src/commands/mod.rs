@@ -25,6 +25,7 @@ mod reply;
 pub mod rollback;
 mod samples_upload;
 mod seen;
+mod spool_flush;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -67,6 +68,10 @@ pub struct Context {
     pub events: crate::events::Events,
     /// The status document, as `GET /status` serves it.
     pub status: Box<dyn Fn() -> crate::service::status::Status + Send + Sync>,
+    /// Bytes per destination: uploads count theirs here.
+    pub usage: crate::usage::Usage,
+    /// The MQTT outbox's counters and requests (`spool/flush`), when MQTT is on.
+    pub outbox: Option<Arc<crate::mqtt::OutboxStats>>,
 }
 
 /// A request as sent: `{"id", "args"?, "expires"?}`.

@@ -65,7 +65,8 @@ pub fn prepare(args: SamplesUploadArgs, ctx: &Context) -> Result<Checked, String
         ));
     }
     let uploader = Uploader::new(&url, ctx.capture.ca_file.as_deref(), upload::Limits::default())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .counting_in(ctx.usage.counter(crate::usage::Dest::Uploads));
     Ok(Checked {
         url,
         model: args.model,

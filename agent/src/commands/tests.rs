@@ -313,6 +313,7 @@ mod dispatcher {
             ota: None,
             fallback: fallback.clone(),
             monitors: Arc::default(),
+            usage: Default::default(),
         };
         Context {
             engine,
@@ -327,6 +328,8 @@ mod dispatcher {
             capture: crate::config::CaptureSection::default(),
             log: crate::config::LogSection::default(),
             events: crate::events::Events::log_only(),
+            usage: Default::default(),
+            outbox: None,
             status: Box::new(move || parts.gather(None)),
         }
     }

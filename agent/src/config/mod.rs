@@ -177,6 +177,49 @@ fn default_max_model_memory_mb() -> u64 {
 pub struct ModelEntry {
     /// Relative to the config file.
     pub path: PathBuf,
+    /// Which results go to the broker (docs/data-usage.md); every one by default.
+    #[serde(default)]
+    pub publish: PublishSection,
+}
+
+/// `[model.publish]`: results by exception. In the config, not the model's spec: what a
+/// link may carry is the deployment's business, and one model package serves devices on
+/// fibre and on cellular alike.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSection {
+    #[serde(default)]
+    pub mode: PublishMode,
+    /// `change`: a score crossing this value (up or down) is a change too.
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// `summary`: seconds covered by one summary per stream.
+    #[serde(default = "default_summary_interval")]
+    pub interval_s: u64,
+}
+
+impl Default for PublishSection {
+    fn default() -> Self {
+        PublishSection { mode: PublishMode::Every, threshold: None, interval_s: default_summary_interval() }
+    }
+}
+
+fn default_summary_interval() -> u64 {
+    60
+}
+
+/// Which results of a model are published on MQTT (all are written locally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Every result (window), as it comes.
+    #[default]
+    Every,
+    /// A stream's first result, a label change, a segment start or end, a score crossing
+    /// `threshold`.
+    Change,
+    /// One summary per stream every `interval_s`: counts per label, score statistics.
+    Summary,
 }
 
 /// Encoding of a file replayed by a `file` source.
@@ -478,6 +521,7 @@ pub struct Overrides {
 pub struct ModelConfig {
     pub name: String,
     pub dir: PathBuf,
+    pub publish: PublishSection,
 }
 
 /// A validated configuration: paths resolved, values in range, references checked.
@@ -825,6 +869,19 @@ fn check_log(log: &LogSection, problem: &mut dyn FnMut(&str, String)) {
     }
 }
 
+/// Checks `[model.publish]`.
+fn check_publish(i: usize, p: &PublishSection, problem: &mut dyn FnMut(&str, String)) {
+    if p.interval_s == 0 || p.interval_s > 86_400 {
+        problem(
+            &format!("model.{i}.publish.interval_s"),
+            format!("{} is out of range; use 1 to 86400 seconds", p.interval_s),
+        );
+    }
+    if p.threshold.is_some_and(|t| !t.is_finite()) {
+        problem(&format!("model.{i}.publish.threshold"), "must be a finite number, such as 0.8".into());
+    }
+}
+
 /// Reads the spec of each `[[model]]` directory; a name may appear once.
 fn load_models(
     entries: &[ModelEntry],
@@ -843,7 +900,8 @@ fn load_models(
                         format!("a second model named `{}`; each model name may appear once", spec.spec.name),
                     );
                 }
-                models.push(ModelConfig { name: spec.spec.name, dir });
+                check_publish(i, &m.publish, problem);
+                models.push(ModelConfig { name: spec.spec.name, dir, publish: m.publish });
             }
             Err(err) => problem(&key, err.to_string()),
         }

@@ -94,6 +94,10 @@ pub struct MqttSection {
     /// Largest command request accepted; larger ones get a `rejected` reply.
     #[serde(default = "default_max_command")]
     pub max_command_bytes: usize,
+    /// Bytes a UTC day may carry to and from the broker (TLS included); 0: no cap.
+    /// Telemetry gives way first, then results; events and replies always go.
+    #[serde(default)]
+    pub max_bytes_per_day: u64,
     /// QoS 1 messages the agent publishes before waiting for acknowledgements.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
@@ -154,11 +158,20 @@ pub struct TelemetrySection {
     /// 0 or 1. Reports spooled while offline are always replayed with QoS 1.
     #[serde(default)]
     pub qos: u8,
+    /// JSON only: a report holds only the values that changed since the one before
+    /// (with `schema`, `ts`, `device` and `"partial": true`); every tenth is whole.
+    #[serde(default)]
+    pub only_changed: bool,
 }
 
 impl Default for TelemetrySection {
     fn default() -> Self {
-        TelemetrySection { interval_s: default_telemetry_interval(), format: TelemetryFormat::Json, qos: 0 }
+        TelemetrySection {
+            interval_s: default_telemetry_interval(),
+            format: TelemetryFormat::Json,
+            qos: 0,
+            only_changed: false,
+        }
     }
 }
 
@@ -232,6 +245,7 @@ pub struct MqttConfig {
     pub reconnect_max: Duration,
     pub max_packet_bytes: usize,
     pub max_command_bytes: usize,
+    pub max_bytes_per_day: u64,
     pub inflight: u16,
     pub receive_maximum: u16,
     pub tls: Option<TlsSection>,
@@ -266,6 +280,7 @@ pub(super) fn validate(
         reconnect_max: Duration::from_millis(m.reconnect_max_ms),
         max_packet_bytes: m.max_packet_bytes,
         max_command_bytes: m.max_command_bytes,
+        max_bytes_per_day: m.max_bytes_per_day,
         inflight: m.inflight,
         receive_maximum: m.receive_maximum,
         tls,

@@ -84,6 +84,7 @@ kinds! {
     SpoolOverflow => "spool-overflow", "spool overflow";
     MessageOversize => "message-oversize", "oversized message";
     SessionReset => "session-reset", "MQTT session reset";
+    DataCapReached => "data-cap-reached", "daily data cap reached";
     // Model updates (docs/ota.md).
     UpdateDownloading => "update-downloading", "update event";
     UpdateDownloaded => "update-downloaded", "update event";

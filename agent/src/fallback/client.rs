@@ -10,6 +10,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -252,6 +253,10 @@ pub struct CloudClient {
     backoff: Duration,
     slots: Semaphore,
     max_concurrency: usize,
+    /// Bytes to and from the endpoint (crate::usage::http: the HTTP messages, not TLS),
+    /// and the size of the headers the client adds to every request.
+    wire: Arc<crate::usage::Counter>,
+    default_headers: u64,
 }
 
 impl fmt::Debug for CloudClient {
@@ -344,9 +349,11 @@ impl CloudClient {
         }
 
         let tls = tls_config(&ep, https).map_err(config)?;
+        let user_agent = concat!("edge-agent/", env!("CARGO_PKG_VERSION"));
+        let default_headers = crate::usage::http::defaults(user_agent, &headers);
         let http = reqwest::Client::builder()
             .connect_timeout(ep.connect_timeout)
-            .user_agent(concat!("edge-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .default_headers(headers)
             // A redirect to another host would drop the token or, worse, be
             // followed by a GET; a fallback should be pointed at the right URL.
@@ -369,7 +376,15 @@ impl CloudClient {
             backoff: ep.backoff,
             slots: Semaphore::new(ep.max_concurrency),
             max_concurrency: ep.max_concurrency,
+            wire: Arc::default(),
+            default_headers,
         })
+    }
+
+    /// Counts this client's traffic in `wire` (the cloud's bytes per destination).
+    pub fn counting_in(mut self, wire: Arc<crate::usage::Counter>) -> CloudClient {
+        self.wire = wire;
+        self
     }
 
     /// The full infer URL, e.g. `https://host/v2/models/resnet/versions/2/infer`.
@@ -484,15 +499,18 @@ impl CloudClient {
         wanted: &[String],
     ) -> Result<(Option<String>, Vec<Tensor>), Failed> {
         let url = &self.url_text;
+        self.wire.add_sent(crate::usage::http::request(&request, self.default_headers));
         let mut response = match self.http.execute(request).await {
             Ok(r) => r,
             Err(e) => return Err(classify_send_error(e, url)),
         };
+        self.wire.add_received(crate::usage::http::response_head(&response));
 
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
             let text = read_error_body(&mut response).await;
+            self.wire.add_received(text.len() as u64);
             let error = CloudError::Status {
                 url: url.clone(),
                 status: status.as_u16(),
@@ -512,6 +530,7 @@ impl CloudClient {
                 ReadError::Broken(reason) => CloudError::Interrupted { url: url.clone(), reason },
             })
         })?;
+        self.wire.add_received(body.len() as u64);
         parse_reply(&body, id, wanted, url).map_err(Failed::fatal)
     }
 }

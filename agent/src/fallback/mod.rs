@@ -227,6 +227,8 @@ pub struct Fallback {
     counters: Mutex<Counters>,
     next_request: AtomicU64,
     transitions: mpsc::Sender<Transition>,
+    /// Bytes to and from the endpoints (crate::usage), kept across reloads.
+    wire: Arc<crate::usage::Counter>,
 }
 
 impl std::fmt::Debug for Fallback {
@@ -255,9 +257,17 @@ impl Fallback {
     pub fn new(
         cfg: Option<&FallbackSection>,
     ) -> Result<(Fallback, mpsc::Receiver<Transition>), FallbackError> {
+        Fallback::counting_in(cfg, Arc::default())
+    }
+
+    /// [`Fallback::new`], its endpoints' traffic counted in `wire`.
+    pub fn counting_in(
+        cfg: Option<&FallbackSection>,
+        wire: Arc<crate::usage::Counter>,
+    ) -> Result<(Fallback, mpsc::Receiver<Transition>), FallbackError> {
         let empty = FallbackSection::default();
         let cfg = cfg.unwrap_or(&empty);
-        let setup = build(cfg, &BTreeMap::new())?;
+        let setup = build(cfg, &BTreeMap::new(), &wire)?;
         let (tx, rx) = mpsc::channel(TRANSITION_QUEUE);
         let fallback = Fallback {
             setup: ArcSwap::from_pointee(setup),
@@ -268,6 +278,7 @@ impl Fallback {
             counters: Mutex::new(Counters::default()),
             next_request: AtomicU64::new(1),
             transitions: tx,
+            wire,
         };
         Ok((fallback, rx))
     }
@@ -277,7 +288,7 @@ impl Fallback {
     pub fn reconfigure(&self, cfg: Option<&FallbackSection>) -> Result<(), FallbackError> {
         let empty = FallbackSection::default();
         let cfg = cfg.unwrap_or(&empty);
-        let next = build(cfg, &self.setup.load().models)?;
+        let next = build(cfg, &self.setup.load().models, &self.wire)?;
         self.budget.set_limits(cfg.budget_per_hour, cfg.budget_per_day);
         self.setup.store(Arc::new(next));
         Ok(())
@@ -701,7 +712,11 @@ impl Metric {
 }
 
 /// Builds the endpoints of `cfg`, reusing those of `old` whose settings are the same.
-fn build(cfg: &FallbackSection, old: &BTreeMap<String, Arc<CloudModel>>) -> Result<Setup, FallbackError> {
+fn build(
+    cfg: &FallbackSection,
+    old: &BTreeMap<String, Arc<CloudModel>>,
+    wire: &Arc<crate::usage::Counter>,
+) -> Result<Setup, FallbackError> {
     let mut models = BTreeMap::new();
     for m in &cfg.models {
         if let Some(same) = old.get(&m.model).filter(|o| o.section == *m) {
@@ -732,7 +747,7 @@ fn build(cfg: &FallbackSection, old: &BTreeMap<String, Arc<CloudModel>>) -> Resu
             retries: m.retries,
             backoff: Duration::from_millis(50),
         };
-        let client = CloudClient::new(endpoint).map_err(|e| setup(e.to_string()))?;
+        let client = CloudClient::new(endpoint).map_err(|e| setup(e.to_string()))?.counting_in(wire.clone());
         let post = spec.as_ref().map(|s| PostProcessor::new(&s.post));
         models.insert(
             m.model.clone(),

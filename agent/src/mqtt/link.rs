@@ -80,6 +80,8 @@ impl Backlog {
 pub struct Link {
     pub client: Client,
     pub event_loop: EventLoop,
+    /// The relay rumqttc connects through; it lives as long as the link.
+    pub wire: crate::usage::relay::Relay,
     pub subscriptions: Vec<(String, u8)>,
     pub acks: Arc<AckBook>,
     pub to_outbox: mpsc::UnboundedSender<LinkSignal>,
@@ -235,6 +237,12 @@ impl Link {
             // The outbox said goodbye and disconnected: this is the end.
             return ControlFlow::Break(());
         }
+        // rumqttc only saw its local socket close when the relay could not reach the
+        // broker: the relay's reason is the one to report.
+        let error = match (error, self.wire.last_error().take()) {
+            (LinkError::Other(_), Some(reason)) => LinkError::Other(reason),
+            (error, _) => error,
+        };
         let now = Instant::now();
         let was_healthy = conn.backoff.healthy(now);
         let base = conn.backoff.failed(now);

@@ -54,6 +54,8 @@ pub enum MqttError {
     Tls(#[from] crate::tls::TlsError),
     #[error("spool: {0}")]
     Spool(#[from] edge_spool::SpoolError),
+    #[error("MQTT: cannot open the link's local socket (in the temporary directory, $TMPDIR): {0}")]
+    Relay(std::io::Error),
 }
 
 /// What producers use to publish. The outbox runs while any handle lives.
@@ -182,13 +184,18 @@ pub fn start(
     to_streams: mpsc::Sender<SensorMessage>,
     stop: CancellationToken,
     tracker: &TaskTracker,
+    bytes: Arc<crate::usage::Counter>,
 ) -> Result<Started, MqttError> {
     let topics =
         Topics { prefix: cfg.prefix.clone(), device: device.to_string(), groups: cfg.groups.clone() };
     let (spool, fsync_every) = open_spool(spool_cfg, state_dir)?;
 
     let will = options::Will { topic: topics.status(), payload: status("offline") };
-    let (client, event_loop) = options::build(cfg, will)?;
+    let link_stop = CancellationToken::new();
+    let tls = options::tls(cfg)?;
+    let wire = crate::usage::relay::start(cfg.host.clone(), cfg.port, tls, bytes, link_stop.clone(), tracker)
+        .map_err(MqttError::Relay)?;
+    let (client, event_loop) = options::build(cfg, will, &wire.path)?;
     let stats = Arc::new(OutboxStats::default());
     let acks = Arc::new(AckBook::default());
     let backlog = Arc::new(link::Backlog::default());
@@ -213,8 +220,8 @@ pub fn start(
 
     let mut subscriptions: Vec<(String, u8)> = cfg.sensors.iter().map(|s| (s.topic.clone(), s.qos)).collect();
     subscriptions.extend(topics.command_filters().into_iter().map(|f| (f, 1)));
-    let link_stop = CancellationToken::new();
     let link = link::Link {
+        wire,
         client: client.clone(),
         event_loop,
         subscriptions,

@@ -45,17 +45,19 @@ pub struct Will {
     pub payload: Vec<u8>,
 }
 
-/// Creates the client and its event loop (not yet connected).
-pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError> {
-    let tls = c
-        .tls
-        .as_ref()
-        .map(tls_config)
-        .transpose()?
-        .map(|cfg| rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(cfg))));
+/// The TLS configuration of the broker connection, when `[mqtt.tls]` is set.
+pub fn tls(c: &MqttConfig) -> Result<Option<Arc<rustls::ClientConfig>>, TlsError> {
+    Ok(c.tls.as_ref().map(tls_config).transpose()?.map(Arc::new))
+}
+
+/// Creates the client and its event loop (not yet connected). The client speaks plain
+/// MQTT to the Unix socket `wire`, the relay that makes the broker connection (TCP and
+/// TLS) and counts its bytes (usage::relay).
+pub fn build(c: &MqttConfig, will: Will, wire: &std::path::Path) -> Result<(Client, EventLoop), TlsError> {
+    let wire = wire.to_string_lossy().into_owned();
     Ok(match c.version {
         MqttVersion::V311 => {
-            let mut o = rumqttc::MqttOptions::new(&c.client_id, &c.host, c.port);
+            let mut o = rumqttc::MqttOptions::new(&c.client_id, wire.as_str(), c.port);
             o.set_keep_alive(c.keep_alive)
                 .set_clean_session(c.clean_session)
                 .set_manual_acks(true)
@@ -73,14 +75,12 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             if let Some(u) = &c.username {
                 o.set_credentials(u, c.password.clone().unwrap_or_default());
             }
-            if let Some(t) = tls {
-                o.set_transport(t);
-            }
+            o.set_transport(rumqttc::Transport::Unix);
             let (client, lp) = rumqttc::AsyncClient::new(o, request_queue());
             (Client::V4(client), EventLoop::V4(Box::new(lp)))
         }
         MqttVersion::V5 => {
-            let mut o = v5::MqttOptions::new(&c.client_id, &c.host, c.port);
+            let mut o = v5::MqttOptions::new(&c.client_id, wire.as_str(), c.port);
             o.set_keep_alive(c.keep_alive)
                 .set_clean_start(c.clean_session)
                 .set_manual_acks(true)
@@ -103,9 +103,7 @@ pub fn build(c: &MqttConfig, will: Will) -> Result<(Client, EventLoop), TlsError
             if let Some(u) = &c.username {
                 o.set_credentials(u, c.password.clone().unwrap_or_default());
             }
-            if let Some(t) = tls {
-                o.set_transport(t);
-            }
+            o.set_transport(rumqttc::Transport::Unix);
             let (client, lp) = v5::AsyncClient::new(o, request_queue());
             (Client::V5(client), EventLoop::V5(Box::new(lp)))
         }

@@ -90,6 +90,8 @@ pub struct OutboxStats {
     pub oversize: AtomicU64,
     pub session_resets: AtomicU64,
     pub bad_stream: AtomicU64,
+    /// Classes `spool/flush` asked to drop, not yet taken up by the outbox.
+    flush: std::sync::Mutex<Vec<Class>>,
 }
 
 /// A snapshot for reports.
@@ -123,6 +125,17 @@ pub struct DroppedReport {
 }
 
 impl OutboxStats {
+    /// Asks the outbox to drop what the spool holds of `classes` now (`spool/flush`).
+    pub fn request_flush(&self, classes: &[Class]) {
+        if let Ok(mut f) = self.flush.lock() {
+            f.extend_from_slice(classes);
+        }
+    }
+
+    fn take_flush(&self) -> Vec<Class> {
+        self.flush.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default()
+    }
+
     pub fn report(&self) -> OutboxReport {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         OutboxReport {
@@ -202,6 +215,8 @@ pub struct Outbox {
     /// Dropped messages already reported by an event.
     drops_reported: u64,
     fsync_every: Option<Duration>,
+    /// `spool/flush`: records of a class up to an id are dropped unsent when read.
+    discard: Vec<(Class, u64)>,
 }
 
 impl Outbox {
@@ -231,6 +246,7 @@ impl Outbox {
             last_overflow_event: None,
             drops_reported: 0,
             fsync_every,
+            discard: Vec::new(),
         };
         outbox.update_stats();
         outbox
@@ -519,23 +535,51 @@ impl Outbox {
     fn complete(&mut self, entry: Entry) {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
         if let Some(id) = entry.spool_id {
-            self.handed.remove(&id);
-            let through = match self.handed.first() {
-                Some(first) => first - 1,
-                None => self.last_handed,
-            };
-            if through > self.acked {
-                self.acked = through;
-                self.spool.ack_through(through);
-                self.update_stats();
-            }
+            self.release(id);
         }
         drop(entry);
+    }
+
+    /// A spool record is done with (delivered or flushed): acknowledges the spool up to
+    /// the oldest record still handed out.
+    fn release(&mut self, id: u64) {
+        self.handed.remove(&id);
+        let through = match self.handed.first() {
+            Some(first) => first - 1,
+            None => self.last_handed,
+        };
+        if through > self.acked {
+            self.acked = through;
+            self.spool.ack_through(through);
+            self.update_stats();
+        }
+    }
+
+    /// A spool record dropped unsent by `spool/flush`: released like a delivered one,
+    /// counted as dropped.
+    fn flushed(&mut self, id: u64, class: Class) {
+        self.release(id);
+        let counter = match class {
+            Class::Telemetry => &self.stats.dropped_telemetry,
+            Class::Result => &self.stats.dropped_result,
+            Class::Event => &self.stats.dropped_event,
+            Class::Reply => &self.stats.dropped_reply,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Hands records to the client while the in-flight window has room: the spool's
     /// first (it is older), then memory.
     fn pump(&mut self) {
+        let flush = self.stats.take_flush();
+        if !flush.is_empty() {
+            // What the spool holds now: everything before the next id.
+            let through = self.spool.stats().next_id.saturating_sub(1);
+            for class in flush {
+                self.discard.retain(|(c, _)| *c != class);
+                self.discard.push((class, through));
+            }
+        }
         while self.connected && self.inflight.len() < self.window {
             if self.spool.has_unread() {
                 let room = self.window - self.inflight.len();
@@ -544,6 +588,10 @@ impl Outbox {
                         for (id, record) in batch {
                             self.handed.insert(id);
                             self.last_handed = self.last_handed.max(id);
+                            if self.discard.iter().any(|(c, through)| *c == record.class && id <= *through) {
+                                self.flushed(id, record.class);
+                                continue;
+                            }
                             let reply = record.correlation.clone().map(|c| ReplyTo { correlation: Some(c) });
                             // Replayed history always goes with QoS 1.
                             let record = Record { qos: 1, ..record };

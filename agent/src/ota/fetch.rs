@@ -178,6 +178,8 @@ impl FetchError {
 
 /// HTTP(S) client for one registry. Cheap to clone; clones share the
 /// connection pool and the byte counter.
+const USER_AGENT: &str = concat!("edge-agent/", env!("CARGO_PKG_VERSION"));
+
 #[derive(Clone)]
 pub struct Fetcher {
     inner: Arc<Inner>,
@@ -188,6 +190,8 @@ struct Inner {
     base: Url,
     limits: Limits,
     received: AtomicU64,
+    /// The registry's share of the bytes per destination (crate::usage).
+    wire: Arc<crate::usage::Counter>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -214,7 +218,7 @@ impl Fetcher {
 
         let client = reqwest::Client::builder()
             .connect_timeout(limits.connect_timeout)
-            .user_agent(concat!("edge-agent/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             // Must be exactly rustls 0.23's ClientConfig (the version reqwest
             // links); anything else silently becomes an "unknown TLS backend"
             // error at build().
@@ -222,7 +226,18 @@ impl Fetcher {
             .build()
             .map_err(|e| tls_error(format!("cannot build the HTTP client: {}", tls::error_chain(&e))))?;
 
-        Ok(Fetcher { inner: Arc::new(Inner { client, base, limits, received: AtomicU64::new(0) }) })
+        let wire = Arc::new(crate::usage::Counter::default());
+        Ok(Fetcher { inner: Arc::new(Inner { client, base, limits, received: AtomicU64::new(0), wire }) })
+    }
+
+    /// Counts this fetcher's traffic in `wire` (the registry's counter of the agent's
+    /// bytes per destination) instead of a counter of its own.
+    pub fn counting_in(self, wire: Arc<crate::usage::Counter>) -> Fetcher {
+        let Inner { client, base, limits, received, .. } = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => return Fetcher { inner: shared },
+        };
+        Fetcher { inner: Arc::new(Inner { client, base, limits, received, wire }) }
     }
 
     /// Total body bytes received from the network by this fetcher and its clones.
@@ -526,7 +541,16 @@ impl Fetcher {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder, url: &Url) -> Result<reqwest::Response, FetchError> {
-        req.send().await.map_err(|e| {
+        let defaults = crate::usage::http::defaults(USER_AGENT, &HeaderMap::new());
+        let (client, req) = req.build_split();
+        let req =
+            req.map_err(|e| FetchError::Connect { url: url.to_string(), reason: tls::error_chain(&e) })?;
+        self.inner.wire.add_sent(crate::usage::http::request(&req, defaults));
+        let resp = client.execute(req).await;
+        if let Ok(r) = &resp {
+            self.inner.wire.add_received(crate::usage::http::response_head(r));
+        }
+        resp.map_err(|e| {
             if let Some(tls) = tls::find_rustls_error(&e) {
                 return FetchError::Tls { url: url.to_string(), reason: tls.to_string() };
             }
@@ -571,6 +595,7 @@ impl Fetcher {
 
     fn count(&self, n: usize) {
         self.inner.received.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.wire.add_received(n as u64);
     }
 }
 

@@ -262,18 +262,29 @@ struct Ota {
     shadows: Arc<crate::shadow::Shadows>,
 }
 
+/// What the update task reports to and shares with the rest of the agent.
+pub struct Links {
+    /// Where its events go.
+    pub events: Events,
+    /// The shadow runs it starts and ends; the stream tasks feed them.
+    pub shadows: Arc<crate::shadow::Shadows>,
+    /// The registry's bytes, counted on the way in and out.
+    pub registry_bytes: Arc<crate::usage::Counter>,
+}
+
 /// Starts the update task, from what [`prepare`] found.
 pub fn start(
     config: &Config,
     engine: Arc<Engine>,
-    events: Events,
-    shadows: Arc<crate::shadow::Shadows>,
+    links: Links,
     prepared: Prepared,
     token: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
     let Prepared { notes, states } = prepared;
-    let ota = Ota::new(config, engine, events, shadows, states)?;
+    let Links { events, shadows, registry_bytes } = links;
+    let mut ota = Ota::new(config, engine, events, shadows, states)?;
+    ota.updater = ota.updater.counting_in(registry_bytes);
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
     tracker.spawn(run(ota, rx, notes, token));

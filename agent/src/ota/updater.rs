@@ -9,6 +9,7 @@
 //! copies (signatures, hashes and expiry against the clock), not downloaded again.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,12 @@ impl Updater {
         let trust = state_dir.join("trust");
         std::fs::create_dir_all(&trust).map_err(|e| OtaError::io(&trust, e))?;
         Ok(Updater { fetcher, trust, shipped_root: cfg.trusted_root.clone(), set: None, last: None })
+    }
+
+    /// Counts the registry's traffic in `wire` (crate::usage).
+    pub fn counting_in(mut self, wire: Arc<crate::usage::Counter>) -> Updater {
+        self.fetcher = self.fetcher.counting_in(wire);
+        self
     }
 
     fn local(&self, name: &str) -> Option<Vec<u8>> {

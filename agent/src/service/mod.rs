@@ -5,6 +5,7 @@
 //! by bounded channels under one cancellation token, and tells systemd what it does.
 
 pub mod health;
+mod publish;
 mod reload;
 mod result;
 mod seq;
@@ -28,6 +29,7 @@ use crate::config::{Config, Overrides};
 use crate::events::{Event, Events, Kind};
 use crate::monitor::Monitors;
 use crate::sources::{self, SensorMessage};
+use crate::usage::{Dest, Usage};
 use edge_infer::engine::{Engine, LoadedModel};
 use health::Health;
 use status::Parts;
@@ -137,6 +139,7 @@ pub async fn run(
             events: &events,
             monitors: &monitors,
             shadows: &shadows,
+            usage: &status.usage,
         },
         (source_tx, source_rx),
         &token,
@@ -229,8 +232,11 @@ async fn start_parts(
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|source| StartError::StateDir { path: config.state_dir.display().to_string(), source })?;
     let engine = start_engine(config)?;
+    // Bytes per destination: each client gets its destination's counter when built.
+    let usage = Usage::default();
     // Cloud endpoints: token and certificate files are read now.
-    let (fallback, transitions) = crate::fallback::Fallback::new(config.fallback.as_ref())?;
+    let (fallback, transitions) =
+        crate::fallback::Fallback::counting_in(config.fallback.as_ref(), usage.counter(Dest::Cloud))?;
     let fallback = Arc::new(fallback);
     // Versions installed from the registry replace the configured ones.
     let prepared = crate::ota::prepare(config, &engine);
@@ -241,26 +247,31 @@ async fn start_parts(
     };
 
     let mqtt = match &config.mqtt {
-        Some(m) => Some(start_mqtt_link(config, m, &engine, health, to_streams, token, tracker)?),
+        Some(m) => Some(start_mqtt_link(config, m, &engine, health, to_streams, token, tracker, &usage)?),
         None => None,
     };
     let events = match &mqtt {
         Some(link) => Events::log_only().publish_to(Arc::new(link.handle.clone())),
         None => Events::log_only(),
     };
+    if let Some(m) = &config.mqtt {
+        let cap =
+            Arc::new(crate::usage::cap::DailyCap::new(m.max_bytes_per_day, usage.counter(Dest::Broker)));
+        cap.announce_to(events.clone());
+        usage.set_cap(cap);
+    }
 
     // Model updates from the registry.
     let shadows = Arc::new(crate::shadow::Shadows::default());
     let ota = match config.ota {
-        Some(_) => Some(crate::ota::start(
-            config,
-            engine.clone(),
-            events.clone(),
-            shadows.clone(),
-            prepared,
-            token.child_token(),
-            tracker,
-        )?),
+        Some(_) => {
+            let links = crate::ota::Links {
+                events: events.clone(),
+                shadows: shadows.clone(),
+                registry_bytes: usage.counter(Dest::Registry),
+            };
+            Some(crate::ota::start(config, engine.clone(), links, prepared, token.child_token(), tracker)?)
+        }
         None => None,
     };
 
@@ -276,6 +287,7 @@ async fn start_parts(
         ota,
         fallback: fallback.clone(),
         monitors: Arc::new(Monitors::new()),
+        usage,
     };
     Ok(Running { engine, fallback, events, shadows, mqtt, listeners, status })
 }
@@ -306,7 +318,7 @@ fn serve_api(
     token: &CancellationToken,
     tracker: &TaskTracker,
 ) -> ApiState {
-    let Parts { engine, health, mqtt, ota, fallback, monitors } = parts;
+    let Parts { engine, health, mqtt, ota, fallback, monitors, usage } = parts;
     let l = &api.limits;
     let state = ApiState {
         engine,
@@ -316,6 +328,7 @@ fn serve_api(
         mqtt,
         monitors,
         events,
+        usage,
         limits: Arc::new(ApiLimits {
             max_body_bytes: l.max_body_bytes,
             max_concurrency: l.max_concurrency,
@@ -356,6 +369,7 @@ struct DataDeps<'a> {
     events: &'a Events,
     monitors: &'a Arc<Monitors>,
     shadows: &'a Arc<crate::shadow::Shadows>,
+    usage: &'a Usage,
 }
 
 /// Sources → router → one task per stream → the result sink (which publishes on MQTT
@@ -380,6 +394,8 @@ fn wire_data_path(
 
     if let Some(handle) = mqtt {
         sink.mqtt = Some(handle);
+        sink.publish = config.models.iter().map(|m| (m.name.clone(), m.publish)).collect();
+        sink.cap = deps.usage.cap();
         sink.seq =
             Some(seq::SeqAllocator::open(&config.state_dir).map_err(|source| StartError::Seq {
                 path: config.state_dir.display().to_string(),
@@ -506,6 +522,7 @@ fn summarise(engine: &Engine, mut summary: RunSummary) -> RunSummary {
 
 /// Starts the MQTT link: the connection, the outbox over the spool, and the inbound
 /// router that hands sensor messages to `to_streams`.
+#[allow(clippy::too_many_arguments)]
 fn start_mqtt_link(
     config: &Config,
     m: &crate::config::MqttConfig,
@@ -514,6 +531,7 @@ fn start_mqtt_link(
     to_streams: mpsc::Sender<SensorMessage>,
     token: &CancellationToken,
     tracker: &TaskTracker,
+    usage: &Usage,
 ) -> Result<MqttLink, StartError> {
     let status_engine = engine.clone();
     let status = Box::new(move |state: &str| {
@@ -537,6 +555,7 @@ fn start_mqtt_link(
         to_streams,
         token.child_token(),
         tracker,
+        usage.counter(Dest::Broker),
     )?;
     Ok(MqttLink { handle, commands, closed })
 }
@@ -562,6 +581,7 @@ fn serve_mqtt(
         started: health.started,
         fallback: Some(parts.fallback.clone()),
         monitors: Some(parts.monitors.clone()),
+        usage: parts.usage.clone(),
     };
     let ctx = crate::commands::Context {
         engine: engine.clone(),
@@ -575,6 +595,8 @@ fn serve_mqtt(
         capture: config.capture.clone(),
         log: config.log.clone(),
         events: Events::log_only().publish_to(Arc::new(handle.clone())),
+        usage: parts.usage.clone(),
+        outbox: Some(handle.stats.clone()),
         status: Box::new(move || parts.gather(api.as_ref().map(ApiState::report))),
     };
     tracker.spawn(crate::commands::run(commands, handle.clone(), ctx, m.max_command_bytes));

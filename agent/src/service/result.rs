@@ -69,6 +69,10 @@ pub struct ResultSink {
     pub mqtt: Option<Mqtt>,
     /// Numbering that survives restarts; without it, numbering starts at 0.
     pub seq: Option<SeqAllocator>,
+    /// Per model, which results go to MQTT (`[model.publish]`); every one by default.
+    pub publish: HashMap<String, crate::config::PublishSection>,
+    /// The broker's daily cap: results give way once it is reached.
+    pub cap: Option<std::sync::Arc<crate::usage::cap::DailyCap>>,
 }
 
 impl ResultSink {
@@ -79,7 +83,23 @@ impl ResultSink {
         let mut written = 0u64;
         let mut memory_seq = 0u64;
         let mut last_label: HashMap<(String, String), String> = HashMap::new();
-        while let Some(mut r) = rx.recv().await {
+        let mut gate = super::publish::Gate::new(std::mem::take(&mut self.publish));
+        loop {
+            // Summaries fall due on a timer, whether results come or not.
+            let due = gate.next_due();
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                _ = async {
+                    match due {
+                        Some(at) => tokio::time::sleep_until(at.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.publish_summaries(&mut gate, Some(std::time::Instant::now()), &device).await;
+                    continue;
+                }
+            };
+            let Some(mut r) = next else { break };
             let seq = match self.seq.as_mut() {
                 Some(s) => s.next(),
                 None => {
@@ -87,9 +107,23 @@ impl ResultSink {
                     memory_seq - 1
                 }
             };
+            let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            let to_mqtt = self.mqtt.is_some()
+                && gate.offer(&super::publish::Offered {
+                    model: &r.model,
+                    version: &r.version,
+                    stream: &r.stream,
+                    seq,
+                    ts: &ts,
+                    outputs: &r.outputs,
+                });
+            let to_mqtt = match (&self.cap, to_mqtt) {
+                (Some(cap), true) => cap.allow(crate::usage::cap::Class::Result).await,
+                (_, to_mqtt) => to_mqtt,
+            };
             let published = Published {
                 seq,
-                ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                ts,
                 device: &device,
                 model: &r.model,
                 version: &r.version,
@@ -121,7 +155,8 @@ impl ResultSink {
                     continue;
                 }
             };
-            if let Some(m) = &self.mqtt {
+            if let Some(m) = self.mqtt.as_ref().filter(|_| to_mqtt) {
+                // A result held back drops its receipts here: handled, as it was written.
                 let receipts = std::mem::take(&mut r.receipts);
                 if m.publish_result(&r.model, line.clone(), receipts).await.is_err() {
                     tracing::warn!("the MQTT outbox is closed; results are no longer published");
@@ -142,9 +177,36 @@ impl ResultSink {
                 }
             }
         }
+        // What the last interval gathered goes out before the link closes.
+        self.publish_summaries(&mut gate, None, &device).await;
         if stdout_ok {
             let _ = out.flush().await;
         }
         written
+    }
+
+    /// Publishes the summaries due at `now` (all with `None`).
+    async fn publish_summaries(
+        &mut self,
+        gate: &mut super::publish::Gate,
+        now: Option<std::time::Instant>,
+        device: &str,
+    ) {
+        let ts = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let due = gate.due(now, device, &ts);
+        if let Some(m) = &self.mqtt {
+            for (model, payload) in due {
+                if let Some(cap) = &self.cap
+                    && !cap.allow(crate::usage::cap::Class::Result).await
+                {
+                    continue;
+                }
+                if m.publish_result(&model, payload, Vec::new()).await.is_err() {
+                    tracing::warn!("the MQTT outbox is closed; results are no longer published");
+                    self.mqtt = None;
+                    break;
+                }
+            }
+        }
     }
 }

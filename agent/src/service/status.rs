@@ -49,6 +49,9 @@ pub struct Status {
     /// The log level in force (and a temporary one's revert), the own log's losses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<crate::logs::LogStatus>,
+    /// Bytes sent and received per destination since start (docs/data-usage.md).
+    #[serde(default)]
+    pub usage: crate::usage::UsageReport,
 }
 
 /// One model.
@@ -219,6 +222,8 @@ pub struct Parts {
     pub fallback: Arc<Fallback>,
     /// Drift of each model against its reference.
     pub monitors: Arc<Monitors>,
+    /// Bytes per destination.
+    pub usage: crate::usage::Usage,
 }
 
 impl Parts {
@@ -262,6 +267,7 @@ impl Status {
             ota,
             fallback: parts.fallback.report(),
             log: crate::logs::status(),
+            usage: parts.usage.report(),
         }
     }
 }

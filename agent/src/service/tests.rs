@@ -155,6 +155,7 @@ async fn the_status_document_reads_back_into_its_type() {
         ota: None,
         fallback: Arc::new(fallback),
         monitors: Arc::new(crate::monitor::Monitors::new()),
+        usage: Default::default(),
     };
     let written = serde_json::to_value(parts.gather(None)).unwrap();
     assert_eq!(written["models"]["vibration"]["ok"], 1, "{written:#}");

@@ -19,7 +19,8 @@ use crate::mqtt::{Mqtt, OutboxReport, OutboxStats};
 use edge_infer::engine::Engine;
 
 /// Version of the report layout. 2: `agent.mqtt` gained `oversize`, `session_resets`
-/// and `bad_stream`. 3: each model gained `drifting` and `drift` (scores by summary).
+/// and `bad_stream`. 3: each model gained `drifting` and `drift` (scores by summary), and
+/// the report `usage`, bytes per destination.
 pub const SCHEMA: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,9 @@ pub struct Report {
     pub engine: EngineCounts,
     pub system: SystemReading,
     pub agent: AgentReading,
+    /// Bytes sent and received per destination since start.
+    #[serde(default)]
+    pub usage: crate::usage::UsageReport,
 }
 
 /// One model's totals since start.
@@ -100,6 +104,7 @@ pub struct Sources {
     pub fallback: Option<Arc<crate::fallback::Fallback>>,
     /// Drift of each model.
     pub monitors: Option<Arc<crate::monitor::Monitors>>,
+    pub usage: crate::usage::Usage,
 }
 
 /// Builds a report now.
@@ -174,6 +179,7 @@ pub fn build(src: &Sources, system: SystemReading) -> Report {
             cpu_s: super::cpu_seconds(),
             mqtt: src.outbox.report(),
         },
+        usage: src.usage.report(),
     }
 }
 
@@ -186,6 +192,7 @@ pub async fn run(
     mut settings: watch::Receiver<TelemetrySection>,
     stop: CancellationToken,
 ) {
+    let mut partial = Partial::default();
     loop {
         let current = settings.borrow_and_update().clone();
         let wait = if current.interval_s == 0 {
@@ -201,6 +208,12 @@ pub async fn run(
         if current.interval_s == 0 {
             continue;
         }
+        // Over the broker's daily cap, telemetry is the first to give way.
+        if let Some(cap) = src.usage.cap()
+            && !cap.allow(crate::usage::cap::Class::Telemetry).await
+        {
+            continue;
+        }
         // sysinfo reads /proc and /sys: small, but blocking.
         let (s, reading) = match tokio::task::spawn_blocking(move || {
             let r = sampler.sample();
@@ -213,8 +226,79 @@ pub async fn run(
         };
         sampler = s;
         let report = build(&src, reading);
-        if mqtt.telemetry(report.encode(current.format), current.qos).await.is_err() {
+        let payload = match (current.only_changed, current.format) {
+            (true, TelemetryFormat::Json) => partial.next(&report),
+            _ => report.encode(current.format),
+        };
+        if mqtt.telemetry(payload, current.qos).await.is_err() {
             return;
         }
     }
 }
+
+/// How often a report is whole when only changes are sent: a consumer that starts or
+/// missed reports has the whole state again within this many intervals.
+const WHOLE_EVERY: u64 = 10;
+
+/// The reports sent with `only_changed`: the last whole state, and how many went out.
+#[derive(Default)]
+pub struct Partial {
+    last: Option<serde_json::Value>,
+    sent: u64,
+}
+
+impl Partial {
+    /// The JSON payload of `report`: whole on the first and every [`WHOLE_EVERY`]th,
+    /// otherwise only what changed since the report before, marked `"partial": true`.
+    pub fn next(&mut self, report: &Report) -> Vec<u8> {
+        let now = serde_json::to_value(report).unwrap_or_default();
+        let whole = self.sent.is_multiple_of(WHOLE_EVERY);
+        let out = match (&self.last, whole) {
+            (Some(before), false) => {
+                let mut d = changed(before, &now).unwrap_or_else(|| serde_json::json!({}));
+                if let Some(o) = d.as_object_mut() {
+                    for key in ["schema", "ts", "device"] {
+                        o.insert(key.into(), now[key].clone());
+                    }
+                    o.insert("partial".into(), serde_json::Value::Bool(true));
+                }
+                d
+            }
+            _ => now.clone(),
+        };
+        self.last = Some(now);
+        self.sent += 1;
+        serde_json::to_vec(&out).unwrap_or_default()
+    }
+}
+
+/// What of `now` differs from `before`: objects key by key (a key gone is `null`), any
+/// other value whole. `None` when nothing changed.
+pub fn changed(before: &serde_json::Value, now: &serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match (before, now) {
+        (Value::Object(b), Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                match b.get(k) {
+                    Some(old) => {
+                        if let Some(d) = changed(old, v) {
+                            out.insert(k.clone(), d);
+                        }
+                    }
+                    None => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in b.keys().filter(|k| !n.contains_key(*k)) {
+                out.insert(k.clone(), Value::Null);
+            }
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        _ => (before != now).then(|| now.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
