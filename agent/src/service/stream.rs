@@ -35,6 +35,103 @@ impl Pipeline {
         let windower = window.as_ref().map(Windower::new);
         Pipeline { serving, window, windower, segment: SegmentState::default(), next_index: 0 }
     }
+
+    /// The stream's pipeline for a message served by `serving`. A new model version with
+    /// the same windows carries the stream's samples over, so an update loses no sensor
+    /// data; other changes (or a reset) start afresh.
+    fn follow<'a>(
+        pipe: &'a mut Option<Pipeline>,
+        serving: u64,
+        spec: &ModelSpec,
+        reset: bool,
+    ) -> &'a mut Pipeline {
+        match pipe {
+            Some(p) if !reset && p.serving == serving => {}
+            Some(p) if !reset && p.window == spec.pre.window => p.serving = serving,
+            _ => *pipe = Some(Pipeline::new(serving, spec)),
+        }
+        pipe.get_or_insert_with(|| Pipeline::new(serving, spec))
+    }
+
+    /// The model inputs a message's decoded samples make: the spec's windows, or the
+    /// message whole; each with its window index and, for windows, its sample offset.
+    fn windows(&mut self, values: Vec<f32>) -> Vec<(Vec<f32>, u64, Option<u64>)> {
+        match self.windower.as_mut() {
+            Some(w) => w.push(&values).into_iter().map(|w| (w.data, w.index, Some(w.offset))).collect(),
+            None => {
+                self.next_index += 1;
+                vec![(values, self.next_index - 1, None)]
+            }
+        }
+    }
+}
+
+/// The most a message may carry: the local model's limit, or a cloud endpoint's if that
+/// is larger (a payload beyond the local limit may still go to a cloud that takes more).
+fn payload_limit(own: usize, local: bool, cloud: Option<usize>) -> usize {
+    match (local, cloud) {
+        (true, Some(cloud)) => own.max(cloud),
+        _ => own,
+    }
+}
+
+/// The candidate's run of the input the active version just answered locally (a cloud
+/// answer is another model's, and a non-finite answer has no top label to compare).
+fn shadow_run(
+    trial: Option<Arc<crate::shadow::Trial>>,
+    data: Option<Vec<f32>>,
+    a: &crate::fallback::Answer,
+    spec: &ModelSpec,
+    stream: &str,
+    reset: bool,
+    deadline: Instant,
+) -> Option<crate::shadow::Pending> {
+    let (trial, data) = (trial?, data?);
+    if a.place != "local" {
+        return None;
+    }
+    let active = crate::shadow::report::top1(&spec.post, a.post_values())?;
+    Some(crate::shadow::Pending { trial, active, data, stream: stream.to_string(), reset, deadline })
+}
+
+/// Where a result comes from: the message and its model's spec, and the window.
+struct Origin<'a> {
+    msg: &'a SensorMessage,
+    spec: &'a ModelSpec,
+    window: u64,
+}
+
+/// Offers a result's input to capture when one of its reasons holds (low confidence,
+/// drift, a random share); the store decides within its bounds.
+fn offer_to_capture(
+    c: &Capture,
+    drifting: bool,
+    at: &Origin<'_>,
+    a: &crate::fallback::Answer,
+    outputs: &serde_json::Map<String, serde_json::Value>,
+    input: Vec<f32>,
+    raw: Option<&(String, Vec<u8>)>,
+) {
+    let score = outputs.get("score").and_then(serde_json::Value::as_f64);
+    let Some(reason) = c.reason(score, capture::Flags { drift: drifting, ..Default::default() }) else {
+        return;
+    };
+    let msg = at.msg;
+    let meta = capture::Meta {
+        model: msg.model.clone(),
+        version: a.version.clone(),
+        stream: msg.stream.clone(),
+        time_ms: capture::now_ms(),
+        reason,
+        score,
+        window: at.window,
+        shape: at.spec.data_input().shape_for(input.len()).unwrap_or(vec![input.len()]),
+        place: a.place.to_string(),
+        outputs: outputs.clone(),
+        input_id: msg.input_id.clone(),
+        payload_format: raw.map(|(f, _)| f.clone()),
+    };
+    c.offer(capture::Sample { meta, input, payload: raw.map(|(_, b)| b.clone()) });
 }
 
 /// Logs a stream's failures at most once per interval, with how many were not logged,
@@ -48,6 +145,12 @@ struct ErrorLog {
 const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ErrorLog {
+    /// A message that could not be run: counted against its model, and reported.
+    async fn failed(&mut self, engine: &Engine, model: &str, stream: &str, err: &InferError) {
+        engine.count_error(model, err);
+        self.report(model, stream, err).await;
+    }
+
     /// Logs (and, with MQTT, publishes as a `request-failed` event) at most once per
     /// interval, with how many were left out.
     async fn report(&mut self, model: &str, stream: &str, err: &(dyn std::fmt::Display + Sync)) {
@@ -100,24 +203,13 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
         let cloud = fallback.cloud(&msg.model);
         let Some((serving, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud.as_ref()) else {
             let err = InferError::UnknownModel { model: msg.model.clone(), loaded: engine.model_names() };
-            engine.count_error(&msg.model, &err);
-            errors.report(&msg.model, &msg.stream, &err).await;
+            errors.failed(&engine, &msg.model, &msg.stream, &err).await;
             continue;
         };
-        // A new model version with the same windows carries the stream's samples over,
-        // so an update loses no sensor data; other changes (or a reset) start afresh.
-        match pipe.as_mut() {
-            Some(p) if !msg.reset && p.serving == serving => {}
-            Some(p) if !msg.reset && p.window == spec.pre.window => p.serving = serving,
-            _ => pipe = Some(Pipeline::new(serving, spec)),
-        }
-        let Some(p) = pipe.as_mut() else { continue };
-        // A payload beyond the local limit may still go to a cloud that takes more.
+        let p = Pipeline::follow(&mut pipe, serving, spec, msg.reset);
         let own_limit = spec.limits.max_payload_bytes;
-        let limit = match (&local, cloud.as_ref().and_then(|c| c.max_payload_bytes())) {
-            (Some(_), Some(cloud_limit)) => own_limit.max(cloud_limit),
-            _ => own_limit,
-        };
+        let limit =
+            payload_limit(own_limit, local.is_some(), cloud.as_ref().and_then(|c| c.max_payload_bytes()));
         let payload = std::mem::replace(&mut msg.payload, Payload::Samples(Vec::new()));
         let wanted = capture.as_ref().filter(|c| c.wanted());
         let raw = wanted.and_then(|c| capture::raw_payload(&payload, spec, c.max_payload_bytes()));
@@ -125,18 +217,11 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             Ok(v) => v,
             Err(source) => {
                 let err = InferError::Input { model: msg.model.clone(), source };
-                engine.count_error(&msg.model, &err);
-                errors.report(&msg.model, &msg.stream, &err).await;
+                errors.failed(&engine, &msg.model, &msg.stream, &err).await;
                 continue;
             }
         };
-        let inputs: Vec<(Vec<f32>, u64, Option<u64>)> = match p.windower.as_mut() {
-            Some(w) => w.push(&values).into_iter().map(|w| (w.data, w.index, Some(w.offset))).collect(),
-            None => {
-                p.next_index += 1;
-                vec![(values, p.next_index - 1, None)]
-            }
-        };
+        let inputs = p.windows(values);
         let mut reset = msg.reset;
         let mut records = Vec::with_capacity(inputs.len());
         let mut shadowed = Vec::new();
@@ -168,18 +253,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             reset = false;
             match answer(&engine, &fallback, &route, job).await {
                 Ok(a) => {
-                    if let (Some(trial), Some(data), "local") = (trial, shadow_data, a.place)
-                        && let Some(active) = crate::shadow::report::top1(&spec.post, a.post_values())
-                    {
-                        shadowed.push(crate::shadow::Pending {
-                            trial,
-                            active,
-                            data,
-                            stream: msg.stream.clone(),
-                            reset: shadow_reset,
-                            deadline: started + deadline,
-                        });
-                    }
+                    let (due, stream) = (started + deadline, &msg.stream);
+                    shadowed.extend(shadow_run(trial, shadow_data, &a, spec, stream, shadow_reset, due));
                     let Some(post) = route.post() else { continue };
                     let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
                     if spec.post.wants_raw() {
@@ -191,30 +266,9 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                         errors.events.emit(change.event(&msg.model)).await;
                     }
                     if let (Some(c), Some(input)) = (wanted, kept_input) {
-                        let score = outputs.get("score").and_then(serde_json::Value::as_f64);
-                        let flags =
-                            capture::Flags { drift: monitors.is_drifting(&msg.model), ..Default::default() };
-                        if let Some(reason) = c.reason(score, flags) {
-                            let meta = capture::Meta {
-                                model: msg.model.clone(),
-                                version: a.version.clone(),
-                                stream: msg.stream.clone(),
-                                time_ms: capture::now_ms(),
-                                reason,
-                                score,
-                                window,
-                                shape: spec.data_input().shape_for(input.len()).unwrap_or(vec![input.len()]),
-                                place: a.place.to_string(),
-                                outputs: outputs.clone(),
-                                input_id: msg.input_id.clone(),
-                                payload_format: raw.as_ref().map(|(f, _)| f.clone()),
-                            };
-                            c.offer(capture::Sample {
-                                meta,
-                                input,
-                                payload: raw.as_ref().map(|(_, b)| b.clone()),
-                            });
-                        }
+                        let at = Origin { msg: &msg, spec, window };
+                        let drifting = monitors.is_drifting(&msg.model);
+                        offer_to_capture(c, drifting, &at, &a, &outputs, input, raw.as_ref());
                     }
                     records.push(ResultRecord {
                         model: msg.model.clone(),
