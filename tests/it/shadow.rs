@@ -70,6 +70,17 @@ fn assert_no_active_rejections(d: &Daemon) {
     assert!(s["models"]["vibration"]["ok"].as_u64().unwrap() > 0, "{s:#}");
 }
 
+/// The demo model as version 2 in `work`, the same network with `labels` (a TOML
+/// array) in place of its own: its scores are the same, its answers' names differ.
+fn relabelled(work: &Path, labels: &str) -> std::path::PathBuf {
+    model_version(work, "2", |dir: &Path| {
+        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        let spec = spec.replace(r#"["normal", "imbalance", "impact"]"#, labels);
+        assert!(spec.contains(labels), "the demo model's labels changed: update this test");
+        std::fs::write(dir.join("model.toml"), spec).unwrap();
+    })
+}
+
 fn confusion_total(detail: &Value) -> u64 {
     detail["numbers"]["confusion"]
         .as_object()
@@ -131,12 +142,7 @@ fn a_candidate_that_disagrees_on_a_third_of_inputs_is_rejected_with_its_confusio
     let p = Publisher::new(1);
     let work = tempdir();
     // The same network with two of its labels swapped: every anomaly gets the other name.
-    let swapped = model_version(work.path(), "2", |dir: &Path| {
-        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
-        let spec =
-            spec.replace(r#"["normal", "imbalance", "impact"]"#, r#"["normal", "impact", "imbalance"]"#);
-        std::fs::write(dir.join("model.toml"), spec).unwrap();
-    });
+    let swapped = relabelled(work.path(), r#"["normal", "impact", "imbalance"]"#);
     // At 0%: no device takes it by itself; the operator asks for a shadow run.
     let limits = r#"{"requests":300,"min_requests":50}"#;
     p.publish(&swapped, 0, &["--shadow-limits", limits]);
@@ -264,13 +270,8 @@ fn an_operator_ends_a_shadow_run_by_command() {
 fn a_version_with_swapped_labels_applied_directly_is_rolled_back_by_probation() {
     let p = Publisher::new(1);
     let work = tempdir();
-    // Normal and imbalance swapped: two thirds of the answers change name.
-    let swapped = model_version(work.path(), "2", |dir: &Path| {
-        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
-        let spec =
-            spec.replace(r#"["normal", "imbalance", "impact"]"#, r#"["imbalance", "normal", "impact"]"#);
-        std::fs::write(dir.join("model.toml"), spec).unwrap();
-    });
+    // Normal and imbalance swapped: most answers change name.
+    let swapped = relabelled(work.path(), r#"["imbalance", "normal", "impact"]"#);
     p.publish(&swapped, 0, &[]);
     let Agent { d, broker, events, replies: _replies, _registry } = start(&p);
     // Version 1 answers enough for its label shares to be a baseline.
