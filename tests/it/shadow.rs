@@ -3,7 +3,8 @@
 //! the active version is promoted with full agreement; one with two labels swapped (the
 //! same ONNX file, so its scores are the same and only its answers' names differ) is
 //! rejected with its confusion matrix. Neither delays the active version into a missed
-//! deadline.
+//! deadline. Applied without a shadow run, a version with swapped labels is caught by
+//! its probation instead: its label shares against the active version's.
 
 use std::path::Path;
 
@@ -69,6 +70,17 @@ fn assert_no_active_rejections(d: &Daemon) {
     assert!(s["models"]["vibration"]["ok"].as_u64().unwrap() > 0, "{s:#}");
 }
 
+/// The demo model as version 2 in `work`, the same network with `labels` (a TOML
+/// array) in place of its own: its scores are the same, its answers' names differ.
+fn relabelled(work: &Path, labels: &str) -> std::path::PathBuf {
+    model_version(work, "2", |dir: &Path| {
+        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
+        let spec = spec.replace(r#"["normal", "imbalance", "impact"]"#, labels);
+        assert!(spec.contains(labels), "the demo model's labels changed: update this test");
+        std::fs::write(dir.join("model.toml"), spec).unwrap();
+    })
+}
+
 fn confusion_total(detail: &Value) -> u64 {
     detail["numbers"]["confusion"]
         .as_object()
@@ -130,12 +142,7 @@ fn a_candidate_that_disagrees_on_a_third_of_inputs_is_rejected_with_its_confusio
     let p = Publisher::new(1);
     let work = tempdir();
     // The same network with two of its labels swapped: every anomaly gets the other name.
-    let swapped = model_version(work.path(), "2", |dir: &Path| {
-        let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap();
-        let spec =
-            spec.replace(r#"["normal", "imbalance", "impact"]"#, r#"["normal", "impact", "imbalance"]"#);
-        std::fs::write(dir.join("model.toml"), spec).unwrap();
-    });
+    let swapped = relabelled(work.path(), r#"["normal", "impact", "imbalance"]"#);
     // At 0%: no device takes it by itself; the operator asks for a shadow run.
     let limits = r#"{"requests":300,"min_requests":50}"#;
     p.publish(&swapped, 0, &["--shadow-limits", limits]);
@@ -256,5 +263,37 @@ fn an_operator_ends_a_shadow_run_by_command() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("no shadow run in progress"), "{}", stderr(&out));
+    finish(d);
+}
+
+#[test]
+fn a_version_with_swapped_labels_applied_directly_is_rolled_back_by_probation() {
+    let p = Publisher::new(1);
+    let work = tempdir();
+    // Normal and imbalance swapped: most answers change name.
+    let swapped = relabelled(work.path(), r#"["imbalance", "normal", "impact"]"#);
+    p.publish(&swapped, 0, &[]);
+    let Agent { d, broker, events, replies: _replies, _registry } = start(&p);
+    // Version 1 answers enough for its label shares to be a baseline.
+    wait_status(&d, "150 results of version 1", secs(60), |s| {
+        s["models"]["vibration"]["ok"].as_u64().unwrap_or(0) >= 150
+    });
+
+    // Applied at once (no shadow run); the probation (a million requests, ten hours)
+    // can only end early by a failure.
+    let cmd = json!({"id": "apply-1", "args": {"model": "vibration", "version": "2"}});
+    broker.publish("test", "edge/it/cmd/update/apply", cmd.to_string().as_bytes(), 1, false);
+    let rolled = event(&events, "model-rolled-back");
+    let detail = &rolled["detail"];
+    let reason = detail["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("failed probation: label shares moved"), "{rolled:#}");
+    assert!(reason.contains("normal") && reason.contains("imbalance"), "{rolled:#}");
+    let (before, after) = (&detail["baseline"]["labels"], &detail["numbers"]["labels"]);
+    assert!(before["normal"].as_u64().unwrap() > before["imbalance"].as_u64().unwrap_or(0), "{rolled:#}");
+    assert!(after["imbalance"].as_u64().unwrap() > after["normal"].as_u64().unwrap_or(0), "{rolled:#}");
+
+    let s = wait_status(&d, "version 1 serving", secs(30), |s| s["models"]["vibration"]["version"] == "1");
+    let bad = s["ota"]["models"]["vibration"]["bad"]["2"].as_str().unwrap_or_default();
+    assert!(bad.contains("label shares moved"), "{s:#}");
     finish(d);
 }

@@ -167,6 +167,12 @@ pub fn validate(
     if !(p.latency_floor_ms >= 0.0 && p.latency_floor_ms.is_finite()) {
         problem("ota.probation.latency_floor_ms", format!("{} must be 0 or more", p.latency_floor_ms));
     }
+    if !(0.0..=1.0).contains(&p.max_label_shift) {
+        problem(
+            "ota.probation.max_label_shift",
+            format!("{} is not a Jensen-Shannon distance from 0 (off) to 1", p.max_label_shift),
+        );
+    }
     if p.requests == 0 {
         problem("ota.probation.requests", "must be at least 1".into());
     }

@@ -435,3 +435,19 @@ fn simulated_drift_is_read_and_checked() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+#[test]
+fn the_probation_label_shift_is_on_by_default_and_checked() {
+    use super::{Config, Overrides};
+    let (dir, path) = config_file();
+    std::fs::write(dir.path().join("root.json"), "{}").unwrap();
+    let ota =
+        "\n[ota]\nurl = \"http://127.0.0.1:1\"\nmodels = [\"vibration\"]\ntrusted_root = \"root.json\"\n";
+    write_agent(&path, ota);
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    let p = c.ota.unwrap().probation;
+    assert_eq!((p.max_label_shift, p.min_label_results), (0.3, 100));
+    write_agent(&path, &format!("{ota}\n[ota.probation]\nmax_label_shift = 1.5\n"));
+    let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
+    assert!(err.contains("ota.probation.max_label_shift: 1.5 is not a Jensen-Shannon distance"), "{err}");
+}

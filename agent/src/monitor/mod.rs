@@ -84,6 +84,14 @@ impl Monitors {
         models.get(model).is_some_and(|m| m.drifting)
     }
 
+    /// The labels `model`'s current version has answered: its recent ones (the last
+    /// `window`) and all since it was activated, for a probation to compare versions by.
+    /// `None` before the model's first result (or with its monitoring off).
+    pub fn labels(&self, model: &str) -> Option<LabelCounts> {
+        let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        models.get(model).map(|m| m.labels.counts(&m.version))
+    }
+
     /// Every watched model's state, by name.
     pub fn report(&self) -> BTreeMap<String, DriftReport> {
         let models = self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -157,6 +165,82 @@ struct ModelMonitor {
     since: Option<String>,
     /// Position of the next slot in the value rings.
     head: usize,
+    /// The labels answered, whatever the reference (kept from the first result).
+    labels: LabelTally,
+}
+
+/// The labels of one model version's results, for [`Monitors::labels`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LabelCounts {
+    pub version: String,
+    /// The last `window` labelled results, by label.
+    pub recent: BTreeMap<String, u64>,
+    /// Every labelled result since the version was activated, by label.
+    pub total: BTreeMap<String, u64>,
+}
+
+/// Most distinct labels tallied; further ones count under [`OTHER_LABEL`]. A model's
+/// labels are a fixed list, but `class` numbers without one could be anything: the
+/// bound keeps the memory fixed.
+const MAX_LABELS: usize = 256;
+/// Where labels past [`MAX_LABELS`] are counted.
+pub const OTHER_LABEL: &str = "(other)";
+
+/// A ring of the last `window` labels (as indices into `names`) and a count of all.
+struct LabelTally {
+    names: Vec<String>,
+    ring: Vec<u16>,
+    head: usize,
+    filled: usize,
+    total: Vec<u64>,
+}
+
+impl LabelTally {
+    fn new(window: usize) -> LabelTally {
+        LabelTally { names: Vec::new(), ring: vec![0; window.max(1)], head: 0, filled: 0, total: Vec::new() }
+    }
+
+    fn push(&mut self, label: &str) {
+        let i = match self.names.iter().position(|n| n == label) {
+            Some(i) => i,
+            None if self.names.len() < MAX_LABELS => {
+                self.names.push(label.to_string());
+                self.total.push(0);
+                self.names.len() - 1
+            }
+            None => match self.names.iter().position(|n| n == OTHER_LABEL) {
+                Some(i) => i,
+                None => {
+                    // The last slot becomes the catch-all; its label keeps its count
+                    // under the catch-all's name.
+                    let last = self.names.len() - 1;
+                    self.names[last] = OTHER_LABEL.to_string();
+                    last
+                }
+            },
+        };
+        self.total[i] += 1;
+        self.ring[self.head] = i as u16;
+        self.head = (self.head + 1) % self.ring.len();
+        self.filled = (self.filled + 1).min(self.ring.len());
+    }
+
+    fn counts(&self, version: &str) -> LabelCounts {
+        let mut recent = BTreeMap::new();
+        // The filled slots are the `filled` before `head`, wrapping.
+        for k in 0..self.filled {
+            let slot = (self.head + self.ring.len() - 1 - k) % self.ring.len();
+            *recent.entry(self.names[usize::from(self.ring[slot])].clone()).or_insert(0) += 1;
+        }
+        let total = self
+            .names
+            .iter()
+            .zip(&self.total)
+            .filter(|(_, c)| **c > 0)
+            .map(|(n, c)| (n.clone(), *c))
+            .collect();
+        LabelCounts { version: version.to_string(), recent, total }
+    }
 }
 
 impl ModelMonitor {
@@ -194,6 +278,7 @@ impl ModelMonitor {
             drifting: false,
             since: None,
             head: 0,
+            labels: LabelTally::new(settings.window),
             settings,
         };
         match profile {
@@ -244,6 +329,9 @@ impl ModelMonitor {
 
     fn observe(&mut self, obs: &Observation) -> Option<Transition> {
         self.results += 1;
+        if let Some(l) = obs.label.as_deref() {
+            self.labels.push(l);
+        }
         if let Some(builder) = self.learning.as_mut() {
             builder.add(obs);
             if builder.windows() >= self.settings.reference as u64 {

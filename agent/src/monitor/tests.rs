@@ -422,3 +422,24 @@ fn a_stale_version_does_not_reset_the_monitor() {
     monitors.observe(&newer.model, vec![0.0; 5], outputs);
     assert_eq!(monitors.report()["vibration"].results, 1, "a newer load starts afresh");
 }
+
+#[test]
+fn label_counts_hold_the_last_window_and_everything_since_activation() {
+    let mut t = super::LabelTally::new(3);
+    for l in ["a", "a", "b", "c", "c"] {
+        t.push(l);
+    }
+    let c = t.counts("2");
+    assert_eq!(c.version, "2");
+    // The last three: b, c, c.
+    assert_eq!(c.recent, [("b".to_string(), 1), ("c".to_string(), 2)].into());
+    assert_eq!(c.total, [("a".to_string(), 2), ("b".to_string(), 1), ("c".to_string(), 2)].into());
+    // Past the bound on distinct labels, the rest count under one name.
+    let mut many = super::LabelTally::new(10);
+    for i in 0..(super::MAX_LABELS + 5) {
+        many.push(&i.to_string());
+    }
+    let c = many.counts("1");
+    assert_eq!(c.total.len(), super::MAX_LABELS);
+    assert_eq!(c.total.get(super::OTHER_LABEL), Some(&6));
+}

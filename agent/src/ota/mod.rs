@@ -260,6 +260,8 @@ struct Ota {
     previous: BTreeMap<String, Option<String>>,
     /// Shadow runs in progress; the stream tasks feed them.
     shadows: Arc<crate::shadow::Shadows>,
+    /// The drift monitors, for the label counts a probation compares.
+    monitors: Arc<crate::monitor::Monitors>,
 }
 
 /// What the update task reports to and shares with the rest of the agent.
@@ -268,6 +270,8 @@ pub struct Links {
     pub events: Events,
     /// The shadow runs it starts and ends; the stream tasks feed them.
     pub shadows: Arc<crate::shadow::Shadows>,
+    /// The drift monitors: a probation compares the label shares they count.
+    pub monitors: Arc<crate::monitor::Monitors>,
     /// The registry's bytes, counted on the way in and out.
     pub registry_bytes: Arc<crate::usage::Counter>,
 }
@@ -282,8 +286,9 @@ pub fn start(
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<OtaHandle, OtaError> {
     let Prepared { notes, states } = prepared;
-    let Links { events, shadows, registry_bytes } = links;
+    let Links { events, shadows, monitors, registry_bytes } = links;
     let mut ota = Ota::new(config, engine, events, shadows, states)?;
+    ota.monitors = monitors;
     ota.updater = ota.updater.counting_in(registry_bytes);
     let (tx, rx) = mpsc::channel(16);
     let status = ota.status.clone();
@@ -392,6 +397,7 @@ impl Ota {
             last_check: None,
             doing: BTreeMap::new(),
             shadows,
+            monitors: Default::default(),
             cfg,
         };
         for model in ota.cfg.models.clone() {
@@ -734,7 +740,10 @@ impl Ota {
             // for want of a model: not a baseline, or a new version failing every request
             // would pass (1.0 + max_error_rate).
             baseline: if old.is_some() {
-                Numbers::from_stats(&before, limits.min_requests)
+                Numbers {
+                    labels: self.old_labels(model, previous_version.as_deref()),
+                    ..Numbers::from_stats(&before, limits.min_requests)
+                }
             } else {
                 Numbers::default()
             },
@@ -756,6 +765,26 @@ impl Ota {
         Ok(())
     }
 
+    /// The replaced version's recent labels, read just before the switch (the monitor
+    /// still holds that version's results then), when they are that version's.
+    fn old_labels(&self, model: &str, version: Option<&str>) -> Option<BTreeMap<String, u64>> {
+        self.monitors.labels(model).filter(|c| Some(c.version.as_str()) == version).map(|c| c.recent)
+    }
+
+    /// A probation's numbers so far: the engine's counters since the switch, and every
+    /// label the new version answered (none before its monitor restarted for it).
+    fn probation_numbers(&self, model: &str, p: &Probation) -> Numbers {
+        let before = self.at_switch.get(model).cloned().unwrap_or_default();
+        let mut now = Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests);
+        // The version as the engine names it (its model.toml), as the monitor does.
+        let serving = self.engine.model(model).map(|m| m.version().to_string());
+        if p.baseline.labels.is_some() {
+            now.labels =
+                self.monitors.labels(model).filter(|c| Some(&c.version) == serving.as_ref()).map(|c| c.total);
+        }
+        now
+    }
+
     /// Judges every probation in progress; passes keep the version, failures roll back.
     async fn watch_probations(&mut self) {
         // Nothing on probation (the usual case): nothing to read, judge or publish.
@@ -775,8 +804,7 @@ impl Ota {
                 state.probation = Some(p.clone());
                 let _ = self.save_state(&model, &state);
             }
-            let before = self.at_switch.entry(model.clone()).or_default().clone();
-            let now = Numbers::between(&before, &self.engine.snapshot(&model), p.limits.min_requests);
+            let now = self.probation_numbers(&model, &p);
             match p.judge(&now) {
                 Verdict::Continue => {}
                 Verdict::Pass => {
@@ -1027,16 +1055,13 @@ impl Ota {
             } else {
                 "active".into()
             };
-            let probation = state.probation.as_ref().map(|p| {
-                let before = self.at_switch.get(model).cloned().unwrap_or_default();
-                ProbationStatus {
-                    version: p.version.clone(),
-                    elapsed_s: p.elapsed().as_secs(),
-                    numbers: Numbers::between(&before, &self.engine.snapshot(model), p.limits.min_requests),
-                    baseline: p.baseline.clone(),
-                    limits: p.limits.clone(),
-                    shadow: p.shadow.clone(),
-                }
+            let probation = state.probation.as_ref().map(|p| ProbationStatus {
+                version: p.version.clone(),
+                elapsed_s: p.elapsed().as_secs(),
+                numbers: self.probation_numbers(model, p),
+                baseline: p.baseline.clone(),
+                limits: p.limits.clone(),
+                shadow: p.shadow.clone(),
             });
             let entry = OtaModelStatus {
                 state: phase,

@@ -1,7 +1,11 @@
 //! Probation: a newly activated version serves real traffic for a number of requests or
 //! minutes while its error rate and latency are compared with the version it replaced;
-//! worse than the limits, and it is rolled back.
+//! worse than the limits, and it is rolled back. Its answers are compared too: the shares
+//! of its labels against the replaced version's recent ones (Jensen-Shannon distance), so
+//! a version that names things differently (labels swapped, a class never answered) is
+//! caught even when it is fast and never fails.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -35,6 +39,14 @@ pub struct Limits {
     /// anything about the model.
     #[serde(default = "default_latency_floor")]
     pub latency_floor_ms: f64,
+    /// The largest Jensen-Shannon distance (0 to 1) allowed between the new version's
+    /// label shares and the replaced version's recent ones; 0 turns the check off.
+    #[serde(default = "default_max_label_shift")]
+    pub max_label_shift: f64,
+    /// Labelled results each side needs before label shares are compared: fewer say
+    /// little about a distribution.
+    #[serde(default = "default_min_label_results")]
+    pub min_label_results: u64,
 }
 
 fn default_requests() -> u64 {
@@ -55,6 +67,12 @@ fn default_min_requests() -> u64 {
 fn default_latency_floor() -> f64 {
     5.0
 }
+fn default_max_label_shift() -> f64 {
+    0.3
+}
+fn default_min_label_results() -> u64 {
+    100
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -65,6 +83,8 @@ impl Default for Limits {
             max_latency_ratio: default_max_latency_ratio(),
             min_requests: default_min_requests(),
             latency_floor_ms: default_latency_floor(),
+            max_label_shift: default_max_label_shift(),
+            min_label_results: default_min_label_results(),
         }
     }
 }
@@ -78,6 +98,7 @@ impl Limits {
             l.minutes = o.minutes.unwrap_or(l.minutes);
             l.max_error_rate = o.max_error_rate.unwrap_or(l.max_error_rate);
             l.max_latency_ratio = o.max_latency_ratio.unwrap_or(l.max_latency_ratio);
+            l.max_label_shift = o.max_label_shift.unwrap_or(l.max_label_shift);
         }
         l
     }
@@ -92,6 +113,10 @@ pub struct Numbers {
     /// p95 of the model run time; absent with too few requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p95_ms: Option<f64>,
+    /// Labels answered, by label: for the replaced version its recent ones at the switch,
+    /// for the new one all since activation. Absent when the drift monitor is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, u64>>,
 }
 
 impl Numbers {
@@ -106,6 +131,7 @@ impl Numbers {
             errors,
             error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
             p95_ms: (s.ok >= min_requests).then_some(p95),
+            labels: None,
         }
     }
 
@@ -178,6 +204,9 @@ impl Probation {
                 l.max_error_rate * 100.0
             ));
         }
+        if let Some(why) = self.label_shift(new) {
+            return Verdict::Fail(why);
+        }
         if !done {
             return Verdict::Continue;
         }
@@ -194,6 +223,58 @@ impl Probation {
         }
         Verdict::Pass
     }
+
+    /// Why the new version's label shares are too far from the replaced version's, once
+    /// both sides have `min_label_results`; judged as soon as they do, like errors, since
+    /// a version that answers with other names is wrong from its first results.
+    fn label_shift(&self, new: &Numbers) -> Option<String> {
+        let l = &self.limits;
+        let (Some(old), Some(now)) = (&self.baseline.labels, &new.labels) else { return None };
+        let enough = |c: &BTreeMap<String, u64>| c.values().sum::<u64>() >= l.min_label_results.max(1);
+        if l.max_label_shift <= 0.0 || !enough(old) || !enough(now) {
+            return None;
+        }
+        let shift = label_shift(old, now);
+        if shift <= l.max_label_shift {
+            return None;
+        }
+        Some(format!(
+            "label shares moved by {shift:.2} (Jensen-Shannon distance, limit {:.2}) from the previous version's: {}",
+            l.max_label_shift,
+            moved_labels(old, now)
+        ))
+    }
+}
+
+/// Jensen-Shannon distance between two label counts, over the union of their labels.
+pub fn label_shift(old: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> f64 {
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(now.keys()).collect();
+    let side = |c: &BTreeMap<String, u64>| -> Vec<f64> {
+        names.iter().map(|n| c.get(*n).copied().unwrap_or(0) as f64).collect()
+    };
+    crate::monitor::histogram::js_distance(&side(old), &side(now))
+}
+
+/// The labels whose shares moved most, as `label before% → after%`, largest first (at
+/// most five, those that moved by at least a point).
+fn moved_labels(old: &BTreeMap<String, u64>, now: &BTreeMap<String, u64>) -> String {
+    let share = |c: &BTreeMap<String, u64>, n: &str| {
+        let sum = c.values().sum::<u64>().max(1) as f64;
+        c.get(n).copied().unwrap_or(0) as f64 / sum
+    };
+    let names: std::collections::BTreeSet<&String> = old.keys().chain(now.keys()).collect();
+    let mut moved: Vec<(&String, f64, f64)> = names
+        .into_iter()
+        .map(|n| (n, share(old, n), share(now, n)))
+        .filter(|(_, a, b)| (a - b).abs() >= 0.01)
+        .collect();
+    moved.sort_by(|x, y| (y.2 - y.1).abs().total_cmp(&(x.2 - x.1).abs()));
+    moved
+        .iter()
+        .take(5)
+        .map(|(n, a, b)| format!("{n} {:.0}% → {:.0}%", a * 100.0, b * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -214,7 +295,49 @@ mod tests {
     }
 
     fn numbers(requests: u64, errors: u64, p95: Option<f64>) -> Numbers {
-        Numbers { requests, errors, error_rate: errors as f64 / requests.max(1) as f64, p95_ms: p95 }
+        Numbers {
+            requests,
+            errors,
+            error_rate: errors as f64 / requests.max(1) as f64,
+            p95_ms: p95,
+            labels: None,
+        }
+    }
+
+    fn labelled(mut n: Numbers, labels: &[(&str, u64)]) -> Numbers {
+        n.labels = Some(labels.iter().map(|(l, c)| (l.to_string(), *c)).collect());
+        n
+    }
+
+    #[test]
+    fn label_shares_are_judged_against_the_previous_version() {
+        let before = [("normal", 700), ("bearing", 200), ("imbalance", 100)];
+        let p = probation(labelled(numbers(1000, 0, None), &before));
+        // The same shares (fewer results): judged and passed at the end.
+        let same = labelled(numbers(100, 0, None), &[("normal", 70), ("bearing", 20), ("imbalance", 10)]);
+        assert_eq!(p.judge(&same), Verdict::Pass);
+        // Two labels swapped: failed as soon as there are enough results, naming them.
+        let swapped = labelled(numbers(60, 0, None), &[("normal", 12), ("bearing", 42), ("imbalance", 6)]);
+        assert_eq!(p.judge(&swapped), Verdict::Continue, "60 labelled results are too few to judge");
+        let swapped = labelled(numbers(100, 0, None), &[("normal", 20), ("bearing", 70), ("imbalance", 10)]);
+        match p.judge(&swapped) {
+            Verdict::Fail(why) => {
+                assert!(why.contains("label shares moved"), "{why}");
+                assert!(why.contains("bearing 20% → 70%") && why.contains("normal 70% → 20%"), "{why}");
+                assert!(!why.contains("imbalance"), "an unmoved label is not named: {why}");
+            }
+            v => panic!("swapped labels passed: {v:?}"),
+        }
+        // Off (0), or too few results before the switch: no judgement of labels.
+        let mut off = p.clone();
+        off.limits.max_label_shift = 0.0;
+        assert_eq!(off.judge(&swapped), Verdict::Pass);
+        let few =
+            probation(labelled(numbers(50, 0, None), &[("normal", 35), ("bearing", 10), ("imbalance", 5)]));
+        assert_eq!(few.judge(&swapped), Verdict::Pass);
+        // No monitor (no counts on one side): nothing to compare.
+        let blind = probation(numbers(1000, 0, None));
+        assert_eq!(blind.judge(&swapped), Verdict::Pass);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct ProbationOverride {
     pub max_error_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_latency_ratio: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_label_shift: Option<f64>,
 }
 
 /// A version the signed targets offer.

@@ -99,11 +99,21 @@ fn serving(ota: &Ota) -> String {
     ota.engine.model("vibration").map(|m| m.version().to_string()).unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_installs_and_a_failed_probation_rolls_back() {
-    let tmp = tempfile::tempdir().unwrap();
-    let reg = tmp.path().join("registry");
-    registry(&reg, tmp.path(), &["2"]);
+/// The update task over a loopback registry offering version 2, the demo model's
+/// version 1 serving.
+struct Rig {
+    ota: Ota,
+    engine: std::sync::Arc<edge_infer::engine::Engine>,
+    tap: Tap,
+    config: Config,
+    state_dir: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn rig(tmp: &Path) -> Rig {
+    let reg = tmp.join("registry");
+    registry(&reg, tmp, &["2"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -112,8 +122,8 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
         let _ = stopped.await;
     }));
 
-    let state_dir = tmp.path().join("state");
-    let config_file = tmp.path().join("agent.toml");
+    let state_dir = tmp.join("state");
+    let config_file = tmp.join("agent.toml");
     std::fs::write(
         &config_file,
         format!(
@@ -127,13 +137,28 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     .unwrap();
     let config = Config::load_with_env(&config_file, &Overrides::default(), &[]).unwrap();
     let engine = crate::service::start_engine(&config).unwrap();
-    let (tx, mut tap) = mpsc::unbounded_channel();
+    let (tx, tap) = mpsc::unbounded_channel();
     let prepared = super::prepare(&config, &engine);
     let mut ota =
         Ota::new(&config, engine.clone(), Events::log_only().tap(tx), Default::default(), prepared.states)
             .unwrap();
-    ota.selftest_exe = passing_selftest(tmp.path());
+    ota.selftest_exe = passing_selftest(tmp);
     assert_eq!(serving(&ota), "1");
+    Rig { ota, engine, tap, config, state_dir, stop, server }
+}
+
+impl Rig {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+        self.engine.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_installs_and_a_failed_probation_rolls_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Rig { mut ota, engine, mut tap, config, state_dir, stop, server } = rig(tmp.path()).await;
     assert_eq!(ota.state("vibration"), ModelState::default());
 
     // A check installs version 2, on probation, and writes that before it serves.
@@ -189,4 +214,57 @@ async fn a_check_installs_and_a_failed_probation_rolls_back() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     engine.shutdown();
+}
+
+/// Feeds `model`'s monitor `n` results of the version now serving, labelled in turn
+/// from `labels` (each repeated as many times as its count), as the stream tasks do.
+fn answer(ota: &Ota, labels: &[(&str, usize)]) {
+    let model = ota.engine.model("vibration").unwrap();
+    for (label, n) in labels {
+        for _ in 0..*n {
+            let outputs = json!({"label": label}).as_object().unwrap().clone();
+            ota.monitors.observe(&model, Vec::new(), &outputs);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_answering_other_labels_fails_probation_for_its_label_shift() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = rig(tmp.path()).await;
+    r.ota.monitors = std::sync::Arc::new(crate::monitor::Monitors::new());
+    // Version 1's recent answers: mostly normal.
+    answer(&r.ota, &[("normal", 210), ("imbalance", 60), ("impact", 30)]);
+
+    let report = r.ota.check("test").await.unwrap();
+    assert_eq!(report["models"]["vibration"]["action"], "activated 2", "{report:#}");
+    let p = r.ota.state("vibration").probation.unwrap();
+    let before = p.baseline.labels.expect("the replaced version's labels are kept at the switch");
+    assert_eq!(before.get("normal"), Some(&210), "{before:?}");
+    kinds(&mut r.tap);
+
+    // Version 2 names normal vibration `imbalance` and the reverse; with too few results
+    // it is not judged yet, but its labels show in the status.
+    answer(&r.ota, &[("imbalance", 35), ("normal", 10), ("impact", 5)]);
+    r.ota.watch_probations().await;
+    assert_eq!(serving(&r.ota), "2");
+    let status = r.ota.status.lock().unwrap().clone();
+    let shown = serde_json::to_value(&status).unwrap();
+    let labels = &shown["models"]["vibration"]["probation"]["numbers"]["labels"];
+    assert_eq!(labels["imbalance"], 35, "{shown:#}");
+    assert_eq!(shown["models"]["vibration"]["probation"]["baseline"]["labels"]["normal"], 210);
+
+    // With the minimum of results, the shift fails the probation: rolled back, the
+    // reason naming the labels that moved.
+    answer(&r.ota, &[("imbalance", 35), ("normal", 10), ("impact", 5)]);
+    r.ota.watch_probations().await;
+    assert_eq!(serving(&r.ota), "1");
+    let events: Vec<_> = std::iter::from_fn(|| r.tap.try_recv().ok()).collect();
+    let rolled = events.iter().find(|e| e.kind.as_str() == "model-rolled-back").expect("rolled back");
+    assert_eq!(rolled.detail["numbers"]["labels"]["imbalance"], 70, "{:#}", rolled.detail);
+    let state = r.ota.state("vibration");
+    let why = state.bad.get("2").cloned().unwrap_or_default();
+    assert!(why.contains("label shares moved"), "{why}");
+    assert!(why.contains("normal 70% → 20%") && why.contains("imbalance 20% → 70%"), "{why}");
+    r.stop().await;
 }

@@ -263,11 +263,14 @@ async fn start_parts(
 
     // Model updates from the registry.
     let shadows = Arc::new(crate::shadow::Shadows::default());
+    // The drift monitors: the stream tasks feed them; probations read their label counts.
+    let monitors = Arc::new(Monitors::new());
     let ota = match config.ota {
         Some(_) => {
             let links = crate::ota::Links {
                 events: events.clone(),
                 shadows: shadows.clone(),
+                monitors: monitors.clone(),
                 registry_bytes: usage.counter(Dest::Registry),
             };
             Some(crate::ota::start(config, engine.clone(), links, prepared, token.child_token(), tracker)?)
@@ -286,7 +289,7 @@ async fn start_parts(
         mqtt: mqtt.as_ref().map(|link| link.handle.stats.clone()),
         ota,
         fallback: fallback.clone(),
-        monitors: Arc::new(Monitors::new()),
+        monitors,
         usage,
     };
     Ok(Running { engine, fallback, events, shadows, mqtt, listeners, status })
