@@ -121,8 +121,8 @@ pub struct PublishArgs {
     /// Lowest agent version that can run it.
     #[arg(long)]
     pub min_agent: Option<String>,
-    /// Probation limits for this version, as JSON
-    /// (`{"requests":200,"minutes":10,"max_error_rate":0.05,"max_latency_ratio":2}`).
+    /// Probation limits for this version, as JSON of whole numbers (signed metadata has
+    /// no fractions): `{"requests":200,"minutes":10,"max_latency_ratio":2}`.
     #[arg(long, value_name = "JSON")]
     pub probation: Option<String>,
     /// Devices of the cohort run this version as a shadow candidate beside their active
