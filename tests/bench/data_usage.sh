@@ -28,15 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$TMP/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-persistence false
-CONF
-[ "$(id -u)" -eq 0 ] && echo "user root" >> "$TMP/mosquitto.conf"
-mosquitto -c "$TMP/mosquitto.conf" > "$TMP/broker.log" 2>&1 &
-BROKER=$!
-sleep 0.5
+. tests/bench/broker_env.sh
+start_broker
 
 broker_bytes() {
     python3 - "$API" <<'PY'

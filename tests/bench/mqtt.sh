@@ -37,16 +37,8 @@ s = s.replace("[pre.window]\nsize = 256\nhop = 128\n", "")
 open(p, "w").write(s)
 PY
 
-cat > "$TMP/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-max_queued_messages 0
-persistence false
-CONF
-[ "$(id -u)" -eq 0 ] && echo "user root" >> "$TMP/mosquitto.conf"
-mosquitto -c "$TMP/mosquitto.conf" > "$TMP/broker.log" 2>&1 &
-BROKER=$!
-sleep 0.5
+. tests/bench/broker_env.sh
+start_broker "max_queued_messages 0"
 
 cat > "$TMP/agent.toml" <<TOML
 [agent]

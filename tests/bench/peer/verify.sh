@@ -28,16 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat > "$TMP/mosquitto.conf" <<CONF
-listener $PORT 127.0.0.1
-allow_anonymous true
-max_queued_messages 0
-persistence false
-CONF
-[ "$(id -u)" -eq 0 ] && echo "user root" >> "$TMP/mosquitto.conf"
-mosquitto -c "$TMP/mosquitto.conf" > "$TMP/broker.log" 2>&1 &
-BROKER=$!
-sleep 0.5
+. "$HERE/../broker_env.sh"
+start_broker "max_queued_messages 0"
 
 start_peer() {
     "$PY" "$HERE/peer.py" --host 127.0.0.1 --port "$PORT" --device bench --model "$MODEL" \
