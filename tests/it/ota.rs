@@ -322,7 +322,11 @@ fn a_failed_self_test_is_refused_and_a_failed_probation_rolls_back() {
     assert!(!out.status.success() && stderr(&out).contains("self-test"), "{}", stderr(&out));
     publish_unchecked(&p, &v2, "2");
     let reg = Served::start(&p.repo());
-    let ota = ota_section(&reg.url, &p.root_v1(), "[ota.probation]\nrequests = 20\nmin_requests = 10\n");
+    let ota = ota_section(
+        &reg.url,
+        &p.root_v1(),
+        "[ota.probation]\nrequests = 20\nmin_requests = 10\nlatency_floor_ms = 10000\n",
+    );
     let d = Daemon::start("run", &body(&demo_model(), None, &ota), "", &[]);
     let (_, v) = post(&d, "/ota/check", json!({}));
     assert!(v.to_string().contains("self-test failed"), "{v}");

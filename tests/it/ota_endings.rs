@@ -24,7 +24,9 @@ use crate::ota::{body, publish_unchecked};
 use edge_agent::ota::serve::Fault;
 
 /// Probation short enough for a test: five requests of the simulated sensor.
-const QUICK: &str = "[ota.probation]\nrequests = 5\nmin_requests = 3\n";
+// A latency floor far above any stall: these tests are about how updates end, and a
+// loaded test machine can stall a sub-millisecond model for several milliseconds.
+const QUICK: &str = "[ota.probation]\nrequests = 5\nmin_requests = 3\nlatency_floor_ms = 10000\n";
 
 fn check(d: &Daemon) -> (u16, Value) {
     post(d, "/ota/check", json!({}))
@@ -173,7 +175,11 @@ fn after_a_failed_self_test_or_probation_the_next_good_version_is_taken() {
     let p = Publisher::new(1);
     let work = tempdir();
     let reg = Served::start(&p.repo());
-    let ota = ota_section(&reg.url, &p.root_v1(), "[ota.probation]\nrequests = 20\nmin_requests = 10\n");
+    let ota = ota_section(
+        &reg.url,
+        &p.root_v1(),
+        "[ota.probation]\nrequests = 20\nmin_requests = 10\nlatency_floor_ms = 10000\n",
+    );
     let d = Daemon::start("run", &body(&demo_model(), None, &ota), "", &[]);
     first_check_done(&d);
 
@@ -237,7 +243,11 @@ fn a_failed_probation_with_nothing_to_roll_back_to_does_not_block_the_next_versi
     });
     p.publish(&v2, 100, &[]);
     let reg = Served::start(&p.repo());
-    let ota = ota_section(&reg.url, &p.root_v1(), "[ota.probation]\nrequests = 20\nmin_requests = 10\n");
+    let ota = ota_section(
+        &reg.url,
+        &p.root_v1(),
+        "[ota.probation]\nrequests = 20\nmin_requests = 10\nlatency_floor_ms = 10000\n",
+    );
     let d = Daemon::start("run", &registry_only(&ota), "", &[]);
     // Its probation fails; there is nothing to go back to, so it keeps serving, but it
     // is marked bad and the probation is over.
