@@ -222,4 +222,14 @@ fn fleet_status_counts_versions_shows_killed_agents_offline_and_survives_malform
         "fleet status of {FLEET} devices: {:.0} ms (the first one-shot run)",
         took.as_secs_f64() * 1000.0
     );
+    // Its peak RSS, for the record (docs/fleet.md), where GNU time is installed.
+    if Path::new("/usr/bin/time").exists() {
+        let port = broker.port.to_string();
+        let mut cmd = Command::new("/usr/bin/time");
+        cmd.args(["-f", "fleet status: %e s wall, %M KiB peak RSS"]).arg(bin());
+        cmd.args(["fleet", "status", "--json", "--host", "127.0.0.1", "--port", &port, "--username", "test"]);
+        cmd.args(["--password-file", pass.to_str().unwrap()]);
+        let out = run_with(&mut cmd, None, secs(60));
+        eprintln!("{}", stderr(&out).trim());
+    }
 }
