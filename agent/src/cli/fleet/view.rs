@@ -44,7 +44,7 @@ pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, Topic)>
 
 /// A model's state on a device. The retained status says only which version serves;
 /// the other states come from the device's events (seen live: events are not retained).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ModelState {
     /// Serving, not on probation (what the status and telemetry say).
@@ -414,6 +414,21 @@ pub enum StateFilter {
     Drifting,
 }
 
+impl StateFilter {
+    /// The model state this filter asks for, if it is one.
+    fn model_state(self) -> Option<ModelState> {
+        Some(match self {
+            StateFilter::Active => ModelState::Active,
+            StateFilter::Updating => ModelState::Updating,
+            StateFilter::Probation => ModelState::Probation,
+            StateFilter::RolledBack => ModelState::RolledBack,
+            StateFilter::Failed => ModelState::Failed,
+            StateFilter::Pulled => ModelState::Pulled,
+            _ => return None,
+        })
+    }
+}
+
 /// Which devices a view shows. Model filters (`version`, a model state) look at the
 /// model named by `model`, or at any model without it.
 #[derive(Debug, Clone, Default)]
@@ -442,14 +457,9 @@ impl Filter {
         let model_ok = |m: &&ModelView| {
             self.version.as_ref().is_none_or(|v| &m.version == v)
                 && match self.state {
-                    Some(StateFilter::Active) => m.state == ModelState::Active,
-                    Some(StateFilter::Updating) => m.state == ModelState::Updating,
-                    Some(StateFilter::Probation) => m.state == ModelState::Probation,
-                    Some(StateFilter::RolledBack) => m.state == ModelState::RolledBack,
-                    Some(StateFilter::Failed) => m.state == ModelState::Failed,
-                    Some(StateFilter::Pulled) => m.state == ModelState::Pulled,
                     Some(StateFilter::Drifting) => m.drifting == Some(true),
-                    _ => true,
+                    Some(f) => f.model_state().is_none_or(|want| m.state == want),
+                    None => true,
                 }
         };
         let device_ok = match self.state {
@@ -460,15 +470,7 @@ impl Filter {
             _ => true,
         };
         let model_filtered = self.version.is_some()
-            || !matches!(
-                self.state,
-                None | Some(
-                    StateFilter::Online
-                        | StateFilter::Offline
-                        | StateFilter::Unknown
-                        | StateFilter::Malformed
-                )
-            );
+            || self.state.is_some_and(|f| f == StateFilter::Drifting || f.model_state().is_some());
         device_ok && (!model_filtered || models.iter().any(model_ok))
     }
 }
@@ -752,10 +754,11 @@ pub fn table(
         let drift = if v.drifting > 0 { format!(", {} drifting", v.drifting) } else { String::new() };
         out.push_str(&fit(
             &format!(
-                "  {}@{}: {} devices ({} online, {} offline{drift}): {}",
+                "  {}@{}: {} device{} ({} online, {} offline{drift}): {}",
                 v.model,
                 v.version,
                 v.devices,
+                if v.devices == 1 { "" } else { "s" },
                 v.online,
                 v.offline,
                 states.join(", ")
