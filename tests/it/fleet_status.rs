@@ -112,6 +112,13 @@ fn fleet_status_counts_versions_shows_killed_agents_offline_and_survives_malform
     }
     assert_eq!(ids(&doc), ids_all, "sorted by device id");
 
+    // With --listen, live telemetry (every second here) adds each model's drift verdict.
+    let listened = json(&broker, &pass, &["--listen", "2.5"]);
+    for d in listened["devices"].as_array().unwrap() {
+        assert_eq!(d["models"]["vibration"]["drifting"], false, "{d}");
+    }
+    assert!(doc["devices"][0]["models"]["vibration"]["drifting"].is_null(), "no telemetry without --listen");
+
     // The broker settings can come from an agent's own config file instead of flags.
     let by_config = run(
         &["fleet", "status", "--json", "--config", fleet[0].0.to_str().unwrap(), "--device", "dev-0?"],

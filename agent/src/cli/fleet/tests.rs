@@ -294,6 +294,27 @@ proptest! {
         prop_assert!(!text.contains('\x1b'));
     }
 
+    /// A message that is not a JSON object marks its device malformed, with the topic
+    /// kind named, and leaves the other devices as they were.
+    #[test]
+    fn a_message_that_does_not_read_is_shown_as_malformed(
+        kind in prop_oneof![Just("status"), Just("telemetry"), Just("events")],
+        bytes in proptest::collection::vec(any::<u8>(), 1..300),
+    ) {
+        prop_assume!(!matches!(serde_json::from_slice::<serde_json::Value>(&bytes), Ok(serde_json::Value::Object(_))));
+        // Postcard telemetry is binary: bytes that happen to decode as a report are fine.
+        prop_assume!(kind != "telemetry" || crate::telemetry::report::decode_postcard(&bytes).is_err());
+        let mut f = fleet();
+        let before = summarize(&f.rows(&Filter::default(), SortKey::Device), None);
+        f.apply(P, &format!("edge/dev-03/{kind}"), &bytes, kind == "status", at(2_000_000_000));
+        let d = f.device("dev-03").unwrap();
+        prop_assert_eq!(d.malformed, 1);
+        let what = if kind == "events" { "event" } else { kind };
+        prop_assert!(d.problem.as_deref().unwrap().starts_with(what), "{:?}", d.problem);
+        let after = summarize(&f.rows(&Filter::default(), SortKey::Device), None);
+        prop_assert_eq!(after.versions, before.versions);
+    }
+
     /// The glob agrees with a plain recursive reference (every split point for `*`).
     #[test]
     fn glob_agrees_with_a_recursive_reference(p in "[ab*?]{0,6}", t in "[ab]{0,8}") {
