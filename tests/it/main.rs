@@ -30,6 +30,9 @@ mod diagnostics;
 mod fallback;
 /// The cloud fallback's OIP v2 client alone: retries, timeouts, limits, tokens, TLS.
 mod fallback_client;
+/// `fleet status` against a fleet of real agents on one broker: versions, states, offline,
+/// filters, watch, malformed devices.
+mod fleet_status;
 /// The device images booted under systemd-nspawn: READY, MQTT, SIGKILL, shutdown.
 mod images;
 /// Bounded models: the device's memory limit, wrapping shapes, strides, spec files.
