@@ -525,6 +525,9 @@ pub struct PreSpec {
     /// Sample rate of audio inputs, in Hz: a WAV file at another rate is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_rate: Option<u32>,
+    /// Signal processing between the samples and the model (`[pre.dsp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsp: Option<super::dsp_spec::DspSpec>,
 }
 
 /// Hysteresis over a score, per stream: turns on at `on`, off below `off`.
@@ -926,6 +929,9 @@ impl ModelSpec {
                     at("pre.sample_rate")
                 ));
             }
+        }
+        if let Some(dsp) = &self.pre.dsp {
+            super::dsp_spec::problems(self, dsp, data_input.map(|(_, d)| d), &at, &mut out);
         }
         if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
             image_problems(img, ix, d, &at, &mut out);

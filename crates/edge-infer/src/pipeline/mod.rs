@@ -6,6 +6,7 @@
 //! answer (softmax, argmax, top-k, threshold, labels, segments).
 
 mod decode;
+pub mod dsp;
 mod error;
 mod image;
 mod nesting;
