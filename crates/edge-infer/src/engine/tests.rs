@@ -608,6 +608,9 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             threshold,
             segments: segments.map(|(a, b)| SegmentSpec { on: a.max(b), off: a.min(b) }),
             raw,
+            multilabel: None,
+            regression: None,
+            anomaly: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",

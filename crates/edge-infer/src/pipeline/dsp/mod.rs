@@ -378,6 +378,15 @@ struct Scratch {
     mel: Vec<f32>,
 }
 
+impl std::fmt::Debug for DspStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DspStream")
+            .field("frames_done", &self.frames_done)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
 /// One stream's front end: cuts its samples into frames, computes each frame once, and
 /// hands out a model input every `frame_hop` frames once `frames` are there.
 pub struct DspStream {
