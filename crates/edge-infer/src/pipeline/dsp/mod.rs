@@ -23,7 +23,7 @@ use rustfft::{Fft, FftPlanner};
 use super::window::Window;
 use crate::engine::dsp_spec::{DspKind, DspSpec, FeatureLayout, LogKind, SpectrumScale};
 pub use mel::{dct_matrix, filterbank, hz_to_mel, mel_to_hz};
-pub use resample::{MAX_RATIO, resample};
+pub use resample::{MAX_RATIO, ModelRate, resample};
 
 /// Largest FFT a spec may ask for: 65536 bins is beyond any sensor model, and bounds the
 /// memory a spec can make a stream hold.

@@ -59,3 +59,38 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, DspErro
     }
     Ok(out)
 }
+
+/// The rate a model takes its samples at (`pre.sample_rate`), and whether a recording
+/// at another rate is converted (`pre.dsp.resample`, on by default with a front end) or
+/// refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelRate {
+    /// The model's rate, in Hz.
+    pub hz: u32,
+    /// Convert other rates rather than refuse them.
+    pub resample: bool,
+}
+
+impl ModelRate {
+    /// The rate rule of a spec; `None` when it names no rate.
+    pub fn of(spec: &crate::engine::spec::ModelSpec) -> Option<ModelRate> {
+        let hz = spec.pre.sample_rate?;
+        Some(ModelRate { hz, resample: spec.pre.dsp.as_ref().is_some_and(|d| d.resample) })
+    }
+
+    /// `samples` recorded at `rate` Hz, at the model's rate; the reason when they cannot
+    /// be (`model` names the model in it).
+    pub fn convert(&self, rate: u32, samples: Vec<f32>, model: &str) -> Result<Vec<f32>, String> {
+        if rate == self.hz {
+            return Ok(samples);
+        }
+        if !self.resample {
+            return Err(format!(
+                "it is sampled at {rate} Hz but model `{model}` takes {} Hz (pre.sample_rate in its model.toml); \
+                 resample it first, for example `sox IN.wav -r {} OUT.wav`",
+                self.hz, self.hz
+            ));
+        }
+        resample(&samples, rate, self.hz).map_err(|e| format!("model `{model}`: {}", e.message))
+    }
+}
