@@ -1,3 +1,4 @@
+use crate::common::registry::Publisher;
 use crate::common::*;
 use edge_infer::ModelSpec;
 use edge_infer::pipeline::dsp::Dsp;
@@ -146,4 +147,144 @@ stream = "mic-1"
         .collect();
     assert!(!want_events.is_empty(), "the reference hears the wake word");
     assert_eq!(events, want_events, "keyword events");
+}
+
+/// The same embeddings through the daemon's other doors: wake.wav's PCM published over
+/// a real Mosquitto as i16le messages of one second (the front end keeps each stream's
+/// frames across messages), and one model input's worth of samples sent to the local
+/// API as an OIP v2 BYTES payload; both equal onnxruntime on the published pipeline
+/// within 5e-4. A payload of other length is refused with the span it needs.
+#[test]
+fn wake_word_embeddings_over_mqtt_and_the_local_api() {
+    use crate::common::mqtt_agent::MqttSetup;
+    use base64::Engine as _;
+
+    let reference = reference();
+    let want = floats(&reference["embeddings"]);
+    let windows = reference["windows"].as_u64().expect("windows") as usize;
+    let api_port = free_port();
+    let model_dir = model("oww-embedding");
+    let config = move |dir: &std::path::Path, port: u16| {
+        format!(
+            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
+             [[model]]\npath = \"{model}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
+             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-embedding\"\nstream_level = 1\n",
+            state = dir.join("state").display(),
+            socket = dir.join("api.sock").display(),
+            model = model_dir.display(),
+        )
+    };
+    let crate::common::mqtt_agent::Running { dir: _dir, broker, subs: [results], agent, .. } =
+        MqttSetup::new().config(config).start(["edge/dev1/results/#"]);
+
+    let pcm: Vec<u8> = wake_samples().iter().flat_map(|s| (*s as i16).to_le_bytes()).collect();
+    for chunk in pcm.chunks(2 * 16000) {
+        broker.publish("test", "sensors/kitchen/mic", chunk, 1, false);
+    }
+    let got = results.wait_count(windows, secs(60), |t, _| t == "edge/dev1/results/oww-embedding");
+    let mut by_window = vec![Vec::new(); windows];
+    for (_, p) in &got {
+        let r: serde_json::Value = serde_json::from_str(p).expect("result JSON");
+        assert_eq!(r["stream"], "kitchen");
+        let w = r["window"].as_u64().expect("window") as usize;
+        by_window[w] = floats(&r["outputs"]["raw"]["conv2d_19"]["data"]);
+    }
+    let flat: Vec<f64> = by_window.into_iter().flatten().collect();
+    let diff = max_abs_diff(&flat, &want);
+    assert!(diff <= 5e-4, "MQTT embeddings: max abs diff {diff} > 5e-4");
+
+    // The local API: the first 76 frames' samples, (76 - 1) * 160 + 512 of them.
+    let url = format!("http://127.0.0.1:{api_port}/v2/models/oww-embedding/infer");
+    let ask = |samples: usize| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&pcm[..2 * samples]);
+        let body = serde_json::json!({"inputs": [{"name": "input_1", "shape": [1], "datatype": "BYTES",
+            "parameters": {"content_type": "base64"}, "data": [b64]}]});
+        let mut r = http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .send(body.to_string().as_bytes())
+            .expect("request");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str::<serde_json::Value>(&text).unwrap_or(serde_json::Value::Null))
+    };
+    let (status, answer) = ask(75 * 160 + 512);
+    assert_eq!(status, 200, "{answer}");
+    let out = answer["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .find(|o| o["name"] == "conv2d_19")
+        .expect("embedding");
+    let diff = max_abs_diff(&floats(&out["data"]), &want[..96]);
+    assert!(diff <= 5e-4, "API embedding: max abs diff {diff} > 5e-4");
+    let (status, answer) = ask(12000);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap_or("").contains("send 12512 to 13791 samples"), "{answer}");
+    agent.stop();
+}
+
+/// `registry publish` runs the package's self-test: golden vectors recorded from
+/// reference front-end windows pass, the package carries the spec with its `[pre.dsp]`,
+/// and its recorded outputs are onnxruntime's embeddings.
+#[test]
+fn a_wake_word_model_with_a_front_end_publishes_with_its_self_test() {
+    let reference = reference();
+    let work = tempdir();
+    let dir = work.path().join("oww-embedding");
+    copy_model(&model("oww-embedding"), &dir);
+    // The first two model inputs: published frames 0..76 and 8..84.
+    let mel = floats(&reference["published_mel"]);
+    let cases: Vec<serde_json::Value> = (0..2)
+        .map(|k| serde_json::json!({"name": format!("window-{k}"), "input": &mel[k * 8 * 32..(k * 8 + 76) * 32]}))
+        .collect();
+    let inputs = work.path().join("inputs.json");
+    std::fs::write(&inputs, serde_json::to_string(&cases).unwrap()).unwrap();
+    let out = run(
+        &[
+            "model",
+            "selftest",
+            "--model",
+            dir.to_str().unwrap(),
+            "--record",
+            inputs.to_str().unwrap(),
+            "--tolerance",
+            "0.001",
+        ],
+        secs(60),
+    );
+    assert!(out.status.success(), "record: {}", stderr(&out));
+    let golden = read_json(&dir.join("selftest.json"));
+    let want = floats(&reference["embeddings"]);
+    for k in 0..2 {
+        let got = floats(&golden["cases"][k]["expected"]);
+        let diff = max_abs_diff(&got, &want[k * 96..(k + 1) * 96]);
+        assert!(diff <= 5e-4, "case {k}: max abs diff {diff}");
+    }
+    let p = Publisher::new(1);
+    p.publish(&dir, 100, &[]);
+    let package = find_tar(&p.repo(), "oww-embedding").expect("the published package");
+    let bytes = std::fs::read(&package).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(
+        text.contains("[pre.dsp]") && text.contains("kind = \"mel\""),
+        "the package carries the front end"
+    );
+}
+
+/// The first `.tar` under `dir` whose path names `model`.
+fn find_tar(dir: &std::path::Path, model: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_tar(&path, model) {
+                return Some(found);
+            }
+        } else if path.extension().is_some_and(|e| e == "tar") && path.to_string_lossy().contains(model) {
+            return Some(path);
+        }
+    }
+    None
 }

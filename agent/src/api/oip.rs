@@ -466,6 +466,10 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
     let format = format_name(spec.pre.format);
     let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
         .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
+    let values = match &spec.pre.dsp {
+        Some(dsp) => through_front_end(spec, dsp, values).map_err(bad)?,
+        None => values,
+    };
     let want = spec.data_input();
     if values.len() != want.len() {
         return Err(bad(format!(
@@ -477,6 +481,35 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
         )));
     }
     Ok(values)
+}
+
+/// A payload of samples through the model's DSP front end (`[pre.dsp]`), from a fresh
+/// stream: one request is one model input, so the samples must make exactly one.
+fn through_front_end(
+    spec: &ModelSpec,
+    dsp: &edge_infer::engine::dsp_spec::DspSpec,
+    samples: Vec<f32>,
+) -> Result<Vec<f32>, String> {
+    let Some(mut front) = edge_infer::Windower::for_spec(spec) else {
+        return Err("the model's pre.dsp does not build".into());
+    };
+    let mut inputs = front.push(&samples);
+    let one = (dsp.frames - 1) * dsp.hop + dsp.fft_size();
+    let span = format!(
+        "send {one} to {} samples ({} frames of {} samples every {}, pre.dsp)",
+        one + dsp.frame_hop * dsp.hop - 1,
+        dsp.frames,
+        dsp.fft_size(),
+        dsp.hop
+    );
+    match inputs.len() {
+        1 => Ok(inputs.remove(0).data),
+        0 => Err(format!("{} samples are too few for one model input; {span}", samples.len())),
+        n => Err(format!(
+            "{} samples make {n} model inputs, and one request answers one; {span}, or stream them over MQTT",
+            samples.len()
+        )),
+    }
 }
 
 fn format_name(f: PayloadFormat) -> &'static str {
