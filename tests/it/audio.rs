@@ -35,39 +35,27 @@ fn declared_log_mel_matches_numpy_and_openwakeword_front_end() {
     }
 }
 
-/// Embeddings of every 76-frame window, every 8 frames.
-fn embeddings_through_the_daemon(dir: &std::path::Path) -> Vec<Vec<f64>> {
-    let config = dir.join("emb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-device_id = "test-oww"
-state_dir = "{state}"
-
-[engine]
-threads = 2
-deadline_ms = 10000
-
-[[model]]
-path = "{model}"
-
-[[source]]
-kind = "file"
-model = "oww-embedding"
-path = "{wav}"
-stream = "mic-1"
-"#,
-            state = dir.join("s1").display(),
-            model = model("oww-embedding").display(),
-            wav = cache().join("audio/wake.wav").display()
-        ),
-    )
-    .expect("write config");
+/// `edge-agent run` with one file source of `path` feeding model `name`, until the file
+/// ends; the results it printed.
+fn run_file_source(dir: &std::path::Path, name: &str, path: &std::path::Path) -> Vec<serde_json::Value> {
+    let config = dir.join(format!("{name}.toml"));
+    let text = format!(
+        "[agent]\ndevice_id = \"test-oww\"\nstate_dir = \"{state}\"\n[engine]\ndeadline_ms = 10000\n\
+         [[model]]\npath = \"{model}\"\n\
+         [[source]]\nkind = \"file\"\nmodel = \"{name}\"\npath = \"{path}\"\nstream = \"mic-1\"\n",
+        state = dir.join(format!("state-{name}")).display(),
+        model = model(name).display(),
+        path = path.display()
+    );
+    std::fs::write(&config, text).expect("write config");
     let out = run(&["run", "--config", config.to_str().unwrap()], secs(120));
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     json_lines(&out.stdout)
+}
+
+/// Embeddings of every 76-frame window, every 8 frames.
+fn embeddings_through_the_daemon(dir: &std::path::Path) -> Vec<Vec<f64>> {
+    run_file_source(dir, "oww-embedding", &cache().join("audio/wake.wav"))
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -101,33 +89,7 @@ fn wake_word_events_through_the_daemon_match_openwakeword() {
     let lines: String = got.iter().map(|e| format!("{}\n", serde_json::json!(e))).collect();
     let emb = dir.path().join("embeddings.ndjson");
     std::fs::write(&emb, lines).expect("write embeddings");
-    let config = dir.path().join("ww.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[agent]
-device_id = "test-oww"
-state_dir = "{state}"
-
-[[model]]
-path = "{model}"
-
-[[source]]
-kind = "file"
-model = "oww-hey-jarvis"
-path = "{emb}"
-stream = "mic-1"
-"#,
-            state = dir.path().join("s2").display(),
-            model = model("oww-hey-jarvis").display(),
-            emb = emb.display()
-        ),
-    )
-    .expect("write config");
-    let out = run(&["run", "--config", config.to_str().unwrap()], secs(120));
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
-    let results = json_lines(&out.stdout);
+    let results = run_file_source(dir.path(), "oww-hey-jarvis", &emb);
     let want_scores = floats(&reference["jarvis"]["scores"]);
     assert_eq!(results.len(), want_scores.len(), "one score per 16 embeddings");
     let scores: Vec<f64> = results.iter().map(|r| r["outputs"]["score"].as_f64().expect("score")).collect();
@@ -287,4 +249,75 @@ fn find_tar(dir: &std::path::Path, model: &str) -> Option<std::path::PathBuf> {
         }
     }
     None
+}
+
+/// Writes `seconds` of a chord at `rate` Hz, 16-bit mono: tones every 40 Hz from 60 Hz
+/// to 3.8 kHz with fixed phases, so that every mel band of oww-embedding holds energy
+/// (an empty band's log would be ruled by rounding noise, which differs between rates).
+fn chord_wav(path: &std::path::Path, rate: u32, seconds: f64) {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec).expect("create wav");
+    for i in 0..(seconds * f64::from(rate)) as usize {
+        let t = i as f64 / f64::from(rate);
+        let v: f64 = (0..95)
+            .map(|k| {
+                let f = 60.0 + 40.0 * f64::from(k);
+                0.01 * (2.0 * std::f64::consts::PI * f * t + f64::from(k * k) * 0.7).sin()
+            })
+            .sum();
+        w.write_sample((v * 32767.0) as i16).expect("sample");
+    }
+    w.finalize().expect("finish wav");
+}
+
+fn infer_embeddings(model: &std::path::Path, wav: &std::path::Path) -> Result<Vec<Vec<f64>>, String> {
+    let out = run(
+        &["infer", "--model", model.to_str().unwrap(), "--input", wav.to_str().unwrap(), "--json"],
+        secs(60),
+    );
+    if !out.status.success() {
+        return Err(stderr(&out));
+    }
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    Ok(report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| floats(&r["raw"]["conv2d_19"]["data"]))
+        .collect())
+}
+
+/// A WAV recorded at 48 kHz goes through `edge-agent infer` on a model whose front end
+/// allows resampling: it is converted to the model's 16 kHz, and its embeddings are
+/// those of the same chord recorded at 16 kHz (within 5e-3; 7e-4 measured); with `resample = false` it is refused, naming
+/// both rates.
+#[test]
+fn a_wav_at_another_rate_is_resampled_by_the_front_end() {
+    let work = tempdir();
+    let (at16, at48) = (work.path().join("chord16.wav"), work.path().join("chord48.wav"));
+    chord_wav(&at16, 16000, 2.0);
+    chord_wav(&at48, 48000, 2.0);
+    let model = model("oww-embedding");
+    let want = infer_embeddings(&model, &at16).expect("16 kHz");
+    let got = infer_embeddings(&model, &at48).expect("48 kHz");
+    assert_eq!(got.len(), want.len(), "the same number of model inputs");
+    // The first input starts at the file's start, where the resampler sees zeros before
+    // it: compare the inputs that lie wholly inside.
+    for (k, (g, w)) in got.iter().zip(&want).enumerate().skip(1) {
+        let diff = max_abs_diff(g, w);
+        assert!(diff <= 5e-3, "input {k}: max abs diff {diff}");
+    }
+    let strict = work.path().join("strict");
+    copy_model(&model, &strict);
+    let spec = std::fs::read_to_string(strict.join("model.toml"))
+        .unwrap()
+        .replace("frame_hop = 8", "frame_hop = 8\nresample = false");
+    std::fs::write(strict.join("model.toml"), spec).unwrap();
+    let err = infer_embeddings(&strict, &at48).expect_err("refused");
+    assert!(err.contains("sampled at 48000 Hz but model `oww-embedding` takes 16000 Hz"), "{err}");
 }

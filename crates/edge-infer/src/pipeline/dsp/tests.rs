@@ -359,3 +359,32 @@ proptest! {
         }
     }
 }
+
+/// Every example in docs/model-spec.md with a `[pre.dsp]` or a post family is a spec the
+/// checks accept (a name and version are added to the fragments).
+#[test]
+fn the_documented_examples_are_valid_specs() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/model-spec.md")).unwrap();
+    let mut checked = 0;
+    for block in doc.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()) {
+        let family = ["multilabel", "regression", "anomaly"]
+            .iter()
+            .any(|f| block.contains(&format!("kind = \"{f}\"")));
+        if !block.contains("[pre.dsp]") && !family {
+            continue;
+        }
+        let mut text = String::new();
+        if !block.starts_with("name = ") {
+            text.push_str("name = \"m\"\nversion = \"1\"\n");
+        }
+        if !block.contains("[[input]]") {
+            // A post-processing fragment: any input will do.
+            text.push_str("[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 4]\n");
+        }
+        text.push_str(block);
+        ModelSpec::parse(&text, Path::new("model.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        checked += 1;
+    }
+    assert!(checked >= 6, "found {checked} examples");
+}
