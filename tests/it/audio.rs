@@ -294,8 +294,8 @@ fn infer_embeddings(model: &std::path::Path, wav: &std::path::Path) -> Result<Ve
 
 /// A WAV recorded at 48 kHz goes through `edge-agent infer` on a model whose front end
 /// allows resampling: it is converted to the model's 16 kHz, and its embeddings are
-/// those of the same chord recorded at 16 kHz (within 5e-3; 7e-4 measured); with `resample = false` it is refused, naming
-/// both rates.
+/// those of the same chord recorded at 16 kHz (within 5e-3; 7e-4 measured); with
+/// `resample = false` it is refused, naming both rates.
 #[test]
 fn a_wav_at_another_rate_is_resampled_by_the_front_end() {
     let work = tempdir();
