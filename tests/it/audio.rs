@@ -321,3 +321,48 @@ fn a_wav_at_another_rate_is_resampled_by_the_front_end() {
     let err = infer_embeddings(&strict, &at48).expect_err("refused");
     assert!(err.contains("sampled at 48000 Hz but model `oww-embedding` takes 16000 Hz"), "{err}");
 }
+
+/// The largest difference relative to the reference's size, `|got - want| / (1 + |want|)`.
+fn max_rel_diff(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter().zip(want).map(|(g, w)| (g - w).abs() / (1.0 + w.abs())).fold(0.0, f64::max)
+}
+
+fn front_end(toml_text: &str, rate: u32) -> Dsp {
+    let spec: edge_infer::engine::dsp_spec::DspSpec = toml::from_str(toml_text).expect("[pre.dsp]");
+    Dsp::new(&spec, Some(rate)).expect("front end")
+}
+
+/// MFCCs (librosa.feature.mfcc's defaults without centring) of speech.wav, and spectral
+/// features (RMS, 3 peaks, 4 log bands per axis) of a 3-axis accelerometer signal, from
+/// the declared front ends equal numpy's (tests/fixtures/dsp_reference.py, in f64)
+/// relative to each value's size: MFCCs within 5e-4 (9.3e-5 measured: bands some 100 dB
+/// below a frame's peak are ruled by the f32 FFT's rounding), spectral features within
+/// 1e-5 (5e-7 measured).
+#[test]
+fn mfcc_and_spectral_features_match_numpy() {
+    let reference = read_json(&cache().join("reference/dsp_reference.json"));
+    let dsp = front_end(
+        "kind = \"mfcc\"\nframe = 400\nn_fft = 512\nhop = 160\nmels = 40\nmfcc = 13\nlog = \"db\"\nframes = 1",
+        16000,
+    );
+    let mut reader = hound::WavReader::open(cache().join("audio/speech.wav")).expect("speech.wav");
+    let speech: Vec<f32> = reader.samples::<i16>().map(|s| f32::from(s.expect("sample")) / 32768.0).collect();
+    let got: Vec<f64> = dsp.frames_of(&speech).iter().map(|v| f64::from(*v)).collect();
+    let want = floats(&reference["mfcc"]);
+    assert_eq!(got.len(), reference["mfcc_frames"].as_u64().expect("frames") as usize * 13);
+    let diff = max_rel_diff(&got, &want);
+    eprintln!("mfcc: max relative diff {diff:e}");
+    assert!(diff <= 5e-4, "MFCC: max relative diff {diff}");
+
+    let spectral = &reference["spectral"];
+    let dsp = front_end(
+        "kind = \"spectral\"\naxes = 3\nframe = 200\nhop = 100\npeaks = 3\nbins = 4\nlog = \"log10\"\nframes = 1",
+        spectral["rate"].as_u64().expect("rate") as u32,
+    );
+    let signal: Vec<f32> = floats(&spectral["signal"]).iter().map(|v| *v as f32).collect();
+    let got: Vec<f64> = dsp.frames_of(&signal).iter().map(|v| f64::from(*v)).collect();
+    let diff = max_rel_diff(&got, &floats(&spectral["features"]));
+    eprintln!("spectral: max relative diff {diff:e}");
+    assert!(diff <= 1e-5, "spectral features: max relative diff {diff}");
+}
