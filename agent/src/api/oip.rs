@@ -179,6 +179,8 @@ async fn infer_inner(
     };
     let params = Params::read(&std::mem::take(&mut req.parameters))?;
 
+    // An anomaly score compares the answer with the input it reconstructs.
+    let anomaly_input = (spec.post.kind == edge_infer::engine::spec::PostKind::Anomaly).then(|| data.clone());
     // Summarised before the data moves into the job (local answers only: see stream.rs).
     let watched = local.as_ref().and_then(|m| st.monitors.summarise(m, &data));
     let deadline = st.health.deadline();
@@ -201,7 +203,10 @@ async fn infer_inner(
         crate::fallback::Failure::Local(e) => ApiError::from(e),
         rejected => ApiError::unavailable(rejected.to_string()),
     })?;
-    let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
+    let result = route
+        .post()
+        .map(|p| p.apply_to(answer.post_values(), anomaly_input.as_deref(), 0, None))
+        .unwrap_or_default();
     if let (Some(m), Some(summaries), "local") = (&local, watched, answer.place)
         && let Some(change) = st.monitors.observe(m, summaries, &result)
     {
