@@ -442,13 +442,8 @@ impl DspStream {
             } else {
                 Vec::with_capacity(dsp.features)
             };
-            let (a, b) = self.pending.as_slices();
-            if b.is_empty() {
-                dsp.frame(a, &mut features, &mut self.scratch);
-            } else {
-                let whole: Vec<f32> = self.pending.iter().copied().collect();
-                dsp.frame(&whole, &mut features, &mut self.scratch);
-            }
+            // One frame's samples in one slice (rotated in place when the ring wrapped).
+            dsp.frame(self.pending.make_contiguous(), &mut features, &mut self.scratch);
             self.recent.push_back(features);
             self.frames_done += 1;
             if step <= len {
