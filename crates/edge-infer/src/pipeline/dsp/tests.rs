@@ -388,3 +388,25 @@ fn the_documented_examples_are_valid_specs() {
     }
     assert!(checked >= 6, "found {checked} examples");
 }
+
+#[test]
+fn the_model_rate_converts_or_refuses_by_the_spec() {
+    let with_dsp = "[pre.dsp]\nkind = \"spectrogram\"\nframe = 4\nhop = 4\nframes = 1";
+    let spec = model("[1, 3]", with_dsp).unwrap();
+    let rate = ModelRate::of(&spec).unwrap();
+    assert_eq!(rate, ModelRate { hz: 16000, resample: true });
+    assert_eq!(rate.convert(48000, vec![0.0; 480], "m").unwrap().len(), 160);
+    assert_eq!(rate.convert(16000, vec![1.0; 5], "m").unwrap(), vec![1.0; 5]);
+    let far = rate.convert(999, vec![0.0; 10], "m").unwrap_err();
+    assert!(far.contains("model `m`") && far.contains("ratio above 16"), "{far}");
+    let strict = model("[1, 3]", &format!("{with_dsp}\nresample = false")).unwrap();
+    let e = ModelRate::of(&strict).unwrap().convert(48000, vec![0.0; 48], "m").unwrap_err();
+    assert!(e.contains("sampled at 48000 Hz but model `m` takes 16000 Hz"), "{e}");
+    // Without a front end the rate is checked, never converted, as before.
+    let plain = ModelSpec::parse(
+        "name = \"m\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 3]\n[pre]\nsample_rate = 8000",
+        Path::new("model.toml"),
+    )
+    .unwrap();
+    assert_eq!(ModelRate::of(&plain), Some(ModelRate { hz: 8000, resample: false }));
+}
