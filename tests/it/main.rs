@@ -8,6 +8,8 @@ mod common;
 mod accuracy;
 /// The local API: Open Inference Protocol v2, status, metrics, limits; status and doctor.
 mod api;
+/// Audio models behind a declared DSP front end: openWakeWord against its own pipeline.
+mod audio;
 /// Malformed models, specs and inputs: clear errors, right exit codes, no panics.
 mod bad_input;
 /// The benchmark's tools: the native MQTT load driver and the Python peer agent.

@@ -441,3 +441,64 @@ Image.new("RGB", (80, 16), (40, 50, 60)).save(d + "/w40.png")
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("8..=64"), "{v}");
 }
+
+/// The post-processing families through `edge-agent infer` and the daemon, on a model
+/// that halves its input ([1, 2, 3, 4] -> [0.5, 1, 1.5, 2]), with hand-computed answers:
+/// the anomaly score is the mean squared error 0.25 * 30 / 4 = 1.875 (at or above the
+/// threshold 1.0), multi-label thresholds pick `a` and `c`, regression scales and names
+/// each value with its unit. Before, each spec was refused (unknown post.kind).
+#[test]
+fn post_families_answer_through_infer_and_the_daemon() {
+    let dir = tempdir();
+    let input = dir.path().join("x.json");
+    std::fs::write(&input, "[1.0, 2.0, 3.0, 4.0]").unwrap();
+    let head = "name = \"half\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 4]\n";
+    let cases = [
+        ("anomaly", "[post]\nkind = \"anomaly\"\nthreshold = 1.0\n[post.anomaly]\nmetric = \"mse\"\n"),
+        (
+            "multilabel",
+            "[post]\nkind = \"multilabel\"\nlabels = [\"a\", \"b\", \"c\", \"d\"]\n[post.multilabel]\nthresholds = [0.4, 1.1, 1.5, 2.5]\n",
+        ),
+        (
+            "regression",
+            "[post]\nkind = \"regression\"\n[post.regression]\nnames = [\"w\", \"x\", \"y\", \"z\"]\nunits = [\"m\", \"m\", \"s\", \"kg\"]\nscale = [2.0, 2.0, 2.0, 2.0]\n",
+        ),
+    ];
+    let mut answers = serde_json::Map::new();
+    for (family, post) in cases {
+        let m = test_model(&dir.path().join(family), "half", "1,4", &format!("{head}{post}"));
+        let (code, report, err) = infer_json(&m, &input);
+        assert_eq!(code, 0, "{family}: {err}");
+        answers.insert(family.into(), report["results"][0]["outputs"].clone());
+    }
+    assert!((answers["anomaly"]["score"].as_f64().unwrap() - 1.875).abs() < 1e-6, "{answers:?}");
+    assert_eq!(answers["anomaly"]["anomaly"], true);
+    assert_eq!(answers["multilabel"]["labels"], json!(["a", "c"]));
+    assert_eq!(answers["multilabel"]["active"], json!([true, false, true, false]));
+    assert_eq!(answers["regression"]["values"][2], json!({"name": "y", "value": 3.0, "unit": "s"}));
+
+    // The daemon's stream path scores the same input from a file source.
+    let m = dir.path().join("anomaly/half");
+    let lines = dir.path().join("x.ndjson");
+    std::fs::write(&lines, "[1.0, 2.0, 3.0, 4.0]\n[2.0, 2.0, 2.0, 2.0]\n").unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndevice_id = \"it\"\nstate_dir = \"{}\"\n[[model]]\npath = \"{}\"\n[[source]]\nkind = \"file\"\nmodel = \"half\"\npath = \"{}\"\n",
+            dir.path().join("state").display(),
+            m.display(),
+            lines.display()
+        ),
+    )
+    .unwrap();
+    let out = run(&["run", "--config", config.to_str().unwrap()], secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let results = json_lines(&out.stdout);
+    let scores: Vec<(f64, bool)> = results
+        .iter()
+        .map(|r| (r["outputs"]["score"].as_f64().unwrap(), r["outputs"]["anomaly"].as_bool().unwrap()))
+        .collect();
+    // [2, 2, 2, 2] -> [1, 1, 1, 1]: MSE 1.0, at the threshold.
+    assert_eq!(scores, vec![(1.875, true), (1.0, true)]);
+}

@@ -179,6 +179,8 @@ async fn infer_inner(
     };
     let params = Params::read(&std::mem::take(&mut req.parameters))?;
 
+    // An anomaly score compares the answer with the input it reconstructs.
+    let anomaly_input = (spec.post.kind == edge_infer::engine::spec::PostKind::Anomaly).then(|| data.clone());
     // Summarised before the data moves into the job (local answers only: see stream.rs).
     let watched = local.as_ref().and_then(|m| st.monitors.summarise(m, &data));
     let deadline = st.health.deadline();
@@ -201,7 +203,10 @@ async fn infer_inner(
         crate::fallback::Failure::Local(e) => ApiError::from(e),
         rejected => ApiError::unavailable(rejected.to_string()),
     })?;
-    let result = route.post().map(|p| p.apply(answer.post_values(), 0, None)).unwrap_or_default();
+    let result = route
+        .post()
+        .map(|p| p.apply_to(answer.post_values(), anomaly_input.as_deref(), 0, None))
+        .unwrap_or_default();
     if let (Some(m), Some(summaries), "local") = (&local, watched, answer.place)
         && let Some(change) = st.monitors.observe(m, summaries, &result)
     {
@@ -466,6 +471,10 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
     let format = format_name(spec.pre.format);
     let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
         .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
+    let values = match &spec.pre.dsp {
+        Some(dsp) => through_front_end(spec, dsp, values).map_err(bad)?,
+        None => values,
+    };
     let want = spec.data_input();
     if values.len() != want.len() {
         return Err(bad(format!(
@@ -477,6 +486,35 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
         )));
     }
     Ok(values)
+}
+
+/// A payload of samples through the model's DSP front end (`[pre.dsp]`), from a fresh
+/// stream: one request is one model input, so the samples must make exactly one.
+fn through_front_end(
+    spec: &ModelSpec,
+    dsp: &edge_infer::engine::dsp_spec::DspSpec,
+    samples: Vec<f32>,
+) -> Result<Vec<f32>, String> {
+    let Some(mut front) = edge_infer::Windower::for_spec(spec) else {
+        return Err("the model's pre.dsp does not build".into());
+    };
+    let mut inputs = front.push(&samples);
+    let one = (dsp.frames - 1) * dsp.hop + dsp.fft_size();
+    let span = format!(
+        "send {one} to {} samples ({} frames of {} samples every {}, pre.dsp)",
+        one + dsp.frame_hop * dsp.hop - 1,
+        dsp.frames,
+        dsp.fft_size(),
+        dsp.hop
+    );
+    match inputs.len() {
+        1 => Ok(inputs.remove(0).data),
+        0 => Err(format!("{} samples are too few for one model input; {span}", samples.len())),
+        n => Err(format!(
+            "{} samples make {n} model inputs, and one request answers one; {span}, or stream them over MQTT",
+            samples.len()
+        )),
+    }
 }
 
 fn format_name(f: PayloadFormat) -> &'static str {

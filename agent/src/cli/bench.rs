@@ -401,7 +401,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
         deadline: Instant::now() + Duration::from_secs(60),
         reset: false,
     })?;
-    let outputs = model.post().apply(resp.post_values(), 0, None);
+    let outputs = model.post().apply_to(resp.post_values(), Some(data), 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
         let s = monitors.summarise(model, data).unwrap_or_default();

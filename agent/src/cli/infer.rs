@@ -70,6 +70,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let mut results = Vec::with_capacity(prepared.inputs.len());
     for (window, data) in prepared.inputs.into_iter().enumerate() {
         let started = Instant::now();
+        // Anomaly scores compare the output with the input it reconstructs.
+        let input =
+            (model.spec.post.kind == edge_infer::engine::spec::PostKind::Anomaly).then(|| data.clone());
         let resp = engine
             .infer_blocking(Request {
                 model: model.name().to_string(),
@@ -79,7 +82,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 reset: false,
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
-        let outputs = model.post().apply(resp.post_values(), window as u64, Some(&mut segment));
+        let outputs =
+            model.post().apply_to(resp.post_values(), input.as_deref(), window as u64, Some(&mut segment));
         let raw = (args.raw || model.spec.post.wants_raw()).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use edge_infer::engine::spec::{ModelSpec, PayloadFormat};
+use edge_infer::pipeline::dsp::ModelRate;
 use edge_infer::pipeline::{self, Payload, Windower};
 
 /// How an input file is encoded.
@@ -78,10 +79,10 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::Wav => {
             let (rate, mut samples) =
                 crate::sources::read_wav(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            if let Some(want) = spec.pre.sample_rate
-                && want != rate
-            {
-                bail!("input {}: {}", path.display(), crate::sources::rate_mismatch(rate, &spec.name, want));
+            if let Some(want) = ModelRate::of(spec) {
+                samples = want
+                    .convert(rate, samples, &spec.name)
+                    .map_err(|e| anyhow::anyhow!("input {}: {e}", path.display()))?;
             }
             if let Some(s) = spec.pre.scale {
                 samples.iter_mut().for_each(|v| *v *= s);
@@ -96,15 +97,15 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::Npy => read_npy(path, spec)?,
         InputFormat::Jsonl => return Ok(Prepared { inputs: prepare_lines(path, spec)?, format }),
     };
-    let inputs = match &spec.pre.window {
-        Some(w) if format != InputFormat::Image => {
-            let windows = Windower::new(w).push(&values);
+    let inputs = match Windower::for_spec(spec) {
+        Some(mut w) if format != InputFormat::Image => {
+            let windows = w.push(&values);
             if windows.is_empty() {
                 bail!(
-                    "input {} has {} samples, fewer than one window of {} (pre.window.size)",
+                    "input {} has {} samples, fewer than one {}",
                     path.display(),
                     values.len(),
-                    w.size
+                    too_short(spec)
                 );
             }
             windows.into_iter().map(|w| w.data).collect()
@@ -146,7 +147,7 @@ fn prepare_lines(path: &Path, spec: &ModelSpec) -> anyhow::Result<Vec<Vec<f32>>>
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read input {}", path.display()))?;
     let max = spec.limits.max_payload_bytes;
-    let mut windower = spec.pre.window.as_ref().map(Windower::new);
+    let mut windower = Windower::for_spec(spec);
     let mut inputs = Vec::new();
     let mut samples = 0usize;
     for (i, line) in text.lines().enumerate() {
@@ -173,16 +174,26 @@ fn prepare_lines(path: &Path, spec: &ModelSpec) -> anyhow::Result<Vec<Vec<f32>>>
         }
     }
     if inputs.is_empty() {
-        match &spec.pre.window {
-            Some(w) => bail!(
-                "input {} has {samples} samples, fewer than one window of {} (pre.window.size)",
-                path.display(),
-                w.size
-            ),
-            None => bail!("input {} has no lines", path.display()),
+        if spec.pre.window.is_some() || spec.pre.dsp.is_some() {
+            bail!("input {} has {samples} samples, fewer than one {}", path.display(), too_short(spec));
         }
+        bail!("input {} has no lines", path.display());
     }
     Ok(inputs)
+}
+
+/// What an input too short for its first model input lacks, for messages.
+fn too_short(spec: &ModelSpec) -> String {
+    match (&spec.pre.dsp, &spec.pre.window) {
+        (Some(d), _) => format!(
+            "model input: {} frames of {} samples every {} (pre.dsp.frames, n_fft and hop)",
+            d.frames,
+            d.fft_size(),
+            d.hop
+        ),
+        (None, Some(w)) => format!("window of {} (pre.window.size)", w.size),
+        (None, None) => "input".into(),
+    }
 }
 
 fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow::Result<Vec<f32>> {

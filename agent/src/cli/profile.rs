@@ -73,6 +73,9 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
         let mut segment = SegmentState::default();
         for (window, data) in prepared.inputs.into_iter().enumerate() {
             let summaries = summariser.summarise(&data);
+            // An anomaly score compares the answer with the input it reconstructs.
+            let input =
+                (model.spec.post.kind == edge_infer::engine::spec::PostKind::Anomaly).then(|| data.clone());
             let started = Instant::now();
             let resp = engine
                 .infer_blocking(Request {
@@ -84,7 +87,12 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
                     reset: window == 0,
                 })
                 .with_context(|| format!("input {} (window {window})", path.display()))?;
-            let outputs = model.post().apply(resp.post_values(), window as u64, Some(&mut segment));
+            let outputs = model.post().apply_to(
+                resp.post_values(),
+                input.as_deref(),
+                window as u64,
+                Some(&mut segment),
+            );
             builder.add(&Observation::new(summaries, &outputs));
             progress.show(|| {
                 format!("profiling {} ({}/{files}): {} windows", path.display(), n + 1, builder.windows())

@@ -389,7 +389,8 @@ fn wire_data_path(
     let (source_tx, source_rx) = channel;
     let sources = TaskTracker::new();
     for entry in config.sources.clone() {
-        let rate = deps.engine.model(entry.model()).and_then(|m| m.spec.pre.sample_rate);
+        let rate =
+            deps.engine.model(entry.model()).and_then(|m| edge_infer::pipeline::dsp::ModelRate::of(&m.spec));
         sources.spawn(sources::run(entry, rate, source_tx.clone(), token.child_token()));
     }
     sources.close();

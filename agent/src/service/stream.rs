@@ -15,7 +15,7 @@ use crate::events::{Event, Events, Kind};
 use crate::fallback::{Fallback, Job, Signals, answer};
 use crate::monitor::Monitors;
 use crate::sources::SensorMessage;
-use edge_infer::engine::spec::{ModelSpec, PayloadFormat};
+use edge_infer::engine::spec::{ModelSpec, PayloadFormat, PostKind};
 use edge_infer::engine::{Engine, InferError};
 use edge_infer::pipeline::{self, Payload, SegmentState, Windower};
 
@@ -23,7 +23,8 @@ use edge_infer::pipeline::{self, Payload, SegmentState, Windower};
 /// (by its load id) or a cloud endpoint.
 struct Pipeline {
     serving: u64,
-    window: Option<edge_infer::engine::spec::WindowSpec>,
+    /// What cuts the stream: its windows and its DSP front end.
+    window: (Option<edge_infer::engine::spec::WindowSpec>, Option<edge_infer::engine::dsp_spec::DspSpec>),
     windower: Option<Windower>,
     segment: SegmentState,
     next_index: u64,
@@ -31,8 +32,8 @@ struct Pipeline {
 
 impl Pipeline {
     fn new(serving: u64, spec: &ModelSpec) -> Pipeline {
-        let window = spec.pre.window.clone();
-        let windower = window.as_ref().map(Windower::new);
+        let window = (spec.pre.window.clone(), spec.pre.dsp.clone());
+        let windower = Windower::for_spec(spec);
         Pipeline { serving, window, windower, segment: SegmentState::default(), next_index: 0 }
     }
 
@@ -47,7 +48,9 @@ impl Pipeline {
     ) -> &'a mut Pipeline {
         match pipe {
             Some(p) if !reset && p.serving == serving => {}
-            Some(p) if !reset && p.window == spec.pre.window => p.serving = serving,
+            Some(p) if !reset && p.window.0 == spec.pre.window && p.window.1 == spec.pre.dsp => {
+                p.serving = serving
+            }
             _ => *pipe = Some(Pipeline::new(serving, spec)),
         }
         pipe.get_or_insert_with(|| Pipeline::new(serving, spec))
@@ -234,8 +237,10 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 ..Signals::from_engine(&engine, deadline)
             };
             let Some(route) = fallback.route(&msg.model, local.clone(), &signals) else { continue };
-            // The window is copied only while capture may keep it.
+            // The window is copied only while capture may keep it, or an anomaly score
+            // compares the model's output with it.
             let kept_input = wanted.map(|_| data.clone());
+            let anomaly_input = (spec.post.kind == PostKind::Anomaly).then(|| data.clone());
             // Summarised before the data moves into the job; only local answers are
             // compared with the reference (a cloud model's outputs are another model's).
             let watched = local.as_ref().and_then(|m| monitors.summarise(m, &data));
@@ -256,7 +261,12 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     let (due, stream) = (started + deadline, &msg.stream);
                     shadowed.extend(shadow_run(trial, shadow_data, &a, spec, stream, shadow_reset, due));
                     let Some(post) = route.post() else { continue };
-                    let mut outputs = post.apply(a.post_values(), window, Some(&mut p.segment));
+                    let mut outputs = post.apply_to(
+                        a.post_values(),
+                        anomaly_input.as_deref(),
+                        window,
+                        Some(&mut p.segment),
+                    );
                     if spec.post.wants_raw() {
                         outputs.insert("raw".into(), raw_outputs(&a.outputs));
                     }

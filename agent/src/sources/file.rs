@@ -9,13 +9,14 @@ use tokio_util::sync::CancellationToken;
 use super::{SensorMessage, SourceError, ndjson, replay_lines};
 use crate::config::{FileFormat, FileSource};
 use edge_infer::pipeline::Payload;
+use edge_infer::pipeline::dsp::ModelRate;
 
 /// WAV samples are sent in chunks of this many frames.
 const WAV_CHUNK: usize = 4096;
 
 pub(super) async fn run(
     cfg: FileSource,
-    sample_rate: Option<u32>,
+    sample_rate: Option<ModelRate>,
     tx: mpsc::Sender<SensorMessage>,
     token: CancellationToken,
 ) -> Result<(), SourceError> {
@@ -43,12 +44,13 @@ pub(super) async fn run(
     };
 
     if format == FileFormat::Wav {
-        let (rate, samples) =
+        let (mut rate, mut samples) =
             read_wav(&cfg.path).map_err(|reason| SourceError::Read { path: path_str.clone(), reason })?;
-        if let Some(want) = sample_rate
-            && want != rate
-        {
-            return Err(SourceError::Read { path: path_str, reason: rate_mismatch(rate, &cfg.model, want) });
+        if let Some(want) = sample_rate {
+            samples = want
+                .convert(rate, samples, &cfg.model)
+                .map_err(|reason| SourceError::Read { path: path_str.clone(), reason })?;
+            rate = want.hz;
         }
         let pause = (cfg.speed > 0.0)
             .then(|| Duration::from_secs_f64(WAV_CHUNK as f64 / f64::from(rate) / cfg.speed));
@@ -88,14 +90,6 @@ fn file_stream_id(path: &Path) -> String {
 /// Parses a CSV row of numbers; `None` if any field is not a number.
 fn csv_row(line: &str) -> Option<Vec<f32>> {
     line.split(',').map(|f| f.trim().parse::<f32>().ok()).collect()
-}
-
-/// Why a WAV file at `rate` Hz cannot feed `model`, which takes `want` Hz.
-pub fn rate_mismatch(rate: u32, model: &str, want: u32) -> String {
-    format!(
-        "it is sampled at {rate} Hz but model `{model}` takes {want} Hz (pre.sample_rate in its model.toml); \
-         resample it first, for example `sox IN.wav -r {want} OUT.wav`"
-    )
 }
 
 /// Reads a WAV file as mono f32 in [-1, 1): integer PCM is scaled by its bit depth,

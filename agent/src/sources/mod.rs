@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceEntry;
 use edge_infer::pipeline::Payload;
 
-pub use file::{rate_mismatch, read_wav};
+pub use file::read_wav;
 pub use receipt::{Receipt, Settled};
 pub use simulated::{Drift, VibrationSim};
 
@@ -54,10 +54,10 @@ pub enum SourceError {
 
 /// Runs one configured source until it ends or `token` fires. `sample_rate` is the rate
 /// the source's model takes (its spec's `pre.sample_rate`): a WAV file at another rate
-/// is refused.
+/// is resampled when the spec's front end allows it (`pre.dsp.resample`), else refused.
 pub async fn run(
     entry: SourceEntry,
-    sample_rate: Option<u32>,
+    sample_rate: Option<edge_infer::pipeline::dsp::ModelRate>,
     tx: mpsc::Sender<SensorMessage>,
     token: CancellationToken,
 ) {

@@ -47,6 +47,11 @@ impl LoadedModel {
         {
             return Err(at.mismatch(vec![problem]));
         }
+        if spec.post.kind == PostKind::Multilabel
+            && let Some(problem) = multilabel_problem(&typed, post_output, &graph.outputs, &spec)
+        {
+            return Err(at.mismatch(vec![problem]));
+        }
         let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
         let typed = optimise(typed, &at)?;
         let optimise_ms = ms(started);
@@ -465,6 +470,24 @@ fn labels_problem(typed: &TypedModel, output: usize, names: &[String], spec: &Mo
     } else {
         None
     }
+}
+
+/// Why a multi-label output does not hold one score per label.
+fn multilabel_problem(
+    typed: &TypedModel,
+    output: usize,
+    names: &[String],
+    spec: &ModelSpec,
+) -> Option<String> {
+    let labels = spec.post.labels.len();
+    let shape = typed.output_fact(output).ok()?.shape.as_concrete()?.to_vec();
+    let values = budget::elements(&shape)?;
+    let name = names.get(output).map(String::as_str).unwrap_or("?");
+    (values != labels).then(|| {
+        format!(
+            "post.labels has {labels} name(s) but output `{name}` {shape:?} holds {values} scores: post.kind = \"multilabel\" needs one label per score, in order"
+        )
+    })
 }
 
 /// Why a graph does not type at the spec's shape, when the reason is that the data

@@ -7,11 +7,13 @@
 //! tickets can be awaited from async code or waited on from plain threads.
 
 pub mod budget;
+pub mod dsp_spec;
 pub mod error;
 mod load;
 pub mod model;
 pub mod onnx_file;
 pub mod panic;
+pub mod post_spec;
 pub mod spec;
 pub mod stats;
 pub mod streams;

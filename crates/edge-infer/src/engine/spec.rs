@@ -525,6 +525,9 @@ pub struct PreSpec {
     /// Sample rate of audio inputs, in Hz: a WAV file at another rate is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_rate: Option<u32>,
+    /// Signal processing between the samples and the model (`[pre.dsp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsp: Option<super::dsp_spec::DspSpec>,
 }
 
 /// Hysteresis over a score, per stream: turns on at `on`, off below `off`.
@@ -547,6 +550,12 @@ pub enum PostKind {
     /// No post-processing: the result holds the raw output tensors (detectors,
     /// embeddings, anything whose decoding happens elsewhere).
     None,
+    /// Each output value is one label's score, judged on its own (`[post.multilabel]`).
+    Multilabel,
+    /// The outputs are quantities with names and units (`[post.regression]`).
+    Regression,
+    /// The output reconstructs the input; their distance is the score (`[post.anomaly]`).
+    Anomaly,
 }
 
 /// Post-processing: from the raw output tensor to an answer.
@@ -579,6 +588,15 @@ pub struct PostSpec {
     /// Also return the raw output tensors with each result.
     #[serde(default)]
     pub raw: bool,
+    /// Per-label thresholds and sigmoid (`kind = "multilabel"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multilabel: Option<super::post_spec::MultiLabelSpec>,
+    /// Names, units and scaling (`kind = "regression"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<super::post_spec::RegressionSpec>,
+    /// The error metric (`kind = "anomaly"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<super::post_spec::AnomalySpec>,
 }
 
 impl PostSpec {
@@ -927,9 +945,13 @@ impl ModelSpec {
                 ));
             }
         }
+        if let Some(dsp) = &self.pre.dsp {
+            super::dsp_spec::problems(self, dsp, data_input.map(|(_, d)| d), &at, &mut out);
+        }
         if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
             image_problems(img, ix, d, &at, &mut out);
         }
+        super::post_spec::problems(&self.post, &at, &mut out);
         if self.post.kind == PostKind::None {
             let post = &self.post;
             for (key, set) in [

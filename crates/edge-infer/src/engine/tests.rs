@@ -523,7 +523,14 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             1 => {
                 let shape = vec![1, window.context + window.size];
                 (
-                    PreSpec { format, scale, window: Some(window), image: None, sample_rate: Some(16_000) },
+                    PreSpec {
+                        format,
+                        scale,
+                        window: Some(window),
+                        image: None,
+                        sample_rate: Some(16_000),
+                        dsp: None,
+                    },
                     shape,
                 )
             }
@@ -539,11 +546,12 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                         window: None,
                         image: Some(image),
                         sample_rate: None,
+                        dsp: None,
                     },
                     shape,
                 )
             }
-            _ => (PreSpec { format, scale, window: None, image: None, sample_rate: None }, plain),
+            _ => (PreSpec { format, scale, window: None, image: None, sample_rate: None, dsp: None }, plain),
         });
     let state = proptest::option::of((
         "[a-z_]{1,8}",
@@ -600,6 +608,9 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             threshold,
             segments: segments.map(|(a, b)| SegmentSpec { on: a.max(b), off: a.min(b) }),
             raw,
+            multilabel: None,
+            regression: None,
+            anomaly: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",

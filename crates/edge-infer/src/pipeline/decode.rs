@@ -138,7 +138,8 @@ fn json_array(value: Value, spec: &ModelSpec) -> Result<Vec<f32>, InputError> {
     let mut nesting = Nesting::default();
     flatten(&array, 0, &mut nesting, &mut out)?;
     let shape = nesting.finish().map_err(|reason| InputError::Json { reason })?;
-    if spec.pre.window.is_none() {
+    // Windows and DSP front ends take a stream of samples, of any length.
+    if spec.pre.window.is_none() && spec.pre.dsp.is_none() {
         let input = spec.data_input();
         let fits = if input.ranges.is_empty() {
             nesting_matches(&shape, &input.shape)

@@ -6,7 +6,9 @@
 //! answer (softmax, argmax, top-k, threshold, labels, segments).
 
 mod decode;
+pub mod dsp;
 mod error;
+mod families;
 mod image;
 mod nesting;
 mod post;
@@ -17,6 +19,7 @@ mod tests;
 
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
+pub use families::{reconstruction_error, sigmoid};
 pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::families;
 use crate::engine::spec::{PostKind, PostSpec};
 
 /// Per-stream memory of the segment hysteresis.
@@ -27,8 +28,13 @@ impl PostProcessor {
     /// The `score` that [`apply`](Self::apply) would report (the top probability, or the
     /// single score), without building the result: the confidence a cascade judges.
     pub fn confidence(&self, values: &[f32]) -> Option<f32> {
-        if self.spec.kind == PostKind::None {
-            return None;
+        match self.spec.kind {
+            PostKind::None | PostKind::Regression | PostKind::Anomaly => return None,
+            PostKind::Multilabel => {
+                let sig = self.spec.multilabel.as_ref().is_some_and(|m| m.sigmoid);
+                return values.iter().map(|v| if sig { families::sigmoid(*v) } else { *v }).reduce(f32::max);
+            }
+            PostKind::Scores => {}
         }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
         match probs.len() {
@@ -48,10 +54,35 @@ impl PostProcessor {
         window: u64,
         segment: Option<&mut SegmentState>,
     ) -> Map<String, Value> {
+        self.apply_to(values, None, window, segment)
+    }
+
+    /// As [`apply`](Self::apply), with the model input the values answer: the anomaly
+    /// family compares the two.
+    pub fn apply_to(
+        &self,
+        values: &[f32],
+        input: Option<&[f32]>,
+        window: u64,
+        segment: Option<&mut SegmentState>,
+    ) -> Map<String, Value> {
         let mut out = Map::new();
-        if self.spec.kind == PostKind::None {
+        match self.spec.kind {
             // The caller adds the raw outputs, which are the whole answer.
-            return out;
+            PostKind::None => return out,
+            PostKind::Multilabel => {
+                families::multilabel(&self.spec, values, &mut out);
+                return out;
+            }
+            PostKind::Regression => {
+                families::regression(&self.spec, values, &mut out);
+                return out;
+            }
+            PostKind::Anomaly => {
+                families::anomaly(&self.spec, input, values, &mut out);
+                return out;
+            }
+            PostKind::Scores => {}
         }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
         if probs.is_empty() {

@@ -49,7 +49,7 @@ impl Runner {
     /// limits, and starts an engine of `config`'s size for it.
     pub fn open(dir: &Path, config: &EngineConfig) -> Result<Runner, LoadError> {
         let model = LoadedModel::load_dir(dir, &config.model_limits)?;
-        let windower = model.spec.pre.window.as_ref().map(Windower::new);
+        let windower = Windower::for_spec(&model.spec);
         let engine = Engine::start(config);
         let model = engine.install(model);
         Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0 })
@@ -77,6 +77,12 @@ impl Runner {
         };
         let mut answers = Vec::with_capacity(inputs.len());
         for (data, window, offset) in inputs {
+            // Kept for post-processing that compares input and output (anomaly scores).
+            let request_data = if model.spec.post.kind == crate::engine::spec::PostKind::Anomaly {
+                data.clone()
+            } else {
+                Vec::new()
+            };
             let request = Request {
                 model: name.clone(),
                 stream: None,
@@ -85,7 +91,12 @@ impl Runner {
                 reset: false,
             };
             let response = self.engine.submit_to(model.clone(), request)?.wait_blocking()?;
-            let outputs = model.post().apply(response.post_values(), window, Some(&mut self.segment));
+            let outputs = model.post().apply_to(
+                response.post_values(),
+                Some(&request_data),
+                window,
+                Some(&mut self.segment),
+            );
             answers.push(Answer { window, offset, outputs, raw: response.outputs });
         }
         Ok(answers)
