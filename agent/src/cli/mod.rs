@@ -15,6 +15,7 @@ macro_rules! outln {
 mod bench;
 mod diagnostics;
 pub mod doctor;
+mod fleet;
 mod infer;
 mod input;
 mod model;
@@ -83,6 +84,9 @@ pub enum Command {
     /// Publish models to a registry (a TUF repository of static files), check and serve it.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Operate a fleet: staged rollouts that halt by themselves (`fleet rollout`).
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// The memory limit of commands that load a model, as a device applies it.
@@ -123,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Samples(cmd) => samples::run(cmd),
         Command::Update(cmd) => update::run(cmd),
         Command::Registry(cmd) => registry::run(cmd),
+        Command::Fleet(cmd) => fleet::run(cmd),
     }
 }
 
