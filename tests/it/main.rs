@@ -30,6 +30,8 @@ mod diagnostics;
 mod fallback;
 /// The cloud fallback's OIP v2 client alone: retries, timeouts, limits, tokens, TLS.
 mod fallback_client;
+/// `fleet rollout` against a fleet of agents: steps, halts, pulls, kills, restarts.
+mod fleet_rollout;
 /// The device images booted under systemd-nspawn: READY, MQTT, SIGKILL, shutdown.
 mod images;
 /// Bounded models: the device's memory limit, wrapping shapes, strides, spec files.
