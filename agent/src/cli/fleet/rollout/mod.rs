@@ -505,24 +505,31 @@ impl Broker {
 
     /// A message as controller input: `None` for one it does not use.
     fn input(&self, p: &rumqttc::Publish, from_status: bool) -> Option<Input> {
-        let rest = p.topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
-        let (device, leaf) = rest.split_once('/')?;
-        if ["fleet", "group", "all"].contains(&device) || !crate::config::is_valid_id(device) {
-            return None;
+        input_of(&self.prefix, &p.topic, &p.payload, from_status)
+    }
+}
+
+/// A message on `topic` as controller input: `{prefix}/{device}/status` names a device
+/// (when the fleet comes from retained status), `{prefix}/{device}/events` carries an
+/// event; anything else, or a payload that is not an event, is `None`.
+fn input_of(prefix: &str, topic: &str, payload: &[u8], from_status: bool) -> Option<Input> {
+    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
+    let (device, leaf) = rest.split_once('/')?;
+    if ["fleet", "group", "all"].contains(&device) || !crate::config::is_valid_id(device) {
+        return None;
+    }
+    match leaf {
+        "status" if from_status => Some(Input::Device(device.to_string())),
+        "events" => {
+            let v: Value = serde_json::from_slice(payload).ok()?;
+            Some(Input::Event {
+                device: device.to_string(),
+                kind: v.get("kind")?.as_str()?.to_string(),
+                model: v.get("model").and_then(Value::as_str).map(str::to_string),
+                detail: v.get("detail").cloned().unwrap_or(Value::Null),
+            })
         }
-        match leaf {
-            "status" if from_status => Some(Input::Device(device.to_string())),
-            "events" => {
-                let v: Value = serde_json::from_slice(&p.payload).ok()?;
-                Some(Input::Event {
-                    device: device.to_string(),
-                    kind: v.get("kind")?.as_str()?.to_string(),
-                    model: v.get("model").and_then(Value::as_str).map(str::to_string),
-                    detail: v.get("detail").cloned().unwrap_or(Value::Null),
-                })
-            }
-            _ => None,
-        }
+        _ => None,
     }
 }
 
@@ -741,4 +748,50 @@ async fn finish(broker: &mut Broker, saved: &Saved, a: &StartArgs, topic: &str) 
         outln!("{}", summary(&record));
     }
     Ok(if record["state"] == "done" { ExitCode::SUCCESS } else { ExitCode::from(crate::cli::EXIT_FAILED) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_become_inputs_only_from_device_topics() {
+        let event = br#"{"kind":"model-rolled-back","model":"m","detail":{"from":"3"}}"#;
+        let got = input_of("edge", "edge/pump-7/events", event, false).unwrap();
+        assert_eq!(
+            got,
+            Input::Event {
+                device: "pump-7".into(),
+                kind: "model-rolled-back".into(),
+                model: Some("m".into()),
+                detail: json!({"from": "3"})
+            }
+        );
+        assert_eq!(input_of("edge", "edge/pump-7/status", b"{}", true), Some(Input::Device("pump-7".into())));
+        assert_eq!(input_of("edge", "edge/pump-7/status", b"{}", false), None, "the fleet came from a file");
+        for (topic, payload) in [
+            ("edge/fleet/rollouts/m", &event[..]),
+            ("edge/group/events", event),
+            ("edge/all/events", event),
+            ("other/pump-7/events", event),
+            ("edge/pump 7/events", event),
+            ("edge/pump-7/events", b"not json"),
+            ("edge/pump-7/events", br#"{"model":"m"}"#),
+            ("edge/pump-7/telemetry", event),
+        ] {
+            assert_eq!(input_of("edge", topic, payload, true), None, "{topic}");
+        }
+    }
+
+    #[test]
+    fn a_device_list_names_the_line_of_a_bad_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("devices");
+        std::fs::write(&f, "# fleet\ndev-1\n  dev-2  # spare\n\n").unwrap();
+        assert_eq!(read_devices(&f).unwrap(), BTreeSet::from(["dev-1".to_string(), "dev-2".to_string()]));
+        std::fs::write(&f, "dev-1\ndev 2\n").unwrap();
+        let e = read_devices(&f).unwrap_err().to_string();
+        assert!(e.contains(":2: `dev 2` is not a device id"), "{e}");
+        assert!(share_bp(0.05).unwrap() == 500 && share_bp(1.5).is_err() && share_bp(f64::NAN).is_err());
+    }
 }
