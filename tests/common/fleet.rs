@@ -253,10 +253,12 @@ impl FleetRig {
     }
 
     /// Runs a rollout to its end (within `limit`): its exit status and `--json` outcome.
+    /// Its standard error, a pipe here, must stay quiet: progress is for terminals.
     pub fn rollout(&self, args: &[&str], limit: Duration) -> (std::process::ExitStatus, Value) {
         let out = run_with(&mut self.rollout_command(args), None, limit);
         let record = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("fleet rollout {args:?}: no JSON outcome ({e}):\n{}", stderr(&out)));
+        assert_eq!(stderr(&out), "", "fleet rollout {args:?} wrote to a pipe");
         (out.status, record)
     }
 

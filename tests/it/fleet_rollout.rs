@@ -186,6 +186,8 @@ fn a_killed_controller_resumes_and_a_broker_restart_changes_no_outcome() {
     rig.wait_state("the first step of 3 signed", secs(60), |s| {
         s["state"]["plan"]["version"] == "3" && s["state"]["signed_percent"] == 25
     });
+    let restarted =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     rig.broker.restart();
     let out = wait_output(child, secs(300));
     let record: Value = serde_json::from_slice(&out.stdout)
@@ -193,6 +195,8 @@ fn a_killed_controller_resumes_and_a_broker_restart_changes_no_outcome() {
     assert!(!out.status.success(), "{record:#}");
     assert_eq!((&record["state"], &record["percent"]), (&json!("halted"), &json!(25)), "{record:#}");
     assert!(!rig.listed("3"));
+    let halted = rig.state()["state"]["halted_ms"].as_u64().unwrap();
+    assert!(halted > restarted, "the broker restarted during the step, before the halt");
     all_checked_after(&rig, rig.targets_version(), secs(120));
     rig.fleet.wait_until("all back on version 2", secs(120), serves("2"));
     for d in rig.downloaders("3") {
