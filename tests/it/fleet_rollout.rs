@@ -270,3 +270,53 @@ fn a_rollout_refuses_bad_plans_with_what_to_change() {
     assert!(text.contains(&format!("100%: adds {} (cohort 40)", 40 - first.len())), "{text}");
     assert!(!work.path().join("rollouts").exists(), "a dry run writes nothing");
 }
+
+/// `pause`, `resume` and `abort` from another terminal reach a running controller
+/// through the state directory; `status` shows each; an abort pulls the version.
+#[test]
+fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
+    // No agents: devices that never report keep the first step baking.
+    let rig = FleetRig::start(0, 5);
+    rig.publish("2", "s", false);
+    let list = rig.work.path().join("devices");
+    let ghosts: Vec<String> = (0..20).map(|i| format!("ghost-{i:02}")).collect();
+    std::fs::write(&list, ghosts.join("\n")).unwrap();
+    assert!(!cohort(&ghosts, 50, "s").is_empty());
+    let args = ["--model", "vibration", "--version", "2", "--steps", "50,100", "--bake", "1", "--json"];
+    let child = rig
+        .rollout_command(&[&args[..], &["--devices", list.to_str().unwrap()]].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rig.wait_state("the first step baking", secs(60), |s| s["state"]["phase"]["phase"] == "baking");
+    let control = |command: &str| {
+        let out = run_with(&mut rig.rollout_command(&[command, "--model", "vibration"]), None, secs(20));
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("the running controller applies it"), "{command}: {text}");
+    };
+    let status = || {
+        let out =
+            run_with(&mut rig.rollout_command(&["status", "--model", "vibration", "--json"]), None, secs(20));
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+
+    control("pause");
+    rig.wait_state("paused", secs(20), |s| s["state"]["paused"].is_string());
+    assert_eq!(status()["state"], "paused");
+    control("resume");
+    rig.wait_state("resumed", secs(20), |s| s["state"]["paused"].is_null());
+    assert_eq!(status()["state"], "baking");
+    assert!(rig.listed("2"));
+    control("abort");
+    let out = wait_output(child, secs(60));
+    let record: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!out.status.success());
+    assert_eq!(record["state"], "halted", "{record:#}");
+    assert_eq!(record["reason"], "aborted by the operator", "{record:#}");
+    assert!(!rig.listed("2"), "an abort pulls the version");
+    let s = status();
+    assert_eq!((&s["state"], &s["pending"]), (&json!("halted"), &json!([])), "{s:#}");
+}
