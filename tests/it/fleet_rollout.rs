@@ -320,3 +320,39 @@ fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
     let s = status();
     assert_eq!((&s["state"], &s["pending"]), (&json!("halted"), &json!([])), "{s:#}");
 }
+
+/// An abort queued while no controller runs (it was killed) is applied by the next
+/// `--resume`, which pulls the version: a halt is never lost.
+#[test]
+fn an_abort_queued_for_a_killed_controller_is_applied_when_it_resumes() {
+    let rig = FleetRig::start(0, 5);
+    rig.publish("2", "s", false);
+    let list = rig.work.path().join("devices");
+    let ghosts: Vec<String> = (0..20).map(|i| format!("ghost-{i:02}")).collect();
+    std::fs::write(&list, ghosts.join("\n")).unwrap();
+    let args = ["--model", "vibration", "--version", "2", "--steps", "50,100", "--bake", "1", "--json"];
+    let mut child = Guard(
+        rig.rollout_command(&[&args[..], &["--devices", list.to_str().unwrap()]].concat())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    rig.wait_state("the first step baking", secs(60), |s| s["state"]["phase"]["phase"] == "baking");
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+
+    let out = run_with(&mut rig.rollout_command(&["abort", "--model", "vibration"]), None, secs(20));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no controller runs"), "{}", stderr(&out));
+    assert!(rig.listed("2"), "nothing pulled until a controller runs");
+    let (status, record) = rig.rollout(&["--resume", "--model", "vibration", "--json"], secs(60));
+    assert!(!status.success());
+    assert_eq!((&record["state"], &record["reason"]), (&json!("halted"), &json!("aborted by the operator")));
+    assert!(!rig.listed("2"));
+    // Resumed again, an ended rollout stays ended: nothing is signed.
+    let targets = rig.targets_version();
+    let (_, record) = rig.rollout(&["--resume", "--model", "vibration", "--json"], secs(60));
+    assert_eq!(record["state"], "halted");
+    assert_eq!(rig.targets_version(), targets);
+}
