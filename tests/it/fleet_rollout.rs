@@ -356,3 +356,35 @@ fn an_abort_queued_for_a_killed_controller_is_applied_when_it_resumes() {
     assert_eq!(record["state"], "halted");
     assert_eq!(rig.targets_version(), targets);
 }
+
+/// The operator's connection over TLS (the broker's CA only, a client certificate): a
+/// dry run reads the fleet from the retained status.
+#[test]
+fn a_dry_run_reads_the_fleet_from_a_tls_broker() {
+    use crate::common::broker::{Broker, BrokerOptions};
+    let broker = Broker::start(BrokerOptions { tls: true, ..BrokerOptions::default() });
+    for id in ["pump-1", "pump-2", "pump-3"] {
+        broker.publish("test", &format!("edge/{id}/status"), br#"{"state":"online"}"#, 1, true);
+    }
+    let p = crate::common::registry::Publisher::new(1);
+    let work = tempdir();
+    p.publish(&crate::common::registry::model_version(work.path(), "2", |_| {}), 0, &["--salt", "s"]);
+    let (repo, keys, port) = (p.repo(), p.keys(), broker.port.to_string());
+    let (ca, cert, key) = (broker.ca_file(), broker.client_cert(), broker.client_key());
+    let out = run_with(
+        std::process::Command::new(bin())
+            .args(["fleet", "rollout", "--model", "vibration", "--version", "2", "--steps", "50,100"])
+            .args(["--repo", repo.to_str().unwrap(), "--keys", keys.to_str().unwrap()])
+            .args(["--port", &port, "--username", "test", "--ca-file", ca.to_str().unwrap()])
+            .args(["--cert-file", cert.to_str().unwrap(), "--key-file", key.to_str().unwrap()])
+            .args(["--dry-run", "--json"])
+            .env("EDGE_FLEET_MQTT_PASSWORD", "test-pass"),
+        None,
+        secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dry: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dry["devices"], 3, "{dry}");
+    let all: Vec<String> = ["pump-1", "pump-2", "pump-3"].map(String::from).to_vec();
+    assert_eq!(dry["steps"][0]["adds"], json!(cohort(&all, 50, "s")), "{dry}");
+}

@@ -12,13 +12,13 @@ use clap::Subcommand;
 pub enum FleetCommand {
     /// Raise a published version's rollout step by step, watch the cohort's events, and
     /// halt (pull the version) when too many of its devices fail the update.
-    Rollout(rollout::RolloutArgs),
+    Rollout(Box<rollout::RolloutArgs>),
 }
 
 pub fn run(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
     // Warnings only: the progress lines are the command's own (on a terminal).
     super::init_logging(crate::config::LogFormat::Human, "warn");
     match cmd {
-        FleetCommand::Rollout(a) => rollout::run(a),
+        FleetCommand::Rollout(a) => rollout::run(*a),
     }
 }

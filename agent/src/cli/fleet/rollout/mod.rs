@@ -152,6 +152,16 @@ pub struct BrokerArgs {
     /// First level of the devices' topics (their mqtt.prefix).
     #[arg(long, default_value = "edge")]
     pub prefix: String,
+    /// TLS: PEM file of the certificate authorities that may sign the broker's
+    /// certificate (only these are trusted). Usually with --port 8883.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: a client certificate (PEM), for brokers that require one.
+    #[arg(long, value_name = "FILE", requires_all = ["ca_file", "key_file"])]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// The state file: the controller's state and where it signs.
@@ -460,6 +470,18 @@ fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyh
     opts.set_max_packet_size(1 << 20, 1 << 20);
     if let Some(user) = &b.username {
         opts.set_credentials(user.clone(), password(b)?.unwrap_or_default());
+    }
+    if let Some(ca_file) = &b.ca_file {
+        // The agent's own TLS setup (rustls on ring, these CAs only).
+        let section = crate::config::mqtt::TlsSection {
+            ca_file: ca_file.clone(),
+            cert_file: b.cert_file.clone(),
+            key_file: b.key_file.clone(),
+        };
+        let config = crate::mqtt::options::tls_config(&section)?;
+        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            std::sync::Arc::new(config),
+        )));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, rx) = mpsc::unbounded_channel();
