@@ -306,6 +306,10 @@ fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
     control("pause");
     rig.wait_state("paused", secs(20), |s| s["state"]["paused"].is_string());
     assert_eq!(status()["state"], "paused");
+    let out = run_with(&mut rig.rollout_command(&["status", "--model", "vibration"]), None, secs(20));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vibration stable → 2: paused at 50%"), "{text}");
+    assert!(text.contains("Z raised to 50%") && text.contains("Z paused by the operator"), "{text}");
     control("resume");
     rig.wait_state("resumed", secs(20), |s| s["state"]["paused"].is_null());
     assert_eq!(status()["state"], "baking");

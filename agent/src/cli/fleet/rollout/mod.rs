@@ -261,7 +261,8 @@ fn status(c: ControlArgs) -> anyhow::Result<ExitCode> {
     } else {
         outln!("{}", summary(&record));
         for line in &saved.state.log {
-            outln!("  {} {}", line["at_ms"], line["what"].as_str().unwrap_or(""));
+            let at = SystemTime::UNIX_EPOCH + Duration::from_millis(line["at_ms"].as_u64().unwrap_or(0));
+            outln!("  {} {}", humantime::format_rfc3339_seconds(at), line["what"].as_str().unwrap_or(""));
         }
         if !pending.is_empty() {
             outln!("queued, not applied yet: {}", pending.join(", "));
