@@ -359,6 +359,22 @@ fn an_abort_queued_for_a_killed_controller_is_applied_when_it_resumes() {
     let (_, record) = rig.rollout(&["--resume", "--model", "vibration", "--json"], secs(60));
     assert_eq!(record["state"], "halted");
     assert_eq!(rig.targets_version(), targets);
+
+    // On a terminal (`script` gives it one), the decisions show as lines.
+    let c = rig.rollout_command(&["--resume", "--model", "vibration"]);
+    let quote = |a: &std::ffi::OsStr| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''"));
+    let line =
+        std::iter::once(quote(c.get_program())).chain(c.get_args().map(quote)).collect::<Vec<_>>().join(" ");
+    let out = run_with(
+        std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("EDGE_FLEET_MQTT_PASSWORD", "test-pass"),
+        None,
+        secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("vibration raised to 50%"), "{text}");
+    assert!(text.contains("vibration halted (version pulled): aborted by the operator"), "{text}");
 }
 
 /// The operator's connection over TLS (the broker's CA only, a client certificate): a
