@@ -616,10 +616,12 @@ async fn dry_run(mut saved: Saved, a: &StartArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Progress for a person: each decision as a line, on a terminal only.
+/// Progress for a person, on a terminal only: each decision as a line, and below them
+/// one line of the step's numbers, rewritten as they change.
 struct Progress {
     on: bool,
     shown: usize,
+    line: String,
 }
 
 impl Progress {
@@ -629,9 +631,35 @@ impl Progress {
             return;
         }
         for line in &state.log[self.shown.min(state.log.len())..] {
-            eprintln!("{} {}", state.plan.model, line["what"].as_str().unwrap_or(""));
+            // Over the numbers line, which is written again below.
+            eprintln!("\r\x1b[2K{} {}", state.plan.model, line["what"].as_str().unwrap_or(""));
+            self.line.clear();
         }
         self.shown = state.log.len();
+        let r = state.record();
+        let line = format!(
+            "{} {}: {} at {}%: cohort {}, {} healthy, {} failed, {} updating (need {})",
+            state.plan.model,
+            state.plan.version,
+            r["state"].as_str().unwrap_or(""),
+            r["percent"],
+            r["cohort"],
+            r["healthy"],
+            r["failed"],
+            r["took"],
+            r["needed"]
+        );
+        if line != self.line {
+            eprint!("\r\x1b[2K{line}");
+            self.line = line;
+        }
+    }
+
+    /// Ends the numbers line before the outcome is printed.
+    fn end(&self) {
+        if self.on && !self.line.is_empty() {
+            eprintln!();
+        }
     }
 }
 
@@ -643,7 +671,8 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
     let mut broker = connect(&a.broker, &model, "rollout", true)?;
     let record_topic = broker.record_topic(&model);
     let controls = control_file(dir, &model);
-    let mut progress = Progress { on: !a.json && std::io::stderr().is_terminal(), shown: 0 };
+    let mut progress =
+        Progress { on: !a.json && std::io::stderr().is_terminal(), shown: 0, line: String::new() };
     let mut synced = false;
     let mut published_record = Value::Null;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -715,6 +744,7 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
             published_record = record;
         }
         if saved.state.finished() && synced {
+            progress.end();
             return finish(&mut broker, &saved, a, &record_topic).await;
         }
         tokio::select! {
@@ -737,7 +767,8 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
                 Some(Msg::Down(e)) => {
                     tracing::warn!(error = %e, "broker connection lost; reconnecting");
                     if progress.on {
-                        eprintln!("broker {}:{}: {e}; reconnecting", a.broker.host, a.broker.port);
+                        eprintln!("\r\x1b[2Kbroker {}:{}: {e}; reconnecting", a.broker.host, a.broker.port);
+                        progress.line.clear();
                     }
                 }
                 None => anyhow::bail!("the broker connection task ended"),
