@@ -796,6 +796,17 @@ async fn finish(broker: &mut Broker, saved: &Saved, a: &StartArgs, topic: &str) 
         }
     }
     let _ = broker.client.disconnect().await;
+    // The rollout is over: its session would only pile up the fleet's events on the
+    // broker. A clean connection with the same client id discards it.
+    if let Ok(mut clean) = connect(&a.broker, &saved.state.plan.model, "rollout", false) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, clean.rx.recv()).await {
+            if matches!(msg, Msg::Connected) {
+                break;
+            }
+        }
+        let _ = clean.client.disconnect().await;
+    }
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&record)?);
     } else {
