@@ -271,20 +271,29 @@ fn a_rollout_refuses_bad_plans_with_what_to_change() {
     assert!(!work.path().join("rollouts").exists(), "a dry run writes nothing");
 }
 
-/// `pause`, `resume` and `abort` from another terminal reach a running controller
-/// through the state directory; `status` shows each; an abort pulls the version.
-#[test]
-fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
-    // No agents: devices that never report keep the first step baking.
+/// A rig without agents, version 2 published, and the arguments of its rollout over 20
+/// device ids that never report: the first step (50%, not empty) bakes until told.
+fn ghost_rollout() -> (FleetRig, Vec<String>) {
     let rig = FleetRig::start(0, 5);
     rig.publish("2", "s", false);
     let list = rig.work.path().join("devices");
     let ghosts: Vec<String> = (0..20).map(|i| format!("ghost-{i:02}")).collect();
     std::fs::write(&list, ghosts.join("\n")).unwrap();
     assert!(!cohort(&ghosts, 50, "s").is_empty());
-    let args = ["--model", "vibration", "--version", "2", "--steps", "50,100", "--bake", "1", "--json"];
+    let args =
+        ["--model", "vibration", "--version", "2", "--steps", "50,100", "--bake", "1", "--json", "--devices"];
+    let mut args: Vec<String> = args.map(String::from).to_vec();
+    args.push(list.display().to_string());
+    (rig, args)
+}
+
+/// `pause`, `resume` and `abort` from another terminal reach a running controller
+/// through the state directory; `status` shows each; an abort pulls the version.
+#[test]
+fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
+    let (rig, args) = ghost_rollout();
     let child = rig
-        .rollout_command(&[&args[..], &["--devices", list.to_str().unwrap()]].concat())
+        .rollout_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -329,14 +338,9 @@ fn an_operator_pauses_resumes_and_aborts_a_running_rollout() {
 /// `--resume`, which pulls the version: a halt is never lost.
 #[test]
 fn an_abort_queued_for_a_killed_controller_is_applied_when_it_resumes() {
-    let rig = FleetRig::start(0, 5);
-    rig.publish("2", "s", false);
-    let list = rig.work.path().join("devices");
-    let ghosts: Vec<String> = (0..20).map(|i| format!("ghost-{i:02}")).collect();
-    std::fs::write(&list, ghosts.join("\n")).unwrap();
-    let args = ["--model", "vibration", "--version", "2", "--steps", "50,100", "--bake", "1", "--json"];
+    let (rig, args) = ghost_rollout();
     let mut child = Guard(
-        rig.rollout_command(&[&args[..], &["--devices", list.to_str().unwrap()]].concat())
+        rig.rollout_command(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

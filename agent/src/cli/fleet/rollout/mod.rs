@@ -271,19 +271,24 @@ fn status(c: ControlArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A record's cohort and what it reported, in words.
+fn counts(r: &Value) -> String {
+    format!(
+        "cohort {}, {} healthy, {} failed, {} updating",
+        r["cohort"], r["healthy"], r["failed"], r["took"]
+    )
+}
+
 /// One line about a record, for people.
 fn summary(r: &Value) -> String {
     let mut s = format!(
-        "{} {} → {}: {} at {}% (cohort {}, {} healthy, {} failed, {} updating; {} devices known)",
+        "{} {} → {}: {} at {}% ({}; {} devices known)",
         r["model"].as_str().unwrap_or(""),
         r["channel"].as_str().unwrap_or(""),
         r["version"].as_str().unwrap_or(""),
         r["state"].as_str().unwrap_or(""),
         r["percent"],
-        r["cohort"],
-        r["healthy"],
-        r["failed"],
-        r["took"],
+        counts(r),
         r["devices"],
     );
     if let Some(why) = r["reason"].as_str() {
@@ -638,15 +643,12 @@ impl Progress {
         self.shown = state.log.len();
         let r = state.record();
         let line = format!(
-            "{} {}: {} at {}%: cohort {}, {} healthy, {} failed, {} updating (need {})",
+            "{} {}: {} at {}%: {} (need {})",
             state.plan.model,
             state.plan.version,
             r["state"].as_str().unwrap_or(""),
             r["percent"],
-            r["cohort"],
-            r["healthy"],
-            r["failed"],
-            r["took"],
+            counts(&r),
             r["needed"]
         );
         if line != self.line {
