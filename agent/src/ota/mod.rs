@@ -879,7 +879,7 @@ impl Ota {
     /// Takes a version the signed targets no longer list off this device (see [`pulled`]):
     /// back to the previous version, with a `model-pulled` event. Not marked bad: the
     /// registry decided, not this device, and a version published again is taken again.
-    /// `None` when the running version is not pulled.
+    /// `None` when the running version is not pulled, or cannot be left.
     async fn off_if_pulled(&mut self, model: &str, active: Option<&str>, offers: &[Offer]) -> Option<Value> {
         let from_registry =
             active.is_some_and(|v| self.store.current(model) == Some(self.store.version_dir(model, v)));
@@ -894,16 +894,19 @@ impl Ota {
             "the registry no longer lists the version serving; going back to the previous one"
         );
         let why = format!("version {version} was pulled from the registry");
-        let action = match self.roll_back_as(model, &why, json!({}), Kind::ModelPulled, false).await {
-            Ok(body) => json!(format!("pulled {version}: back on {}", body["to"].as_str().unwrap_or("?"))),
+        match self.roll_back_as(model, &why, json!({}), Kind::ModelPulled, false).await {
+            Ok(body) => Some(json!({
+                "active": body["to"],
+                "pulled": version,
+                "action": format!("pulled {version}: back on {}", body["to"].as_str().unwrap_or("?")),
+            })),
+            // Nothing to go back to: it keeps serving, and the check goes on as usual,
+            // so that a newer version can still replace it.
             Err(e) => {
                 tracing::error!(model, error = %e, "a pulled version keeps serving: nothing to go back to");
-                json!(format!("pulled {version}, but it keeps serving: {e}"))
+                None
             }
-        };
-        Some(
-            json!({"active": self.engine.model(model).map(|m| m.version().to_string()), "pulled": version, "action": action}),
-        )
+        }
     }
 
     /// Goes back to the previous version and marks the current one bad.
