@@ -113,6 +113,21 @@ fn a_fleet_of_50_takes_a_good_version_step_by_step_and_a_failing_one_is_halted_a
     let s = rig.state();
     let (first_failure, halted) =
         (s["state"]["first_failure_ms"].as_u64().unwrap(), s["state"]["halted_ms"].as_u64().unwrap());
+    // The same from the device's clock: its first failure event's own time.
+    let first_event_ms = rig
+        .events
+        .messages()
+        .iter()
+        .filter_map(|(_, p)| serde_json::from_str::<Value>(p).ok())
+        .filter(|e| {
+            ["model-rolled-back", "selftest-failed", "update-rejected"]
+                .contains(&e["kind"].as_str().unwrap_or(""))
+                && (e["detail"]["from"] == "3" || e["detail"]["version"] == "3")
+        })
+        .filter_map(|e| humantime::parse_rfc3339(e["ts"].as_str()?).ok())
+        .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
+        .min()
+        .expect("a failure event of version 3");
     let report = json!({
         "devices": FLEET,
         "good": {"steps": [10, 50, 100], "seconds_to_done": t_good.as_secs_f64(),
@@ -122,6 +137,7 @@ fn a_fleet_of_50_takes_a_good_version_step_by_step_and_a_failing_one_is_halted_a
             "devices_affected": record["affected"],
             "downloaded": downloaders.len(),
             "seconds_first_failure_to_halt": (halted - first_failure) as f64 / 1000.0,
+            "seconds_first_failure_event_to_halt": halted.saturating_sub(first_event_ms) as f64 / 1000.0,
             "bytes_served": rig.reg.faults.bytes_served() - bytes_before,
             "package_requests": served,
         },
