@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod fleet;
 pub mod mqtt_agent;
 pub mod proxy;
 pub mod registry;

@@ -32,6 +32,8 @@ mod diagnostics;
 mod fallback;
 /// The cloud fallback's OIP v2 client alone: retries, timeouts, limits, tokens, TLS.
 mod fallback_client;
+/// `fleet rollout` against a fleet of agents: steps, halts, pulls, kills, restarts.
+mod fleet_rollout;
 /// `fleet status` against a fleet of real agents on one broker: versions, states, offline,
 /// filters, watch, malformed devices.
 mod fleet_status;

@@ -12,19 +12,7 @@ use crate::common::registry::*;
 use crate::common::*;
 use edge_agent::ota::serve::Fault;
 
-/// A config body: the demo model as version 1 (configured), a simulated sensor feeding
-/// it, MQTT when `broker` is given, and `[ota]` following `url`.
-pub(crate) fn body(model_dir: &Path, broker: Option<u16>, ota: &str) -> String {
-    let mqtt = broker
-        .map(|port| {
-            format!("[mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n")
-        })
-        .unwrap_or_default();
-    format!(
-        "[[model]]\npath = \"{}\"\n\n[[source]]\nkind = \"simulated\"\nmodel = \"vibration\"\nspeed = 5\n\n[output]\nstdout = false\n\n{mqtt}\n{ota}",
-        model_dir.display()
-    )
-}
+pub(crate) use crate::common::fleet::body;
 
 fn kinds(events: &[Value]) -> Vec<String> {
     events.iter().filter_map(|e| e["kind"].as_str().map(str::to_string)).collect()
@@ -444,132 +432,94 @@ pub(crate) fn restart(dir: &Path, config: &Path, port: u16, socket: &Path) -> Da
     d
 }
 
-/// A salt whose cohort at `percent` among `devices` has between `lo` and `hi` devices,
-/// so the test sees a real cohort; the count is checked against the hash either way.
-fn salt_for(devices: &[String], percent: u32, lo: usize, hi: usize) -> (String, Vec<String>) {
-    for i in 0..1000 {
-        let salt = format!("fleet-{i}");
-        let r = edge_agent::ota::rollout::Rollout { percent, salt: salt.clone(), mode: Default::default() };
-        let cohort: Vec<String> = devices
-            .iter()
-            .filter(|d| edge_agent::ota::rollout::in_cohort(d, "vibration", &r))
-            .cloned()
-            .collect();
-        if (lo..=hi).contains(&cohort.len()) {
-            return (salt, cohort);
-        }
+/// A version pulled from the registry (`registry promote --pull`, as a halted `fleet
+/// rollout` does) leaves the devices that run it: back to the previous version with a
+/// `model-pulled` event, not marked bad; a pinned device keeps it. (Before, a pulled
+/// version stayed on every device that had it.)
+#[test]
+fn a_pulled_version_goes_back_to_the_previous_one_unless_pinned() {
+    let p = Publisher::new(1);
+    let work = tempdir();
+    p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
+    let reg = Served::start(&p.repo());
+    let broker = Broker::start(BrokerOptions::default());
+    let events = broker.subscribe("test", "edge/+/events");
+    let probation = "[ota.probation]\nrequests = 5\nmin_requests = 5\nlatency_floor_ms = 10000\n";
+    let ota = ota_section(&reg.url, &p.root_v1(), probation);
+    let free = Daemon::start("run", &body(&demo_model(), Some(broker.port), &ota), "", &[]);
+    let pinned_ota =
+        ota_section(&reg.url, &p.root_v1(), &format!("pin = {{ vibration = \"2\" }}\n{probation}"));
+    // (Without MQTT: two agents of one device id would take each other's connection.)
+    let pinned = Daemon::start("run", &body(&demo_model(), None, &pinned_ota), "", &[]);
+    for d in [&free, &pinned] {
+        wait_status(d, "version 2 kept", secs(60), |s| s["ota"]["models"]["vibration"]["kept"] == "2");
     }
-    panic!("no salt gives a cohort of {lo} to {hi}");
+
+    let (repo, keys) = (p.repo().display().to_string(), p.keys().display().to_string());
+    p.cli(&["promote", "--repo", &repo, "--keys", &keys, "--model", "vibration", "--version", "2", "--pull"]);
+    for d in [&free, &pinned] {
+        let (code, v) = post(d, "/ota/check", json!({}));
+        assert_eq!(code, 200, "{v}");
+    }
+    assert_eq!(serving(&free), "1", "the pulled version left");
+    let (_, pulled) =
+        events.wait_for("model-pulled", secs(20), |_, p| p.contains("\"kind\":\"model-pulled\""));
+    let e: Value = serde_json::from_str(&pulled).unwrap();
+    assert_eq!((&e["detail"]["from"], &e["detail"]["to"]), (&json!("2"), &json!("1")), "{e}");
+    assert!(e["detail"]["reason"].as_str().unwrap().contains("pulled"), "{e}");
+    let s = status(&free);
+    assert!(s["ota"]["models"]["vibration"]["bad"].get("2").is_none(), "not marked bad: {s:#}");
+    assert!(
+        !events.messages().iter().any(|(_, p)| p.contains("model-rolled-back")),
+        "a pull is not a failure of the device"
+    );
+    assert_eq!(serving(&pinned), "2", "a pinned device keeps its version");
+
+    // Published again (a fixed registry), it is taken again.
+    p.publish(&model_version(&work.path().join("again"), "2", |_| {}), 100, &[]);
+    let (_, v) = post(&free, "/ota/check", json!({}));
+    assert_eq!(v["models"]["vibration"]["action"], "activated 2", "{v}");
+    let (status, _) = free.stop();
+    assert!(status.success());
 }
 
 #[test]
 fn a_fleet_of_50_agents_follows_a_staged_rollout_and_rolls_back_a_bad_model() {
+    use crate::common::fleet::{Fleet, device_ids, fleet_ota, on, salt_for};
     const FLEET: usize = 50;
     let p = Publisher::new(1);
     let work = tempdir();
-    let devices: Vec<String> = (0..FLEET).map(|i| format!("dev-{i:02}")).collect();
+    let devices = device_ids(FLEET);
     let (salt, cohort) = salt_for(&devices, 10, 3, 8);
     p.publish(&model_version(work.path(), "2", |_| {}), 10, &["--salt", &salt]);
     let reg = Served::start(&p.repo());
     let broker = Broker::start(BrokerOptions::default());
     let events = broker.subscribe("test", "edge/+/events");
 
-    // Fifty agents: own state, device id and API port; checks every 2 s.
-    let ota = ota_section(&reg.url, &p.root_v1(), "").replace("interval_s = 3600", "interval_s = 2");
-    // Fifty agents share two cores with the rest of the test suite: their latency says
-    // nothing about the model, so probation judges errors only here.
-    let ota = format!("{ota}[ota.probation]\nrequests = 5\nmin_requests = 5\nlatency_floor_ms = 10000\n");
-    let mut fleet = Vec::new();
-    for id in &devices {
-        let dir = work.path().join(id);
-        std::fs::create_dir_all(&dir).unwrap();
-        // The API on a unix socket only: fifty TCP ports picked in advance could collide
-        // with the fleet's own outgoing connections.
-        let socket = dir.join("api.sock");
-        let config = dir.join("agent.toml");
-        let text = format!(
-            "[agent]\ndevice_id = \"{id}\"\nstate_dir = \"{}\"\n\n[api]\nlisten = \"\"\nsocket = \"{}\"\n\n[engine]\nspin_us = 0\n\n{}",
-            dir.join("state").display(),
-            socket.display(),
-            body(&demo_model(), Some(broker.port), &ota).replace("speed = 5", "speed = 1")
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Guard(
-            std::process::Command::new(bin())
-                .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json"])
-                .stdout(std::process::Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-        fleet.push((id.clone(), socket, child));
-    }
-    let versions = || -> Vec<(String, String)> {
-        fleet
-            .iter()
-            .map(|(id, socket, _)| {
-                let v = edge_agent::cli::status::get(socket, "/status")
-                    .ok()
-                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-                    .and_then(|s| s["models"]["vibration"]["version"].as_str().map(str::to_string))
-                    .unwrap_or_default();
-                (id.clone(), v)
-            })
-            .collect()
-    };
-    type Versions = [(String, String)];
-    let wait_until = |what: &str, limit: Duration, pred: &dyn Fn(&Versions) -> bool| {
-        let start = std::time::Instant::now();
-        loop {
-            let now = versions();
-            if pred(&now) {
-                return start.elapsed();
-            }
-            if start.elapsed() > limit {
-                // The logs of the devices that lag behind say why.
-                for (id, v) in now
-                    .iter()
-                    .filter(|(_, v)| v != &now.iter().map(|x| x.1.clone()).max().unwrap_or_default())
-                {
-                    let log =
-                        std::fs::read_to_string(work.path().join(id).join("agent.log")).unwrap_or_default();
-                    let tail: Vec<&str> = log
-                        .lines()
-                        .filter(|l| {
-                            l.contains("ota")
-                                || l.contains("WARN")
-                                || l.contains("ERROR")
-                                || !l.starts_with('{')
-                        })
-                        .rev()
-                        .take(15)
-                        .collect();
-                    eprintln!("--- {id} on {v}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-                }
-                panic!("{what}: not within {limit:?}: {now:?}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    };
-    let on = |vs: &[(String, String)], v: &str| {
-        vs.iter().filter(|(_, x)| x == v).map(|(id, _)| id.clone()).collect::<Vec<_>>()
-    };
+    // Fifty agents: own state, device id and API socket; checks every 2 s.
+    let fleet = Fleet::start(work.path(), &devices, broker.port, &fleet_ota(&reg.url, &p.root_v1(), 5));
+    let serves = |v: &'static str| move |_: &str, s: &Value| s["models"]["vibration"]["version"] == v;
 
     // 10%: exactly the cohort the hash names takes version 2; the rest stay on 1.
     let started = std::time::Instant::now();
-    let t10 = wait_until(&format!("the 10% cohort {cohort:?} (salt {salt}) on version 2"), secs(90), &|vs| {
-        on(vs, "2") == cohort
-    });
+    let in_cohort = |id: &str, s: &Value| {
+        let v = s["models"]["vibration"]["version"].as_str().unwrap_or("");
+        if cohort.iter().any(|c| c == id) { v == "2" } else { v == "1" }
+    };
+    let t10 = fleet.wait_until(
+        &format!("the 10% cohort {cohort:?} (salt {salt}) on version 2"),
+        secs(90),
+        in_cohort,
+    );
     std::thread::sleep(Duration::from_secs(5)); // two more checks each: nobody else moves
-    let vs = versions();
+    let vs = fleet.versions();
     assert_eq!(on(&vs, "2"), cohort, "only the cohort updated");
     assert_eq!(on(&vs, "1").len(), FLEET - cohort.len());
 
     // 100%: everyone converges.
     let bytes_before = reg.faults.bytes_served();
     p.promote("2", 100);
-    let t100 = wait_until("all on version 2", secs(120), &|vs| on(vs, "2").len() == FLEET);
+    let t100 = fleet.wait_until("all on version 2", secs(120), serves("2"));
     let bytes_promote = reg.faults.bytes_served() - bytes_before;
 
     // A bad version 3 (its spec lost the window) at 100%: all take it, all roll back.
@@ -587,9 +537,9 @@ fn a_fleet_of_50_agents_follows_a_staged_rollout_and_rolls_back_a_bad_model() {
     who.sort();
     who.dedup();
     assert_eq!(who.len(), FLEET, "every device that took 3 rolled back once");
-    wait_until("all back on version 2", secs(30), &|vs| on(vs, "2").len() == FLEET);
+    fleet.wait_until("all back on version 2", secs(30), serves("2"));
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(on(&versions(), "2").len(), FLEET, "version 3 is never retried");
+    assert_eq!(on(&fleet.versions(), "2").len(), FLEET, "version 3 is never retried");
 
     let report = json!({
         "devices": FLEET,

@@ -392,3 +392,30 @@ fn a_self_test_that_cannot_start_is_no_verdict_on_the_version() {
     let (status, _) = d.stop();
     assert!(status.success());
 }
+
+/// A pulled version with nothing to go back to (the first this device got, no configured
+/// model) keeps serving, and does not keep the next version out.
+#[test]
+fn a_pulled_version_with_nothing_to_go_back_to_does_not_block_the_next_version() {
+    let p = Publisher::new(1);
+    let work = tempdir();
+    p.publish(&model_version(work.path(), "2", |_| {}), 100, &[]);
+    let reg = Served::start(&p.repo());
+    // (Requests refused before the first version loads count against its probation:
+    // the limit here lets it pass whatever their share.)
+    let ota = ota_section(&reg.url, &p.root_v1(), &format!("{QUICK}max_error_rate = 1.0\n"));
+    let d = Daemon::start("run", &registry_only(&ota), "", &[]);
+    kept(&d, "2");
+    let (repo, keys) = (p.repo().display().to_string(), p.keys().display().to_string());
+    p.cli(&["promote", "--repo", &repo, "--keys", &keys, "--model", "vibration", "--version", "2", "--pull"]);
+    let (code, v) = check(&d);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(action(&v), "none", "{v}");
+    assert_eq!(serving(&d), "2", "the only version keeps serving");
+    p.publish(&model_version(work.path(), "3", |_| {}), 100, &[]);
+    let (_, v) = check(&d);
+    assert_eq!(action(&v), "activated 3", "{v}");
+    let (status, log) = d.stop();
+    assert!(status.success());
+    assert!(log.contains("nothing to go back to"), "the refusal is logged");
+}

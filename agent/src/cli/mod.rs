@@ -84,7 +84,8 @@ pub enum Command {
     /// Publish models to a registry (a TUF repository of static files), check and serve it.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
-    /// The fleet seen from the broker: the status of every device.
+    /// Operate the fleet over its broker: the status of every device (`fleet status`) and
+    /// staged rollouts that halt by themselves (`fleet rollout`).
     #[command(subcommand)]
     Fleet(fleet::FleetCommand),
 }

@@ -303,7 +303,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn expiries(e: &ExpiryArgs) -> Expiries {
+pub(crate) fn expiries(e: &ExpiryArgs) -> Expiries {
     Expiries {
         targets: e.targets_expires,
         snapshot: e.snapshot_expires,
@@ -396,27 +396,65 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn promote(a: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let change = if a.pull { Change::Pull } else { Change::Percent(a.rollout.unwrap_or(100)) };
     let name = format!("{}/{}/{}.tar", a.channel, a.model, a.version);
-    let mut repo = Repository::open(&a.repo.repo)?;
-    let Some((_, target)) = repo.targets_list().into_iter().find(|(n, _)| n == &name) else {
-        anyhow::bail!("{name} is not published in {}", a.repo.repo.display());
-    };
-    let what = if a.pull {
-        repo.remove_target(&name)?;
-        "pulled".to_string()
-    } else {
-        let pct = a.rollout.unwrap_or(100);
-        check_percent(pct)?;
-        let mut custom: Custom = serde_json::from_value(target.custom.unwrap_or_default())
-            .with_context(|| format!("{name} has no readable edge-agent custom field"))?;
-        custom.rollout.percent = pct;
-        repo.set_custom(&name, serde_json::to_value(&custom)?)?;
-        format!("now at {pct}%")
-    };
-    let signers = read_signers(&a.repo.keys)?;
-    let v = repo.commit(&signers, SystemTime::now(), &expiries(&a.expiry))?;
+    let (what, v) = change_rollout(&a.repo, &name, change, &expiries(&a.expiry))?;
     eprintln!("{name} {what}: targets v{}, snapshot v{}, timestamp v{}", v.targets, v.snapshot, v.timestamp);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A change to a published version, for [`change_rollout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A new rollout percentage.
+    Percent(u32),
+    /// Unlisted from the targets: devices no longer take it, and those that run it go
+    /// back to their previous version.
+    Pull,
+}
+
+/// The `custom` field of published target `name` (`{channel}/{model}/{version}.tar`),
+/// `None` when it is not listed.
+pub(crate) fn published(repo: &Path, name: &str) -> anyhow::Result<Option<Custom>> {
+    let repo = Repository::open(repo)?;
+    let Some((_, target)) = repo.targets_list().into_iter().find(|(n, _)| n == name) else {
+        return Ok(None);
+    };
+    let custom = serde_json::from_value(target.custom.unwrap_or_default())
+        .with_context(|| format!("{name} has no readable edge-agent custom field"))?;
+    Ok(Some(custom))
+}
+
+/// Changes target `name`'s rollout (or pulls it) and re-signs targets, snapshot and
+/// timestamp with the keys in `repo.keys`: `registry promote` and `fleet rollout` both
+/// sign through here. Returns what was done, in words, and the new versions.
+pub(crate) fn change_rollout(
+    repo: &RepoArgs,
+    name: &str,
+    change: Change,
+    expiry: &Expiries,
+) -> anyhow::Result<(String, repo::Versions)> {
+    let mut r = Repository::open(&repo.repo)?;
+    let Some((_, target)) = r.targets_list().into_iter().find(|(n, _)| n == name) else {
+        anyhow::bail!("{name} is not published in {}", repo.repo.display());
+    };
+    let what = match change {
+        Change::Pull => {
+            r.remove_target(name)?;
+            "pulled".to_string()
+        }
+        Change::Percent(pct) => {
+            check_percent(pct)?;
+            let mut custom: Custom = serde_json::from_value(target.custom.unwrap_or_default())
+                .with_context(|| format!("{name} has no readable edge-agent custom field"))?;
+            custom.rollout.percent = pct;
+            r.set_custom(name, serde_json::to_value(&custom)?)?;
+            format!("now at {pct}%")
+        }
+    };
+    let signers = read_signers(&repo.keys)?;
+    let v = r.commit(&signers, SystemTime::now(), expiry)?;
+    Ok((what, v))
 }
 
 fn rotate(a: InitArgs) -> anyhow::Result<ExitCode> {

@@ -94,6 +94,7 @@ kinds! {
     ProbationPassed => "probation-passed", "update event";
     ProbationFailed => "probation-failed", "update event";
     ModelRolledBack => "model-rolled-back", "update event";
+    ModelPulled => "model-pulled", "update event";
     UpdateRejected => "update-rejected", "update event";
     UpdateCheckFailed => "update-check-failed", "update event";
     RegistryFrozen => "registry-frozen", "update event";

@@ -12,6 +12,7 @@ pub mod fault;
 pub mod fetch;
 pub mod package;
 pub mod probation;
+pub mod pulled;
 pub mod rollout;
 pub mod selftest;
 pub mod serve;
@@ -467,6 +468,11 @@ impl Ota {
         for model in self.cfg.models.clone() {
             let offers = self.updater.offers(&self.cfg.channel, &model);
             let active = self.engine.model(&model).map(|m| m.version().to_string());
+            // Pulled before anything else: a version on probation is taken off as well.
+            if let Some(done) = self.off_if_pulled(&model, active.as_deref(), &offers).await {
+                models.insert(model.clone(), done);
+                continue;
+            }
             let state = self.state(&model);
             if let Some(p) = &state.probation {
                 models.insert(
@@ -870,8 +876,54 @@ impl Ota {
         self.events.emit(Event::error(Kind::ProbationFailed, body).model(model)).await;
     }
 
+    /// Takes a version the signed targets no longer list off this device (see [`pulled`]):
+    /// back to the previous version, with a `model-pulled` event. Not marked bad: the
+    /// registry decided, not this device, and a version published again is taken again.
+    /// `None` when the running version is not pulled, or cannot be left.
+    async fn off_if_pulled(&mut self, model: &str, active: Option<&str>, offers: &[Offer]) -> Option<Value> {
+        let from_registry =
+            active.is_some_and(|v| self.store.current(model) == Some(self.store.version_dir(model, v)));
+        let running = pulled::Running { active, from_registry, pinned: self.cfg.pin.contains_key(model) };
+        if !pulled::is_pulled(running, model, offers) || self.shadows.get(model).is_some() {
+            return None;
+        }
+        let version = active.unwrap_or_default().to_string();
+        tracing::warn!(
+            model,
+            version,
+            "the registry no longer lists the version serving; going back to the previous one"
+        );
+        let why = format!("version {version} was pulled from the registry");
+        match self.roll_back_as(model, &why, json!({}), Kind::ModelPulled, false).await {
+            Ok(body) => Some(json!({
+                "active": body["to"],
+                "pulled": version,
+                "action": format!("pulled {version}: back on {}", body["to"].as_str().unwrap_or("?")),
+            })),
+            // Nothing to go back to: it keeps serving, and the check goes on as usual,
+            // so that a newer version can still replace it.
+            Err(e) => {
+                tracing::error!(model, error = %e, "a pulled version keeps serving: nothing to go back to");
+                None
+            }
+        }
+    }
+
     /// Goes back to the previous version and marks the current one bad.
     async fn roll_back(&mut self, model: &str, why: &str, detail: Value) -> Result<Value, String> {
+        self.roll_back_as(model, why, detail, Kind::ModelRolledBack, true).await
+    }
+
+    /// Goes back to the previous version, reported as `kind`; `mark_bad` keeps this
+    /// device from taking the version it leaves again.
+    async fn roll_back_as(
+        &mut self,
+        model: &str,
+        why: &str,
+        detail: Value,
+        kind: Kind,
+        mark_bad: bool,
+    ) -> Result<Value, String> {
         let from = self.engine.model(model).map(|m| m.version().to_string());
         let mut state = self.state(model);
         let target = self
@@ -888,7 +940,7 @@ impl Ota {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("the previous version in {} does not load: {e}", target.display()))?;
         let to = loaded.version().to_string();
-        if let Some(v) = &from {
+        if let Some(v) = from.as_ref().filter(|_| mark_bad) {
             state.bad.insert(v.clone(), why.to_string());
         }
         state.probation = None;
@@ -903,7 +955,7 @@ impl Ota {
         if let (Some(obj), Value::Object(extra)) = (body.as_object_mut(), detail) {
             obj.extend(extra);
         }
-        self.events.emit(Event::warning(Kind::ModelRolledBack, body.clone()).model(model)).await;
+        self.events.emit(Event::warning(kind, body.clone()).model(model)).await;
         self.publish_status();
         Ok(body)
     }
