@@ -24,7 +24,7 @@ pub enum FleetCommand {
     /// model version, from the devices' retained status, telemetry and events.
     // `--version` filters by model version here, so the propagated one is off.
     #[command(disable_version_flag = true)]
-    Status(status::StatusArgs),
+    Status(Box<status::StatusArgs>),
     /// Raise a published version's rollout step by step, watch the cohort's events, and
     /// halt (pull the version) when too many of its devices fail the update.
     Rollout(Box<rollout::RolloutArgs>),
@@ -33,7 +33,7 @@ pub enum FleetCommand {
 /// Runs a `fleet` subcommand.
 pub fn run(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        FleetCommand::Status(args) => status::run(args),
+        FleetCommand::Status(args) => status::run(*args),
         FleetCommand::Rollout(a) => {
             // Warnings only: the progress lines are the command's own (on a terminal).
             super::init_logging(crate::config::LogFormat::Human, "warn");
