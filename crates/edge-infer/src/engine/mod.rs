@@ -7,6 +7,7 @@
 //! tickets can be awaited from async code or waited on from plain threads.
 
 pub mod budget;
+mod detect_spec;
 pub mod error;
 mod load;
 pub mod model;

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::budget;
+pub use super::detect_spec::{BoxFormat, DetectLayout, DetectSpec};
 use super::error::SpecError;
 use crate::locate::{line_of, line_of_path};
 
@@ -547,6 +548,8 @@ pub enum PostKind {
     /// No post-processing: the result holds the raw output tensors (detectors,
     /// embeddings, anything whose decoding happens elsewhere).
     None,
+    /// Boxes from a YOLO-style detector: `[post.detection]`.
+    Detection,
 }
 
 /// Post-processing: from the raw output tensor to an answer.
@@ -579,6 +582,9 @@ pub struct PostSpec {
     /// Also return the raw output tensors with each result.
     #[serde(default)]
     pub raw: bool,
+    /// With `kind = "detection"`: how the output becomes boxes (defaults if left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<DetectSpec>,
 }
 
 impl PostSpec {
@@ -929,6 +935,28 @@ impl ModelSpec {
         }
         if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
             image_problems(img, ix, d, &at, &mut out);
+        }
+        if self.post.kind == PostKind::Detection {
+            let post = &self.post;
+            out.extend(post.detection.clone().unwrap_or_default().problems(post.labels.len(), &at));
+            for (key, set) in [
+                ("softmax", post.softmax),
+                ("top_k", post.top_k.is_some()),
+                ("threshold", post.threshold.is_some()),
+                ("segments", post.segments.is_some()),
+            ] {
+                if set {
+                    out.push(format!(
+                        "{}post.{key} does nothing with post.kind = \"detection\"; remove it (post.detection.score_threshold sets the lowest score)",
+                        at(&format!("post.{key}"))
+                    ));
+                }
+            }
+        } else if self.post.detection.is_some() {
+            out.push(format!(
+                "{}post.detection applies only to kind = \"detection\"; add kind = \"detection\", or remove it",
+                at("post.detection")
+            ));
         }
         if self.post.kind == PostKind::None {
             let post = &self.post;

@@ -600,6 +600,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             threshold,
             segments: segments.map(|(a, b)| SegmentSpec { on: a.max(b), off: a.min(b) }),
             raw,
+            detection: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",

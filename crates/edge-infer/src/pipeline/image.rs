@@ -3,6 +3,7 @@
 
 use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
 
+use super::detect::ImageFrame;
 use super::error::InputError;
 use crate::engine::spec::{ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, PadPosition, ResizeMode};
 
@@ -28,13 +29,23 @@ pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> R
     Ok(tensor_from_image(&img, spec, geo))
 }
 
+/// The frame of an encoded image without decoding its pixels (the header gives its
+/// size): what detection needs to map boxes back. `None` if the header is unreadable.
+pub fn image_frame(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Option<ImageFrame> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?;
+    reader.format()?;
+    let (w, h) = reader.into_dimensions().ok()?;
+    Some(ImageFrame { original: (w, h), placement: place(w, h, spec, geo) })
+}
+
 /// Where the resized image lands in the model's frame, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     /// The frame: the model input's width and height for this image.
     pub frame: (u32, u32),
-    /// The resized image's size and top-left corner inside the frame.
+    /// The resized image's size inside the frame.
     pub size: (u32, u32),
+    /// The resized image's top-left corner inside the frame.
     pub offset: (u32, u32),
 }
 

@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::detect::{self, ImageFrame};
 use crate::engine::spec::{PostKind, PostSpec};
 
 /// Per-stream memory of the segment hysteresis.
@@ -27,7 +28,7 @@ impl PostProcessor {
     /// The `score` that [`apply`](Self::apply) would report (the top probability, or the
     /// single score), without building the result: the confidence a cascade judges.
     pub fn confidence(&self, values: &[f32]) -> Option<f32> {
-        if self.spec.kind == PostKind::None {
+        if self.spec.kind != PostKind::Scores {
             return None;
         }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
@@ -48,6 +49,24 @@ impl PostProcessor {
         window: u64,
         segment: Option<&mut SegmentState>,
     ) -> Map<String, Value> {
+        self.apply_framed(values, window, segment, None)
+    }
+
+    /// As [`apply`](Self::apply), for an image whose `frame` is known: detection boxes
+    /// are then in the original image's pixels rather than the model input's.
+    pub fn apply_framed(
+        &self,
+        values: &[f32],
+        window: u64,
+        segment: Option<&mut SegmentState>,
+        frame: Option<&ImageFrame>,
+    ) -> Map<String, Value> {
+        if self.spec.kind == PostKind::Detection {
+            let spec = self.spec.detection.clone().unwrap_or_default();
+            let classes = spec.classes.unwrap_or(self.spec.labels.len());
+            let dets = detect::detect(values, &spec, classes, frame);
+            return detect::to_json(&dets, &self.spec.labels, frame.is_some());
+        }
         let mut out = Map::new();
         if self.spec.kind == PostKind::None {
             // The caller adds the raw outputs, which are the whole answer.
