@@ -79,7 +79,12 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 reset: false,
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
-        let outputs = model.post().apply(resp.post_values(), window as u64, Some(&mut segment));
+        let outputs = model.post().apply_framed(
+            resp.post_values(),
+            window as u64,
+            Some(&mut segment),
+            prepared.frame.as_ref(),
+        );
         let raw = (args.raw || model.spec.post.wants_raw()).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,

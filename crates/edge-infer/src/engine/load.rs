@@ -134,7 +134,11 @@ fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
         return Err(parse_err("the file is empty".into()));
     }
     let started = Instant::now();
-    let model = contain(|| onnx().model_for_read(&mut bytes.as_slice()))
+    // The file's intermediate shape annotations (value_info) are hints, and exporters
+    // write them with their own symbols (`batch`, `height`): once the spec fixes the
+    // input's shape tract could not unify those with the sizes it infers (YOLOv8 exports
+    // fail this way). tract infers every intermediate shape itself without them.
+    let model = contain(|| onnx().with_ignore_value_info(true).model_for_read(&mut bytes.as_slice()))
         .map_err(|message| LoadError::Panic { path: path.to_path_buf(), stage: "parsing", message })?
         .map_err(|e| parse_err(format!("{e:#}")))?;
     Ok(Parsed { model, file_bytes: bytes.len() as u64, load_ms: ms(started) })

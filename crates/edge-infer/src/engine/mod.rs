@@ -13,6 +13,7 @@ mod load;
 pub mod model;
 pub mod onnx_file;
 pub mod panic;
+mod resize_spec;
 pub mod spec;
 pub mod stats;
 pub mod streams;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::budget;
 pub use super::detect_spec::{BoxFormat, DetectLayout, DetectSpec};
 use super::error::SpecError;
+pub use super::resize_spec::ResizeFilter;
 use crate::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
@@ -455,6 +456,9 @@ pub struct ImageSpec {
     /// Order of the colour channels.
     #[serde(default)]
     pub channel_order: ChannelOrder,
+    /// Interpolation of the resize (default: triangle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<ResizeFilter>,
 }
 
 /// An image input's target size, resolved from `[pre.image]` and the data input's shape.

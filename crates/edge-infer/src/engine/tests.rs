@@ -502,6 +502,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                         } else {
                             ChannelOrder::Rgb
                         },
+                        filter: letterbox.then_some(crate::engine::spec::ResizeFilter::Linear),
                     })
             },
         );

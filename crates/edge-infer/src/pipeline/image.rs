@@ -5,7 +5,9 @@ use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
 
 use super::detect::ImageFrame;
 use super::error::InputError;
-use crate::engine::spec::{ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, PadPosition, ResizeMode};
+use crate::engine::spec::{
+    ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, ModelSpec, PadPosition, ResizeFilter, ResizeMode,
+};
 
 /// Largest image side we decode: a bound against decompression bombs.
 const MAX_SIDE: u32 = 8192;
@@ -36,6 +38,12 @@ pub fn image_frame(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Optio
     reader.format()?;
     let (w, h) = reader.into_dimensions().ok()?;
     Some(ImageFrame { original: (w, h), placement: place(w, h, spec, geo) })
+}
+
+/// [`image_frame`] for a model's spec: `None` for a model without `[pre.image]` or
+/// bytes that are not an image.
+pub fn frame_for(spec: &ModelSpec, bytes: &[u8]) -> Option<ImageFrame> {
+    image_frame(bytes, spec.pre.image.as_ref()?, &spec.image_geometry()?)
 }
 
 /// Where the resized image lands in the model's frame, in pixels.
@@ -75,14 +83,15 @@ pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeomet
     let p = place(img.width(), img.height(), spec, geo);
     let (fw, fh) = (p.frame.0 as usize, p.frame.1 as usize);
     let c = geo.channels;
-    let resized;
-    let img = if (img.width(), img.height()) == p.size {
-        img
-    } else {
-        resized = img.resize_exact(p.size.0, p.size.1, FilterType::Triangle);
-        &resized
+    let same = (img.width(), img.height()) == p.size;
+    let pixels: Vec<u8> = match spec.filter.unwrap_or_default() {
+        _ if same => raw_pixels(img, c),
+        ResizeFilter::Triangle => raw_pixels(&img.resize_exact(p.size.0, p.size.1, FilterType::Triangle), c),
+        ResizeFilter::Linear => {
+            let from = (img.width() as usize, img.height() as usize);
+            resize_linear(&raw_pixels(img, c), from, (p.size.0 as usize, p.size.1 as usize), c)
+        }
     };
-    let pixels: Vec<u8> = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
     let norm = |ch: usize, raw: f32| {
         let mean = spec.mean.get(ch).copied().unwrap_or(0.0);
         let std = spec.std.get(ch).copied().unwrap_or(1.0);
@@ -109,6 +118,54 @@ pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeomet
                     ImageLayout::Nhwc => (y * fw + x) * c + ch,
                 };
                 out[ix] = value;
+            }
+        }
+    }
+    out
+}
+
+/// The image's pixels, interleaved: grey for one channel, else RGB.
+fn raw_pixels(img: &DynamicImage, channels: usize) -> Vec<u8> {
+    if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() }
+}
+
+/// For each output index along an axis of `n_in` pixels resized to `n_out`: the two
+/// source indices and the weight of the second, as OpenCV's `INTER_LINEAR` takes them
+/// (pixel centres aligned, no antialiasing, clamped at the edges).
+fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f64 / n_out.max(1) as f64;
+    (0..n_out)
+        .map(|i| {
+            let src = (i as f64 + 0.5) * scale - 0.5;
+            let mut i0 = src.floor();
+            let mut frac = (src - i0) as f32;
+            if i0 < 0.0 {
+                (i0, frac) = (0.0, 0.0);
+            }
+            let last = n_in.saturating_sub(1);
+            // `as` saturates; the clamp keeps both taps inside the image.
+            let i0 = (i0 as usize).min(last);
+            if i0 >= last {
+                frac = 0.0;
+            }
+            (i0, (i0 + 1).min(last), frac)
+        })
+        .collect()
+}
+
+/// Resizes interleaved `channels`-channel pixels from `from` to `to` (width, height)
+/// with OpenCV's `INTER_LINEAR`, rounding to the nearest byte as it does.
+fn resize_linear(src: &[u8], from: (usize, usize), to: (usize, usize), channels: usize) -> Vec<u8> {
+    let (xs, ys) = (linear_taps(from.0, to.0), linear_taps(from.1, to.1));
+    let px = |x: usize, y: usize, ch: usize| f32::from(src[(y * from.0 + x) * channels + ch]);
+    let mut out = Vec::with_capacity(to.0 * to.1 * channels);
+    for &(y0, y1, fy) in &ys {
+        for &(x0, x1, fx) in &xs {
+            for ch in 0..channels {
+                let top = px(x0, y0, ch) * (1.0 - fx) + px(x1, y0, ch) * fx;
+                let bottom = px(x0, y1, ch) * (1.0 - fx) + px(x1, y1, ch) * fx;
+                let v = top * (1.0 - fy) + bottom * fy;
+                out.push((v + 0.5).floor().clamp(0.0, 255.0) as u8);
             }
         }
     }

@@ -19,7 +19,7 @@ mod tests;
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use detect::ImageFrame;
 pub use error::InputError;
-pub use image::{Placement, image_frame, place};
+pub use image::{Placement, frame_for, image_frame, place};
 pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};
