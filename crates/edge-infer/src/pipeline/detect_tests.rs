@@ -193,3 +193,62 @@ proptest! {
         }
     }
 }
+
+fn parse(text: &str) -> Result<crate::engine::spec::ModelSpec, String> {
+    crate::engine::spec::ModelSpec::parse(text, std::path::Path::new("model.toml")).map_err(|e| e.to_string())
+}
+
+const DETECTOR: &str = "name = \"d\"\nversion = \"1\"\n[[input]]\nname = \"images\"\ndtype = \"f32\"\nshape = [1, 3, 64, 64]\n[pre]\nformat = \"image\"\n[pre.image]\nresize = \"letterbox\"\n";
+
+#[test]
+fn detection_specs_are_checked_with_fixes() {
+    let ok = parse(&format!("{DETECTOR}[post]\nkind = \"detection\"\nlabels = [\"a\", \"b\"]\n")).unwrap();
+    assert_eq!(ok.post.kind, crate::engine::spec::PostKind::Detection);
+    let cases = [
+        ("[post]\nkind = \"detection\"\n", "needs the number of classes"),
+        (
+            "[post]\nkind = \"detection\"\nlabels = [\"a\"]\n[post.detection]\nclasses = 3\n",
+            "classes is 3 but post.labels names 1",
+        ),
+        (
+            "[post]\nkind = \"detection\"\nlabels = [\"a\"]\n[post.detection]\niou_threshold = 0\n",
+            "iou_threshold is 0",
+        ),
+        (
+            "[post]\nkind = \"detection\"\nlabels = [\"a\"]\n[post.detection]\nscore_threshold = 2\n",
+            "score_threshold is 2",
+        ),
+        (
+            "[post]\nkind = \"detection\"\nlabels = [\"a\"]\nsoftmax = true\n",
+            "post.softmax does nothing with post.kind = \"detection\"",
+        ),
+        (
+            "[post]\nlabels = [\"a\", \"b\"]\n[post.detection]\nclasses = 2\n",
+            "post.detection applies only to kind = \"detection\"",
+        ),
+        (
+            "[post]\nkind = \"detection\"\nlabels = [\"a\"]\n[post.detection]\nlayout = \"rows\"\n",
+            "unknown variant `rows`",
+        ),
+    ];
+    for (post, says) in cases {
+        let err = parse(&format!("{DETECTOR}{post}")).unwrap_err();
+        assert!(err.contains(says), "{post}: {err}");
+    }
+    let err = parse(&format!("{DETECTOR}filter = \"cubic\"\n[post]\nlabels = [\"a\", \"b\"]\n")).unwrap_err();
+    assert!(err.contains("unknown variant `cubic`"), "{err}");
+}
+
+/// The complete example specs of docs/model-spec.md's image and detection sections parse
+/// and pass the checks.
+#[test]
+fn the_documented_example_specs_are_valid() {
+    let doc = include_str!("../../../../docs/model-spec.md");
+    for section in ["### Image pre-processing", "### Object detection"] {
+        let from = doc.find(section).unwrap_or_else(|| panic!("{section} is missing"));
+        let rest = &doc[from..];
+        let start = rest.find("```toml\n").unwrap_or_else(|| panic!("{section} has no example")) + 8;
+        let len = rest[start..].find("```").unwrap();
+        parse(&rest[start..start + len]).unwrap_or_else(|e| panic!("{section}: {e}"));
+    }
+}

@@ -171,3 +171,18 @@ fn resize_linear(src: &[u8], from: (usize, usize), to: (usize, usize), channels:
     }
     out
 }
+
+#[cfg(test)]
+mod linear_tests {
+    use super::*;
+
+    /// OpenCV's INTER_LINEAR on known values: halving averages pixel pairs (centres
+    /// aligned), doubling blends neighbours 3:1 and repeats the edges.
+    #[test]
+    fn linear_resize_follows_opencv() {
+        assert_eq!(resize_linear(&[0, 100, 200, 250], (4, 1), (2, 1), 1), [50, 225]);
+        assert_eq!(resize_linear(&[0, 100], (2, 1), (4, 1), 1), [0, 25, 75, 100]);
+        // Two channels stay apart, and a 1x1 image fills any size.
+        assert_eq!(resize_linear(&[10, 20], (1, 1), (2, 2), 2), [10, 20, 10, 20, 10, 20, 10, 20]);
+    }
+}
