@@ -203,3 +203,25 @@ fn bench_reports_the_detector_stages_apart() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("stages (mean ms): pre ") && text.contains("(input file)"), "{text}");
 }
+
+/// A spec whose classes do not fit the detector's output is refused when the model
+/// loads, saying what it expected and how to fix it, rather than finding no boxes.
+#[test]
+fn a_detector_spec_that_misreads_the_output_is_refused_at_load() {
+    let work = tempdir();
+    let det = work.path().join("nudenet");
+    copy_model(&model("nudenet"), &det);
+    let spec = std::fs::read_to_string(det.join("model.toml")).unwrap();
+    let spec = spec.replace("class_agnostic = true", "class_agnostic = true\nclasses = 17");
+    let spec = spec.replace("    \"BUTTOCKS_COVERED\",\n", "");
+    assert!(!spec.contains("BUTTOCKS_COVERED"), "the fixture changed; update this test");
+    std::fs::write(det.join("model.toml"), spec).unwrap();
+    let out = run(
+        &["infer", "--model", det.to_str().unwrap(), "--input", image("detect_wide.png").to_str().unwrap()],
+        secs(120),
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("expects 21 attributes per candidate (4 box + 17 classes)"), "{err}");
+    assert!(err.contains("[1, 22, 2100]"), "{err}");
+}

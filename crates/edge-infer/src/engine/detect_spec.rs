@@ -134,3 +134,45 @@ impl DetectSpec {
         out
     }
 }
+
+impl DetectSpec {
+    /// Why output `name` of concrete `shape` cannot hold this spec's candidates with
+    /// `classes` classes, with the fix; `None` if it can.
+    pub fn output_problem(&self, classes: usize, shape: &[usize], name: &str) -> Option<String> {
+        let attrs = self.attributes(classes);
+        let dims: Vec<usize> = shape.iter().copied().skip_while(|d| *d == 1).collect();
+        let rows = match dims.as_slice() {
+            [rows, _] => *rows,
+            // One candidate, or an output without a candidate axis.
+            [a] => return (*a != attrs).then(|| self.count_problem(attrs, classes, shape, name)),
+            _ => {
+                return Some(format!(
+                    "post.kind = \"detection\" reads a [1, attributes, candidates] or [1, candidates, attributes] output, but output `{name}` is {shape:?}; name the right one with post.output"
+                ));
+            }
+        };
+        let (axis, other) = match self.layout {
+            DetectLayout::AttributesFirst => (rows, dims[1]),
+            DetectLayout::CandidatesFirst => (dims[1], rows),
+        };
+        if axis == attrs {
+            return None;
+        }
+        let mut why = self.count_problem(attrs, classes, shape, name);
+        if other == attrs {
+            let flip = match self.layout {
+                DetectLayout::AttributesFirst => "candidates-first",
+                DetectLayout::CandidatesFirst => "attributes-first",
+            };
+            why.push_str(&format!("; the other axis fits: set post.detection.layout = \"{flip}\""));
+        }
+        Some(why)
+    }
+
+    fn count_problem(&self, attrs: usize, classes: usize, shape: &[usize], name: &str) -> String {
+        let obj = if self.objectness { " + 1 objectness" } else { "" };
+        format!(
+            "post.detection expects {attrs} attributes per candidate (4 box{obj} + {classes} classes) but output `{name}` {shape:?} does not have {attrs} on its attributes axis; give one label per class (or post.detection.classes), and objectness only for YOLOv5-style outputs"
+        )
+    }
+}

@@ -47,6 +47,17 @@ impl LoadedModel {
         {
             return Err(at.mismatch(vec![problem]));
         }
+        if spec.post.kind == PostKind::Detection
+            && let Some(shape) =
+                typed.output_fact(post_output).ok().and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
+        {
+            let detect = spec.post.detection.clone().unwrap_or_default();
+            let classes = detect.classes.unwrap_or(spec.post.labels.len());
+            let name = graph.outputs.get(post_output).map(String::as_str).unwrap_or("?");
+            if let Some(problem) = detect.output_problem(classes, &shape, name) {
+                return Err(at.mismatch(vec![problem]));
+            }
+        }
         let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
         let typed = optimise(typed, &at)?;
         let optimise_ms = ms(started);

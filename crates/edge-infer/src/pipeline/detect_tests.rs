@@ -252,3 +252,18 @@ fn the_documented_example_specs_are_valid() {
         parse(&rest[start..start + len]).unwrap_or_else(|e| panic!("{section}: {e}"));
     }
 }
+
+#[test]
+fn output_shapes_are_checked_against_the_classes() {
+    let v8 = DetectSpec::default();
+    assert_eq!(v8.output_problem(18, &[1, 22, 2100], "out"), None);
+    let why = v8.output_problem(17, &[1, 22, 2100], "out").unwrap();
+    assert!(why.contains("expects 21 attributes per candidate (4 box + 17 classes)"), "{why}");
+    let v5 = DetectSpec { objectness: true, ..DetectSpec::default() };
+    let why = v5.output_problem(80, &[1, 25200, 85], "out").unwrap();
+    assert!(why.contains("layout = \"candidates-first\""), "the flip is suggested: {why}");
+    let v5 = DetectSpec { layout: DetectLayout::CandidatesFirst, ..v5 };
+    assert_eq!(v5.output_problem(80, &[1, 25200, 85], "out"), None);
+    let why = v8.output_problem(2, &[1, 2, 3, 4], "out").unwrap();
+    assert!(why.contains("post.output"), "{why}");
+}
