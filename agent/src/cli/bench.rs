@@ -422,13 +422,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
     if monitors.summarise(model, data).is_none() {
         return Ok((0.0, 0));
     }
-    let resp = engine.infer_blocking(Request {
-        model: model.name().to_string(),
-        stream: None,
-        data: data.to_vec(),
-        deadline: Instant::now() + Duration::from_secs(60),
-        reset: false,
-    })?;
+    let resp = infer_once(engine, model, data)?;
     let outputs = model.post().apply(resp.post_values(), 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
@@ -482,13 +476,7 @@ fn stage_costs(
     let mut run = Duration::ZERO;
     let mut last = None;
     for _ in 0..n {
-        let resp = engine.infer_blocking(Request {
-            model: model.name().to_string(),
-            stream: None,
-            data: data.to_vec(),
-            deadline: Instant::now() + Duration::from_secs(60),
-            reset: false,
-        })?;
+        let resp = infer_once(engine, model, data)?;
         run += resp.run;
         last = Some(resp);
     }
@@ -500,4 +488,20 @@ fn stage_costs(
     }
     let post = started.elapsed();
     Ok(StageCosts { pre_ms: mean_ms(pre), pre_source, model_ms: mean_ms(run), post_ms: mean_ms(post) })
+}
+
+/// One request through the engine outside any stream, with a deadline far enough away
+/// that a slow debug build never misses it.
+fn infer_once(
+    engine: &Engine,
+    model: &LoadedModel,
+    data: &[f32],
+) -> anyhow::Result<edge_infer::engine::Response> {
+    Ok(engine.infer_blocking(Request {
+        model: model.name().to_string(),
+        stream: None,
+        data: data.to_vec(),
+        deadline: Instant::now() + Duration::from_secs(60),
+        reset: false,
+    })?)
 }
