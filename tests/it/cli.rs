@@ -90,6 +90,11 @@ fn bench_reports_latency_throughput_and_memory_as_json() {
     assert!(v["monitor_share"].as_f64().unwrap() > 0.0, "{v}");
     let bytes = v["monitor_memory_bytes"].as_u64().unwrap();
     assert!(bytes > 0 && bytes < 1 << 20, "{v}");
+    // Each stage on its own: without --input, pre-processing decodes a JSON payload.
+    assert_eq!(v["stages"]["pre_source"], "json payload", "{v}");
+    for key in ["pre_ms", "model_ms", "post_ms"] {
+        assert!(v["stages"][key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
 }
 
 #[test]

@@ -26,6 +26,8 @@ mod container;
 mod cross;
 /// The daemon: demo, sources, streaming state through `edge-agent run`.
 mod daemon;
+/// A real YOLO-style detector: image files, MQTT, the API and OTA, against Python.
+mod detect;
 /// Remote diagnostics: the own log, `logs/upload`, `diagnostics/bundle`, the log level.
 mod diagnostics;
 /// Cloud fallback over OIP v2: each routing reason, faults, breaker, budget, memory.

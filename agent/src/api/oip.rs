@@ -18,7 +18,7 @@ use super::request::{self, InferRequest, InputTensor, RequestedOutput};
 use super::{ApiState, response};
 use edge_infer::engine::LoadedModel;
 use edge_infer::engine::spec::{DType, InputFrom, ModelSpec, PayloadFormat};
-use edge_infer::pipeline::{InputError, Payload, check_finite, nesting_matches};
+use edge_infer::pipeline::{ImageFrame, InputError, Payload, check_finite, nesting_matches};
 
 fn spec_datatype(dt: DType) -> &'static str {
     crate::oip::datatype(dt.name())
@@ -172,7 +172,7 @@ async fn infer_inner(
     let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
         return Err(missing.unwrap_or_else(|| ApiError::not_found(format!("model `{name}` is not loaded"))));
     };
-    let data = data_tensor(spec, &name, &mut req)?;
+    let (data, frame) = data_tensor(spec, &name, &mut req)?;
     let requested = match &local {
         Some(m) => requested_outputs(m, &req)?,
         None => req.outputs.clone().unwrap_or_default(),
@@ -205,7 +205,7 @@ async fn infer_inner(
     })?;
     let result = route
         .post()
-        .map(|p| p.apply_to(answer.post_values(), anomaly_input.as_deref(), 0, None))
+        .map(|p| p.apply_full(answer.post_values(), anomaly_input.as_deref(), frame.as_ref(), 0, None))
         .unwrap_or_default();
     if let (Some(m), Some(summaries), "local") = (&local, watched, answer.place)
         && let Some(change) = st.monitors.observe(m, summaries, &result)
@@ -348,7 +348,13 @@ impl Reply<'_> {
 }
 
 /// Checks the request's inputs against the model and returns the data input's values.
-fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<Vec<f32>, ApiError> {
+/// The data input's values, and for an encoded image its frame (detection boxes map
+/// back to it).
+fn data_tensor(
+    spec: &ModelSpec,
+    name: &str,
+    req: &mut InferRequest,
+) -> Result<(Vec<f32>, Option<ImageFrame>), ApiError> {
     let want = spec.data_input();
     for input in &req.inputs {
         match spec.inputs.iter().find(|i| i.name == input.name) {
@@ -439,12 +445,12 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
     }
     check_finite(&values)
         .map_err(|e: InputError| ApiError::bad_request(format!("input `{}`: {e}", input.name)))?;
-    Ok(values)
+    Ok((values, None))
 }
 
 /// A `BYTES` data input: one payload (an encoded image, raw samples, JSON text) that the
 /// model's spec decodes, as it does MQTT payloads and the CLI's input files.
-fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiError> {
+fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<(Vec<f32>, Option<ImageFrame>), ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
     let elements = input.data.to_bytes().map_err(bad)?;
     if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
@@ -469,6 +475,10 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
         }
     };
     let format = format_name(spec.pre.format);
+    let frame = match spec.pre.format {
+        PayloadFormat::Image => edge_infer::pipeline::frame_for(spec, &payload),
+        _ => None,
+    };
     let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
         .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
     let values = match &spec.pre.dsp {
@@ -485,7 +495,7 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
             want.len()
         )));
     }
-    Ok(values)
+    Ok((values, frame))
 }
 
 /// A payload of samples through the model's DSP front end (`[pre.dsp]`), from a fresh

@@ -93,7 +93,25 @@ pub struct BenchReport {
     pub monitor_ns: f64,
     pub monitor_share: f64,
     pub monitor_memory_bytes: u64,
+    /// What each stage of a request costs on its own: pre-processing, the model run,
+    /// post-processing.
+    pub stages: StageCosts,
     pub peak_rss_bytes: u64,
+}
+
+/// Mean cost of each stage of one request, in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct StageCosts {
+    /// Pre-processing: with `--input`, reading the file and turning it into the model's
+    /// input (decoding an image, resizing, normalising); without, decoding the same
+    /// values sent as a JSON payload, as MQTT and the API receive them.
+    pub pre_ms: f64,
+    /// `"input file"` or `"json payload"`: what `pre_ms` measured.
+    pub pre_source: &'static str,
+    /// The model run inside the engine, without queueing.
+    pub model_ms: f64,
+    /// Post-processing of the model's output into the result (scores, labels, boxes).
+    pub post_ms: f64,
 }
 
 struct Mode {
@@ -126,13 +144,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rounds = args.rounds.clamp(1, args.iterations);
     let dir = super::model_dir(&args.model)?;
     let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
-    let data = match &args.input {
-        Some(path) => input::prepare(path, None, &model.spec)?
-            .inputs
-            .into_iter()
-            .next()
-            .context("the input gave no model input")?,
-        None => pseudo_random(model.spec.data_input().len()),
+    let (data, frame) = match &args.input {
+        Some(path) => {
+            let prepared = input::prepare(path, None, &model.spec)?;
+            let frame = prepared.frame;
+            (prepared.inputs.into_iter().next().context("the input gave no model input")?, frame)
+        }
+        None => (pseudo_random(model.spec.data_input().len()), None),
     };
     let engine = Engine::start(&EngineConfig {
         threads: args.threads,
@@ -190,6 +208,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (monitor_ns, monitor_memory_bytes) = monitor_cost(&engine, &model, &data)?;
     let monitor_share =
         if engine_report.mean_ms > 0.0 { monitor_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
+    let stages = stage_costs(&engine, &model, &data, args.input.as_deref(), frame.as_ref(), args.iterations)?;
     let report = BenchReport {
         model: model.name().to_string(),
         version: model.version().to_string(),
@@ -207,6 +226,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         monitor_ns,
         monitor_share,
         monitor_memory_bytes,
+        stages,
         peak_rss_bytes: crate::telemetry::memory().peak_rss,
     };
     if args.json {
@@ -355,6 +375,14 @@ fn print_human(r: &BenchReport) -> anyhow::Result<()> {
         r.monitor_share * 100.0,
         r.monitor_memory_bytes as f64 / 1024.0
     );
+    let s = &r.stages;
+    outln!(
+        "  stages (mean ms): pre {:.3} ({}), model {:.3}, post {:.3}",
+        s.pre_ms,
+        s.pre_source,
+        s.model_ms,
+        s.post_ms
+    );
     outln!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
     Ok(())
 }
@@ -394,13 +422,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
     if monitors.summarise(model, data).is_none() {
         return Ok((0.0, 0));
     }
-    let resp = engine.infer_blocking(Request {
-        model: model.name().to_string(),
-        stream: None,
-        data: data.to_vec(),
-        deadline: Instant::now() + Duration::from_secs(60),
-        reset: false,
-    })?;
+    let resp = infer_once(engine, model, data)?;
     let outputs = model.post().apply_to(resp.post_values(), Some(data), 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
@@ -416,4 +438,70 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
     let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(N);
     let bytes = monitors.report().get(model.name()).map_or(0, |r| r.memory_bytes as u64);
     Ok((ns, bytes))
+}
+
+/// Times each stage of a request apart: pre-processing (the input file, or the values as
+/// a JSON payload), the model run (the engine's own measure) and post-processing of one
+/// real answer, each repeated `iterations` times, kept within 10 to 100.
+fn stage_costs(
+    engine: &Engine,
+    model: &Arc<LoadedModel>,
+    data: &[f32],
+    path: Option<&std::path::Path>,
+    frame: Option<&edge_infer::pipeline::ImageFrame>,
+    iterations: usize,
+) -> anyhow::Result<StageCosts> {
+    let n = iterations.clamp(10, 100);
+    let mean_ms = |total: Duration| total.as_secs_f64() * 1000.0 / n as f64;
+    let (pre, pre_source) = match path {
+        Some(path) => {
+            let started = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(input::prepare(path, None, &model.spec)?);
+            }
+            (started.elapsed(), "input file")
+        }
+        None => {
+            let payload = serde_json::to_value(data)?;
+            let started = Instant::now();
+            for _ in 0..n {
+                let p = edge_infer::pipeline::Payload::Json(payload.clone());
+                // A payload the spec refuses (a window of another size) costs its decode
+                // all the same: the time is what counts here.
+                let _ = std::hint::black_box(edge_infer::pipeline::decode(&model.spec, p));
+            }
+            (started.elapsed(), "json payload")
+        }
+    };
+    let mut run = Duration::ZERO;
+    let mut last = None;
+    for _ in 0..n {
+        let resp = infer_once(engine, model, data)?;
+        run += resp.run;
+        last = Some(resp);
+    }
+    let resp = last.context("no model run")?;
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut segment = edge_infer::pipeline::SegmentState::default();
+        std::hint::black_box(model.post().apply_framed(resp.post_values(), 0, Some(&mut segment), frame));
+    }
+    let post = started.elapsed();
+    Ok(StageCosts { pre_ms: mean_ms(pre), pre_source, model_ms: mean_ms(run), post_ms: mean_ms(post) })
+}
+
+/// One request through the engine outside any stream, with a deadline far enough away
+/// that a slow debug build never misses it.
+fn infer_once(
+    engine: &Engine,
+    model: &LoadedModel,
+    data: &[f32],
+) -> anyhow::Result<edge_infer::engine::Response> {
+    Ok(engine.infer_blocking(Request {
+        model: model.name().to_string(),
+        stream: None,
+        data: data.to_vec(),
+        deadline: Instant::now() + Duration::from_secs(60),
+        reset: false,
+    })?)
 }

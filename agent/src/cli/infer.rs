@@ -82,8 +82,13 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 reset: false,
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
-        let outputs =
-            model.post().apply_to(resp.post_values(), input.as_deref(), window as u64, Some(&mut segment));
+        let outputs = model.post().apply_full(
+            resp.post_values(),
+            input.as_deref(),
+            prepared.frame.as_ref(),
+            window as u64,
+            Some(&mut segment),
+        );
         let raw = (args.raw || model.spec.post.wants_raw()).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,

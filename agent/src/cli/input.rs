@@ -53,6 +53,9 @@ impl InputFormat {
 pub struct Prepared {
     pub inputs: Vec<Vec<f32>>,
     pub format: InputFormat,
+    /// For an image: its size and where it sits in the model input, so that detection
+    /// boxes map back to it.
+    pub frame: Option<pipeline::ImageFrame>,
 }
 
 /// Reads and pre-processes `path` for the model described by `spec`.
@@ -63,7 +66,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
     };
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
     if format == InputFormat::Npy {
-        return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format });
+        return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format, frame: None });
     }
     let max = spec.limits.max_payload_bytes;
     // WAV and JSON-lines files are streams, cut into windows; every other file is one
@@ -95,7 +98,9 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
         InputFormat::Npy => read_npy(path, spec)?,
-        InputFormat::Jsonl => return Ok(Prepared { inputs: prepare_lines(path, spec)?, format }),
+        InputFormat::Jsonl => {
+            return Ok(Prepared { inputs: prepare_lines(path, spec)?, format, frame: None });
+        }
     };
     let inputs = match Windower::for_spec(spec) {
         Some(mut w) if format != InputFormat::Image => {
@@ -115,7 +120,11 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             vec![values]
         }
     };
-    Ok(Prepared { inputs, format })
+    let frame = match format {
+        InputFormat::Image => std::fs::read(path).ok().and_then(|b| pipeline::frame_for(spec, &b)),
+        _ => None,
+    };
+    Ok(Prepared { inputs, format, frame })
 }
 
 /// Checks that one payload's values fill the model's data input.

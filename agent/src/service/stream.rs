@@ -216,6 +216,12 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
         let payload = std::mem::replace(&mut msg.payload, Payload::Samples(Vec::new()));
         let wanted = capture.as_ref().filter(|c| c.wanted());
         let raw = wanted.and_then(|c| capture::raw_payload(&payload, spec, c.max_payload_bytes()));
+        // An image's size and placement, read from its header: detection boxes map back to it.
+        let frame = match &payload {
+            Payload::Bytes(b) if spec.pre.format == PayloadFormat::Image => pipeline::frame_for(spec, b),
+            Payload::Encoded(PayloadFormat::Image, b) => pipeline::frame_for(spec, b),
+            _ => None,
+        };
         let (values, size) = match pipeline::decode_within(spec, payload, limit) {
             Ok(v) => v,
             Err(source) => {
@@ -261,9 +267,10 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     let (due, stream) = (started + deadline, &msg.stream);
                     shadowed.extend(shadow_run(trial, shadow_data, &a, spec, stream, shadow_reset, due));
                     let Some(post) = route.post() else { continue };
-                    let mut outputs = post.apply_to(
+                    let mut outputs = post.apply_full(
                         a.post_values(),
                         anomaly_input.as_deref(),
+                        frame.as_ref(),
                         window,
                         Some(&mut p.segment),
                     );

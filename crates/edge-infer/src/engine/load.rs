@@ -52,6 +52,17 @@ impl LoadedModel {
         {
             return Err(at.mismatch(vec![problem]));
         }
+        if spec.post.kind == PostKind::Detection
+            && let Some(shape) =
+                typed.output_fact(post_output).ok().and_then(|f| f.shape.as_concrete().map(<[usize]>::to_vec))
+        {
+            let detect = spec.post.detection.clone().unwrap_or_default();
+            let classes = detect.classes.unwrap_or(spec.post.labels.len());
+            let name = graph.outputs.get(post_output).map(String::as_str).unwrap_or("?");
+            if let Some(problem) = detect.output_problem(classes, &shape, name) {
+                return Err(at.mismatch(vec![problem]));
+            }
+        }
         let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
         let typed = optimise(typed, &at)?;
         let optimise_ms = ms(started);
@@ -139,7 +150,11 @@ fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
         return Err(parse_err("the file is empty".into()));
     }
     let started = Instant::now();
-    let model = contain(|| onnx().model_for_read(&mut bytes.as_slice()))
+    // The file's intermediate shape annotations (value_info) are hints, and exporters
+    // write them with their own symbols (`batch`, `height`): once the spec fixes the
+    // input's shape tract could not unify those with the sizes it infers (YOLOv8 exports
+    // fail this way). tract infers every intermediate shape itself without them.
+    let model = contain(|| onnx().with_ignore_value_info(true).model_for_read(&mut bytes.as_slice()))
         .map_err(|message| LoadError::Panic { path: path.to_path_buf(), stage: "parsing", message })?
         .map_err(|e| parse_err(format!("{e:#}")))?;
     Ok(Parsed { model, file_bytes: bytes.len() as u64, load_ms: ms(started) })

@@ -7,6 +7,7 @@
 //! tickets can be awaited from async code or waited on from plain threads.
 
 pub mod budget;
+mod detect_spec;
 pub mod dsp_spec;
 pub mod error;
 mod load;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod onnx_file;
 pub mod panic;
 pub mod post_spec;
+mod resize_spec;
 pub mod spec;
 pub mod stats;
 pub mod streams;

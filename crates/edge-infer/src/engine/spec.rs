@@ -10,7 +10,9 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::budget;
+pub use super::detect_spec::{BoxFormat, DetectLayout, DetectSpec};
 use super::error::SpecError;
+pub use super::resize_spec::ResizeFilter;
 use crate::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
@@ -454,6 +456,9 @@ pub struct ImageSpec {
     /// Order of the colour channels.
     #[serde(default)]
     pub channel_order: ChannelOrder,
+    /// Interpolation of the resize (default: triangle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<ResizeFilter>,
 }
 
 /// An image input's target size, resolved from `[pre.image]` and the data input's shape.
@@ -556,6 +561,8 @@ pub enum PostKind {
     Regression,
     /// The output reconstructs the input; their distance is the score (`[post.anomaly]`).
     Anomaly,
+    /// Boxes from a YOLO-style detector: `[post.detection]`.
+    Detection,
 }
 
 /// Post-processing: from the raw output tensor to an answer.
@@ -597,6 +604,9 @@ pub struct PostSpec {
     /// The error metric (`kind = "anomaly"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<super::post_spec::AnomalySpec>,
+    /// With `kind = "detection"`: how the output becomes boxes (defaults if left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detection: Option<DetectSpec>,
 }
 
 impl PostSpec {
@@ -952,6 +962,28 @@ impl ModelSpec {
             image_problems(img, ix, d, &at, &mut out);
         }
         super::post_spec::problems(&self.post, &at, &mut out);
+        if self.post.kind == PostKind::Detection {
+            let post = &self.post;
+            out.extend(post.detection.clone().unwrap_or_default().problems(post.labels.len(), &at));
+            for (key, set) in [
+                ("softmax", post.softmax),
+                ("top_k", post.top_k.is_some()),
+                ("threshold", post.threshold.is_some()),
+                ("segments", post.segments.is_some()),
+            ] {
+                if set {
+                    out.push(format!(
+                        "{}post.{key} does nothing with post.kind = \"detection\"; remove it (post.detection.score_threshold sets the lowest score)",
+                        at(&format!("post.{key}"))
+                    ));
+                }
+            }
+        } else if self.post.detection.is_some() {
+            out.push(format!(
+                "{}post.detection applies only to kind = \"detection\"; add kind = \"detection\", or remove it",
+                at("post.detection")
+            ));
+        }
         if self.post.kind == PostKind::None {
             let post = &self.post;
             for (key, set) in [

@@ -502,6 +502,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                         } else {
                             ChannelOrder::Rgb
                         },
+                        filter: letterbox.then_some(crate::engine::spec::ResizeFilter::Linear),
                     })
             },
         );
@@ -611,6 +612,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             multilabel: None,
             regression: None,
             anomaly: None,
+            detection: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",

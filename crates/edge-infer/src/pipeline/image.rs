@@ -3,8 +3,11 @@
 
 use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
 
+use super::detect::ImageFrame;
 use super::error::InputError;
-use crate::engine::spec::{ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, PadPosition, ResizeMode};
+use crate::engine::spec::{
+    ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, ModelSpec, PadPosition, ResizeFilter, ResizeMode,
+};
 
 /// Largest image side we decode: a bound against decompression bombs.
 const MAX_SIDE: u32 = 8192;
@@ -28,13 +31,29 @@ pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> R
     Ok(tensor_from_image(&img, spec, geo))
 }
 
+/// The frame of an encoded image without decoding its pixels (the header gives its
+/// size): what detection needs to map boxes back. `None` if the header is unreadable.
+pub fn image_frame(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Option<ImageFrame> {
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().ok()?;
+    reader.format()?;
+    let (w, h) = reader.into_dimensions().ok()?;
+    Some(ImageFrame { original: (w, h), placement: place(w, h, spec, geo) })
+}
+
+/// [`image_frame`] for a model's spec: `None` for a model without `[pre.image]` or
+/// bytes that are not an image.
+pub fn frame_for(spec: &ModelSpec, bytes: &[u8]) -> Option<ImageFrame> {
+    image_frame(bytes, spec.pre.image.as_ref()?, &spec.image_geometry()?)
+}
+
 /// Where the resized image lands in the model's frame, in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     /// The frame: the model input's width and height for this image.
     pub frame: (u32, u32),
-    /// The resized image's size and top-left corner inside the frame.
+    /// The resized image's size inside the frame.
     pub size: (u32, u32),
+    /// The resized image's top-left corner inside the frame.
     pub offset: (u32, u32),
 }
 
@@ -64,14 +83,15 @@ pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeomet
     let p = place(img.width(), img.height(), spec, geo);
     let (fw, fh) = (p.frame.0 as usize, p.frame.1 as usize);
     let c = geo.channels;
-    let resized;
-    let img = if (img.width(), img.height()) == p.size {
-        img
-    } else {
-        resized = img.resize_exact(p.size.0, p.size.1, FilterType::Triangle);
-        &resized
+    let same = (img.width(), img.height()) == p.size;
+    let pixels: Vec<u8> = match spec.filter.unwrap_or_default() {
+        _ if same => raw_pixels(img, c),
+        ResizeFilter::Triangle => raw_pixels(&img.resize_exact(p.size.0, p.size.1, FilterType::Triangle), c),
+        ResizeFilter::Linear => {
+            let from = (img.width() as usize, img.height() as usize);
+            resize_linear(&raw_pixels(img, c), from, (p.size.0 as usize, p.size.1 as usize), c)
+        }
     };
-    let pixels: Vec<u8> = if c == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() };
     let norm = |ch: usize, raw: f32| {
         let mean = spec.mean.get(ch).copied().unwrap_or(0.0);
         let std = spec.std.get(ch).copied().unwrap_or(1.0);
@@ -102,4 +122,67 @@ pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeomet
         }
     }
     out
+}
+
+/// The image's pixels, interleaved: grey for one channel, else RGB.
+fn raw_pixels(img: &DynamicImage, channels: usize) -> Vec<u8> {
+    if channels == 1 { img.to_luma8().into_raw() } else { img.to_rgb8().into_raw() }
+}
+
+/// For each output index along an axis of `n_in` pixels resized to `n_out`: the two
+/// source indices and the weight of the second, as OpenCV's `INTER_LINEAR` takes them
+/// (pixel centres aligned, no antialiasing, clamped at the edges).
+fn linear_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f64 / n_out.max(1) as f64;
+    (0..n_out)
+        .map(|i| {
+            let src = (i as f64 + 0.5) * scale - 0.5;
+            let mut i0 = src.floor();
+            let mut frac = (src - i0) as f32;
+            if i0 < 0.0 {
+                (i0, frac) = (0.0, 0.0);
+            }
+            let last = n_in.saturating_sub(1);
+            // `as` saturates; the clamp keeps both taps inside the image.
+            let i0 = (i0 as usize).min(last);
+            if i0 >= last {
+                frac = 0.0;
+            }
+            (i0, (i0 + 1).min(last), frac)
+        })
+        .collect()
+}
+
+/// Resizes interleaved `channels`-channel pixels from `from` to `to` (width, height)
+/// with OpenCV's `INTER_LINEAR`, rounding to the nearest byte as it does.
+fn resize_linear(src: &[u8], from: (usize, usize), to: (usize, usize), channels: usize) -> Vec<u8> {
+    let (xs, ys) = (linear_taps(from.0, to.0), linear_taps(from.1, to.1));
+    let px = |x: usize, y: usize, ch: usize| f32::from(src[(y * from.0 + x) * channels + ch]);
+    let mut out = Vec::with_capacity(to.0 * to.1 * channels);
+    for &(y0, y1, fy) in &ys {
+        for &(x0, x1, fx) in &xs {
+            for ch in 0..channels {
+                let top = px(x0, y0, ch) * (1.0 - fx) + px(x1, y0, ch) * fx;
+                let bottom = px(x0, y1, ch) * (1.0 - fx) + px(x1, y1, ch) * fx;
+                let v = top * (1.0 - fy) + bottom * fy;
+                out.push((v + 0.5).floor().clamp(0.0, 255.0) as u8);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod linear_tests {
+    use super::*;
+
+    /// OpenCV's INTER_LINEAR on known values: halving averages pixel pairs (centres
+    /// aligned), doubling blends neighbours 3:1 and repeats the edges.
+    #[test]
+    fn linear_resize_follows_opencv() {
+        assert_eq!(resize_linear(&[0, 100, 200, 250], (4, 1), (2, 1), 1), [50, 225]);
+        assert_eq!(resize_linear(&[0, 100], (2, 1), (4, 1), 1), [0, 25, 75, 100]);
+        // Two channels stay apart, and a 1x1 image fills any size.
+        assert_eq!(resize_linear(&[10, 20], (1, 1), (2, 2), 2), [10, 20, 10, 20, 10, 20, 10, 20]);
+    }
 }

@@ -6,6 +6,7 @@
 //! answer (softmax, argmax, top-k, threshold, labels, segments).
 
 mod decode;
+pub mod detect;
 pub mod dsp;
 mod error;
 mod families;
@@ -18,8 +19,10 @@ mod window;
 mod tests;
 
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
+pub use detect::ImageFrame;
 pub use error::InputError;
 pub use families::{reconstruction_error, sigmoid};
+pub use image::{Placement, frame_for, image_frame, place};
 pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
 pub use window::{Window, Windower};

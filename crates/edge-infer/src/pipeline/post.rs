@@ -2,6 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::detect::{self, ImageFrame};
 use super::families;
 use crate::engine::spec::{PostKind, PostSpec};
 
@@ -29,7 +30,7 @@ impl PostProcessor {
     /// single score), without building the result: the confidence a cascade judges.
     pub fn confidence(&self, values: &[f32]) -> Option<f32> {
         match self.spec.kind {
-            PostKind::None | PostKind::Regression | PostKind::Anomaly => return None,
+            PostKind::None | PostKind::Regression | PostKind::Anomaly | PostKind::Detection => return None,
             PostKind::Multilabel => {
                 let sig = self.spec.multilabel.as_ref().is_some_and(|m| m.sigmoid);
                 return values.iter().map(|v| if sig { families::sigmoid(*v) } else { *v }).reduce(f32::max);
@@ -54,7 +55,7 @@ impl PostProcessor {
         window: u64,
         segment: Option<&mut SegmentState>,
     ) -> Map<String, Value> {
-        self.apply_to(values, None, window, segment)
+        self.apply_full(values, None, None, window, segment)
     }
 
     /// As [`apply`](Self::apply), with the model input the values answer: the anomaly
@@ -66,6 +67,37 @@ impl PostProcessor {
         window: u64,
         segment: Option<&mut SegmentState>,
     ) -> Map<String, Value> {
+        self.apply_full(values, input, None, window, segment)
+    }
+
+    /// As [`apply`](Self::apply), for an image whose `frame` is known: detection boxes
+    /// are then in the original image's pixels rather than the model input's.
+    pub fn apply_framed(
+        &self,
+        values: &[f32],
+        window: u64,
+        segment: Option<&mut SegmentState>,
+        frame: Option<&ImageFrame>,
+    ) -> Map<String, Value> {
+        self.apply_full(values, None, frame, window, segment)
+    }
+
+    /// As [`apply`](Self::apply), with everything a family may need: the model `input`
+    /// (anomaly scores) and the image `frame` (detection boxes in the original pixels).
+    pub fn apply_full(
+        &self,
+        values: &[f32],
+        input: Option<&[f32]>,
+        frame: Option<&ImageFrame>,
+        window: u64,
+        segment: Option<&mut SegmentState>,
+    ) -> Map<String, Value> {
+        if self.spec.kind == PostKind::Detection {
+            let spec = self.spec.detection.clone().unwrap_or_default();
+            let classes = spec.classes.unwrap_or(self.spec.labels.len());
+            let dets = detect::detect(values, &spec, classes, frame);
+            return detect::to_json(&dets, &self.spec.labels, frame.is_some());
+        }
         let mut out = Map::new();
         match self.spec.kind {
             // The caller adds the raw outputs, which are the whole answer.
@@ -82,7 +114,7 @@ impl PostProcessor {
                 families::anomaly(&self.spec, input, values, &mut out);
                 return out;
             }
-            PostKind::Scores => {}
+            PostKind::Detection | PostKind::Scores => {}
         }
         let probs: Vec<f32> = if self.spec.softmax { softmax(values) } else { values.to_vec() };
         if probs.is_empty() {
