@@ -155,6 +155,6 @@ pub(super) fn problems(post: &PostSpec, at: &dyn Fn(&str) -> String, out: &mut V
                 ));
             }
         }
-        PostKind::Scores | PostKind::None => {}
+        PostKind::Scores | PostKind::None | PostKind::Detection => {}
     }
 }
