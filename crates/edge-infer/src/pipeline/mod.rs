@@ -5,18 +5,24 @@
 //! samples into overlapping model inputs. Post-processing turns the raw output into an
 //! answer (softmax, argmax, top-k, threshold, labels, segments).
 
+mod crop;
+mod ctc;
 mod decode;
 mod error;
 mod image;
 mod nesting;
 mod post;
+mod textdet;
 mod window;
 
 #[cfg(test)]
 mod tests;
 
+pub use crop::{crop_image, crop_quad};
+pub use ctc::{BlankAt, CtcDecoder, CtcError, CtcSpec, Decoded};
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
 pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
+pub use textdet::{TextBox, TextDetSpec, text_boxes};
 pub use window::{Window, Windower};
