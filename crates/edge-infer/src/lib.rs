@@ -45,6 +45,7 @@ pub mod engine;
 pub mod locate;
 pub mod pipeline;
 mod runner;
+pub mod stages;
 
 pub use engine::spec::{LoadedSpec, ModelSpec};
 pub use engine::{

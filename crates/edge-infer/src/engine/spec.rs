@@ -547,6 +547,12 @@ pub enum PostKind {
     /// No post-processing: the result holds the raw output tensors (detectors,
     /// embeddings, anything whose decoding happens elsewhere).
     None,
+    /// A text detector's probability map to boxes (`[post.text_boxes]`).
+    #[serde(rename = "text_boxes")]
+    TextBoxes,
+    /// Greedy CTC decoding with a character list (`[post.ctc]`): text recognisers,
+    /// keyword spotters.
+    Ctc,
 }
 
 /// Post-processing: from the raw output tensor to an answer.
@@ -579,6 +585,12 @@ pub struct PostSpec {
     /// Also return the raw output tensors with each result.
     #[serde(default)]
     pub raw: bool,
+    /// With `kind = "text_boxes"`: DB post-processing's parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_boxes: Option<crate::pipeline::TextDetSpec>,
+    /// With `kind = "ctc"`: the character list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctc: Option<crate::pipeline::CtcSpec>,
 }
 
 impl PostSpec {
@@ -637,6 +649,10 @@ pub struct ModelSpec {
     /// Drift monitoring (`[monitor]`, read by the agent's monitor; docs/monitoring.md).
     #[serde(default)]
     pub monitor: MonitorSpec,
+    /// Further models this one's results feed (`[[stage]]`, docs/model-spec.md,
+    /// "Pipelines"), in order, each an ONNX file of the same directory.
+    #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageSpec>,
 }
 
 /// `[monitor]`: how a device watches this model's inputs and outputs for drift against
@@ -930,6 +946,8 @@ impl ModelSpec {
         if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
             image_problems(img, ix, d, &at, &mut out);
         }
+        out.extend(crate::stages::post_problems(&self.post, &at));
+        out.extend(crate::stages::stage_problems(self, &at));
         if self.post.kind == PostKind::None {
             let post = &self.post;
             for (key, set) in [

@@ -600,6 +600,8 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             threshold,
             segments: segments.map(|(a, b)| SegmentSpec { on: a.max(b), off: a.min(b) }),
             raw,
+            text_boxes: None,
+            ctc: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",
@@ -633,6 +635,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                     post,
                     limits: LimitsSpec { max_payload_bytes: max },
                     monitor: Default::default(),
+                    stages: Vec::new(),
                 }
             },
         )

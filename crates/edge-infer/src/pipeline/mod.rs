@@ -22,6 +22,7 @@ pub use crop::{crop_image, crop_quad};
 pub use ctc::{BlankAt, CtcDecoder, CtcError, CtcSpec, Decoded};
 pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
+pub use image::{decode_image, tensor_from_image};
 pub use nesting::{Nesting, nesting_matches};
 pub use post::{PostProcessor, SegmentState};
 pub use textdet::{TextBox, TextDetSpec, text_boxes};

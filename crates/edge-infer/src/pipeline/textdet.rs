@@ -352,7 +352,10 @@ fn inside_convex(poly: &[[f64; 2]], x: f64, y: f64) -> bool {
 }
 
 /// Grows a rectangle by `area * ratio / perimeter` on every side, as PP-OCR's polygon
-/// offsetting does: corners truncated to whole pixels first, the grown corners rounded.
+/// offsetting (Clipper, round joins) does: corners truncated to whole pixels first, each
+/// side moved outward along its normal, each corner rounded by an arc of points at most
+/// 0.25 pixel from the true circle, every point rounded to whole pixels. The rectangle
+/// fitted around it afterwards follows the rounded sides, so this matters for its angle.
 fn unclip(quad: &[[f64; 2]; 4], ratio: f64) -> Vec<[f64; 2]> {
     let area = polygon_area(quad).abs();
     let perimeter: f64 = (0..4)
@@ -361,23 +364,36 @@ fn unclip(quad: &[[f64; 2]; 4], ratio: f64) -> Vec<[f64; 2]> {
             ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt()
         })
         .sum();
-    if perimeter == 0.0 {
+    let d = area * ratio / perimeter;
+    if !d.is_finite() || d <= 0.0 {
         return quad.to_vec();
     }
-    let d = area * ratio / perimeter;
     let q: Vec<[f64; 2]> = quad.iter().map(|p| [p[0].trunc(), p[1].trunc()]).collect();
     let centre = [q.iter().map(|p| p[0]).sum::<f64>() / 4.0, q.iter().map(|p| p[1]).sum::<f64>() / 4.0];
-    // Each corner moves outward along both of its sides' normals.
-    (0..4)
-        .map(|i| {
-            let prev = q[(i + 3) % 4];
-            let here = q[i];
-            let next = q[(i + 1) % 4];
-            let n1 = outward(prev, here, centre);
-            let n2 = outward(here, next, centre);
-            [(here[0] + d * (n1[0] + n2[0])).round(), (here[1] + d * (n1[1] + n2[1])).round()]
-        })
-        .collect()
+    // Arc points per radian for a chord error of at most 0.25 pixel.
+    let per_full =
+        (std::f64::consts::PI / (1.0 - 0.25 / d).clamp(-1.0, 1.0).acos()).min(d * std::f64::consts::PI);
+    let per_rad = if per_full.is_finite() { per_full / (2.0 * std::f64::consts::PI) } else { 1.0 };
+    let mut out = Vec::new();
+    for i in 0..4 {
+        let (prev, here, next) = (q[(i + 3) % 4], q[i], q[(i + 1) % 4]);
+        let n1 = outward(prev, here, centre);
+        let n2 = outward(here, next, centre);
+        let (a1, a2) = (n1[1].atan2(n1[0]), n2[1].atan2(n2[0]));
+        let mut turn = a2 - a1;
+        while turn > std::f64::consts::PI {
+            turn -= 2.0 * std::f64::consts::PI;
+        }
+        while turn < -std::f64::consts::PI {
+            turn += 2.0 * std::f64::consts::PI;
+        }
+        let steps = ((per_rad * turn.abs()).round() as usize).clamp(1, 64);
+        for k in 0..=steps {
+            let a = a1 + turn * k as f64 / steps as f64;
+            out.push([(here[0] + d * a.cos()).round(), (here[1] + d * a.sin()).round()]);
+        }
+    }
+    out
 }
 
 /// The unit normal of edge a→b pointing away from `centre` (zero for a zero edge).
