@@ -25,7 +25,9 @@ impl LoadedModel {
     /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
     pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
         let spec = ModelSpec::load_dir(dir)?;
-        Self::load(spec, dir, limits)
+        let mut model = Self::load(spec, dir, limits)?;
+        model.stages = crate::stages::load_stages(&model, dir, limits)?.into_iter().map(Arc::new).collect();
+        Ok(model)
     }
 
     /// Loads the model a spec names, checks the two agree and that the model fits
@@ -77,6 +79,7 @@ impl LoadedModel {
             feeds: fixed.feeds,
             state_outputs: fixed.state_outputs,
             post_output,
+            stages: Vec::new(),
         })
     }
 }

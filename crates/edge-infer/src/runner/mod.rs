@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineConfig, InferError, LoadError, LoadedModel, Output, Request};
 use crate::pipeline::{self, InputError, Payload, SegmentState, Windower};
-use crate::stages::Chain;
 
 /// How long one window may wait for a worker. A runner feeds its engine one window at a
 /// time, so this bounds a stuck run, not a queue.
@@ -27,8 +26,6 @@ pub struct Runner {
     segment: SegmentState,
     /// Index of the next answer when the spec cuts no windows (one per payload).
     next_index: u64,
-    /// The spec's `[[stage]]` models after this one, when it declares a pipeline.
-    chain: Option<Chain>,
 }
 
 /// The answer to one model input (one window, or one payload without windows).
@@ -53,14 +50,9 @@ impl Runner {
     pub fn open(dir: &Path, config: &EngineConfig) -> Result<Runner, LoadError> {
         let model = LoadedModel::load_dir(dir, &config.model_limits)?;
         let windower = model.spec.pre.window.as_ref().map(Windower::new);
-        let stages = crate::stages::load_stages(&model, dir, &config.model_limits)?;
         let engine = Engine::start(config);
         let model = engine.install(model);
-        let chain = (!stages.is_empty()).then(|| Chain {
-            head: model.clone(),
-            stages: stages.into_iter().map(|s| engine.install(s)).collect(),
-        });
-        Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0, chain })
+        Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0 })
     }
 
     /// The model being run.
@@ -74,13 +66,13 @@ impl Runner {
     pub fn push(&mut self, payload: Payload) -> Result<Vec<Answer>, InferError> {
         let model = self.model.clone();
         let name = model.name().to_string();
-        if let Some(chain) = &self.chain {
+        if !model.stages.is_empty() {
             // A pipeline takes one image per payload; its answer is the last stage's
             // per box, with every stage's latency.
             let Payload::Bytes(bytes) = payload else {
                 return Err(InferError::Input { model: name, source: InputError::NoImageSpec });
             };
-            let outputs = chain.run(&self.engine, &bytes, WINDOW_DEADLINE)?;
+            let outputs = crate::stages::run(&self.engine, &model, &bytes, WINDOW_DEADLINE)?;
             self.next_index += 1;
             return Ok(vec![Answer { window: self.next_index - 1, offset: None, outputs, raw: Vec::new() }]);
         }

@@ -175,7 +175,8 @@ impl StageSpec {
     }
 }
 
-/// Loads every `[[stage]]` model of `head`'s spec from `dir`.
+/// Loads every `[[stage]]` model of `head`'s spec from `dir`
+/// ([`LoadedModel::load_dir`] does, and keeps them in the head's `stages`).
 pub fn load_stages(
     head: &LoadedModel,
     dir: &Path,
@@ -209,127 +210,116 @@ pub struct StageLatency {
     pub post_ms: f64,
 }
 
-/// A loaded pipeline: the first model and the stages after it, installed on one engine.
-#[derive(Clone)]
-pub struct Chain {
-    /// The first model.
-    pub head: Arc<LoadedModel>,
-    /// The further stages, in order.
-    pub stages: Vec<Arc<LoadedModel>>,
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-impl Chain {
-    /// Runs an image payload through every stage; the answer's `outputs` hold `lines`
-    /// (one per box: `box`, `box_score`, and the last stage's answer, e.g. `text` and
-    /// `confidence`) and `stages` (the latencies). With a stage `post.threshold`, boxes
-    /// whose answer scores below it are left out (PP-OCR's `text_score`).
-    pub fn run(
-        &self,
-        engine: &Engine,
-        bytes: &[u8],
-        deadline: Duration,
-    ) -> Result<Map<String, Value>, InferError> {
-        let head = &self.head;
-        let name = head.name().to_string();
-        let input_err = |source: InputError| InferError::Input { model: name.clone(), source };
-        let mut lat = vec![StageLatency { stage: name.clone(), runs: 1, ..Default::default() }];
+/// Runs an image payload through `head` and every stage it feeds, blocking; the answer
+/// holds `lines` (one per box: `box`, `box_score`, and the last stage's answer, e.g.
+/// `text` and `confidence`) and `stages` (each stage's latency). With a stage's
+/// `post.threshold`, boxes whose answer scores below it are left out (PP-OCR's
+/// `text_score`). `deadline` bounds each model run's wait for a worker.
+pub fn run(
+    engine: &Engine,
+    head: &Arc<LoadedModel>,
+    bytes: &[u8],
+    deadline: Duration,
+) -> Result<Map<String, Value>, InferError> {
+    let name = head.name().to_string();
+    let input_err = |source: InputError| InferError::Input { model: name.clone(), source };
+    let mut lat = vec![StageLatency { stage: name.clone(), runs: 1, ..Default::default() }];
 
+    let started = Instant::now();
+    let img = pipeline::decode_image(bytes).map_err(input_err)?;
+    let (spec, geo) = match (head.spec.pre.image.as_ref(), head.spec.image_geometry()) {
+        (Some(s), Some(g)) => (s, g),
+        _ => return Err(input_err(InputError::NoImageSpec)),
+    };
+    let data = pipeline::tensor_from_image(&img, spec, &geo);
+    lat[0].pre_ms = ms(started.elapsed());
+
+    let started = Instant::now();
+    let request = Request {
+        model: name.clone(),
+        stream: None,
+        data,
+        deadline: Instant::now() + deadline,
+        reset: false,
+    };
+    let response = engine.submit_to(head.clone(), request)?.wait_blocking()?;
+    lat[0].model_ms = ms(started.elapsed());
+
+    let started = Instant::now();
+    let map = response.post_output().cloned();
+    let boxes: Vec<TextBox> = match map {
+        Some(out) => head.post().text_boxes_of(&out, img.width(), img.height()),
+        None => Vec::new(),
+    };
+    lat[0].post_ms = ms(started.elapsed());
+
+    let rgb = img.to_rgb8();
+    let mut lines: Vec<Map<String, Value>> = boxes
+        .iter()
+        .map(|b| {
+            let mut m = Map::new();
+            m.insert("box".into(), json!(b.points));
+            m.insert("box_score".into(), json!(b.score));
+            m
+        })
+        .collect();
+    let mut crops: Vec<Option<DynamicImage>> = Vec::new();
+    // Lines kept: a crop that cannot be cut, or an answer under the threshold, drops.
+    let mut keep = vec![true; lines.len()];
+    for stage in &head.stages {
+        let sname = stage.name().to_string();
+        let mut l = StageLatency { stage: sname.clone(), ..Default::default() };
         let started = Instant::now();
-        let img = pipeline::decode_image(bytes).map_err(input_err)?;
-        let (spec, geo) = match (head.spec.pre.image.as_ref(), head.spec.image_geometry()) {
-            (Some(s), Some(g)) => (s, g),
-            _ => return Err(input_err(InputError::NoImageSpec)),
-        };
-        let data = pipeline::tensor_from_image(&img, spec, &geo);
-        lat[0].pre_ms = ms(started.elapsed());
-
-        let started = Instant::now();
-        let request = Request {
-            model: name.clone(),
-            stream: None,
-            data,
-            deadline: Instant::now() + deadline,
-            reset: false,
-        };
-        let response = engine.submit_to(head.clone(), request)?.wait_blocking()?;
-        lat[0].model_ms = ms(started.elapsed());
-
-        let started = Instant::now();
-        let map = response.post_output().cloned();
-        let boxes: Vec<TextBox> = match map {
-            Some(out) => head.post().text_boxes_of(&out, img.width(), img.height()),
-            None => Vec::new(),
-        };
-        lat[0].post_ms = ms(started.elapsed());
-
-        let rgb = img.to_rgb8();
-        let mut lines: Vec<Map<String, Value>> = boxes
-            .iter()
-            .map(|b| {
-                let mut m = Map::new();
-                m.insert("box".into(), json!(b.points));
-                m.insert("box_score".into(), json!(b.score));
-                m
-            })
-            .collect();
-        let mut crops: Vec<Option<DynamicImage>> = Vec::new();
-        // Lines kept: a crop that cannot be cut, or an answer under the threshold, drops.
-        let mut keep = vec![true; lines.len()];
-        for stage in &self.stages {
-            let sname = stage.name().to_string();
-            let mut l = StageLatency { stage: sname.clone(), ..Default::default() };
-            let started = Instant::now();
-            if crops.is_empty() {
-                crops = boxes.iter().map(|b| pipeline::crop_image(&rgb, &b.points)).collect();
-            }
-            l.pre_ms += ms(started.elapsed());
-            let (sspec, sgeo) = match (stage.spec.pre.image.as_ref(), stage.spec.image_geometry()) {
-                (Some(s), Some(g)) => (s, g),
-                _ => return Err(InferError::Input { model: sname, source: InputError::NoImageSpec }),
-            };
-            for (ix, crop) in crops.iter().enumerate() {
-                let Some(crop) = crop else {
-                    keep[ix] = false;
-                    continue;
-                };
-                let started = Instant::now();
-                let data = pipeline::tensor_from_image(crop, sspec, &sgeo);
-                l.pre_ms += ms(started.elapsed());
-                let started = Instant::now();
-                let request = Request {
-                    model: sname.clone(),
-                    stream: None,
-                    data,
-                    deadline: Instant::now() + deadline,
-                    reset: false,
-                };
-                let response = engine.submit_to(stage.clone(), request)?.wait_blocking()?;
-                l.model_ms += ms(started.elapsed());
-                l.runs += 1;
-                let started = Instant::now();
-                let answer = stage.post().apply_output(response.post_output(), 0);
-                let score = stage.post().confidence_of(&answer);
-                if let (Some(th), Some(score)) = (stage.spec.post.threshold, score)
-                    && score < th
-                {
-                    keep[ix] = false;
-                }
-                lines[ix].extend(answer);
-                l.post_ms += ms(started.elapsed());
-            }
-            lat.push(l);
+        if crops.is_empty() {
+            crops = boxes.iter().map(|b| pipeline::crop_image(&rgb, &b.points)).collect();
         }
-        let mut k = keep.into_iter();
-        lines.retain(|_| k.next().unwrap_or(false));
-        let mut out = Map::new();
-        out.insert("lines".into(), Value::Array(lines.into_iter().map(Value::Object).collect()));
-        out.insert("stages".into(), json!(lat));
-        Ok(out)
+        l.pre_ms += ms(started.elapsed());
+        let (sspec, sgeo) = match (stage.spec.pre.image.as_ref(), stage.spec.image_geometry()) {
+            (Some(s), Some(g)) => (s, g),
+            _ => return Err(InferError::Input { model: sname, source: InputError::NoImageSpec }),
+        };
+        for (ix, crop) in crops.iter().enumerate() {
+            let Some(crop) = crop else {
+                keep[ix] = false;
+                continue;
+            };
+            let started = Instant::now();
+            let data = pipeline::tensor_from_image(crop, sspec, &sgeo);
+            l.pre_ms += ms(started.elapsed());
+            let started = Instant::now();
+            let request = Request {
+                model: sname.clone(),
+                stream: None,
+                data,
+                deadline: Instant::now() + deadline,
+                reset: false,
+            };
+            let response = engine.submit_to(stage.clone(), request)?.wait_blocking()?;
+            l.model_ms += ms(started.elapsed());
+            l.runs += 1;
+            let started = Instant::now();
+            let answer = stage.post().apply_output(response.post_output(), 0);
+            let score = stage.post().confidence_of(&answer);
+            if let (Some(th), Some(score)) = (stage.spec.post.threshold, score)
+                && score < th
+            {
+                keep[ix] = false;
+            }
+            lines[ix].extend(answer);
+            l.post_ms += ms(started.elapsed());
+        }
+        lat.push(l);
     }
+    let mut k = keep.into_iter();
+    lines.retain(|_| k.next().unwrap_or(false));
+    let mut out = Map::new();
+    out.insert("lines".into(), Value::Array(lines.into_iter().map(Value::Object).collect()));
+    out.insert("stages".into(), json!(lat));
+    Ok(out)
 }
 
 #[cfg(test)]
