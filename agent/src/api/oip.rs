@@ -167,6 +167,9 @@ async fn infer_inner(
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),
     };
+    if let Some(m) = local.as_ref().filter(|m| !m.stages.is_empty()) {
+        return super::pipelined::infer(&st, m.clone(), &req, started).await;
+    }
     // A request for a named version is only for the installed model.
     let cloud_spec = cloud.as_ref().filter(|_| version.is_none());
     let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
@@ -441,6 +444,26 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
 /// model's spec decodes, as it does MQTT payloads and the CLI's input files.
 fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
+    let payload = payload_bytes(&input)?;
+    let format = format_name(spec.pre.format);
+    let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
+        .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
+    let want = spec.data_input();
+    if values.len() != want.len() {
+        return Err(bad(format!(
+            "the payload decodes (pre.format `{format}`) to {} values but `{}` {:?} takes {}",
+            values.len(),
+            want.name,
+            want.shape,
+            want.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// The one payload of a `BYTES` input, raw or base64 as its `content_type` says.
+pub(super) fn payload_bytes(input: &InputTensor) -> Result<Vec<u8>, ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
     let elements = input.data.to_bytes().map_err(bad)?;
     if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
         return Err(bad(format!(
@@ -463,20 +486,7 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
             )));
         }
     };
-    let format = format_name(spec.pre.format);
-    let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
-        .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
-    let want = spec.data_input();
-    if values.len() != want.len() {
-        return Err(bad(format!(
-            "the payload decodes (pre.format `{format}`) to {} values but `{}` {:?} takes {}",
-            values.len(),
-            want.name,
-            want.shape,
-            want.len()
-        )));
-    }
-    Ok(values)
+    Ok(payload)
 }
 
 fn format_name(f: PayloadFormat) -> &'static str {
