@@ -1,0 +1,110 @@
+//! Pipelines of models declared in one spec (`[[stage]]`), through the real daemon: the
+//! PP-OCR detector feeding its recogniser (from the rapidocr wheel), given a rendered
+//! text image over MQTT and over the local API, answers what rapidocr's own Python code
+//! answers on onnxruntime (tests/fixtures/ocr_reference.py); and the two-model directory
+//! is published as one package, self-test included.
+
+use serde_json::{Value, json};
+
+use crate::common::mqtt_agent::{MqttSetup, Running};
+use crate::common::*;
+
+fn reference() -> (Vec<u8>, Value) {
+    let reference = read_json(&cache().join("reference/ocr_reference.json"));
+    let image = std::fs::read(cache().join("reference").join(reference["image"].as_str().unwrap())).unwrap();
+    (image, reference)
+}
+
+/// Each line's text equals the reference's, in the same order, and each box corner is
+/// within one pixel of it (the library test holds the IoU >= 0.99 comparison; here the
+/// daemon must give the library's answer).
+fn assert_lines(result: &Value, reference: &Value) {
+    let got = result["lines"].as_array().unwrap_or_else(|| panic!("no lines: {result}"));
+    let want = reference["lines"].as_array().unwrap();
+    let texts =
+        |l: &[Value]| l.iter().map(|l| l["text"].as_str().unwrap_or("?").to_string()).collect::<Vec<_>>();
+    assert_eq!(texts(got), texts(want), "{result}");
+    for (g, w) in got.iter().zip(want) {
+        let (gb, wb) = (floats(&Value::Array(flat(&g["box"]))), floats(&Value::Array(flat(&w["box"]))));
+        assert_eq!(gb.len(), 8, "{g}");
+        assert!(max_abs_diff(&gb, &wb) <= 1.0, "{}: box {} vs rapidocr's {}", w["text"], g["box"], w["box"]);
+    }
+    let stages = result["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ppocr", "ppocr.rec"], "{result}");
+    assert_eq!(stages[1]["runs"], json!(got.len()), "{result}");
+}
+
+fn flat(v: &Value) -> Vec<Value> {
+    v.as_array().unwrap().iter().flat_map(|p| p.as_array().unwrap().clone()).collect()
+}
+
+#[test]
+fn ppocr_pipeline_reads_text_over_mqtt_and_the_local_api() {
+    let (image, reference) = reference();
+    let port = free_port();
+    let model_dir = model("ppocr");
+    let Running { broker, subs: [results], agent, .. } = MqttSetup::new()
+        .config(move |dir, broker_port| {
+            format!(
+                "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n\n[output]\nstdout = false\n\n\
+                 [api]\nlisten = \"127.0.0.1:{port}\"\n\n[[model]]\npath = \"{model}\"\n\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {broker_port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\n\
+                 [[mqtt.sensor]]\ntopic = \"sensors/+/accel\"\nmodel = \"ppocr\"\nstream_level = 1\n",
+                state = dir.join("state").display(),
+                model = model_dir.display(),
+            )
+        })
+        .start(["edge/dev1/results/#"]);
+
+    // MQTT: the PNG's bytes as the message; one result with every line.
+    broker.publish("test", "sensors/cam-1/accel", &image, 1, false);
+    let (topic, payload) =
+        results.wait_for("the pipeline's result", secs(60), |t, _| t.starts_with("edge/dev1/results/"));
+    assert_eq!(topic, "edge/dev1/results/ppocr");
+    let r: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(
+        (r["model"].as_str(), r["version"].as_str(), r["place"].as_str()),
+        (Some("ppocr"), Some("4.0"), Some("local"))
+    );
+    assert_eq!(r["stream"], "cam-1", "{r}");
+    assert_lines(&r["outputs"], &reference);
+
+    // A message that is no image: a request-failed event, and the agent goes on.
+    let events = broker.subscribe("test", "edge/dev1/events");
+    broker.publish("test", "sensors/cam-1/accel", b"not an image", 1, false);
+    let (_, e) = events.wait_for("request-failed", secs(30), |_, p| p.contains("request-failed"));
+    assert!(e.contains("cannot read the image"), "{e}");
+
+    // The local API: the image as a BYTES input (base64), the answer in edge_agent.result.
+    use base64::Engine as _;
+    let body = json!({
+        "id": "ocr-1",
+        "inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "parameters": {"content_type": "base64"},
+                    "data": [base64::engine::general_purpose::STANDARD.encode(&image)]}]
+    });
+    let url = format!("http://127.0.0.1:{port}/v2/models/ppocr/infer");
+    let mut resp = http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!((v["id"].as_str(), v["model_version"].as_str()), (Some("ocr-1"), Some("4.0")), "{v}");
+    assert_lines(&v["edge_agent"]["result"], &reference);
+    // Numbers are not an image: the error says what to send.
+    let bad = json!({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let mut resp = http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(bad.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("pipeline that takes one PNG or JPEG image as BYTES"),
+        "{v}"
+    );
+    agent.stop();
+}
