@@ -108,3 +108,64 @@ fn ppocr_pipeline_reads_text_over_mqtt_and_the_local_api() {
     );
     agent.stop();
 }
+
+/// The detector, the recogniser, the character list and the one spec are one package:
+/// `registry publish` packs them together after the self-test (which loads every stage
+/// and runs a golden vector of the recogniser stage), and refuses the directory when a
+/// stage's file is missing.
+#[test]
+fn a_pipeline_is_published_as_one_package_with_its_selftest() {
+    use crate::common::registry::Publisher;
+    let work = tempdir();
+    let dir = work.path().join("ppocr");
+    copy_model(&model("ppocr"), &dir);
+    // A golden vector for the recogniser stage: a grey ramp as its [1, 3, 48, 320] input.
+    let input: Vec<f64> = (0..3 * 48 * 320).map(|i| ((i % 320) as f64 / 160.0) - 1.0).collect();
+    let inputs = work.path().join("inputs.json");
+    std::fs::write(&inputs, json!([{"name": "ramp", "stage": "rec", "input": input}]).to_string()).unwrap();
+    let out = run(
+        &["model", "selftest", "--model", dir.to_str().unwrap(), "--record", inputs.to_str().unwrap()],
+        secs(300),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let golden = read_json(&dir.join("selftest.json"));
+    assert_eq!(golden["cases"][0]["stage"], "rec", "{}", golden["cases"][0]["name"]);
+    assert_eq!(
+        golden["cases"][0]["expected"].as_array().unwrap().len() % 6625,
+        0,
+        "[1, steps, 6625] probabilities"
+    );
+
+    let registry = Publisher::new(1);
+    registry.publish(&dir, 100, &[]);
+    let packages: Vec<_> = walk(&registry.repo().join("targets"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    assert_eq!(packages.len(), 1, "{packages:?}");
+    let listing = std::process::Command::new("tar").arg("-tf").arg(&packages[0]).output().unwrap();
+    let mut names: Vec<String> =
+        String::from_utf8_lossy(&listing.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, ["det.onnx", "keys.txt", "model.toml", "rec.onnx", "selftest.json"]);
+
+    // Without the recogniser's character list the pipeline does not load: not published.
+    std::fs::remove_file(dir.join("keys.txt")).unwrap();
+    let out = registry.try_publish(&dir, &["--rollout", "100"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("self-test") && err.contains("keys.txt"), "{err}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

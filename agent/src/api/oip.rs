@@ -444,7 +444,7 @@ fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<V
 /// model's spec decodes, as it does MQTT payloads and the CLI's input files.
 fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
-    let payload = payload_bytes(&input)?;
+    let payload = super::pipelined::payload_bytes(&input)?;
     let format = format_name(spec.pre.format);
     let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
         .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
@@ -459,34 +459,6 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Vec<f32>, ApiE
         )));
     }
     Ok(values)
-}
-
-/// The one payload of a `BYTES` input, raw or base64 as its `content_type` says.
-pub(super) fn payload_bytes(input: &InputTensor) -> Result<Vec<u8>, ApiError> {
-    let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
-    let elements = input.data.to_bytes().map_err(bad)?;
-    if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
-        return Err(bad(format!(
-            "send one payload with shape [1], not {} element(s) with shape {:?}",
-            elements.len(),
-            input.shape
-        )));
-    }
-    let payload = match input.parameters.get("content_type") {
-        None => elements[0].to_vec(),
-        Some(Value::String(t)) if t == "base64" => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(elements[0])
-                .map_err(|e| bad(format!("parameters.content_type is base64 but the payload is not: {e}")))?
-        }
-        Some(other) => {
-            return Err(bad(format!(
-                "parameters.content_type must be \"base64\" (or absent for raw bytes), got {other}"
-            )));
-        }
-    };
-    Ok(payload)
 }
 
 fn format_name(f: PayloadFormat) -> &'static str {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::request::InferRequest;
+use super::request::{self, InferRequest, InputTensor};
 use super::response;
 use edge_infer::engine::LoadedModel;
 
@@ -38,7 +38,7 @@ pub(super) async fn infer(
             model.name()
         )));
     }
-    let bytes = super::oip::payload_bytes(input)?;
+    let bytes = payload_bytes(input)?;
     let max = model.spec.limits.max_payload_bytes;
     if bytes.len() > max {
         return Err(ApiError::bad_request(format!(
@@ -65,4 +65,32 @@ pub(super) async fn infer(
         extension,
     };
     Ok(response::encode(header, &[]))
+}
+
+/// The one payload of a `BYTES` input, raw or base64 as its `content_type` says.
+pub(super) fn payload_bytes(input: &InputTensor) -> Result<Vec<u8>, ApiError> {
+    let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
+    let elements = input.data.to_bytes().map_err(bad)?;
+    if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
+        return Err(bad(format!(
+            "send one payload with shape [1], not {} element(s) with shape {:?}",
+            elements.len(),
+            input.shape
+        )));
+    }
+    let payload = match input.parameters.get("content_type") {
+        None => elements[0].to_vec(),
+        Some(Value::String(t)) if t == "base64" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(elements[0])
+                .map_err(|e| bad(format!("parameters.content_type is base64 but the payload is not: {e}")))?
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "parameters.content_type must be \"base64\" (or absent for raw bytes), got {other}"
+            )));
+        }
+    };
+    Ok(payload)
 }

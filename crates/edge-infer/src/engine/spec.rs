@@ -948,22 +948,32 @@ impl ModelSpec {
         }
         out.extend(crate::stages::post_problems(&self.post, &at));
         out.extend(crate::stages::stage_problems(self, &at));
-        if self.post.kind == PostKind::None {
-            let post = &self.post;
-            for (key, set) in [
-                ("softmax", post.softmax),
-                ("labels", !post.labels.is_empty()),
-                ("top_k", post.top_k.is_some()),
-                ("threshold", post.threshold.is_some()),
-                ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
-                        at(&format!("post.{key}"))
-                    ));
+        // Keys the kind does not read are refused rather than silently ignored.
+        let post = &self.post;
+        let unused: &[(&str, bool)] = &[
+            ("softmax", post.softmax),
+            ("labels", !post.labels.is_empty()),
+            ("top_k", post.top_k.is_some()),
+            ("threshold", post.threshold.is_some() && post.kind != PostKind::Ctc),
+            ("segments", post.segments.is_some()),
+        ];
+        for (key, _) in unused.iter().filter(|(_, set)| *set && post.kind != PostKind::Scores) {
+            let why = match post.kind {
+                PostKind::None => {
+                    " (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores"
                 }
-            }
+                _ => "; remove it",
+            };
+            let kind = match post.kind {
+                PostKind::None => "none",
+                PostKind::TextBoxes => "text_boxes",
+                PostKind::Ctc => "ctc",
+                PostKind::Scores => "scores",
+            };
+            out.push(format!(
+                "{}post.{key} does nothing with post.kind = \"{kind}\"{why}",
+                at(&format!("post.{key}"))
+            ));
         }
         out
     }

@@ -71,21 +71,6 @@ pub(crate) fn post_problems(post: &PostSpec, at: &dyn Fn(&str) -> String) -> Vec
     if let Some(problem) = post.text_boxes.as_ref().and_then(|t| t.problem()) {
         out.push(format!("{}{problem}", at("post.text_boxes")));
     }
-    if matches!(post.kind, PostKind::TextBoxes | PostKind::Ctc) {
-        for (key, set) in [
-            ("softmax", post.softmax),
-            ("labels", !post.labels.is_empty()),
-            ("top_k", post.top_k.is_some()),
-            ("segments", post.segments.is_some()),
-        ] {
-            if set {
-                out.push(format!(
-                    "{}post.{key} does nothing with this post.kind; remove it",
-                    at(&format!("post.{key}"))
-                ));
-            }
-        }
-    }
     out
 }
 
