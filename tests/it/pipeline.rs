@@ -119,15 +119,7 @@ fn a_pipeline_is_published_as_one_package_with_its_selftest() {
     let work = tempdir();
     let dir = work.path().join("ppocr");
     copy_model(&model("ppocr"), &dir);
-    // A golden vector for the recogniser stage: a grey ramp as its [1, 3, 48, 320] input.
-    let input: Vec<f64> = (0..3 * 48 * 320).map(|i| ((i % 320) as f64 / 160.0) - 1.0).collect();
-    let inputs = work.path().join("inputs.json");
-    std::fs::write(&inputs, json!([{"name": "ramp", "stage": "rec", "input": input}]).to_string()).unwrap();
-    let out = run(
-        &["model", "selftest", "--model", dir.to_str().unwrap(), "--record", inputs.to_str().unwrap()],
-        secs(300),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
+    record_rec_selftest(work.path(), &dir);
     let golden = read_json(&dir.join("selftest.json"));
     assert_eq!(golden["cases"][0]["stage"], "rec", "{}", golden["cases"][0]["name"]);
     assert_eq!(
@@ -155,6 +147,78 @@ fn a_pipeline_is_published_as_one_package_with_its_selftest() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("self-test") && err.contains("keys.txt"), "{err}");
+}
+
+/// Records `selftest.json` in `dir` with one golden vector of the recogniser stage.
+fn record_rec_selftest(work: &std::path::Path, dir: &std::path::Path) {
+    // A grey ramp as the recogniser's [1, 3, 48, 320] input.
+    let input: Vec<f64> = (0..3 * 48 * 320).map(|i| ((i % 320) as f64 / 160.0) - 1.0).collect();
+    let inputs = work.join("inputs.json");
+    std::fs::write(&inputs, json!([{"name": "ramp", "stage": "rec", "input": input}]).to_string()).unwrap();
+    let args = ["model", "selftest", "--model", dir.to_str().unwrap(), "--record", inputs.to_str().unwrap()];
+    let out = run(&args, secs(300));
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The image through the API as a BYTES input: (the version that answered, the result).
+fn read_over_api(d: &Daemon, image: &[u8]) -> (String, Value) {
+    use base64::Engine as _;
+    let data = base64::engine::general_purpose::STANDARD.encode(image);
+    let body = json!({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                  "parameters": {"content_type": "base64"}, "data": [data]}]});
+    let mut resp = http().post(&d.url("/v2/models/ppocr/infer")).send_json(&body).unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.body_mut().read_json().unwrap();
+    (v["model_version"].as_str().unwrap_or("").to_string(), v["edge_agent"]["result"].clone())
+}
+
+/// An update brings the detector, the recogniser and the spec that ties them together
+/// at once, and a rollback takes them all back: version 4.1 keeps only lines read with
+/// a confidence of at least 0.99999 (its recogniser stage's threshold), so it answers
+/// with no lines; after the rollback 4.0 reads every line again.
+#[test]
+fn a_pipeline_is_updated_and_rolled_back_as_one_unit() {
+    use crate::common::registry::{Publisher, Served, ota_section, wait_status};
+    let (image, reference) = reference();
+    let work = tempdir();
+    let (v1, v2) = (work.path().join("v1"), work.path().join("v2"));
+    copy_model(&model("ppocr"), &v1);
+    copy_model(&model("ppocr"), &v2);
+    let spec = std::fs::read_to_string(v2.join("model.toml")).unwrap();
+    let edited = spec.replacen("version = \"4.0\"", "version = \"4.1\"", 1).replacen(
+        "kind = \"ctc\"\nthreshold = 0.5",
+        "kind = \"ctc\"\nthreshold = 0.99999",
+        1,
+    );
+    assert_eq!(
+        edited.matches("4.1").count() + edited.matches("0.99999").count(),
+        2,
+        "the spec changed; update this test"
+    );
+    std::fs::write(v2.join("model.toml"), edited).unwrap();
+    record_rec_selftest(work.path(), &v2);
+    let p = Publisher::new(1);
+    p.publish(&v2, 100, &[]);
+    let reg = Served::start(&p.repo());
+    let ota =
+        ota_section(&reg.url, &p.root_v1(), "").replace("models = [\"vibration\"]", "models = [\"ppocr\"]");
+    let body = format!("[[model]]\npath = \"{}\"\n\n[output]\nstdout = false\n\n{ota}", v1.display());
+    let d = Daemon::start("run", &body, "", &[]);
+
+    wait_status(&d, "version 4.1 active", secs(180), |s| s["models"]["ppocr"]["version"] == "4.1");
+    let (version, result) = read_over_api(&d, &image);
+    assert_eq!(version, "4.1");
+    assert_eq!(result["lines"], json!([]), "4.1's recogniser threshold keeps no line: {result}");
+    let stages = result["stages"].as_array().unwrap();
+    assert_eq!(stages[1]["runs"], json!(reference["lines"].as_array().unwrap().len()), "{result}");
+
+    let (code, v) = crate::common::registry::post(&d, "/ota/rollback", json!({"model": "ppocr"}));
+    assert_eq!(code, 200, "{v}");
+    let (version, result) = read_over_api(&d, &image);
+    assert_eq!(version, "4.0");
+    assert_lines(&result, &reference);
+    let (status, _) = d.stop();
+    assert!(status.success());
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
