@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::engine::spec::{
-    InputSpec, LimitsSpec, LoadedSpec, ModelSpec, MonitorSpec, PostKind, PostSpec, PreSpec,
+    ImageGeometry, ImageSpec, InputSpec, LimitsSpec, LoadedSpec, ModelSpec, MonitorSpec, PostKind, PostSpec,
+    PreSpec,
 };
 use crate::engine::{Engine, InferError, LoadError, LoadedModel, ModelLimits, Request, SpecError};
 use crate::pipeline::{self, InputError, TextBox};
@@ -195,6 +196,31 @@ pub struct StageLatency {
     pub post_ms: f64,
 }
 
+/// A model's `[pre.image]` and the size it resizes to.
+fn image_input(model: &LoadedModel) -> Result<(&ImageSpec, ImageGeometry), InferError> {
+    match (model.spec.pre.image.as_ref(), model.spec.image_geometry()) {
+        (Some(s), Some(g)) => Ok((s, g)),
+        _ => Err(InferError::Input { model: model.name().to_string(), source: InputError::NoImageSpec }),
+    }
+}
+
+/// One run of `model` on `data` (no stream state: a pipeline's models have none).
+fn run_model(
+    engine: &Engine,
+    model: &Arc<LoadedModel>,
+    data: Vec<f32>,
+    deadline: Duration,
+) -> Result<crate::engine::Response, InferError> {
+    let request = Request {
+        model: model.name().to_string(),
+        stream: None,
+        data,
+        deadline: Instant::now() + deadline,
+        reset: false,
+    };
+    engine.submit_to(model.clone(), request)?.wait_blocking()
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -216,22 +242,12 @@ pub fn run(
 
     let started = Instant::now();
     let img = pipeline::decode_image(bytes).map_err(input_err)?;
-    let (spec, geo) = match (head.spec.pre.image.as_ref(), head.spec.image_geometry()) {
-        (Some(s), Some(g)) => (s, g),
-        _ => return Err(input_err(InputError::NoImageSpec)),
-    };
+    let (spec, geo) = image_input(head)?;
     let data = pipeline::tensor_from_image(&img, spec, &geo);
     lat[0].pre_ms = ms(started.elapsed());
 
     let started = Instant::now();
-    let request = Request {
-        model: name.clone(),
-        stream: None,
-        data,
-        deadline: Instant::now() + deadline,
-        reset: false,
-    };
-    let response = engine.submit_to(head.clone(), request)?.wait_blocking()?;
+    let response = run_model(engine, head, data, deadline)?;
     lat[0].model_ms = ms(started.elapsed());
 
     let started = Instant::now();
@@ -263,10 +279,7 @@ pub fn run(
             crops = boxes.iter().map(|b| pipeline::crop_image(&rgb, &b.points)).collect();
         }
         l.pre_ms += ms(started.elapsed());
-        let (sspec, sgeo) = match (stage.spec.pre.image.as_ref(), stage.spec.image_geometry()) {
-            (Some(s), Some(g)) => (s, g),
-            _ => return Err(InferError::Input { model: sname, source: InputError::NoImageSpec }),
-        };
+        let (sspec, sgeo) = image_input(stage)?;
         for (ix, crop) in crops.iter().enumerate() {
             let Some(crop) = crop else {
                 keep[ix] = false;
@@ -276,14 +289,7 @@ pub fn run(
             let data = pipeline::tensor_from_image(crop, sspec, &sgeo);
             l.pre_ms += ms(started.elapsed());
             let started = Instant::now();
-            let request = Request {
-                model: sname.clone(),
-                stream: None,
-                data,
-                deadline: Instant::now() + deadline,
-                reset: false,
-            };
-            let response = engine.submit_to(stage.clone(), request)?.wait_blocking()?;
+            let response = run_model(engine, stage, data, deadline)?;
             l.model_ms += ms(started.elapsed());
             l.runs += 1;
             let started = Instant::now();
