@@ -3,7 +3,9 @@
 //! Pre-processing turns a payload (bytes in the spec's format, or samples from a
 //! source) into the flat `f32` data of the model's data input; windows cut a stream of
 //! samples into overlapping model inputs. Post-processing turns the raw output into an
-//! answer (softmax, argmax, top-k, threshold, labels, segments).
+//! answer (softmax, argmax, top-k, threshold, labels, segments; a text detector's map
+//! into boxes; CTC decoding with a character list). Crops cut a box out of an image for
+//! the next model of a pipeline.
 
 mod crop;
 mod ctc;
