@@ -149,6 +149,24 @@ fn a_pipeline_is_published_as_one_package_with_its_selftest() {
     assert!(err.contains("self-test") && err.contains("keys.txt"), "{err}");
 }
 
+/// `edge-agent infer` on the pipeline's directory and the image file: the same lines, as
+/// JSON for scripts, and as text for people with each stage's latency.
+#[test]
+fn infer_runs_the_whole_pipeline_on_an_image_file() {
+    let (_, reference) = reference();
+    let image = cache().join("reference").join(reference["image"].as_str().unwrap());
+    let (m, i) = (model("ppocr"), image.to_str().unwrap().to_string());
+    let out = run(&["infer", "--model", m.to_str().unwrap(), "--input", &i, "--json"], secs(300));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["model"].as_str(), v["version"].as_str()), (Some("ppocr"), Some("4.0")), "{v}");
+    assert_lines(&v["results"][0]["outputs"], &reference);
+    let out = run(&["infer", "--model", m.to_str().unwrap(), "--input", &i], secs(300));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\"Edge inference 2026\"") && text.contains("stage ppocr.rec: 5 run(s)"), "{text}");
+}
+
 /// Records `selftest.json` in `dir` with one golden vector of the recogniser stage.
 fn record_rec_selftest(work: &std::path::Path, dir: &std::path::Path) {
     // A grey ramp as the recogniser's [1, 3, 48, 320] input.
