@@ -56,6 +56,8 @@ mod ota_endings;
 mod ota_net;
 /// Packaging: the systemd unit and the Debian package.
 mod packaging;
+/// Pipelines of models in one spec: PP-OCR detector -> recogniser over MQTT, the API, publish.
+mod pipeline;
 /// The registry against python-tuf, the reference implementation, both ways.
 mod registry;
 /// The daemon under systemd: notify, watchdog, reload.

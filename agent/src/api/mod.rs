@@ -18,6 +18,7 @@ pub mod diagnostics;
 mod error;
 pub mod oip;
 mod ota;
+mod pipelined;
 pub mod request;
 mod response;
 pub mod status;

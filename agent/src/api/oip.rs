@@ -167,6 +167,9 @@ async fn infer_inner(
         Ok(m) => (Some(m), None),
         Err(e) => (None, Some(e)),
     };
+    if let Some(m) = local.as_ref().filter(|m| !m.stages.is_empty()) {
+        return super::pipelined::infer(&st, m.clone(), &req, started).await;
+    }
     // A request for a named version is only for the installed model.
     let cloud_spec = cloud.as_ref().filter(|_| version.is_none());
     let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
@@ -452,28 +455,7 @@ fn data_tensor(
 /// model's spec decodes, as it does MQTT payloads and the CLI's input files.
 fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<(Vec<f32>, Option<ImageFrame>), ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
-    let elements = input.data.to_bytes().map_err(bad)?;
-    if elements.len() != 1 || request::element_count(&input.shape) != Some(1) {
-        return Err(bad(format!(
-            "send one payload with shape [1], not {} element(s) with shape {:?}",
-            elements.len(),
-            input.shape
-        )));
-    }
-    let payload = match input.parameters.get("content_type") {
-        None => elements[0].to_vec(),
-        Some(Value::String(t)) if t == "base64" => {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(elements[0])
-                .map_err(|e| bad(format!("parameters.content_type is base64 but the payload is not: {e}")))?
-        }
-        Some(other) => {
-            return Err(bad(format!(
-                "parameters.content_type must be \"base64\" (or absent for raw bytes), got {other}"
-            )));
-        }
-    };
+    let payload = super::pipelined::payload_bytes(&input)?;
     let format = format_name(spec.pre.format);
     let frame = match spec.pre.format {
         PayloadFormat::Image => edge_infer::pipeline::frame_for(spec, &payload),

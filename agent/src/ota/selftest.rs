@@ -7,6 +7,7 @@
 //! finish, and none of that may touch the daemon that keeps serving the old model.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,9 @@ pub struct Golden {
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub name: String,
+    /// A pipeline's stage the case runs (its `[[stage]]` name); default: the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
     /// The data input's values, pre-processed and flat (as the engine takes them).
     pub input: Vec<f32>,
     /// The output compared; default: the one post-processing reads.
@@ -114,15 +118,15 @@ pub fn run_here(dir: &Path, limits: &ModelLimits) -> Report {
     report
 }
 
-/// A one-thread engine serving only `model`, for running golden vectors.
+/// A one-thread engine serving only `model` (and the stages of its pipeline), for
+/// running golden vectors.
 struct Runner {
     engine: Engine,
-    name: String,
+    model: Arc<LoadedModel>,
 }
 
 impl Runner {
     fn new(model: LoadedModel) -> Runner {
-        let name = model.name().to_string();
         let engine = Engine::start(&EngineConfig {
             threads: 1,
             queue: 4,
@@ -130,23 +134,36 @@ impl Runner {
             spin: Duration::ZERO,
             ..EngineConfig::default()
         });
-        engine.install(model);
-        Runner { engine, name }
+        let model = engine.install(model);
+        Runner { engine, model }
+    }
+
+    /// The model a case runs: the installed one, or one of its pipeline's stages.
+    fn target(&self, stage: Option<&str>) -> Result<Arc<LoadedModel>, String> {
+        let Some(stage) = stage else { return Ok(self.model.clone()) };
+        let full = format!("{}.{stage}", self.model.name());
+        self.model.stages.iter().find(|s| s.name() == full).cloned().ok_or_else(|| {
+            let names: Vec<&str> = self.model.spec.stages.iter().map(|s| s.name.as_str()).collect();
+            format!("no stage `{stage}` in the model's spec (stages: {})", names.join(", "))
+        })
     }
 
     /// Runs one input on a fresh stream state.
     fn infer(
         &self,
+        stage: Option<&str>,
         input: &[f32],
         stream: &str,
-    ) -> Result<edge_infer::engine::Response, edge_infer::engine::InferError> {
-        self.engine.infer_blocking(Request {
-            model: self.name.clone(),
+    ) -> Result<edge_infer::engine::Response, String> {
+        let model = self.target(stage)?;
+        let request = Request {
+            model: model.name().to_string(),
             stream: Some(stream.to_string()),
             data: input.to_vec(),
             deadline: Instant::now() + Duration::from_secs(600),
             reset: true,
-        })
+        };
+        self.engine.submit_to(model, request).and_then(|t| t.wait_blocking()).map_err(|e| e.to_string())
     }
 }
 
@@ -163,9 +180,8 @@ fn run_cases(dir: &Path, limits: &ModelLimits, report: &mut Report) -> Result<()
     report.load_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.model = model.name().to_string();
     report.version = model.version().to_string();
-    let outputs: Vec<String> = model.outputs.iter().map(|o| o.name.clone()).collect();
     let runner = Runner::new(model);
-    let infer = |case: &Case, stream: &str| runner.infer(&case.input, stream);
+    let infer = |case: &Case, stream: &str| runner.infer(case.stage.as_deref(), &case.input, stream);
     for (ix, case) in golden.cases.iter().enumerate() {
         // One warm-up run, so the latency measured is the steady one a device sees.
         infer(case, "warm-up").map_err(|e| format!("case `{}`: {e}", case.name))?;
@@ -177,6 +193,7 @@ fn run_cases(dir: &Path, limits: &ModelLimits, report: &mut Report) -> Result<()
             Some(n) => resp.outputs.iter().find(|o| &o.name == n),
         }
         .ok_or_else(|| {
+            let outputs: Vec<&str> = resp.model.outputs.iter().map(|o| o.name.as_str()).collect();
             format!(
                 "case `{}`: the model has no output `{}` (outputs: {})",
                 case.name,
@@ -213,6 +230,8 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64, limits: &ModelLimits) -
     struct In {
         #[serde(alias = "label")]
         name: Option<String>,
+        #[serde(default)]
+        stage: Option<String>,
         input: Vec<f32>,
     }
     #[derive(Deserialize)]
@@ -233,14 +252,21 @@ pub fn record(dir: &Path, inputs: &Path, tolerance: f64, limits: &ModelLimits) -
     let mut cases = Vec::new();
     let mut seen = std::collections::BTreeMap::<String, usize>::new();
     for (ix, item) in list.into_iter().enumerate() {
-        let resp =
-            runner.infer(&item.input, &format!("record-{ix}")).map_err(|e| format!("input {ix}: {e}"))?;
+        let resp = runner
+            .infer(item.stage.as_deref(), &item.input, &format!("record-{ix}"))
+            .map_err(|e| format!("input {ix}: {e}"))?;
         let out = resp.post_output().ok_or_else(|| "the model gave no output".to_string())?;
         let base = item.name.unwrap_or_else(|| format!("case-{ix}"));
         let n = seen.entry(base.clone()).or_default();
         *n += 1;
         let case_name = if *n == 1 { base } else { format!("{base}-{n}") };
-        cases.push(Case { name: case_name, input: item.input, output: None, expected: out.values.clone() });
+        cases.push(Case {
+            name: case_name,
+            stage: item.stage,
+            input: item.input,
+            output: None,
+            expected: out.values.clone(),
+        });
     }
     if cases.is_empty() {
         return Err(format!("{}: no inputs", inputs.display()));

@@ -5,6 +5,7 @@
 //! by bounded channels under one cancellation token, and tells systemd what it does.
 
 pub mod health;
+mod pipelined;
 mod publish;
 mod reload;
 mod result;

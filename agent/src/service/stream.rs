@@ -192,12 +192,29 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
     let mut pipe: Option<Pipeline> = None;
     let shadow_lane = crate::shadow::Lane::default();
     let mut errors = ErrorLog { last: None, suppressed: 0, events };
+    // Messages answered by a pipeline model, the index of its results.
+    let mut pipelined = 0u64;
     while let Some(mut msg) = rx.recv().await {
         // Dropping the receipt settles it (the broker's copy is acknowledged): it rides
         // on the message's last result (settled once that is delivered or spooled), or
         // goes when this iteration ends without one.
         let receipt = msg.receipt.take();
         let local = engine.model(&msg.model);
+        if let Some(m) = local.as_ref().filter(|m| !m.stages.is_empty()) {
+            pipelined += 1;
+            match super::pipelined::answer(&engine, m.clone(), &mut msg, pipelined - 1, health.deadline())
+                .await
+            {
+                Ok(mut record) => {
+                    record.receipts.extend(receipt);
+                    if results.send(record).await.is_err() {
+                        return;
+                    }
+                }
+                Err(err) => errors.failed(&engine, &msg.model, &msg.stream, &err).await,
+            }
+            continue;
+        }
         if let Some(m) = &local
             && m.spec.pre.format == PayloadFormat::Json
         {

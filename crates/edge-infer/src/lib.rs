@@ -9,7 +9,9 @@
 //!   counted rejections and recurrent state per stream.
 //! - [`pipeline`]: the spec's declarative pre-processing (decoding JSON, raw samples and
 //!   images; sliding windows) and post-processing (softmax, argmax, top-k, threshold,
-//!   labels, segments).
+//!   labels, segments; text detection maps to boxes, CTC decoding, crops).
+//! - [`stages`]: pipelines of models in one spec (`[[stage]]`): a detector's boxes cut
+//!   out of the image and fed to a recogniser, every stage on the same engine.
 //! - [`Runner`]: the two together for one stream of payloads, blocking; the shortest way
 //!   from a model directory to answers.
 //! - [`locate`]: finding the line of a TOML key, for errors that point at it.
@@ -45,6 +47,7 @@ pub mod engine;
 pub mod locate;
 pub mod pipeline;
 mod runner;
+pub mod stages;
 
 pub use engine::spec::{LoadedSpec, ModelSpec};
 pub use engine::{

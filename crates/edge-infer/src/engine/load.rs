@@ -17,7 +17,7 @@ use super::error::LoadError;
 use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
 use super::panic::contain;
 use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
-use crate::pipeline::PostProcessor;
+use crate::pipeline::{CtcDecoder, PostProcessor};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -25,7 +25,9 @@ impl LoadedModel {
     /// Loads `DIR/model.toml` and the model it names, within this device's `limits`.
     pub fn load_dir(dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
         let spec = ModelSpec::load_dir(dir)?;
-        Self::load(spec, dir, limits)
+        let mut model = Self::load(spec, dir, limits)?;
+        model.stages = crate::stages::load_stages(&model, dir, limits)?.into_iter().map(Arc::new).collect();
+        Ok(model)
     }
 
     /// Loads the model a spec names, checks the two agree and that the model fits
@@ -70,11 +72,12 @@ impl LoadedModel {
         let ops = op_counts(&typed);
         let op_count = typed.nodes().len();
         let (inputs, outputs) = tensor_infos(&typed, graph);
+        let post = post_processor(&spec, dir, outputs.get(post_output)).map_err(|p| at.mismatch(vec![p]))?;
         let plan = plan(typed, &at)?;
 
         Ok(LoadedModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            post: PostProcessor::new(&spec.post),
+            post,
             spec,
             dir: dir.to_path_buf(),
             inputs,
@@ -92,6 +95,7 @@ impl LoadedModel {
             feeds: fixed.feeds,
             state_outputs: fixed.state_outputs,
             post_output,
+            stages: Vec::new(),
         })
     }
 }
@@ -466,6 +470,32 @@ pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), Load
 
 /// When post-processing names classes, their number must be what the post output holds:
 /// otherwise some classes are reported without a name (or names never appear).
+/// The spec's post-processing with what it needs from the model directory and the
+/// output (a CTC character list, checked against the output's classes; a text map's
+/// fixed size).
+fn post_processor(spec: &ModelSpec, dir: &Path, out: Option<&TensorInfo>) -> Result<PostProcessor, String> {
+    let mut post = PostProcessor::new(&spec.post);
+    // The output's last dimensions, also when another one is symbolic.
+    let dims: Vec<Option<usize>> = match out {
+        Some(o) if !o.shape.is_empty() => o.shape.iter().map(|n| Some(*n)).collect(),
+        Some(o) => o.dims.iter().flatten().map(|d| d.parse().ok()).collect(),
+        None => Vec::new(),
+    };
+    if let Some(ctc) = &spec.post.ctc {
+        let decoder = CtcDecoder::load(ctc, dir).map_err(|e| e.to_string())?;
+        if let Some(Some(classes)) = dims.last() {
+            decoder.check(*classes).map_err(|e| e.to_string())?;
+        }
+        post = post.with_ctc(decoder);
+    }
+    if spec.post.kind == PostKind::TextBoxes
+        && let [.., Some(h), Some(w)] = dims.as_slice()
+    {
+        post = post.with_map(*w, *h);
+    }
+    Ok(post)
+}
+
 fn labels_problem(typed: &TypedModel, output: usize, names: &[String], spec: &ModelSpec) -> Option<String> {
     let labels = spec.post.labels.len();
     if labels == 0 {

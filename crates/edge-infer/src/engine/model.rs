@@ -95,6 +95,10 @@ pub struct LoadedModel {
     pub(super) post_output: usize,
     /// The spec's post-processing, built once rather than per request.
     pub(super) post: PostProcessor,
+    /// The `[[stage]]` models this one feeds (crate::stages), loaded with it from the
+    /// same directory: installing, replacing or rolling back the model does the same to
+    /// the whole pipeline at once.
+    pub stages: Vec<Arc<LoadedModel>>,
 }
 
 /// What feeds one graph input on each call.

@@ -65,7 +65,7 @@ pub(super) fn problems(post: &PostSpec, at: &dyn Fn(&str) -> String, out: &mut V
         PostKind::Multilabel => "multilabel",
         PostKind::Regression => "regression",
         PostKind::Anomaly => "anomaly",
-        PostKind::Scores | PostKind::None | PostKind::Detection => "",
+        PostKind::Scores | PostKind::None | PostKind::Detection | PostKind::TextBoxes | PostKind::Ctc => "",
     };
     for (table, set) in [
         ("multilabel", post.multilabel.is_some()),
@@ -155,6 +155,6 @@ pub(super) fn problems(post: &PostSpec, at: &dyn Fn(&str) -> String, out: &mut V
                 ));
             }
         }
-        PostKind::Scores | PostKind::None | PostKind::Detection => {}
+        PostKind::Scores | PostKind::None | PostKind::Detection | PostKind::TextBoxes | PostKind::Ctc => {}
     }
 }

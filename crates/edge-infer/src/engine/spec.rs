@@ -563,6 +563,12 @@ pub enum PostKind {
     Anomaly,
     /// Boxes from a YOLO-style detector: `[post.detection]`.
     Detection,
+    /// A text detector's probability map to boxes (`[post.text_boxes]`).
+    #[serde(rename = "text_boxes")]
+    TextBoxes,
+    /// Greedy CTC decoding with a character list (`[post.ctc]`): text recognisers,
+    /// keyword spotters.
+    Ctc,
 }
 
 /// Post-processing: from the raw output tensor to an answer.
@@ -607,6 +613,12 @@ pub struct PostSpec {
     /// With `kind = "detection"`: how the output becomes boxes (defaults if left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detection: Option<DetectSpec>,
+    /// With `kind = "text_boxes"`: DB post-processing's parameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_boxes: Option<crate::pipeline::TextDetSpec>,
+    /// With `kind = "ctc"`: the character list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctc: Option<crate::pipeline::CtcSpec>,
 }
 
 impl PostSpec {
@@ -665,6 +677,10 @@ pub struct ModelSpec {
     /// Drift monitoring (`[monitor]`, read by the agent's monitor; docs/monitoring.md).
     #[serde(default)]
     pub monitor: MonitorSpec,
+    /// Further models this one's results feed (`[[stage]]`, docs/model-spec.md,
+    /// "Pipelines"), in order, each an ONNX file of the same directory.
+    #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<crate::stages::StageSpec>,
 }
 
 /// `[monitor]`: how a device watches this model's inputs and outputs for drift against
@@ -996,6 +1012,30 @@ impl ModelSpec {
                 if set {
                     out.push(format!(
                         "{}post.{key} does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
+                        at(&format!("post.{key}"))
+                    ));
+                }
+            }
+        }
+        out.extend(crate::stages::post_problems(&self.post, &at));
+        out.extend(crate::stages::stage_problems(self, &at));
+        // Keys the OCR kinds do not read are refused rather than silently ignored.
+        if let Some(kind) = match self.post.kind {
+            PostKind::TextBoxes => Some("text_boxes"),
+            PostKind::Ctc => Some("ctc"),
+            _ => None,
+        } {
+            let post = &self.post;
+            for (key, set) in [
+                ("softmax", post.softmax),
+                ("labels", !post.labels.is_empty()),
+                ("top_k", post.top_k.is_some()),
+                ("threshold", post.threshold.is_some() && post.kind != PostKind::Ctc),
+                ("segments", post.segments.is_some()),
+            ] {
+                if set {
+                    out.push(format!(
+                        "{}post.{key} does nothing with post.kind = \"{kind}\"; remove it",
                         at(&format!("post.{key}"))
                     ));
                 }

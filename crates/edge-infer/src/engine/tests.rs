@@ -613,6 +613,8 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
             regression: None,
             anomaly: None,
             detection: None,
+            text_boxes: None,
+            ctc: None,
         });
     (
         "[A-Za-z0-9._-]{1,16}",
@@ -646,6 +648,7 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                     post,
                     limits: LimitsSpec { max_payload_bytes: max },
                     monitor: Default::default(),
+                    stages: Vec::new(),
                 }
             },
         )

@@ -16,6 +16,12 @@ const MAX_ALLOC: u64 = 256 * 1024 * 1024;
 
 /// Decodes an image and returns the model's input values in the spec's layout.
 pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Result<Vec<f32>, InputError> {
+    Ok(tensor_from_image(&decode_image(bytes)?, spec, geo))
+}
+
+/// Decodes a PNG or JPEG within the decoder's limits (the pipeline's crops are cut from
+/// the decoded image).
+pub fn decode_image(bytes: &[u8]) -> Result<DynamicImage, InputError> {
     let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| InputError::Image { reason: e.to_string() })?;
@@ -27,8 +33,7 @@ pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> R
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| InputError::Image { reason: e.to_string() })?;
-    Ok(tensor_from_image(&img, spec, geo))
+    reader.decode().map_err(|e| InputError::Image { reason: e.to_string() })
 }
 
 /// The frame of an encoded image without decoding its pixels (the header gives its

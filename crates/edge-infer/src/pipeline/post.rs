@@ -1,9 +1,14 @@
 //! Post-processing: from a raw output tensor to an answer.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 
+use super::ctc::CtcDecoder;
 use super::detect::{self, ImageFrame};
 use super::families;
+use super::textdet::{TextBox, text_boxes};
+use crate::engine::Output;
 use crate::engine::spec::{PostKind, PostSpec};
 
 /// Per-stream memory of the segment hysteresis.
@@ -18,22 +23,98 @@ pub struct SegmentState {
 #[derive(Debug, Clone)]
 pub struct PostProcessor {
     spec: PostSpec,
+    /// `kind = "ctc"`: the character list, read from the model directory at load.
+    ctc: Option<Arc<CtcDecoder>>,
+    /// `kind = "text_boxes"`: the map's width and height when the output's shape is
+    /// fixed (for [`apply`](Self::apply), which sees only values).
+    map: Option<(usize, usize)>,
 }
 
 impl PostProcessor {
     /// A processor for `spec`.
     pub fn new(spec: &PostSpec) -> PostProcessor {
-        PostProcessor { spec: spec.clone() }
+        PostProcessor { spec: spec.clone(), ctc: None, map: None }
+    }
+
+    /// With the character list a `ctc` spec names.
+    pub fn with_ctc(mut self, decoder: CtcDecoder) -> PostProcessor {
+        self.ctc = Some(Arc::new(decoder));
+        self
+    }
+
+    /// With the fixed size of a `text_boxes` model's map.
+    pub fn with_map(mut self, width: usize, height: usize) -> PostProcessor {
+        self.map = Some((width, height));
+        self
+    }
+
+    /// The boxes of a text detector's map output (`[1, 1, H, W]` or `[H, W]`), in the
+    /// pixels of an original image of `width` x `height`.
+    pub fn text_boxes_of(&self, out: &Output, width: u32, height: u32) -> Vec<TextBox> {
+        let spec = self.spec.text_boxes.clone().unwrap_or_default();
+        match out.shape.as_slice() {
+            [.., h, w] => text_boxes(&out.values, *w, *h, width, height, &spec),
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`apply`](Self::apply) with the output's shape at hand: a `text_boxes` map whose
+    /// size varies, a CTC output whose class count is its last dimension.
+    pub fn apply_output(&self, out: Option<&Output>, window: u64) -> Map<String, Value> {
+        let Some(out) = out else { return Map::new() };
+        match (self.spec.kind, out.shape.as_slice()) {
+            (PostKind::TextBoxes, [.., h, w]) => {
+                let boxes = text_boxes(
+                    &out.values,
+                    *w,
+                    *h,
+                    *w as u32,
+                    *h as u32,
+                    &self.spec.text_boxes.clone().unwrap_or_default(),
+                );
+                let mut m = Map::new();
+                m.insert("boxes".into(), json!(boxes));
+                m
+            }
+            (PostKind::Ctc, [.., classes]) => self.ctc_answer(&out.values, *classes),
+            _ => self.apply(&out.values, window, None),
+        }
+    }
+
+    /// The score a post-processed answer reports (`score`, or a CTC `confidence`).
+    pub fn confidence_of(&self, answer: &Map<String, Value>) -> Option<f32> {
+        answer.get("confidence").or_else(|| answer.get("score")).and_then(Value::as_f64).map(|v| v as f32)
+    }
+
+    fn ctc_answer(&self, values: &[f32], classes: usize) -> Map<String, Value> {
+        let mut m = Map::new();
+        if let Some(d) = &self.ctc {
+            let out = d.decode(values, classes);
+            m.insert("text".into(), json!(out.text));
+            m.insert("confidence".into(), json!(out.confidence));
+            if let Some(th) = self.spec.threshold {
+                m.insert("confident".into(), json!(out.confidence >= th));
+            }
+        }
+        m
     }
 
     /// The `score` that [`apply`](Self::apply) would report (the top probability, or the
     /// single score), without building the result: the confidence a cascade judges.
     pub fn confidence(&self, values: &[f32]) -> Option<f32> {
         match self.spec.kind {
-            PostKind::None | PostKind::Regression | PostKind::Anomaly | PostKind::Detection => return None,
+            PostKind::None
+            | PostKind::Regression
+            | PostKind::Anomaly
+            | PostKind::Detection
+            | PostKind::TextBoxes => return None,
             PostKind::Multilabel => {
                 let sig = self.spec.multilabel.as_ref().is_some_and(|m| m.sigmoid);
                 return values.iter().map(|v| if sig { families::sigmoid(*v) } else { *v }).reduce(f32::max);
+            }
+            PostKind::Ctc => {
+                let d = self.ctc.as_ref()?;
+                return Some(d.decode(values, d.classes()).confidence);
             }
             PostKind::Scores => {}
         }
@@ -112,6 +193,18 @@ impl PostProcessor {
             }
             PostKind::Anomaly => {
                 families::anomaly(&self.spec, input, values, &mut out);
+                return out;
+            }
+            PostKind::Ctc => {
+                let classes = self.ctc.as_ref().map(|d| d.classes()).unwrap_or(0);
+                return self.ctc_answer(values, classes);
+            }
+            PostKind::TextBoxes => {
+                // Boxes in the map's own pixels: only a pipeline knows the original image.
+                if let Some((w, h)) = self.map {
+                    let spec = self.spec.text_boxes.clone().unwrap_or_default();
+                    out.insert("boxes".into(), json!(text_boxes(values, w, h, w as u32, h as u32, &spec)));
+                }
                 return out;
             }
             PostKind::Detection | PostKind::Scores => {}

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::engine::{Engine, EngineConfig, InferError, LoadError, LoadedModel, Output, Request};
-use crate::pipeline::{self, Payload, SegmentState, Windower};
+use crate::pipeline::{self, InputError, Payload, SegmentState, Windower};
 
 /// How long one window may wait for a worker. A runner feeds its engine one window at a
 /// time, so this bounds a stuck run, not a queue.
@@ -66,6 +66,16 @@ impl Runner {
     pub fn push(&mut self, payload: Payload) -> Result<Vec<Answer>, InferError> {
         let model = self.model.clone();
         let name = model.name().to_string();
+        if !model.stages.is_empty() {
+            // A pipeline takes one image per payload; its answer is the last stage's
+            // per box, with every stage's latency.
+            let Payload::Bytes(bytes) = payload else {
+                return Err(InferError::Input { model: name, source: InputError::NoImageSpec });
+            };
+            let outputs = crate::stages::run(&self.engine, &model, &bytes, WINDOW_DEADLINE)?;
+            self.next_index += 1;
+            return Ok(vec![Answer { window: self.next_index - 1, offset: None, outputs, raw: Vec::new() }]);
+        }
         let values = pipeline::decode(&model.spec, payload)
             .map_err(|source| InferError::Input { model: name.clone(), source })?;
         let inputs: Vec<(Vec<f32>, u64, Option<u64>)> = match self.windower.as_mut() {

@@ -1,0 +1,317 @@
+//! Pipelines of models declared in one spec: the model of `model.toml` is the first
+//! stage, and each `[[stage]]` is a further ONNX file of the same directory that takes
+//! the previous stage's results. Today a stage takes `from = "crops"`: the boxes of a
+//! `post.kind = "text_boxes"` stage, each cut out of the original image (see
+//! [`crate::pipeline::crop_quad`]) and run through the stage's own `[pre.image]`, model
+//! and post-processing (PP-OCR: detector → crops → recogniser). Every stage runs on the
+//! same [`Engine`], and the answer carries each stage's latency.
+//!
+//! The directory, its ONNX files and its one spec are one unit: published, updated and
+//! rolled back together.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::DynamicImage;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::engine::spec::{
+    ImageGeometry, ImageSpec, InputSpec, LimitsSpec, LoadedSpec, ModelSpec, MonitorSpec, PostKind, PostSpec,
+    PreSpec,
+};
+use crate::engine::{Engine, InferError, LoadError, LoadedModel, ModelLimits, Request, SpecError};
+use crate::pipeline::{self, InputError, TextBox};
+
+/// `[[stage]]`: one further model of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The stage's name, unique in the spec (`rec`); the model runs on the engine as
+    /// `<model>.<stage>`.
+    pub name: String,
+    /// Its ONNX file, in the model directory.
+    pub file: String,
+    /// What it takes from the stage before.
+    pub from: StageFrom,
+    /// Its inputs, as a model's `[[input]]`.
+    #[serde(rename = "input")]
+    pub inputs: Vec<InputSpec>,
+    /// Its pre-processing (`[stage.pre.image]` for crops).
+    #[serde(default)]
+    pub pre: PreSpec,
+    /// Its post-processing.
+    #[serde(default)]
+    pub post: PostSpec,
+}
+
+/// What a stage takes from the stage before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageFrom {
+    /// Each box of a `text_boxes` stage, cut out of the original image.
+    Crops,
+}
+
+/// Problems of `[post]`'s own tables (`text_boxes`, `ctc`) for its kind.
+pub(crate) fn post_problems(post: &PostSpec, at: &dyn Fn(&str) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    if post.text_boxes.is_some() && post.kind != PostKind::TextBoxes {
+        out.push(format!("{}[post.text_boxes] needs post.kind = \"text_boxes\"", at("post.text_boxes")));
+    }
+    if post.ctc.is_some() && post.kind != PostKind::Ctc {
+        out.push(format!("{}[post.ctc] needs post.kind = \"ctc\"", at("post.ctc")));
+    }
+    if post.kind == PostKind::Ctc && post.ctc.is_none() {
+        out.push(format!(
+            "{}post.kind = \"ctc\" needs [post.ctc] with characters = \"<file in the model directory>\"",
+            at("post.kind")
+        ));
+    }
+    if let Some(problem) = post.text_boxes.as_ref().and_then(|t| t.problem()) {
+        out.push(format!("{}{problem}", at("post.text_boxes")));
+    }
+    out
+}
+
+/// Problems of the `[[stage]]` list: names, files, what each takes.
+pub(crate) fn stage_problems(spec: &ModelSpec, at: &dyn Fn(&str) -> String) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut prev = spec.post.kind;
+    for (ix, stage) in spec.stages.iter().enumerate() {
+        let key = |k: &str| at(&format!("stage.{ix}.{k}"));
+        let named = !stage.name.is_empty()
+            && stage.name.chars().all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+        if !named {
+            out.push(format!(
+                "{}stage name `{}` must be non-empty and use only A-Z a-z 0-9 _ -",
+                key("name"),
+                stage.name
+            ));
+        }
+        if spec.stages[..ix].iter().any(|s| s.name == stage.name) {
+            out.push(format!(
+                "{}stage name `{}` is used twice; give each stage its own",
+                key("name"),
+                stage.name
+            ));
+        }
+        if stage.file == spec.file || spec.stages[..ix].iter().any(|s| s.file == stage.file) {
+            out.push(format!(
+                "{}stage `{}`: file `{}` is another stage's model; each stage has its own ONNX file",
+                key("file"),
+                stage.name,
+                stage.file
+            ));
+        }
+        match stage.from {
+            StageFrom::Crops => {
+                if prev != PostKind::TextBoxes {
+                    out.push(format!(
+                        "{}stage `{}` takes crops, so the stage before it needs post.kind = \"text_boxes\"",
+                        key("from"),
+                        stage.name
+                    ));
+                }
+                if spec.pre.image.is_none() {
+                    out.push(format!(
+                        "{}stage `{}` takes crops of the image: the first model needs [pre.image]",
+                        key("from"),
+                        stage.name
+                    ));
+                }
+                if stage.pre.image.is_none() {
+                    out.push(format!(
+                        "{}stage `{}` takes crops: give it [stage.pre.image] (its height, mean, std, resize)",
+                        key("from"),
+                        stage.name
+                    ));
+                }
+            }
+        }
+        // The stage's own spec is checked like a model's (inputs, image, post).
+        let own = stage.model_spec(spec);
+        if let Err(SpecError::Invalid { problems, .. }) = toml::to_string(&own)
+            .map_err(|e| SpecError::Invalid { path: "".into(), problems: e.to_string() })
+            .and_then(|text| ModelSpec::parse(&text, Path::new("stage")).map(|_| ()))
+        {
+            out.push(format!("{}stage `{}`: {problems}", key("name"), stage.name));
+        }
+        prev = stage.post.kind;
+    }
+    out
+}
+
+impl StageSpec {
+    /// The stage as a model spec of its own: `<model>.<stage>`, the pipeline's version.
+    pub fn model_spec(&self, head: &ModelSpec) -> ModelSpec {
+        ModelSpec {
+            name: format!("{}.{}", head.name, self.name),
+            version: head.version.clone(),
+            description: None,
+            file: self.file.clone(),
+            inputs: self.inputs.clone(),
+            pre: PreSpec { format: crate::engine::spec::PayloadFormat::Image, ..self.pre.clone() },
+            post: self.post.clone(),
+            limits: LimitsSpec::default(),
+            monitor: MonitorSpec::default(),
+            stages: Vec::new(),
+        }
+    }
+}
+
+/// Loads every `[[stage]]` model of `head`'s spec from `dir`
+/// ([`LoadedModel::load_dir`] does, and keeps them in the head's `stages`).
+pub fn load_stages(
+    head: &LoadedModel,
+    dir: &Path,
+    limits: &ModelLimits,
+) -> Result<Vec<LoadedModel>, LoadError> {
+    let spec_path = dir.join("model.toml");
+    head.spec
+        .stages
+        .iter()
+        .map(|stage| {
+            let spec = stage.model_spec(&head.spec);
+            let model_path = dir.join(&spec.file);
+            LoadedModel::load(LoadedSpec { spec, path: spec_path.clone(), model_path }, dir, limits)
+        })
+        .collect()
+}
+
+/// One stage's time for one payload, in milliseconds: pre-processing (decoding or
+/// cropping and resizing), the model (summed over its runs), post-processing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StageLatency {
+    /// The stage (the first is the model's own name).
+    pub stage: String,
+    /// Runs of its model (one per crop for a crops stage).
+    pub runs: usize,
+    /// Pre-processing.
+    pub pre_ms: f64,
+    /// The model, including waiting for a worker.
+    pub model_ms: f64,
+    /// Post-processing.
+    pub post_ms: f64,
+}
+
+/// A model's `[pre.image]` and the size it resizes to.
+fn image_input(model: &LoadedModel) -> Result<(&ImageSpec, ImageGeometry), InferError> {
+    match (model.spec.pre.image.as_ref(), model.spec.image_geometry()) {
+        (Some(s), Some(g)) => Ok((s, g)),
+        _ => Err(InferError::Input { model: model.name().to_string(), source: InputError::NoImageSpec }),
+    }
+}
+
+/// One run of `model` on `data` (no stream state: a pipeline's models have none).
+fn run_model(
+    engine: &Engine,
+    model: &Arc<LoadedModel>,
+    data: Vec<f32>,
+    deadline: Duration,
+) -> Result<crate::engine::Response, InferError> {
+    let request = Request {
+        model: model.name().to_string(),
+        stream: None,
+        data,
+        deadline: Instant::now() + deadline,
+        reset: false,
+    };
+    engine.submit_to(model.clone(), request)?.wait_blocking()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Runs an image payload through `head` and every stage it feeds, blocking; the answer
+/// holds `lines` (one per box: `box`, `box_score`, and the last stage's answer, e.g.
+/// `text` and `confidence`) and `stages` (each stage's latency). With a stage's
+/// `post.threshold`, boxes whose answer scores below it are left out (PP-OCR's
+/// `text_score`). `deadline` bounds each model run's wait for a worker.
+pub fn run(
+    engine: &Engine,
+    head: &Arc<LoadedModel>,
+    bytes: &[u8],
+    deadline: Duration,
+) -> Result<Map<String, Value>, InferError> {
+    let name = head.name().to_string();
+    let input_err = |source: InputError| InferError::Input { model: name.clone(), source };
+    let mut lat = vec![StageLatency { stage: name.clone(), runs: 1, ..Default::default() }];
+
+    let started = Instant::now();
+    let img = pipeline::decode_image(bytes).map_err(input_err)?;
+    let (spec, geo) = image_input(head)?;
+    let data = pipeline::tensor_from_image(&img, spec, &geo);
+    lat[0].pre_ms = ms(started.elapsed());
+
+    let started = Instant::now();
+    let response = run_model(engine, head, data, deadline)?;
+    lat[0].model_ms = ms(started.elapsed());
+
+    let started = Instant::now();
+    let map = response.post_output().cloned();
+    let boxes: Vec<TextBox> = match map {
+        Some(out) => head.post().text_boxes_of(&out, img.width(), img.height()),
+        None => Vec::new(),
+    };
+    lat[0].post_ms = ms(started.elapsed());
+
+    let rgb = img.to_rgb8();
+    let mut lines: Vec<Map<String, Value>> = boxes
+        .iter()
+        .map(|b| {
+            let mut m = Map::new();
+            m.insert("box".into(), json!(b.points));
+            m.insert("box_score".into(), json!(b.score));
+            m
+        })
+        .collect();
+    let mut crops: Vec<Option<DynamicImage>> = Vec::new();
+    // Lines kept: a crop that cannot be cut, or an answer under the threshold, drops.
+    let mut keep = vec![true; lines.len()];
+    for stage in &head.stages {
+        let sname = stage.name().to_string();
+        let mut l = StageLatency { stage: sname.clone(), ..Default::default() };
+        let started = Instant::now();
+        if crops.is_empty() {
+            crops = boxes.iter().map(|b| pipeline::crop_image(&rgb, &b.points)).collect();
+        }
+        l.pre_ms += ms(started.elapsed());
+        let (sspec, sgeo) = image_input(stage)?;
+        for (ix, crop) in crops.iter().enumerate() {
+            let Some(crop) = crop else {
+                keep[ix] = false;
+                continue;
+            };
+            let started = Instant::now();
+            let data = pipeline::tensor_from_image(crop, sspec, &sgeo);
+            l.pre_ms += ms(started.elapsed());
+            let started = Instant::now();
+            let response = run_model(engine, stage, data, deadline)?;
+            l.model_ms += ms(started.elapsed());
+            l.runs += 1;
+            let started = Instant::now();
+            let answer = stage.post().apply_output(response.post_output(), 0);
+            let score = stage.post().confidence_of(&answer);
+            if let (Some(th), Some(score)) = (stage.spec.post.threshold, score)
+                && score < th
+            {
+                keep[ix] = false;
+            }
+            lines[ix].extend(answer);
+            l.post_ms += ms(started.elapsed());
+        }
+        lat.push(l);
+    }
+    let mut k = keep.into_iter();
+    lines.retain(|_| k.next().unwrap_or(false));
+    let mut out = Map::new();
+    out.insert("lines".into(), Value::Array(lines.into_iter().map(Value::Object).collect()));
+    out.insert("stages".into(), json!(lat));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::engine::EngineConfig;
+use crate::{ModelSpec, Payload, Runner};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("EDGE_TEST_CACHE").map(PathBuf::from).unwrap_or_else(|| root().join("target/test-cache"))
+}
+
+/// The PP-OCR directory tests/run prepares: det.onnx, rec.onnx and keys.txt from the
+/// rapidocr wheel, and tests/fixtures/specs/ppocr.toml.
+fn ppocr() -> PathBuf {
+    let dir = cache().join("models/ppocr");
+    assert!(
+        dir.join("rec.onnx").is_file() && cache().join("reference/ocr_reference.json").is_file(),
+        "{} is not prepared: run tests/run --prepare-only",
+        dir.display()
+    );
+    dir
+}
+
+fn spec_text() -> String {
+    std::fs::read_to_string(root().join("tests/fixtures/specs/ppocr.toml")).unwrap()
+}
+
+fn parse(text: &str) -> Result<ModelSpec, String> {
+    ModelSpec::parse(text, Path::new("model.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_ppocr_spec_declares_a_two_stage_pipeline() {
+    let spec = parse(&spec_text()).unwrap();
+    assert_eq!(spec.stages.len(), 1);
+    assert_eq!(spec.stages[0].name, "rec");
+    assert_eq!(spec.stages[0].model_spec(&spec).name, "ppocr.rec");
+    // Written back and read again, it is the same spec.
+    let again = parse(&toml::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(again, spec);
+}
+
+#[test]
+fn a_crops_stage_needs_text_boxes_before_it_and_an_image_spec() {
+    let text = spec_text()
+        .replace("kind = \"text_boxes\"", "kind = \"scores\"")
+        .replace("[post.text_boxes]", "[unused]");
+    let text = text
+        .replace("[unused]\nthreshold = 0.3\nbox_threshold = 0.5\nunclip_ratio = 1.6\ndilate = true\n", "");
+    let err = parse(&text).unwrap_err();
+    assert!(err.contains("stage `rec` takes crops") && err.contains("text_boxes"), "{err}");
+
+    let mut spec = parse(&spec_text()).unwrap();
+    spec.stages[0].pre.image = None;
+    let err = parse(&toml::to_string(&spec).unwrap()).unwrap_err();
+    assert!(err.contains("give it [stage.pre.image]"), "{err}");
+}
+
+#[test]
+fn stage_names_and_files_must_be_unique_and_ctc_needs_its_table() {
+    let twice = format!("{}\n{}", spec_text(), &spec_text()[spec_text().find("[[stage]]").unwrap()..]);
+    let err = parse(&twice).unwrap_err();
+    assert!(err.contains("used twice") && err.contains("another stage's model"), "{err}");
+
+    let no_ctc = spec_text().replace("[stage.post.ctc]\ncharacters = \"keys.txt\"\nappend = [\" \"]\n", "");
+    let err = parse(&no_ctc).unwrap_err();
+    assert!(
+        err.contains("post.kind = \\\"ctc\\\" needs [post.ctc]") || err.contains("needs [post.ctc]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_character_list_is_refused_at_load_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["det.onnx", "rec.onnx"] {
+        std::fs::copy(ppocr().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("model.toml"), spec_text()).unwrap();
+    let err = Runner::open(dir.path(), &EngineConfig::default()).err().unwrap().to_string();
+    assert!(err.contains("keys.txt"), "{err}");
+    // A list of the wrong length: the model's 6625 classes are named.
+    std::fs::write(dir.path().join("keys.txt"), "a\nb\n").unwrap();
+    let err = Runner::open(dir.path(), &EngineConfig::default()).err().unwrap().to_string();
+    assert!(err.contains("6625"), "{err}");
+}
+
+/// Area of the intersection of two convex polygons over their union (Sutherland-Hodgman
+/// clipping of one by the other).
+fn iou(a: &[[f64; 2]], b: &[[f64; 2]]) -> f64 {
+    fn area(p: &[[f64; 2]]) -> f64 {
+        (0..p.len())
+            .map(|i| p[i][0] * p[(i + 1) % p.len()][1] - p[(i + 1) % p.len()][0] * p[i][1])
+            .sum::<f64>()
+            .abs()
+            / 2.0
+    }
+    fn ccw(p: &[[f64; 2]]) -> Vec<[f64; 2]> {
+        let signed: f64 =
+            (0..p.len()).map(|i| p[i][0] * p[(i + 1) % p.len()][1] - p[(i + 1) % p.len()][0] * p[i][1]).sum();
+        if signed < 0.0 { p.iter().rev().copied().collect() } else { p.to_vec() }
+    }
+    let (a, b) = (ccw(a), ccw(b));
+    let mut out = a.clone();
+    for i in 0..b.len() {
+        let (c, d) = (b[i], b[(i + 1) % b.len()]);
+        let inside = |p: [f64; 2]| (d[0] - c[0]) * (p[1] - c[1]) - (d[1] - c[1]) * (p[0] - c[0]) >= 0.0;
+        let cut = |p: [f64; 2], q: [f64; 2]| {
+            let (a1, b1) = (q[1] - p[1], p[0] - q[0]);
+            let c1 = a1 * p[0] + b1 * p[1];
+            let (a2, b2) = (d[1] - c[1], c[0] - d[0]);
+            let c2 = a2 * c[0] + b2 * c[1];
+            let det = a1 * b2 - a2 * b1;
+            [(b2 * c1 - b1 * c2) / det, (a1 * c2 - a2 * c1) / det]
+        };
+        let input = std::mem::take(&mut out);
+        for j in 0..input.len() {
+            let (p, q) = (input[j], input[(j + 1) % input.len()]);
+            match (inside(p), inside(q)) {
+                (true, true) => out.push(q),
+                (true, false) => out.push(cut(p, q)),
+                (false, true) => {
+                    out.push(cut(p, q));
+                    out.push(q);
+                }
+                (false, false) => {}
+            }
+        }
+        if out.is_empty() {
+            return 0.0;
+        }
+    }
+    let inter = area(&out);
+    inter / (area(&a) + area(&b) - inter)
+}
+
+fn quad(v: &Value) -> Vec<[f64; 2]> {
+    v.as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap(), p[1].as_f64().unwrap()]).collect()
+}
+
+#[test]
+fn iou_of_known_boxes() {
+    let a = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]];
+    assert!((iou(&a, &a) - 1.0).abs() < 1e-12);
+    let b = [[5.0, 0.0], [15.0, 0.0], [15.0, 10.0], [5.0, 10.0]];
+    assert!((iou(&a, &b) - 50.0 / 150.0).abs() < 1e-12);
+    let far = [[50.0, 50.0], [60.0, 50.0], [60.0, 60.0], [50.0, 60.0]];
+    assert_eq!(iou(&a, &far), 0.0);
+}
+
+/// The whole PP-OCR pipeline from an image file to text and boxes, against rapidocr's
+/// own Python code on onnxruntime (tests/fixtures/ocr_reference.py): the same lines in
+/// the same order, the same text, each box with IoU >= 0.99.
+#[test]
+fn ppocr_reads_the_rendered_image_as_rapidocr_does() {
+    let dir = ppocr();
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(cache().join("reference/ocr_reference.json")).unwrap())
+            .unwrap();
+    let image = std::fs::read(cache().join("reference").join(reference["image"].as_str().unwrap())).unwrap();
+    let mut runner = Runner::open(&dir, &EngineConfig::default()).unwrap();
+    let answers = runner.push(Payload::Bytes(image)).unwrap();
+    assert_eq!(answers.len(), 1);
+    let out = &answers[0].outputs;
+    let got = out["lines"].as_array().unwrap();
+    let want = reference["lines"].as_array().unwrap();
+    let texts = |l: &[Value]| l.iter().map(|l| l["text"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(texts(got), texts(want), "{out:?}");
+    for (g, w) in got.iter().zip(want) {
+        let overlap = iou(&quad(&g["box"]), &quad(&w["box"]));
+        assert!(
+            overlap >= 0.99,
+            "{}: box {} vs rapidocr's {} (IoU {overlap:.4})",
+            w["text"],
+            g["box"],
+            w["box"]
+        );
+        eprintln!("{}: IoU {overlap:.4}", w["text"]);
+        let (gc, wc) = (g["confidence"].as_f64().unwrap(), w["score"].as_f64().unwrap());
+        assert!((gc - wc).abs() < 0.02, "{}: confidence {gc} vs {wc}", w["text"]);
+    }
+    // Each stage's latency: the detector once, the recogniser once per line.
+    let stages = out["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    assert_eq!((stages[0]["stage"].as_str(), stages[0]["runs"].as_u64()), (Some("ppocr"), Some(1)));
+    assert_eq!(
+        (stages[1]["stage"].as_str(), stages[1]["runs"].as_u64()),
+        (Some("ppocr.rec"), Some(got.len() as u64))
+    );
+    for s in stages {
+        for k in ["pre_ms", "model_ms", "post_ms"] {
+            assert!(s[k].as_f64().unwrap() >= 0.0, "{s:?}");
+        }
+    }
+    eprintln!("stage latencies: {stages:?}");
+}
