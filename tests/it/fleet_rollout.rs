@@ -144,6 +144,38 @@ fn a_fleet_of_50_takes_a_good_version_step_by_step_and_a_failing_one_is_halted_a
     });
     eprintln!("fleet rollout report: {report}");
     let _ = std::fs::write(root().join("target/fleet-rollout-report.json"), report.to_string());
+
+    // `fleet status` on the same fleet: all fifty on version 2 and online (the retained
+    // status follows each update); the version pulled appears nowhere; five agents killed
+    // show offline (their last will, which names no models).
+    let mut rig = rig;
+    let pass = rig.work.path().join("test-pass");
+    std::fs::write(&pass, "test-pass\n").unwrap();
+    let doc = crate::fleet_status::json(&rig.broker, &pass, &[]);
+    assert_eq!(doc["devices"].as_array().unwrap().len(), FLEET, "{doc}");
+    assert_eq!(crate::fleet_status::version_counts(&doc, "2"), (FLEET as u64, FLEET as u64, 0), "{doc}");
+    assert!(!doc["summary"].to_string().contains("\"version\":\"3\""), "{}", doc["summary"]);
+    let killed: Vec<String> = devices.iter().take(5).cloned().collect();
+    for id in &killed {
+        rig.fleet.kill(id);
+    }
+    statuses.wait_count(killed.len(), secs(60), |t, p| {
+        p.contains("\"offline\"") && killed.iter().any(|k| t == format!("edge/{k}/status"))
+    });
+    let doc = crate::fleet_status::json(&rig.broker, &pass, &["--state", "offline"]);
+    let mut offline: Vec<&str> =
+        doc["devices"].as_array().unwrap().iter().filter_map(|d| d["device"].as_str()).collect();
+    offline.sort_unstable();
+    let mut expected: Vec<&str> = killed.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(offline, expected, "{doc}");
+    let all = crate::fleet_status::json(&rig.broker, &pass, &[]);
+    assert_eq!(
+        crate::fleet_status::version_counts(&all, "2"),
+        ((FLEET - 5) as u64, (FLEET - 5) as u64, 0),
+        "{all}"
+    );
+    assert_eq!(all["summary"]["offline"], 5, "{}", all["summary"]);
 }
 
 /// The same outcomes as undisturbed runs, with the controller killed (SIGKILL) in the

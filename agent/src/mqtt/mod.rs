@@ -167,8 +167,32 @@ pub struct Started {
     pub closed: tokio::task::JoinHandle<()>,
 }
 
-/// What the online status says; read at each connection.
-pub type StatusFn = Box<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+/// Which status document is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKind {
+    /// Connected: the models that serve now.
+    Online,
+    /// A clean stop: the models that served until now.
+    Offline,
+    /// The last will, registered at connect time and published by the broker whenever
+    /// the agent vanishes: without models, because it cannot know what will serve then
+    /// (an update may come in between); the previous online status said.
+    Will,
+}
+
+impl StatusKind {
+    /// The `state` field.
+    pub fn state(self) -> &'static str {
+        match self {
+            StatusKind::Online => "online",
+            StatusKind::Offline | StatusKind::Will => "offline",
+        }
+    }
+}
+
+/// What the status says: `(kind, since)` to the payload; read at each connection and
+/// now and then while connected (it is published again when it changes).
+pub type StatusFn = Box<dyn Fn(StatusKind, &str) -> Vec<u8> + Send + Sync>;
 
 /// Opens the spool and starts the link's tasks. The outbox runs until every [`Mqtt`]
 /// handle is dropped; the connection stays up until then, so that the last results and
@@ -190,7 +214,7 @@ pub fn start(
         Topics { prefix: cfg.prefix.clone(), device: device.to_string(), groups: cfg.groups.clone() };
     let (spool, fsync_every) = open_spool(spool_cfg, state_dir)?;
 
-    let will = options::Will { topic: topics.status(), payload: status("offline") };
+    let will = options::Will { topic: topics.status(), payload: status(StatusKind::Will, &now()) };
     let link_stop = CancellationToken::new();
     let tls = options::tls(cfg)?;
     let wire = crate::usage::relay::start(cfg.host.clone(), cfg.port, tls, bytes, link_stop.clone(), tracker)
@@ -211,8 +235,8 @@ pub fn start(
     let (on, off) = (status.clone(), status);
     let presence = outbox::Presence {
         status_topic: topics.status(),
-        online: Box::new(move || on("online")),
-        offline: Box::new(move || off("offline")),
+        online: Box::new(move |since: &str| on(StatusKind::Online, since)),
+        offline: Box::new(move || off(StatusKind::Offline, &now())),
         events_topic: topics.events(),
     };
     let outbox =

@@ -31,6 +31,9 @@ const MEMORY_QUEUE: usize = 1024;
 const BATCH: usize = 256;
 /// How often the spool's delivery cursor is written.
 const CURSOR_EVERY: Duration = Duration::from_millis(200);
+/// How often the online status is rebuilt to see whether it changed: a few small
+/// allocations, and a model change reaches the retained status within this.
+const STATUS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Overflow events at most this often (each carries the totals).
 const OVERFLOW_EVENT_EVERY: Duration = Duration::from_secs(60);
 
@@ -184,10 +187,14 @@ struct InFlight {
 }
 
 /// What the outbox needs to say who it is when it connects and leaves.
+/// The online status's payload, given the connection's `since`.
+pub type OnlineFn = Box<dyn Fn(&str) -> Vec<u8> + Send>;
+
 pub struct Presence {
     pub status_topic: String,
-    /// The retained online status, built fresh at each connection.
-    pub online: Box<dyn Fn() -> Vec<u8> + Send>,
+    /// The retained online status, given the time the connection came up (its `since`):
+    /// built at each connection, and again now and then to see whether it changed.
+    pub online: OnlineFn,
     /// The retained offline status published at a clean shutdown.
     pub offline: Box<dyn Fn() -> Vec<u8> + Send>,
     pub events_topic: String,
@@ -198,6 +205,11 @@ pub struct Outbox {
     spool: Spool,
     stats: Arc<OutboxStats>,
     presence: Presence,
+    /// When this connection came up, and the online status last handed over on it: the
+    /// status is published again when what it says changes (a model updated, rolled back
+    /// or pulled), so the retained copy that fleet tools read stays current.
+    online_since: String,
+    last_status: Vec<u8>,
     /// Our QoS 1 publishes in flight at most: the configured `inflight`, lowered to
     /// stay under an MQTT 5 broker's receive maximum.
     window: usize,
@@ -234,6 +246,8 @@ impl Outbox {
             spool,
             stats,
             presence,
+            online_since: String::new(),
+            last_status: Vec::new(),
             window: usize::from(window.max(1)),
             configured_window: window.max(1),
             connected: false,
@@ -264,6 +278,8 @@ impl Outbox {
         cursor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut fsync = tokio::time::interval(self.fsync_every.unwrap_or(Duration::from_secs(3600)));
         fsync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_check = tokio::time::interval(STATUS_CHECK_EVERY);
+        status_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut open = true;
         let mut closing_since: Option<Instant> = None;
         loop {
@@ -294,6 +310,7 @@ impl Outbox {
                     }
                 },
                 _ = cursor.tick() => self.persist_cursor(),
+                _ = status_check.tick(), if open => self.refresh_status(),
                 _ = fsync.tick(), if self.fsync_every.is_some() => self.sync(),
             }
             self.pump();
@@ -457,6 +474,35 @@ impl Outbox {
         self.accept(vec![Outgoing { record, reply: None, receipts: Vec::new() }]);
     }
 
+    /// Hands over the retained online status if it differs from the last one handed
+    /// over on this connection.
+    fn refresh_status(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let online = (self.presence.online)(&self.online_since);
+        if online == self.last_status {
+            return;
+        }
+        self.last_status = online.clone();
+        let status = Entry {
+            record: Record {
+                topic: self.presence.status_topic.clone(),
+                qos: 1,
+                retain: true,
+                payload: online,
+                class: Class::Event,
+                correlation: None,
+            },
+            reply: None,
+            receipts: Vec::new(),
+            spool_id: None,
+            spoolable: false,
+        };
+        // A refused status is not retried: the next connection sends a fresh one.
+        let _ = self.hand_over(status);
+    }
+
     fn on_link(&mut self, sig: LinkSignal) {
         match sig {
             LinkSignal::Up { receive_maximum } => {
@@ -464,23 +510,9 @@ impl Outbox {
                 self.connected = true;
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.report_drops_since_last();
-                let online = (self.presence.online)();
-                let status = Entry {
-                    record: Record {
-                        topic: self.presence.status_topic.clone(),
-                        qos: 1,
-                        retain: true,
-                        payload: online,
-                        class: Class::Event,
-                        correlation: None,
-                    },
-                    reply: None,
-                    receipts: Vec::new(),
-                    spool_id: None,
-                    spoolable: false,
-                };
-                // A refused status is not retried: the next connection sends a fresh one.
-                let _ = self.hand_over(status);
+                self.online_since = super::now();
+                self.last_status.clear();
+                self.refresh_status();
             }
             LinkSignal::Down(done) => {
                 self.connected = false;

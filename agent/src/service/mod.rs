@@ -539,16 +539,18 @@ fn start_mqtt_link(
     usage: &Usage,
 ) -> Result<MqttLink, StartError> {
     let status_engine = engine.clone();
-    let status = Box::new(move |state: &str| {
-        let models: std::collections::BTreeMap<String, String> =
-            status_engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
-        serde_json::to_vec(&serde_json::json!({
-            "state": state,
+    let status = Box::new(move |kind: crate::mqtt::StatusKind, since: &str| {
+        let mut doc = serde_json::json!({
+            "state": kind.state(),
             "version": env!("CARGO_PKG_VERSION"),
-            "models": models,
-            "since": crate::mqtt::now(),
-        }))
-        .unwrap_or_default()
+            "since": since,
+        });
+        if kind != crate::mqtt::StatusKind::Will {
+            let models: std::collections::BTreeMap<String, String> =
+                status_engine.models().into_iter().map(|(n, m)| (n, m.version().to_string())).collect();
+            doc["models"] = serde_json::json!(models);
+        }
+        serde_json::to_vec(&doc).unwrap_or_default()
     });
     let crate::mqtt::Started { handle, commands, closed } = crate::mqtt::start(
         m,

@@ -272,13 +272,19 @@ fn status(d: &mut Device, v: &Value, now: u64) -> Result<(), String> {
         Some("offline") => false,
         _ => return Err("`state` is not \"online\" or \"offline\"".into()),
     };
-    let models = v["models"].as_object().ok_or("`models` is not an object of name: version")?;
+    // The last will carries no models (the agent cannot know at connect time what will
+    // serve when it vanishes): the models last seen stay, as far as this view knows them.
+    let models = match v.get("models") {
+        None if !online => None,
+        m => Some(m.and_then(Value::as_object).ok_or("`models` is not an object of name: version")?),
+    };
     d.online = Some(online);
     d.agent_version = text(&v["version"]);
     if let Some(since) = v["since"].as_str().and_then(|s| humantime::parse_rfc3339_weak(s).ok()) {
         // A device's clock may run ahead: never later than now.
         d.seen(epoch_secs(since).min(now));
     }
+    let Some(models) = models else { return Ok(()) };
     // The status names the models that serve: models it no longer names are gone.
     let names: Vec<String> = models.keys().map(|k| cut(k, MAX_TEXT)).collect();
     d.models.retain(|k, _| names.contains(k));
