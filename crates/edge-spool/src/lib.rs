@@ -562,17 +562,33 @@ impl Spool {
     pub fn read_all(dir: &Path) -> Result<(Vec<(u64, Record)>, OpenReport), SpoolError> {
         let listing = segment::list(dir)?;
         let acked = cursor::load(dir, !listing.segments.is_empty()).unwrap_or_default().acked;
+        Self::read_segments(&listing.segments, acked)
+    }
+
+    /// [`read_all`](Self::read_all) over a listing taken earlier. A live agent may drop a
+    /// segment (spool full, or acknowledged) between the listing and its reading: one
+    /// that is gone by then is left out, as its records are.
+    fn read_segments(
+        segments: &[(u64, std::path::PathBuf)],
+        acked: u64,
+    ) -> Result<(Vec<(u64, Record)>, OpenReport), SpoolError> {
         let mut records = Vec::new();
-        let mut report = OpenReport { segments: listing.segments.len(), ..OpenReport::default() };
+        let mut report = OpenReport::default();
         let mut min_id = 1;
-        let count = listing.segments.len();
-        for (i, (name_id, path)) in listing.segments.iter().enumerate() {
+        let count = segments.len();
+        for (i, (name_id, path)) in segments.iter().enumerate() {
             let mut keep = |id, rec| {
                 if id > acked {
                     records.push((id, rec));
                 }
             };
-            let scan = segment::scan(path, min_id.max(*name_id), acked, &mut keep)?;
+            let scan = match segment::scan(path, min_id.max(*name_id), acked, &mut keep) {
+                Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                other => other?,
+            };
+            report.segments += 1;
             if let Some((offset, bad)) = &scan.bad {
                 if i + 1 == count {
                     report.torn_bytes_cut = scan.file_len - offset;

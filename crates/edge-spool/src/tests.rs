@@ -652,6 +652,25 @@ fn read_all_never_modifies_a_torn_spool() {
 }
 
 #[test]
+fn read_all_skips_a_segment_a_live_agent_dropped_after_the_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20, 1024);
+    let (mut spool, _) = open(&cfg);
+    spool.append_batch(&(0..50).map(mixed).collect::<Vec<_>>()).unwrap();
+    drop(spool);
+    let listing = segment::list(dir.path()).unwrap();
+    assert!(listing.segments.len() >= 3, "{:?}", listing.segments);
+    let (all, _) = Spool::read_segments(&listing.segments, 0).unwrap();
+    // The oldest segment goes between the listing and its reading.
+    fs::remove_file(&listing.segments[0].1).unwrap();
+    let (rest, report) = Spool::read_segments(&listing.segments, 0).unwrap();
+    assert_eq!(report.segments, listing.segments.len() - 1);
+    assert!(!rest.is_empty() && rest.len() < all.len());
+    assert_eq!(rest.last().map(|r| r.0), all.last().map(|r| r.0), "the newer records are all there");
+    assert!(report.bad_segments.is_empty(), "{:?}", report.bad_segments);
+}
+
+#[test]
 fn every_fsync_policy_stores_the_same_records() {
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Interval(Duration::from_millis(1)), FsyncPolicy::Never] {
         let dir = tempfile::tempdir().unwrap();
