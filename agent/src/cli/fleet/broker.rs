@@ -38,6 +38,50 @@ pub struct BrokerArgs {
     /// The devices' topic prefix (default: from --config, else edge).
     #[arg(long, value_name = "PREFIX")]
     pub prefix: Option<String>,
+    /// TLS: PEM file of the certificate authorities that may sign the broker's
+    /// certificate (only these are trusted; usually with --port 8883). Overrides
+    /// `[mqtt.tls]` of --config.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// TLS: a client certificate (PEM), for brokers that require one.
+    #[arg(long, value_name = "FILE", requires_all = ["ca_file", "key_file"])]
+    pub cert_file: Option<PathBuf>,
+    /// TLS: the client certificate's private key (PKCS#8, SEC1 or PKCS#1 PEM).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// The broker settings from the config file and the flags, resolved.
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub prefix: String,
+    username: Option<String>,
+    password: Option<String>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl Settings {
+    /// `host:port`, for messages.
+    pub fn broker(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Client options with these settings (credentials, TLS, packet limits); the caller
+    /// sets the session and keep-alive it needs.
+    pub fn options(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, self.host.as_str(), self.port);
+        o.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some(u) = &self.username {
+            o.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &self.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        o
+    }
 }
 
 /// A connection set up, not yet connected (the event loop connects when polled).
@@ -51,9 +95,8 @@ pub struct Connection {
 }
 
 impl BrokerArgs {
-    /// Builds the client from the config file and flags. The client id is unique per run
-    /// and the session clean: an operator's view keeps nothing at the broker.
-    pub fn connect(&self, role: &str) -> anyhow::Result<Connection> {
+    /// The settings from the config file (if any), the flags over it, and defaults.
+    pub fn resolve(&self) -> anyhow::Result<Settings> {
         let mqtt = match &self.config {
             Some(path) => {
                 let config = Config::load(path, &Overrides::default())
@@ -94,27 +137,46 @@ impl BrokerArgs {
                     .unwrap_or_default()
                     .to_string(),
             ),
-            None => mqtt.as_ref().and_then(|m| m.password.clone()),
+            None => mqtt
+                .as_ref()
+                .and_then(|m| m.password.clone())
+                .or_else(|| std::env::var("EDGE_FLEET_MQTT_PASSWORD").ok()),
         };
+        let section = match &self.ca_file {
+            Some(ca_file) => Some(crate::config::mqtt::TlsSection {
+                ca_file: ca_file.clone(),
+                cert_file: self.cert_file.clone(),
+                key_file: self.key_file.clone(),
+            }),
+            None => mqtt.as_ref().and_then(|m| m.tls.clone()),
+        };
+        let tls = match section {
+            // The agent's own TLS setup (rustls on ring, these CAs only).
+            Some(section) => Some(std::sync::Arc::new(
+                crate::mqtt::options::tls_config(&section).context("setting up TLS to the broker")?,
+            )),
+            None => None,
+        };
+        Ok(Settings { host, port, prefix, username, password, tls })
+    }
+
+    /// Builds the client from the config file and flags. The client id is unique per run
+    /// and the session clean: an operator's view keeps nothing at the broker.
+    pub fn connect(&self, role: &str) -> anyhow::Result<Connection> {
+        let settings = self.resolve()?;
         let client_id =
             format!("edge-agent-fleet-{role}-{}-{:08x}", std::process::id(), rand::random::<u32>());
-        let mut o = rumqttc::MqttOptions::new(&client_id, host.as_str(), port);
-        o.set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_request_channel_capacity(64);
-        if let Some(u) = username {
-            o.set_credentials(u, password.unwrap_or_default());
-        }
-        if let Some(tls) = mqtt.as_ref().and_then(|m| m.tls.as_ref()) {
-            let config = crate::mqtt::options::tls_config(tls).context("setting up TLS from [mqtt.tls]")?;
-            o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
-                std::sync::Arc::new(config),
-            )));
-        }
+        let mut o = settings.options(&client_id);
+        o.set_clean_session(true).set_request_channel_capacity(64);
         // The request channel carries only our subscriptions and the probe; what the
         // broker sends comes straight out of the polled event loop.
         let (client, eventloop) = rumqttc::AsyncClient::new(o, 64);
-        Ok(Connection { client, eventloop, prefix, client_id, broker: format!("{host}:{port}") })
+        Ok(Connection {
+            client,
+            eventloop,
+            prefix: settings.prefix.clone(),
+            client_id,
+            broker: settings.broker(),
+        })
     }
 }

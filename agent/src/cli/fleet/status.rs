@@ -1,5 +1,5 @@
-//! `edge-agent fleet status`: subscribes to every device's status, telemetry and events,
-//! feeds them to the view (`view.rs`) and prints it once, or keeps it up to date
+//! `edge-agent fleet status`: subscribes to every device's status (and, with `--listen`
+//! or `--watch`, their telemetry and events), feeds them to the view (`view.rs`) and prints it once, or keeps it up to date
 //! (`--watch`).
 //!
 //! How a one-shot run knows it has seen every retained status: after its subscriptions
@@ -90,7 +90,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         state: args.state,
         device: args.device.clone(),
     };
-    let mut reader = Reader::new(conn);
+    let mut reader = Reader::new(conn, args.watch || args.listen > 0.0);
     let complete =
         reader.initial(Duration::from_secs_f64(args.wait), Duration::from_secs_f64(args.listen)).await?;
     if !complete {
@@ -125,12 +125,17 @@ enum Got {
 }
 
 impl Reader {
-    fn new(conn: Connection) -> Reader {
+    /// `live`: also telemetry and events (with `--listen` or `--watch`). A one-shot run
+    /// reads only the retained statuses: subscribing to a large fleet's telemetry for
+    /// the moment it waits would bring thousands of messages it has no use for.
+    fn new(conn: Connection, live: bool) -> Reader {
         let p = &conn.prefix;
         // Four levels: no device topic filter (`{p}/+/status`) matches it.
         let probe = format!("{p}/fleet/probe/{}", conn.client_id);
-        let filters =
-            vec![format!("{p}/+/status"), format!("{p}/+/telemetry"), format!("{p}/+/events"), probe.clone()];
+        let mut filters = vec![format!("{p}/+/status"), probe.clone()];
+        if live {
+            filters.extend([format!("{p}/+/telemetry"), format!("{p}/+/events")]);
+        }
         Reader { conn, fleet: Fleet::new(), probe, filters }
     }
 

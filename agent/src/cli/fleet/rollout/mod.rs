@@ -16,12 +16,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use self::core::{Action, Input, Plan, State};
+use super::broker::BrokerArgs;
 use crate::cli::registry::{Change, ExpiryArgs, RepoArgs, change_rollout, expiries, published};
 
 /// Arguments of `fleet rollout`: start one (or `--resume` it), or a subcommand.
@@ -135,33 +136,6 @@ pub struct StartArgs {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
-}
-
-/// The broker, as an operator.
-#[derive(Debug, Args)]
-pub struct BrokerArgs {
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 1883)]
-    pub port: u16,
-    #[arg(long)]
-    pub username: Option<String>,
-    /// A file holding the password (or EDGE_FLEET_MQTT_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// First level of the devices' topics (their mqtt.prefix).
-    #[arg(long, default_value = "edge")]
-    pub prefix: String,
-    /// TLS: PEM file of the certificate authorities that may sign the broker's
-    /// certificate (only these are trusted). Usually with --port 8883.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// TLS: a client certificate (PEM), for brokers that require one.
-    #[arg(long, value_name = "FILE", requires_all = ["ca_file", "key_file"])]
-    pub cert_file: Option<PathBuf>,
-    /// TLS: the client certificate's private key (PKCS#8, SEC1 or PKCS#1 PEM).
-    #[arg(long, value_name = "FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
 }
 
 /// The state file: the controller's state and where it signs.
@@ -358,14 +332,6 @@ fn share_bp(share: f64) -> anyhow::Result<u32> {
     Ok((share * 10_000.0).round() as u32)
 }
 
-fn password(b: &BrokerArgs) -> anyhow::Result<Option<String>> {
-    if let Some(f) = &b.password_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        return Ok(Some(text.trim_end_matches(['\n', '\r']).to_string()));
-    }
-    Ok(std::env::var("EDGE_FLEET_MQTT_PASSWORD").ok())
-}
-
 fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let model = a.model.clone().context("give --model (and --repo, --keys, --version to start a rollout)")?;
     let dir = a.state.dir()?;
@@ -461,34 +427,21 @@ struct Broker {
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Msg>,
     prefix: String,
+    /// `host:port`, for messages.
+    broker: String,
     sync_topic: String,
 }
 
 fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyhow::Result<Broker> {
+    let settings = b.resolve()?;
     let id = format!("edge-fleet-{purpose}-{model}");
-    let mut opts = MqttOptions::new(id.clone(), b.host.clone(), b.port);
+    let mut opts = settings.options(&id);
     opts.set_keep_alive(Duration::from_secs(10));
     // A persistent session: the broker keeps the devices' events (QoS 1) while the
     // controller is away (killed, restarting), and messages are acknowledged only once
     // the state they changed is on disk.
     opts.set_clean_session(!persistent);
     opts.set_manual_acks(true);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    if let Some(user) = &b.username {
-        opts.set_credentials(user.clone(), password(b)?.unwrap_or_default());
-    }
-    if let Some(ca_file) = &b.ca_file {
-        // The agent's own TLS setup (rustls on ring, these CAs only).
-        let section = crate::config::mqtt::TlsSection {
-            ca_file: ca_file.clone(),
-            cert_file: b.cert_file.clone(),
-            key_file: b.key_file.clone(),
-        };
-        let config = crate::mqtt::options::tls_config(&section)?;
-        opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
-            std::sync::Arc::new(config),
-        )));
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -511,8 +464,8 @@ fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyh
             }
         }
     });
-    let sync_topic = format!("{}/fleet/rollouts/{model}/sync/{}", b.prefix, std::process::id());
-    Ok(Broker { client, rx, prefix: b.prefix.clone(), sync_topic })
+    let sync_topic = format!("{}/fleet/rollouts/{model}/sync/{}", settings.prefix, std::process::id());
+    Ok(Broker { client, rx, broker: settings.broker(), prefix: settings.prefix, sync_topic })
 }
 
 impl Broker {
@@ -571,9 +524,8 @@ async fn dry_run(mut saved: Saved, a: &StartArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|_| {
                     anyhow::anyhow!(
-                        "no answer from the broker {}:{} within 30 s (or give --devices FILE)",
-                        a.broker.host,
-                        a.broker.port
+                        "no answer from the broker {} within 30 s (or give --devices FILE)",
+                        broker.broker
                     )
                 })?
                 .context("the broker connection ended")?;
@@ -769,7 +721,7 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
                 Some(Msg::Down(e)) => {
                     tracing::warn!(error = %e, "broker connection lost; reconnecting");
                     if progress.on {
-                        eprintln!("\r\x1b[2Kbroker {}:{}: {e}; reconnecting", a.broker.host, a.broker.port);
+                        eprintln!("\r\x1b[2Kbroker {}: {e}; reconnecting", broker.broker);
                         progress.line.clear();
                     }
                 }
