@@ -8,6 +8,7 @@
 
 pub mod budget;
 pub mod error;
+pub mod fuse;
 mod load;
 pub mod model;
 pub mod onnx_file;
