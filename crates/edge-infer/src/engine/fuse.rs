@@ -27,20 +27,24 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::math::{Add, Div, Max, Min, Mul, Sub};
 
-/// What [`fuse_activations`] changed.
+/// What [`fuse_activations`] and [`fold_channel_affine`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FuseReport {
     /// Hard-swish chains replaced by tract's `HardSwish` op.
     pub hard_swish: usize,
+    /// Per-channel multiplications and additions after grouped (depthwise) convolutions
+    /// folded into their weights and bias.
+    pub channel_affine: usize,
 }
 
 /// tract's `into_optimized` with the engine's rewrites between decluttering (which
 /// brings exporters' spellings to one form) and code generation (which picks kernels).
 pub fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     typed.declutter()?;
-    let report = fuse_activations(&mut typed)?;
-    if report.hard_swish > 0 {
-        tracing::debug!(hard_swish = report.hard_swish, "fused activation chains");
+    let mut report = fuse_activations(&mut typed)?;
+    report.channel_affine = super::fold::fold_channel_affine(&mut typed)?;
+    if report != FuseReport::default() {
+        tracing::debug!(?report, "engine graph rewrites");
     }
     typed.optimize()?;
     Ok(typed)
@@ -370,12 +374,14 @@ mod tests {
         // HardSwish computes x * clamp(x + 3, 0, 6) * (1/6) where the chain divided by 6
         // last: a few ulps per activation, carried through the layers.
         const TOLERANCE: f32 = 1e-4;
-        let mut dirs = vec![(demo_dir(), 0)];
-        dirs.extend(vad_dir().map(|d| (d, 0)));
-        // PP-OCR's classifier has 18 hard-swish chains (one per Clip of the file).
-        dirs.extend(cls_dir().map(|d| (d, 18)));
+        // (model, hard-swish chains, per-channel steps after grouped convolutions)
+        let mut dirs = vec![(demo_dir(), 0, 0)];
+        dirs.extend(vad_dir().map(|d| (d, 0, 0)));
+        // PP-OCR's classifier has 18 hard-swish chains (one per Clip of the file) and 11
+        // depthwise convolutions, each followed by a batch normalisation (a Mul and an Add).
+        dirs.extend(cls_dir().map(|d| (d, 18, 22)));
         assert_eq!(dirs.len(), 3, "the test cache has silero-vad and ppocr-cls");
-        for (dir, chains) in dirs {
+        for (dir, chains, affine) in dirs {
             let model = LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap();
             let n = model.spec.data_input().len();
             let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
@@ -391,6 +397,8 @@ mod tests {
             let typed = reference.into_typed().unwrap();
             let mut decluttered = typed.clone().into_decluttered().unwrap();
             assert_eq!(fuse_activations(&mut decluttered).unwrap().hard_swish, chains, "{}", dir.display());
+            let folded = crate::engine::fold::fold_channel_affine(&mut decluttered).unwrap();
+            assert_eq!(folded, affine, "{}", dir.display());
             let plain = typed.into_optimized().unwrap().into_runnable().unwrap().run(inputs).unwrap();
 
             assert_eq!(fused.len(), plain.len());
@@ -408,6 +416,10 @@ mod tests {
             }
             let hard_swish = model.info.ops.get("HardSwish").copied().unwrap_or(0);
             assert_eq!(hard_swish, chains, "{}: {:?}", dir.display(), model.info.ops);
+            // No per-channel pass is left after a depthwise convolution.
+            let chains_left =
+                model.info.ops.keys().filter(|op| op.as_str() == "OptBinChain(Mul+Add)").count();
+            assert!(affine == 0 || chains_left == 0, "{}: {:?}", dir.display(), model.info.ops);
         }
     }
 }

@@ -76,6 +76,7 @@ impl LoadedModel {
             feeds: fixed.feeds,
             state_outputs: fixed.state_outputs,
             post_output,
+            run_estimate: Default::default(),
         })
     }
 }

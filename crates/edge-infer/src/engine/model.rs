@@ -95,6 +95,9 @@ pub struct LoadedModel {
     pub(super) post_output: usize,
     /// The spec's post-processing, built once rather than per request.
     pub(super) post: PostProcessor,
+    /// Its typical run time, learnt from its runs: small models run on a blocking
+    /// caller's thread ([`super::inline`]).
+    pub(super) run_estimate: super::inline::RunEstimate,
 }
 
 /// What feeds one graph input on each call.

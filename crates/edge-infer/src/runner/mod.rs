@@ -84,7 +84,7 @@ impl Runner {
                 deadline: Instant::now() + WINDOW_DEADLINE,
                 reset: false,
             };
-            let response = self.engine.submit_to(model.clone(), request)?.wait_blocking()?;
+            let response = self.engine.infer_blocking_to(model.clone(), request)?;
             let outputs = model.post().apply(response.post_values(), window, Some(&mut self.segment));
             answers.push(Answer { window, offset, outputs, raw: response.outputs });
         }
