@@ -216,6 +216,10 @@ mod tests {
     use crate::engine::{EngineConfig, ModelLimits};
     use std::time::Instant;
 
+    /// A threshold every model is under, even in an unoptimised test build under load:
+    /// these tests are about the path, not about timing.
+    const ANY_MODEL: Duration = Duration::from_secs(1);
+
     fn engine(inline_below: Duration) -> Engine {
         Engine::start(&EngineConfig { threads: 1, queue: 8, inline_below, ..EngineConfig::default() })
     }
@@ -247,15 +251,15 @@ mod tests {
 
     #[test]
     fn small_models_run_on_the_callers_thread_with_the_same_answers_and_counts() {
-        let on = engine(DEFAULT_INLINE_BELOW);
+        let on = engine(ANY_MODEL);
         let off = engine(Duration::ZERO);
         for e in [&on, &off] {
             e.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
         }
         let input = frames(256, 40);
         assert_eq!(answers(&on, "vibration", &input), answers(&off, "vibration", &input));
-        // The first run goes to a worker (nothing is known of the model yet); the demo
-        // model runs in microseconds, so the rest is answered on this thread.
+        // The first run goes to a worker (nothing is known of the model yet); the rest
+        // is answered on this thread.
         let inline_done = on.shared.inline.done.load(Ordering::Relaxed);
         assert!(inline_done >= 30, "only {inline_done} of 40 on the caller's thread");
         assert_eq!(off.shared.inline.done.load(Ordering::Relaxed), 0, "inline_below 0 turns the path off");
@@ -268,7 +272,7 @@ mod tests {
     #[test]
     fn recurrent_state_carries_over_between_the_two_paths() {
         let Some(dir) = vad_dir() else { panic!("the test cache has silero-vad") };
-        let on = engine(DEFAULT_INLINE_BELOW);
+        let on = engine(ANY_MODEL);
         let off = engine(Duration::ZERO);
         for e in [&on, &off] {
             e.install(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
@@ -286,7 +290,7 @@ mod tests {
         e.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
         answers(&e, "vibration", &frames(256, 5));
         assert_eq!(e.shared.inline.done.load(Ordering::Relaxed), 0, "no model runs under 1 ns");
-        let on = engine(DEFAULT_INLINE_BELOW);
+        let on = engine(ANY_MODEL);
         on.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
         answers(&on, "vibration", &frames(256, 5));
         let err = on.infer_blocking(req("vibration", vec![0.0; 3])).err().unwrap();
