@@ -137,6 +137,10 @@ pub struct EngineSection {
     /// memory. A model past it is refused at load, at update and in the self-test.
     #[serde(default = "default_max_model_memory_mb")]
     pub max_model_memory_mb: u64,
+    /// Threads one model run may use for its matrix products (1: none besides the
+    /// worker). Speeds up large models' single requests; see docs/configuration.md.
+    #[serde(default = "default_intra_threads")]
+    pub intra_threads: usize,
 }
 
 impl Default for EngineSection {
@@ -148,6 +152,7 @@ impl Default for EngineSection {
             max_streams: default_max_streams(),
             spin_us: default_spin_us(),
             max_model_memory_mb: default_max_model_memory_mb(),
+            intra_threads: default_intra_threads(),
         }
     }
 }
@@ -163,6 +168,9 @@ fn default_deadline_ms() -> u64 {
 }
 fn default_max_streams() -> usize {
     1024
+}
+fn default_intra_threads() -> usize {
+    1
 }
 fn default_spin_us() -> u64 {
     50
@@ -779,6 +787,8 @@ fn validate(raw: RawConfig, path: &Path, text: &str) -> Result<Config, ConfigErr
             max_streams: raw.engine.max_streams,
             spin: Duration::from_micros(raw.engine.spin_us),
             model_limits: edge_infer::engine::ModelLimits::from_mb(raw.engine.max_model_memory_mb),
+            intra_threads: raw.engine.intra_threads,
+            ..EngineConfig::default()
         },
         deadline: Duration::from_millis(raw.engine.deadline_ms),
         models,
@@ -839,6 +849,16 @@ fn check_engine(e: &EngineSection, problem: &mut dyn FnMut(&str, String)) {
                 "{} is out of range; use 1 to {} (MiB a model may need: weights and working memory)",
                 e.max_model_memory_mb,
                 edge_infer::engine::budget::MAX_MODEL_MEMORY_MB
+            ),
+        );
+    }
+    let max_intra = edge_infer::engine::intra::MAX_INTRA_THREADS;
+    if !(1..=max_intra).contains(&e.intra_threads) {
+        problem(
+            "engine.intra_threads",
+            format!(
+                "{} is out of range; use 1 (no threads inside a run) to {max_intra}, at most the device's cores",
+                e.intra_threads
             ),
         );
     }

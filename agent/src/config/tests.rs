@@ -451,3 +451,29 @@ fn the_probation_label_shift_is_on_by_default_and_checked() {
     let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
     assert!(err.contains("ota.probation.max_label_shift: 1.5 is not a Jensen-Shannon distance"), "{err}");
 }
+
+#[test]
+fn intra_threads_is_checked_and_reaches_the_engine() {
+    use super::{Config, Overrides};
+    let (_dir, path) = config_file();
+    let write = |text: &str| write_agent(&path, text);
+
+    write("");
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    assert_eq!(c.engine.intra_threads, 1, "the default: no threads inside a run");
+
+    write("\n[engine]\nintra_threads = 4\n");
+    let c = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap();
+    assert_eq!(c.engine.intra_threads, 4);
+
+    for bad in ["0", "65"] {
+        write(&format!("\n[engine]\nintra_threads = {bad}\n"));
+        let err = Config::load_with_env(&path, &Overrides::default(), &[]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "agent.toml:6: engine.intra_threads: {bad} is out of range; use 1 (no threads inside a run) to 64"
+            )),
+            "{err}"
+        );
+    }
+}

@@ -6,7 +6,9 @@
 //! - [`engine`]: model specs ([`ModelSpec`]), loading, checking and optimising models
 //!   with tract ([`LoadedModel`]) within a device's memory limits ([`ModelLimits`]), and
 //!   the [`Engine`]: a pool of worker threads fed by a bounded queue, with deadlines,
-//!   counted rejections and recurrent state per stream.
+//!   counted rejections and recurrent state per stream. Blocking callers run models
+//!   under 100 µs on their own thread ([`engine::inline`]); models are rewritten at load
+//!   where tract leaves activation chains unfused ([`engine::fuse`]).
 //! - [`pipeline`]: the spec's declarative pre-processing (decoding JSON, raw samples and
 //!   images; sliding windows) and post-processing (softmax, argmax, top-k, threshold,
 //!   labels, segments; text detection maps to boxes, CTC decoding, crops).

@@ -96,6 +96,7 @@ impl LoadedModel {
             state_outputs: fixed.state_outputs,
             post_output,
             stages: Vec::new(),
+            run_estimate: Default::default(),
         })
     }
 }
@@ -391,9 +392,10 @@ fn check_memory(
     Ok(memory)
 }
 
-/// tract's optimisation of the typed graph.
+/// tract's optimisation of the typed graph, with the engine's own rewrites between its
+/// decluttering and its code generation (see [`super::fuse`]).
 fn optimise(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
-    contain(move || typed.into_optimized()).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
+    contain(move || super::fuse::optimise(typed)).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
 }
 
 /// The run plan worker threads spawn their run state from.

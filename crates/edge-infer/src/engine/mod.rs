@@ -10,6 +10,10 @@ pub mod budget;
 mod detect_spec;
 pub mod dsp_spec;
 pub mod error;
+mod fold;
+pub mod fuse;
+pub mod inline;
+pub mod intra;
 mod load;
 pub mod model;
 pub mod onnx_file;
@@ -58,6 +62,11 @@ pub struct EngineConfig {
     pub spin: Duration,
     /// The most memory one model may need; larger models are refused at load.
     pub model_limits: ModelLimits,
+    /// Models whose typical run is shorter run on a blocking caller's own thread
+    /// ([`inline`]); zero sends every request to a worker.
+    pub inline_below: Duration,
+    /// Threads one model run may use for its matrix products ([`intra`]); 1 for none.
+    pub intra_threads: usize,
 }
 
 /// Default of [`EngineConfig::spin`].
@@ -71,6 +80,8 @@ impl Default for EngineConfig {
             max_streams: 1024,
             spin: DEFAULT_SPIN,
             model_limits: ModelLimits::default(),
+            inline_below: inline::DEFAULT_INLINE_BELOW,
+            intra_threads: 1,
         }
     }
 }
@@ -235,6 +246,8 @@ struct Shared {
     /// Per worker: jobs finished.
     done: Vec<AtomicU64>,
     epoch: Instant,
+    /// Requests answered on callers' threads.
+    inline: inline::Inline,
 }
 
 /// The engine. Cheap to share behind an `Arc`; safe to call from many threads and tasks.
@@ -291,16 +304,19 @@ impl Engine {
             busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             done: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
+            inline: inline::Inline::new(config.inline_below, threads),
         });
+        let pool = intra::executor(config.intra_threads);
         let mut workers = Vec::with_capacity(threads);
         for ix in 0..threads {
             let rx = rx.clone();
             let shadow_rx = shadow_rx.clone();
             let shared = shared.clone();
             let spin = config.spin;
+            let pool = pool.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("engine-{ix}"))
-                .spawn(move || worker(ix, rx, shadow_rx, shared, spin));
+                .spawn(move || intra::scoped(pool, || worker(ix, rx, shadow_rx, shared, spin)));
             match spawned {
                 Ok(h) => workers.push(h),
                 Err(e) => tracing::error!(error = %e, worker = ix, "cannot start engine worker thread"),
@@ -388,9 +404,14 @@ impl Engine {
         Ticket { rx, deadline: req.deadline, model: req.model, spin: self.spin }
     }
 
-    /// Submits and waits from a plain thread.
+    /// Submits and waits from a plain thread (small models run on it: see [`inline`]).
     pub fn infer_blocking(&self, req: Request) -> Reply {
-        self.submit(req)?.wait_blocking()
+        let Some(model) = self.model(&req.model) else {
+            let err = InferError::UnknownModel { model: req.model.clone(), loaded: self.model_names() };
+            self.count_error(&req.model, &err);
+            return Err(err);
+        };
+        self.infer_blocking_to(model, req)
     }
 
     /// Counts an error found outside the engine (pre-processing) against a model.
@@ -516,7 +537,8 @@ impl Engine {
                 .map(|s| now.saturating_sub(*s))
                 .max()
                 .unwrap_or(0),
-            jobs_done: self.shared.done.iter().map(|d| d.load(Ordering::Relaxed)).sum(),
+            jobs_done: self.shared.done.iter().map(|d| d.load(Ordering::Relaxed)).sum::<u64>()
+                + self.shared.inline.done.load(Ordering::Relaxed),
             live_streams: self.shared.streams.len(),
             streams_evicted: self.shared.streams.evicted(),
         }
@@ -611,21 +633,7 @@ fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Share
         shared.busy_since[ix].store(since, Ordering::Relaxed);
         let mut job = job;
         let result = run_job(&mut job, &mut states, &shared);
-        let name = job.model.name().to_string();
-        match &result {
-            // The candidate shares the serving version's name; its runs are the caller's
-            // to count, so the serving version's numbers (probation, /metrics) stay its own.
-            _ if job.shadow => {}
-            Ok(r) => shared.stats.with(&name, |s| {
-                s.ok += 1;
-                s.latency.record(job.submitted.elapsed());
-                s.run.record(r.run);
-            }),
-            Err(e) => shared.stats.record_error(&name, e.kind(), e.is_rejection(), e.to_string()),
-        }
-        if let Err(e) = &result {
-            tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
-        }
+        record_outcome(&shared, &job, &result);
         // Idle before the caller hears back: a caller that looks at the pool right after
         // its answer (a shadow run waiting for idle capacity) must see this worker free.
         shared.busy_since[ix].store(0, Ordering::Relaxed);
@@ -633,6 +641,25 @@ fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Share
         // The caller may have given up waiting; nothing to do then.
         let _ = job.reply.send(result);
         tracing::trace!(worker = ix, us = started.elapsed().as_micros() as u64, "job done");
+    }
+}
+
+/// Counts a finished job in the model's stats (a worker's or a caller's).
+fn record_outcome(shared: &Shared, job: &Job, result: &Reply) {
+    let name = job.model.name();
+    match result {
+        // The candidate shares the serving version's name; its runs are the caller's
+        // to count, so the serving version's numbers (probation, /metrics) stay its own.
+        _ if job.shadow => {}
+        Ok(r) => shared.stats.with(name, |s| {
+            s.ok += 1;
+            s.latency.record(job.submitted.elapsed());
+            s.run.record(r.run);
+        }),
+        Err(e) => shared.stats.record_error(name, e.kind(), e.is_rejection(), e.to_string()),
+    }
+    if let Err(e) = result {
+        tracing::debug!(model = %name, stream = %job.stream, error = %e, "request failed");
     }
 }
 
@@ -700,6 +727,7 @@ fn run_job(job: &mut Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &
 
     match outcome {
         Ok((outputs, run)) => {
+            model.run_estimate.record(run);
             if stateful {
                 shared.streams.put(model.id, &job.stream, Some(model.next_state(&outputs)));
             }

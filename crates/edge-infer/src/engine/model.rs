@@ -99,6 +99,9 @@ pub struct LoadedModel {
     /// same directory: installing, replacing or rolling back the model does the same to
     /// the whole pipeline at once.
     pub stages: Vec<Arc<LoadedModel>>,
+    /// Its typical run time, learnt from its runs: small models run on a blocking
+    /// caller's thread ([`super::inline`]).
+    pub(super) run_estimate: super::inline::RunEstimate,
 }
 
 /// What feeds one graph input on each call.

@@ -4,11 +4,11 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-fn demo_dir() -> PathBuf {
+pub(super) fn demo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/models/vibration")
 }
 
-fn vad_dir() -> Option<PathBuf> {
+pub(super) fn vad_dir() -> Option<PathBuf> {
     let cache = std::env::var_os("EDGE_TEST_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache"));
@@ -249,7 +249,7 @@ fn the_test_models_fit_the_default_limit() {
     }
 }
 
-fn cls_dir() -> Option<PathBuf> {
+pub(super) fn cls_dir() -> Option<PathBuf> {
     vad_dir().map(|vad| vad.with_file_name("ppocr-cls")).filter(|d| d.join("model.onnx").is_file())
 }
 

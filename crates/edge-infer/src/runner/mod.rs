@@ -100,7 +100,7 @@ impl Runner {
                 deadline: Instant::now() + WINDOW_DEADLINE,
                 reset: false,
             };
-            let response = self.engine.submit_to(model.clone(), request)?.wait_blocking()?;
+            let response = self.engine.infer_blocking_to(model.clone(), request)?;
             let outputs = model.post().apply_to(
                 response.post_values(),
                 Some(&request_data),
