@@ -189,6 +189,10 @@ fn ppocr_resizes_an_image_by_rapidocrs_rule_and_reads_it_as_rapidocr_does() {
     let det = runner.model().plan_cache().unwrap();
     assert!(det.shapes.contains(&vec![1, 3, 736, 1152]), "{det:?}");
     eprintln!("detector plans: {det:?}");
+    let model = runner.model();
+    for m in [model, &*model.stages[0]] {
+        eprintln!("{}: memory at the largest size {:?}", m.name(), m.info.memory);
+    }
 }
 
 /// Reads the image of `reference` (in the test cache's reference directory) through the
