@@ -225,3 +225,41 @@ fn a_detector_spec_that_misreads_the_output_is_refused_at_load() {
     assert!(err.contains("expects 21 attributes per candidate (4 box + 17 classes)"), "{err}");
     assert!(err.contains("[1, 22, 2100]"), "{err}");
 }
+
+/// The detector with its input's height and width both varying (multiples of 32, the
+/// longer side scaled to 320) through `edge-agent infer`: the two-face image of 768x288
+/// runs at a 320x128 frame and gives the boxes onnxruntime gives at that frame
+/// (`frames` of the reference). Before, an input could vary in one dimension only and
+/// the engine told its shape from the number of values.
+#[test]
+fn a_yolo_detector_runs_at_a_multiple_of_32_frame_from_the_cli() {
+    let work = tempdir();
+    let dir = work.path().join("nudenet-any");
+    copy_model(&model("nudenet"), &dir);
+    let spec = std::fs::read_to_string(dir.join("model.toml")).unwrap().replace(
+        "shape = [1, 3, 320, 320]",
+        "shape = [1, 3, { min = 32, max = 320, multiple_of = 32 }, { min = 32, max = 320, multiple_of = 32 }]",
+    );
+    std::fs::write(
+        dir.join("model.toml"),
+        spec.replace("filter = \"linear\"", "filter = \"linear\"\nlimit_side = 320"),
+    )
+    .unwrap();
+    let frames = reference()["frames"].as_array().expect("frames: run tests/run --prepare-only").clone();
+    for case in &frames {
+        let name = case["image"].as_str().unwrap();
+        let path = image(name);
+        let args = ["infer", "--model", dir.to_str().unwrap(), "--input", path.to_str().unwrap(), "--json"];
+        let out = run(&args, secs(120));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_same(name, &v["results"][0]["outputs"], &case["detections"]);
+    }
+    // Without the limit, a 768-pixel side is beyond the input's 320: refused, saying so.
+    std::fs::write(dir.join("model.toml"), spec).unwrap();
+    let path = image("detect_pair.png");
+    let args = ["infer", "--model", dir.to_str().unwrap(), "--input", path.to_str().unwrap()];
+    let out = run(&args, secs(120));
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("768x288") && err.contains("limit_side"), "{err}");
+}

@@ -252,6 +252,7 @@ fn replay_vad(
                     data: w.data,
                     deadline: std::time::Instant::now() + secs(60),
                     reset: n == 0,
+                    shape: None,
                 })
                 .unwrap();
             let outputs = model.post().apply(resp.post_values(), w.index, Some(&mut segment));

@@ -305,6 +305,7 @@ fn run_block(
                                 data: data.to_vec(),
                                 deadline: t + Duration::from_secs(60),
                                 reset: false,
+                                shape: None,
                             })?;
                         } else {
                             direct_call(model, &mut state, data.to_vec())?;
@@ -533,5 +534,6 @@ fn infer_once(
         data: data.to_vec(),
         deadline: Instant::now() + Duration::from_secs(60),
         reset: false,
+        shape: None,
     })?)
 }

@@ -71,6 +71,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
 
     let mut segment = SegmentState::default();
     let mut results = Vec::with_capacity(prepared.inputs.len());
+    // An image's frame gives the input's shape, which its number of values does not
+    // when the image's height and width both vary.
+    let shape = prepared.frame.as_ref().and_then(|f| model.spec.image_input_shape(f.placement.frame));
     for (window, data) in prepared.inputs.into_iter().enumerate() {
         let started = Instant::now();
         // Anomaly scores compare the output with the input it reconstructs.
@@ -83,6 +86,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 data,
                 deadline: started + Duration::from_millis(args.deadline_ms),
                 reset: false,
+                shape: shape.clone(),
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
         let outputs = model.post().apply_full(

@@ -115,6 +115,9 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             }
             windows.into_iter().map(|w| w.data).collect()
         }
+        // An image whose sides both vary has the shape its frame gives (the engine
+        // checks it); its number of values alone tells no shape.
+        _ if format == InputFormat::Image && spec.image_sides_vary() => vec![values],
         _ => {
             check_whole(&path.display().to_string(), &values, spec)?;
             vec![values]

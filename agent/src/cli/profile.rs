@@ -85,6 +85,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
                     deadline: started + Duration::from_millis(args.deadline_ms),
                     // Each file is a stream of its own: recurrent state starts afresh.
                     reset: window == 0,
+                    shape: None,
                 })
                 .with_context(|| format!("input {} (window {window})", path.display()))?;
             let outputs = model.post().apply_to(

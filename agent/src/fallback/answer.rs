@@ -80,6 +80,7 @@ async fn run_local(
         data,
         deadline: Instant::now() + job.wait,
         reset: job.reset,
+        shape: None,
     };
     let resp =
         engine.submit_to(model.clone(), req).map_err(Failure::Local)?.wait().await.map_err(Failure::Local)?;

@@ -206,6 +206,7 @@ impl Rig {
                         data: w.data,
                         deadline: Instant::now() + Duration::from_secs(60),
                         reset: false,
+                        shape: None,
                     })
                     .unwrap();
                 let outputs = self.model.post().apply(resp.post_values(), w.index, Some(&mut segment));

@@ -162,6 +162,7 @@ impl Runner {
             data: input.to_vec(),
             deadline: Instant::now() + Duration::from_secs(600),
             reset: true,
+            shape: None,
         };
         self.engine.submit_to(model, request).and_then(|t| t.wait_blocking()).map_err(|e| e.to_string())
     }

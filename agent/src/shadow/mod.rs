@@ -261,6 +261,7 @@ async fn run_one(engine: &Engine, p: Pending) {
         data: p.data,
         deadline: p.deadline,
         reset: p.reset,
+        shape: None,
     };
     let ticket = match engine.submit_idle(trial.candidate.clone(), req) {
         Ok(Some(t)) => t,

@@ -70,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         data: w.data,
                         deadline: Instant::now() + Duration::from_secs(30),
                         reset: false,
+                        shape: None,
                     },
                 )?
                 .wait_blocking()?;

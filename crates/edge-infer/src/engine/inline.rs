@@ -107,9 +107,9 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A thread's tract run states, by model load id (as a worker keeps them).
+/// A thread's tract run states, by model load id and input shape (as a worker keeps them).
 #[derive(Default)]
-struct States(HashMap<u64, TypedSimpleState>);
+struct States(HashMap<(u64, Vec<usize>), TypedSimpleState>);
 
 impl Drop for States {
     /// Dropping a run state reaches into tract's own thread-local scratch space, which
@@ -231,6 +231,7 @@ mod tests {
             data,
             deadline: Instant::now() + Duration::from_secs(30),
             reset: false,
+            shape: None,
         }
     }
 

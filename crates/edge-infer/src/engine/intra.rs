@@ -79,6 +79,7 @@ mod tests {
                         data,
                         deadline: Instant::now() + Duration::from_secs(60),
                         reset: false,
+                        shape: None,
                     };
                     // Through a worker, where the pool applies.
                     engine.submit(req).unwrap().wait_blocking().unwrap().outputs

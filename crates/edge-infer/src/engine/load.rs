@@ -16,6 +16,7 @@ use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
 use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
 use super::panic::contain;
+use super::plans::{PLAN_CACHE, Plans, ShapePlans, Source};
 use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::{CtcDecoder, PostProcessor};
 
@@ -43,7 +44,10 @@ impl LoadedModel {
         let fixed = fix_inputs(parsed.model, &graph, &spec, &at)?;
 
         let started = Instant::now();
-        let typed = analyse(fixed.model, &graph, &spec, &at)?;
+        let (typed, source) = match fixed.symbols.is_empty() {
+            true => (analyse(fixed.model, &graph, &spec, &at)?, None),
+            false => analyse_varying(fixed.model, &fixed.symbols, &graph, &spec, &at)?,
+        };
         if spec.post.kind == PostKind::Scores
             && let Some(problem) = labels_problem(&typed, post_output, &graph.outputs, &spec)
         {
@@ -66,14 +70,38 @@ impl LoadedModel {
             }
         }
         let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
-        let typed = optimise(typed, &at)?;
+        // With a varying dimension the graph is only decluttered here: it is optimised
+        // per size, on first use (`plans`).
+        let (typed, source) = match source {
+            None => (optimise(typed, &at)?, None),
+            Some(Source::Typed(_, symbols)) => {
+                let typed = declutter(typed, &at)?;
+                let source = Source::Typed(Arc::new(typed.clone()), symbols);
+                (typed, Some(source))
+            }
+            Some(source) => (typed, Some(source)),
+        };
         let optimise_ms = ms(started);
 
         let ops = op_counts(&typed);
         let op_count = typed.nodes().len();
         let (inputs, outputs) = tensor_infos(&typed, graph);
         let post = post_processor(&spec, dir, outputs.get(post_output)).map_err(|p| at.mismatch(vec![p]))?;
-        let plan = plan(typed, &at)?;
+        let plans = match source {
+            None => Plans::Fixed(plan(typed, &at)?),
+            Some(source) => {
+                let input = spec.data_input().clone();
+                let plans = ShapePlans::new(source, input.clone(), PLAN_CACHE);
+                // The smallest size is planned now: a model tract cannot plan at all is
+                // refused at load, not on its first request.
+                let mut shape = input.shape.clone();
+                for (axis, r) in &input.ranges {
+                    shape[*axis] = r.lowest().unwrap_or(r.max);
+                }
+                plans.plan_for(&shape).map_err(|e| at.optimise(e))?;
+                Plans::Varying(Box::new(plans))
+            }
+        };
 
         Ok(LoadedModel {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -91,7 +119,7 @@ impl LoadedModel {
                 memory,
                 memory_limit_bytes: limits.max_bytes,
             },
-            plan,
+            plans,
             feeds: fixed.feeds,
             state_outputs: fixed.state_outputs,
             post_output,
@@ -283,6 +311,8 @@ struct Fixed {
     state_outputs: Vec<usize>,
     /// A range dimension's symbol and the largest size it takes: memory is reckoned there.
     widest: SymbolValues,
+    /// The data input's range dimensions' symbols, by axis.
+    symbols: Vec<(usize, Symbol)>,
 }
 
 /// Fixes every input's fact to the spec's concrete type and shape (a range dimension
@@ -296,27 +326,29 @@ fn fix_inputs(
     let mut feeds = Vec::new();
     let mut state_outputs = Vec::new();
     let mut widest = SymbolValues::default();
+    let mut symbols = Vec::new();
     for (ix, name) in graph.inputs.iter().enumerate() {
         let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
         let fact = match input.range() {
             None => InferenceFact::dt_shape(datum_type(input.dtype), input.shape.clone()),
-            Some((axis, range)) => {
-                // The varying dimension stays a symbol: the graph is optimised once for
-                // every size, and tract resolves the symbol from each call's input.
-                let sym = model.symbols.new_with_prefix("edge_dim");
-                widest = widest.with(&sym, range.max as i64);
-                for bound in [format!("{sym}>={}", range.min), format!("{sym}<={}", range.max)] {
-                    // Bounds only help the optimiser; a model runs without them.
-                    if let Err(e) = model.symbols.add_assertion(bound) {
-                        tracing::debug!(error = %e, "cannot tell tract the range's bounds");
+            Some(_) => {
+                // The varying dimensions stay symbols: the graph is typed once for every
+                // size, and planned per size (`plans`).
+                let mut dims: TVec<TDim> = input.shape.iter().map(|n| TDim::from(*n)).collect();
+                for (axis, range) in &input.ranges {
+                    let sym = model.symbols.new_with_prefix("edge_dim");
+                    widest = widest.with(&sym, range.max as i64);
+                    for bound in [format!("{sym}>={}", range.min), format!("{sym}<={}", range.max)] {
+                        // Bounds only help the optimiser; a model runs without them.
+                        if let Err(e) = model.symbols.add_assertion(bound) {
+                            tracing::debug!(error = %e, "cannot tell tract the range's bounds");
+                        }
+                    }
+                    dims[*axis] = TDim::Sym(sym.clone());
+                    if input.from == InputFrom::Data {
+                        symbols.push((*axis, sym));
                     }
                 }
-                let dims: TVec<TDim> = input
-                    .shape
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| if i == axis { TDim::Sym(sym.clone()) } else { TDim::from(*n) })
-                    .collect();
                 InferenceFact::dt_shape(datum_type(input.dtype), dims)
             }
         };
@@ -325,7 +357,7 @@ fn fix_inputs(
             .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
         let shape = input.shape.clone();
         let feed = match input.from {
-            InputFrom::Data => Feed::Data { dtype: input.dtype, shape, varies: !input.ranges.is_empty() },
+            InputFrom::Data => Feed::Data { dtype: input.dtype },
             InputFrom::State => {
                 let out = input.state_output.as_deref().unwrap_or_default();
                 let out_ix = graph.outputs.iter().position(|o| o == out).unwrap_or(0);
@@ -345,7 +377,7 @@ fn fix_inputs(
         };
         feeds.push(feed);
     }
-    Ok(Fixed { model, feeds, state_outputs, widest })
+    Ok(Fixed { model, feeds, state_outputs, widest, symbols })
 }
 
 /// Types the graph at the spec's shapes (tract's analysis), first, so that the model's
@@ -365,6 +397,30 @@ fn analyse(
             None => Err(at.optimise(e)),
         },
     }
+}
+
+/// [`analyse`] for a model whose data input has range dimensions, `symbols`: typed with
+/// the dimensions open if tract can (plans then substitute the size), else typed at the
+/// range's largest size for the checks, and plans are made from the parsed graph.
+fn analyse_varying(
+    model: InferenceModel,
+    symbols: &[(usize, Symbol)],
+    graph: &GraphNames,
+    spec: &ModelSpec,
+    at: &Files,
+) -> Result<(TypedModel, Option<Source>), LoadError> {
+    let open = model.clone();
+    if let Ok(Ok(typed)) = contain(move || open.into_typed()) {
+        return Ok((typed, Some(Source::Typed(Arc::new(TypedModel::default()), symbols.to_vec()))));
+    }
+    let input = spec.data_input();
+    let ix = graph.inputs.iter().position(|n| *n == input.name).unwrap_or(0);
+    let widest = model
+        .clone()
+        .with_input_fact(ix, InferenceFact::dt_shape(datum_type(input.dtype), input.shape.clone()))
+        .map_err(|e| at.mismatch(vec![format!("input `{}`: {e:#}", input.name)]))?;
+    let typed = analyse(widest, graph, spec, at)?;
+    Ok((typed, Some(Source::Inference(Arc::new(model), ix))))
 }
 
 /// The typed model's estimated working memory, against `limits`.
@@ -396,6 +452,12 @@ fn check_memory(
 /// decluttering and its code generation (see [`super::fuse`]).
 fn optimise(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
     contain(move || super::fuse::optimise(typed)).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
+}
+
+/// tract's decluttering of the typed graph: what is done once for every size of a
+/// varying dimension.
+fn declutter(typed: TypedModel, at: &Files) -> Result<TypedModel, LoadError> {
+    contain(move || typed.into_decluttered()).map_err(at.panic("optimising"))?.map_err(|e| at.optimise(e))
 }
 
 /// The run plan worker threads spawn their run state from.

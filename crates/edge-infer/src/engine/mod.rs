@@ -18,6 +18,7 @@ mod load;
 pub mod model;
 pub mod onnx_file;
 pub mod panic;
+pub mod plans;
 pub mod post_spec;
 mod resize_spec;
 pub mod spec;
@@ -99,6 +100,10 @@ pub struct Request {
     pub deadline: Instant,
     /// Start the stream's recurrent state afresh before this call.
     pub reset: bool,
+    /// The data input's shape, for an input with dimensions that vary (an image whose
+    /// width and height both vary); `None` works it out from the number of values, as
+    /// it can for a fixed shape or one varying dimension.
+    pub shape: Option<Vec<usize>>,
 }
 
 /// One output tensor, as `f32`.
@@ -142,6 +147,7 @@ struct Job {
     model: Arc<LoadedModel>,
     stream: String,
     data: Vec<f32>,
+    shape: Option<Vec<usize>>,
     deadline: Instant,
     reset: bool,
     submitted: Instant,
@@ -160,6 +166,7 @@ impl Job {
             model,
             stream: req.stream.clone().unwrap_or_else(|| "default".to_string()),
             data: std::mem::take(&mut req.data),
+            shape: req.shape.take(),
             deadline: req.deadline,
             reset: req.reset,
             submitted: Instant::now(),
@@ -173,6 +180,24 @@ impl Job {
 /// Refuses input of a length the model's data input cannot take.
 fn check_length(model: &LoadedModel, req: &Request) -> Result<(), InferError> {
     let input = model.spec.data_input();
+    if let Some(shape) = &req.shape {
+        let source = if !input.accepts(shape) {
+            crate::pipeline::InputError::ShapeRange {
+                input: input.name.clone(),
+                got: shape.clone(),
+                want: input.shape_text(),
+            }
+        } else if budget::elements(shape) != Some(req.data.len()) {
+            crate::pipeline::InputError::LengthRange {
+                input: input.name.clone(),
+                got: req.data.len(),
+                shape: format!("{shape:?}, as the request says"),
+            }
+        } else {
+            return Ok(());
+        };
+        return Err(InferError::Input { model: req.model.clone(), source });
+    }
     if input.shape_for(req.data.len()).is_some() {
         return Ok(());
     }
@@ -626,7 +651,8 @@ fn next_job(rx: &Receiver<Job>, shadow: &Receiver<Job>, spin: Duration) -> Optio
 fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Shared>, spin: Duration) {
     // One tract run state per model: reusing it saves re-allocating the plan's buffers on
     // every call. Keyed by load id; cleared when models change often enough to pile up.
-    let mut states: HashMap<u64, TypedSimpleState> = HashMap::new();
+    // With a varying dimension, one per model and size.
+    let mut states: HashMap<(u64, Vec<usize>), TypedSimpleState> = HashMap::new();
     while let Some(job) = next_job(&rx, &shadow, spin) {
         let started = Instant::now();
         let since = (shared.epoch.elapsed().as_millis() as u64).max(1);
@@ -663,7 +689,11 @@ fn record_outcome(shared: &Shared, job: &Job, result: &Reply) {
     }
 }
 
-fn run_job(job: &mut Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &Shared) -> Reply {
+fn run_job(
+    job: &mut Job,
+    states: &mut HashMap<(u64, Vec<usize>), TypedSimpleState>,
+    shared: &Shared,
+) -> Reply {
     let model = &job.model;
     let now = Instant::now();
     if now > job.deadline {
@@ -703,14 +733,18 @@ fn run_job(job: &mut Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &
         if states.len() > 16 {
             states.clear();
         }
-        let state = match states.entry(model.id) {
+        let shape = model.data_shape(job.data.len(), job.shape.as_deref()).map_err(fail)?;
+        let key = (model.id, shape);
+        let state = match states.entry(key.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(model.spawn_state().map_err(|e| fail(format!("{e:#}")))?)
+                let plan = model.plan_for(&v.key().1).map_err(|e| fail(e.to_string()))?;
+                v.insert(plan.spawn().map_err(|e| fail(format!("{e:#}")))?)
             }
         };
         let data = std::mem::take(&mut job.data);
-        let inputs = model.assemble(data, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
+        let inputs =
+            model.assemble_shaped(data, &key.1, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
         let started = Instant::now();
         let ran = panic::contain(|| state.run(inputs));
         let run = started.elapsed();
@@ -719,7 +753,7 @@ fn run_job(job: &mut Job, states: &mut HashMap<u64, TypedSimpleState>, shared: &
             Ok(Err(e)) => Err(fail(format!("{e:#}"))),
             Err(message) => {
                 // The run state may be half-updated after a panic: rebuild it next time.
-                states.remove(&model.id);
+                states.remove(&key);
                 Err(InferError::Panic { model: model.name().into(), message })
             }
         }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use tract_onnx::prelude::*;
 
 use super::budget::MemoryEstimate;
+use super::plans::{PlanCacheReport, PlanError, Plans};
 use super::spec::{DType, ModelSpec};
 use crate::pipeline::PostProcessor;
 
@@ -86,7 +87,8 @@ pub struct LoadedModel {
     pub outputs: Vec<TensorInfo>,
     /// What loading measured.
     pub info: LoadInfo,
-    pub(super) plan: Arc<TypedSimplePlan>,
+    /// One plan, or with a varying data dimension one per size (see `plans`).
+    pub(super) plans: Plans,
     /// For each graph input, in graph order: what feeds it.
     pub(super) feeds: Vec<Feed>,
     /// Graph output index feeding each state slot, in state-slot order.
@@ -106,11 +108,9 @@ pub struct LoadedModel {
 
 /// What feeds one graph input on each call.
 pub(super) enum Feed {
+    /// The request's data; its shape is worked out per call (`data_shape`).
     Data {
         dtype: DType,
-        shape: Vec<usize>,
-        /// A dimension is a range: the call's shape comes from its number of values.
-        varies: bool,
     },
     /// Slot in the stream's state vector; `zeros` is the first call's value.
     State {
@@ -153,36 +153,82 @@ impl LoadedModel {
 
     /// A fresh run state; worker threads keep one per model to avoid re-allocating the
     /// plan's buffers on every call.
+    /// With a varying dimension, the state is for the declared (largest) shape.
     pub fn spawn_state(&self) -> TractResult<TypedSimpleState> {
-        self.plan.spawn()
+        self.plan_for(&self.spec.data_input().shape).map_err(TractError::from)?.spawn()
+    }
+
+    /// The run plan for one call whose data input has `shape`: the model's plan, or with
+    /// a varying dimension the plan for that size (made on first use, then cached).
+    pub fn plan_for(&self, shape: &[usize]) -> Result<Arc<TypedSimplePlan>, PlanError> {
+        match &self.plans {
+            Plans::Fixed(plan) => {
+                let input = self.spec.data_input();
+                if shape != input.shape.as_slice() {
+                    return Err(PlanError::Outside {
+                        input: input.name.clone(),
+                        accepts: input.shape_text(),
+                        got: shape.to_vec(),
+                    });
+                }
+                Ok(plan.clone())
+            }
+            Plans::Varying(plans) => plans.plan_for(shape),
+        }
+    }
+
+    /// The plans made per size, for a model with a varying dimension.
+    pub fn plan_cache(&self) -> Option<PlanCacheReport> {
+        match &self.plans {
+            Plans::Fixed(_) => None,
+            Plans::Varying(plans) => Some(plans.report()),
+        }
+    }
+
+    /// The data input's shape for one call: `shape` when the request gives one (checked
+    /// against the values and the spec), else the one shape `len` values fit.
+    pub fn data_shape(&self, len: usize, shape: Option<&[usize]>) -> Result<Vec<usize>, String> {
+        let input = self.spec.data_input();
+        match shape {
+            Some(s) if !input.accepts(s) => {
+                Err(format!("shape {s:?} is not one input `{}` takes: {}", input.name, input.shape_text()))
+            }
+            Some(s) if super::budget::elements(s) != Some(len) => Err(format!(
+                "shape {s:?} holds {} values but the request has {len}",
+                super::budget::elements(s).map_or_else(|| "too many".into(), |n| n.to_string())
+            )),
+            Some(s) => Ok(s.to_vec()),
+            None => input.shape_for(len).ok_or_else(|| {
+                format!("{len} values fit no shape of input `{}` {}", input.name, input.shape_text())
+            }),
+        }
     }
 
     /// Builds the graph inputs for one call: `data` (already checked for length) plus the
     /// stream's state (or zeros) and constants. An f32 input takes `data` without a copy.
     pub fn assemble(&self, data: Vec<f32>, state: Option<&[TValue]>) -> TractResult<TVec<TValue>> {
+        let shape = self.data_shape(data.len(), None).map_err(TractError::msg)?;
+        self.assemble_shaped(data, &shape, state)
+    }
+
+    /// [`LoadedModel::assemble`] with the data input's shape already worked out (by
+    /// [`LoadedModel::data_shape`]).
+    pub fn assemble_shaped(
+        &self,
+        data: Vec<f32>,
+        shape: &[usize],
+        state: Option<&[TValue]>,
+    ) -> TractResult<TVec<TValue>> {
         let mut inputs = TVec::with_capacity(self.feeds.len());
         let mut data = Some(data);
         for feed in &self.feeds {
             let value: TValue = match feed {
-                Feed::Data { dtype, shape, varies } => {
+                Feed::Data { dtype } => {
                     let values = data.take().unwrap_or_default();
-                    let shape = if *varies {
-                        let input = self.spec.data_input();
-                        std::borrow::Cow::Owned(input.shape_for(values.len()).ok_or_else(|| {
-                            TractError::msg(format!(
-                                "{} values fit no shape of input `{}` {}",
-                                values.len(),
-                                input.name,
-                                input.shape_text()
-                            ))
-                        })?)
-                    } else {
-                        std::borrow::Cow::Borrowed(shape)
-                    };
                     if *dtype == DType::F32 {
-                        tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), values)?.into_tensor().into()
+                        tract_ndarray::ArrayD::from_shape_vec(shape, values)?.into_tensor().into()
                     } else {
-                        tensor_from_f32(*dtype, &shape, &values)?.into()
+                        tensor_from_f32(*dtype, shape, &values)?.into()
                     }
                 }
                 Feed::State { slot, zeros } => match state.and_then(|s| s.get(*slot)) {

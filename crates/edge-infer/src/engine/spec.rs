@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::budget;
 pub use super::detect_spec::{BoxFormat, DetectLayout, DetectSpec};
 use super::error::SpecError;
-pub use super::resize_spec::ResizeFilter;
+pub use super::resize_spec::{LimitType, ResizeFilter, multiple_frame};
 use crate::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
@@ -189,6 +189,10 @@ impl InputSpec {
         let Some((axis, range)) = self.range() else {
             return (len == self.len()).then(|| self.shape.clone());
         };
+        if self.ranges.len() > 1 {
+            // Several sizes can make the same number of values: the request says which.
+            return None;
+        }
         let rest = self
             .shape
             .iter()
@@ -459,6 +463,14 @@ pub struct ImageSpec {
     /// Interpolation of the resize (default: triangle).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<ResizeFilter>,
+    /// With an input whose height and width both vary: the side length the image is
+    /// scaled to (see `limit_type`) before each side is brought to a multiple of the
+    /// input's `multiple_of`. Without it the image keeps its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_side: Option<u32>,
+    /// Which side `limit_side` bounds (default `max`: the longer side, scaled down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<LimitType>,
 }
 
 /// An image input's target size, resolved from `[pre.image]` and the data input's shape.
@@ -472,9 +484,45 @@ pub struct ImageGeometry {
     pub channels: usize,
     /// The widths the input takes, when its width varies.
     pub width_range: Option<DimRange>,
+    /// The heights the input takes, when its height varies too (detectors).
+    pub height_range: Option<DimRange>,
+    /// `pre.image.limit_side` and `limit_type`, for an input whose sides both vary.
+    pub limit: Option<(u32, LimitType)>,
 }
 
 impl ImageGeometry {
+    /// The model's frame for an image of `w` x `h` pixels: with both sides varying, the
+    /// image scaled by the limit with each side brought to a multiple (see
+    /// [`multiple_frame`]; `stretch` for a stretched resize), kept within the ranges
+    /// (see [`ImageGeometry::misfit`] for one that is not); else the fixed height and
+    /// [`ImageGeometry::target_width`].
+    pub fn frame(&self, w: u32, h: u32, stretch: bool) -> (u32, u32) {
+        match self.varying_frame(w, h, stretch) {
+            Some((fw, fh, wr, hr)) => (clamp_to(fw, wr), clamp_to(fh, hr)),
+            None => (self.target_width(w, h), self.height),
+        }
+    }
+
+    /// Why an image of `w` x `h` pixels fits no frame the input takes, if it does not:
+    /// its frame by the spec's rule lies outside the input's ranges.
+    pub fn misfit(&self, w: u32, h: u32, stretch: bool) -> Option<String> {
+        let (fw, fh, wr, hr) = self.varying_frame(w, h, stretch)?;
+        if wr.contains(fw as usize) && hr.contains(fh as usize) {
+            return None;
+        }
+        Some(format!(
+            "a {w}x{h} image resizes to {fw}x{fh} (width x height), outside what the input takes: width {wr}, height {hr}; send a smaller image, or set pre.image.limit_side (limit_type = \"max\") to scale it down"
+        ))
+    }
+
+    /// The unclamped frame and both ranges, when height and width both vary.
+    fn varying_frame(&self, w: u32, h: u32, stretch: bool) -> Option<(u32, u32, DimRange, DimRange)> {
+        let (wr, hr) = (self.width_range?, self.height_range?);
+        let m = |r: DimRange| u32::try_from(r.multiple_of).unwrap_or(1);
+        let (fw, fh) = multiple_frame(w.max(1), h.max(1), self.limit, (m(wr), m(hr)), stretch)?;
+        Some((fw, fh, wr, hr))
+    }
+
     /// The width an image of `w` x `h` pixels is resized to: the fixed width, or its
     /// width at the target height (aspect ratio kept) brought into the range.
     pub fn target_width(&self, w: u32, h: u32) -> u32 {
@@ -488,6 +536,12 @@ impl ImageGeometry {
             }
         }
     }
+}
+
+/// `n` brought within the range's allowed sizes.
+fn clamp_to(n: u32, r: DimRange) -> u32 {
+    let (lo, hi) = (r.lowest().unwrap_or(r.min), r.highest().unwrap_or(r.max));
+    u32::try_from((n as usize).clamp(lo, hi)).unwrap_or(u32::MAX)
 }
 
 /// Axes of channels, height and width in an image input: its last three dimensions in
@@ -939,7 +993,7 @@ impl ModelSpec {
                 }
             }
         }
-        if ranges > 1 {
+        if ranges > 1 && !self.image_sides_vary() {
             out.push(format!(
                 "only one dimension may be a range (found {ranges}): the engine tells its size from the number of values; give the others fixed sizes"
             ));
@@ -1051,10 +1105,36 @@ impl ModelSpec {
         let d = self.inputs.iter().find(|i| i.from == InputFrom::Data)?;
         let axes = image_axes(img.layout, d);
         let dim = |axis: usize| d.shape.get(axis).and_then(|n| u32::try_from(*n).ok());
-        let width_range = axes.and_then(|(_, _, w)| d.ranges.iter().find(|(a, _)| *a == w)).map(|(_, r)| *r);
+        let range = |axis: usize| d.ranges.iter().find(|(a, _)| *a == axis).map(|(_, r)| *r);
+        let width_range = axes.and_then(|(_, _, w)| range(w));
+        let height_range = axes.and_then(|(_, h, _)| range(h));
         let width = img.width.or_else(|| axes.and_then(|(_, _, w)| dim(w)))?;
         let height = img.height.or_else(|| axes.and_then(|(_, h, _)| dim(h)))?;
-        Some(ImageGeometry { width, height, channels: img.channels, width_range })
+        let limit = img.limit_side.map(|side| (side, img.limit_type.unwrap_or_default()));
+        Some(ImageGeometry { width, height, channels: img.channels, width_range, height_range, limit })
+    }
+
+    /// The data input's shape for an image model's frame (width, height): the declared
+    /// shape with the image's sides put in. `None` for an input that is not
+    /// image-shaped (a flat one).
+    pub fn image_input_shape(&self, frame: (u32, u32)) -> Option<Vec<usize>> {
+        let img = self.pre.image.as_ref()?;
+        let d = self.inputs.iter().find(|i| i.from == InputFrom::Data)?;
+        let (_, h, w) = image_axes(img.layout, d)?;
+        let mut shape = d.shape.clone();
+        shape[w] = frame.0 as usize;
+        shape[h] = frame.1 as usize;
+        Some(shape)
+    }
+
+    /// Whether the data input is an image whose height and width are its two ranges
+    /// (a detector's input): requests then carry their shape, which the number of values
+    /// does not tell.
+    pub fn image_sides_vary(&self) -> bool {
+        let Some(img) = self.pre.image.as_ref() else { return false };
+        let Some(d) = self.inputs.iter().find(|i| i.from == InputFrom::Data) else { return false };
+        let Some((_, h, w)) = image_axes(img.layout, d) else { return false };
+        d.ranges.len() == 2 && d.ranges.iter().all(|(a, _)| *a == h || *a == w)
     }
 
     /// The input that carries the request's data.
@@ -1137,14 +1217,37 @@ fn image_problems(
         return;
     };
     for (axis, _) in &d.ranges {
-        if *axis != w {
+        if *axis != w && *axis != h {
             out.push(format!(
-                "{}input `{}` {}: only the image's width may vary (axis {w} in {layout})",
+                "{}input `{}` {}: only the image's width and height may vary (axes {w} and {h} in {layout})",
                 at(&input_key),
                 d.name,
                 d.shape_text()
             ));
         }
+    }
+    let sides_vary = [h, w].iter().all(|axis| d.ranges.iter().any(|(a, _)| a == axis));
+    if d.ranges.len() == 1 && d.ranges[0].0 == h {
+        out.push(format!(
+            "{}input `{}` {}: the height may vary only with the width (an image keeps its aspect ratio at a fixed height); give the width a range too",
+            at(&input_key),
+            d.name,
+            d.shape_text()
+        ));
+    }
+    if img.limit_side == Some(0) {
+        out.push(format!(
+            "{}pre.image.limit_side is 0; give a side length in pixels",
+            at("pre.image.limit_side")
+        ));
+    }
+    if (img.limit_side.is_some() || img.limit_type.is_some()) && !sides_vary {
+        out.push(format!(
+            "{}pre.image.limit_side and limit_type apply when the input's height and width both vary; input `{}` is {}",
+            at("pre.image.limit_side"),
+            d.name,
+            d.shape_text()
+        ));
     }
     if d.shape[c] != img.channels {
         out.push(format!(

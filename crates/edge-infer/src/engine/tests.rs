@@ -23,6 +23,7 @@ fn request(model: &str, stream: &str, data: Vec<f32>) -> Request {
         data,
         deadline: Instant::now() + Duration::from_secs(30),
         reset: false,
+        shape: None,
     }
 }
 
@@ -503,6 +504,8 @@ fn valid_spec() -> impl Strategy<Value = ModelSpec> {
                             ChannelOrder::Rgb
                         },
                         filter: letterbox.then_some(crate::engine::spec::ResizeFilter::Linear),
+                        limit_side: None,
+                        limit_type: None,
                     })
             },
         );
@@ -753,7 +756,38 @@ fn image_keys_are_checked_with_their_line() {
         "{err}"
     );
     let err = spec_problems("[1, 3, { min = 8, max = 64 }, 8]", img);
-    assert!(err.contains("only the image's width may vary (axis 3 in nchw"), "{err}");
+    assert!(err.contains("the height may vary only with the width"), "{err}");
+    // Height and width both varying (a detector), with a limit on the longer side.
+    let both = "[1, 3, { min = 32, max = 640, multiple_of = 32 }, { min = 32, max = 640, multiple_of = 32 }]";
+    assert_eq!(
+        spec_problems(
+            both,
+            &format!(
+                "{img}limit_side = 640
+"
+            )
+        ),
+        ""
+    );
+    let err = spec_problems(
+        both,
+        &format!(
+            "{img}limit_side = 0
+"
+        ),
+    );
+    assert!(err.contains("line 10: pre.image.limit_side is 0"), "{err}");
+    let err = spec_problems(
+        "[1, 3, 8, 8]",
+        &format!(
+            "{img}limit_side = 640
+limit_type = \"min\"
+"
+        ),
+    );
+    assert!(err.contains("apply when the input's height and width both vary"), "{err}");
+    let err = spec_problems("[1, { min = 1, max = 3 }, 8, { min = 8, max = 64 }]", img);
+    assert!(err.contains("only the image's width and height may vary (axes 3 and 2 in nchw"), "{err}");
     // A flat input still works when the spec gives the size.
     assert_eq!(spec_problems("[1, 192]", &format!("{img}width = 8\nheight = 8\nchannels = 3\n")), "");
     let err = spec_problems("[1, 192]", img);

@@ -77,7 +77,14 @@ fn boxes_map_back_through_the_letterbox() {
         position: Some(PadPosition::Center),
         ..toml::from_str("").unwrap()
     };
-    let geo = ImageGeometry { width: 320, height: 320, channels: 3, width_range: None };
+    let geo = ImageGeometry {
+        width: 320,
+        height: 320,
+        channels: 3,
+        width_range: None,
+        height_range: None,
+        limit: None,
+    };
     let frame = ImageFrame { original: (640, 480), placement: crate::pipeline::place(640, 480, &spec, &geo) };
     assert_eq!(frame.placement.offset, (0, 40));
     assert_eq!(frame.to_original([10.0, 50.0, 30.0, 70.0]), [20.0, 20.0, 60.0, 60.0]);

@@ -84,6 +84,12 @@ pub enum InputError {
         /// The decoder's complaint.
         reason: String,
     },
+    /// An image whose size the model's input cannot take.
+    #[error("the image does not fit the model: {reason}")]
+    ImageSize {
+        /// The image's size, its frame and the input's ranges.
+        reason: String,
+    },
     /// An image payload for a model whose spec has no `[pre.image]`.
     #[error("this model takes no images: add a [pre.image] table to its spec")]
     NoImageSpec,

@@ -16,7 +16,7 @@ const MAX_ALLOC: u64 = 256 * 1024 * 1024;
 
 /// Decodes an image and returns the model's input values in the spec's layout.
 pub fn image_to_tensor(bytes: &[u8], spec: &ImageSpec, geo: &ImageGeometry) -> Result<Vec<f32>, InputError> {
-    Ok(tensor_from_image(&decode_image(bytes)?, spec, geo))
+    tensor_from_image(&decode_image(bytes)?, spec, geo)
 }
 
 /// Decodes a PNG or JPEG within the decoder's limits (the pipeline's crops are cut from
@@ -65,7 +65,8 @@ pub struct Placement {
 /// Works out the frame and where an image of `w` x `h` pixels goes in it.
 pub fn place(w: u32, h: u32, spec: &ImageSpec, geo: &ImageGeometry) -> Placement {
     let (w, h) = (w.max(1), h.max(1));
-    let frame = (geo.target_width(w, h).max(1), geo.height.max(1));
+    let frame = geo.frame(w, h, spec.resize == ResizeMode::Stretch);
+    let frame = (frame.0.max(1), frame.1.max(1));
     if spec.resize == ResizeMode::Stretch {
         return Placement { frame, size: frame, offset: (0, 0) };
     }
@@ -83,8 +84,16 @@ pub fn place(w: u32, h: u32, spec: &ImageSpec, geo: &ImageGeometry) -> Placement
 
 /// The model's input values for a decoded image: resized as the spec says, in the
 /// spec's channel order, `(pixel * scale - mean) / std`, laid out as `nchw` or `nhwc`.
-/// Padding is the `pad` pixel value put through the same arithmetic.
-pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeometry) -> Vec<f32> {
+/// Padding is the `pad` pixel value put through the same arithmetic. An image whose
+/// frame (with both sides varying) is outside the input's ranges is refused.
+pub fn tensor_from_image(
+    img: &DynamicImage,
+    spec: &ImageSpec,
+    geo: &ImageGeometry,
+) -> Result<Vec<f32>, InputError> {
+    if let Some(reason) = geo.misfit(img.width(), img.height(), spec.resize == ResizeMode::Stretch) {
+        return Err(InputError::ImageSize { reason });
+    }
     let p = place(img.width(), img.height(), spec, geo);
     let (fw, fh) = (p.frame.0 as usize, p.frame.1 as usize);
     let c = geo.channels;
@@ -126,7 +135,7 @@ pub fn tensor_from_image(img: &DynamicImage, spec: &ImageSpec, geo: &ImageGeomet
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// The image's pixels, interleaved: grey for one channel, else RGB.

@@ -125,7 +125,7 @@ fn image_spec(shape: &str, image: &str) -> ModelSpec {
 
 fn to_tensor(spec: &ModelSpec, img: &::image::DynamicImage) -> Vec<f32> {
     let geo = spec.image_geometry().expect("image geometry");
-    super::image::tensor_from_image(img, spec.pre.image.as_ref().unwrap(), &geo)
+    super::image::tensor_from_image(img, spec.pre.image.as_ref().unwrap(), &geo).unwrap()
 }
 
 /// A 4x2 image whose every pixel and channel differ: (10x+1, 10y+2, 100+x+y).

@@ -76,6 +76,19 @@ impl Runner {
             self.next_index += 1;
             return Ok(vec![Answer { window: self.next_index - 1, offset: None, outputs, raw: Vec::new() }]);
         }
+        // An image's frame gives the data input's shape, which the number of values
+        // does not when the image's height and width both vary, and maps detection
+        // boxes back to the image.
+        let frame = match &payload {
+            Payload::Bytes(b) if model.spec.pre.format == crate::engine::spec::PayloadFormat::Image => {
+                pipeline::frame_for(&model.spec, b)
+            }
+            Payload::Encoded(crate::engine::spec::PayloadFormat::Image, b) => {
+                pipeline::frame_for(&model.spec, b)
+            }
+            _ => None,
+        };
+        let shape = frame.as_ref().and_then(|f| model.spec.image_input_shape(f.placement.frame));
         let values = pipeline::decode(&model.spec, payload)
             .map_err(|source| InferError::Input { model: name.clone(), source })?;
         let inputs: Vec<(Vec<f32>, u64, Option<u64>)> = match self.windower.as_mut() {
@@ -99,11 +112,14 @@ impl Runner {
                 data,
                 deadline: Instant::now() + WINDOW_DEADLINE,
                 reset: false,
+                shape: shape.clone(),
             };
             let response = self.engine.infer_blocking_to(model.clone(), request)?;
-            let outputs = model.post().apply_to(
+            // Detection boxes map back to the image through its frame.
+            let outputs = model.post().apply_full(
                 response.post_values(),
                 Some(&request_data),
+                frame.as_ref(),
                 window,
                 Some(&mut self.segment),
             );

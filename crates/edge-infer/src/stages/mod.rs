@@ -205,10 +205,22 @@ fn image_input(model: &LoadedModel) -> Result<(&ImageSpec, ImageGeometry), Infer
 }
 
 /// One run of `model` on `data` (no stream state: a pipeline's models have none).
+/// The data input's shape for `img`: its frame put into the declared shape, which the
+/// engine needs when the image's height and width both vary.
+fn image_shape(
+    model: &LoadedModel,
+    img: &DynamicImage,
+    spec: &crate::engine::spec::ImageSpec,
+    geo: &crate::engine::spec::ImageGeometry,
+) -> Option<Vec<usize>> {
+    model.spec.image_input_shape(pipeline::place(img.width(), img.height(), spec, geo).frame)
+}
+
 fn run_model(
     engine: &Engine,
     model: &Arc<LoadedModel>,
     data: Vec<f32>,
+    shape: Option<Vec<usize>>,
     deadline: Duration,
 ) -> Result<crate::engine::Response, InferError> {
     let request = Request {
@@ -217,6 +229,7 @@ fn run_model(
         data,
         deadline: Instant::now() + deadline,
         reset: false,
+        shape,
     };
     engine.submit_to(model.clone(), request)?.wait_blocking()
 }
@@ -243,11 +256,12 @@ pub fn run(
     let started = Instant::now();
     let img = pipeline::decode_image(bytes).map_err(input_err)?;
     let (spec, geo) = image_input(head)?;
-    let data = pipeline::tensor_from_image(&img, spec, &geo);
+    let data = pipeline::tensor_from_image(&img, spec, &geo).map_err(input_err)?;
+    let shape = image_shape(head, &img, spec, &geo);
     lat[0].pre_ms = ms(started.elapsed());
 
     let started = Instant::now();
-    let response = run_model(engine, head, data, deadline)?;
+    let response = run_model(engine, head, data, shape, deadline)?;
     lat[0].model_ms = ms(started.elapsed());
 
     let started = Instant::now();
@@ -286,10 +300,12 @@ pub fn run(
                 continue;
             };
             let started = Instant::now();
-            let data = pipeline::tensor_from_image(crop, sspec, &sgeo);
+            let data = pipeline::tensor_from_image(crop, sspec, &sgeo)
+                .map_err(|source| InferError::Input { model: sname.clone(), source })?;
+            let shape = image_shape(stage, crop, sspec, &sgeo);
             l.pre_ms += ms(started.elapsed());
             let started = Instant::now();
-            let response = run_model(engine, stage, data, deadline)?;
+            let response = run_model(engine, stage, data, shape, deadline)?;
             l.model_ms += ms(started.elapsed());
             l.runs += 1;
             let started = Instant::now();

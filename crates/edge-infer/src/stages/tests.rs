@@ -25,6 +25,17 @@ fn ppocr() -> PathBuf {
     dir
 }
 
+/// The prepared models with this checkout's spec (the cache holds the spec it was
+/// prepared with, which may be older).
+fn ppocr_here() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["det.onnx", "rec.onnx", "keys.txt"] {
+        std::fs::copy(ppocr().join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("model.toml"), spec_text()).unwrap();
+    dir
+}
+
 fn spec_text() -> String {
     std::fs::read_to_string(root().join("tests/fixtures/specs/ppocr.toml")).unwrap()
 }
@@ -157,10 +168,45 @@ fn iou_of_known_boxes() {
 /// the same order, the same text, each box with IoU >= 0.99.
 #[test]
 fn ppocr_reads_the_rendered_image_as_rapidocr_does() {
-    let dir = ppocr();
-    let reference: Value =
-        serde_json::from_slice(&std::fs::read(cache().join("reference/ocr_reference.json")).unwrap())
-            .unwrap();
+    let runner = read_as_rapidocr("ocr_reference.json", 0.99, 0.0, 0.02);
+    // 800x736 needs no resizing: the detector ran at that size.
+    let det = runner.model().plan_cache().unwrap();
+    assert!(det.shapes.contains(&vec![1, 3, 736, 800]), "{det:?}");
+}
+
+/// The same on an image of 1100x700 that rapidocr's resize rule scales (to 1152x736):
+/// the detector runs at the size that rule gives, and each line is read at its own width.
+/// Four of the five boxes equal rapidocr's; one lands one pixel lower and wider (IoU
+/// 0.957 for a 48-pixel-high box), its map edge crossing the threshold one row apart
+/// (tract's and onnxruntime's sums differ in the last bits, and the resize is the same:
+/// rapidocr gives the same box with this project's float resize instead of OpenCV's).
+/// So here a box passes with IoU >= 0.99 or every corner within one pixel. rapidocr
+/// pads every line of a batch to the batch's widest, this pipeline each line to its own
+/// width bucket, so confidences differ a little more (0.975 for 0.998 on one line).
+#[test]
+fn ppocr_resizes_an_image_by_rapidocrs_rule_and_reads_it_as_rapidocr_does() {
+    let runner = read_as_rapidocr("ocr_reference_wide.json", 0.99, 1.0, 0.05);
+    let det = runner.model().plan_cache().unwrap();
+    assert!(det.shapes.contains(&vec![1, 3, 736, 1152]), "{det:?}");
+    eprintln!("detector plans: {det:?}");
+    let model = runner.model();
+    for m in [model, &*model.stages[0]] {
+        eprintln!("{}: memory at the largest size {:?}", m.name(), m.info.memory);
+    }
+}
+
+/// Reads the image of `reference` (in the test cache's reference directory) through the
+/// pipeline with this checkout's spec, checks every line against rapidocr's, and returns
+/// the runner for more checks.
+fn read_as_rapidocr(reference: &str, min_iou: f64, max_off: f64, max_conf: f64) -> Runner {
+    let here = ppocr_here();
+    let dir = here.path().to_path_buf();
+    let path = cache().join("reference").join(reference);
+    let reference: Value = serde_json::from_slice(
+        &std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; run tests/run --prepare-only", path.display())),
+    )
+    .unwrap();
     let image = std::fs::read(cache().join("reference").join(reference["image"].as_str().unwrap())).unwrap();
     let mut runner = Runner::open(&dir, &EngineConfig::default()).unwrap();
     let answers = runner.push(Payload::Bytes(image)).unwrap();
@@ -172,16 +218,23 @@ fn ppocr_reads_the_rendered_image_as_rapidocr_does() {
     assert_eq!(texts(got), texts(want), "{out:?}");
     for (g, w) in got.iter().zip(want) {
         let overlap = iou(&quad(&g["box"]), &quad(&w["box"]));
+        eprintln!("{}: IoU {overlap:.4}", w["text"]);
+        let off = quad(&g["box"])
+            .iter()
+            .zip(quad(&w["box"]))
+            .map(|(a, b)| (a[0] - b[0]).abs().max((a[1] - b[1]).abs()))
+            .fold(0.0, f64::max);
         assert!(
-            overlap >= 0.99,
-            "{}: box {} vs rapidocr's {} (IoU {overlap:.4})",
+            overlap >= min_iou || off <= max_off,
+            "{}: box {} vs rapidocr's {} (IoU {overlap:.4}, {off} px off)",
             w["text"],
             g["box"],
             w["box"]
         );
-        eprintln!("{}: IoU {overlap:.4}", w["text"]);
+    }
+    for (g, w) in got.iter().zip(want) {
         let (gc, wc) = (g["confidence"].as_f64().unwrap(), w["score"].as_f64().unwrap());
-        assert!((gc - wc).abs() < 0.02, "{}: confidence {gc} vs {wc}", w["text"]);
+        assert!((gc - wc).abs() < max_conf, "{}: confidence {gc} vs {wc}", w["text"]);
     }
     // Each stage's latency: the detector once, the recogniser once per line.
     let stages = out["stages"].as_array().unwrap();
@@ -197,4 +250,9 @@ fn ppocr_reads_the_rendered_image_as_rapidocr_does() {
         }
     }
     eprintln!("stage latencies: {stages:?}");
+    // The recogniser ran each line at its own width: one plan per width bucket.
+    let rec = runner.model().stages[0].plan_cache().unwrap();
+    assert!(!rec.sizes.is_empty() && rec.sizes.iter().all(|w| w % 32 == 0 && *w >= 320), "{rec:?}");
+    eprintln!("recogniser plans: {rec:?}");
+    runner
 }

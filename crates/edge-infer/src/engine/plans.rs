@@ -1,0 +1,205 @@
+//! Run plans per concrete input shape, for a model whose data input has a dimension
+//! declared as a range.
+//!
+//! tract optimises a graph best, and some graphs only (PP-OCR's recogniser), when every
+//! shape is known. So a model with a varying dimension keeps its typed, decluttered
+//! graph with that dimension as a symbol, and a size seen for the first time is
+//! substituted, optimised and planned then. Plans are kept in a small cache bounded by
+//! [`PLAN_CACHE`] entries, least recently used evicted first; the spec's `multiple_of`
+//! makes the sizes buckets (a text line's width is rounded up to the next multiple and
+//! padded), so a handful of plans serve every request. Each plan holds its own copy of
+//! the optimised weights (tract packs them for its kernels) and its activations at that
+//! size: a plan costs about the model's weights plus its working memory at that size.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tract_onnx::prelude::*;
+
+use super::panic::contain;
+use super::spec::InputSpec;
+
+/// Plans kept per model with a varying dimension.
+pub const PLAN_CACHE: usize = 8;
+
+/// The run plan(s) of one model.
+pub(crate) enum Plans {
+    /// Every input's shape is fixed: one plan, made at load.
+    Fixed(Arc<TypedSimplePlan>),
+    /// The data input has a varying dimension: a plan per size, made on first use.
+    Varying(Box<ShapePlans>),
+}
+
+/// Why a shape has no plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The shape is not one the input accepts.
+    #[error("input `{input}` takes {accepts}, not {got:?}; resize the data to an accepted size")]
+    Outside {
+        /// The data input.
+        input: String,
+        /// What it accepts, as the spec declares it.
+        accepts: String,
+        /// The shape asked for.
+        got: Vec<usize>,
+    },
+    /// tract could not optimise or plan the graph at that size.
+    #[error("cannot plan the model for input shape {shape:?}: {reason}")]
+    Tract {
+        /// The shape.
+        shape: Vec<usize>,
+        /// tract's error, or its panic's message.
+        reason: String,
+    },
+}
+
+/// One cached plan.
+struct Entry {
+    shape: Vec<usize>,
+    plan: Arc<TypedSimplePlan>,
+    used: u64,
+}
+
+/// What a plan for one size is made from.
+pub(crate) enum Source {
+    /// The graph typed and decluttered with the dimension a symbol: the size is
+    /// substituted, then the graph optimised.
+    Typed(Arc<TypedModel>, Vec<(usize, Symbol)>),
+    /// The graph as parsed, for a model tract cannot type with a dimension left open
+    /// (PP-OCR's recogniser): the data input (graph input `ix`) is fixed to the size,
+    /// then the graph typed and optimised. Slower to plan, the same plan.
+    Inference(Arc<InferenceModel>, usize),
+}
+
+/// Plans per size of the data input's varying dimension.
+pub struct ShapePlans {
+    source: Source,
+    input: InputSpec,
+    capacity: usize,
+    entries: Mutex<Vec<Entry>>,
+    tick: AtomicU64,
+    made: AtomicU64,
+    plan_us: AtomicU64,
+}
+
+/// What the cache holds, for status and reports.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlanCacheReport {
+    /// The first varying dimension's size in each plan, most recently used first (a
+    /// text recogniser's widths).
+    pub sizes: Vec<usize>,
+    /// The input shapes with a plan, most recently used first.
+    pub shapes: Vec<Vec<usize>>,
+    /// Most plans kept.
+    pub capacity: usize,
+    /// Plans made since load (evicted ones included).
+    pub made: u64,
+    /// Time spent making them, in milliseconds.
+    pub plan_ms: f64,
+}
+
+impl ShapePlans {
+    /// Plans made from `source` for the data input `input`, at most `capacity` of them
+    /// at a time.
+    pub(crate) fn new(source: Source, input: InputSpec, capacity: usize) -> ShapePlans {
+        ShapePlans {
+            source,
+            input,
+            capacity: capacity.max(1),
+            entries: Mutex::new(Vec::new()),
+            tick: AtomicU64::new(0),
+            made: AtomicU64::new(0),
+            plan_us: AtomicU64::new(0),
+        }
+    }
+
+    /// The plan for a concrete `shape` of the data input: the cached one, or one made
+    /// now (the cache's least recently used plan makes room for it).
+    pub fn plan_for(&self, shape: &[usize]) -> Result<Arc<TypedSimplePlan>, PlanError> {
+        if !self.input.accepts(shape) {
+            return Err(PlanError::Outside {
+                input: self.input.name.clone(),
+                accepts: self.input.shape_text(),
+                got: shape.to_vec(),
+            });
+        }
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self.lock().iter_mut().find(|e| e.shape == shape) {
+            e.used = tick;
+            return Ok(e.plan.clone());
+        }
+        // Planned outside the lock: workers running other sizes are not held up. Two
+        // workers asking for the same new size at once both plan it; one plan is kept.
+        let started = Instant::now();
+        let plan = self.make(shape).map_err(|reason| PlanError::Tract { shape: shape.to_vec(), reason })?;
+        self.made.fetch_add(1, Ordering::Relaxed);
+        self.plan_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let mut entries = self.lock();
+        if let Some(e) = entries.iter_mut().find(|e| e.shape == shape) {
+            e.used = tick;
+            return Ok(e.plan.clone());
+        }
+        if entries.len() >= self.capacity
+            && let Some(oldest) = entries.iter().enumerate().min_by_key(|(_, e)| e.used).map(|(ix, _)| ix)
+        {
+            entries.swap_remove(oldest);
+        }
+        entries.push(Entry { shape: shape.to_vec(), plan: plan.clone(), used: tick });
+        Ok(plan)
+    }
+
+    /// What the cache holds now.
+    pub fn report(&self) -> PlanCacheReport {
+        let mut entries: Vec<(u64, Vec<usize>)> =
+            self.lock().iter().map(|e| (e.used, e.shape.clone())).collect();
+        entries.sort_by(|a, b| b.cmp(a));
+        let axis = self.input.range().map_or(0, |(a, _)| a);
+        PlanCacheReport {
+            sizes: entries.iter().map(|(_, s)| s.get(axis).copied().unwrap_or(0)).collect(),
+            shapes: entries.into_iter().map(|(_, s)| s).collect(),
+            capacity: self.capacity,
+            made: self.made.load(Ordering::Relaxed),
+            plan_ms: self.plan_us.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
+    }
+
+    /// Fixes the dimension to `shape`'s size, optimises and plans.
+    fn make(&self, shape: &[usize]) -> Result<Arc<TypedSimplePlan>, String> {
+        let made = match &self.source {
+            Source::Typed(typed, symbols) => {
+                let subs: HashMap<Symbol, TDim> =
+                    symbols.iter().map(|(axis, sym)| (sym.clone(), TDim::from(shape[*axis]))).collect();
+                contain(move || -> TractResult<Arc<TypedSimplePlan>> {
+                    typed.set_symbols(&subs)?.into_optimized()?.into_runnable()
+                })
+            }
+            Source::Inference(model, ix) => {
+                let fact = InferenceFact::dt_shape(super::model::datum_type(self.input.dtype), shape);
+                let model = InferenceModel::clone(model);
+                contain(move || -> TractResult<Arc<TypedSimplePlan>> {
+                    model.with_input_fact(*ix, fact)?.into_typed()?.into_optimized()?.into_runnable()
+                })
+            }
+        };
+        made.map_err(|panic| format!("tract panicked: {panic}"))?.map_err(|e| format!("{e:#}"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        // A panic while holding the lock leaves the list whole (pushes and removes only).
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+impl ShapePlans {
+    /// A smaller bound, so tests can watch eviction without planning eight sizes.
+    pub(crate) fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+    }
+}
+
+#[cfg(test)]
+#[path = "plans_tests.rs"]
+mod tests;
