@@ -120,6 +120,26 @@ pub fn release_and_log(after: &str) {
     }
 }
 
+/// How often a serving agent releases its executable's pages again. Code touched by
+/// one-off work since (a burst of messages, a reload, an update, a diagnostics bundle)
+/// then leaves the RSS; code in steady use is mapped back at once, a few hundred minor
+/// faults a period (the page cache maps whole folios, some 100 KiB each, on a fault).
+pub const PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Releases the start-up pages every [`PERIOD`] until `token` is cancelled.
+pub async fn every_period(token: tokio_util::sync::CancellationToken) {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        // Reading smaps of a process with a few hundred mappings takes about a millisecond.
+        let _ = tokio::task::spawn_blocking(|| release_and_log("period")).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
