@@ -41,6 +41,8 @@ mod fleet_rollout;
 mod fleet_status;
 /// The device images booted under systemd-nspawn: READY, MQTT, SIGKILL, shutdown.
 mod images;
+/// Memory of a serving daemon: start-up pages of the executable given back.
+mod memory;
 /// Bounded models: the device's memory limit, wrapping shapes, strides, spec files.
 mod models;
 /// Drift monitoring: `model profile`, and `model-drift` on MQTT from a drifting machine.

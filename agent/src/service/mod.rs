@@ -15,6 +15,7 @@ mod stream;
 pub mod systemd;
 #[cfg(test)]
 mod tests;
+pub mod trim;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -159,6 +160,9 @@ pub async fn run(
     };
 
     tracker.spawn(systemd::watchdog(notifier.clone(), engine.clone(), token.child_token()));
+    // Everything is loaded: the code that loading ran once need not stay resident.
+    trim::release_and_log("start-up");
+    tracker.spawn(trim::every_period(token.child_token()));
     health.set_ready(true);
     let serving = format!("serving {} model(s), {} source(s)", engine.models().len(), config.sources.len());
     health.set_doing(serving.clone());

@@ -111,6 +111,8 @@ impl Reloader {
         }
         let line = summary.join("; ");
         tracing::info!(changes = %line, "configuration reloaded");
+        // A reload may have loaded models: their loading code need not stay resident.
+        super::trim::release_and_log("reload");
         notifier.send(&format!("READY=1\nSTATUS=reloaded: {line}"));
         health.set_doing(format!("reloaded: {line}"));
         self.models = models;
