@@ -494,7 +494,9 @@ fn binary_tensors_both_ways_and_malformed_binary_bodies() {
         json!({"inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": input}]});
     let (s, v) = post(&d, "/v2/models/ppocr-cls/infer", json_body.to_string().as_bytes());
     assert_eq!(s, 200, "{v}");
-    assert_eq!(got, floats(&v["outputs"][0]["data"]), "binary and JSON answers differ");
+    // Compared as the f32 they are: serde_json reads a decimal to within one f64 ulp.
+    let as_f32 = |xs: &[f64]| xs.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+    assert_eq!(as_f32(&got), as_f32(&floats(&v["outputs"][0]["data"])), "binary and JSON answers differ");
     assert!(max_abs_diff(&got, &want) <= 1e-4);
 
     let n = raw.len();
