@@ -124,3 +124,64 @@ fn infer_runs_the_wake_word_pipeline_on_the_wav_file() {
     let results = report["results"].as_array().expect("results");
     check_against_reference(results);
 }
+
+/// `registry publish` packs both models and the one spec after the self-test, whose
+/// golden vectors cover both: a front-end window for the embedding model and a window of
+/// 16 embeddings for the `jarvis` stage, recorded equal to openWakeWord's numbers. A
+/// golden score the classifier does not give stops the publication.
+#[test]
+fn the_wake_word_pipeline_publishes_as_one_package_with_its_selftest() {
+    use crate::common::registry::Publisher;
+    let reference = reference();
+    let work = tempdir();
+    let dir = wake_dir(work.path());
+    let mel = floats(&reference["published_mel"]);
+    let emb = floats(&reference["embeddings"]);
+    // The classifier's window 15 (embeddings 15..31) is the first that hears the wake word.
+    let cases = serde_json::json!([
+        {"name": "mel-window-0", "input": &mel[..76 * 32]},
+        {"name": "jarvis-window-15", "stage": "jarvis", "input": &emb[15 * 96..31 * 96]},
+    ]);
+    let inputs = work.path().join("inputs.json");
+    std::fs::write(&inputs, cases.to_string()).unwrap();
+    let args = [
+        "model",
+        "selftest",
+        "--model",
+        dir.to_str().unwrap(),
+        "--record",
+        inputs.to_str().unwrap(),
+        "--tolerance",
+        "0.001",
+    ];
+    let out = run(&args, secs(120));
+    assert!(out.status.success(), "record: {}", stderr(&out));
+    let golden = read_json(&dir.join("selftest.json"));
+    let diff = max_abs_diff(&floats(&golden["cases"][0]["expected"]), &emb[..96]);
+    assert!(diff <= 5e-4, "embedding: max abs diff {diff}");
+    let score = floats(&golden["cases"][1]["expected"]);
+    let want = reference["jarvis"]["scores"][15].as_f64().unwrap();
+    assert!(score.len() == 1 && (score[0] - want).abs() <= 1e-4, "score {score:?} vs {want}");
+
+    let registry = Publisher::new(1);
+    registry.publish(&dir, 100, &[]);
+    let packages: Vec<_> = crate::pipeline::walk(&registry.repo().join("targets"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    assert_eq!(packages.len(), 1, "{packages:?}");
+    let listing = std::process::Command::new("tar").arg("-tf").arg(&packages[0]).output().unwrap();
+    let mut names: Vec<String> =
+        String::from_utf8_lossy(&listing.stdout).lines().map(str::to_string).collect();
+    names.sort();
+    assert_eq!(names, ["embedding.onnx", "hey_jarvis.onnx", "model.toml", "selftest.json"]);
+
+    // A golden score the stage does not give: the self-test fails and nothing is published.
+    let mut bad = golden.clone();
+    bad["cases"][1]["expected"] = serde_json::json!([0.1]);
+    std::fs::write(dir.join("selftest.json"), bad.to_string()).unwrap();
+    let out = registry.try_publish(&dir, &["--rollout", "100"]);
+    assert!(!out.status.success(), "a failing self-test must stop the publication");
+    let err = stderr(&out);
+    assert!(err.contains("self-test") && err.contains("jarvis-window-15"), "{err}");
+}
