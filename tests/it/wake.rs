@@ -185,3 +185,36 @@ fn the_wake_word_pipeline_publishes_as_one_package_with_its_selftest() {
     let err = stderr(&out);
     assert!(err.contains("self-test") && err.contains("jarvis-window-15"), "{err}");
 }
+
+/// `edge-agent bench --json` on the wake-word pipeline with wake.wav: `stages.pre_ms` is
+/// one model input's share of reading the WAV and running the log-mel front end (the file
+/// makes one input per 80 ms window), and `stages.per_stage` gives the embedding model
+/// and the classifier each their pre, model and post. The fields that were there stay.
+#[test]
+fn bench_gives_the_front_end_within_pre_and_each_stage_its_costs() {
+    let work = tempdir();
+    let dir = wake_dir(work.path());
+    let wav = cache().join("audio/wake.wav");
+    let args = ["bench", "--model", dir.to_str().unwrap(), "--input", wav.to_str().unwrap()];
+    let out =
+        run(&[&args[..], &["-n", "20", "--warmup", "2", "--no-baseline", "--json"]].concat(), secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let s = &v["stages"];
+    assert_eq!(s["pre_source"], "input file", "{s}");
+    for key in ["pre_ms", "model_ms", "post_ms", "pre_total_ms"] {
+        assert!(s[key].as_f64().unwrap_or(0.0) > 0.0, "{key}: {s}");
+    }
+    let windows = reference()["windows"].as_u64().expect("windows");
+    assert_eq!(s["pre_inputs"].as_u64(), Some(windows), "one model input per front-end window: {s}");
+    let per = s["per_stage"].as_array().expect("per_stage");
+    let names: Vec<&str> = per.iter().map(|e| e["stage"].as_str().unwrap_or("")).collect();
+    assert_eq!(names, ["oww-wake", "oww-wake.jarvis"], "{s}");
+    for e in per {
+        for key in ["pre_ms", "model_ms", "post_ms"] {
+            assert!(e[key].as_f64().unwrap_or(0.0) > 0.0, "{key}: {e}");
+        }
+        assert_eq!(e["runs"].as_f64(), Some(1.0), "{e}");
+        assert_eq!(e["requests"].as_u64(), Some(20), "{e}");
+    }
+}

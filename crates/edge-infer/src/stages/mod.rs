@@ -232,7 +232,7 @@ pub fn load_stages(
 
 /// One stage's time for one payload, in milliseconds: pre-processing (decoding or
 /// cropping and resizing), the model (summed over its runs), post-processing.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageLatency {
     /// The stage (the first is the model's own name).
     pub stage: String,
