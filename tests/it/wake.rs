@@ -82,14 +82,17 @@ fn the_wake_word_pipeline_over_mqtt_gives_openwakewords_keyword_events() {
     let windows = reference()["jarvis"]["scores"].as_array().expect("scores").len();
     let work = tempdir();
     let model_dir = wake_dir(work.path());
+    let api_port = free_port();
     let config = move |dir: &std::path::Path, port: u16| {
         format!(
             "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
              [engine]\ndeadline_ms = 10000\n\
              [[model]]\npath = \"{model}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
              [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-wake\"\nstream_level = 1\n",
             state = dir.join("state").display(),
+            socket = dir.join("api.sock").display(),
             model = model_dir.display(),
         )
     };
@@ -106,6 +109,20 @@ fn the_wake_word_pipeline_over_mqtt_gives_openwakewords_keyword_events() {
         assert_eq!(r["stream"], "kitchen");
     }
     check_against_reference(&records);
+
+    // The local API keeps no stream: it says where the audio goes instead.
+    let body = serde_json::json!({"inputs": [{"name": "input_1", "shape": [1], "datatype": "BYTES",
+        "data": ["AAAA"]}]});
+    let url = format!("http://127.0.0.1:{api_port}/v2/models/oww-wake/infer");
+    let mut r = http()
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .expect("request");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("as a stream over MQTT"), "{text}");
     agent.stop();
 }
 
