@@ -39,6 +39,24 @@ struct StageWindow {
     segment: SegmentState,
 }
 
+impl StageWindow {
+    /// Adds one output; the window's values, oldest first, when a run is due: the first
+    /// once the window is full, then every `hop` outputs.
+    fn push(&mut self, value: Vec<f32>, window: &OutputWindowSpec) -> Option<Vec<f32>> {
+        self.outputs.push_back(value);
+        while self.outputs.len() > window.size {
+            self.outputs.pop_front();
+        }
+        self.since += 1;
+        let due = self.outputs.len() == window.size && (self.next == 0 || self.since >= window.hop);
+        if !due {
+            return None;
+        }
+        self.since = 0;
+        Some(self.outputs.iter().flatten().copied().collect())
+    }
+}
+
 /// The per-stream state of a pipeline whose stages take windows of outputs.
 #[derive(Debug, Default)]
 pub struct OutputStages {
@@ -98,18 +116,9 @@ impl OutputStages {
         for (ix, (stage, state)) in head.stages.iter().zip(self.stages.iter_mut()).enumerate() {
             let Some(window) = head.spec.stages[ix].window.as_ref() else { break };
             let started = Instant::now();
-            state.outputs.push_back(value);
-            while state.outputs.len() > window.size {
-                state.outputs.pop_front();
-            }
-            state.since += 1;
-            // The first run waits for a full window; later ones come every `hop` outputs.
-            let due = state.outputs.len() == window.size && (state.next == 0 || state.since >= window.hop);
-            if !due {
+            let Some(data) = state.push(value, window) else {
                 return Ok(Fed { answer: None, stages: lat });
-            }
-            state.since = 0;
-            let data: Vec<f32> = state.outputs.iter().flatten().copied().collect();
+            };
             let mut l = StageLatency { stage: stage.name().to_string(), runs: 1, ..Default::default() };
             l.pre_ms = ms(started.elapsed());
             let started = Instant::now();
@@ -129,5 +138,34 @@ impl OutputStages {
             lat.push(l);
         }
         Ok(Fed { answer: None, stages: lat })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{OutputWindowSpec, StageWindow};
+
+    proptest! {
+        /// Agreement with the window written out by hand: runs come at output
+        /// size - 1, then every hop, each holding the last `size` outputs in order, with
+        /// only `size` outputs kept (bounded memory).
+        #[test]
+        fn a_window_of_outputs_runs_at_size_then_every_hop(size in 1usize..20, hop in 1usize..8, n in 0usize..80) {
+            let spec = OutputWindowSpec { size, hop };
+            let mut w = StageWindow::default();
+            for i in 0..n {
+                let got = w.push(vec![i as f32, -(i as f32)], &spec);
+                if got.is_some() {
+                    w.next += 1;
+                }
+                let due = i + 1 >= size && (i + 1 - size) % hop == 0;
+                let want: Option<Vec<f32>> =
+                    due.then(|| (i + 1 - size..=i).flat_map(|k| [k as f32, -(k as f32)]).collect());
+                prop_assert_eq!(got, want, "output {}", i);
+                prop_assert!(w.outputs.len() <= size);
+            }
+        }
     }
 }
