@@ -460,7 +460,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
     if monitors.summarise(model, data).is_none() {
         return Ok((0.0, 0));
     }
-    let resp = infer_once(engine, model, data)?;
+    let resp = super::bench_stages::infer_once(engine, model, data)?;
     let outputs = model.post().apply_to(resp.post_values(), Some(data), 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
@@ -515,7 +515,7 @@ fn stage_costs(
     let mut run = Duration::ZERO;
     let mut last = None;
     for _ in 0..n {
-        let resp = infer_once(engine, model, data)?;
+        let resp = super::bench_stages::infer_once(engine, model, data)?;
         run += resp.run;
         last = Some(resp);
     }
@@ -535,20 +535,4 @@ fn stage_costs(
         post_ms: mean_ms(post),
         per_stage: Vec::new(),
     })
-}
-
-/// One request through the engine outside any stream, with a deadline far enough away
-/// that a slow debug build never misses it.
-pub(super) fn infer_once(
-    engine: &Engine,
-    model: &LoadedModel,
-    data: &[f32],
-) -> anyhow::Result<edge_infer::engine::Response> {
-    Ok(engine.infer_blocking(Request {
-        model: model.name().to_string(),
-        stream: None,
-        data: data.to_vec(),
-        deadline: Instant::now() + Duration::from_secs(60),
-        reset: false,
-    })?)
 }

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
-use edge_infer::engine::{Engine, LoadedModel};
+use edge_infer::engine::{Engine, LoadedModel, Request};
 use edge_infer::stages::{OutputStages, StageLatency};
 
 /// One stage's mean cost, in milliseconds per request that reaches it.
@@ -91,7 +91,7 @@ pub(super) fn per_stage(
         // The windows fill first: as many requests again as the longest window, unmeasured.
         let fill = model.spec.stages.iter().filter_map(|s| s.window.as_ref()).map(|w| w.size).sum::<usize>();
         for (i, data) in inputs.iter().cycle().take(fill + n).enumerate() {
-            let resp = super::bench::infer_once(engine, model, data)?;
+            let resp = infer_once(engine, model, data)?;
             let own = StageLatency {
                 stage: model.name().to_string(),
                 runs: 1,
@@ -115,4 +115,20 @@ pub(super) fn per_stage(
         }
     }
     Ok(sums.iter().map(Sum::cost).collect())
+}
+
+/// One request through the engine outside any stream, with a deadline far enough away
+/// that a slow debug build never misses it.
+pub(super) fn infer_once(
+    engine: &Engine,
+    model: &LoadedModel,
+    data: &[f32],
+) -> anyhow::Result<edge_infer::engine::Response> {
+    Ok(engine.infer_blocking(Request {
+        model: model.name().to_string(),
+        stream: None,
+        data: data.to_vec(),
+        deadline: Instant::now() + Duration::from_secs(60),
+        reset: false,
+    })?)
 }

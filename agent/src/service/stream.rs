@@ -58,7 +58,9 @@ impl Pipeline {
         match pipe {
             Some(p) if !reset && p.serving == serving => {}
             Some(p) if !reset && p.window.0 == spec.pre.window && p.window.1 == spec.pre.dsp => {
-                p.serving = serving
+                p.serving = serving;
+                // The stages' windows hold the old version's outputs: they start afresh.
+                p.chain = Default::default();
             }
             _ => *pipe = Some(Pipeline::new(serving, spec)),
         }
