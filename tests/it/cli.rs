@@ -95,6 +95,11 @@ fn bench_reports_latency_throughput_and_memory_as_json() {
     for key in ["pre_ms", "model_ms", "post_ms"] {
         assert!(v["stages"][key].as_f64().unwrap() > 0.0, "{key}: {v}");
     }
+    // A model without [[stage]] is one entry of per_stage, its own; a payload is one input.
+    assert_eq!(v["stages"]["pre_inputs"], 1, "{v}");
+    let per = v["stages"]["per_stage"].as_array().expect("per_stage");
+    assert_eq!(per.len(), 1, "{v}");
+    assert_eq!(per[0]["model_ms"], v["stages"]["model_ms"], "{v}");
 }
 
 #[test]

@@ -72,3 +72,5 @@ mod shadow;
 mod spec;
 /// Bytes per destination against a counting proxy.
 mod usage;
+/// openWakeWord's wake word as one pipeline: front end, embeddings, a window of them.
+mod wake;

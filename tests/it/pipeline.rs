@@ -130,6 +130,18 @@ fn a_pipeline_is_published_as_one_package_with_its_selftest() {
 
     let registry = Publisher::new(1);
     registry.publish(&dir, 100, &[]);
+    assert_eq!(package_files(&registry), ["det.onnx", "keys.txt", "model.toml", "rec.onnx", "selftest.json"]);
+
+    // Without the recogniser's character list the pipeline does not load: not published.
+    std::fs::remove_file(dir.join("keys.txt")).unwrap();
+    let out = registry.try_publish(&dir, &["--rollout", "100"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("self-test") && err.contains("keys.txt"), "{err}");
+}
+
+/// The files of the one package a registry holds, sorted.
+pub(crate) fn package_files(registry: &crate::common::registry::Publisher) -> Vec<String> {
     let packages: Vec<_> = walk(&registry.repo().join("targets"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "tar"))
@@ -139,14 +151,7 @@ fn a_pipeline_is_published_as_one_package_with_its_selftest() {
     let mut names: Vec<String> =
         String::from_utf8_lossy(&listing.stdout).lines().map(str::to_string).collect();
     names.sort();
-    assert_eq!(names, ["det.onnx", "keys.txt", "model.toml", "rec.onnx", "selftest.json"]);
-
-    // Without the recogniser's character list the pipeline does not load: not published.
-    std::fs::remove_file(dir.join("keys.txt")).unwrap();
-    let out = registry.try_publish(&dir, &["--rollout", "100"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(err.contains("self-test") && err.contains("keys.txt"), "{err}");
+    names
 }
 
 /// `edge-agent infer` on the pipeline's directory and the image file: the same lines, as

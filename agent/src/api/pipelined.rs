@@ -22,6 +22,13 @@ pub(super) async fn infer(
     req: &InferRequest,
     started: Instant,
 ) -> Result<Response, ApiError> {
+    if edge_infer::stages::takes_outputs(&model) {
+        return Err(ApiError::bad_request(format!(
+            "model `{}` is a pipeline whose stages take windows of its outputs, kept per stream: \
+             send its input as a stream over MQTT or a source, or run `edge-agent infer` on a file",
+            model.name()
+        )));
+    }
     let want = model.spec.data_input();
     let Some(input) = req.inputs.iter().find(|i| i.name == want.name) else {
         return Err(ApiError::bad_request(format!(

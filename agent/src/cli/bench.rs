@@ -113,16 +113,25 @@ pub struct BenchReport {
 /// Mean cost of each stage of one request, in milliseconds.
 #[derive(Debug, Serialize)]
 pub struct StageCosts {
-    /// Pre-processing: with `--input`, reading the file and turning it into the model's
-    /// input (decoding an image, resizing, normalising); without, decoding the same
-    /// values sent as a JSON payload, as MQTT and the API receive them.
+    /// Pre-processing of one model input: with `--input`, reading the file and turning
+    /// it into the model's inputs (decoding an image, resizing, normalising; for audio,
+    /// resampling and the `[pre.dsp]` front end), divided by the inputs the file makes
+    /// (a WAV makes one per window); without, decoding the same values sent as a JSON
+    /// payload, as MQTT and the API receive them.
     pub pre_ms: f64,
     /// `"input file"` or `"json payload"`: what `pre_ms` measured.
     pub pre_source: &'static str,
+    /// Model inputs one pre-processing of the input made (`pre_ms` is per input).
+    pub pre_inputs: usize,
+    /// Pre-processing of the whole input file (or payload), all its inputs.
+    pub pre_total_ms: f64,
     /// The model run inside the engine, without queueing.
     pub model_ms: f64,
     /// Post-processing of the model's output into the result (scores, labels, boxes).
     pub post_ms: f64,
+    /// Each model of the pipeline (`[[stage]]`) on its own, the model's own first: one
+    /// entry for a model without stages.
+    pub per_stage: Vec<super::bench_stages::StageCost>,
 }
 
 struct Mode {
@@ -169,14 +178,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rounds = args.rounds.clamp(1, args.iterations);
     let dir = super::model_dir(&args.model)?;
     let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
-    let (data, frame) = match &args.input {
+    let (inputs, frame) = match &args.input {
         Some(path) => {
             let prepared = input::prepare(path, None, &model.spec)?;
-            let frame = prepared.frame;
-            (prepared.inputs.into_iter().next().context("the input gave no model input")?, frame)
+            anyhow::ensure!(!prepared.inputs.is_empty(), "{}: the input gave no model input", path.display());
+            (prepared.inputs, prepared.frame)
         }
-        None => (pseudo_random(model.spec.data_input().len()), None),
+        None => (vec![pseudo_random(model.spec.data_input().len())], None),
     };
+    // The first model input is the one measured (a stream's inputs cost the same).
+    let data = inputs[0].clone();
     let engine = Engine::start(&EngineConfig {
         threads: args.threads,
         queue: concurrency * 2 + 8,
@@ -235,7 +246,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (monitor_ns, monitor_memory_bytes) = monitor_cost(&engine, &model, &data)?;
     let monitor_share =
         if engine_report.mean_ms > 0.0 { monitor_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
-    let stages = stage_costs(&engine, &model, &data, args.input.as_deref(), frame.as_ref(), args.iterations)?;
+    let mut stages =
+        stage_costs(&engine, &model, &data, args.input.as_deref(), frame.as_ref(), args.iterations)?;
+    let own = super::bench_stages::StageCost {
+        stage: model.name().to_string(),
+        requests: args.iterations.clamp(10, 100),
+        runs: 1.0,
+        pre_ms: stages.pre_ms,
+        model_ms: stages.model_ms,
+        post_ms: stages.post_ms,
+    };
+    let n = args.iterations.clamp(10, 100);
+    stages.per_stage =
+        super::bench_stages::per_stage(&engine, &model, own, &inputs, args.input.as_deref(), n)?;
     let report = BenchReport {
         model: model.name().to_string(),
         version: model.version().to_string(),
@@ -414,6 +437,21 @@ fn print_human(r: &BenchReport) -> anyhow::Result<()> {
         s.model_ms,
         s.post_ms
     );
+    if s.pre_inputs > 1 {
+        outln!("    pre per model input: the file makes {} ({:.3} ms in all)", s.pre_inputs, s.pre_total_ms);
+    }
+    if r.stages.per_stage.len() > 1 {
+        for st in &r.stages.per_stage {
+            outln!(
+                "    stage {}: pre {:.3}, model {:.3}, post {:.3} ({:.1} run(s) per request)",
+                st.stage,
+                st.pre_ms,
+                st.model_ms,
+                st.post_ms,
+                st.runs
+            );
+        }
+    }
     outln!("  peak RSS: {:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0);
     Ok(())
 }
@@ -453,7 +491,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
     if monitors.summarise(model, data).is_none() {
         return Ok((0.0, 0));
     }
-    let resp = infer_once(engine, model, data)?;
+    let resp = super::bench_stages::infer_once(engine, model, data)?;
     let outputs = model.post().apply_to(resp.post_values(), Some(data), 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
@@ -484,13 +522,14 @@ fn stage_costs(
 ) -> anyhow::Result<StageCosts> {
     let n = iterations.clamp(10, 100);
     let mean_ms = |total: Duration| total.as_secs_f64() * 1000.0 / n as f64;
-    let (pre, pre_source) = match path {
+    let (pre, pre_source, pre_inputs) = match path {
         Some(path) => {
             let started = Instant::now();
+            let mut made = 1;
             for _ in 0..n {
-                std::hint::black_box(input::prepare(path, None, &model.spec)?);
+                made = std::hint::black_box(input::prepare(path, None, &model.spec)?).inputs.len().max(1);
             }
-            (started.elapsed(), "input file")
+            (started.elapsed(), "input file", made)
         }
         None => {
             let payload = serde_json::to_value(data)?;
@@ -501,13 +540,13 @@ fn stage_costs(
                 // all the same: the time is what counts here.
                 let _ = std::hint::black_box(edge_infer::pipeline::decode(&model.spec, p));
             }
-            (started.elapsed(), "json payload")
+            (started.elapsed(), "json payload", 1)
         }
     };
     let mut run = Duration::ZERO;
     let mut last = None;
     for _ in 0..n {
-        let resp = infer_once(engine, model, data)?;
+        let resp = super::bench_stages::infer_once(engine, model, data)?;
         run += resp.run;
         last = Some(resp);
     }
@@ -518,22 +557,13 @@ fn stage_costs(
         std::hint::black_box(model.post().apply_framed(resp.post_values(), 0, Some(&mut segment), frame));
     }
     let post = started.elapsed();
-    Ok(StageCosts { pre_ms: mean_ms(pre), pre_source, model_ms: mean_ms(run), post_ms: mean_ms(post) })
-}
-
-/// One request through the engine outside any stream, with a deadline far enough away
-/// that a slow debug build never misses it.
-fn infer_once(
-    engine: &Engine,
-    model: &LoadedModel,
-    data: &[f32],
-) -> anyhow::Result<edge_infer::engine::Response> {
-    Ok(engine.infer_blocking(Request {
-        model: model.name().to_string(),
-        stream: None,
-        data: data.to_vec(),
-        deadline: Instant::now() + Duration::from_secs(60),
-        reset: false,
-        shape: None,
-    })?)
+    Ok(StageCosts {
+        pre_ms: mean_ms(pre) / pre_inputs as f64,
+        pre_source,
+        pre_inputs,
+        pre_total_ms: mean_ms(pre),
+        model_ms: mean_ms(run),
+        post_ms: mean_ms(post),
+        per_stage: Vec::new(),
+    })
 }

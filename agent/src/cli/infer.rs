@@ -13,6 +13,7 @@ use super::input::{self, InputFormat};
 use crate::service::raw_outputs;
 use edge_infer::engine::{Engine, EngineConfig, LoadedModel, Request};
 use edge_infer::pipeline::SegmentState;
+use edge_infer::stages::StageLatency;
 
 /// Arguments of `infer`.
 #[derive(Debug, Args)]
@@ -61,15 +62,20 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     super::init_logging(crate::config::LogFormat::Human, "warn");
     let dir = super::model_dir(&args.model)?;
     let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
-    if !model.stages.is_empty() {
+    let chained = edge_infer::stages::takes_outputs(&model);
+    if !model.stages.is_empty() && !chained {
         return run_pipeline(&args, model);
     }
+    let preparing = Instant::now();
     let prepared = input::prepare(&args.input, args.format, &model.spec)?;
+    // Decoding and the DSP front end, shared among the windows (a pipeline's first stage).
+    let pre_ms = preparing.elapsed().as_secs_f64() * 1000.0 / prepared.inputs.len().max(1) as f64;
     let engine =
         Engine::start(&EngineConfig { threads: 1, queue: 4, max_streams: 4, ..EngineConfig::default() });
     let model = engine.install(model);
 
     let mut segment = SegmentState::default();
+    let mut chain = edge_infer::stages::OutputStages::new(&model);
     let mut results = Vec::with_capacity(prepared.inputs.len());
     // An image's frame gives the input's shape, which its number of values does not
     // when the image's height and width both vary.
@@ -96,6 +102,25 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
             window as u64,
             Some(&mut segment),
         );
+        if chained {
+            // The first model's output joins the stages' windows; a result per last-stage run.
+            let head = StageLatency {
+                stage: model.name().to_string(),
+                runs: 1,
+                pre_ms,
+                model_ms: started.elapsed().as_secs_f64() * 1000.0,
+                post_ms: 0.0,
+            };
+            let deadline = Duration::from_millis(args.deadline_ms);
+            let fed = chain.feed(&engine, &model, resp.post_values().to_vec(), head, deadline).with_context(
+                || format!("input {} (window {window}): the pipeline's stages", args.input.display()),
+            )?;
+            if let Some((index, outputs)) = fed.into_outputs() {
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                results.push(WindowResult { window: index as usize, latency_ms, outputs, raw: None });
+            }
+            continue;
+        }
         let raw = (args.raw || model.spec.post.wants_raw()).then(|| raw_outputs(&resp.outputs));
         results.push(WindowResult {
             window,

@@ -13,6 +13,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_stages;
 mod diagnostics;
 pub mod doctor;
 mod fleet;

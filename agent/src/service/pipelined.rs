@@ -13,6 +13,7 @@ use super::result::ResultRecord;
 use crate::sources::SensorMessage;
 use edge_infer::engine::{Engine, InferError, LoadedModel};
 use edge_infer::pipeline::{InputError, Payload};
+use edge_infer::stages::{OutputStages, StageLatency};
 
 /// Runs `msg`'s payload through `model`'s pipeline; a result record on success.
 pub(super) async fn answer(
@@ -59,4 +60,28 @@ pub(super) async fn answer(
         deferred: None,
         receipts: Vec::new(),
     })
+}
+
+/// One output of a model whose stages take windows of outputs (`from = "outputs"`),
+/// fed to the stream's windows: the last stage's window index and answer (with each
+/// stage's latency) when a window completed, `None` while one is filling. The stream's
+/// window of outputs moves to a blocking thread while the stages run, and back.
+pub(super) async fn feed_outputs(
+    engine: &Arc<Engine>,
+    model: Arc<LoadedModel>,
+    chain: &mut OutputStages,
+    output: Vec<f32>,
+    head: StageLatency,
+    deadline: Duration,
+) -> Result<Option<(u64, Map<String, Value>)>, InferError> {
+    let mut state = std::mem::take(chain);
+    let engine = engine.clone();
+    let (state, fed) = tokio::task::spawn_blocking(move || {
+        let fed = state.feed(&engine, &model, output, head, deadline);
+        (state, fed)
+    })
+    .await
+    .map_err(|_| InferError::ShuttingDown)?;
+    *chain = state;
+    Ok(fed?.into_outputs())
 }

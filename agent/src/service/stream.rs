@@ -28,13 +28,22 @@ struct Pipeline {
     windower: Option<Windower>,
     segment: SegmentState,
     next_index: u64,
+    /// Windows of outputs for the stages of a `from = "outputs"` pipeline.
+    chain: edge_infer::stages::OutputStages,
 }
 
 impl Pipeline {
     fn new(serving: u64, spec: &ModelSpec) -> Pipeline {
         let window = (spec.pre.window.clone(), spec.pre.dsp.clone());
         let windower = Windower::for_spec(spec);
-        Pipeline { serving, window, windower, segment: SegmentState::default(), next_index: 0 }
+        Pipeline {
+            serving,
+            window,
+            windower,
+            segment: SegmentState::default(),
+            next_index: 0,
+            chain: Default::default(),
+        }
     }
 
     /// The stream's pipeline for a message served by `serving`. A new model version with
@@ -49,7 +58,9 @@ impl Pipeline {
         match pipe {
             Some(p) if !reset && p.serving == serving => {}
             Some(p) if !reset && p.window.0 == spec.pre.window && p.window.1 == spec.pre.dsp => {
-                p.serving = serving
+                p.serving = serving;
+                // The stages' windows hold the old version's outputs: they start afresh.
+                p.chain = Default::default();
             }
             _ => *pipe = Some(Pipeline::new(serving, spec)),
         }
@@ -200,7 +211,12 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
         // goes when this iteration ends without one.
         let receipt = msg.receipt.take();
         let local = engine.model(&msg.model);
-        if let Some(m) = local.as_ref().filter(|m| !m.stages.is_empty()) {
+        // A pipeline of crops answers each message whole; one whose stages take windows
+        // of outputs streams like any model, its outputs feeding the stages below.
+        let crops = |m: &&Arc<edge_infer::engine::LoadedModel>| {
+            !m.stages.is_empty() && !edge_infer::stages::takes_outputs(m)
+        };
+        if let Some(m) = local.as_ref().filter(crops) {
             pipelined += 1;
             match super::pipelined::answer(&engine, m.clone(), &mut msg, pipelined - 1, health.deadline())
                 .await
@@ -239,6 +255,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             Payload::Encoded(PayloadFormat::Image, b) => pipeline::frame_for(spec, b),
             _ => None,
         };
+        let decoding = Instant::now();
         let (values, size) = match pipeline::decode_within(spec, payload, limit) {
             Ok(v) => v,
             Err(source) => {
@@ -248,6 +265,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             }
         };
         let inputs = p.windows(values);
+        // Decoding and the DSP front end, shared by the message's windows.
+        let pre_ms = decoding.elapsed().as_secs_f64() * 1000.0 / inputs.len().max(1) as f64;
         let mut reset = msg.reset;
         let mut records = Vec::with_capacity(inputs.len());
         let mut shadowed = Vec::new();
@@ -304,6 +323,37 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                         let drifting = monitors.is_drifting(&msg.model);
                         offer_to_capture(c, drifting, &at, &a, &outputs, input, raw.as_ref());
                     }
+                    let (window, outputs) = match &local {
+                        Some(m) if a.place == "local" && edge_infer::stages::takes_outputs(m) => {
+                            let head = edge_infer::stages::StageLatency {
+                                stage: msg.model.clone(),
+                                runs: 1,
+                                pre_ms,
+                                model_ms: started.elapsed().as_secs_f64() * 1000.0,
+                                post_ms: 0.0,
+                            };
+                            let output = a.post_values().to_vec();
+                            let deadline = health.deadline();
+                            match super::pipelined::feed_outputs(
+                                &engine,
+                                m.clone(),
+                                &mut p.chain,
+                                output,
+                                head,
+                                deadline,
+                            )
+                            .await
+                            {
+                                Ok(Some(answer)) => answer,
+                                Ok(None) => continue,
+                                Err(e) => {
+                                    errors.failed(&engine, &msg.model, &msg.stream, &e).await;
+                                    continue;
+                                }
+                            }
+                        }
+                        _ => (window, outputs),
+                    };
                     records.push(ResultRecord {
                         model: msg.model.clone(),
                         version: a.version,

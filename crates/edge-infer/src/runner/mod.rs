@@ -26,6 +26,8 @@ pub struct Runner {
     segment: SegmentState,
     /// Index of the next answer when the spec cuts no windows (one per payload).
     next_index: u64,
+    /// The windows of outputs of a pipeline whose stages take them.
+    chain: crate::stages::OutputStages,
 }
 
 /// The answer to one model input (one window, or one payload without windows).
@@ -52,7 +54,8 @@ impl Runner {
         let windower = Windower::for_spec(&model.spec);
         let engine = Engine::start(config);
         let model = engine.install(model);
-        Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0 })
+        let chain = crate::stages::OutputStages::new(&model);
+        Ok(Runner { engine, model, windower, segment: SegmentState::default(), next_index: 0, chain })
     }
 
     /// The model being run.
@@ -66,7 +69,8 @@ impl Runner {
     pub fn push(&mut self, payload: Payload) -> Result<Vec<Answer>, InferError> {
         let model = self.model.clone();
         let name = model.name().to_string();
-        if !model.stages.is_empty() {
+        let chained = crate::stages::takes_outputs(&model);
+        if !model.stages.is_empty() && !chained {
             // A pipeline takes one image per payload; its answer is the last stage's
             // per box, with every stage's latency.
             let Payload::Bytes(bytes) = payload else {
@@ -114,7 +118,23 @@ impl Runner {
                 reset: false,
                 shape: shape.clone(),
             };
+            let started = Instant::now();
             let response = self.engine.infer_blocking_to(model.clone(), request)?;
+            if chained {
+                // The output joins the stages' windows; an answer per run of the last stage.
+                let head = crate::stages::StageLatency {
+                    stage: name.clone(),
+                    runs: 1,
+                    model_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    ..Default::default()
+                };
+                let output = response.post_values().to_vec();
+                let fed = self.chain.feed(&self.engine, &model, output, head, WINDOW_DEADLINE)?;
+                if let Some((window, outputs)) = fed.into_outputs() {
+                    answers.push(Answer { window, offset, outputs, raw: Vec::new() });
+                }
+                continue;
+            }
             // Detection boxes map back to the image through its frame.
             let outputs = model.post().apply_full(
                 response.post_values(),

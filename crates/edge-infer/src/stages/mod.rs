@@ -6,6 +6,10 @@
 //! and post-processing (PP-OCR: detector → crops → recogniser). Every stage runs on the
 //! same [`Engine`], and the answer carries each stage's latency.
 //!
+//! A stage may instead take `from = "outputs"`: a sliding window of the stage before it's
+//! outputs (`[stage.window]`, see [`outputs`]), kept per stream, as wake-word systems
+//! chain a front end, an embedding model and a classifier.
+//!
 //! The directory, its ONNX files and its one spec are one unit: published, updated and
 //! rolled back together.
 
@@ -24,6 +28,9 @@ use crate::engine::spec::{
 use crate::engine::{Engine, InferError, LoadError, LoadedModel, ModelLimits, Request, SpecError};
 use crate::pipeline::{self, InputError, TextBox};
 
+pub mod outputs;
+pub use outputs::{OutputStages, OutputWindowSpec, takes_outputs};
+
 /// `[[stage]]`: one further model of a pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +45,9 @@ pub struct StageSpec {
     /// Its inputs, as a model's `[[input]]`.
     #[serde(rename = "input")]
     pub inputs: Vec<InputSpec>,
+    /// `from = "outputs"`: how many outputs one run takes and how it advances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<OutputWindowSpec>,
     /// Its pre-processing (`[stage.pre.image]` for crops).
     #[serde(default)]
     pub pre: PreSpec,
@@ -52,6 +62,8 @@ pub struct StageSpec {
 pub enum StageFrom {
     /// Each box of a `text_boxes` stage, cut out of the original image.
     Crops,
+    /// A sliding window of the stage before it's outputs (`[stage.window]`).
+    Outputs,
 }
 
 /// Problems of `[post]`'s own tables (`text_boxes`, `ctc`) for its kind.
@@ -105,7 +117,38 @@ pub(crate) fn stage_problems(spec: &ModelSpec, at: &dyn Fn(&str) -> String) -> V
                 stage.file
             ));
         }
+        if stage.from != StageFrom::Outputs && stage.window.is_some() {
+            out.push(format!(
+                "{}stage `{}`: [stage.window] is for from = \"outputs\"; remove it",
+                key("window"),
+                stage.name
+            ));
+        }
+        if ix > 0 && stage.from != spec.stages[0].from {
+            out.push(format!(
+                "{}stage `{}` takes {:?} but the first stage takes {:?}; a pipeline's stages all take crops or all take outputs",
+                key("from"),
+                stage.name,
+                stage.from,
+                spec.stages[0].from
+            ));
+        }
         match stage.from {
+            StageFrom::Outputs => match &stage.window {
+                None => out.push(format!(
+                    "{}stage `{}` takes outputs: give it [stage.window] with size = <outputs per run> (and hop)",
+                    key("window"),
+                    stage.name
+                )),
+                Some(w) if w.size == 0 || w.hop == 0 => out.push(format!(
+                    "{}stage `{}`: window size ({}) and hop ({}) must be at least 1",
+                    key("window"),
+                    stage.name,
+                    w.size,
+                    w.hop
+                )),
+                Some(_) => {}
+            },
             StageFrom::Crops => {
                 if prev != PostKind::TextBoxes {
                     out.push(format!(
@@ -152,7 +195,14 @@ impl StageSpec {
             description: None,
             file: self.file.clone(),
             inputs: self.inputs.clone(),
-            pre: PreSpec { format: crate::engine::spec::PayloadFormat::Image, ..self.pre.clone() },
+            // Crops arrive as images; a window of outputs as a flat array of numbers.
+            pre: PreSpec {
+                format: match self.from {
+                    StageFrom::Crops => crate::engine::spec::PayloadFormat::Image,
+                    StageFrom::Outputs => crate::engine::spec::PayloadFormat::Json,
+                },
+                ..self.pre.clone()
+            },
             post: self.post.clone(),
             limits: LimitsSpec::default(),
             monitor: MonitorSpec::default(),
@@ -182,7 +232,7 @@ pub fn load_stages(
 
 /// One stage's time for one payload, in milliseconds: pre-processing (decoding or
 /// cropping and resizing), the model (summed over its runs), post-processing.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StageLatency {
     /// The stage (the first is the model's own name).
     pub stage: String,
@@ -251,6 +301,11 @@ pub fn run(
 ) -> Result<Map<String, Value>, InferError> {
     let name = head.name().to_string();
     let input_err = |source: InputError| InferError::Input { model: name.clone(), source };
+    if takes_outputs(head) {
+        return Err(input_err(InputError::Image {
+            reason: "this pipeline's stages take windows of outputs: run it as a stream".into(),
+        }));
+    }
     let mut lat = vec![StageLatency { stage: name.clone(), runs: 1, ..Default::default() }];
 
     let started = Instant::now();

@@ -256,3 +256,80 @@ fn read_as_rapidocr(reference: &str, min_iou: f64, max_off: f64, max_conf: f64) 
     eprintln!("recogniser plans: {rec:?}");
     runner
 }
+
+/// The wake-word pipeline's directory (tests/fixtures/specs/oww-wake.toml and the two
+/// openwakeword models tests/run prepares), in a temporary directory.
+fn wake_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let models = cache().join("models");
+    assert!(models.join("oww-hey-jarvis/model.onnx").is_file(), "run tests/run --prepare-only");
+    std::fs::copy(models.join("oww-embedding/model.onnx"), dir.path().join("embedding.onnx")).unwrap();
+    std::fs::copy(models.join("oww-hey-jarvis/model.onnx"), dir.path().join("hey_jarvis.onnx")).unwrap();
+    std::fs::copy(root().join("tests/fixtures/specs/oww-wake.toml"), dir.path().join("model.toml")).unwrap();
+    dir
+}
+
+fn wake_text() -> String {
+    std::fs::read_to_string(root().join("tests/fixtures/specs/oww-wake.toml")).unwrap()
+}
+
+#[test]
+fn an_outputs_stage_needs_its_window_and_stages_do_not_mix() {
+    let spec = parse(&wake_text()).unwrap();
+    assert_eq!(spec.stages[0].window, Some(super::OutputWindowSpec { size: 16, hop: 1 }));
+    assert_eq!(parse(&toml::to_string(&spec).unwrap()).unwrap(), spec, "round trip");
+
+    let no_window = wake_text().replace("[stage.window]\nsize = 16\nhop = 1\n", "");
+    let err = parse(&no_window).unwrap_err();
+    assert!(err.contains("stage `jarvis` takes outputs: give it [stage.window]"), "{err}");
+    let zero = wake_text().replace("size = 16", "size = 0");
+    assert!(parse(&zero).unwrap_err().contains("must be at least 1"));
+
+    let mut crops = parse(&spec_text()).unwrap();
+    crops.stages[0].window = Some(super::OutputWindowSpec { size: 2, hop: 1 });
+    let err = parse(&toml::to_string(&crops).unwrap()).unwrap_err();
+    assert!(
+        err.contains("[stage.window] is for from = \\\"outputs\\\"") || err.contains("is for from"),
+        "{err}"
+    );
+
+    let mut mixed = parse(&wake_text()).unwrap();
+    let mut second = mixed.stages[0].clone();
+    (second.name, second.file, second.from, second.window) =
+        ("b".into(), "b.onnx".into(), super::StageFrom::Crops, None);
+    mixed.stages.push(second);
+    let err = parse(&toml::to_string(&mixed).unwrap()).unwrap_err();
+    assert!(err.contains("all take crops or all take outputs"), "{err}");
+}
+
+/// wake.wav through the Runner in payloads of odd sizes: the log-mel frames, the
+/// embeddings and the window of 16 carry over between payloads, the classifier runs once
+/// per new embedding (nothing recomputed), and the scores are openWakeWord's (its Python
+/// reference) within 1e-4.
+#[test]
+fn the_wake_word_pipeline_streams_and_scores_as_openwakeword() {
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(cache().join("reference/oww_reference.json")).unwrap())
+            .unwrap();
+    let want: Vec<f64> =
+        reference["jarvis"]["scores"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    // wake.wav is 16 kHz mono int16: its samples are the bytes after the `data` chunk's header.
+    let wav = std::fs::read(cache().join("audio/wake.wav")).unwrap();
+    let at = wav.windows(4).position(|w| w == b"data").unwrap();
+    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+    let pcm = wav[at + 8..at + 8 + len].to_vec();
+    let dir = wake_dir();
+    let mut runner = Runner::open(dir.path(), &EngineConfig::default()).unwrap();
+    let mut answers = Vec::new();
+    for chunk in pcm.chunks(2 * 3001) {
+        answers.extend(runner.push(Payload::Bytes(chunk.to_vec())).unwrap());
+    }
+    assert_eq!(answers.len(), want.len(), "one answer per embedding once 16 are in");
+    for (i, (a, w)) in answers.iter().zip(&want).enumerate() {
+        assert_eq!(a.window, i as u64);
+        let got = a.outputs["score"].as_f64().unwrap();
+        assert!((got - w).abs() <= 1e-4, "window {i}: {got} vs openWakeWord's {w}");
+        let stages = a.outputs["stages"].as_array().unwrap();
+        assert_eq!(stages[1]["runs"].as_u64(), Some(1), "one classifier run per new embedding");
+    }
+}
