@@ -9,6 +9,7 @@
 pub mod budget;
 mod detect_spec;
 pub mod dsp_spec;
+mod dtype;
 pub mod error;
 mod fold;
 pub mod fuse;

@@ -13,19 +13,7 @@ use super::plans::{PlanCacheReport, PlanError, Plans};
 use super::spec::{DType, ModelSpec};
 use crate::pipeline::PostProcessor;
 
-/// Converts a spec dtype to tract's.
-pub fn datum_type(dt: DType) -> DatumType {
-    match dt {
-        DType::F32 => f32::datum_type(),
-        DType::F64 => f64::datum_type(),
-        DType::I64 => i64::datum_type(),
-        DType::I32 => i32::datum_type(),
-        DType::I16 => i16::datum_type(),
-        DType::I8 => i8::datum_type(),
-        DType::U8 => u8::datum_type(),
-        DType::Bool => bool::datum_type(),
-    }
-}
+pub use super::dtype::datum_type;
 
 /// Builds a tensor of `dt` and `shape` from f64 values (consts, zeros).
 pub fn tensor_from_f64(dt: DType, shape: &[usize], values: &[f64]) -> TractResult<Tensor> {

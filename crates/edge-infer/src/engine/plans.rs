@@ -176,7 +176,7 @@ impl ShapePlans {
                 })
             }
             Source::Inference(model, ix) => {
-                let fact = InferenceFact::dt_shape(super::model::datum_type(self.input.dtype), shape);
+                let fact = InferenceFact::dt_shape(super::dtype::datum_type(self.input.dtype), shape);
                 let model = InferenceModel::clone(model);
                 contain(move || -> TractResult<Arc<TypedSimplePlan>> {
                     model.with_input_fact(*ix, fact)?.into_typed()?.into_optimized()?.into_runnable()

@@ -2,6 +2,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::engine::spec::{ImageGeometry, ImageSpec, PadPosition, ResizeMode};
+use crate::pipeline::image::Placement;
 
 fn det(class: usize, score: f32, bbox: [f32; 4]) -> Detection {
     Detection { class, score, bbox }

@@ -3,7 +3,6 @@
 
 use image::{DynamicImage, ImageReader, Limits, imageops::FilterType};
 
-use super::detect::ImageFrame;
 use super::error::InputError;
 use crate::engine::spec::{
     ChannelOrder, ImageGeometry, ImageLayout, ImageSpec, ModelSpec, PadPosition, ResizeFilter, ResizeMode,
@@ -184,6 +183,43 @@ fn resize_linear(src: &[u8], from: (usize, usize), to: (usize, usize), channels:
         }
     }
     out
+}
+
+/// An image's size before pre-processing and where it landed in the model's frame:
+/// what it takes to map boxes back to the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFrame {
+    /// The original image's width and height, in pixels.
+    pub original: (u32, u32),
+    /// Where the resized image sits in the model input.
+    pub placement: Placement,
+}
+
+impl ImageFrame {
+    /// Maps a box in model-input pixels to original-image pixels, clipped to the image.
+    /// Uses the resize's scale, as YOLO's own code does, rather than the rounded size
+    /// of the resized image (which would be off by up to half a pixel per side).
+    pub fn to_original(&self, b: [f32; 4]) -> [f32; 4] {
+        let p = &self.placement;
+        let (ow, oh) = (self.original.0.max(1) as f32, self.original.1.max(1) as f32);
+        let gain = if p.size == p.frame {
+            // Stretched (or letterboxed to fill the frame): each axis has its own scale.
+            None
+        } else {
+            Some((p.frame.0 as f32 / ow).min(p.frame.1 as f32 / oh))
+        };
+        let (sx, sy) = match gain {
+            Some(g) if g > 0.0 => (1.0 / g, 1.0 / g),
+            _ => (ow / p.size.0.max(1) as f32, oh / p.size.1.max(1) as f32),
+        };
+        let (dx, dy) = (p.offset.0 as f32, p.offset.1 as f32);
+        [
+            ((b[0] - dx) * sx).clamp(0.0, ow),
+            ((b[1] - dy) * sy).clamp(0.0, oh),
+            ((b[2] - dx) * sx).clamp(0.0, ow),
+            ((b[3] - dy) * sy).clamp(0.0, oh),
+        ]
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::ctc::CtcDecoder;
-use super::detect::{self, ImageFrame};
+use super::detect;
 use super::families;
+use super::image::ImageFrame;
 use super::textdet::{TextBox, text_boxes};
 use crate::engine::Output;
 use crate::engine::spec::{PostKind, PostSpec};
