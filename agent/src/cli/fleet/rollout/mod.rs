@@ -430,6 +430,11 @@ struct Broker {
     /// `host:port`, for messages.
     broker: String,
     sync_topic: String,
+    /// QoS 1 publishes handed to the client, and the acknowledgements the broker sent:
+    /// the final record is delivered once every publish up to it is acknowledged (an
+    /// earlier record's late acknowledgement must not stand for it).
+    requested: u64,
+    acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyhow::Result<Broker> {
@@ -444,12 +449,17 @@ fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyh
     opts.set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
     let (tx, rx) = mpsc::unbounded_channel();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let acks = acked.clone();
     tokio::spawn(async move {
         loop {
             let msg = match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => Msg::Connected,
                 Ok(Event::Incoming(Packet::Publish(p))) => Msg::Publish(p),
-                Ok(Event::Incoming(Packet::PubAck(_))) => Msg::PubAck,
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Msg::PubAck
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     let _ = tx.send(Msg::Down(e.to_string()));
@@ -465,11 +475,19 @@ fn connect(b: &BrokerArgs, model: &str, purpose: &str, persistent: bool) -> anyh
         }
     });
     let sync_topic = format!("{}/fleet/rollouts/{model}/sync/{}", settings.prefix, std::process::id());
-    Ok(Broker { client, rx, broker: settings.broker(), prefix: settings.prefix, sync_topic })
+    Ok(Broker {
+        client,
+        rx,
+        broker: settings.broker(),
+        prefix: settings.prefix,
+        sync_topic,
+        requested: 0,
+        acked,
+    })
 }
 
 impl Broker {
-    async fn subscribe(&self) -> anyhow::Result<()> {
+    async fn subscribe(&mut self) -> anyhow::Result<()> {
         for filter in [format!("{}/+/status", self.prefix), format!("{}/+/events", self.prefix)] {
             self.client.subscribe(filter, QoS::AtLeastOnce).await?;
         }
@@ -477,6 +495,7 @@ impl Broker {
         // controller's own message on this topic marks the end of it.
         self.client.subscribe(self.sync_topic.clone(), QoS::AtLeastOnce).await?;
         self.client.publish(self.sync_topic.clone(), QoS::AtLeastOnce, false, "sync").await?;
+        self.requested += 1;
         Ok(())
     }
 
@@ -693,8 +712,13 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
         progress.show(&saved.state);
         let record = saved.state.record();
         if synced && record != published_record {
-            let _ =
-                broker.client.try_publish(record_topic.clone(), QoS::AtLeastOnce, true, record.to_string());
+            if broker
+                .client
+                .try_publish(record_topic.clone(), QoS::AtLeastOnce, true, record.to_string())
+                .is_ok()
+            {
+                broker.requested += 1;
+            }
             published_record = record;
         }
         if saved.state.finished() && synced {
@@ -735,10 +759,13 @@ async fn controller(mut saved: Saved, a: &StartArgs, dir: &Path, path: &Path) ->
 async fn finish(broker: &mut Broker, saved: &Saved, a: &StartArgs, topic: &str) -> anyhow::Result<ExitCode> {
     let record = saved.state.record();
     broker.client.publish(topic.to_string(), QoS::AtLeastOnce, true, record.to_string()).await?;
+    broker.requested += 1;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
+        if broker.acked.load(std::sync::atomic::Ordering::SeqCst) >= broker.requested {
+            break;
+        }
         match tokio::time::timeout_at(deadline, broker.rx.recv()).await {
-            Ok(Some(Msg::PubAck)) => break,
             Ok(Some(Msg::Publish(p))) => {
                 let _ = broker.client.ack(&p).await;
             }
