@@ -382,11 +382,18 @@ fn a_flooded_queue_sends_the_overflow_to_the_cloud_and_clears_after() {
     let start = Instant::now();
     loop {
         let (code, r) = post(&agent, "/v2/models/ppocr-cls/infer", request.clone());
+        assert!(start.elapsed() < secs(10), "still routed to the cloud: {r}");
+        // A request run here may still miss the 5 ms deadline when the machine is
+        // loaded (other tests run beside this one): that is an answer from here, late,
+        // not a sign that the route stayed on the cloud; the next one decides.
+        if code == 504 && r["error"].as_str().is_some_and(|e| e.starts_with("deadline exceeded")) {
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
         assert_eq!(code, 200, "{r}");
         if r["parameters"]["place"] == "local" {
             break;
         }
-        assert!(start.elapsed() < secs(10), "still routed to the cloud: {r}");
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = agent.log.lock().unwrap().clone();
