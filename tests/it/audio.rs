@@ -3,14 +3,25 @@ use crate::common::*;
 use edge_infer::ModelSpec;
 use edge_infer::pipeline::dsp::Dsp;
 
-fn reference() -> serde_json::Value {
+/// openWakeWord's reference outputs for wake.wav (tests/fixtures/oww_reference.py).
+pub(crate) fn reference() -> serde_json::Value {
     read_json(&cache().join("reference/oww_reference.json"))
+}
+
+/// wake.wav's int16 samples.
+fn wake_i16() -> Vec<i16> {
+    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
+    reader.samples::<i16>().map(|s| s.expect("sample")).collect()
 }
 
 /// The WAV's samples as openWakeWord feeds them: int16 values as floats.
 fn wake_samples() -> Vec<f32> {
-    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
-    reader.samples::<i16>().map(|s| f32::from(s.expect("sample"))).collect()
+    wake_i16().into_iter().map(f32::from).collect()
+}
+
+/// wake.wav's samples as little-endian int16, as a microphone sends them over MQTT.
+pub(crate) fn wake_pcm() -> Vec<u8> {
+    wake_i16().into_iter().flat_map(i16::to_le_bytes).collect()
 }
 
 /// oww-embedding's declared log-mel front end (`[pre.dsp]`, computed by rustfft in f32)
@@ -118,7 +129,7 @@ fn wake_word_events_through_the_daemon_match_openwakeword() {
 /// within 5e-4. A payload of other length is refused with the span it needs.
 #[test]
 fn wake_word_embeddings_over_mqtt_and_the_local_api() {
-    use crate::common::mqtt_agent::MqttSetup;
+    use crate::common::mqtt_agent::{MqttSetup, mic_config};
     use base64::Engine as _;
 
     let reference = reference();
@@ -126,22 +137,11 @@ fn wake_word_embeddings_over_mqtt_and_the_local_api() {
     let windows = reference["windows"].as_u64().expect("windows") as usize;
     let api_port = free_port();
     let model_dir = model("oww-embedding");
-    let config = move |dir: &std::path::Path, port: u16| {
-        format!(
-            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
-             [[model]]\npath = \"{model}\"\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
-             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-embedding\"\nstream_level = 1\n",
-            state = dir.join("state").display(),
-            socket = dir.join("api.sock").display(),
-            model = model_dir.display(),
-        )
-    };
+    let config = mic_config(&model_dir, "oww-embedding", api_port, "");
     let crate::common::mqtt_agent::Running { dir: _dir, broker, subs: [results], agent, .. } =
         MqttSetup::new().config(config).start(["edge/dev1/results/#"]);
 
-    let pcm: Vec<u8> = wake_samples().iter().flat_map(|s| (*s as i16).to_le_bytes()).collect();
+    let pcm = wake_pcm();
     for chunk in pcm.chunks(2 * 16000) {
         broker.publish("test", "sensors/kitchen/mic", chunk, 1, false);
     }

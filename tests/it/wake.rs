@@ -4,11 +4,8 @@
 //! turning one utterance into one keyword event. Compared with openWakeWord's Python
 //! reference (oww_reference.json: scores and the windows scoring 0.5 or more).
 
+use crate::audio::{reference, wake_pcm};
 use crate::common::*;
-
-fn reference() -> serde_json::Value {
-    read_json(&cache().join("reference/oww_reference.json"))
-}
 
 /// The pipeline's directory: both ONNX files of the openwakeword wheel (as tests/run
 /// prepares them) and tests/fixtures/specs/oww-wake.toml.
@@ -20,12 +17,6 @@ fn wake_dir(work: &std::path::Path) -> std::path::PathBuf {
         .expect("classifier");
     std::fs::copy(root().join("tests/fixtures/specs/oww-wake.toml"), dir.join("model.toml")).expect("spec");
     dir
-}
-
-/// wake.wav's samples as little-endian int16.
-fn wake_pcm() -> Vec<u8> {
-    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
-    reader.samples::<i16>().flat_map(|s| s.expect("sample").to_le_bytes()).collect()
 }
 
 /// Checks one result per classifier window against the reference: the same number of
@@ -77,25 +68,13 @@ fn check_against_reference(results: &[serde_json::Value]) {
 /// messages to one stream; the pipeline answers each new embedding once 16 are in.
 #[test]
 fn the_wake_word_pipeline_over_mqtt_gives_openwakewords_keyword_events() {
-    use crate::common::mqtt_agent::MqttSetup;
+    use crate::common::mqtt_agent::{MqttSetup, mic_config};
 
     let windows = reference()["jarvis"]["scores"].as_array().expect("scores").len();
     let work = tempdir();
     let model_dir = wake_dir(work.path());
     let api_port = free_port();
-    let config = move |dir: &std::path::Path, port: u16| {
-        format!(
-            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
-             [engine]\ndeadline_ms = 10000\n\
-             [[model]]\npath = \"{model}\"\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
-             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-wake\"\nstream_level = 1\n",
-            state = dir.join("state").display(),
-            socket = dir.join("api.sock").display(),
-            model = model_dir.display(),
-        )
-    };
+    let config = mic_config(&model_dir, "oww-wake", api_port, "[engine]\ndeadline_ms = 10000\n");
     let crate::common::mqtt_agent::Running { dir: _dir, broker, subs: [results], agent, .. } =
         MqttSetup::new().config(config).start(["edge/dev1/results/#"]);
     for chunk in wake_pcm().chunks(2 * 16000) {
