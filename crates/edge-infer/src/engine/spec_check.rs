@@ -272,19 +272,14 @@ impl ModelSpec {
         if self.post.kind == PostKind::Detection {
             let post = &self.post;
             out.extend(post.detection.clone().unwrap_or_default().problems(post.labels.len(), &at));
-            for (key, set) in [
+            let unused = [
                 ("softmax", post.softmax),
                 ("top_k", post.top_k.is_some()),
                 ("threshold", post.threshold.is_some()),
                 ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"detection\"; remove it (post.detection.score_threshold sets the lowest score)",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
+            ];
+            let fix = "; remove it (post.detection.score_threshold sets the lowest score)";
+            unused_keys("detection", &unused, fix, &at, &mut out);
         } else if self.post.detection.is_some() {
             out.push(format!(
                 "{}post.detection applies only to kind = \"detection\"; add kind = \"detection\", or remove it",
@@ -293,20 +288,15 @@ impl ModelSpec {
         }
         if self.post.kind == PostKind::None {
             let post = &self.post;
-            for (key, set) in [
+            let unused = [
                 ("softmax", post.softmax),
                 ("labels", !post.labels.is_empty()),
                 ("top_k", post.top_k.is_some()),
                 ("threshold", post.threshold.is_some()),
                 ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
+            ];
+            let fix = " (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores";
+            unused_keys("none", &unused, fix, &at, &mut out);
         }
         out.extend(crate::stages::post_problems(&self.post, &at));
         out.extend(crate::stages::stage_problems(self, &at, &own_problems));
@@ -317,22 +307,34 @@ impl ModelSpec {
             _ => None,
         } {
             let post = &self.post;
-            for (key, set) in [
+            let unused = [
                 ("softmax", post.softmax),
                 ("labels", !post.labels.is_empty()),
                 ("top_k", post.top_k.is_some()),
                 ("threshold", post.threshold.is_some() && post.kind != PostKind::Ctc),
                 ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"{kind}\"; remove it",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
+            ];
+            unused_keys(kind, &unused, "; remove it", &at, &mut out);
         }
         out
+    }
+}
+
+/// A problem for each key of `[post]` that is set (`keys`: name, whether set) and that
+/// `post.kind = "{kind}"` does not read, each told `fix` after the kind: a key that is
+/// silently ignored would hide a mistake in the spec.
+fn unused_keys(
+    kind: &str,
+    keys: &[(&str, bool)],
+    fix: &str,
+    at: &dyn Fn(&str) -> String,
+    out: &mut Vec<String>,
+) {
+    for (key, _) in keys.iter().filter(|(_, set)| *set) {
+        out.push(format!(
+            "{}post.{key} does nothing with post.kind = \"{kind}\"{fix}",
+            at(&format!("post.{key}"))
+        ));
     }
 }
 
@@ -603,14 +605,7 @@ fn post_family_problems(post: &PostSpec, at: &dyn Fn(&str) -> String, out: &mut 
         ("labels", !post.labels.is_empty() && post.kind != PostKind::Multilabel),
         ("threshold", post.threshold.is_some() && post.kind == PostKind::Regression),
     ];
-    for (key, set) in unused {
-        if *set {
-            out.push(format!(
-                "{}post.{key} does nothing with post.kind = \"{kind}\"; remove it",
-                at(&format!("post.{key}"))
-            ));
-        }
-    }
+    unused_keys(kind, unused, "; remove it", at, out);
     if let Some(t) = post.threshold
         && !t.is_finite()
     {
