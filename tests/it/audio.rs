@@ -202,23 +202,7 @@ fn a_wake_word_model_with_a_front_end_publishes_with_its_self_test() {
     let cases: Vec<serde_json::Value> = (0..2)
         .map(|k| serde_json::json!({"name": format!("window-{k}"), "input": &mel[k * 8 * 32..(k * 8 + 76) * 32]}))
         .collect();
-    let inputs = work.path().join("inputs.json");
-    std::fs::write(&inputs, serde_json::to_string(&cases).unwrap()).unwrap();
-    let out = run(
-        &[
-            "model",
-            "selftest",
-            "--model",
-            dir.to_str().unwrap(),
-            "--record",
-            inputs.to_str().unwrap(),
-            "--tolerance",
-            "0.001",
-        ],
-        secs(60),
-    );
-    assert!(out.status.success(), "record: {}", stderr(&out));
-    let golden = read_json(&dir.join("selftest.json"));
+    let golden = record_selftest(&dir, work.path(), &cases.into());
     let want = floats(&reference["embeddings"]);
     for k in 0..2 {
         let got = floats(&golden["cases"][k]["expected"]);
@@ -234,6 +218,30 @@ fn a_wake_word_model_with_a_front_end_publishes_with_its_self_test() {
         text.contains("[pre.dsp]") && text.contains("kind = \"mel\""),
         "the package carries the front end"
     );
+}
+
+/// `edge-agent model selftest --record` of `cases` (written to `work`/inputs.json) for
+/// the model in `dir`, tolerance 0.001; the golden file it wrote.
+pub(crate) fn record_selftest(
+    dir: &std::path::Path,
+    work: &std::path::Path,
+    cases: &serde_json::Value,
+) -> serde_json::Value {
+    let inputs = work.join("inputs.json");
+    std::fs::write(&inputs, cases.to_string()).unwrap();
+    let args = [
+        "model",
+        "selftest",
+        "--model",
+        dir.to_str().unwrap(),
+        "--record",
+        inputs.to_str().unwrap(),
+        "--tolerance",
+        "0.001",
+    ];
+    let out = run(&args, secs(120));
+    assert!(out.status.success(), "record: {}", stderr(&out));
+    read_json(&dir.join("selftest.json"))
 }
 
 /// The first `.tar` under `dir` whose path names `model`.

@@ -4,7 +4,7 @@
 //! turning one utterance into one keyword event. Compared with openWakeWord's Python
 //! reference (oww_reference.json: scores and the windows scoring 0.5 or more).
 
-use crate::audio::{reference, wake_pcm};
+use crate::audio::{record_selftest, reference, wake_pcm};
 use crate::common::*;
 
 /// The pipeline's directory: both ONNX files of the openwakeword wheel (as tests/run
@@ -138,21 +138,7 @@ fn the_wake_word_pipeline_publishes_as_one_package_with_its_selftest() {
         {"name": "mel-window-0", "input": &mel[..76 * 32]},
         {"name": "jarvis-window-15", "stage": "jarvis", "input": &emb[15 * 96..31 * 96]},
     ]);
-    let inputs = work.path().join("inputs.json");
-    std::fs::write(&inputs, cases.to_string()).unwrap();
-    let args = [
-        "model",
-        "selftest",
-        "--model",
-        dir.to_str().unwrap(),
-        "--record",
-        inputs.to_str().unwrap(),
-        "--tolerance",
-        "0.001",
-    ];
-    let out = run(&args, secs(120));
-    assert!(out.status.success(), "record: {}", stderr(&out));
-    let golden = read_json(&dir.join("selftest.json"));
+    let golden = record_selftest(&dir, work.path(), &cases);
     let diff = max_abs_diff(&floats(&golden["cases"][0]["expected"]), &emb[..96]);
     assert!(diff <= 5e-4, "embedding: max abs diff {diff}");
     let score = floats(&golden["cases"][1]["expected"]);
