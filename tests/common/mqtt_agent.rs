@@ -69,6 +69,32 @@ pub fn write_config(dir: &Path, port: u16, model: &Path, mqtt_extra: &str, extra
     config
 }
 
+/// A whole config for [`MqttSetup::config`] serving one audio model: device `dev1`, the
+/// local API on 127.0.0.1:`api_port` (and its socket), the model at `model` (named
+/// `name`) fed by the sensors `sensors/+/mic`, one stream per sensor, over the broker as
+/// `agent`. `tables` go before `[[model]]` (an `[engine]` table, say).
+pub fn mic_config(
+    model: &Path,
+    name: &str,
+    api_port: u16,
+    tables: &str,
+) -> impl FnOnce(&Path, u16) -> String + 'static {
+    let (model, name, tables) = (model.to_path_buf(), name.to_string(), tables.to_string());
+    move |dir: &Path, port: u16| {
+        format!(
+            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
+             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
+             {tables}\
+             [[model]]\npath = \"{model}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
+             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"{name}\"\nstream_level = 1\n",
+            state = dir.join("state").display(),
+            socket = dir.join("api.sock").display(),
+            model = model.display(),
+        )
+    }
+}
+
 /// A running agent whose config and state outlive it (for kill and restart).
 pub struct Agent {
     child: Guard,

@@ -3,14 +3,25 @@ use crate::common::*;
 use edge_infer::ModelSpec;
 use edge_infer::pipeline::dsp::Dsp;
 
-fn reference() -> serde_json::Value {
+/// openWakeWord's reference outputs for wake.wav (tests/fixtures/oww_reference.py).
+pub(crate) fn reference() -> serde_json::Value {
     read_json(&cache().join("reference/oww_reference.json"))
+}
+
+/// wake.wav's int16 samples.
+fn wake_i16() -> Vec<i16> {
+    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
+    reader.samples::<i16>().map(|s| s.expect("sample")).collect()
 }
 
 /// The WAV's samples as openWakeWord feeds them: int16 values as floats.
 fn wake_samples() -> Vec<f32> {
-    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
-    reader.samples::<i16>().map(|s| f32::from(s.expect("sample"))).collect()
+    wake_i16().into_iter().map(f32::from).collect()
+}
+
+/// wake.wav's samples as little-endian int16, as a microphone sends them over MQTT.
+pub(crate) fn wake_pcm() -> Vec<u8> {
+    wake_i16().into_iter().flat_map(i16::to_le_bytes).collect()
 }
 
 /// oww-embedding's declared log-mel front end (`[pre.dsp]`, computed by rustfft in f32)
@@ -118,7 +129,7 @@ fn wake_word_events_through_the_daemon_match_openwakeword() {
 /// within 5e-4. A payload of other length is refused with the span it needs.
 #[test]
 fn wake_word_embeddings_over_mqtt_and_the_local_api() {
-    use crate::common::mqtt_agent::MqttSetup;
+    use crate::common::mqtt_agent::{MqttSetup, mic_config};
     use base64::Engine as _;
 
     let reference = reference();
@@ -126,22 +137,11 @@ fn wake_word_embeddings_over_mqtt_and_the_local_api() {
     let windows = reference["windows"].as_u64().expect("windows") as usize;
     let api_port = free_port();
     let model_dir = model("oww-embedding");
-    let config = move |dir: &std::path::Path, port: u16| {
-        format!(
-            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
-             [[model]]\npath = \"{model}\"\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
-             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-embedding\"\nstream_level = 1\n",
-            state = dir.join("state").display(),
-            socket = dir.join("api.sock").display(),
-            model = model_dir.display(),
-        )
-    };
+    let config = mic_config(&model_dir, "oww-embedding", api_port, "");
     let crate::common::mqtt_agent::Running { dir: _dir, broker, subs: [results], agent, .. } =
         MqttSetup::new().config(config).start(["edge/dev1/results/#"]);
 
-    let pcm: Vec<u8> = wake_samples().iter().flat_map(|s| (*s as i16).to_le_bytes()).collect();
+    let pcm = wake_pcm();
     for chunk in pcm.chunks(2 * 16000) {
         broker.publish("test", "sensors/kitchen/mic", chunk, 1, false);
     }
@@ -202,23 +202,7 @@ fn a_wake_word_model_with_a_front_end_publishes_with_its_self_test() {
     let cases: Vec<serde_json::Value> = (0..2)
         .map(|k| serde_json::json!({"name": format!("window-{k}"), "input": &mel[k * 8 * 32..(k * 8 + 76) * 32]}))
         .collect();
-    let inputs = work.path().join("inputs.json");
-    std::fs::write(&inputs, serde_json::to_string(&cases).unwrap()).unwrap();
-    let out = run(
-        &[
-            "model",
-            "selftest",
-            "--model",
-            dir.to_str().unwrap(),
-            "--record",
-            inputs.to_str().unwrap(),
-            "--tolerance",
-            "0.001",
-        ],
-        secs(60),
-    );
-    assert!(out.status.success(), "record: {}", stderr(&out));
-    let golden = read_json(&dir.join("selftest.json"));
+    let golden = record_selftest(&dir, work.path(), &cases.into());
     let want = floats(&reference["embeddings"]);
     for k in 0..2 {
         let got = floats(&golden["cases"][k]["expected"]);
@@ -234,6 +218,30 @@ fn a_wake_word_model_with_a_front_end_publishes_with_its_self_test() {
         text.contains("[pre.dsp]") && text.contains("kind = \"mel\""),
         "the package carries the front end"
     );
+}
+
+/// `edge-agent model selftest --record` of `cases` (written to `work`/inputs.json) for
+/// the model in `dir`, tolerance 0.001; the golden file it wrote.
+pub(crate) fn record_selftest(
+    dir: &std::path::Path,
+    work: &std::path::Path,
+    cases: &serde_json::Value,
+) -> serde_json::Value {
+    let inputs = work.join("inputs.json");
+    std::fs::write(&inputs, cases.to_string()).unwrap();
+    let args = [
+        "model",
+        "selftest",
+        "--model",
+        dir.to_str().unwrap(),
+        "--record",
+        inputs.to_str().unwrap(),
+        "--tolerance",
+        "0.001",
+    ];
+    let out = run(&args, secs(120));
+    assert!(out.status.success(), "record: {}", stderr(&out));
+    read_json(&dir.join("selftest.json"))
 }
 
 /// The first `.tar` under `dir` whose path names `model`.

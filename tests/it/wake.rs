@@ -4,11 +4,8 @@
 //! turning one utterance into one keyword event. Compared with openWakeWord's Python
 //! reference (oww_reference.json: scores and the windows scoring 0.5 or more).
 
+use crate::audio::{record_selftest, reference, wake_pcm};
 use crate::common::*;
-
-fn reference() -> serde_json::Value {
-    read_json(&cache().join("reference/oww_reference.json"))
-}
 
 /// The pipeline's directory: both ONNX files of the openwakeword wheel (as tests/run
 /// prepares them) and tests/fixtures/specs/oww-wake.toml.
@@ -20,12 +17,6 @@ fn wake_dir(work: &std::path::Path) -> std::path::PathBuf {
         .expect("classifier");
     std::fs::copy(root().join("tests/fixtures/specs/oww-wake.toml"), dir.join("model.toml")).expect("spec");
     dir
-}
-
-/// wake.wav's samples as little-endian int16.
-fn wake_pcm() -> Vec<u8> {
-    let mut reader = hound::WavReader::open(cache().join("audio/wake.wav")).expect("wake.wav");
-    reader.samples::<i16>().flat_map(|s| s.expect("sample").to_le_bytes()).collect()
 }
 
 /// Checks one result per classifier window against the reference: the same number of
@@ -77,25 +68,13 @@ fn check_against_reference(results: &[serde_json::Value]) {
 /// messages to one stream; the pipeline answers each new embedding once 16 are in.
 #[test]
 fn the_wake_word_pipeline_over_mqtt_gives_openwakewords_keyword_events() {
-    use crate::common::mqtt_agent::MqttSetup;
+    use crate::common::mqtt_agent::{MqttSetup, mic_config};
 
     let windows = reference()["jarvis"]["scores"].as_array().expect("scores").len();
     let work = tempdir();
     let model_dir = wake_dir(work.path());
     let api_port = free_port();
-    let config = move |dir: &std::path::Path, port: u16| {
-        format!(
-            "[agent]\ndevice_id = \"dev1\"\nstate_dir = \"{state}\"\n[output]\nstdout = false\n\
-             [api]\nlisten = \"127.0.0.1:{api_port}\"\nsocket = \"{socket}\"\n\
-             [engine]\ndeadline_ms = 10000\n\
-             [[model]]\npath = \"{model}\"\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"agent\"\npassword = \"agent-pass\"\n\
-             [[mqtt.sensor]]\ntopic = \"sensors/+/mic\"\nmodel = \"oww-wake\"\nstream_level = 1\n",
-            state = dir.join("state").display(),
-            socket = dir.join("api.sock").display(),
-            model = model_dir.display(),
-        )
-    };
+    let config = mic_config(&model_dir, "oww-wake", api_port, "[engine]\ndeadline_ms = 10000\n");
     let crate::common::mqtt_agent::Running { dir: _dir, broker, subs: [results], agent, .. } =
         MqttSetup::new().config(config).start(["edge/dev1/results/#"]);
     for chunk in wake_pcm().chunks(2 * 16000) {
@@ -159,21 +138,7 @@ fn the_wake_word_pipeline_publishes_as_one_package_with_its_selftest() {
         {"name": "mel-window-0", "input": &mel[..76 * 32]},
         {"name": "jarvis-window-15", "stage": "jarvis", "input": &emb[15 * 96..31 * 96]},
     ]);
-    let inputs = work.path().join("inputs.json");
-    std::fs::write(&inputs, cases.to_string()).unwrap();
-    let args = [
-        "model",
-        "selftest",
-        "--model",
-        dir.to_str().unwrap(),
-        "--record",
-        inputs.to_str().unwrap(),
-        "--tolerance",
-        "0.001",
-    ];
-    let out = run(&args, secs(120));
-    assert!(out.status.success(), "record: {}", stderr(&out));
-    let golden = read_json(&dir.join("selftest.json"));
+    let golden = record_selftest(&dir, work.path(), &cases);
     let diff = max_abs_diff(&floats(&golden["cases"][0]["expected"]), &emb[..96]);
     assert!(diff <= 5e-4, "embedding: max abs diff {diff}");
     let score = floats(&golden["cases"][1]["expected"]);

@@ -85,9 +85,15 @@ fn events_move_a_models_state_and_count_rollbacks() {
     assert_eq!(d.rollbacks, 1);
     event(&mut f, "dev-07", "selftest-failed", "vibration", json!({"version": "3"}));
     event(&mut f, "dev-05", "model-drift", "vibration", json!({}));
-    let rows = f.rows(&Filter { state: Some(StateFilter::RolledBack), ..Filter::default() }, SortKey::Device);
+    let rows = f.rows(
+        &Filter { state: Some(StateFilter::Model(ModelState::RolledBack)), ..Filter::default() },
+        SortKey::Device,
+    );
     assert_eq!(ids(&rows), ["dev-06"]);
-    let rows = f.rows(&Filter { state: Some(StateFilter::Failed), ..Filter::default() }, SortKey::Device);
+    let rows = f.rows(
+        &Filter { state: Some(StateFilter::Model(ModelState::Failed)), ..Filter::default() },
+        SortKey::Device,
+    );
     assert_eq!(ids(&rows), ["dev-07"]);
     let rows = f.rows(&Filter { state: Some(StateFilter::Drifting), ..Filter::default() }, SortKey::Device);
     assert_eq!(ids(&rows), ["dev-05"]);
@@ -96,6 +102,41 @@ fn events_move_a_models_state_and_count_rollbacks() {
     // A new version in the status starts the model afresh.
     status(&mut f, "dev-07", "online", json!({"vibration": "4"}));
     assert_eq!(f.device("dev-07").unwrap().models["vibration"].state, ModelState::Active);
+}
+
+/// `--state` takes every model state by the name the table and `--json` write for it (the
+/// filter's list comes from the states' own), with the link states before and
+/// `drifting` after, as the CLI always listed them.
+#[test]
+fn state_filter_accepts_every_state_name() {
+    use clap::ValueEnum;
+    for s in ModelState::value_variants() {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str(), "--json name of {s:?}");
+        assert_eq!(StateFilter::from_str(s.as_str(), false), Ok(StateFilter::Model(*s)));
+    }
+    let names: Vec<String> = StateFilter::value_variants()
+        .iter()
+        .map(|f| f.to_possible_value().unwrap().get_name().to_string())
+        .collect();
+    let want = [
+        "online",
+        "offline",
+        "unknown",
+        "malformed",
+        "active",
+        "updating",
+        "probation",
+        "rolled-back",
+        "failed",
+        "pulled",
+        "drifting",
+    ];
+    assert_eq!(names, want);
+    for name in want {
+        let f = StateFilter::from_str(name, false).unwrap();
+        assert_eq!(f.to_possible_value().unwrap().get_name(), name);
+    }
+    assert!(StateFilter::from_str("rolled_back", false).is_err());
 }
 
 #[test]

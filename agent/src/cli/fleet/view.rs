@@ -6,8 +6,11 @@
 //! device sends.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::LazyLock;
 use std::time::SystemTime;
 
+use clap::ValueEnum;
+use clap::builder::PossibleValue;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -44,8 +47,12 @@ pub fn parse_topic<'a>(prefix: &str, topic: &'a str) -> Option<(&'a str, Topic)>
 
 /// A model's state on a device. The retained status says only which version serves;
 /// the other states come from the device's events (seen live: events are not retained).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// The one list of states: `--state` takes each by its name (see [`StateFilter`]), and
+/// `clap::ValueEnum`'s derive supplies that list (`value_variants`), so a new state
+/// reaches the filter without a second list to keep in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
 pub enum ModelState {
     /// Serving, not on probation (what the status and telemetry say).
     Active,
@@ -62,6 +69,7 @@ pub enum ModelState {
 }
 
 impl ModelState {
+    /// Its name, as `--state` takes it and `--json` writes it.
     pub fn as_str(self) -> &'static str {
         match self {
             ModelState::Active => "active",
@@ -400,9 +408,9 @@ fn event(d: &mut Device, v: &Value) -> Result<(), String> {
     Ok(())
 }
 
-/// What a filter on the link or a model's state matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[value(rename_all = "kebab-case")]
+/// What a filter on the link or a model's state matches. `--state` takes the names of
+/// the link states, of every [`ModelState`] and `drifting`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateFilter {
     Online,
     Offline,
@@ -410,28 +418,47 @@ pub enum StateFilter {
     Unknown,
     /// Some message from the device could not be read.
     Malformed,
-    Active,
-    Updating,
-    Probation,
-    RolledBack,
-    Failed,
-    Pulled,
+    /// A model in this state.
+    Model(ModelState),
     /// A model whose monitor says it drifts.
     Drifting,
+}
+
+// By hand, as clap's derive takes no variant with a value: the model states come from
+// `ModelState`'s own list, between the link states and `drifting`.
+impl ValueEnum for StateFilter {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: LazyLock<Vec<StateFilter>> = LazyLock::new(|| {
+            use StateFilter::*;
+            let models = ModelState::value_variants().iter().map(|s| Model(*s));
+            [Online, Offline, Unknown, Malformed].into_iter().chain(models).chain([Drifting]).collect()
+        });
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            StateFilter::Online => PossibleValue::new("online"),
+            StateFilter::Offline => PossibleValue::new("offline"),
+            StateFilter::Unknown => PossibleValue::new("unknown").help("No readable status seen"),
+            StateFilter::Malformed => {
+                PossibleValue::new("malformed").help("Some message from the device could not be read")
+            }
+            StateFilter::Model(s) => PossibleValue::new(s.as_str()),
+            StateFilter::Drifting => {
+                PossibleValue::new("drifting").help("A model whose monitor says it drifts")
+            }
+        })
+    }
 }
 
 impl StateFilter {
     /// The model state this filter asks for, if it is one.
     fn model_state(self) -> Option<ModelState> {
-        Some(match self {
-            StateFilter::Active => ModelState::Active,
-            StateFilter::Updating => ModelState::Updating,
-            StateFilter::Probation => ModelState::Probation,
-            StateFilter::RolledBack => ModelState::RolledBack,
-            StateFilter::Failed => ModelState::Failed,
-            StateFilter::Pulled => ModelState::Pulled,
-            _ => return None,
-        })
+        match self {
+            StateFilter::Model(s) => Some(s),
+            _ => None,
+        }
     }
 }
 

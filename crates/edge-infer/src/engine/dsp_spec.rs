@@ -1,7 +1,7 @@
 //! `[pre.dsp]`: the signal processing between raw samples and the model's data input
 //! (spectrogram, mel filterbank, log-mel, MFCC for audio; spectral features for
-//! accelerometer windows). Checked at load by building the front end once
-//! ([`crate::pipeline::dsp::Dsp::new`]), so every parameter error names its key.
+//! accelerometer windows). The spec's checks (`spec_check`) build the front end once at
+//! load, so every parameter error names its key; this module only declares the table.
 
 use serde::{Deserialize, Serialize};
 
@@ -195,56 +195,5 @@ impl DspSpec {
     /// Samples one frame reads: the FFT size (`kind = "spectral"`: per axis).
     pub fn frame_samples(&self) -> usize {
         self.fft_size()
-    }
-}
-
-/// Checks `[pre.dsp]` against itself (by building it) and against the rest of the spec.
-pub(super) fn problems(
-    spec: &super::spec::ModelSpec,
-    dsp: &DspSpec,
-    data: Option<&super::spec::InputSpec>,
-    at: &dyn Fn(&str) -> String,
-    out: &mut Vec<String>,
-) {
-    use super::spec::PayloadFormat;
-    if spec.pre.window.is_some() {
-        out.push(format!(
-            "{}pre.window and pre.dsp both cut the stream; remove [pre.window] (pre.dsp.frames and frame_hop say how frames make a model input)",
-            at("pre.window")
-        ));
-    }
-    if spec.pre.format == PayloadFormat::Image {
-        out.push(format!(
-            "{}pre.dsp works on samples, and this model takes images; remove it",
-            at("pre.dsp")
-        ));
-    }
-    match crate::pipeline::dsp::Dsp::new(dsp, spec.pre.sample_rate) {
-        Err(e) => {
-            let key = if e.key == "sample_rate" {
-                "pre.sample_rate".to_string()
-            } else {
-                format!("pre.dsp.{}", e.key)
-            };
-            let line = if e.key == "sample_rate" { at("pre.dsp") } else { at(&key) };
-            out.push(format!("{line}{key}: {}", e.message));
-        }
-        Ok(built) => {
-            if let Some(d) = data
-                && d.ranges.is_empty()
-                && d.len() != built.input_len()
-            {
-                out.push(format!(
-                    "{}pre.dsp makes {} frames of {} features = {} values, but input `{}` {:?} holds {}; change frames (or the features) to fill it",
-                    at("pre.dsp.frames"),
-                    dsp.frames,
-                    built.features(),
-                    built.input_len(),
-                    d.name,
-                    d.shape,
-                    d.len()
-                ));
-            }
-        }
     }
 }

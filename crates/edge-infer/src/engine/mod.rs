@@ -23,6 +23,7 @@ pub mod plans;
 pub mod post_spec;
 mod resize_spec;
 pub mod spec;
+mod spec_check;
 pub mod stats;
 pub mod streams;
 

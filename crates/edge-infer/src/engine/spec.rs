@@ -4,16 +4,19 @@
 //! which input carries the request's data, which inputs are recurrent state or constants,
 //! and how raw payloads become tensors (pre-processing) and outputs become answers
 //! (post-processing). It travels with the model, so a model update brings its own spec.
+//!
+//! This module holds the spec's types, from the tables of the families it includes
+//! (`[pre.dsp]`, `[post.*]`, `[[stage]]`) up to [`ModelSpec`]; reading and checking a
+//! spec ([`ModelSpec::load_dir`], [`ModelSpec::parse`]) is done by the checks that sit
+//! above them all (`spec_check`).
 
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::budget;
 pub use super::detect_spec::{BoxFormat, DetectLayout, DetectSpec};
-use super::error::SpecError;
 pub use super::resize_spec::{LimitType, ResizeFilter, multiple_frame};
-use crate::locate::{line_of, line_of_path};
 
 /// File name of the spec inside a model directory.
 pub const SPEC_FILE: &str = "model.toml";
@@ -546,7 +549,7 @@ fn clamp_to(n: u32, r: DimRange) -> u32 {
 
 /// Axes of channels, height and width in an image input: its last three dimensions in
 /// `layout`'s order, after leading 1s (the batch). `None` for a flat or batched input.
-fn image_axes(layout: ImageLayout, input: &InputSpec) -> Option<(usize, usize, usize)> {
+pub(super) fn image_axes(layout: ImageLayout, input: &InputSpec) -> Option<(usize, usize, usize)> {
     let r = input.shape.len().checked_sub(3)?;
     if !input.shape[..r].iter().all(|n| *n == 1) {
         return None;
@@ -734,7 +737,58 @@ pub struct ModelSpec {
     /// Further models this one's results feed (`[[stage]]`, docs/model-spec.md,
     /// "Pipelines"), in order, each an ONNX file of the same directory.
     #[serde(default, rename = "stage", skip_serializing_if = "Vec::is_empty")]
-    pub stages: Vec<crate::stages::StageSpec>,
+    pub stages: Vec<StageSpec>,
+}
+
+/// `[[stage]]`: one further model of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The stage's name, unique in the spec (`rec`); the model runs on the engine as
+    /// `<model>.<stage>`.
+    pub name: String,
+    /// Its ONNX file, in the model directory.
+    pub file: String,
+    /// What it takes from the stage before.
+    pub from: StageFrom,
+    /// Its inputs, as a model's `[[input]]`.
+    #[serde(rename = "input")]
+    pub inputs: Vec<InputSpec>,
+    /// `from = "outputs"`: how many outputs one run takes and how it advances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<OutputWindowSpec>,
+    /// Its pre-processing (`[stage.pre.image]` for crops).
+    #[serde(default)]
+    pub pre: PreSpec,
+    /// Its post-processing.
+    #[serde(default)]
+    pub post: PostSpec,
+}
+
+/// What a stage takes from the stage before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageFrom {
+    /// Each box of a `text_boxes` stage, cut out of the original image.
+    Crops,
+    /// A sliding window of the stage before it's outputs (`[stage.window]`).
+    Outputs,
+}
+
+/// `[stage.window]`: how many of the previous stage's outputs one run takes, and by how
+/// many outputs the window advances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputWindowSpec {
+    /// Outputs per run (16 embeddings for openWakeWord's classifiers).
+    pub size: usize,
+    /// Outputs between runs (1: a run for every new output).
+    #[serde(default = "default_hop")]
+    pub hop: usize,
+}
+
+fn default_hop() -> usize {
+    1
 }
 
 /// `[monitor]`: how a device watches this model's inputs and outputs for drift against
@@ -780,324 +834,6 @@ pub struct LoadedSpec {
 }
 
 impl ModelSpec {
-    /// Reads and checks `DIR/model.toml`. Checks against the ONNX graph itself happen
-    /// when the model is loaded.
-    pub fn load_dir(dir: &Path) -> Result<LoadedSpec, SpecError> {
-        let path = dir.join(SPEC_FILE);
-        let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => SpecError::Missing { path: path.clone() },
-            _ => SpecError::Read { path: path.clone(), source },
-        })?;
-        let spec = Self::parse_bytes(&bytes, &path)?;
-        let model_path = contained_file(dir, &spec.file, &path)?;
-        Ok(LoadedSpec { spec, path, model_path })
-    }
-
-    /// Parses and checks a spec file's bytes, which must be UTF-8; `path` is only used
-    /// in messages.
-    pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<ModelSpec, SpecError> {
-        let text = std::str::from_utf8(bytes).map_err(|e| {
-            let offset = e.valid_up_to();
-            SpecError::NotUtf8 {
-                path: path.to_path_buf(),
-                offset,
-                byte: bytes.get(offset).copied().unwrap_or_default(),
-                line: 1 + bytes[..offset].iter().filter(|b| **b == b'\n').count(),
-            }
-        })?;
-        Self::parse(text, path)
-    }
-
-    /// Parses and checks a spec; `path` is only used in messages.
-    pub fn parse(text: &str, path: &Path) -> Result<ModelSpec, SpecError> {
-        let spec: ModelSpec = toml::from_str(text).map_err(|e| SpecError::Syntax {
-            path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
-            message: e.message().trim().to_string(),
-        })?;
-        let mut problems = spec.problems();
-        problems.extend(spec.located_problems(text));
-        if problems.is_empty() {
-            Ok(spec)
-        } else {
-            Err(SpecError::Invalid { path: path.to_path_buf(), problems: problems.join("\n  ") })
-        }
-    }
-
-    /// Every inconsistency of the spec on its own, each with its fix.
-    fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            out.push(format!(
-                "name `{}` must be non-empty and use only A-Z a-z 0-9 . _ - (it appears in topics and paths)",
-                self.name
-            ));
-        }
-        if self.version.is_empty() {
-            out.push("version must not be empty".into());
-        }
-        let m = &self.monitor;
-        // Fewer than 100 results give histograms too noisy to tell drift (docs/monitoring.md).
-        if !(100..=1_000_000).contains(&m.window) || !(1..=m.window).contains(&m.every) {
-            out.push(format!(
-                "monitor: window = {} and every = {} must satisfy 100 <= window <= 1000000 and 1 <= every <= window",
-                m.window, m.every
-            ));
-        }
-        if !(m.clear > 0.0 && m.clear < m.raise && m.raise <= 1.0) || m.reference < m.window {
-            out.push(format!(
-                "monitor: need 0 < clear ({}) < raise ({}) <= 1 and reference ({}) >= window ({})",
-                m.clear, m.raise, m.reference, m.window
-            ));
-        }
-        let data: Vec<_> = self.inputs.iter().filter(|i| i.from == InputFrom::Data).collect();
-        if data.len() != 1 {
-            out.push(format!(
-                "exactly one input must have from = \"data\" (found {}); mark the others \"state\" or \"const\"",
-                data.len()
-            ));
-        }
-        for input in &self.inputs {
-            match input.from {
-                InputFrom::State if input.state_output.is_none() => out.push(format!(
-                    "input `{}` has from = \"state\" but no state_output; name the output that feeds it",
-                    input.name
-                )),
-                InputFrom::Const => match &input.value {
-                    None => out.push(format!(
-                        "input `{}` has from = \"const\" but no value; add value = [...]",
-                        input.name
-                    )),
-                    Some(v) if v.len() != input.len().max(1) => out.push(format!(
-                        "input `{}`: value has {} numbers but shape {:?} holds {}",
-                        input.name,
-                        v.len(),
-                        input.shape,
-                        input.len().max(1)
-                    )),
-                    _ => {}
-                },
-                _ => {}
-            }
-            if input.shape.contains(&0) {
-                out.push(format!("input `{}`: shape {:?} has a zero dimension", input.name, input.shape));
-            } else if input.bytes().is_none() {
-                // A wrapped product would let a huge shape pass as a small one.
-                out.push(format!(
-                    "input `{}`: shape {:?} of {} is too large to count (its size overflows); no device can hold it: declare the shape the model runs at",
-                    input.name,
-                    input.shape,
-                    input.dtype.name()
-                ));
-            }
-        }
-        if let Some(why) = outside_reason(&self.file) {
-            out.push(format!(
-                "file `{}` {why}: a model may only read files that travel with it in its directory; put the model file there and name it relative to model.toml (file = \"model.onnx\")",
-                self.file
-            ));
-        }
-        if let (Some(w), Some(d)) = (&self.pre.window, data.first()) {
-            if w.size == 0 || w.hop == 0 {
-                out.push("pre.window: size and hop must be at least 1".into());
-            } else if w.context.checked_add(w.size) != Some(d.len()) {
-                let hint = if d.len() > w.size {
-                    format!("set pre.window.context = {}", d.len() - w.size)
-                } else {
-                    format!("set pre.window.size = {} and context = 0", d.len())
-                };
-                out.push(format!(
-                    "pre.window: context {} + size {} = {} samples, but input `{}` {:?} holds {}; {hint}",
-                    w.context,
-                    w.size,
-                    w.context.saturating_add(w.size),
-                    d.name,
-                    d.shape,
-                    d.len()
-                ));
-            }
-        }
-        if let Some(img) = &self.pre.image {
-            if img.channels != 1 && img.channels != 3 {
-                out.push(format!("pre.image.channels is {}; use 1 (grey) or 3 (RGB)", img.channels));
-            }
-            for (key, v) in [("mean", &img.mean), ("std", &img.std)] {
-                if !v.is_empty() && v.len() != img.channels {
-                    out.push(format!(
-                        "pre.image.{key} has {} values; give one per channel ({})",
-                        v.len(),
-                        img.channels
-                    ));
-                }
-            }
-            if img.std.contains(&0.0) {
-                out.push("pre.image.std contains 0; a standard deviation must not be zero".into());
-            }
-        }
-        if self.pre.format == PayloadFormat::Image && self.pre.image.is_none() {
-            out.push("pre.format = \"image\" needs a [pre.image] table (width, height, ...)".into());
-        }
-        if let Some(s) = &self.post.segments
-            && s.off > s.on
-        {
-            out.push(format!(
-                "post.segments: off ({}) is above on ({}); hysteresis needs off <= on",
-                s.off, s.on
-            ));
-        }
-        if self.post.top_k == Some(0) {
-            out.push("post.top_k must be at least 1".into());
-        }
-        if self.limits.max_payload_bytes == 0 {
-            out.push("limits.max_payload_bytes must be at least 1".into());
-        }
-        out
-    }
-
-    /// Checks of ranges, images, audio and the post-processing kind; each problem starts
-    /// with the line of the key it is about.
-    fn located_problems(&self, text: &str) -> Vec<String> {
-        let at = |key: &str| line_of_path(text, key).map(|l| format!("line {l}: ")).unwrap_or_default();
-        let mut out = Vec::new();
-        let mut ranges = 0;
-        for (ix, input) in self.inputs.iter().enumerate() {
-            let key = format!("input.{ix}.shape");
-            if !input.ranges.is_empty() && input.from != InputFrom::Data {
-                out.push(format!(
-                    "{}input `{}`: only the data input may have a range dimension; state and constant inputs need fixed sizes",
-                    at(&key),
-                    input.name
-                ));
-            }
-            for (axis, r) in &input.ranges {
-                ranges += 1;
-                if r.min == 0 || r.max < r.min || r.multiple_of == 0 {
-                    out.push(format!(
-                        "{}input `{}` dimension {axis}: {{ min = {}, max = {}, multiple_of = {} }} needs 1 <= min <= max and multiple_of >= 1",
-                        at(&key),
-                        input.name,
-                        r.min,
-                        r.max,
-                        r.multiple_of
-                    ));
-                } else if r.lowest().is_none() {
-                    out.push(format!(
-                        "{}input `{}` dimension {axis}: no multiple of {} lies between {} and {}; widen the range or change multiple_of",
-                        at(&key),
-                        input.name,
-                        r.multiple_of,
-                        r.min,
-                        r.max
-                    ));
-                }
-            }
-        }
-        if ranges > 1 && !self.image_sides_vary() {
-            out.push(format!(
-                "only one dimension may be a range (found {ranges}): the engine tells its size from the number of values; give the others fixed sizes"
-            ));
-        }
-        let data = self.inputs.iter().position(|i| i.from == InputFrom::Data);
-        let data_input = data.map(|ix| (ix, &self.inputs[ix]));
-        if let Some((_, d)) = data_input
-            && !d.ranges.is_empty()
-            && self.pre.window.is_some()
-        {
-            out.push(format!(
-                "{}pre.window cuts windows of one size, but input `{}` is {}; give it a fixed size",
-                at("pre.window"),
-                d.name,
-                d.shape_text()
-            ));
-        }
-        if let Some(rate) = self.pre.sample_rate {
-            if rate == 0 {
-                out.push(format!(
-                    "{}pre.sample_rate is 0; write the rate the model was trained at, in Hz (for example 16000)",
-                    at("pre.sample_rate")
-                ));
-            }
-            if self.pre.format == PayloadFormat::Image {
-                out.push(format!(
-                    "{}pre.sample_rate is for audio, and this model takes images; remove it",
-                    at("pre.sample_rate")
-                ));
-            }
-        }
-        if let Some(dsp) = &self.pre.dsp {
-            super::dsp_spec::problems(self, dsp, data_input.map(|(_, d)| d), &at, &mut out);
-        }
-        if let (Some(img), Some((ix, d))) = (&self.pre.image, data_input) {
-            image_problems(img, ix, d, &at, &mut out);
-        }
-        super::post_spec::problems(&self.post, &at, &mut out);
-        if self.post.kind == PostKind::Detection {
-            let post = &self.post;
-            out.extend(post.detection.clone().unwrap_or_default().problems(post.labels.len(), &at));
-            for (key, set) in [
-                ("softmax", post.softmax),
-                ("top_k", post.top_k.is_some()),
-                ("threshold", post.threshold.is_some()),
-                ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"detection\"; remove it (post.detection.score_threshold sets the lowest score)",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
-        } else if self.post.detection.is_some() {
-            out.push(format!(
-                "{}post.detection applies only to kind = \"detection\"; add kind = \"detection\", or remove it",
-                at("post.detection")
-            ));
-        }
-        if self.post.kind == PostKind::None {
-            let post = &self.post;
-            for (key, set) in [
-                ("softmax", post.softmax),
-                ("labels", !post.labels.is_empty()),
-                ("top_k", post.top_k.is_some()),
-                ("threshold", post.threshold.is_some()),
-                ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
-        }
-        out.extend(crate::stages::post_problems(&self.post, &at));
-        out.extend(crate::stages::stage_problems(self, &at));
-        // Keys the OCR kinds do not read are refused rather than silently ignored.
-        if let Some(kind) = match self.post.kind {
-            PostKind::TextBoxes => Some("text_boxes"),
-            PostKind::Ctc => Some("ctc"),
-            _ => None,
-        } {
-            let post = &self.post;
-            for (key, set) in [
-                ("softmax", post.softmax),
-                ("labels", !post.labels.is_empty()),
-                ("top_k", post.top_k.is_some()),
-                ("threshold", post.threshold.is_some() && post.kind != PostKind::Ctc),
-                ("segments", post.segments.is_some()),
-            ] {
-                if set {
-                    out.push(format!(
-                        "{}post.{key} does nothing with post.kind = \"{kind}\"; remove it",
-                        at(&format!("post.{key}"))
-                    ));
-                }
-            }
-        }
-        out
-    }
-
     /// The size images are resized to, from `[pre.image]` and the data input's shape.
     /// `None` without `[pre.image]` (or for a spec the checks refuse).
     pub fn image_geometry(&self) -> Option<ImageGeometry> {
@@ -1142,179 +878,5 @@ impl ModelSpec {
         // `problems()` guarantees exactly one; a spec that skipped it is a programming error.
         #[allow(clippy::expect_used)]
         self.inputs.iter().find(|i| i.from == InputFrom::Data).expect("validated spec has one data input")
-    }
-}
-
-/// Checks `[pre.image]` against itself and the data input `d` (the `ix`th input).
-fn image_problems(
-    img: &ImageSpec,
-    ix: usize,
-    d: &InputSpec,
-    at: &dyn Fn(&str) -> String,
-    out: &mut Vec<String>,
-) {
-    let letterbox = img.resize == ResizeMode::Letterbox;
-    for (key, set) in [("pad", img.pad.is_some()), ("position", img.position.is_some())] {
-        if set && !letterbox {
-            out.push(format!(
-                "{}pre.image.{key} applies only to resize = \"letterbox\"; add resize = \"letterbox\", or remove {key}",
-                at(&format!("pre.image.{key}"))
-            ));
-        }
-    }
-    if let Some(p) = img.pad
-        && !(p.is_finite() && (0.0..=255.0).contains(&p))
-    {
-        out.push(format!(
-            "{}pre.image.pad is {p}; give a pixel value from 0 to 255 (it is scaled and normalised like the image)",
-            at("pre.image.pad")
-        ));
-    }
-    if img.channel_order == ChannelOrder::Bgr && img.channels != 3 {
-        out.push(format!(
-            "{}pre.image.channel_order = \"bgr\" needs channels = 3 (a grey image has no channel order)",
-            at("pre.image.channel_order")
-        ));
-    }
-    let input_key = format!("input.{ix}.shape");
-    let layout = match img.layout {
-        ImageLayout::Nchw => "nchw: [N, C, H, W]",
-        ImageLayout::Nhwc => "nhwc: [N, H, W, C]",
-    };
-    let Some((c, h, w)) = image_axes(img.layout, d) else {
-        // A flat or batched input: the image's size cannot be read from it, so the spec
-        // gives it and only the number of values is checked.
-        if !d.ranges.is_empty() {
-            out.push(format!(
-                "{}input `{}` {}: a range dimension with [pre.image] needs an image-shaped input, [1, C, H, W] or [1, H, W, C]",
-                at(&input_key),
-                d.name,
-                d.shape_text()
-            ));
-            return;
-        }
-        let (Some(width), Some(height)) = (img.width, img.height) else {
-            out.push(format!(
-                "{}pre.image needs width and height: input `{}` {:?} does not show the image's size",
-                at("pre.image"),
-                d.name,
-                d.shape
-            ));
-            return;
-        };
-        let want = budget::elements(&[img.channels, width as usize, height as usize]);
-        if want != Some(d.len()) {
-            let want = want.map_or_else(|| "too many".to_string(), |n| n.to_string());
-            out.push(format!(
-                "{}pre.image gives {}x{height}x{width} = {want} values but input `{}` {:?} holds {}",
-                at("pre.image"),
-                img.channels,
-                d.name,
-                d.shape,
-                d.len()
-            ));
-        }
-        return;
-    };
-    for (axis, _) in &d.ranges {
-        if *axis != w && *axis != h {
-            out.push(format!(
-                "{}input `{}` {}: only the image's width and height may vary (axes {w} and {h} in {layout})",
-                at(&input_key),
-                d.name,
-                d.shape_text()
-            ));
-        }
-    }
-    let sides_vary = [h, w].iter().all(|axis| d.ranges.iter().any(|(a, _)| a == axis));
-    if d.ranges.len() == 1 && d.ranges[0].0 == h {
-        out.push(format!(
-            "{}input `{}` {}: the height may vary only with the width (an image keeps its aspect ratio at a fixed height); give the width a range too",
-            at(&input_key),
-            d.name,
-            d.shape_text()
-        ));
-    }
-    if img.limit_side == Some(0) {
-        out.push(format!(
-            "{}pre.image.limit_side is 0; give a side length in pixels",
-            at("pre.image.limit_side")
-        ));
-    }
-    if (img.limit_side.is_some() || img.limit_type.is_some()) && !sides_vary {
-        out.push(format!(
-            "{}pre.image.limit_side and limit_type apply when the input's height and width both vary; input `{}` is {}",
-            at("pre.image.limit_side"),
-            d.name,
-            d.shape_text()
-        ));
-    }
-    if d.shape[c] != img.channels {
-        out.push(format!(
-            "{}pre.image.channels is {} but input `{}` {} has {} at the channel axis ({layout}); set channels = {} (or change layout)",
-            at("pre.image.channels"),
-            img.channels,
-            d.name,
-            d.shape_text(),
-            d.shape[c],
-            d.shape[c]
-        ));
-    }
-    for (key, given, axis) in [("height", img.height, h), ("width", img.width, w)] {
-        let Some(given) = given else { continue };
-        if d.ranges.iter().any(|(a, _)| *a == axis) {
-            out.push(format!(
-                "{}pre.image.{key}: input `{}` takes any {key} in {}; remove {key} (images keep their aspect ratio within the range)",
-                at(&format!("pre.image.{key}")),
-                d.name,
-                d.shape_text()
-            ));
-        } else if given as usize != d.shape[axis] {
-            out.push(format!(
-                "{}pre.image.{key} is {given} but input `{}` {} has {key} {} ({layout}); set {key} = {}, or leave it out",
-                at(&format!("pre.image.{key}")),
-                d.name,
-                d.shape_text(),
-                d.shape[axis],
-                d.shape[axis]
-            ));
-        }
-    }
-}
-
-/// Why `file` cannot name a file inside the model directory, if it cannot. Links are
-/// followed later, by [`contained_file`], when the directory is at hand.
-fn outside_reason(file: &str) -> Option<&'static str> {
-    let path = Path::new(file);
-    let mut named = false;
-    for c in path.components() {
-        match c {
-            Component::Normal(_) => named = true,
-            Component::CurDir => {}
-            Component::ParentDir => return Some("leaves the model directory with `..`"),
-            Component::RootDir | Component::Prefix(_) => return Some("is an absolute path"),
-        }
-    }
-    (!named).then_some("names no file")
-}
-
-/// `dir/file`, after checking that it does not lead out of `dir` through a link (the
-/// spec's own text was checked by [`outside_reason`]). A model directory, and above all
-/// a package from a registry, must not make the agent read files elsewhere on the
-/// device. A file that does not exist is left for the load to report.
-fn contained_file(dir: &Path, file: &str, spec: &Path) -> Result<PathBuf, SpecError> {
-    let joined = dir.join(file);
-    let outside =
-        |target: PathBuf| SpecError::Outside { path: spec.to_path_buf(), file: file.into(), target };
-    let Ok(root) = dir.canonicalize() else { return Ok(joined) };
-    match joined.canonicalize() {
-        Ok(real) if real.starts_with(&root) => Ok(joined),
-        Ok(real) => Err(outside(real)),
-        // A link to nowhere: what it names may be created later, so judge the link's own
-        // target (a relative name without `..` stays inside; the load reports it missing).
-        Err(_) => match std::fs::read_link(&joined) {
-            Ok(target) if outside_reason(&target.to_string_lossy()).is_some() => Err(outside(target)),
-            _ => Ok(joined),
-        },
     }
 }

@@ -809,6 +809,36 @@ fn sample_rate_and_post_kind_are_checked_with_their_line() {
     assert!(err.contains("model.toml:8") && err.contains("scores") && err.contains("none"), "{err}");
 }
 
+/// A `[post]` key the kind does not read is refused, with that kind's fix, whole.
+#[test]
+fn post_keys_a_kind_does_not_read_are_refused_with_its_fix() {
+    for (kind, key, want) in [
+        (
+            "none",
+            "softmax = true",
+            "line 9: post.softmax does nothing with post.kind = \"none\" (results hold the raw outputs); remove it, or remove kind = \"none\" to read the output as scores",
+        ),
+        (
+            "detection",
+            "top_k = 2",
+            "line 9: post.top_k does nothing with post.kind = \"detection\"; remove it (post.detection.score_threshold sets the lowest score)",
+        ),
+        (
+            "text_boxes",
+            "top_k = 2",
+            "line 9: post.top_k does nothing with post.kind = \"text_boxes\"; remove it",
+        ),
+        (
+            "regression",
+            "threshold = 0.5",
+            "line 9: post.threshold does nothing with post.kind = \"regression\"; remove it",
+        ),
+    ] {
+        let err = spec_problems("[1, 4]", &format!("[post]\nkind = \"{kind}\"\n{key}\n"));
+        assert!(err.lines().any(|l| l.trim_start() == want), "{kind}: want the line\n{want}\nin\n{err}");
+    }
+}
+
 #[test]
 fn a_shadow_runs_on_idle_capacity_only_and_is_not_counted_as_the_model() {
     let engine =

@@ -22,49 +22,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::engine::spec::{
-    ImageGeometry, ImageSpec, InputSpec, LimitsSpec, LoadedSpec, ModelSpec, MonitorSpec, PostKind, PostSpec,
-    PreSpec,
+    ImageGeometry, ImageSpec, LimitsSpec, LoadedSpec, ModelSpec, MonitorSpec, PostKind, PostSpec, PreSpec,
 };
-use crate::engine::{Engine, InferError, LoadError, LoadedModel, ModelLimits, Request, SpecError};
+use crate::engine::{Engine, InferError, LoadError, LoadedModel, ModelLimits, Request};
 use crate::pipeline::{self, InputError, TextBox};
 
 pub mod outputs;
 pub use outputs::{OutputStages, OutputWindowSpec, takes_outputs};
-
-/// `[[stage]]`: one further model of a pipeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StageSpec {
-    /// The stage's name, unique in the spec (`rec`); the model runs on the engine as
-    /// `<model>.<stage>`.
-    pub name: String,
-    /// Its ONNX file, in the model directory.
-    pub file: String,
-    /// What it takes from the stage before.
-    pub from: StageFrom,
-    /// Its inputs, as a model's `[[input]]`.
-    #[serde(rename = "input")]
-    pub inputs: Vec<InputSpec>,
-    /// `from = "outputs"`: how many outputs one run takes and how it advances.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<OutputWindowSpec>,
-    /// Its pre-processing (`[stage.pre.image]` for crops).
-    #[serde(default)]
-    pub pre: PreSpec,
-    /// Its post-processing.
-    #[serde(default)]
-    pub post: PostSpec,
-}
-
-/// What a stage takes from the stage before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StageFrom {
-    /// Each box of a `text_boxes` stage, cut out of the original image.
-    Crops,
-    /// A sliding window of the stage before it's outputs (`[stage.window]`).
-    Outputs,
-}
+// The types of `[[stage]]` live with the rest of the spec's (one-way dependencies: the
+// spec's types know nothing of running stages).
+pub use crate::engine::spec::{StageFrom, StageSpec};
 
 /// Problems of `[post]`'s own tables (`text_boxes`, `ctc`) for its kind.
 pub(crate) fn post_problems(post: &PostSpec, at: &dyn Fn(&str) -> String) -> Vec<String> {
@@ -87,8 +54,14 @@ pub(crate) fn post_problems(post: &PostSpec, at: &dyn Fn(&str) -> String) -> Vec
     out
 }
 
-/// Problems of the `[[stage]]` list: names, files, what each takes.
-pub(crate) fn stage_problems(spec: &ModelSpec, at: &dyn Fn(&str) -> String) -> Vec<String> {
+/// Problems of the `[[stage]]` list: names, files, what each takes, and each stage's own
+/// spec by `own` (the spec's checks, which call this one: passing them in keeps this
+/// module from depending on them).
+pub(crate) fn stage_problems(
+    spec: &ModelSpec,
+    at: &dyn Fn(&str) -> String,
+    own: &dyn Fn(&ModelSpec) -> Option<String>,
+) -> Vec<String> {
     let mut out = Vec::new();
     let mut prev = spec.post.kind;
     for (ix, stage) in spec.stages.iter().enumerate() {
@@ -174,11 +147,7 @@ pub(crate) fn stage_problems(spec: &ModelSpec, at: &dyn Fn(&str) -> String) -> V
             }
         }
         // The stage's own spec is checked like a model's (inputs, image, post).
-        let own = stage.model_spec(spec);
-        if let Err(SpecError::Invalid { problems, .. }) = toml::to_string(&own)
-            .map_err(|e| SpecError::Invalid { path: "".into(), problems: e.to_string() })
-            .and_then(|text| ModelSpec::parse(&text, Path::new("stage")).map(|_| ()))
-        {
+        if let Some(problems) = own(&stage.model_spec(spec)) {
             out.push(format!("{}stage `{}`: {problems}", key("name"), stage.name));
         }
         prev = stage.post.kind;

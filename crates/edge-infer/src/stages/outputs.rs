@@ -6,28 +6,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{StageFrom, StageLatency, ms, run_model};
+pub use crate::engine::spec::OutputWindowSpec;
 use crate::engine::{Engine, InferError, LoadedModel};
 use crate::pipeline::SegmentState;
-
-/// `[stage.window]`: how many of the previous stage's outputs one run takes, and by how
-/// many outputs the window advances.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputWindowSpec {
-    /// Outputs per run (16 embeddings for openWakeWord's classifiers).
-    pub size: usize,
-    /// Outputs between runs (1: a run for every new output).
-    #[serde(default = "one")]
-    pub hop: usize,
-}
-
-fn one() -> usize {
-    1
-}
 
 /// One stage's per-stream memory: the last outputs of the stage before, how many came
 /// since its last run, its next window index and its segment hysteresis.
