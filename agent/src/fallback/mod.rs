@@ -453,8 +453,9 @@ impl Fallback {
         cloud: &CloudModel,
         spec: &ModelSpec,
         data: Vec<f32>,
+        shape: Option<&[usize]>,
     ) -> Result<(Vec<Output>, Option<String>), Unavailable> {
-        let result = self.infer_inner(cloud, spec, data).await;
+        let result = self.infer_inner(cloud, spec, data, shape).await;
         match &result {
             Ok(_) => self.count(|c| c.answered += 1),
             Err(u) => self.count(|c| *c.unavailable.entry(u.kind).or_default() += 1),
@@ -467,6 +468,7 @@ impl Fallback {
         cloud: &CloudModel,
         spec: &ModelSpec,
         data: Vec<f32>,
+        shape: Option<&[usize]>,
     ) -> Result<(Vec<Output>, Option<String>), Unavailable> {
         if let Permit::Open { retry_in } = cloud.breaker.allow(Instant::now()) {
             return Err(Unavailable {
@@ -483,7 +485,7 @@ impl Fallback {
             cloud.breaker.release(Instant::now());
             return Err(Unavailable { kind: "budget", message: spent.to_string() });
         }
-        let inputs = tensors(spec, data);
+        let inputs = tensors(spec, data, shape);
         let id = format!("ea-{}", self.next_request.fetch_add(1, Ordering::Relaxed));
         let reply = match cloud.client.infer(&id, &inputs, &[]).await {
             Ok(reply) => reply,
@@ -773,21 +775,25 @@ fn build(
     })
 }
 
-/// The request's tensors: the data input, and the spec's constant inputs (which the
-/// device would otherwise add itself).
-fn tensors(spec: &ModelSpec, data: Vec<f32>) -> Vec<Tensor> {
+/// The request's tensors: the data input (with `shape` when the request has one), and
+/// the spec's constant inputs (which the device would otherwise add itself).
+fn tensors(spec: &ModelSpec, data: Vec<f32>, shape: Option<&[usize]>) -> Vec<Tensor> {
     let datatype = |i: &edge_infer::engine::spec::InputSpec| crate::oip::datatype(i.dtype.name()).to_string();
     let mut data = Some(data);
     spec.inputs
         .iter()
         .filter_map(|i| {
-            let values = match i.from {
-                InputFrom::Data => data.take()?,
-                InputFrom::Const => i.value.as_ref()?.iter().map(|v| *v as f32).collect(),
+            let (values, given) = match i.from {
+                InputFrom::Data => (data.take()?, shape),
+                InputFrom::Const => (i.value.as_ref()?.iter().map(|v| *v as f32).collect(), None),
                 InputFrom::State => return None,
             };
-            // A range dimension takes the size the data's length gives it.
-            let shape = i.shape_for(values.len()).unwrap_or_else(|| i.shape.clone());
+            // The request's shape (checked against the spec before it got here), else a
+            // range dimension takes the size the data's length gives it.
+            let shape = match given {
+                Some(s) => s.to_vec(),
+                None => i.shape_for(values.len()).unwrap_or_else(|| i.shape.clone()),
+            };
             Some(Tensor { name: i.name.clone(), shape, datatype: datatype(i), data: values })
         })
         .collect()
