@@ -906,6 +906,26 @@ mod tests {
         assert!(report.endpoints["vibration"].queue_engaged, "{report:?}");
     }
 
+    /// An input whose height and width both vary goes to the cloud with the request's
+    /// shape (its length fits many); without one, a range takes the size the length gives.
+    #[test]
+    fn the_cloud_gets_the_requests_shape() {
+        let range = "{ min = 32, max = 256, multiple_of = 32 }";
+        let text = format!(
+            "name = \"det\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 3, {range}, {range}]\n\
+             [pre]\nformat = \"image\"\n[pre.image]\nchannels = 3\nlimit_side = 64\n"
+        );
+        let spec = ModelSpec::parse(&text, std::path::Path::new("model.toml")).unwrap();
+        let t = tensors(&spec, vec![0.0; 3 * 64 * 96], Some(&[1, 3, 64, 96]));
+        assert_eq!((t.len(), t[0].name.as_str(), t[0].shape.as_slice()), (1, "x", &[1, 3, 64, 96][..]));
+        let one = ModelSpec::parse(
+            "name = \"rec\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 3, 48, { min = 32, max = 320 }]\n",
+            std::path::Path::new("model.toml"),
+        )
+        .unwrap();
+        assert_eq!(tensors(&one, vec![0.0; 3 * 48 * 100], None)[0].shape, [1, 3, 48, 100]);
+    }
+
     #[test]
     fn endpoints_can_be_switched_off_per_reason_and_reload_keeps_the_budget() {
         let f = fallback("queue = false\nresource = false");

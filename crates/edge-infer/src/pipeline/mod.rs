@@ -21,6 +21,8 @@ mod textdet;
 mod window;
 
 #[cfg(test)]
+mod shape_tests;
+#[cfg(test)]
 mod tests;
 
 pub use crop::{crop_image, crop_quad};
