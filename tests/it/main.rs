@@ -49,6 +49,9 @@ mod models;
 mod monitor;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
+/// A text detector alone, its input's height and width both varying: images and
+/// tensors of any size over MQTT and the API, against rapidocr; sizes out of bounds.
+mod ocr_det;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.
 mod ota;
 /// Every way an update can end (done, cut, refused, failed, rolled back, stalled,

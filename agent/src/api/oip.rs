@@ -175,7 +175,7 @@ async fn infer_inner(
     let Some((_, spec)) = crate::fallback::serving_spec(local.as_ref(), cloud_spec) else {
         return Err(missing.unwrap_or_else(|| ApiError::not_found(format!("model `{name}` is not loaded"))));
     };
-    let (data, frame) = data_tensor(spec, &name, &mut req)?;
+    let Tensor { data, frame, shape } = data_tensor(spec, &name, &mut req)?;
     let requested = match &local {
         Some(m) => requested_outputs(m, &req)?,
         None => req.outputs.clone().unwrap_or_default(),
@@ -193,6 +193,7 @@ async fn infer_inner(
         data,
         wait: deadline,
         reset: params.reset,
+        shape,
     };
     let f = &st.fallback;
     let signals = crate::fallback::Signals {
@@ -208,7 +209,7 @@ async fn infer_inner(
     })?;
     let result = route
         .post()
-        .map(|p| p.apply_full(answer.post_values(), anomaly_input.as_deref(), frame.as_ref(), 0, None))
+        .map(|p| answer.post_process(p, anomaly_input.as_deref(), frame.as_ref(), 0, None))
         .unwrap_or_default();
     if let (Some(m), Some(summaries), "local") = (&local, watched, answer.place)
         && let Some(change) = st.monitors.observe(m, summaries, &result)
@@ -350,14 +351,19 @@ impl Reply<'_> {
     }
 }
 
-/// Checks the request's inputs against the model and returns the data input's values.
-/// The data input's values, and for an encoded image its frame (detection boxes map
-/// back to it).
-fn data_tensor(
-    spec: &ModelSpec,
-    name: &str,
-    req: &mut InferRequest,
-) -> Result<(Vec<f32>, Option<ImageFrame>), ApiError> {
+/// The data input of a request, checked against the model.
+struct Tensor {
+    data: Vec<f32>,
+    /// For an encoded image, its frame (detection boxes map back to it).
+    frame: Option<ImageFrame>,
+    /// The shape the request gives, for an input whose size its length does not tell
+    /// (height and width both vary); `None` where the length does.
+    shape: Option<Vec<usize>>,
+}
+
+/// Checks the request's inputs against the model and returns the data input: its
+/// values, and what they alone do not tell (an image's frame, the shape).
+fn data_tensor(spec: &ModelSpec, name: &str, req: &mut InferRequest) -> Result<Tensor, ApiError> {
     let want = spec.data_input();
     for input in &req.inputs {
         match spec.inputs.iter().find(|i| i.name == input.name) {
@@ -448,12 +454,14 @@ fn data_tensor(
     }
     check_finite(&values)
         .map_err(|e: InputError| ApiError::bad_request(format!("input `{}`: {e}", input.name)))?;
-    Ok((values, None))
+    // The declared shape goes with the values: with two dimensions varying, the number
+    // of values alone fits several.
+    Ok(Tensor { data: values, frame: None, shape: Some(shape) })
 }
 
 /// A `BYTES` data input: one payload (an encoded image, raw samples, JSON text) that the
 /// model's spec decodes, as it does MQTT payloads and the CLI's input files.
-fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<(Vec<f32>, Option<ImageFrame>), ApiError> {
+fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<Tensor, ApiError> {
     let bad = |why: String| ApiError::bad_request(format!("input `{}` (BYTES): {why}", input.name));
     let payload = super::pipelined::payload_bytes(&input)?;
     let format = format_name(spec.pre.format);
@@ -461,23 +469,25 @@ fn payload_tensor(spec: &ModelSpec, input: InputTensor) -> Result<(Vec<f32>, Opt
         PayloadFormat::Image => edge_infer::pipeline::frame_for(spec, &payload),
         _ => None,
     };
-    let values = edge_infer::pipeline::decode(spec, Payload::Bytes(payload))
-        .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
+    let edge_infer::pipeline::DecodedPayload { values, shape, .. } =
+        edge_infer::pipeline::decode_within(spec, Payload::Bytes(payload), spec.limits.max_payload_bytes)
+            .map_err(|e| bad(format!("decoded as the model's pre.format `{format}`: {e}")))?;
     let values = match &spec.pre.dsp {
         Some(dsp) => through_front_end(spec, dsp, values).map_err(bad)?,
         None => values,
     };
     let want = spec.data_input();
-    if values.len() != want.len() {
+    // The payload's own shape (an image's frame) is checked by decoding and again by
+    // the engine; without one the number of values must fit the input.
+    if shape.is_none() && want.shape_for(values.len()).is_none() {
         return Err(bad(format!(
-            "the payload decodes (pre.format `{format}`) to {} values but `{}` {:?} takes {}",
+            "the payload decodes (pre.format `{format}`) to {} values but `{}` takes {}",
             values.len(),
             want.name,
-            want.shape,
-            want.len()
+            want.shape_text()
         )));
     }
-    Ok((values, frame))
+    Ok(Tensor { data: values, frame, shape })
 }
 
 /// A payload of samples through the model's DSP front end (`[pre.dsp]`), from a fresh

@@ -554,7 +554,7 @@ fn stage_costs(
     let started = Instant::now();
     for _ in 0..n {
         let mut segment = edge_infer::pipeline::SegmentState::default();
-        std::hint::black_box(model.post().apply_framed(resp.post_values(), 0, Some(&mut segment), frame));
+        std::hint::black_box(model.post().apply_full(resp.post_values(), None, frame, 0, Some(&mut segment)));
     }
     let post = started.elapsed();
     Ok(StageCosts {

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use super::{Fallback, REASON_DEGRADED, REASON_LOW_CONFIDENCE, REASON_QUEUE, Route, Unavailable};
 use crate::config::fallback::WhenUnavailable;
+use edge_infer::engine::spec::PostKind;
 use edge_infer::engine::{Engine, InferError, LoadedModel, Output, Request};
+use edge_infer::pipeline::{ImageFrame, PostProcessor, SegmentState};
 
 /// One request, pre-processed.
 pub struct Job {
@@ -20,6 +22,10 @@ pub struct Job {
     /// How long it may wait for a local worker, counted from when it is queued here (a
     /// local answer after a cloud that timed out gets the whole wait again).
     pub wait: Duration,
+    /// The data input's shape when the number of values does not tell it (an image
+    /// whose height and width both vary, a request that names its shape); `None` lets
+    /// the engine and the cloud client work it out from the length.
+    pub shape: Option<Vec<usize>>,
 }
 
 /// One request's answer: outputs, version, where and why.
@@ -39,7 +45,29 @@ pub struct Answer {
 impl Answer {
     /// The values post-processing reads (empty if the answer has no such output).
     pub fn post_values(&self) -> &[f32] {
-        self.post_index.and_then(|i| self.outputs.get(i)).map(|o| o.values.as_slice()).unwrap_or(&[])
+        self.post_output().map(|o| o.values.as_slice()).unwrap_or(&[])
+    }
+
+    /// The output post-processing reads, with its shape.
+    pub fn post_output(&self) -> Option<&Output> {
+        self.post_index.and_then(|i| self.outputs.get(i))
+    }
+
+    /// The answer's result by `post`: a text detector's map is read at the size it has
+    /// (which varies with the image), every other family from the values. `input` is
+    /// the model input (anomaly scores), `frame` the image's (boxes in its pixels).
+    pub fn post_process(
+        &self,
+        post: &PostProcessor,
+        input: Option<&[f32]>,
+        frame: Option<&ImageFrame>,
+        window: u64,
+        segment: Option<&mut SegmentState>,
+    ) -> serde_json::Map<String, Value> {
+        if post.kind() == PostKind::TextBoxes {
+            return post.apply_output(self.post_output(), frame, window);
+        }
+        post.apply_full(self.post_values(), input, frame, window, segment)
     }
 }
 
@@ -80,7 +108,7 @@ async fn run_local(
         data,
         deadline: Instant::now() + job.wait,
         reset: job.reset,
-        shape: None,
+        shape: job.shape.clone(),
     };
     let resp =
         engine.submit_to(model.clone(), req).map_err(Failure::Local)?.wait().await.map_err(Failure::Local)?;
@@ -117,7 +145,7 @@ pub async fn answer(
                 {
                     let (Some(cloud), Some(data)) = (cloud, keep) else { return Err(Failure::Local(e)) };
                     fallback.overflowed(cloud, &e.to_string());
-                    return match fallback.infer(cloud, &model.spec, data).await {
+                    return match fallback.infer(cloud, &model.spec, data, job.shape.as_deref()).await {
                         Ok(reply) => {
                             Ok(from_cloud(fallback, &job, &model.spec, reply, REASON_QUEUE, Some(model)))
                         }
@@ -137,7 +165,7 @@ pub async fn answer(
                 return Ok(local);
             }
             let summary = json!({"version": local.version, "score": score, "min_confidence": threshold});
-            match fallback.infer(cloud, &model.spec, data).await {
+            match fallback.infer(cloud, &model.spec, data, job.shape.as_deref()).await {
                 Ok(reply) => {
                     let a =
                         from_cloud(fallback, &job, &model.spec, reply, REASON_LOW_CONFIDENCE, Some(model));
@@ -160,7 +188,7 @@ pub async fn answer(
             };
             let degradable = local.is_some() && fallback.when_unavailable() == WhenUnavailable::Local;
             let keep = degradable.then(|| data.clone());
-            match fallback.infer(cloud, spec, data).await {
+            match fallback.infer(cloud, spec, data, job.shape.as_deref()).await {
                 Ok(reply) => Ok(from_cloud(fallback, &job, spec, reply, reason, local.as_ref())),
                 Err(cause) => match (local, keep) {
                     (Some(m), Some(data)) => {

@@ -453,8 +453,9 @@ impl Fallback {
         cloud: &CloudModel,
         spec: &ModelSpec,
         data: Vec<f32>,
+        shape: Option<&[usize]>,
     ) -> Result<(Vec<Output>, Option<String>), Unavailable> {
-        let result = self.infer_inner(cloud, spec, data).await;
+        let result = self.infer_inner(cloud, spec, data, shape).await;
         match &result {
             Ok(_) => self.count(|c| c.answered += 1),
             Err(u) => self.count(|c| *c.unavailable.entry(u.kind).or_default() += 1),
@@ -467,6 +468,7 @@ impl Fallback {
         cloud: &CloudModel,
         spec: &ModelSpec,
         data: Vec<f32>,
+        shape: Option<&[usize]>,
     ) -> Result<(Vec<Output>, Option<String>), Unavailable> {
         if let Permit::Open { retry_in } = cloud.breaker.allow(Instant::now()) {
             return Err(Unavailable {
@@ -483,7 +485,7 @@ impl Fallback {
             cloud.breaker.release(Instant::now());
             return Err(Unavailable { kind: "budget", message: spent.to_string() });
         }
-        let inputs = tensors(spec, data);
+        let inputs = tensors(spec, data, shape);
         let id = format!("ea-{}", self.next_request.fetch_add(1, Ordering::Relaxed));
         let reply = match cloud.client.infer(&id, &inputs, &[]).await {
             Ok(reply) => reply,
@@ -773,21 +775,25 @@ fn build(
     })
 }
 
-/// The request's tensors: the data input, and the spec's constant inputs (which the
-/// device would otherwise add itself).
-fn tensors(spec: &ModelSpec, data: Vec<f32>) -> Vec<Tensor> {
+/// The request's tensors: the data input (with `shape` when the request has one), and
+/// the spec's constant inputs (which the device would otherwise add itself).
+fn tensors(spec: &ModelSpec, data: Vec<f32>, shape: Option<&[usize]>) -> Vec<Tensor> {
     let datatype = |i: &edge_infer::engine::spec::InputSpec| crate::oip::datatype(i.dtype.name()).to_string();
     let mut data = Some(data);
     spec.inputs
         .iter()
         .filter_map(|i| {
-            let values = match i.from {
-                InputFrom::Data => data.take()?,
-                InputFrom::Const => i.value.as_ref()?.iter().map(|v| *v as f32).collect(),
+            let (values, given) = match i.from {
+                InputFrom::Data => (data.take()?, shape),
+                InputFrom::Const => (i.value.as_ref()?.iter().map(|v| *v as f32).collect(), None),
                 InputFrom::State => return None,
             };
-            // A range dimension takes the size the data's length gives it.
-            let shape = i.shape_for(values.len()).unwrap_or_else(|| i.shape.clone());
+            // The request's shape (checked against the spec before it got here), else a
+            // range dimension takes the size the data's length gives it.
+            let shape = match given {
+                Some(s) => s.to_vec(),
+                None => i.shape_for(values.len()).unwrap_or_else(|| i.shape.clone()),
+            };
             Some(Tensor { name: i.name.clone(), shape, datatype: datatype(i), data: values })
         })
         .collect()
@@ -898,6 +904,26 @@ mod tests {
         assert_eq!(report.routed.get("queue"), Some(&2), "{report:?}");
         assert_eq!(report.routed.get("input-limit"), Some(&1), "{report:?}");
         assert!(report.endpoints["vibration"].queue_engaged, "{report:?}");
+    }
+
+    /// An input whose height and width both vary goes to the cloud with the request's
+    /// shape (its length fits many); without one, a range takes the size the length gives.
+    #[test]
+    fn the_cloud_gets_the_requests_shape() {
+        let range = "{ min = 32, max = 256, multiple_of = 32 }";
+        let text = format!(
+            "name = \"det\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 3, {range}, {range}]\n\
+             [pre]\nformat = \"image\"\n[pre.image]\nchannels = 3\nlimit_side = 64\n"
+        );
+        let spec = ModelSpec::parse(&text, std::path::Path::new("model.toml")).unwrap();
+        let t = tensors(&spec, vec![0.0; 3 * 64 * 96], Some(&[1, 3, 64, 96]));
+        assert_eq!((t.len(), t[0].name.as_str(), t[0].shape.as_slice()), (1, "x", &[1, 3, 64, 96][..]));
+        let one = ModelSpec::parse(
+            "name = \"rec\"\nversion = \"1\"\n[[input]]\nname = \"x\"\ndtype = \"f32\"\nshape = [1, 3, 48, { min = 32, max = 320 }]\n",
+            std::path::Path::new("model.toml"),
+        )
+        .unwrap();
+        assert_eq!(tensors(&one, vec![0.0; 3 * 48 * 100], None)[0].shape, [1, 3, 48, 100]);
     }
 
     #[test]

@@ -113,6 +113,8 @@ struct Origin<'a> {
     msg: &'a SensorMessage,
     spec: &'a ModelSpec,
     window: u64,
+    /// The input's shape when the payload gave it (the length does not tell it).
+    shape: Option<&'a [usize]>,
 }
 
 /// Offers a result's input to capture when one of its reasons holds (low confidence,
@@ -139,7 +141,10 @@ fn offer_to_capture(
         reason,
         score,
         window: at.window,
-        shape: at.spec.data_input().shape_for(input.len()).unwrap_or(vec![input.len()]),
+        shape: match at.shape {
+            Some(s) => s.to_vec(),
+            None => at.spec.data_input().shape_for(input.len()).unwrap_or(vec![input.len()]),
+        },
         place: a.place.to_string(),
         outputs: outputs.clone(),
         input_id: msg.input_id.clone(),
@@ -256,14 +261,15 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
             _ => None,
         };
         let decoding = Instant::now();
-        let (values, size) = match pipeline::decode_within(spec, payload, limit) {
-            Ok(v) => v,
-            Err(source) => {
-                let err = InferError::Input { model: msg.model.clone(), source };
-                errors.failed(&engine, &msg.model, &msg.stream, &err).await;
-                continue;
-            }
-        };
+        let pipeline::DecodedPayload { values, size, shape } =
+            match pipeline::decode_within(spec, payload, limit) {
+                Ok(v) => v,
+                Err(source) => {
+                    let err = InferError::Input { model: msg.model.clone(), source };
+                    errors.failed(&engine, &msg.model, &msg.stream, &err).await;
+                    continue;
+                }
+            };
         let inputs = p.windows(values);
         // Decoding and the DSP front end, shared by the message's windows.
         let pre_ms = decoding.elapsed().as_secs_f64() * 1000.0 / inputs.len().max(1) as f64;
@@ -296,6 +302,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                 data,
                 reset,
                 wait: deadline,
+                // A payload that gives its shape is one model input (no windows).
+                shape: shape.clone(),
             };
             reset = false;
             match answer(&engine, &fallback, &route, job).await {
@@ -303,8 +311,8 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                     let (due, stream) = (started + deadline, &msg.stream);
                     shadowed.extend(shadow_run(trial, shadow_data, &a, spec, stream, shadow_reset, due));
                     let Some(post) = route.post() else { continue };
-                    let mut outputs = post.apply_full(
-                        a.post_values(),
+                    let mut outputs = a.post_process(
+                        post,
                         anomaly_input.as_deref(),
                         frame.as_ref(),
                         window,
@@ -319,7 +327,7 @@ pub(super) async fn run(mut rx: mpsc::Receiver<SensorMessage>, deps: Deps) {
                         errors.events.emit(change.event(&msg.model)).await;
                     }
                     if let (Some(c), Some(input)) = (wanted, kept_input) {
-                        let at = Origin { msg: &msg, spec, window };
+                        let at = Origin { msg: &msg, spec, window, shape: shape.as_deref() };
                         let drifting = monitors.is_drifting(&msg.model);
                         offer_to_capture(c, drifting, &at, &a, &outputs, input, raw.as_ref());
                     }

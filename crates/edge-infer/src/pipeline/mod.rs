@@ -21,11 +21,13 @@ mod textdet;
 mod window;
 
 #[cfg(test)]
+mod shape_tests;
+#[cfg(test)]
 mod tests;
 
 pub use crop::{crop_image, crop_quad};
 pub use ctc::{BlankAt, CtcDecoder, CtcError, CtcSpec, Decoded};
-pub use decode::{Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
+pub use decode::{DecodedPayload, Payload, check_finite, decode, decode_within, strip_bom, strip_bom_str};
 pub use error::InputError;
 pub use families::{reconstruction_error, sigmoid};
 pub use image::{ImageFrame, Placement, decode_image, frame_for, image_frame, place, tensor_from_image};

@@ -37,6 +37,11 @@ impl PostProcessor {
         PostProcessor { spec: spec.clone(), ctc: None, map: None }
     }
 
+    /// The post-processing family.
+    pub fn kind(&self) -> PostKind {
+        self.spec.kind
+    }
+
     /// With the character list a `ctc` spec names.
     pub fn with_ctc(mut self, decoder: CtcDecoder) -> PostProcessor {
         self.ctc = Some(Arc::new(decoder));
@@ -60,17 +65,24 @@ impl PostProcessor {
     }
 
     /// [`apply`](Self::apply) with the output's shape at hand: a `text_boxes` map whose
-    /// size varies, a CTC output whose class count is its last dimension.
-    pub fn apply_output(&self, out: Option<&Output>, window: u64) -> Map<String, Value> {
+    /// size varies (boxes in the pixels of the image `frame` came from, when known, else
+    /// of the map), a CTC output whose class count is its last dimension.
+    pub fn apply_output(
+        &self,
+        out: Option<&Output>,
+        frame: Option<&ImageFrame>,
+        window: u64,
+    ) -> Map<String, Value> {
         let Some(out) = out else { return Map::new() };
         match (self.spec.kind, out.shape.as_slice()) {
             (PostKind::TextBoxes, [.., h, w]) => {
+                let (src_w, src_h) = frame.map_or((*w as u32, *h as u32), |f| f.original);
                 let boxes = text_boxes(
                     &out.values,
                     *w,
                     *h,
-                    *w as u32,
-                    *h as u32,
+                    src_w,
+                    src_h,
                     &self.spec.text_boxes.clone().unwrap_or_default(),
                 );
                 let mut m = Map::new();
@@ -78,7 +90,7 @@ impl PostProcessor {
                 m
             }
             (PostKind::Ctc, [.., classes]) => self.ctc_answer(&out.values, *classes),
-            _ => self.apply(&out.values, window, None),
+            _ => self.apply_full(&out.values, None, frame, window, None),
         }
     }
 
@@ -152,18 +164,6 @@ impl PostProcessor {
         self.apply_full(values, input, None, window, segment)
     }
 
-    /// As [`apply`](Self::apply), for an image whose `frame` is known: detection boxes
-    /// are then in the original image's pixels rather than the model input's.
-    pub fn apply_framed(
-        &self,
-        values: &[f32],
-        window: u64,
-        segment: Option<&mut SegmentState>,
-        frame: Option<&ImageFrame>,
-    ) -> Map<String, Value> {
-        self.apply_full(values, None, frame, window, segment)
-    }
-
     /// As [`apply`](Self::apply), with everything a family may need: the model `input`
     /// (anomaly scores) and the image `frame` (detection boxes in the original pixels).
     pub fn apply_full(
@@ -201,10 +201,16 @@ impl PostProcessor {
                 return self.ctc_answer(values, classes);
             }
             PostKind::TextBoxes => {
-                // Boxes in the map's own pixels: only a pipeline knows the original image.
-                if let Some((w, h)) = self.map {
+                // The map's size: fixed by the model, or the image's frame (a DB map is
+                // as large as its input). Boxes are in the original image's pixels when
+                // the image is known, else in the map's.
+                let map = self
+                    .map
+                    .or_else(|| frame.map(|f| (f.placement.frame.0 as usize, f.placement.frame.1 as usize)));
+                if let Some((w, h)) = map {
                     let spec = self.spec.text_boxes.clone().unwrap_or_default();
-                    out.insert("boxes".into(), json!(text_boxes(values, w, h, w as u32, h as u32, &spec)));
+                    let (src_w, src_h) = frame.map_or((w as u32, h as u32), |f| f.original);
+                    out.insert("boxes".into(), json!(text_boxes(values, w, h, src_w, src_h, &spec)));
                 }
                 return out;
             }

@@ -333,7 +333,7 @@ pub fn run(
             l.model_ms += ms(started.elapsed());
             l.runs += 1;
             let started = Instant::now();
-            let answer = stage.post().apply_output(response.post_output(), 0);
+            let answer = stage.post().apply_output(response.post_output(), None, 0);
             let score = stage.post().confidence_of(&answer);
             if let (Some(th), Some(score)) = (stage.spec.post.threshold, score)
                 && score < th
