@@ -243,3 +243,46 @@ fn a_text_detector_takes_tensors_of_the_shape_they_declare() {
     assert!(status.success());
     broker.stop();
 }
+
+/// The CLI takes the detector's images at their own size too: `infer` gives rapidocr's
+/// boxes for the wide image (before, it read the map at a wrong size and found none),
+/// and `bench --input` runs it through the engine and straight into tract, with the
+/// pre, model and post costs.
+#[test]
+fn infer_and_bench_take_the_detectors_images_at_their_own_size() {
+    let work = tempdir();
+    let det = detector(work.path(), "ppocr-det", |s| s);
+    let reference = cache().join("reference");
+    let wide = read_json(&reference.join("ocr_reference_wide.json"));
+    let image = reference.join(wide["image"].as_str().unwrap());
+    let out = run(
+        &["infer", "--model", det.to_str().unwrap(), "--input", image.to_str().unwrap(), "--json"],
+        secs(120),
+    );
+    assert!(out.status.success(), "infer: {}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_boxes("infer", &report["results"][0]["outputs"], &wide["lines"]);
+
+    // Before, the engine was handed no shape (the image's values alone do not tell
+    // height from width) and tract's baseline ran on a plan for the largest size.
+    let args = [
+        "bench",
+        "--model",
+        det.to_str().unwrap(),
+        "--input",
+        image.to_str().unwrap(),
+        "--iterations",
+        "2",
+        "--warmup",
+        "1",
+        "--json",
+    ];
+    let out = run(&args, secs(300));
+    assert!(out.status.success(), "bench: {}", stderr(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for mode in ["engine", "tract_direct"] {
+        assert!(r[mode]["p50_ms"].as_f64().unwrap_or(0.0) > 0.0, "{mode}: {r}");
+    }
+    assert_eq!(r["stages"]["pre_source"], "input file", "{r}");
+    assert!(r["stages"]["post_ms"].as_f64().is_some(), "{r}");
+}

@@ -178,16 +178,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rounds = args.rounds.clamp(1, args.iterations);
     let dir = super::model_dir(&args.model)?;
     let model = LoadedModel::load_dir(&dir, &args.limits.limits())?;
-    let (inputs, frame) = match &args.input {
+    let (inputs, frame, shape) = match &args.input {
         Some(path) => {
             let prepared = input::prepare(path, None, &model.spec)?;
             anyhow::ensure!(!prepared.inputs.is_empty(), "{}: the input gave no model input", path.display());
-            (prepared.inputs, prepared.frame)
+            (prepared.inputs, prepared.frame, prepared.shape)
         }
-        None => (vec![pseudo_random(model.spec.data_input().len())], None),
+        None => (vec![pseudo_random(model.spec.data_input().len())], None, None),
     };
     // The first model input is the one measured (a stream's inputs cost the same).
     let data = inputs[0].clone();
+    let shape = shape.as_deref();
     let engine = Engine::start(&EngineConfig {
         threads: args.threads,
         queue: concurrency * 2 + 8,
@@ -212,8 +213,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     bar.set_prefix("bench");
 
     // Warm-up: first runs pay for page faults and lazy allocations.
-    let warm =
-        |engine_mode: bool| run_block(&engine, &model, &data, concurrency, args.warmup, engine_mode, &bar);
+    let warm = |engine_mode: bool| {
+        run_block(&engine, &model, (&data, shape), concurrency, args.warmup, engine_mode, &bar)
+    };
     if args.warmup > 0 {
         warm(true)?;
         if !args.no_baseline {
@@ -225,10 +227,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut direct = Mode::new();
     for r in 0..rounds {
         let n = args.iterations / rounds + usize::from(r < args.iterations % rounds);
-        let (lat, busy) = run_block(&engine, &model, &data, concurrency, n, true, &bar)?;
+        let (lat, busy) = run_block(&engine, &model, (&data, shape), concurrency, n, true, &bar)?;
         merge(&mut eng, lat, busy);
         if !args.no_baseline {
-            let (lat, busy) = run_block(&engine, &model, &data, concurrency, n, false, &bar)?;
+            let (lat, busy) = run_block(&engine, &model, (&data, shape), concurrency, n, false, &bar)?;
             merge(&mut direct, lat, busy);
         }
     }
@@ -243,11 +245,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let routing_ns = routing_cost(&engine, &model)?;
     let routing_share =
         if engine_report.mean_ms > 0.0 { routing_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
-    let (monitor_ns, monitor_memory_bytes) = monitor_cost(&engine, &model, &data)?;
+    let (monitor_ns, monitor_memory_bytes) = monitor_cost(&engine, &model, &data, shape)?;
     let monitor_share =
         if engine_report.mean_ms > 0.0 { monitor_ns / (engine_report.mean_ms * 1e6) } else { 0.0 };
     let mut stages =
-        stage_costs(&engine, &model, &data, args.input.as_deref(), frame.as_ref(), args.iterations)?;
+        stage_costs(&engine, &model, (&data, shape), args.input.as_deref(), frame.as_ref(), args.iterations)?;
     let own = super::bench_stages::StageCost {
         stage: model.name().to_string(),
         requests: args.iterations.clamp(10, 100),
@@ -303,7 +305,7 @@ fn merge(mode: &mut Mode, lat: Vec<Duration>, busy: Duration) {
 fn run_block(
     engine: &Engine,
     model: &Arc<LoadedModel>,
-    data: &[f32],
+    (data, shape): (&[f32], Option<&[usize]>),
     clients: usize,
     n: usize,
     through_engine: bool,
@@ -318,7 +320,11 @@ fn run_block(
                     let mut out = Vec::with_capacity(share);
                     // A careful direct caller keeps one run state per thread, as the
                     // engine's workers do: the baseline is the best tract can do.
-                    let mut state = model.spawn_state()?;
+                    // A varying input's state is made for the size measured.
+                    let mut state = match shape {
+                        Some(shape) => model.plan_for(shape)?.spawn()?,
+                        None => model.spawn_state()?,
+                    };
                     for _ in 0..share {
                         let t = Instant::now();
                         if through_engine {
@@ -328,10 +334,10 @@ fn run_block(
                                 data: data.to_vec(),
                                 deadline: t + Duration::from_secs(60),
                                 reset: false,
-                                shape: None,
+                                shape: shape.map(<[usize]>::to_vec),
                             })?;
                         } else {
-                            direct_call(model, &mut state, data.to_vec())?;
+                            direct_call(model, &mut state, data.to_vec(), shape)?;
                         }
                         out.push(t.elapsed());
                         bar.inc(1);
@@ -359,8 +365,12 @@ fn direct_call(
     model: &LoadedModel,
     state: &mut edge_infer::tract_onnx::prelude::TypedSimpleState,
     data: Vec<f32>,
+    shape: Option<&[usize]>,
 ) -> anyhow::Result<()> {
-    let inputs = model.assemble(data, None)?;
+    let inputs = match shape {
+        Some(shape) => model.assemble_shaped(data, shape, None)?,
+        None => model.assemble(data, None)?,
+    };
     let outputs = state.run(inputs)?;
     for o in outputs.iter() {
         let cast = o.cast_to::<f32>()?;
@@ -486,25 +496,33 @@ fn routing_cost(engine: &Engine, model: &Arc<LoadedModel>) -> anyhow::Result<f64
 /// and [`Monitors::observe`](crate::monitor::Monitors::observe) with the model's
 /// `[monitor]` settings, after the reference is learnt and the window filled (a scoring
 /// every `every` results included). Returns nanoseconds per result and the bytes held.
-fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyhow::Result<(f64, u64)> {
+fn monitor_cost(
+    engine: &Engine,
+    model: &Arc<LoadedModel>,
+    data: &[f32],
+    shape: Option<&[usize]>,
+) -> anyhow::Result<(f64, u64)> {
     let monitors = crate::monitor::Monitors::new();
-    if monitors.summarise(model, data).is_none() {
+    // Filling the reference and window needs no fresh summaries: one serves them all.
+    let Some(summary) = monitors.summarise(model, data) else {
         return Ok((0.0, 0));
-    }
-    let resp = super::bench_stages::infer_once(engine, model, data)?;
-    let outputs = model.post().apply_to(resp.post_values(), Some(data), 0, None);
+    };
+    let resp = super::bench_stages::infer_once(engine, model, data, shape)?;
+    let outputs = model.post().apply_answer(resp.post_output(), Some(data), None, 0, None);
     let settings = &model.spec.monitor;
     for _ in 0..settings.reference + settings.window {
-        let s = monitors.summarise(model, data).unwrap_or_default();
-        monitors.observe(model, s, &outputs);
+        monitors.observe(model, summary.clone(), &outputs);
     }
-    const N: u32 = 20_000;
+    // About 20 million values summarised in all: 20,000 results of a small model, a
+    // handful of an image's millions (which would otherwise take minutes).
+    let n = (20_000_000 / data.len().max(1)).clamp(10, 20_000);
+    let rounds = u32::try_from(n).unwrap_or(20_000);
     let started = Instant::now();
-    for _ in 0..N {
+    for _ in 0..rounds {
         let s = monitors.summarise(model, std::hint::black_box(data)).unwrap_or_default();
         std::hint::black_box(monitors.observe(model, s, &outputs));
     }
-    let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(N);
+    let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(rounds);
     let bytes = monitors.report().get(model.name()).map_or(0, |r| r.memory_bytes as u64);
     Ok((ns, bytes))
 }
@@ -515,7 +533,7 @@ fn monitor_cost(engine: &Engine, model: &Arc<LoadedModel>, data: &[f32]) -> anyh
 fn stage_costs(
     engine: &Engine,
     model: &Arc<LoadedModel>,
-    data: &[f32],
+    (data, shape): (&[f32], Option<&[usize]>),
     path: Option<&std::path::Path>,
     frame: Option<&edge_infer::pipeline::ImageFrame>,
     iterations: usize,
@@ -546,7 +564,7 @@ fn stage_costs(
     let mut run = Duration::ZERO;
     let mut last = None;
     for _ in 0..n {
-        let resp = super::bench_stages::infer_once(engine, model, data)?;
+        let resp = super::bench_stages::infer_once(engine, model, data, shape)?;
         run += resp.run;
         last = Some(resp);
     }
@@ -554,7 +572,13 @@ fn stage_costs(
     let started = Instant::now();
     for _ in 0..n {
         let mut segment = edge_infer::pipeline::SegmentState::default();
-        std::hint::black_box(model.post().apply_full(resp.post_values(), None, frame, 0, Some(&mut segment)));
+        std::hint::black_box(model.post().apply_answer(
+            resp.post_output(),
+            None,
+            frame,
+            0,
+            Some(&mut segment),
+        ));
     }
     let post = started.elapsed();
     Ok(StageCosts {

@@ -91,7 +91,7 @@ pub(super) fn per_stage(
         // The windows fill first: as many requests again as the longest window, unmeasured.
         let fill = model.spec.stages.iter().filter_map(|s| s.window.as_ref()).map(|w| w.size).sum::<usize>();
         for (i, data) in inputs.iter().cycle().take(fill + n).enumerate() {
-            let resp = infer_once(engine, model, data)?;
+            let resp = infer_once(engine, model, data, None)?;
             let own = StageLatency {
                 stage: model.name().to_string(),
                 runs: 1,
@@ -123,6 +123,7 @@ pub(super) fn infer_once(
     engine: &Engine,
     model: &LoadedModel,
     data: &[f32],
+    shape: Option<&[usize]>,
 ) -> anyhow::Result<edge_infer::engine::Response> {
     Ok(engine.infer_blocking(Request {
         model: model.name().to_string(),
@@ -130,6 +131,6 @@ pub(super) fn infer_once(
         data: data.to_vec(),
         deadline: Instant::now() + Duration::from_secs(60),
         reset: false,
-        shape: None,
+        shape: shape.map(<[usize]>::to_vec),
     })?)
 }

@@ -77,9 +77,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
     let mut segment = SegmentState::default();
     let mut chain = edge_infer::stages::OutputStages::new(&model);
     let mut results = Vec::with_capacity(prepared.inputs.len());
-    // An image's frame gives the input's shape, which its number of values does not
-    // when the image's height and width both vary.
-    let shape = prepared.frame.as_ref().and_then(|f| model.spec.image_input_shape(f.placement.frame));
+    let shape = prepared.shape.clone();
     for (window, data) in prepared.inputs.into_iter().enumerate() {
         let started = Instant::now();
         // Anomaly scores compare the output with the input it reconstructs.
@@ -95,8 +93,8 @@ pub fn run(args: InferArgs) -> anyhow::Result<ExitCode> {
                 shape: shape.clone(),
             })
             .with_context(|| format!("input {} (window {window})", args.input.display()))?;
-        let outputs = model.post().apply_full(
-            resp.post_values(),
+        let outputs = model.post().apply_answer(
+            resp.post_output(),
             input.as_deref(),
             prepared.frame.as_ref(),
             window as u64,

@@ -56,6 +56,9 @@ pub struct Prepared {
     /// For an image: its size and where it sits in the model input, so that detection
     /// boxes map back to it.
     pub frame: Option<pipeline::ImageFrame>,
+    /// The data input's shape an image gives when the model's height and width both
+    /// vary (its number of values alone does not tell them apart); `None` otherwise.
+    pub shape: Option<Vec<usize>>,
 }
 
 /// Reads and pre-processes `path` for the model described by `spec`.
@@ -66,7 +69,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
     };
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read input {}", path.display()))?;
     if format == InputFormat::Npy {
-        return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format, frame: None });
+        return Ok(Prepared { inputs: vec![read_npy(path, spec)?], format, frame: None, shape: None });
     }
     let max = spec.limits.max_payload_bytes;
     // WAV and JSON-lines files are streams, cut into windows; every other file is one
@@ -99,7 +102,7 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
         InputFormat::Npy => read_npy(path, spec)?,
         InputFormat::Jsonl => {
-            return Ok(Prepared { inputs: prepare_lines(path, spec)?, format, frame: None });
+            return Ok(Prepared { inputs: prepare_lines(path, spec)?, format, frame: None, shape: None });
         }
     };
     let inputs = match Windower::for_spec(spec) {
@@ -127,7 +130,11 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::Image => std::fs::read(path).ok().and_then(|b| pipeline::frame_for(spec, &b)),
         _ => None,
     };
-    Ok(Prepared { inputs, format, frame })
+    let shape = frame
+        .as_ref()
+        .filter(|_| spec.image_sides_vary())
+        .and_then(|f| spec.image_input_shape(f.placement.frame));
+    Ok(Prepared { inputs, format, frame, shape })
 }
 
 /// Checks that one payload's values fill the model's data input.

@@ -71,6 +71,7 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
     for (n, path) in args.input.iter().enumerate() {
         let prepared = input::prepare(path, args.format, &model.spec)?;
         let mut segment = SegmentState::default();
+        let shape = prepared.shape;
         for (window, data) in prepared.inputs.into_iter().enumerate() {
             let summaries = summariser.summarise(&data);
             // An anomaly score compares the answer with the input it reconstructs.
@@ -85,12 +86,13 @@ pub fn run(args: ProfileArgs) -> anyhow::Result<ExitCode> {
                     deadline: started + Duration::from_millis(args.deadline_ms),
                     // Each file is a stream of its own: recurrent state starts afresh.
                     reset: window == 0,
-                    shape: None,
+                    shape: shape.clone(),
                 })
                 .with_context(|| format!("input {} (window {window})", path.display()))?;
-            let outputs = model.post().apply_to(
-                resp.post_values(),
+            let outputs = model.post().apply_answer(
+                resp.post_output(),
                 input.as_deref(),
+                prepared.frame.as_ref(),
                 window as u64,
                 Some(&mut segment),
             );

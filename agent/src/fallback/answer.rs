@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 
 use super::{Fallback, REASON_DEGRADED, REASON_LOW_CONFIDENCE, REASON_QUEUE, Route, Unavailable};
 use crate::config::fallback::WhenUnavailable;
-use edge_infer::engine::spec::PostKind;
 use edge_infer::engine::{Engine, InferError, LoadedModel, Output, Request};
 use edge_infer::pipeline::{ImageFrame, PostProcessor, SegmentState};
 
@@ -64,10 +63,7 @@ impl Answer {
         window: u64,
         segment: Option<&mut SegmentState>,
     ) -> serde_json::Map<String, Value> {
-        if post.kind() == PostKind::TextBoxes {
-            return post.apply_output(self.post_output(), frame, window);
-        }
-        post.apply_full(self.post_values(), input, frame, window, segment)
+        post.apply_answer(self.post_output(), input, frame, window, segment)
     }
 }
 

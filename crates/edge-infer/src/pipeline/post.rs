@@ -94,6 +94,24 @@ impl PostProcessor {
         }
     }
 
+    /// The result of one answer's `out`put: a text detector's map read at the size the
+    /// output has (it varies with the image), every other family from the values (as
+    /// [`apply_full`](Self::apply_full)). The one entry point for callers holding a
+    /// whole answer, so that the daemon, the API and the CLI read a map alike.
+    pub fn apply_answer(
+        &self,
+        out: Option<&Output>,
+        input: Option<&[f32]>,
+        frame: Option<&ImageFrame>,
+        window: u64,
+        segment: Option<&mut SegmentState>,
+    ) -> Map<String, Value> {
+        if self.spec.kind == PostKind::TextBoxes {
+            return self.apply_output(out, frame, window);
+        }
+        self.apply_full(out.map_or(&[][..], |o| o.values.as_slice()), input, frame, window, segment)
+    }
+
     /// The score a post-processed answer reports (`score`, or a CTC `confidence`).
     pub fn confidence_of(&self, answer: &Map<String, Value>) -> Option<f32> {
         answer.get("confidence").or_else(|| answer.get("score")).and_then(Value::as_f64).map(|v| v as f32)
