@@ -16,7 +16,7 @@ use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
 use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
 use super::panic::contain;
-use super::plans::{PLAN_CACHE, Plans, ShapePlans, Source};
+use super::plans::{PLAN_CACHE, PlanBudget, Plans, ShapePlans, Source};
 use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::{CtcDecoder, PostProcessor};
 
@@ -91,7 +91,17 @@ impl LoadedModel {
             None => Plans::Fixed(plan(typed, &at)?),
             Some(source) => {
                 let input = spec.data_input().clone();
-                let plans = ShapePlans::new(source, input.clone(), PLAN_CACHE);
+                let mut widest = input.shape.clone();
+                for (axis, r) in &input.ranges {
+                    widest[*axis] = r.highest().unwrap_or(r.max);
+                }
+                let budget = PlanBudget {
+                    weights: memory.weights_bytes,
+                    peak_at_widest: memory.peak_tensor_bytes,
+                    widest_values: budget::elements(&widest).map_or(u64::MAX, |n| n as u64),
+                    max_bytes: limits.max_bytes,
+                };
+                let plans = ShapePlans::new(source, input.clone(), PLAN_CACHE).within(budget);
                 // The smallest size is planned now: a model tract cannot plan at all is
                 // refused at load, not on its first request.
                 let mut shape = input.shape.clone();

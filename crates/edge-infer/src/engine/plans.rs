@@ -10,6 +10,10 @@
 //! padded), so a handful of plans serve every request. Each plan holds its own copy of
 //! the optimised weights (tract packs them for its kernels) and its activations at that
 //! size: a plan costs about the model's weights plus its working memory at that size.
+//! So the cache is bounded by bytes too: the plans it keeps are estimated, together, to
+//! fit the model's memory limit (`engine.max_model_memory_mb`), which the load checked
+//! one plan at the widest size against. A detector of large images keeps fewer plans
+//! than a text recogniser of small ones.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +64,33 @@ struct Entry {
     shape: Vec<usize>,
     plan: Arc<TypedSimplePlan>,
     used: u64,
+    /// Its estimated memory (see [`PlanBudget::bytes`]).
+    bytes: u64,
+}
+
+/// How much memory the plans of one model may hold together, and what one costs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlanBudget {
+    /// The weights every plan holds a copy of.
+    pub weights: u64,
+    /// Working memory (peak tensors) at the widest size.
+    pub peak_at_widest: u64,
+    /// Values of the data input at its widest size.
+    pub widest_values: u64,
+    /// The model's memory limit: all plans together stay within it.
+    pub max_bytes: u64,
+}
+
+impl PlanBudget {
+    /// A plan's estimated memory at `shape`: the weights, plus the working memory at the
+    /// widest size scaled by how many values `shape` holds (activations grow with the
+    /// input's height and width), rounded up.
+    fn bytes(&self, shape: &[usize]) -> u64 {
+        let values = super::budget::elements(shape).map_or(u64::MAX, |n| n as u64);
+        let scaled = u128::from(self.peak_at_widest) * u128::from(values);
+        let peak = scaled.div_ceil(u128::from(self.widest_values.max(1)));
+        self.weights.saturating_add(u64::try_from(peak).unwrap_or(u64::MAX))
+    }
 }
 
 /// What a plan for one size is made from.
@@ -78,6 +109,7 @@ pub struct ShapePlans {
     source: Source,
     input: InputSpec,
     capacity: usize,
+    budget: Option<PlanBudget>,
     entries: Mutex<Vec<Entry>>,
     tick: AtomicU64,
     made: AtomicU64,
@@ -94,6 +126,11 @@ pub struct PlanCacheReport {
     pub shapes: Vec<Vec<usize>>,
     /// Most plans kept.
     pub capacity: usize,
+    /// Estimated memory of the plans kept, in bytes (0 without a budget).
+    pub bytes: u64,
+    /// The most the plans may hold together, in bytes (the model's memory limit; 0
+    /// without one).
+    pub max_bytes: u64,
     /// Plans made since load (evicted ones included).
     pub made: u64,
     /// Time spent making them, in milliseconds.
@@ -108,11 +145,19 @@ impl ShapePlans {
             source,
             input,
             capacity: capacity.max(1),
+            budget: None,
             entries: Mutex::new(Vec::new()),
             tick: AtomicU64::new(0),
             made: AtomicU64::new(0),
             plan_us: AtomicU64::new(0),
         }
+    }
+
+    /// The same, with the plans kept together within `budget`'s bytes (the least
+    /// recently used making room), always at least the one just asked for.
+    pub(crate) fn within(mut self, budget: PlanBudget) -> ShapePlans {
+        self.budget = Some(budget);
+        self
     }
 
     /// The plan for a concrete `shape` of the data input: the cached one, or one made
@@ -141,25 +186,35 @@ impl ShapePlans {
             e.used = tick;
             return Ok(e.plan.clone());
         }
-        if entries.len() >= self.capacity
+        let bytes = self.budget.map_or(0, |b| b.bytes(shape));
+        let max_bytes = self.budget.map_or(u64::MAX, |b| b.max_bytes);
+        let over = |entries: &[Entry]| {
+            entries.len() >= self.capacity
+                || entries.iter().map(|e| e.bytes).fold(bytes, u64::saturating_add) > max_bytes
+        };
+        while over(&entries)
             && let Some(oldest) = entries.iter().enumerate().min_by_key(|(_, e)| e.used).map(|(ix, _)| ix)
         {
             entries.swap_remove(oldest);
         }
-        entries.push(Entry { shape: shape.to_vec(), plan: plan.clone(), used: tick });
+        entries.push(Entry { shape: shape.to_vec(), plan: plan.clone(), used: tick, bytes });
         Ok(plan)
     }
 
     /// What the cache holds now.
     pub fn report(&self) -> PlanCacheReport {
-        let mut entries: Vec<(u64, Vec<usize>)> =
-            self.lock().iter().map(|e| (e.used, e.shape.clone())).collect();
+        let held = self.lock();
+        let bytes = held.iter().map(|e| e.bytes).fold(0, u64::saturating_add);
+        let mut entries: Vec<(u64, Vec<usize>)> = held.iter().map(|e| (e.used, e.shape.clone())).collect();
+        drop(held);
         entries.sort_by(|a, b| b.cmp(a));
         let axis = self.input.range().map_or(0, |(a, _)| a);
         PlanCacheReport {
             sizes: entries.iter().map(|(_, s)| s.get(axis).copied().unwrap_or(0)).collect(),
             shapes: entries.into_iter().map(|(_, s)| s).collect(),
             capacity: self.capacity,
+            bytes,
+            max_bytes: self.budget.map_or(0, |b| b.max_bytes),
             made: self.made.load(Ordering::Relaxed),
             plan_ms: self.plan_us.load(Ordering::Relaxed) as f64 / 1000.0,
         }

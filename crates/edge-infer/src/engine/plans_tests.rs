@@ -57,6 +57,36 @@ fn a_plan_is_made_once_per_size_reused_and_the_cache_stays_bounded() {
     eprintln!("plan time: {:.1} ms per size", cache.report().plan_ms / 3.0);
 }
 
+/// The plans kept together stay within the model's memory limit: a plan's estimate is
+/// the weights plus the working memory scaled to its size, and the least recently used
+/// plans make room until the new one fits (before, only the count was bounded, so eight
+/// plans of a large detector could hold eight times what the limit allowed for one).
+#[test]
+fn the_plans_kept_together_stay_within_the_models_memory_limit() {
+    let Some((_tmp, dir)) = varying_cls() else { return };
+    let mut model = LoadedModel::load_dir(&dir, &ModelLimits::from_mb(64)).unwrap();
+    let loaded = model.plan_cache().unwrap();
+    assert_eq!(loaded.max_bytes, 64 << 20, "the budget is the model's limit");
+    assert!(loaded.bytes >= model.info.memory.weights_bytes, "{loaded:?}");
+    let cache = plans(&mut model);
+    // Widest 1x3x48x256 = 36,864 values: 1,000 bytes of weights and 25,600 of tensors
+    // there give 7,400 bytes at width 64, 10,600 at 96, 13,800 at 128, 26,600 at 256.
+    cache.budget =
+        Some(PlanBudget { weights: 1_000, peak_at_widest: 25_600, widest_values: 36_864, max_bytes: 27_000 });
+    cache.plan_for(&shape(96)).unwrap();
+    cache.plan_for(&shape(128)).unwrap();
+    let two = cache.report();
+    assert_eq!((two.sizes.clone(), two.bytes), (vec![128, 96], 24_400), "{two:?}");
+    // 256 alone takes 26,600: both others make room.
+    cache.plan_for(&shape(256)).unwrap();
+    let one = cache.report();
+    assert_eq!((one.sizes.clone(), one.bytes, one.max_bytes), (vec![256], 26_600, 27_000), "{one:?}");
+    // A budget smaller than one plan still keeps the plan in use.
+    cache.budget = Some(PlanBudget { max_bytes: 1, ..cache.budget.unwrap() });
+    cache.plan_for(&shape(64)).unwrap();
+    assert_eq!(cache.report().sizes, [64]);
+}
+
 #[test]
 fn sizes_outside_the_range_are_refused_with_what_the_input_takes() {
     let Some((_tmp, dir)) = varying_cls() else { return };
