@@ -55,8 +55,11 @@ NOT_MET = {
                 "around each run (checking the request, copying the input into a tensor, the latency "
                 "statistics), a few microseconds that weigh on a 13 µs model. Next: reuse the input tensor "
                 "between runs of the same shape instead of building one per request.",
-    "p99": "**p99.** See \"edge-agent's p99\" under *Reading these figures* for the stalls' cause and what "
-           "was changed.",
+    "p99": "**p99.** The stalls' cause is not found: three suspects were removed and re-measured without "
+           "effect (\"edge-agent's p99\" under *Reading these figures*). Next: each message's send time and "
+           "latency from the load driver, to see whether the slow ones come in bursts at a period (a timer "
+           "of the agent's, such as telemetry) or follow the broker's batches, and an off-CPU profile "
+           "(`perf sched`) of the agent during a 2,000 messages/s step.",
     "binary": "**Binary size.** Where the bytes go (`cargo bloat --crates`, docs/build-profiles.md): tract's "
               "crates are about half of the code (tract-core alone 6.8 MiB of it), then the standard library, "
               "ndarray and rustfft. The levers measured there (dependencies optimised for size but tract's "

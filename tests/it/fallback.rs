@@ -376,7 +376,11 @@ fn a_flooded_queue_sends_the_overflow_to_the_cloud_and_clears_after() {
     let ok = places.iter().filter(|(c, _)| *c == 200).count();
     assert!(queued >= 10, "the flood must overflow to the cloud: {places:?}");
     let f = fallback_status(&agent);
-    assert_eq!(f["routed"]["queue"], queued, "{f:#}");
+    // Every request routed for the queue was answered by the cloud, or (a cloud too busy
+    // on a loaded machine) degraded to a local answer or an error.
+    assert_eq!(f["answered"], queued, "{f:#}");
+    let degraded = f["degraded"].as_u64().unwrap_or(0) as usize;
+    assert_eq!(f["routed"]["queue"], queued + degraded, "{f:#}");
     // Alone again, the route clears after the hold and requests run here.
     std::thread::sleep(Duration::from_millis(200));
     let start = Instant::now();
