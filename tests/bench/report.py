@@ -280,16 +280,22 @@ def one_subject(args, subject, port, tmp, payload):
         proc.stop()
 
 
-def scenario_mqtt(args, tmp):
+def broker_and_payload(tmp):
+    """A Mosquitto on a free port, and the sensor message the load driver sends: 128
+    samples, the demo model's hop (after one priming message per stream, every message
+    completes exactly one 256-sample window, hence one result)."""
     port = free_port()
     conf = write_broker(tmp, port)
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=open(tmp / "broker.log", "w"))
     payload = tmp / "payload.json"
-    # 128 samples per message, the demo model's hop: after one priming message per
-    # stream, every message completes exactly one 256-sample window, hence one result.
     payload.write_text(json.dumps([round(0.1 * math.sin(i * 0.3), 4) for i in range(128)]))
     time.sleep(0.3)
+    return port, broker, payload
+
+
+def scenario_mqtt(args, tmp):
+    port, broker, payload = broker_and_payload(tmp)
     runs = {s: [] for s in SUBJECTS}
     try:
         for r in range(args.rounds):
@@ -393,13 +399,7 @@ def scenario_device(args, tmp):
             log(f"  {arch} dist: {out[arch]['bytes'] / 1e6:.2f} MB stripped, {out[arch]['xz_bytes'] / 1e6:.2f} MB xz")
     if not args.dist_bin.exists():
         return out
-    port = free_port()
-    conf = write_broker(tmp, port)
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=open(tmp / "broker.log", "w"))
-    payload = tmp / "payload.json"
-    payload.write_text(json.dumps([round(0.1 * math.sin(i * 0.3), 4) for i in range(128)]))
-    time.sleep(0.3)
+    port, broker, payload = broker_and_payload(tmp)
     rounds = []
     try:
         margs = argparse.Namespace(bin=args.dist_bin, driver=args.driver, flood=args.flood, settle=args.settle)
