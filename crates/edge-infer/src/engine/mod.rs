@@ -17,6 +17,8 @@ pub mod inline;
 pub mod intra;
 mod load;
 pub mod model;
+pub mod nnef;
+#[cfg(feature = "onnx")]
 pub mod onnx_file;
 pub mod panic;
 pub mod plans;
@@ -38,12 +40,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 pub use budget::ModelLimits;
 pub use error::{InferError, LoadError, SpecError};
-pub use load::check_sizes;
-pub use model::LoadedModel;
+pub use load::{Want, check_sizes};
+pub use model::{LoadedModel, ModelFormat};
 pub use stats::{ModelReport, Percentiles};
 
 use stats::Stats;

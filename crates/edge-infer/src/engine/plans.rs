@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
+#[cfg(feature = "onnx")]
+use tract_onnx::prelude::{InferenceFact, InferenceModel, InferenceModelExt};
 
 use super::panic::contain;
 use super::spec::InputSpec;
@@ -70,6 +72,7 @@ pub(crate) enum Source {
     /// The graph as parsed, for a model tract cannot type with a dimension left open
     /// (PP-OCR's recogniser): the data input (graph input `ix`) is fixed to the size,
     /// then the graph typed and optimised. Slower to plan, the same plan.
+    #[cfg(feature = "onnx")]
     Inference(Arc<InferenceModel>, usize),
 }
 
@@ -175,6 +178,7 @@ impl ShapePlans {
                     typed.set_symbols(&subs)?.into_optimized()?.into_runnable()
                 })
             }
+            #[cfg(feature = "onnx")]
             Source::Inference(model, ix) => {
                 let fact = InferenceFact::dt_shape(super::dtype::datum_type(self.input.dtype), shape);
                 let model = InferenceModel::clone(model);

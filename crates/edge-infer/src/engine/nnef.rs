@@ -1,0 +1,234 @@
+//! NNEF, tract's own model format, as the deployment route: `registry publish` converts
+//! the ONNX model once ([`convert`]) into `model.nnef.tgz` beside it, checked to give the
+//! ONNX model's outputs, and the engine loads that archive when it is there
+//! ([`prepare`]). What is stored is the graph tract typed and decluttered at the spec's
+//! shapes (a range dimension stays a symbol), so a device skips ONNX parsing and type
+//! inference, and a build without the `onnx` feature carries no ONNX loader at all. The
+//! engine's own rewrites, optimisation and plan cache run after loading, as for ONNX.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tract_nnef::framework::Nnef;
+use tract_nnef::prelude::*;
+
+use super::budget::ModelLimits;
+use super::error::LoadError;
+use super::load::{Files, GraphNames, Prepared, feed_for, match_names, ms};
+use super::model::{ModelFormat, datum_type};
+use super::panic::contain;
+use super::plans::Source;
+use super::spec::{InputFrom, ModelSpec};
+
+/// The NNEF archive that belongs to a model file: `model.onnx` → `model.nnef.tgz`.
+pub fn nnef_path(model_path: &Path) -> PathBuf {
+    model_path.with_extension("nnef.tgz")
+}
+
+/// tract's NNEF reader and writer with the operators that exist only in ONNX
+/// (tract-onnx-opl's extension), and names kept as the ONNX file has them (`/0/Conv`,
+/// `input.1`), which the spec refers to.
+fn framework() -> Nnef {
+    let mut nnef = tract_nnef::nnef().with_registry(tract_onnx_opl::onnx_opl_registry());
+    nnef.allow_extended_identifier_syntax(true);
+    nnef
+}
+
+/// Reads the archive at `path`, checks it against the spec and fixes what feeds each
+/// input: what [`super::load`] then optimises and plans.
+pub(super) fn prepare(
+    spec: &ModelSpec,
+    spec_path: &Path,
+    path: &Path,
+    limits: &ModelLimits,
+) -> Result<Prepared, LoadError> {
+    let (typed, file_bytes, load_ms) = read(path, limits)?;
+    let at = Files { spec: spec_path, model: path, bytes: file_bytes };
+    let graph = graph_names(&typed).map_err(|e| invalid(path, file_bytes, format!("{e:#}")))?;
+    let stale = |mut problems: Vec<String>| {
+        problems.push(format!(
+            "{} was converted for another model.toml: convert it again (`edge-agent model convert DIR`), or delete it so that the ONNX file is loaded",
+            path.display()
+        ));
+        at.mismatch(problems)
+    };
+    let post_output = match_names(spec, &graph).map_err(stale)?;
+    let mut problems = Vec::new();
+    let mut symbols = Vec::new();
+    let mut widest = SymbolValues::default();
+    for (ix, name) in graph.inputs.iter().enumerate() {
+        let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
+        let fact = typed.input_fact(ix).map_err(|e| invalid(path, file_bytes, format!("{e:#}")))?;
+        if fact.datum_type != datum_type(input.dtype) {
+            problems.push(format!(
+                "input `{name}` is declared {} but the archive takes {:?}",
+                input.dtype.name(),
+                fact.datum_type
+            ));
+        }
+        let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
+        let fits = dims.len() == input.shape.len()
+            && dims.iter().enumerate().all(|(axis, d)| match input.ranges.iter().find(|(a, _)| *a == axis) {
+                Some(_) => matches!(d, TDim::Sym(_)),
+                None => d.to_i64().ok() == Some(input.shape[axis] as i64),
+            });
+        if !fits {
+            let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+            problems.push(format!(
+                "input `{name}` is declared {} but the archive takes [{}]",
+                input.shape_text(),
+                shown.join(", ")
+            ));
+            continue;
+        }
+        for (axis, range) in &input.ranges {
+            if let TDim::Sym(sym) = &dims[*axis] {
+                widest = widest.with(sym, range.max as i64);
+                if input.from == InputFrom::Data {
+                    symbols.push((*axis, sym.clone()));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(stale(problems));
+    }
+    let mut feeds = Vec::new();
+    let mut state_outputs = Vec::new();
+    for name in &graph.inputs {
+        let Some(input) = spec.inputs.iter().find(|i| &i.name == name) else { continue };
+        feeds.push(feed_for(input, &graph, &mut state_outputs, &at)?);
+    }
+    // A range: the graph is decluttered once and optimised per size, as for ONNX.
+    let source = (!symbols.is_empty()).then(|| Source::Typed(Arc::new(TypedModel::default()), symbols));
+    Ok(Prepared {
+        typed,
+        source,
+        graph,
+        post_output,
+        feeds,
+        state_outputs,
+        widest,
+        file_bytes,
+        load_ms,
+        analyse_ms: 0.0,
+        path: path.to_path_buf(),
+        format: ModelFormat::Nnef,
+    })
+}
+
+fn invalid(path: &Path, bytes: u64, reason: String) -> LoadError {
+    LoadError::Nnef { path: path.to_path_buf(), bytes, reason }
+}
+
+/// Reads and parses the archive, within `limits`: the compressed file and what it
+/// expands to are both bounded, so a damaged or hostile archive cannot take the
+/// device's memory.
+fn read(path: &Path, limits: &ModelLimits) -> Result<(TypedModel, u64, f64), LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let size = bytes.len() as u64;
+    if bytes.is_empty() {
+        return Err(invalid(path, size, "the file is empty".into()));
+    }
+    let started = Instant::now();
+    let tar = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .take(limits.max_bytes.saturating_add(1))
+            .read_to_end(&mut tar)
+            .map_err(|e| invalid(path, size, format!("its gzip stream is damaged: {e}")))?;
+        if tar.len() as u64 > limits.max_bytes {
+            return Err(LoadError::TooLarge {
+                path: path.to_path_buf(),
+                what: "the NNEF archive, uncompressed,".into(),
+                bytes: tar.len() as u64,
+                limit: limits.max_bytes,
+                instead: "use a smaller model",
+            });
+        }
+        tar
+    } else {
+        bytes
+    };
+    let model = contain(|| framework().model_for_read(&mut tar.as_slice()))
+        .map_err(|message| LoadError::Panic { path: path.to_path_buf(), stage: "parsing", message })?
+        .map_err(|e| invalid(path, size, format!("{e:#}")))?;
+    // tar skips what is not an archive entry: arbitrary bytes can read as an empty
+    // archive, which has no graph.
+    if model.nodes().is_empty() || model.output_outlets().map(|o| o.is_empty()).unwrap_or(true) {
+        return Err(invalid(path, size, "it holds no graph".into()));
+    }
+    Ok((model, size, ms(started)))
+}
+
+fn graph_names(model: &TypedModel) -> TractResult<GraphNames> {
+    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let outputs = model
+        .output_outlets()?
+        .iter()
+        .enumerate()
+        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
+        .collect();
+    Ok(GraphNames { inputs, outputs })
+}
+
+#[cfg(feature = "onnx")]
+pub use convert::{Conversion, ConvertError, TOLERANCE_ABS, TOLERANCE_REL, convert};
+
+#[cfg(not(feature = "onnx"))]
+pub use no_onnx::{Conversion, ConvertError, convert};
+
+#[cfg(feature = "onnx")]
+#[path = "nnef_convert.rs"]
+mod convert;
+
+/// Without the ONNX loader there is nothing to convert from: [`convert`] refuses with
+/// what to do instead, so the publisher's code compiles in every build.
+#[cfg(not(feature = "onnx"))]
+mod no_onnx {
+    use std::path::{Path, PathBuf};
+
+    use super::ModelLimits;
+
+    /// See the `onnx` build's `Conversion`.
+    #[derive(Debug, Clone, serde::Serialize)]
+    pub struct Conversion {
+        /// The archive.
+        pub path: PathBuf,
+    }
+
+    /// Why a model was not converted.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ConvertError {
+        /// This build cannot read ONNX.
+        #[error(
+            "{dir}: converting a model to NNEF needs the ONNX loader, and this edge-agent is built without the `onnx` feature; convert or publish on a build with it (the default build)"
+        )]
+        NoOnnx {
+            /// The model folder.
+            dir: PathBuf,
+        },
+    }
+
+    impl ConvertError {
+        /// Never: without ONNX there is nothing to publish.
+        pub fn onnx_only(&self) -> bool {
+            false
+        }
+    }
+
+    /// Always refuses: see [`ConvertError::NoOnnx`].
+    pub fn convert(
+        dir: &Path,
+        _limits: &ModelLimits,
+        _inputs: &[Vec<f32>],
+    ) -> Result<Conversion, ConvertError> {
+        Err(ConvertError::NoOnnx { dir: dir.to_path_buf() })
+    }
+}
+
+#[cfg(all(test, feature = "onnx"))]
+#[path = "nnef_tests.rs"]
+mod tests;
