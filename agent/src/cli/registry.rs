@@ -330,6 +330,14 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     // A drift profile travels in the package, signed with the model: a broken one would
     // only be found on the devices.
     crate::monitor::Profile::load_dir(&a.model)?;
+    // Converted before packing, so the package carries the archive devices load. A
+    // model tract cannot convert is still published, as ONNX only, and said so: the
+    // ONNX model is what the self-test below checks, and a device built without ONNX
+    // refuses it in its own self-test rather than serve it.
+    let outcome = super::convert::convert_dir(&a.model, &limits)?;
+    for line in super::convert::describe(&outcome) {
+        eprintln!("{line}");
+    }
     let (bytes, spec) = package::pack(&a.model)?;
     anyhow::ensure!(
         crate::config::is_valid_id(&spec.version),

@@ -20,7 +20,9 @@ use super::error::LoadError;
 use super::model::{Feed, LoadInfo, LoadedModel, ModelFormat, TensorInfo, datum_type, tensor_from_f64};
 use super::panic::contain;
 use super::plans::{PLAN_CACHE, Plans, ShapePlans, Source};
-use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
+#[cfg(feature = "onnx")]
+use super::spec::ImageLayout;
+use super::spec::{InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::{CtcDecoder, PostProcessor};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -105,6 +107,7 @@ impl LoadedModel {
                 let source = Source::Typed(Arc::new(typed.clone()), symbols);
                 (typed, Some(source))
             }
+            #[cfg(feature = "onnx")]
             Some(source) => (typed, Some(source)),
         };
         let optimise_ms = analyse_ms + ms(started);
@@ -246,11 +249,14 @@ pub(super) fn ms(since: Instant) -> f64 {
 pub(super) struct Files<'a> {
     pub spec: &'a Path,
     pub model: &'a Path,
+    /// Its size, for parse errors.
+    #[cfg_attr(not(feature = "onnx"), allow(dead_code))]
     pub bytes: u64,
 }
 
 impl Files<'_> {
     /// The model file is not a usable ONNX model.
+    #[cfg(feature = "onnx")]
     pub(super) fn parse(&self, reason: String) -> LoadError {
         LoadError::Parse { path: self.model.to_path_buf(), bytes: self.bytes, reason }
     }

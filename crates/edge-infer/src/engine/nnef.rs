@@ -49,7 +49,7 @@ pub(super) fn prepare(
     let graph = graph_names(&typed).map_err(|e| invalid(path, file_bytes, format!("{e:#}")))?;
     let stale = |mut problems: Vec<String>| {
         problems.push(format!(
-            "{} was converted for another model.toml: convert it again (`edge-agent model convert DIR`), or delete it so that the ONNX file is loaded",
+            "{} was converted for another model.toml: convert it again (`edge-agent model convert --model DIR`), or delete it so that the ONNX file is loaded",
             path.display()
         ));
         at.mismatch(problems)
@@ -224,7 +224,7 @@ mod no_onnx {
         dir: &Path,
         _limits: &ModelLimits,
         _inputs: &[Vec<f32>],
-    ) -> Result<Conversion, ConvertError> {
+    ) -> Result<Vec<Conversion>, ConvertError> {
         Err(ConvertError::NoOnnx { dir: dir.to_path_buf() })
     }
 }

@@ -1,0 +1,100 @@
+//! `edge-agent model convert --model DIR`, and the same step inside `registry publish`: the
+//! model folder's ONNX models converted once to NNEF (`model.nnef.tgz` beside each
+//! file), which devices then load instead (see edge_infer::engine::nnef).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use serde::Serialize;
+
+use edge_infer::engine::ModelLimits;
+use edge_infer::engine::nnef::{self, Conversion};
+
+/// Arguments of `model convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The model directory (model.toml and the ONNX file; selftest.json's inputs are
+    /// compared when it has one).
+    #[arg(long, short, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Print the result as JSON (stable, for scripts).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub limits: super::LimitArgs,
+}
+
+/// What converting a folder came to.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "result")]
+pub enum Outcome {
+    /// Every model file has its archive, with outputs equal to ONNX.
+    Converted {
+        /// One per model file, the model's first.
+        files: Vec<Conversion>,
+    },
+    /// tract cannot convert the model (or the archive answers differently): the folder
+    /// stays ONNX only, which builds with the `onnx` feature load.
+    OnnxOnly {
+        /// Why, naming the operator or the output.
+        reason: String,
+    },
+}
+
+/// Converts `dir`, comparing on its self-test's inputs (the model's own cases) when it
+/// has a selftest.json. An error is a model that does not load at all, or a build
+/// that cannot convert.
+pub fn convert_dir(dir: &Path, limits: &ModelLimits) -> anyhow::Result<Outcome> {
+    let inputs: Vec<Vec<f32>> = match crate::ota::selftest::read(dir) {
+        Ok(golden) => golden.cases.into_iter().filter(|c| c.stage.is_none()).map(|c| c.input).collect(),
+        Err(_) if !dir.join(crate::ota::package::SELFTEST_FILE).exists() => Vec::new(),
+        Err(e) => anyhow::bail!(e),
+    };
+    match nnef::convert(dir, limits, &inputs) {
+        Ok(files) => Ok(Outcome::Converted { files }),
+        Err(e) if e.onnx_only() => Ok(Outcome::OnnxOnly { reason: e.to_string() }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One line per archive, or why the folder stays ONNX.
+pub fn describe(outcome: &Outcome) -> Vec<String> {
+    match outcome {
+        Outcome::Converted { files } => files
+            .iter()
+            .map(|c| {
+                format!(
+                    "wrote {} ({} bytes): outputs equal to ONNX on {} input(s), largest difference {:e}; load {:.1} ms from NNEF against {:.1} ms from ONNX",
+                    c.path.display(),
+                    c.bytes,
+                    c.compared,
+                    c.max_diff,
+                    c.nnef_load_ms + c.nnef_optimise_ms,
+                    c.onnx_load_ms + c.onnx_optimise_ms
+                )
+            })
+            .collect(),
+        Outcome::OnnxOnly { reason } => vec![format!(
+            "not converted to NNEF, the model stays ONNX only (devices built without the `onnx` feature cannot load it): {reason}"
+        )],
+    }
+}
+
+/// `model convert --model DIR`.
+pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let outcome = convert_dir(&args.model, &args.limits.limits())?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        for line in describe(&outcome) {
+            outln!("{line}");
+        }
+    }
+    Ok(match outcome {
+        Outcome::Converted { .. } => ExitCode::SUCCESS,
+        // Not a failure of the command's input, but the conversion asked for is not
+        // there: scripts see it.
+        Outcome::OnnxOnly { .. } => ExitCode::from(1),
+    })
+}
