@@ -49,6 +49,9 @@ mod models;
 mod monitor;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
+/// NNEF: `model convert` and `registry publish` write model.nnef.tgz, the agent loads
+/// it with ONNX's outputs, a damaged archive is a clear error.
+mod nnef;
 /// Signed model updates: registry, refusals, probation, rollback, crash safety.
 mod ota;
 /// Every way an update can end (done, cut, refused, failed, rolled back, stalled,

@@ -58,6 +58,14 @@ pub fn convert_dir(dir: &Path, limits: &ModelLimits) -> anyhow::Result<Outcome> 
     }
 }
 
+/// The NNEF archives of `dir`'s model files that exist (the model's and its stages').
+pub fn archives(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let head = edge_infer::engine::spec::ModelSpec::load_dir(dir)?;
+    let mut files = vec![head.model_path.clone()];
+    files.extend(head.spec.stages.iter().map(|s| dir.join(&s.model_spec(&head.spec).file)));
+    Ok(files.iter().map(|f| nnef::nnef_path(f)).filter(|p| p.exists()).collect())
+}
+
 /// One line per archive, or why the folder stays ONNX.
 pub fn describe(outcome: &Outcome) -> Vec<String> {
     match outcome {

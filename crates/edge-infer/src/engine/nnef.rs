@@ -174,11 +174,32 @@ fn graph_names(model: &TypedModel) -> TractResult<GraphNames> {
     Ok(GraphNames { inputs, outputs })
 }
 
+/// What a conversion wrote and measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Conversion {
+    /// The archive written.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// The inputs both models ran.
+    pub compared: usize,
+    /// Largest absolute difference seen over every output value.
+    pub max_diff: f32,
+    /// Parsing the ONNX file.
+    pub onnx_load_ms: f64,
+    /// Typing and optimising the ONNX graph.
+    pub onnx_optimise_ms: f64,
+    /// Parsing the archive.
+    pub nnef_load_ms: f64,
+    /// Optimising the archive's graph.
+    pub nnef_optimise_ms: f64,
+}
+
 #[cfg(feature = "onnx")]
-pub use convert::{Conversion, ConvertError, TOLERANCE_ABS, TOLERANCE_REL, convert};
+pub use convert::{ConvertError, TOLERANCE_ABS, TOLERANCE_REL, convert};
 
 #[cfg(not(feature = "onnx"))]
-pub use no_onnx::{Conversion, ConvertError, convert};
+pub use no_onnx::{ConvertError, convert};
 
 #[cfg(feature = "onnx")]
 #[path = "nnef_convert.rs"]
@@ -190,14 +211,7 @@ mod convert;
 mod no_onnx {
     use std::path::{Path, PathBuf};
 
-    use super::ModelLimits;
-
-    /// See the `onnx` build's `Conversion`.
-    #[derive(Debug, Clone, serde::Serialize)]
-    pub struct Conversion {
-        /// The archive.
-        pub path: PathBuf,
-    }
+    use super::{Conversion, ModelLimits};
 
     /// Why a model was not converted.
     #[derive(Debug, thiserror::Error)]

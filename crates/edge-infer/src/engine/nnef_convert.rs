@@ -3,15 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::super::error::{LoadError, SpecError};
 use super::super::load::{Want, check_sizes, prepare_onnx};
 use super::super::model::LoadedModel;
 use super::super::panic::contain;
 use super::super::plans::Source;
 use super::super::spec::{LoadedSpec, ModelSpec};
-use super::{ModelLimits, framework, nnef_path};
+use super::{Conversion, ModelLimits, framework, nnef_path};
 
 /// Largest absolute difference allowed between an ONNX output value `a` and the NNEF
 /// one: `TOLERANCE_ABS + TOLERANCE_REL * |a|`. Both run the same typed graph through the
@@ -20,27 +18,6 @@ use super::{ModelLimits, framework, nnef_path};
 pub const TOLERANCE_ABS: f32 = 1e-5;
 /// See [`TOLERANCE_ABS`].
 pub const TOLERANCE_REL: f32 = 1e-4;
-
-/// What a conversion wrote and measured.
-#[derive(Debug, Clone, Serialize)]
-pub struct Conversion {
-    /// The archive written.
-    pub path: PathBuf,
-    /// Its size.
-    pub bytes: u64,
-    /// The inputs both models ran.
-    pub compared: usize,
-    /// Largest absolute difference seen over every output value.
-    pub max_diff: f32,
-    /// Parsing the ONNX file.
-    pub onnx_load_ms: f64,
-    /// Typing and optimising the ONNX graph.
-    pub onnx_optimise_ms: f64,
-    /// Parsing the archive.
-    pub nnef_load_ms: f64,
-    /// Optimising the archive's graph.
-    pub nnef_optimise_ms: f64,
-}
 
 /// Why a model was not converted.
 #[derive(Debug, thiserror::Error)]
