@@ -240,3 +240,35 @@ fn a_malformed_archive_is_a_clear_error() {
     std::fs::remove_file(dir.join("model.nnef.tgz")).unwrap();
     assert_eq!(loaded_format(&dir), "onnx");
 }
+
+/// The ONNX file changed after `model convert` (same size, as a retrained model's is):
+/// the archive is refused rather than served in the new model's place, and converting
+/// again fixes it.
+#[test]
+fn an_archive_converted_from_an_older_onnx_file_is_refused() {
+    let work = tempdir();
+    let dir = work.path().join("vibration");
+    copy_model(&demo_model(), &dir);
+    convert(&dir);
+    let input = work.path().join("in.json");
+    signal(&input, 512);
+    let onnx = dir.join("model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&onnx, &bytes).unwrap();
+    let out = run(&["infer", "--model", dir.to_str().unwrap(), "--input", input.to_str().unwrap()], secs(60));
+    let err = stderr(&out);
+    assert!(!out.status.success(), "served a stale archive");
+    assert!(
+        err.contains("model.nnef.tgz")
+            && err.contains("converted from another version")
+            && err.contains("model convert"),
+        "{err}"
+    );
+    // Converted again, from the file as it is now (the flipped byte is in a weight, so
+    // the model still loads; if it did not, convert would say so).
+    let v = convert(&dir);
+    assert_eq!(v["result"], "converted", "{v:#}");
+    assert_eq!(loaded_format(&dir), "nnef");
+}

@@ -54,7 +54,7 @@ impl LoadedModel {
         let LoadedSpec { spec, path: spec_path, model_path } = loaded;
         let nnef_path = super::nnef::nnef_path(&model_path);
         let prepared = match want.resolve(&model_path, &nnef_path)? {
-            ModelFormat::Nnef => super::nnef::prepare(&spec, &spec_path, &nnef_path, limits)?,
+            ModelFormat::Nnef => super::nnef::prepare(&spec, &spec_path, &model_path, &nnef_path, limits)?,
             #[cfg(feature = "onnx")]
             ModelFormat::Onnx => prepare_onnx(&spec, &spec_path, &model_path)?,
             #[cfg(not(feature = "onnx"))]

@@ -41,10 +41,14 @@ fn framework() -> Nnef {
 pub(super) fn prepare(
     spec: &ModelSpec,
     spec_path: &Path,
+    onnx: &Path,
     path: &Path,
     limits: &ModelLimits,
 ) -> Result<Prepared, LoadError> {
-    let (typed, file_bytes, load_ms) = read(path, limits)?;
+    let started = Instant::now();
+    let (typed, file_bytes, _) = read(path, limits)?;
+    check_source(&typed, onnx, path, file_bytes)?;
+    let load_ms = ms(started);
     let at = Files { spec: spec_path, model: path, bytes: file_bytes };
     let graph = graph_names(&typed).map_err(|e| invalid(path, file_bytes, format!("{e:#}")))?;
     let stale = |mut problems: Vec<String>| {
@@ -117,6 +121,56 @@ pub(super) fn prepare(
         path: path.to_path_buf(),
         format: ModelFormat::Nnef,
     })
+}
+
+/// The model property an archive records its ONNX file's [`fingerprint`] in.
+pub(super) const SOURCE_PROPERTY: &str = "edge_agent_onnx_source";
+
+/// The ONNX file's size and CRC-32 (`BYTES-CRC`): what an archive was converted from.
+/// The contents count, not only the size: a model retrained with the same architecture
+/// has a file of the same size. Read in pieces, so a large model is never held whole.
+pub(super) fn fingerprint(onnx: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(onnx)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(format!("{bytes}-{:08x}", crc.finalize()))
+}
+
+/// An archive converted from another version of the ONNX file beside it is refused: it
+/// would otherwise be served in the new model's place without a word (a model exported
+/// again after `model convert`). Nothing to compare when the ONNX file is not there (a
+/// folder shipped as NNEF alone) or the archive records no source (made by other tools).
+fn check_source(typed: &TypedModel, onnx: &Path, path: &Path, bytes: u64) -> Result<(), LoadError> {
+    let Some(recorded) = typed.properties.get(SOURCE_PROPERTY) else { return Ok(()) };
+    if !onnx.is_file() {
+        return Ok(());
+    }
+    let recorded = recorded
+        .to_plain_array_view::<String>()
+        .ok()
+        .and_then(|v| v.iter().next().cloned())
+        .ok_or_else(|| invalid(path, bytes, format!("its {SOURCE_PROPERTY} property is not a string")))?;
+    let now = fingerprint(onnx).map_err(|source| LoadError::Read { path: onnx.to_path_buf(), source })?;
+    if recorded != now {
+        return Err(invalid(
+            path,
+            bytes,
+            format!(
+                "it was converted from another version of {} (size and CRC-32 {recorded} then, {now} now)",
+                onnx.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn invalid(path: &Path, bytes: u64, reason: String) -> LoadError {

@@ -3,13 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use tract_nnef::prelude::rctensor0;
+
 use super::super::error::{LoadError, SpecError};
 use super::super::load::{Want, check_sizes, prepare_onnx};
 use super::super::model::LoadedModel;
 use super::super::panic::contain;
 use super::super::plans::Source;
 use super::super::spec::{LoadedSpec, ModelSpec};
-use super::{Conversion, ModelLimits, framework, nnef_path};
+use super::{Conversion, ModelLimits, SOURCE_PROPERTY, fingerprint, framework, nnef_path};
 
 /// Largest absolute difference allowed between an ONNX output value `a` and the NNEF
 /// one: `TOLERANCE_ABS + TOLERANCE_REL * |a|`. Both run the same typed graph through the
@@ -158,8 +160,12 @@ fn convert_one(
     let mut typed = prepared.typed;
     // The ONNX file's metadata (producer, an exporter's class-name table) becomes model
     // properties, which tract writes as NNEF strings it cannot read back when they hold
-    // quotes (NudeNet's YOLOv8 export); nothing in the engine reads them.
+    // quotes (NudeNet's YOLOv8 export); nothing in the engine reads them. In their
+    // place, what the archive was converted from, which loading checks.
     typed.properties.clear();
+    let source =
+        fingerprint(&model_path).map_err(|source| LoadError::Read { path: model_path.clone(), source })?;
+    typed.properties.insert(SOURCE_PROPERTY.into(), rctensor0(source));
     let unsupported = |reason: String| ConvertError::Unsupported { path: model_path.clone(), reason };
     let typed = contain(move || typed.into_decluttered())
         .map_err(|m| unsupported(format!("tract panicked decluttering it: {m}")))?
