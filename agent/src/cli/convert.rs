@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use edge_infer::engine::ModelLimits;
@@ -45,7 +46,24 @@ pub enum Outcome {
 /// Converts `dir`, comparing on its self-test's inputs (the model's own cases) when it
 /// has a selftest.json. An error is a model that does not load at all, or a build
 /// that cannot convert.
-pub fn convert_dir(dir: &Path, limits: &ModelLimits) -> anyhow::Result<Outcome> {
+/// With `progress`, a spinner on standard error while it works, when that is a terminal
+/// (a large model takes seconds: both models are loaded and run).
+pub fn convert_dir(dir: &Path, limits: &ModelLimits, progress: bool) -> anyhow::Result<Outcome> {
+    let bar = match progress {
+        true => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        false => ProgressBar::hidden(),
+    };
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar.set_message(format!("converting {} to NNEF and comparing its outputs", dir.display()));
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let outcome = convert_quietly(dir, limits);
+    bar.finish_and_clear();
+    outcome
+}
+
+fn convert_quietly(dir: &Path, limits: &ModelLimits) -> anyhow::Result<Outcome> {
     let inputs: Vec<Vec<f32>> = match crate::ota::selftest::read(dir) {
         Ok(golden) => golden.cases.into_iter().filter(|c| c.stage.is_none()).map(|c| c.input).collect(),
         Err(_) if !dir.join(crate::ota::package::SELFTEST_FILE).exists() => Vec::new(),
@@ -91,7 +109,7 @@ pub fn describe(outcome: &Outcome) -> Vec<String> {
 
 /// `model convert --model DIR`.
 pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let outcome = convert_dir(&args.model, &args.limits.limits())?;
+    let outcome = convert_dir(&args.model, &args.limits.limits(), !args.json)?;
     if args.json {
         outln!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
@@ -105,4 +123,51 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<ExitCode> {
         // there: scripts see it.
         Outcome::OnnxOnly { .. } => ExitCode::from(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--json` shapes scripts read: a tag `result` and its fields.
+    #[test]
+    fn outcome_json_is_tagged_by_result() {
+        let only = serde_json::to_value(Outcome::OnnxOnly { reason: "no If".into() }).unwrap();
+        assert_eq!(only, serde_json::json!({"result": "onnx_only", "reason": "no If"}));
+        let c = Conversion {
+            path: "m/model.nnef.tgz".into(),
+            bytes: 10,
+            compared: 2,
+            max_diff: 0.0,
+            onnx_load_ms: 1.0,
+            onnx_optimise_ms: 2.0,
+            nnef_load_ms: 3.0,
+            nnef_optimise_ms: 4.0,
+        };
+        let v = serde_json::to_value(Outcome::Converted { files: vec![c.clone()] }).unwrap();
+        assert_eq!(v["result"], "converted");
+        let keys: Vec<&String> = v["files"][0].as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "bytes",
+                "compared",
+                "max_diff",
+                "nnef_load_ms",
+                "nnef_optimise_ms",
+                "onnx_load_ms",
+                "onnx_optimise_ms",
+                "path"
+            ]
+        );
+        let line = &describe(&Outcome::Converted { files: vec![c] })[0];
+        assert!(
+            line.contains("m/model.nnef.tgz")
+                && line.contains("2 input(s)")
+                && line.contains("7.0 ms from NNEF"),
+            "{line}"
+        );
+        let line = &describe(&Outcome::OnnxOnly { reason: "no If".into() })[0];
+        assert!(line.contains("ONNX only") && line.contains("no If"), "{line}");
+    }
 }

@@ -348,7 +348,7 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
         // model tract cannot convert is still published, as ONNX only, and said so: the
         // ONNX model is what the self-test below checks, and a device built without
         // ONNX refuses it in its own self-test rather than serve it.
-        let outcome = super::convert::convert_dir(&a.model, &limits)?;
+        let outcome = super::convert::convert_dir(&a.model, &limits, true)?;
         for line in super::convert::describe(&outcome) {
             eprintln!("{line}");
         }

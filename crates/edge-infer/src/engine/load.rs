@@ -172,12 +172,22 @@ pub enum Want {
 
 impl Want {
     fn resolve(self, onnx: &Path, nnef: &Path) -> Result<ModelFormat, LoadError> {
+        self.resolve_in(onnx, nnef, cfg!(feature = "onnx"))
+    }
+
+    /// [`Want::resolve`] in a build with (`has_onnx`) or without the ONNX loader.
+    pub(super) fn resolve_in(
+        self,
+        onnx: &Path,
+        nnef: &Path,
+        has_onnx: bool,
+    ) -> Result<ModelFormat, LoadError> {
         let format = match self {
             Want::Auto if nnef.is_file() => ModelFormat::Nnef,
             Want::Auto | Want::Onnx => ModelFormat::Onnx,
             Want::Nnef => ModelFormat::Nnef,
         };
-        if format == ModelFormat::Onnx && !cfg!(feature = "onnx") {
+        if format == ModelFormat::Onnx && !has_onnx {
             return Err(LoadError::NoOnnx { path: onnx.to_path_buf(), nnef: nnef.to_path_buf() });
         }
         Ok(format)

@@ -231,3 +231,29 @@ proptest! {
         }
     }
 }
+
+/// Which file a load reads: the archive when it is there, and a build without ONNX
+/// refuses a folder without one, naming both files and the commands that fix it.
+#[test]
+fn the_archive_is_preferred_and_a_build_without_onnx_needs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let onnx = dir.path().join("model.onnx");
+    let nnef = nnef_path(&onnx);
+    std::fs::write(&onnx, b"x").unwrap();
+    assert_eq!(Want::Auto.resolve_in(&onnx, &nnef, true).unwrap(), ModelFormat::Onnx);
+    let err = Want::Auto.resolve_in(&onnx, &nnef, false).err().unwrap().to_string();
+    assert!(
+        err.contains("model.onnx")
+            && err.contains("model.nnef.tgz")
+            && err.contains("without ONNX support")
+            && err.contains("registry publish")
+            && err.contains("model convert"),
+        "{err}"
+    );
+    assert!(Want::Onnx.resolve_in(&onnx, &nnef, false).is_err());
+    std::fs::write(&nnef, b"y").unwrap();
+    for has_onnx in [true, false] {
+        assert_eq!(Want::Auto.resolve_in(&onnx, &nnef, has_onnx).unwrap(), ModelFormat::Nnef);
+    }
+    assert_eq!(Want::Onnx.resolve_in(&onnx, &nnef, true).unwrap(), ModelFormat::Onnx);
+}
