@@ -23,6 +23,7 @@ pub mod onnx_file;
 pub mod panic;
 pub mod plans;
 pub mod post_spec;
+mod prepared;
 mod resize_spec;
 pub mod spec;
 pub mod stats;

@@ -16,10 +16,10 @@ use tract_nnef::prelude::*;
 
 use super::budget::ModelLimits;
 use super::error::LoadError;
-use super::load::{Files, GraphNames, Prepared, feed_for, match_names, ms};
 use super::model::{ModelFormat, datum_type};
 use super::panic::contain;
 use super::plans::Source;
+use super::prepared::{Files, GraphNames, Prepared, feed_for, match_names, ms};
 use super::spec::{InputFrom, ModelSpec};
 
 /// The NNEF archive that belongs to a model file: `model.onnx` → `model.nnef.tgz`.
@@ -37,7 +37,7 @@ fn framework() -> Nnef {
 }
 
 /// Reads the archive at `path`, checks it against the spec and fixes what feeds each
-/// input: what [`super::load`] then optimises and plans.
+/// input: what loading then checks, optimises and plans, as for ONNX.
 pub(super) fn prepare(
     spec: &ModelSpec,
     spec_path: &Path,
