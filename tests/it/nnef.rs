@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::common::registry::{Publisher, model_version};
+use crate::common::registry::{Publisher, model_version, packages};
 use crate::common::*;
 
 /// `infer --json --raw` of `input` on the model in `dir`.
@@ -145,23 +145,6 @@ fn package_files(tar: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// The packages under the registry.
-fn packages(repo: &Path) -> Vec<PathBuf> {
-    let mut tars = Vec::new();
-    let mut dirs = vec![repo.join("targets")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "tar") {
-                tars.push(p);
-            }
-        }
-    }
-    tars
 }
 
 /// `registry publish` converts the model and ships the archive beside the ONNX file;

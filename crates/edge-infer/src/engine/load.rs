@@ -17,17 +17,17 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
-use super::model::{LoadInfo, LoadedModel, ModelFormat, TensorInfo};
 #[cfg(feature = "onnx")]
 use super::model::{Feed, datum_type};
+use super::model::{LoadInfo, LoadedModel, ModelFormat, TensorInfo};
 use super::panic::contain;
 use super::plans::{PLAN_CACHE, Plans, ShapePlans, Source};
 use super::prepared::{Files, GraphNames, Prepared, ms};
 #[cfg(feature = "onnx")]
-use super::prepared::{feed_for, match_names};
-use super::spec::{LoadedSpec, ModelSpec, PostKind};
+use super::prepared::{feed_for, graph_names, match_names};
 #[cfg(feature = "onnx")]
 use super::spec::{ImageLayout, InputFrom, InputSpec};
+use super::spec::{LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::{CtcDecoder, PostProcessor};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -259,18 +259,6 @@ fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
         .map_err(|message| LoadError::Panic { path: path.to_path_buf(), stage: "parsing", message })?
         .map_err(|e| parse_err(format!("{e:#}")))?;
     Ok(Parsed { model, file_bytes: bytes.len() as u64, load_ms: ms(started) })
-}
-
-#[cfg(feature = "onnx")]
-fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
-    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
-    let outputs = model
-        .output_outlets()?
-        .iter()
-        .enumerate()
-        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
-        .collect();
-    Ok(GraphNames { inputs, outputs })
 }
 
 #[cfg(feature = "onnx")]

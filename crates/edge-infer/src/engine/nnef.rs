@@ -19,7 +19,7 @@ use super::error::LoadError;
 use super::model::{ModelFormat, datum_type};
 use super::panic::contain;
 use super::plans::Source;
-use super::prepared::{Files, GraphNames, Prepared, feed_for, match_names, ms};
+use super::prepared::{Files, Prepared, feed_for, graph_names, match_names, ms};
 use super::spec::{InputFrom, ModelSpec};
 
 /// The NNEF archive that belongs to a model file: `model.onnx` → `model.nnef.tgz`.
@@ -215,17 +215,6 @@ fn read(path: &Path, limits: &ModelLimits) -> Result<(TypedModel, u64, f64), Loa
         return Err(invalid(path, size, "it holds no graph".into()));
     }
     Ok((model, size, ms(started)))
-}
-
-fn graph_names(model: &TypedModel) -> TractResult<GraphNames> {
-    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
-    let outputs = model
-        .output_outlets()?
-        .iter()
-        .enumerate()
-        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
-        .collect();
-    Ok(GraphNames { inputs, outputs })
 }
 
 /// What a conversion wrote and measured.

@@ -85,6 +85,22 @@ pub(super) struct GraphNames {
     pub outputs: Vec<String>,
 }
 
+/// A graph's input and output names, parsed (ONNX) or typed (NNEF) alike.
+pub(super) fn graph_names<F, O>(model: &Graph<F, O>) -> TractResult<GraphNames>
+where
+    F: Fact + Clone + 'static,
+    O: std::fmt::Debug + std::fmt::Display + AsRef<dyn Op> + AsMut<dyn Op> + Clone + 'static,
+{
+    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let outputs = model
+        .output_outlets()?
+        .iter()
+        .enumerate()
+        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
+        .collect();
+    Ok(GraphNames { inputs, outputs })
+}
+
 /// Matches graph inputs and outputs to the spec's by name, every mismatch at once, and
 /// finds the output post-processing reads (its index).
 pub(super) fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize, Vec<String>> {
