@@ -29,11 +29,16 @@ pub fn nnef_path(model_path: &Path) -> PathBuf {
 
 /// tract's NNEF reader and writer with the operators that exist only in ONNX
 /// (tract-onnx-opl's extension), and names kept as the ONNX file has them (`/0/Conv`,
-/// `input.1`), which the spec refers to.
-fn framework() -> Nnef {
-    let mut nnef = tract_nnef::nnef().with_registry(tract_onnx_opl::onnx_opl_registry());
-    nnef.allow_extended_identifier_syntax(true);
-    nnef
+/// `input.1`), which the spec refers to. Made once per process: building it parses
+/// tract's NNEF standard library, 6.5 ms a time (tract-core at opt-level 2), which
+/// every later load (the daemon's models, an update and its self-test) would pay again.
+fn framework() -> &'static Nnef {
+    static FRAMEWORK: std::sync::OnceLock<Nnef> = std::sync::OnceLock::new();
+    FRAMEWORK.get_or_init(|| {
+        let mut nnef = tract_nnef::nnef().with_registry(tract_onnx_opl::onnx_opl_registry());
+        nnef.allow_extended_identifier_syntax(true);
+        nnef
+    })
 }
 
 /// Reads the archive at `path`, checks it against the spec and fixes what feeds each
