@@ -255,3 +255,37 @@ fn an_archive_converted_from_an_older_onnx_file_is_refused() {
     assert_eq!(v["result"], "converted", "{v:#}");
     assert_eq!(loaded_format(&dir), "nnef");
 }
+
+/// The daemon serves a converted model from its archive (its log says which file it
+/// loaded) with onnxruntime's answer, over the local API as users call it.
+#[test]
+fn the_daemon_serves_the_archive_with_onnxruntime_answers() {
+    let work = tempdir();
+    let dir = work.path().join("ppocr-cls");
+    copy_model(&model("ppocr-cls"), &dir);
+    assert_eq!(convert(&dir)["result"], "converted");
+    let cache = cache();
+    let reference = read_json(&cache.join("reference/cls_reference.json"));
+    let case = &reference["cases"][0];
+    let input = floats(&read_json(&cache.join("reference").join(case["input_file"].as_str().unwrap())));
+    let want = floats(&case["output"]);
+
+    let body = format!("[[model]]\npath = \"{}\"\n", dir.display());
+    let d = Daemon::start("serve", &body, "", &[]);
+    let request = serde_json::json!({
+        "inputs": [{"name": "x", "shape": [1, 3, 48, 192], "datatype": "FP32", "data": input}]
+    });
+    let mut r = http()
+        .post(&d.url("/v2/models/ppocr-cls/infer"))
+        .header("content-type", "application/json")
+        .send(request.to_string().as_bytes())
+        .expect("infer request");
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let diff = max_abs_diff(&floats(&v["outputs"][0]["data"]), &want);
+    assert!(diff <= 1e-4, "max abs diff {diff} against onnxruntime: {v}");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let loaded = log.lines().find(|l| l.contains("model loaded")).unwrap_or_default();
+    assert!(loaded.contains("nnef"), "the log does not say the archive was loaded: {log}");
+}
