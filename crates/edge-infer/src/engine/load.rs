@@ -508,12 +508,23 @@ pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), Load
         let what = "the declared inputs together".to_string();
         return Err(too_large(&loaded.path, what, inputs_bytes, smaller_shape));
     }
-    let file_bytes = std::fs::metadata(&loaded.model_path)
-        .map_err(|source| LoadError::Read { path: loaded.model_path.clone(), source })?
-        .len();
-    if file_bytes > limits.max_bytes {
-        let what = "the model file".to_string();
-        return Err(too_large(&loaded.model_path, what, file_bytes, "use a smaller model"));
+    // The ONNX file and its NNEF archive, whichever are there: a folder may hold the
+    // archive alone (loaded without the ONNX file), and it is refused as not found only
+    // when it holds neither.
+    let archive = super::nnef::nnef_path(&loaded.model_path);
+    let mut found = false;
+    for (path, what) in [(&loaded.model_path, "the model file"), (&archive, "the NNEF archive")] {
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        found = true;
+        if meta.len() > limits.max_bytes {
+            return Err(too_large(path, what.to_string(), meta.len(), "use a smaller model"));
+        }
+    }
+    if !found {
+        let source = std::fs::metadata(&loaded.model_path)
+            .err()
+            .unwrap_or_else(|| std::io::ErrorKind::NotFound.into());
+        return Err(LoadError::Read { path: loaded.model_path.clone(), source });
     }
     Ok(())
 }

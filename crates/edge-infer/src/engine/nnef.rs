@@ -186,8 +186,22 @@ fn invalid(path: &Path, bytes: u64, reason: String) -> LoadError {
 /// expands to are both bounded, so a damaged or hostile archive cannot take the
 /// device's memory.
 fn read(path: &Path, limits: &ModelLimits) -> Result<(TypedModel, u64, f64), LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+    let read_err = |source| LoadError::Read { path: path.to_path_buf(), source };
+    // Bounded here too, not only by `check_sizes`: the file may grow in between.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limits.max_bytes.saturating_add(1)).read_to_end(&mut bytes))
+        .map_err(read_err)?;
     let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(LoadError::TooLarge {
+            path: path.to_path_buf(),
+            what: "the NNEF archive".into(),
+            bytes: size,
+            limit: limits.max_bytes,
+            instead: "use a smaller model",
+        });
+    }
     if bytes.is_empty() {
         return Err(invalid(path, size, "the file is empty".into()));
     }

@@ -257,3 +257,28 @@ fn the_archive_is_preferred_and_a_build_without_onnx_needs_it() {
     }
     assert_eq!(Want::Onnx.resolve_in(&onnx, &nnef, true).unwrap(), ModelFormat::Onnx);
 }
+
+/// A folder shipped with the archive alone loads without the ONNX file (nothing to
+/// compare the recorded source with); a folder with neither names the missing ONNX file.
+#[test]
+fn an_archive_alone_loads_and_a_folder_with_neither_file_says_what_is_missing() {
+    let (_tmp, dir) = copy(&demo());
+    std::fs::write(dir.join("model.nnef.tgz"), demo_archive()).unwrap();
+    std::fs::remove_file(dir.join("model.onnx")).unwrap();
+    let model = LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap();
+    assert_eq!(model.info.format, ModelFormat::Nnef);
+    std::fs::remove_file(dir.join("model.nnef.tgz")).unwrap();
+    let err = LoadedModel::load_dir(&dir, &ModelLimits::default()).err().unwrap();
+    assert!(matches!(err, LoadError::Read { .. }) && err.to_string().contains("model.onnx"), "{err}");
+}
+
+/// An archive file larger than the model limit is refused by its size, before it is
+/// read whole.
+#[test]
+fn an_archive_file_past_the_limit_is_refused_by_its_size() {
+    let (_tmp, dir) = copy(&demo());
+    std::fs::write(dir.join("model.nnef.tgz"), vec![7u8; 60_000]).unwrap();
+    let limits = ModelLimits { max_bytes: 50_000 };
+    let err = LoadedModel::load_dir(&dir, &limits).err().unwrap();
+    assert!(matches!(err, LoadError::TooLarge { .. }) && err.to_string().contains("NNEF archive"), "{err}");
+}
