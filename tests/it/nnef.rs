@@ -176,6 +176,14 @@ fn publish_ships_the_archive_and_the_unpacked_package_serves_it() {
     let tar = packages(&p.repo()).into_iter().find(|t| t.to_string_lossy().contains(".3.")).expect("v3");
     let files = package_files(&tar);
     assert!(!files.contains(&"model.nnef.tgz".into()) && files.contains(&"model.onnx".into()), "{files:?}");
+
+    // An archive left by `model convert` would be shipped unchecked: refused, with why.
+    let v4 = model_version(work.path(), "4", |_| {});
+    convert(&v4);
+    let out = p.try_publish(&v4, &["--no-nnef"]);
+    let err = stderr(&out);
+    assert!(!out.status.success(), "published with a leftover archive");
+    assert!(err.contains("model.nnef.tgz") && err.contains("without being checked"), "{err}");
 }
 
 /// A damaged `model.nnef.tgz` is refused with what it is and how to fix it, by `infer`
