@@ -297,3 +297,29 @@ fn the_daemon_serves_the_archive_with_onnxruntime_answers() {
     let loaded = log.lines().find(|l| l.contains("model loaded")).unwrap_or_default();
     assert!(loaded.contains("nnef"), "the log does not say the archive was loaded: {log}");
 }
+
+/// A model tract cannot write as NNEF (the openWakeWord classifier's `If`) still
+/// publishes, as ONNX alone, and the publisher is told why.
+#[test]
+fn publish_of_a_model_tract_cannot_convert_ships_it_as_onnx_with_a_warning() {
+    let work = tempdir();
+    let dir = work.path().join("oww-hey-jarvis");
+    copy_model(&model("oww-hey-jarvis"), &dir);
+    let inputs = work.path().join("inputs.json");
+    let values: Vec<f64> = (0..16 * 96).map(|i| ((i % 97) as f64 / 97.0) - 0.5).collect();
+    std::fs::write(&inputs, serde_json::json!([{"name": "ramp", "input": values}]).to_string()).unwrap();
+    let out = run(
+        &["model", "selftest", "--model", dir.to_str().unwrap(), "--record", inputs.to_str().unwrap()],
+        secs(120),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let p = Publisher::new(1);
+    let out = p.try_publish(&dir, &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("not converted to NNEF") && err.contains("If"), "{err}");
+    let tars = packages(&p.repo());
+    assert_eq!(tars.len(), 1, "{tars:?}");
+    let files = package_files(&tars[0]);
+    assert!(!files.contains(&"model.nnef.tgz".into()) && files.contains(&"model.onnx".into()), "{files:?}");
+}
