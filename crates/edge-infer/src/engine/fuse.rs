@@ -262,7 +262,8 @@ fn gate_chain(model: &TypedModel, x: OutletId, end: OutletId, product: usize) ->
     Some(steps)
 }
 
-#[cfg(test)]
+// Built from ONNX graphs and real ONNX models: only with the `onnx` feature.
+#[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::*;
     use tract_nnef::tract_core::ops::math;

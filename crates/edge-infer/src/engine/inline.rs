@@ -180,7 +180,7 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
 mod tests {
     use super::*;
 

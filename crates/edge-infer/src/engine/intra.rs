@@ -39,7 +39,7 @@ pub(super) fn scoped<R>(pool: Option<Executor>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
 mod tests {
     use std::time::{Duration, Instant};
 

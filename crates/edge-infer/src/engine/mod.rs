@@ -29,7 +29,8 @@ pub mod spec;
 pub mod stats;
 pub mod streams;
 
-#[cfg(test)]
+// The engine on real ONNX models: only with the `onnx` feature.
+#[cfg(all(test, feature = "onnx"))]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};

@@ -196,7 +196,7 @@ impl ShapePlans {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))]
 impl ShapePlans {
     /// A smaller bound, so tests can watch eviction without planning eight sizes.
     pub(crate) fn set_capacity(&mut self, capacity: usize) {
@@ -204,6 +204,6 @@ impl ShapePlans {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // on real ONNX models
 #[path = "plans_tests.rs"]
 mod tests;

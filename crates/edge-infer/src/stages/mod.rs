@@ -384,5 +384,5 @@ pub fn run(
     Ok(out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // on real ONNX models
 mod tests;
