@@ -137,6 +137,24 @@ impl Publisher {
     }
 }
 
+/// Every package (`.tar`) under a registry directory: their file names may carry their
+/// hash, for consistent snapshots.
+pub fn packages(repo: &Path) -> Vec<PathBuf> {
+    let mut tars = Vec::new();
+    let mut dirs = vec![repo.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "tar") {
+                tars.push(p);
+            }
+        }
+    }
+    tars
+}
+
 /// The demo model as version `version`, in `dir/v{version}`, after `edit` ran on its
 /// directory (before the golden vectors are kept as they are).
 pub fn model_version(dir: &Path, version: &str, edit: impl FnOnce(&Path)) -> PathBuf {

@@ -49,6 +49,9 @@ mod models;
 mod monitor;
 /// The MQTT link against a real Mosquitto: results, status, commands, spool, TLS.
 mod mqtt;
+/// NNEF: `model convert` and `registry publish` write model.nnef.tgz, the agent loads
+/// it with ONNX's outputs, a damaged archive is a clear error.
+mod nnef;
 /// A text detector alone, its input's height and width both varying: images and
 /// tensors of any size over MQTT and the API, against rapidocr; sizes out of bounds.
 mod ocr_det;

@@ -364,19 +364,7 @@ fn publish_refuses_a_broken_profile_and_ships_a_good_one() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     publisher.publish(&model, 100, &[]);
-    // The package (its file name may carry its hash, for consistent snapshots).
-    let mut tars = Vec::new();
-    let mut dirs = vec![publisher.repo()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "tar") {
-                tars.push(p);
-            }
-        }
-    }
+    let tars = crate::common::registry::packages(&publisher.repo());
     assert!(!tars.is_empty(), "no package in {}", publisher.repo().display());
     let profile = std::fs::read(model.join("profile.json")).unwrap();
     for t in tars {

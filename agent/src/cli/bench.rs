@@ -363,7 +363,7 @@ fn run_block(
 /// run the plan, read the outputs as f32.
 fn direct_call(
     model: &LoadedModel,
-    state: &mut edge_infer::tract_onnx::prelude::TypedSimpleState,
+    state: &mut edge_infer::tract_nnef::prelude::TypedSimpleState,
     data: Vec<f32>,
     shape: Option<&[usize]>,
 ) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_stages;
+mod convert;
 mod diagnostics;
 pub mod doctor;
 mod fleet;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use edge_infer::engine::budget;
 use edge_infer::engine::model::{LoadInfo, TensorInfo};
+#[cfg(feature = "onnx")]
 use edge_infer::engine::onnx_file::{self, OnnxDim, OnnxFile};
 use edge_infer::engine::spec::{InputFrom, PostSpec, PreSpec, SPEC_FILE};
 use edge_infer::engine::{LoadError, LoadedModel};
@@ -20,6 +21,9 @@ pub enum ModelCommand {
     /// Run a model directory's golden vectors (selftest.json), as a device does before
     /// activating an update; or record them with --record.
     Selftest(SelftestArgs),
+    /// Convert a model directory's ONNX model(s) to NNEF (`model.nnef.tgz` beside each),
+    /// checked to give the same outputs; `registry publish` does this itself.
+    Convert(super::convert::ConvertArgs),
     /// Run a model over representative inputs and write its drift reference
     /// (profile.json) into its directory; `registry publish` ships it with the model.
     Profile(super::profile::ProfileArgs),
@@ -120,6 +124,7 @@ pub fn run(cmd: ModelCommand) -> anyhow::Result<ExitCode> {
         ModelCommand::Inspect(args) => inspect(args),
         ModelCommand::Selftest(args) => selftest(args),
         ModelCommand::Profile(args) => super::profile::run(args),
+        ModelCommand::Convert(args) => super::convert::run(args),
         ModelCommand::List(d) => list(d),
         ModelCommand::Rollback(a) => {
             super::update::ask(&a.daemon, "/ota/rollback", serde_json::json!({"model": a.model}))
@@ -275,7 +280,7 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         outln!("  {d}");
     }
     outln!("  directory  {}", view.dir);
-    outln!("  file       {} bytes", model.info.file_bytes);
+    outln!("  file       {} bytes ({})", model.info.file_bytes, model.info.format.name());
     outln!("  load       {:.1} ms, optimise {:.1} ms", model.info.load_ms, model.info.optimise_ms);
     let mem = &model.info.memory;
     outln!(
@@ -302,8 +307,22 @@ fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `model inspect FILE.onnx` in a build without ONNX: refused with what to do.
+#[cfg(not(feature = "onnx"))]
+fn inspect_onnx(
+    path: &std::path::Path,
+    _json: bool,
+    _dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "{}: this edge-agent is built without ONNX support (the `onnx` feature): inspect ONNX files with the default build",
+        path.display()
+    )
+}
+
 /// `model inspect FILE.onnx`: the file's signature and a first spec. `dir` is the model
 /// directory it was found in when that has no model.toml yet.
+#[cfg(feature = "onnx")]
 fn inspect_onnx(
     path: &std::path::Path,
     json: bool,
@@ -334,6 +353,7 @@ fn inspect_onnx(
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "onnx")]
 fn print_onnx(f: &OnnxFile, spec: &str, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
     if let Some(d) = dir {
         outln!("{} has no {SPEC_FILE}: the ONNX file alone", d.display());

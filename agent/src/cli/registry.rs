@@ -133,6 +133,10 @@ pub struct PublishArgs {
     /// (`{"requests":500,"min_agreement_pct":95,"max_latency_pct":200,"share_pct":100}`).
     #[arg(long, value_name = "JSON")]
     pub shadow_limits: Option<String>,
+    /// Ship the ONNX model alone, without converting it to NNEF (`model.nnef.tgz`):
+    /// smaller packages, but devices built without the `onnx` feature cannot load them.
+    #[arg(long)]
+    pub no_nnef: bool,
     #[command(flatten)]
     pub expiry: ExpiryArgs,
     /// The devices' model memory limit: the package is refused here if its model would
@@ -330,6 +334,25 @@ fn publish(a: PublishArgs) -> anyhow::Result<ExitCode> {
     // A drift profile travels in the package, signed with the model: a broken one would
     // only be found on the devices.
     crate::monitor::Profile::load_dir(&a.model)?;
+    if a.no_nnef {
+        // An archive left from an earlier `model convert` would be packed unchecked,
+        // and devices load it before the ONNX file.
+        let left = super::convert::archives(&a.model)?;
+        anyhow::ensure!(
+            left.is_empty(),
+            "{} is in the model folder and would be shipped without being checked against the ONNX model: delete it, or publish without --no-nnef (which converts again)",
+            left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+    } else {
+        // Converted before packing, so the package carries the archive devices load. A
+        // model tract cannot convert is still published, as ONNX only, and said so: the
+        // ONNX model is what the self-test below checks, and a device built without
+        // ONNX refuses it in its own self-test rather than serve it.
+        let outcome = super::convert::convert_dir(&a.model, &limits, true)?;
+        for line in super::convert::describe(&outcome) {
+            eprintln!("{line}");
+        }
+    }
     let (bytes, spec) = package::pack(&a.model)?;
     anyhow::ensure!(
         crate::config::is_valid_id(&spec.version),

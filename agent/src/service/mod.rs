@@ -98,6 +98,7 @@ fn load_model(
     tracing::info!(
         model = %loaded.name(),
         version = %loaded.version(),
+        format = loaded.info.format.name(),
         load_ms = format!("{:.1}", loaded.info.load_ms),
         optimise_ms = format!("{:.1}", loaded.info.optimise_ms),
         "model loaded"

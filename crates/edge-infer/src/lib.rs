@@ -60,4 +60,7 @@ pub use pipeline::{InputError, Payload, PostProcessor, Window, Windower};
 pub use runner::{Answer, Runner};
 /// The tract the engine is built on, for callers that use [`LoadedModel`]'s run plan
 /// directly (its types are tract's).
+pub use tract_nnef;
+/// tract's ONNX loader, in builds with the `onnx` feature.
+#[cfg(feature = "onnx")]
 pub use tract_onnx;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 /// Default of `engine.max_model_memory_mb`. The estimate leaves out operators' scratch
 /// and the allocator's slack, which measured about as much again (see

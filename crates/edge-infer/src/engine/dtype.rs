@@ -1,7 +1,7 @@
 //! The spec's element types in tract's terms: one place that both a loaded model and its
 //! per-size plans use.
 
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 use super::spec::DType;
 

@@ -94,6 +94,28 @@ pub enum LoadError {
         /// tract's error.
         reason: String,
     },
+    /// The NNEF archive beside the ONNX file cannot be read.
+    #[error(
+        "{path}: not a usable NNEF archive ({bytes} bytes): {reason}; convert the model again (`edge-agent model convert --model DIR`, or publish it with `edge-agent registry publish`), or delete the archive so that the ONNX file is loaded"
+    )]
+    Nnef {
+        /// The archive.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// tract's error.
+        reason: String,
+    },
+    /// This build has no ONNX loader and the model folder has no NNEF archive.
+    #[error(
+        "{path}: this edge-agent is built without ONNX support (the `onnx` feature) and reads only NNEF, but {nnef} does not exist; publish the model with `edge-agent registry publish`, which converts it, or convert it with `edge-agent model convert --model DIR` on a build with ONNX"
+    )]
+    NoOnnx {
+        /// The ONNX file the spec names.
+        path: PathBuf,
+        /// The NNEF archive looked for.
+        nnef: PathBuf,
+    },
     /// The spec's inputs and outputs disagree with the model's; every problem is listed.
     #[error("{spec}: the spec does not match the model {path}:\n  {problems}")]
     Mismatch {

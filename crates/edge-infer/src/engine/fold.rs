@@ -9,10 +9,10 @@
 //! `o` alone just the same: `kernel[o] *= scale[o]`, `bias[o] = bias[o] * scale[o] +
 //! shift[o]`. The weights are constants, so the new ones are computed here once.
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::Conv;
-use tract_onnx::tract_core::ops::math::{Add, Mul};
+use tract_nnef::prelude::*;
+use tract_nnef::tract_core::ops::binary::TypedBinOp;
+use tract_nnef::tract_core::ops::cnn::Conv;
+use tract_nnef::tract_core::ops::math::{Add, Mul};
 
 /// Folds every per-channel multiplication or addition by a constant that directly
 /// follows a grouped f32 convolution into it; returns how many were folded.

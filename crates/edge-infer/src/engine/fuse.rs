@@ -23,9 +23,9 @@
 //! folds such scalar operations into the matrix product's output stage; an element-wise
 //! op in their place would undo that.
 
-use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::math::{Add, Div, Max, Min, Mul, Sub};
+use tract_nnef::prelude::*;
+use tract_nnef::tract_core::ops::binary::TypedBinOp;
+use tract_nnef::tract_core::ops::math::{Add, Div, Max, Min, Mul, Sub};
 
 /// What [`fuse_activations`] and [`fold_channel_affine`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn fuse_activations(model: &mut TypedModel) -> TractResult<FuseReport> {
                 TypedModelPatch::new(format!("edge-agent: hard-swish at {}", model.node(id).name));
             let tap = patch.tap_model(model, x)?;
             let name = format!("{}.hard_swish", model.node(end.node).name);
-            let out = patch.wire_node(name, tract_onnx::tract_core::ops::nn::hard_swish(), &[tap])?;
+            let out = patch.wire_node(name, tract_nnef::tract_core::ops::nn::hard_swish(), &[tap])?;
             patch.shunt_outside(model, end, out[0])?;
             patch.apply(model)?;
             report.hard_swish += 1;
@@ -262,10 +262,12 @@ fn gate_chain(model: &TypedModel, x: OutletId, end: OutletId, product: usize) ->
     Some(steps)
 }
 
-#[cfg(test)]
+// Built from ONNX graphs and real ONNX models: only with the `onnx` feature.
+#[cfg(all(test, feature = "onnx"))]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::math;
+    use tract_nnef::tract_core::ops::math;
+    use tract_onnx::prelude::{InferenceFact, InferenceModelExt};
 
     /// `x → [gate steps] → Mul(x, ·) → [scales]` on a 1x4x8x8 f32 input.
     fn chain(gate: &[(&str, f32)], scales: &[(&str, f32)]) -> TypedModel {

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tract_onnx::prelude::TypedSimpleState;
+use tract_nnef::prelude::TypedSimpleState;
 
 use super::{Engine, InferError, Job, LoadedModel, Reply, Request, check_length, record_outcome, run_job};
 
@@ -180,7 +180,7 @@ impl Engine {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
 mod tests {
     use super::*;
 

@@ -9,7 +9,7 @@
 //! thread, so the results are the same as with one thread. Requests answered on a
 //! caller's own thread (the small models of [`super::inline`]) always run on one thread.
 
-use tract_onnx::tract_core::tract_linalg::multithread::{Executor, multithread_tract_scope};
+use tract_nnef::tract_core::tract_linalg::multithread::{Executor, multithread_tract_scope};
 
 /// The most threads one run may use; more than a device has cores only adds switching.
 pub const MAX_INTRA_THREADS: usize = 64;
@@ -39,7 +39,7 @@ pub(super) fn scoped<R>(pool: Option<Executor>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
 mod tests {
     use std::time::{Duration, Instant};
 

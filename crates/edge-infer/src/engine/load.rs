@@ -9,15 +9,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
+#[cfg(feature = "onnx")]
+use tract_onnx::prelude::{Framework, InferenceFact, InferenceModel, InferenceModelExt, onnx};
+#[cfg(feature = "onnx")]
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::budget::{self, MemoryEstimate, ModelLimits};
 use super::error::LoadError;
-use super::model::{Feed, LoadInfo, LoadedModel, TensorInfo, datum_type, tensor_from_f64};
+#[cfg(feature = "onnx")]
+use super::model::{Feed, datum_type};
+use super::model::{LoadInfo, LoadedModel, ModelFormat, TensorInfo};
 use super::panic::contain;
 use super::plans::{PLAN_CACHE, PlanBudget, Plans, ShapePlans, Source};
-use super::spec::{ImageLayout, InputFrom, InputSpec, LoadedSpec, ModelSpec, PostKind};
+use super::prepared::{Files, GraphNames, Prepared, ms};
+#[cfg(feature = "onnx")]
+use super::prepared::{feed_for, graph_names, match_names};
+#[cfg(feature = "onnx")]
+use super::spec::{ImageLayout, InputFrom, InputSpec};
+use super::spec::{LoadedSpec, ModelSpec, PostKind};
 use crate::pipeline::{CtcDecoder, PostProcessor};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -32,22 +42,45 @@ impl LoadedModel {
     }
 
     /// Loads the model a spec names, checks the two agree and that the model fits
-    /// `limits`, and optimises it.
+    /// `limits`, and optimises it: the NNEF archive beside the ONNX file when there is
+    /// one (see [`super::nnef`]), else the ONNX file.
     pub fn load(loaded: LoadedSpec, dir: &Path, limits: &ModelLimits) -> Result<LoadedModel, LoadError> {
+        Self::load_as(loaded, dir, limits, Want::Auto)
+    }
+
+    /// [`LoadedModel::load`] from the format `want` asks for.
+    pub fn load_as(
+        loaded: LoadedSpec,
+        dir: &Path,
+        limits: &ModelLimits,
+        want: Want,
+    ) -> Result<LoadedModel, LoadError> {
         check_sizes(&loaded, limits)?;
         let LoadedSpec { spec, path: spec_path, model_path } = loaded;
-        let parsed = read_onnx(&model_path)?;
-        let at = Files { spec: &spec_path, model: &model_path, bytes: parsed.file_bytes };
-        let graph = graph_names(&parsed.model).map_err(|e| at.parse(format!("{e:#}")))?;
-        let post_output = match_names(&spec, &graph).map_err(|problems| at.mismatch(problems))?;
-        check_declared(&parsed.model, &graph, &spec, &at)?;
-        let fixed = fix_inputs(parsed.model, &graph, &spec, &at)?;
-
-        let started = Instant::now();
-        let (typed, source) = match fixed.symbols.is_empty() {
-            true => (analyse(fixed.model, &graph, &spec, &at)?, None),
-            false => analyse_varying(fixed.model, &fixed.symbols, &graph, &spec, &at)?,
+        let nnef_path = super::nnef::nnef_path(&model_path);
+        let prepared = match want.resolve(&model_path, &nnef_path)? {
+            ModelFormat::Nnef => super::nnef::prepare(&spec, &spec_path, &model_path, &nnef_path, limits)?,
+            #[cfg(feature = "onnx")]
+            ModelFormat::Onnx => prepare_onnx(&spec, &spec_path, &model_path)?,
+            #[cfg(not(feature = "onnx"))]
+            ModelFormat::Onnx => unreachable!("resolve refuses ONNX in a build without it"),
         };
+        let Prepared {
+            typed,
+            source,
+            graph,
+            post_output,
+            feeds,
+            state_outputs,
+            widest,
+            file_bytes,
+            load_ms,
+            path,
+            format,
+            analyse_ms,
+        } = prepared;
+        let at = Files { spec: &spec_path, model: &path, bytes: file_bytes };
+        let started = Instant::now();
         if spec.post.kind == PostKind::Scores
             && let Some(problem) = labels_problem(&typed, post_output, &graph.outputs, &spec)
         {
@@ -69,7 +102,7 @@ impl LoadedModel {
                 return Err(at.mismatch(vec![problem]));
             }
         }
-        let memory = check_memory(&typed, &fixed.widest, limits, &at)?;
+        let memory = check_memory(&typed, &widest, limits, &at)?;
         // With a varying dimension the graph is only decluttered here: it is optimised
         // per size, on first use (`plans`).
         let (typed, source) = match source {
@@ -79,9 +112,10 @@ impl LoadedModel {
                 let source = Source::Typed(Arc::new(typed.clone()), symbols);
                 (typed, Some(source))
             }
+            #[cfg(feature = "onnx")]
             Some(source) => (typed, Some(source)),
         };
-        let optimise_ms = ms(started);
+        let optimise_ms = analyse_ms + ms(started);
 
         let ops = op_counts(&typed);
         let op_count = typed.nodes().len();
@@ -121,8 +155,9 @@ impl LoadedModel {
             inputs,
             outputs,
             info: LoadInfo {
-                file_bytes: parsed.file_bytes,
-                load_ms: parsed.load_ms,
+                format,
+                file_bytes,
+                load_ms,
                 optimise_ms,
                 op_count,
                 ops,
@@ -130,8 +165,8 @@ impl LoadedModel {
                 memory_limit_bytes: limits.max_bytes,
             },
             plans,
-            feeds: fixed.feeds,
-            state_outputs: fixed.state_outputs,
+            feeds,
+            state_outputs,
             post_output,
             stages: Vec::new(),
             run_estimate: Default::default(),
@@ -139,44 +174,76 @@ impl LoadedModel {
     }
 }
 
-/// Milliseconds since `since`.
-fn ms(since: Instant) -> f64 {
-    since.elapsed().as_secs_f64() * 1000.0
+/// Which file a load reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The NNEF archive when the model folder has one, else the ONNX file.
+    Auto,
+    /// The ONNX file, even when an NNEF archive is there (conversion, comparison).
+    Onnx,
+    /// The NNEF archive, which must be there.
+    Nnef,
 }
 
-/// Where a load's errors point: the spec, and the model file it names with its size.
-struct Files<'a> {
-    spec: &'a Path,
-    model: &'a Path,
-    bytes: u64,
-}
-
-impl Files<'_> {
-    /// The model file is not a usable ONNX model.
-    fn parse(&self, reason: String) -> LoadError {
-        LoadError::Parse { path: self.model.to_path_buf(), bytes: self.bytes, reason }
+impl Want {
+    fn resolve(self, onnx: &Path, nnef: &Path) -> Result<ModelFormat, LoadError> {
+        self.resolve_in(onnx, nnef, cfg!(feature = "onnx"))
     }
 
-    /// The spec and the model disagree.
-    fn mismatch(&self, problems: Vec<String>) -> LoadError {
-        LoadError::Mismatch {
-            spec: self.spec.to_path_buf(),
-            path: self.model.to_path_buf(),
-            problems: problems.join("\n  "),
+    /// [`Want::resolve`] in a build with (`has_onnx`) or without the ONNX loader.
+    pub(super) fn resolve_in(
+        self,
+        onnx: &Path,
+        nnef: &Path,
+        has_onnx: bool,
+    ) -> Result<ModelFormat, LoadError> {
+        let format = match self {
+            Want::Auto if nnef.is_file() => ModelFormat::Nnef,
+            Want::Auto | Want::Onnx => ModelFormat::Onnx,
+            Want::Nnef => ModelFormat::Nnef,
+        };
+        if format == ModelFormat::Onnx && !has_onnx {
+            return Err(LoadError::NoOnnx { path: onnx.to_path_buf(), nnef: nnef.to_path_buf() });
         }
-    }
-
-    /// tract cannot prepare the model.
-    fn optimise(&self, e: impl std::fmt::Display) -> LoadError {
-        LoadError::Optimise { path: self.model.to_path_buf(), reason: format!("{e:#}") }
-    }
-
-    /// tract panicked at `stage`.
-    fn panic(&self, stage: &'static str) -> impl Fn(String) -> LoadError + '_ {
-        move |message| LoadError::Panic { path: self.model.to_path_buf(), stage, message }
+        Ok(format)
     }
 }
 
+/// The ONNX file, parsed, checked against the spec, fixed to its shapes and typed.
+#[cfg(feature = "onnx")]
+pub(super) fn prepare_onnx(
+    spec: &ModelSpec,
+    spec_path: &Path,
+    model_path: &Path,
+) -> Result<Prepared, LoadError> {
+    let parsed = read_onnx(model_path)?;
+    let at = Files { spec: spec_path, model: model_path, bytes: parsed.file_bytes };
+    let graph = graph_names(&parsed.model).map_err(|e| at.parse(format!("{e:#}")))?;
+    let post_output = match_names(spec, &graph).map_err(|problems| at.mismatch(problems))?;
+    check_declared(&parsed.model, &graph, spec, &at)?;
+    let fixed = fix_inputs(parsed.model, &graph, spec, &at)?;
+    let started = Instant::now();
+    let (typed, source) = match fixed.symbols.is_empty() {
+        true => (analyse(fixed.model, &graph, spec, &at)?, None),
+        false => analyse_varying(fixed.model, &fixed.symbols, &graph, spec, &at)?,
+    };
+    Ok(Prepared {
+        typed,
+        source,
+        graph,
+        post_output,
+        feeds: fixed.feeds,
+        state_outputs: fixed.state_outputs,
+        widest: fixed.widest,
+        file_bytes: parsed.file_bytes,
+        load_ms: parsed.load_ms,
+        analyse_ms: ms(started),
+        path: model_path.to_path_buf(),
+        format: ModelFormat::Onnx,
+    })
+}
+
+#[cfg(feature = "onnx")]
 /// The model file, parsed: tract's graph before analysis.
 struct Parsed {
     model: InferenceModel,
@@ -184,6 +251,7 @@ struct Parsed {
     load_ms: f64,
 }
 
+#[cfg(feature = "onnx")]
 /// Reads the model file whole and parses it. The bytes are dropped once parsed.
 fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
     let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
@@ -203,73 +271,7 @@ fn read_onnx(path: &Path) -> Result<Parsed, LoadError> {
     Ok(Parsed { model, file_bytes: bytes.len() as u64, load_ms: ms(started) })
 }
 
-/// The graph's input and output names, in graph order.
-struct GraphNames {
-    inputs: Vec<String>,
-    /// An output without a label is `output_N`.
-    outputs: Vec<String>,
-}
-
-fn graph_names(model: &InferenceModel) -> TractResult<GraphNames> {
-    let inputs = model.input_outlets()?.iter().map(|o| model.node(o.node).name.clone()).collect();
-    let outputs = model
-        .output_outlets()?
-        .iter()
-        .enumerate()
-        .map(|(ix, o)| model.outlet_label(*o).map(str::to_string).unwrap_or_else(|| format!("output_{ix}")))
-        .collect();
-    Ok(GraphNames { inputs, outputs })
-}
-
-/// Matches graph inputs and outputs to the spec's by name, every mismatch at once, and
-/// finds the output post-processing reads (its index).
-fn match_names(spec: &ModelSpec, graph: &GraphNames) -> Result<usize, Vec<String>> {
-    let mut problems = Vec::new();
-    for name in &graph.inputs {
-        if !spec.inputs.iter().any(|i| &i.name == name) {
-            problems.push(format!(
-                "model input `{name}` is not declared; add an [[input]] with name = \"{name}\""
-            ));
-        }
-    }
-    for input in &spec.inputs {
-        if !graph.inputs.contains(&input.name) {
-            problems.push(format!(
-                "input `{}` is not an input of the model (its inputs: {})",
-                input.name,
-                graph.inputs.join(", ")
-            ));
-        }
-        if let Some(out) = &input.state_output
-            && !graph.outputs.contains(out)
-        {
-            problems.push(format!(
-                "input `{}`: state_output `{out}` is not an output of the model (its outputs: {})",
-                input.name,
-                graph.outputs.join(", ")
-            ));
-        }
-    }
-    let post_output = match &spec.post.output {
-        Some(name) => match graph.outputs.iter().position(|o| o == name) {
-            Some(ix) => ix,
-            None => {
-                problems.push(format!(
-                    "post.output `{name}` is not an output of the model (its outputs: {})",
-                    graph.outputs.join(", ")
-                ));
-                0
-            }
-        },
-        None => graph
-            .outputs
-            .iter()
-            .position(|o| !spec.inputs.iter().any(|i| i.state_output.as_deref() == Some(o)))
-            .unwrap_or(0),
-    };
-    if problems.is_empty() { Ok(post_output) } else { Err(problems) }
-}
-
+#[cfg(feature = "onnx")]
 /// The declared dtypes and shapes against what the model file says about its inputs,
 /// every mismatch at once.
 fn check_declared(
@@ -314,6 +316,7 @@ fn check_declared(
     if problems.is_empty() { Ok(()) } else { Err(at.mismatch(problems)) }
 }
 
+#[cfg(feature = "onnx")]
 /// The graph with every input fixed to the spec's type and shape, and what feeds it.
 struct Fixed {
     model: InferenceModel,
@@ -325,6 +328,7 @@ struct Fixed {
     symbols: Vec<(usize, Symbol)>,
 }
 
+#[cfg(feature = "onnx")]
 /// Fixes every input's fact to the spec's concrete type and shape (a range dimension
 /// stays a symbol), and builds each input's feed: data, state slot or constant.
 fn fix_inputs(
@@ -365,31 +369,12 @@ fn fix_inputs(
         model = model
             .with_input_fact(ix, fact)
             .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
-        let shape = input.shape.clone();
-        let feed = match input.from {
-            InputFrom::Data => Feed::Data { dtype: input.dtype },
-            InputFrom::State => {
-                let out = input.state_output.as_deref().unwrap_or_default();
-                let out_ix = graph.outputs.iter().position(|o| o == out).unwrap_or(0);
-                state_outputs.push(out_ix);
-                // Built in the input's own type: an f64 buffer to cast from would take up
-                // to eight times the bytes the limit was checked for.
-                let zeros = Tensor::zero_dt(datum_type(input.dtype), &shape)
-                    .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
-                Feed::State { slot: state_outputs.len() - 1, zeros: Arc::new(zeros) }
-            }
-            InputFrom::Const => {
-                let values = input.value.clone().unwrap_or_default();
-                let t = tensor_from_f64(input.dtype, &shape, &values)
-                    .map_err(|e| at.mismatch(vec![format!("input `{name}`: {e:#}")]))?;
-                Feed::Const(Arc::new(t))
-            }
-        };
-        feeds.push(feed);
+        feeds.push(feed_for(input, graph, &mut state_outputs, at)?);
     }
     Ok(Fixed { model, feeds, state_outputs, widest, symbols })
 }
 
+#[cfg(feature = "onnx")]
 /// Types the graph at the spec's shapes (tract's analysis), first, so that the model's
 /// working memory is known before optimisation and the run plan allocate for it. A
 /// failure that the data input's strides explain is reported as such.
@@ -409,6 +394,7 @@ fn analyse(
     }
 }
 
+#[cfg(feature = "onnx")]
 /// [`analyse`] for a model whose data input has range dimensions, `symbols`: typed with
 /// the dimensions open if tract can (plans then substitute the size), else typed at the
 /// range's largest size for the checks, and plans are made from the parsed graph.
@@ -532,12 +518,23 @@ pub fn check_sizes(loaded: &LoadedSpec, limits: &ModelLimits) -> Result<(), Load
         let what = "the declared inputs together".to_string();
         return Err(too_large(&loaded.path, what, inputs_bytes, smaller_shape));
     }
-    let file_bytes = std::fs::metadata(&loaded.model_path)
-        .map_err(|source| LoadError::Read { path: loaded.model_path.clone(), source })?
-        .len();
-    if file_bytes > limits.max_bytes {
-        let what = "the model file".to_string();
-        return Err(too_large(&loaded.model_path, what, file_bytes, "use a smaller model"));
+    // The ONNX file and its NNEF archive, whichever are there: a folder may hold the
+    // archive alone (loaded without the ONNX file), and it is refused as not found only
+    // when it holds neither.
+    let archive = super::nnef::nnef_path(&loaded.model_path);
+    let mut found = false;
+    for (path, what) in [(&loaded.model_path, "the model file"), (&archive, "the NNEF archive")] {
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        found = true;
+        if meta.len() > limits.max_bytes {
+            return Err(too_large(path, what.to_string(), meta.len(), "use a smaller model"));
+        }
+    }
+    if !found {
+        let source = std::fs::metadata(&loaded.model_path)
+            .err()
+            .unwrap_or_else(|| std::io::ErrorKind::NotFound.into());
+        return Err(LoadError::Read { path: loaded.model_path.clone(), source });
     }
     Ok(())
 }
@@ -609,6 +606,7 @@ fn multilabel_problem(
     })
 }
 
+#[cfg(feature = "onnx")]
 /// Why a graph does not type at the spec's shape, when the reason is that the data
 /// input's spatial dimensions must be multiples of something: detection and
 /// segmentation models downsample by their strides and merge the scales back, which
@@ -651,6 +649,7 @@ fn stride_problem(model: &InferenceModel, graph_inputs: &[String], spec: &ModelS
     None
 }
 
+#[cfg(feature = "onnx")]
 /// The input's shape with `f` applied to the dimensions at `axes`.
 fn rounded(input: &InputSpec, axes: &[usize], f: impl Fn(usize) -> usize) -> Vec<usize> {
     input.shape.iter().enumerate().map(|(a, d)| if axes.contains(&a) { f(*d) } else { *d }).collect()

@@ -17,17 +17,21 @@ pub mod inline;
 pub mod intra;
 mod load;
 pub mod model;
+pub mod nnef;
+#[cfg(feature = "onnx")]
 pub mod onnx_file;
 pub mod panic;
 pub mod plans;
 pub mod post_spec;
+mod prepared;
 mod resize_spec;
 pub mod spec;
 mod spec_check;
 pub mod stats;
 pub mod streams;
 
-#[cfg(test)]
+// The engine on real ONNX models: only with the `onnx` feature.
+#[cfg(all(test, feature = "onnx"))]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,12 +43,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 pub use budget::ModelLimits;
 pub use error::{InferError, LoadError, SpecError};
-pub use load::check_sizes;
-pub use model::LoadedModel;
+pub use load::{Want, check_sizes};
+pub use model::{LoadedModel, ModelFormat};
 pub use stats::{ModelReport, Percentiles};
 
 use stats::Stats;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
 
 use super::budget::MemoryEstimate;
 use super::plans::{PlanCacheReport, PlanError, Plans};
@@ -42,10 +42,32 @@ pub struct TensorInfo {
     pub dims: Option<Vec<String>>,
 }
 
+/// The file a model was loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelFormat {
+    /// The ONNX file the spec names.
+    Onnx,
+    /// The NNEF archive converted from it at publishing (`model.nnef.tgz`).
+    Nnef,
+}
+
+impl ModelFormat {
+    /// `onnx` or `nnef`, as status and logs show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelFormat::Onnx => "onnx",
+            ModelFormat::Nnef => "nnef",
+        }
+    }
+}
+
 /// Facts measured while loading, for `model inspect` and status.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadInfo {
-    /// Size of the ONNX file.
+    /// Which file was loaded: the ONNX file or its NNEF conversion.
+    pub format: ModelFormat,
+    /// Size of the file loaded.
     pub file_bytes: u64,
     /// Time to parse the file.
     pub load_ms: f64,

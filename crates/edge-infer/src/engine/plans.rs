@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tract_onnx::prelude::*;
+use tract_nnef::prelude::*;
+#[cfg(feature = "onnx")]
+use tract_onnx::prelude::{InferenceFact, InferenceModel, InferenceModelExt};
 
 use super::panic::contain;
 use super::spec::InputSpec;
@@ -101,6 +103,7 @@ pub(crate) enum Source {
     /// The graph as parsed, for a model tract cannot type with a dimension left open
     /// (PP-OCR's recogniser): the data input (graph input `ix`) is fixed to the size,
     /// then the graph typed and optimised. Slower to plan, the same plan.
+    #[cfg(feature = "onnx")]
     Inference(Arc<InferenceModel>, usize),
 }
 
@@ -230,6 +233,7 @@ impl ShapePlans {
                     typed.set_symbols(&subs)?.into_optimized()?.into_runnable()
                 })
             }
+            #[cfg(feature = "onnx")]
             Source::Inference(model, ix) => {
                 let fact = InferenceFact::dt_shape(super::dtype::datum_type(self.input.dtype), shape);
                 let model = InferenceModel::clone(model);
@@ -247,7 +251,7 @@ impl ShapePlans {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))]
 impl ShapePlans {
     /// A smaller bound, so tests can watch eviction without planning eight sizes.
     pub(crate) fn set_capacity(&mut self, capacity: usize) {
@@ -255,6 +259,6 @@ impl ShapePlans {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // on real ONNX models
 #[path = "plans_tests.rs"]
 mod tests;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use tract_onnx::prelude::TValue;
+use tract_nnef::prelude::TValue;
 
 /// (model load id, stream id): a model update starts its streams afresh, because the new
 /// version's state may not even have the same shape.

@@ -149,5 +149,5 @@ impl Runner {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // on real ONNX models
 mod tests;

@@ -353,5 +353,5 @@ pub fn run(
     Ok(out)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "onnx"))] // on real ONNX models
 mod tests;
