@@ -376,10 +376,16 @@ def scenario_aarch64(args):
 def build_commit(binary):
     """The commit a binary was built from: that of the checkout whose target/ holds it
     (a worktree of another commit may have built it), marked if that checkout had
-    uncommitted changes."""
+    uncommitted changes. A binary older than that checkout's commit was built from an
+    earlier one, which the checkout no longer tells: it is marked so rather than named
+    wrongly."""
     cwd = str(Path(binary).resolve().parent)
     commit = subprocess.run(["git", "-C", cwd, "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    committed = subprocess.run(["git", "-C", cwd, "log", "-1", "--format=%ct"], capture_output=True,
+                               text=True).stdout.strip()
+    if committed.isdigit() and os.path.getmtime(binary) < int(committed):
+        return f"a commit before {commit} (the binary is older than that checkout's commit)"
     dirty = subprocess.run(["git", "-C", cwd, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True).stdout.strip()
     return commit + (" (with uncommitted changes)" if dirty else "")
