@@ -559,7 +559,11 @@ fn post_processor(spec: &ModelSpec, dir: &Path, out: Option<&TensorInfo>) -> Res
         }
         post = post.with_ctc(decoder);
     }
+    // A map's size is fixed only when the input's is: with a varying input the output's
+    // shape here is the one typed at the widest size (for the memory check), and each
+    // answer's map has its own size.
     if spec.post.kind == PostKind::TextBoxes
+        && spec.data_input().ranges.is_empty()
         && let [.., Some(h), Some(w)] = dims.as_slice()
     {
         post = post.with_map(*w, *h);

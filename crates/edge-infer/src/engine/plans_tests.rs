@@ -101,6 +101,41 @@ fn sizes_outside_the_range_are_refused_with_what_the_input_takes() {
     assert_eq!(model.plan_cache().unwrap().made, 1, "no plan was made for a refused size");
 }
 
+/// A text detector whose height and width vary has no fixed map size: its output is
+/// typed at the widest size (1536 x 1536 for PP-OCR's detector) only for the memory
+/// check. Before, that size was kept, and a map read from its values alone (`infer`,
+/// `profile`, the runner) was taken for a 1536 x 1536 one and gave no boxes.
+#[test]
+fn a_varying_text_detector_reads_each_map_at_its_frames_size() {
+    let det = cache_dir().join("models/ppocr");
+    assert!(
+        det.join("det.onnx").is_file(),
+        "{} is not prepared: run tests/run --prepare-only",
+        det.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("det");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(det.join("det.onnx"), dir.join("det.onnx")).unwrap();
+    let spec = std::fs::read_to_string(det.join("model.toml")).unwrap();
+    std::fs::write(dir.join("model.toml"), spec.split("\n[[stage]]").next().unwrap()).unwrap();
+    let model = LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap();
+    // A 64 x 96 map with one bright block, as from an image whose frame is 96 x 64.
+    let (h, w) = (64usize, 96usize);
+    let values: Vec<f32> = (0..h * w)
+        .map(|i| if (16..40).contains(&(i / w)) && (20..70).contains(&(i % w)) { 0.9 } else { 0.0 })
+        .collect();
+    let frame = crate::pipeline::ImageFrame {
+        original: (96, 64),
+        placement: crate::pipeline::Placement { frame: (96, 64), size: (96, 64), offset: (0, 0) },
+    };
+    let out = crate::engine::Output { name: "map".into(), shape: vec![1, 1, h, w], values };
+    let from_values = model.post().apply_full(&out.values, None, Some(&frame), 0, None);
+    let boxes = from_values["boxes"].as_array().unwrap_or_else(|| panic!("{from_values:?}"));
+    assert_eq!(boxes.len(), 1, "{from_values:?}");
+    assert_eq!(from_values, model.post().apply_output(Some(&out), Some(&frame), 0));
+}
+
 #[test]
 fn requests_run_at_their_own_width_and_a_wrong_shape_is_refused() {
     let Some((_tmp, dir)) = varying_cls() else { return };

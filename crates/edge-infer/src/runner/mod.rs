@@ -136,8 +136,8 @@ impl Runner {
                 continue;
             }
             // Detection boxes map back to the image through its frame.
-            let outputs = model.post().apply_full(
-                response.post_values(),
+            let outputs = model.post().apply_answer(
+                response.post_output(),
                 Some(&request_data),
                 frame.as_ref(),
                 window,
