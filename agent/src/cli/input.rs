@@ -81,6 +81,8 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             meta.len()
         );
     }
+    // The shape an image gives (its frame, when the input's height and width both vary).
+    let mut shape = None;
     let values = match format {
         InputFormat::Wav => {
             let (rate, mut samples) =
@@ -96,10 +98,14 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
             pipeline::check_finite(&samples).with_context(|| format!("input {}", path.display()))?;
             samples
         }
-        InputFormat::Json => decode_file(path, spec, PayloadFormat::Json)?,
-        InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?,
-        InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?,
-        InputFormat::Image => decode_file(path, spec, PayloadFormat::Image)?,
+        InputFormat::Json => decode_file(path, spec, PayloadFormat::Json)?.values,
+        InputFormat::F32 => decode_file(path, spec, PayloadFormat::F32le)?.values,
+        InputFormat::I16 => decode_file(path, spec, PayloadFormat::I16le)?.values,
+        InputFormat::Image => {
+            let decoded = decode_file(path, spec, PayloadFormat::Image)?;
+            shape = decoded.shape;
+            decoded.values
+        }
         InputFormat::Npy => read_npy(path, spec)?,
         InputFormat::Jsonl => {
             return Ok(Prepared { inputs: prepare_lines(path, spec)?, format, frame: None, shape: None });
@@ -130,10 +136,6 @@ pub fn prepare(path: &Path, format: Option<InputFormat>, spec: &ModelSpec) -> an
         InputFormat::Image => std::fs::read(path).ok().and_then(|b| pipeline::frame_for(spec, &b)),
         _ => None,
     };
-    let shape = frame
-        .as_ref()
-        .filter(|_| spec.image_sides_vary())
-        .and_then(|f| spec.image_input_shape(f.placement.frame));
     Ok(Prepared { inputs, format, frame, shape })
 }
 
@@ -215,9 +217,13 @@ fn too_short(spec: &ModelSpec) -> String {
     }
 }
 
-fn decode_file(path: &Path, spec: &ModelSpec, encoding: PayloadFormat) -> anyhow::Result<Vec<f32>> {
+fn decode_file(
+    path: &Path,
+    spec: &ModelSpec,
+    encoding: PayloadFormat,
+) -> anyhow::Result<pipeline::DecodedPayload> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read input {}", path.display()))?;
-    pipeline::decode(spec, Payload::Encoded(encoding, bytes))
+    pipeline::decode_within(spec, Payload::Encoded(encoding, bytes), spec.limits.max_payload_bytes)
         .with_context(|| format!("input {}", path.display()))
 }
 
