@@ -249,27 +249,20 @@ fn the_daily_cap_holds_telemetry_first_then_results_and_never_replies_or_events(
     // first reply may come before the last messages are handled: ask again).
     let seen = || all.messages().iter().filter(|(t, _)| t.contains("/results/")).count();
     let started = Instant::now();
-    let reply = (1..)
-        .map(|k| {
-            let id = format!("st-{k}");
-            broker.publish(
-                "test",
-                "edge/dev1/cmd/status",
-                format!("{{\"id\":\"{id}\"}}").as_bytes(),
-                1,
-                false,
-            );
-            let (_, reply) = all.wait_for("the status reply", secs(20), |t, p| {
-                t.ends_with("/reply") && p.contains(&format!("\"{id}\"")) && p.contains("succeeded")
-            });
-            reply
-        })
-        .find(|reply| {
-            let status: Value = serde_json::from_str(reply).unwrap();
-            let held = status["result"]["usage"]["broker_cap"]["held_results"].as_u64().unwrap_or(0) as usize;
-            held + seen() >= 60 || started.elapsed() > secs(20)
-        })
-        .unwrap();
+    let mut asked = 0;
+    let reply = loop {
+        asked += 1;
+        let id = format!("st-{asked}");
+        broker.publish("test", "edge/dev1/cmd/status", format!("{{\"id\":\"{id}\"}}").as_bytes(), 1, false);
+        let (_, reply) = all.wait_for("the status reply", secs(20), |t, p| {
+            t.ends_with("/reply") && p.contains(&format!("\"{id}\"")) && p.contains("succeeded")
+        });
+        let status: Value = serde_json::from_str(&reply).unwrap();
+        let held = status["result"]["usage"]["broker_cap"]["held_results"].as_u64().unwrap_or(0) as usize;
+        if held + seen() >= 60 || started.elapsed() > secs(20) {
+            break reply;
+        }
+    };
     agent.stop();
 
     let order: Vec<String> =
