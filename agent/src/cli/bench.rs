@@ -45,7 +45,7 @@ pub struct BenchArgs {
     pub spin_us: u64,
     /// Models whose typical run is shorter run on the calling thread instead of a
     /// worker's, in µs (0: always through a worker, as before the caller-thread path).
-    #[arg(long, default_value_t = 100, value_name = "US")]
+    #[arg(long, default_value_t = edge_infer::engine::inline::DEFAULT_INLINE_BELOW.as_micros() as u64, value_name = "US")]
     pub inline_us: u64,
     /// Threads one model run may use for its matrix products (`engine.intra_threads`).
     #[arg(long, default_value_t = 1, value_name = "N")]

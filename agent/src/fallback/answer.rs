@@ -106,8 +106,7 @@ async fn run_local(
         reset: job.reset,
         shape: job.shape.clone(),
     };
-    let resp =
-        engine.submit_to(model.clone(), req).map_err(Failure::Local)?.wait().await.map_err(Failure::Local)?;
+    let resp = engine.infer_to(model.clone(), req).await.map_err(Failure::Local)?;
     let answer = Answer {
         post_index: Some(model.post_output()),
         version: resp.model.version().to_string(),

@@ -1,30 +1,43 @@
-//! The caller-thread path: a blocking caller runs a small model itself instead of
-//! handing the request to a worker thread and waiting to be woken with the answer.
+//! The caller-thread path: a caller runs a model itself instead of handing the request
+//! to a worker thread and waiting to be woken with the answer.
 //!
 //! The hand-over costs a fixed few tens of microseconds (a queue, a wake-up of the
 //! worker unless it is polling, the answer's channel, the caller's own wake-up once it
-//! stopped polling). On a model that runs in a millisecond that is noise; on one that
-//! runs in 13 or 60 µs it was 8% and 39% of the latency (docs/benchmarks.md). So a
-//! request from [`Engine::infer_blocking_to`] runs on the calling thread when:
+//! stopped polling): about 30 µs on the 2-core test machine. On a model that runs in
+//! 13 or 60 µs that was 8% and 39% of the latency, on the PP-OCR classifier (0.8 ms)
+//! still 4 to 6% (docs/benchmarks.md). So a request runs on the calling thread when:
 //!
-//! - the model's typical run time, learnt from its runs so far, is under
-//!   [`EngineConfig::inline_below`](super::EngineConfig::inline_below) (100 µs by
-//!   default; 0 turns the path off). A model's first runs go to a worker, which learns it;
+//! - the model's typical run time, learnt from its runs so far, is under the caller's
+//!   threshold. A blocking caller ([`Engine::infer_blocking_to`]: the CLI, the runner,
+//!   pipelines, the self-test) waits for the run either way, so its threshold,
+//!   [`EngineConfig::inline_below`](super::EngineConfig::inline_below), is 2 ms: above
+//!   it the hand-over is under 1.5% of the run, and a larger model's run state (kept
+//!   per thread, below) would cost real memory. An async caller ([`Engine::infer_to`]:
+//!   the daemon's streams, the local API, the cloud fallback's local answers) runs the
+//!   model on an executor thread, which every other task on that thread waits for, so
+//!   its threshold,
+//!   [`EngineConfig::inline_async_below`](super::EngineConfig::inline_async_below), is
+//!   100 µs, about what an async task may run between two awaits. Zero turns either off;
+//!   a model's first runs go to a worker, which learns its run time;
 //! - no request is waiting in the queue (a caller must not overtake queued work);
 //! - fewer callers than there are workers are running models this way, so the engine
 //!   never computes on more threads than `engine.threads` allows plus its workers.
 //!
+//! With `engine.intra_threads` above 1, a blocking caller keeps to the async threshold:
+//! the split matrix products run only on the workers, and only a model too small to
+//! split runs on a caller.
+//!
 //! Each calling thread keeps its own tract run state per model (a thread-local map, as
 //! each worker keeps one), so that the plan's buffers are not re-allocated per call.
 //! Everything else is the worker's code: the deadline, the stream's recurrent state,
-//! panics contained, the same counters and histograms. Async callers
-//! ([`Ticket::wait`](super::Ticket::wait)) always use the workers: blocking an async
-//! executor's thread on a model, however short, would delay every task behind it.
+//! panics contained, the same counters and histograms. A run on a caller's thread holds
+//! a slot that records when it started, so [`Engine::pool`]'s longest job (what the
+//! service watchdog reads) sees a run that hangs there as it sees a wedged worker.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tract_nnef::prelude::TypedSimpleState;
@@ -32,7 +45,10 @@ use tract_nnef::prelude::TypedSimpleState;
 use super::{Engine, InferError, Job, LoadedModel, Reply, Request, check_length, record_outcome, run_job};
 
 /// Default of [`EngineConfig::inline_below`](super::EngineConfig::inline_below).
-pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_micros(100);
+pub const DEFAULT_INLINE_BELOW: Duration = Duration::from_millis(2);
+
+/// Default of [`EngineConfig::inline_async_below`](super::EngineConfig::inline_async_below).
+pub const DEFAULT_INLINE_ASYNC_BELOW: Duration = Duration::from_micros(100);
 
 /// A model's typical run time, learnt from its runs; 0 until the first.
 ///
@@ -67,43 +83,69 @@ impl RunEstimate {
     }
 }
 
-/// The pool's side of the path: its threshold, and how many callers use it now.
+/// Which kind of caller asks: it decides the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Blocking,
+    Async,
+}
+
+/// The pool's side of the path: its thresholds, and the callers' runs going on now.
 #[derive(Debug)]
 pub(super) struct Inline {
-    below: Duration,
-    /// At most this many callers run models at once (the number of workers).
-    limit: usize,
-    running: AtomicUsize,
+    blocking_below: Duration,
+    async_below: Duration,
+    /// One per run allowed at once (as many as workers): when it started, in
+    /// milliseconds since the engine's epoch (at least 1), or 0 when free.
+    slots: Vec<AtomicU64>,
     /// Requests answered on callers' threads since start.
     pub(super) done: AtomicU64,
 }
 
 impl Inline {
-    pub(super) fn new(below: Duration, limit: usize) -> Inline {
-        Inline { below, limit: limit.max(1), running: AtomicUsize::new(0), done: AtomicU64::new(0) }
-    }
-
-    /// Whether `model` is small enough to run on a caller's thread.
-    fn small(&self, model: &LoadedModel) -> bool {
-        !self.below.is_zero() && model.run_estimate.get().is_some_and(|t| t < self.below)
-    }
-
-    /// A slot for one caller, if fewer than `limit` hold one; released on drop.
-    fn slot(&self) -> Option<Slot<'_>> {
-        if self.running.fetch_add(1, Ordering::AcqRel) < self.limit {
-            Some(Slot(self))
-        } else {
-            self.running.fetch_sub(1, Ordering::AcqRel);
-            None
+    /// `split_runs`: matrix products are split over intra-run threads (only on workers).
+    pub(super) fn new(
+        blocking_below: Duration,
+        async_below: Duration,
+        limit: usize,
+        split_runs: bool,
+    ) -> Inline {
+        Inline {
+            blocking_below: if split_runs { blocking_below.min(async_below) } else { blocking_below },
+            async_below,
+            slots: (0..limit.max(1)).map(|_| AtomicU64::new(0)).collect(),
+            done: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `model` is small enough to run on this kind of caller's thread.
+    fn small(&self, model: &LoadedModel, caller: Caller) -> bool {
+        let below = match caller {
+            Caller::Blocking => self.blocking_below,
+            Caller::Async => self.async_below,
+        };
+        !below.is_zero() && model.run_estimate.get().is_some_and(|t| t < below)
+    }
+
+    /// A free slot, marked as started at `since` (at least 1); released on drop.
+    fn slot(&self, since: u64) -> Option<Slot<'_>> {
+        self.slots
+            .iter()
+            .find(|s| s.compare_exchange(0, since.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok())
+            .map(Slot)
+    }
+
+    /// When the oldest run on a caller's thread started (as [`Inline::slot`] took it).
+    pub(super) fn oldest_start(&self) -> Option<u64> {
+        self.slots.iter().map(|s| s.load(Ordering::Relaxed)).filter(|s| *s != 0).min()
     }
 }
 
-struct Slot<'a>(&'a Inline);
+struct Slot<'a>(&'a AtomicU64);
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::AcqRel);
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -134,17 +176,35 @@ impl Engine {
     /// Runs a request on one loaded model (version) and waits for the answer, from a
     /// plain thread (not from inside an async runtime): on this thread when the model is
     /// small and the engine idle enough (see [the module](self)), else through a worker.
-    pub fn infer_blocking_to(&self, model: Arc<LoadedModel>, mut req: Request) -> Reply {
+    pub fn infer_blocking_to(&self, model: Arc<LoadedModel>, req: Request) -> Reply {
+        match self.run_here(model, req, Caller::Blocking) {
+            Here::Done(reply) => reply,
+            Here::Queue(model, req) => self.submit_to(model, req)?.wait_blocking(),
+        }
+    }
+
+    /// Runs a request on one loaded model (version) from async code: on the executor's
+    /// thread when the model's runs are shorter than an async task may hold it and the
+    /// engine is idle enough (see [the module](self)), else through a worker, awaited.
+    pub async fn infer_to(&self, model: Arc<LoadedModel>, req: Request) -> Reply {
+        match self.run_here(model, req, Caller::Async) {
+            Here::Done(reply) => reply,
+            Here::Queue(model, req) => self.submit_to(model, req)?.wait().await,
+        }
+    }
+
+    /// Runs `req` on this thread if the path allows it (see [the module](self)).
+    fn run_here(&self, model: Arc<LoadedModel>, mut req: Request, caller: Caller) -> Here {
         let inline = &self.shared.inline;
-        if !inline.small(&model) || super::wedge_fault() {
-            return self.submit_to(model, req)?.wait_blocking();
+        if !inline.small(&model, caller) || super::wedge_fault() {
+            return Here::Queue(model, req);
         }
         if let Err(err) = check_length(&model, &req) {
             self.count_error(&req.model, &err);
-            return Err(err);
+            return Here::Done(Err(err));
         }
         let Some(slot) = self.idle_slot() else {
-            return self.submit_to(model, req)?.wait_blocking();
+            return Here::Queue(model, req);
         };
         let (mut job, _unused) = Job::new(model, &mut req, false);
         let result = if WARM.get() {
@@ -161,11 +221,12 @@ impl Engine {
             // Another caller or a worker holds this stream's state: the queue serialises
             // requests of one stream, so wait in it. The data was not taken yet.
             req.data = std::mem::take(&mut job.data);
-            return self.submit_to(job.model, req)?.wait_blocking();
+            req.shape = job.shape.take();
+            return Here::Queue(job.model, req);
         }
         record_outcome(&self.shared, &job, &result);
         inline.done.fetch_add(1, Ordering::Relaxed);
-        result
+        Here::Done(result)
     }
 
     /// A caller's slot, when no request waits for a worker and the engine is not
@@ -176,8 +237,15 @@ impl Engine {
         if !lanes.requests.is_empty() {
             return None;
         }
-        self.shared.inline.slot()
+        let since = self.shared.epoch.elapsed().as_millis() as u64;
+        self.shared.inline.slot(since)
     }
+}
+
+/// What [`Engine::run_here`] did: answered, or handed the request back to be queued.
+enum Here {
+    Done(Reply),
+    Queue(Arc<LoadedModel>, Request),
 }
 
 #[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
@@ -202,14 +270,26 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_bounded_by_the_workers() {
-        let inline = Inline::new(DEFAULT_INLINE_BELOW, 2);
-        let a = inline.slot();
-        let b = inline.slot();
+    fn slots_are_bounded_by_the_workers_and_remember_when_their_run_started() {
+        let inline = Inline::new(DEFAULT_INLINE_BELOW, DEFAULT_INLINE_ASYNC_BELOW, 2, false);
+        let a = inline.slot(70);
+        let b = inline.slot(40);
         assert!(a.is_some() && b.is_some());
-        assert!(inline.slot().is_none(), "a third caller must use the queue");
+        assert!(inline.slot(90).is_none(), "a third caller must use the queue");
+        assert_eq!(inline.oldest_start(), Some(40), "the oldest run is what a watchdog needs");
+        drop(b);
+        assert_eq!(inline.oldest_start(), Some(70));
+        assert!(inline.slot(0).is_some(), "a released slot is free again");
         drop(a);
-        assert!(inline.slot().is_some(), "a released slot is free again");
+        assert_eq!(inline.oldest_start(), None);
+    }
+
+    #[test]
+    fn split_runs_keep_blocking_callers_to_small_models() {
+        let plain = Inline::new(DEFAULT_INLINE_BELOW, DEFAULT_INLINE_ASYNC_BELOW, 1, false);
+        let split = Inline::new(DEFAULT_INLINE_BELOW, DEFAULT_INLINE_ASYNC_BELOW, 1, true);
+        assert_eq!(plain.blocking_below, DEFAULT_INLINE_BELOW);
+        assert_eq!(split.blocking_below, DEFAULT_INLINE_ASYNC_BELOW);
     }
 
     use crate::engine::tests::{demo_dir, vad_dir};
@@ -221,7 +301,13 @@ mod tests {
     const ANY_MODEL: Duration = Duration::from_secs(1);
 
     fn engine(inline_below: Duration) -> Engine {
-        Engine::start(&EngineConfig { threads: 1, queue: 8, inline_below, ..EngineConfig::default() })
+        Engine::start(&EngineConfig {
+            threads: 1,
+            queue: 8,
+            inline_below,
+            inline_async_below: inline_below,
+            ..EngineConfig::default()
+        })
     }
 
     fn req(model: &str, data: Vec<f32>) -> Request {
@@ -270,6 +356,50 @@ mod tests {
         }
     }
 
+    /// Every output's values of requests through `infer_to`, awaited on a
+    /// current-thread executor (as the daemon's stream tasks do, on a smaller runtime).
+    fn answers_async(engine: &Engine, model: &str, frames: &[Vec<f32>]) -> Vec<Vec<f32>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let loaded = engine.model(model).unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            for f in frames {
+                out.extend(engine.infer_to(loaded.clone(), req(model, f.clone())).await.unwrap().outputs);
+            }
+            out.into_iter().map(|o| o.values).collect()
+        })
+    }
+
+    #[test]
+    fn async_callers_run_small_models_on_their_own_thread_and_others_through_a_worker() {
+        // The defaults: the demo model (tens of µs even unoptimised) is small for an
+        // async caller only once optimised, so the thresholds are set per case here.
+        let on = engine(ANY_MODEL);
+        let off = engine(Duration::ZERO);
+        let blocking_only = Engine::start(&EngineConfig {
+            threads: 1,
+            inline_below: ANY_MODEL,
+            inline_async_below: Duration::ZERO,
+            ..EngineConfig::default()
+        });
+        for e in [&on, &off, &blocking_only] {
+            e.install(LoadedModel::load_dir(&demo_dir(), &ModelLimits::default()).unwrap());
+        }
+        let input = frames(256, 40);
+        let want = answers(&off, "vibration", &input);
+        assert_eq!(answers_async(&on, "vibration", &input), want);
+        let inline_done = on.shared.inline.done.load(Ordering::Relaxed);
+        assert!(inline_done >= 30, "only {inline_done} of 40 on the executor's thread");
+        assert_eq!(answers_async(&blocking_only, "vibration", &input), want);
+        assert_eq!(
+            blocking_only.shared.inline.done.load(Ordering::Relaxed),
+            0,
+            "an async caller keeps to its own threshold"
+        );
+        assert_eq!(on.stats()["vibration"].ok, 40, "every answer is counted once");
+        assert_eq!(blocking_only.pool().jobs_done, 40);
+    }
+
     #[test]
     fn recurrent_state_carries_over_between_the_two_paths() {
         let Some(dir) = vad_dir() else { panic!("the test cache has silero-vad") };
@@ -282,7 +412,12 @@ mod tests {
         // Each answer depends on every frame before it in the stream: a state lost or
         // applied twice when requests move between a worker and the caller shows here.
         let input = frames(len, 30);
-        assert_eq!(answers(&on, "silero-vad", &input), answers(&off, "silero-vad", &input));
+        let want = answers(&off, "silero-vad", &input);
+        assert_eq!(answers(&on, "silero-vad", &input), want);
+        // The same stream afresh, through async callers this time.
+        let again = engine(ANY_MODEL);
+        again.install(LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap());
+        assert_eq!(answers_async(&again, "silero-vad", &input), want);
     }
 
     #[test]

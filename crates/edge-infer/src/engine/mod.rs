@@ -70,8 +70,11 @@ pub struct EngineConfig {
     /// The most memory one model may need; larger models are refused at load.
     pub model_limits: ModelLimits,
     /// Models whose typical run is shorter run on a blocking caller's own thread
-    /// ([`inline`]); zero sends every request to a worker.
+    /// ([`inline`]); zero sends every blocking caller's request to a worker.
     pub inline_below: Duration,
+    /// Models whose typical run is shorter run on an async caller's executor thread
+    /// ([`inline`]); zero sends every async caller's request to a worker.
+    pub inline_async_below: Duration,
     /// Threads one model run may use for its matrix products ([`intra`]); 1 for none.
     pub intra_threads: usize,
 }
@@ -88,6 +91,7 @@ impl Default for EngineConfig {
             spin: DEFAULT_SPIN,
             model_limits: ModelLimits::default(),
             inline_below: inline::DEFAULT_INLINE_BELOW,
+            inline_async_below: inline::DEFAULT_INLINE_ASYNC_BELOW,
             intra_threads: 1,
         }
     }
@@ -335,7 +339,12 @@ impl Engine {
             busy_since: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             done: (0..threads).map(|_| AtomicU64::new(0)).collect(),
             epoch: Instant::now(),
-            inline: inline::Inline::new(config.inline_below, threads),
+            inline: inline::Inline::new(
+                config.inline_below,
+                config.inline_async_below,
+                threads,
+                config.intra_threads > 1,
+            ),
         });
         let pool = intra::executor(config.intra_threads);
         let mut workers = Vec::with_capacity(threads);
@@ -556,6 +565,9 @@ impl Engine {
     pub fn pool(&self) -> PoolReport {
         let now = self.shared.epoch.elapsed().as_millis() as u64;
         let started: Vec<u64> = self.shared.busy_since.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        // A run on a caller's thread counts for the longest job (a watchdog's reading),
+        // not for the workers' `busy`.
+        let inline_start = self.shared.inline.oldest_start();
         let queue_depth = self.queue_depth();
         PoolReport {
             threads: started.len(),
@@ -565,6 +577,7 @@ impl Engine {
             longest_job_ms: started
                 .iter()
                 .filter(|s| **s != 0)
+                .chain(inline_start.as_ref())
                 .map(|s| now.saturating_sub(*s))
                 .max()
                 .unwrap_or(0),

@@ -250,7 +250,7 @@ fn run_model(
         reset: false,
         shape,
     };
-    engine.submit_to(model.clone(), request)?.wait_blocking()
+    engine.infer_blocking_to(model.clone(), request)
 }
 
 fn ms(d: Duration) -> f64 {
