@@ -62,6 +62,11 @@ struct Args {
     /// One JSON object on stdout instead of a line of text.
     #[arg(long)]
     json: bool,
+    /// Also write each timed message's send time and latency (milliseconds, one
+    /// `id sent_ms latency_ms` line each, by id) to this file: when the slow ones were
+    /// sent shows whether they come in bursts, and how often.
+    #[arg(long)]
+    latencies: Option<std::path::PathBuf>,
 }
 
 /// Ids of start-up mode's messages: far above any paced run's, so that their late
@@ -214,6 +219,18 @@ async fn paced(
         .filter(|(id, _)| (**id as usize) < sent_at.len())
         .map(|(id, at)| at.duration_since(sent_at[*id as usize]).as_secs_f64() * 1000.0)
         .collect();
+    if let Some(path) = &args.latencies {
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        for (id, sent) in sent_at.iter().enumerate() {
+            if let Some(at) = received.at.get(&(id as u64)) {
+                let sent_ms = sent.duration_since(start).as_secs_f64() * 1000.0;
+                let latency_ms = at.duration_since(*sent).as_secs_f64() * 1000.0;
+                let _ = writeln!(text, "{id} {sent_ms:.3} {latency_ms:.3}");
+            }
+        }
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
     latencies.sort_by(f64::total_cmp);
     let got = latencies.len() as u64;
     let span_s = received.last.map(|last| last.duration_since(start).as_secs_f64()).unwrap_or(sent_s);

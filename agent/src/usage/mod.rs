@@ -14,6 +14,7 @@
 
 pub mod cap;
 pub mod http;
+mod quickack;
 pub mod relay;
 
 use std::io;

@@ -145,7 +145,8 @@ impl Ctx {
     async fn connect(&self) -> Result<Box<dyn Wire>, String> {
         let tcp =
             TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| format!("I/O: {e}"))?;
-        let counted = Counted::new(tcp, self.counter.clone());
+        // Acknowledged at once and without Nagle's algorithm: see super::quickack.
+        let counted = Counted::new(super::quickack::QuickAck::new(tcp), self.counter.clone());
         match &self.tls {
             None => Ok(Box::new(counted)),
             Some(cfg) => {
