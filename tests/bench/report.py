@@ -50,20 +50,29 @@ SCENARIO_TITLES = {"models": "Section 1", "vision": "Section 1 (detection, pipel
 # by hand from the investigations behind these figures (tests/bench/notes.md has the
 # evidence), shown under the Targets table for the rows a run finds not met.
 NOT_MET = {
-    "overhead": "**Engine overhead.** Measured cause, on the classifier (0.79 ms a run): the hand-over of each "
-                "request to the engine's worker thread and the wake-up of the waiting caller, about 30 µs on this "
-                "machine. With the same release binary in one run, `bench --inline-us 5000` (the run on the "
-                "caller's thread) left +0.5% against +3.7% with the defaults, and `--spin-us 1000` (both sides "
-                "poll 1 ms before sleeping) +0.6%. Models under 100 µs already run on the caller's thread when "
-                "nothing is queued; longer ones do not, because the daemon's callers are async tasks that a run "
-                "would hold up, and a longer poll spends CPU time a device needs. Next: callers that are plain "
-                "threads (the CLI, the local API's blocking pool) run any model on their own thread when nothing "
-                "is queued, the hand-over kept for the daemon's async callers.",
-    "p99": "**p99.** The stalls' cause is not found: three suspects were removed and re-measured without "
-           "effect (\"edge-agent's p99\" under *Reading these figures*). Next: each message's send time and "
-           "latency from the load driver, to see whether the slow ones come in bursts at a period (a timer "
-           "of the agent's, such as telemetry) or follow the broker's batches, and an off-CPU profile "
-           "(`perf sched`) of the agent during a 2,000 messages/s step.",
+    "overhead": "**Engine overhead.** On the PP-OCR classifier and Silero VAD the hand-over to a worker thread "
+                "(about 30 µs) was the cause, and blocking callers (what `bench` measures) now run models under "
+                "2 ms on their own thread, async callers models under 100 µs (\"Engine overhead on small "
+                "models\" under *Reading these figures*). What is left on the demo model, which runs in 10 µs, "
+                "is the engine's own bookkeeping per request, about 0.6 µs: the model's counters and two "
+                "histograms under one lock, five clock readings (submission, deadline, the run's start and end, "
+                "latency), the output's name and shape copied into the answer. Eight `bench` runs in a row, two "
+                "builds alternating, gave +4.3 to +9.5%: the row sits at the target within this machine's noise. Next: counters and "
+                "histograms kept per thread and merged when read, and one clock reading shared by the deadline "
+                "and the latency.",
+    "p99": "**p99.** The 40 ms stalls of earlier reports were delayed ACKs meeting the broker's Nagle "
+           "algorithm, now answered on the agent's side (\"edge-agent's p99\" under *Reading these "
+           "figures*). A rate not met here has another cause: each message's send time and latency "
+           "(`tests/bench/p99.py --dump`) tell whether the slow ones come in bursts at a period or follow "
+           "the broker's batches. Next: that dump for the rates not met.",
+    "throughput": "**Sustained rate.** The agent, Mosquitto and the load driver share this machine's two cores, "
+                  "so the agent's rate is bounded by the CPU the other two leave it, and the agent spends about "
+                  "0.1 ms of CPU per message (section 3: CPU s per 1,000 messages) on a model that runs in 11 "
+                  "µs: MQTT in and out through its relay, JSON decoding and encoding, windowing, the spool and "
+                  "the sequence numbers. This session's two changes (the connection's immediate "
+                  "acknowledgements, and small models run on the stream's own task) took the ratio from 1.58 to "
+                  "about 2.5. Next: a CPU profile of the agent under the flood (`perf record` during "
+                  "`mqtt_load --count 30000`), then the largest per-message costs cut.",
     "binary": "**Binary size.** Where the bytes go (`cargo bloat --crates`, docs/build-profiles.md): tract's "
               "crates are about half of the code (tract-core alone 6.8 MiB of it), then the standard library, "
               "ndarray and rustfft. The levers measured there (dependencies optimised for size but tract's "
@@ -631,7 +640,7 @@ def write_report(args, res, out_path, plot_dir):
       f"(rates {', '.join(f'{r:,.0f}' for r in common)}/s) | {verdict(worst_p99 <= 1)} |")
     w(f"| peak RSS at most a third of the peer's | {span(rss_ratio)} ({med(ea_rss):.1f} against "
       f"{med(pe_rss):.1f} MiB) | {verdict(med(rss_ratio) <= 1 / 3)} |")
-    not_met = []
+    not_met = [] if med(thr) >= 3 else ["throughput"]
 
     def row(key, target, measured, ok):
         w(f"| {target} | {measured} | {verdict(ok)} |")

@@ -127,21 +127,33 @@ impl Inline {
         !below.is_zero() && model.run_estimate.get().is_some_and(|t| t < below)
     }
 
-    /// A free slot, marked as started at `since` (at least 1); released on drop.
-    fn slot(&self, since: u64) -> Option<Slot<'_>> {
+    /// A free slot, taken (its run's start set by [`Slot::started`]); released on drop.
+    fn slot(&self) -> Option<Slot<'_>> {
         self.slots
             .iter()
-            .find(|s| s.compare_exchange(0, since.max(1), Ordering::AcqRel, Ordering::Relaxed).is_ok())
+            .find(|s| s.compare_exchange(0, TAKEN, Ordering::AcqRel, Ordering::Relaxed).is_ok())
             .map(Slot)
     }
 
-    /// When the oldest run on a caller's thread started (as [`Inline::slot`] took it).
+    /// When the oldest run on a caller's thread started (as [`Slot::started`] set it).
     pub(super) fn oldest_start(&self) -> Option<u64> {
-        self.slots.iter().map(|s| s.load(Ordering::Relaxed)).filter(|s| *s != 0).min()
+        self.slots.iter().map(|s| s.load(Ordering::Relaxed)).filter(|s| *s != 0 && *s != TAKEN).min()
     }
 }
 
+/// A slot taken but its run's start not yet set: later than any start, so that it never
+/// counts as the oldest run.
+const TAKEN: u64 = u64::MAX;
+
 struct Slot<'a>(&'a AtomicU64);
+
+impl Slot<'_> {
+    /// The run started `since` after the engine's epoch (the job's own clock reading,
+    /// so that taking a slot reads no clock of its own).
+    fn started(&self, since: Duration) {
+        self.0.store((since.as_millis() as u64).max(1), Ordering::Release);
+    }
+}
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
@@ -206,7 +218,8 @@ impl Engine {
         let Some(slot) = self.idle_slot() else {
             return Here::Queue(model, req);
         };
-        let (mut job, _unused) = Job::new(model, &mut req, false);
+        let mut job = Job::here(model, &mut req);
+        slot.started(job.submitted.saturating_duration_since(self.shared.epoch));
         let result = if WARM.get() {
             STATES.with_borrow_mut(|states| run_job(&mut job, &mut states.0, &self.shared))
         } else {
@@ -237,8 +250,7 @@ impl Engine {
         if !lanes.requests.is_empty() {
             return None;
         }
-        let since = self.shared.epoch.elapsed().as_millis() as u64;
-        self.shared.inline.slot(since)
+        self.shared.inline.slot()
     }
 }
 
@@ -272,14 +284,16 @@ mod tests {
     #[test]
     fn slots_are_bounded_by_the_workers_and_remember_when_their_run_started() {
         let inline = Inline::new(DEFAULT_INLINE_BELOW, DEFAULT_INLINE_ASYNC_BELOW, 2, false);
-        let a = inline.slot(70);
-        let b = inline.slot(40);
-        assert!(a.is_some() && b.is_some());
-        assert!(inline.slot(90).is_none(), "a third caller must use the queue");
+        let a = inline.slot().unwrap();
+        let b = inline.slot().unwrap();
+        assert_eq!(inline.oldest_start(), None, "taken slots whose runs have not started");
+        a.started(Duration::from_millis(70));
+        b.started(Duration::from_millis(40));
+        assert!(inline.slot().is_none(), "a third caller must use the queue");
         assert_eq!(inline.oldest_start(), Some(40), "the oldest run is what a watchdog needs");
         drop(b);
         assert_eq!(inline.oldest_start(), Some(70));
-        assert!(inline.slot(0).is_some(), "a released slot is free again");
+        assert!(inline.slot().is_some(), "a released slot is free again");
         drop(a);
         assert_eq!(inline.oldest_start(), None);
     }

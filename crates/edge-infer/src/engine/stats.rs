@@ -154,7 +154,11 @@ impl Stats {
     /// Applies `f` to a model's stats.
     pub fn with<R>(&self, model: &str, f: impl FnOnce(&mut ModelStats) -> R) -> R {
         let mut map = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        f(map.entry(model.to_string()).or_default())
+        // The name is copied only for a model's first entry: this runs once per request.
+        match map.get_mut(model) {
+            Some(stats) => f(stats),
+            None => f(map.entry(model.to_string()).or_default()),
+        }
     }
 
     /// A copy of one model's stats (zeros if it has none yet).
