@@ -9,7 +9,10 @@ Prints each step, then per rate the p99s and the agent / peer ratio of each roun
 
 `--nstat` adds the kernel's delayed-ACK counters over each step (`nstat`), `--broker`
 adds a line to Mosquitto's configuration and `--agent-mqtt` one to the agent's `[mqtt]`
-table: the knobs used to find the cause of the agent's stalls (tests/bench/notes.md).
+table, and `--sensor-qos` sets its sensor subscription's QoS: the knobs used to find the
+cause of the agent's stalls (tests/bench/notes.md). `--dump DIR` writes each step's
+per-message send times and latencies (`mqtt_load --latencies`) and prints the slow ones
+grouped into bursts; `--subject edge-agent` measures one side only.
 """
 
 import argparse
@@ -33,39 +36,9 @@ def nstat():
     return json.loads(out).get("kernel", {})
 
 
-def agent_config(tmp, port, extra, qos=1):
-    state = tmp / "state"
-    subprocess.run(["rm", "-rf", str(state)])
-    cfg = tmp / "agent.toml"
-    lines = "\n".join(extra)
-    cfg.write_text(f"""[agent]
-device_id = "bench"
-state_dir = "{state}"
-[engine]
-threads = 1
-[output]
-stdout = false
-[[model]]
-path = "{report.DEMO}"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-clean_session = true
-{lines}
-[[mqtt.sensor]]
-topic = "sensors/+/accel"
-model = "vibration"
-stream_level = 1
-qos = {qos}
-[telemetry]
-interval_s = 0
-""")
-    return cfg
-
-
 def start(args, subject, port, tmp):
     if subject == "edge-agent":
-        cfg = agent_config(tmp, port, args.agent_mqtt, args.sensor_qos)
+        cfg = report.agent_config(tmp, port, args.agent_mqtt, [f"qos = {args.sensor_qos}"])
         return report.Process([str(args.bin), "run", "--config", str(cfg), "--quiet"], tmp / "agent.log")
     return report.start_subject(args, subject, port, tmp)
 
@@ -110,12 +83,13 @@ def main():
     ap.add_argument("--broker", action="append", default=[], help="extra mosquitto.conf line")
     ap.add_argument("--agent-mqtt", action="append", default=[], help="extra line in the agent's [mqtt]")
     ap.add_argument("--sensor-qos", type=int, default=1, help="the agent's sensor subscription QoS")
-    ap.add_argument("--subjects", default=",".join(SUBJECTS))
+    ap.add_argument("--subject", action="append", choices=SUBJECTS,
+                    help="a side to measure (repeat for more; default: both)")
     ap.add_argument("--nstat", action="store_true")
     ap.add_argument("--dump", type=Path, help="directory for each step's per-message latencies")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
-    subjects = args.subjects.split(",")
+    subjects = args.subject or SUBJECTS
 
     tmp = Path(tempfile.mkdtemp(prefix="p99-"))
     port = report.free_port()

@@ -222,12 +222,15 @@ def write_broker(tmp, port):
     return conf
 
 
-def start_subject(args, subject, port, tmp):
-    if subject == "edge-agent":
-        state = tmp / "state"
-        shutil.rmtree(state, ignore_errors=True)
-        cfg = tmp / "agent.toml"
-        cfg.write_text(f"""[agent]
+def agent_config(tmp, port, mqtt_lines=(), sensor_lines=()):
+    """The agent's configuration for the MQTT scenarios (a fresh state directory), with
+    extra lines in its `[mqtt]` table and its sensor's (tests/bench/p99.py's knobs)."""
+    state = tmp / "state"
+    shutil.rmtree(state, ignore_errors=True)
+    cfg = tmp / "agent.toml"
+    mqtt_extra = "".join(f"{line}\n" for line in mqtt_lines)
+    sensor_extra = "".join(f"{line}\n" for line in sensor_lines)
+    cfg.write_text(f"""[agent]
 device_id = "bench"
 state_dir = "{state}"
 [engine]
@@ -242,13 +245,19 @@ port = {port}
 # Like the peer: a fresh session each start, so that nothing queued for this agent
 # while another side was measured reaches it.
 clean_session = true
-[[mqtt.sensor]]
+{mqtt_extra}[[mqtt.sensor]]
 topic = "sensors/+/accel"
 model = "vibration"
 stream_level = 1
-[telemetry]
+{sensor_extra}[telemetry]
 interval_s = 0
 """)
+    return cfg
+
+
+def start_subject(args, subject, port, tmp):
+    if subject == "edge-agent":
+        cfg = agent_config(tmp, port)
         return Process([str(args.bin), "run", "--config", str(cfg), "--quiet"], tmp / "agent.log")
     threads = "1" if "1 thread" in subject else "0"
     return Process([str(args.peer_python), str(PEER), "--port", str(port), "--device", "peer", "--model", str(DEMO),
