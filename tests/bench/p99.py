@@ -17,7 +17,6 @@ grouped into bursts; `--subject edge-agent` measures one side only.
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -41,17 +40,6 @@ def start(args, subject, port, tmp):
         cfg = report.agent_config(tmp, port, args.agent_mqtt, [f"qos = {args.sensor_qos}"])
         return report.Process([str(args.bin), "run", "--config", str(cfg), "--quiet"], tmp / "agent.log")
     return report.start_subject(args, subject, port, tmp)
-
-
-def drive(args, port, payload, rate, count, dump):
-    cmd = [str(args.driver), "--port", str(port), "--payload", str(payload), "--json",
-           "--rate", str(rate), "--count", str(count)]
-    if dump:
-        cmd += ["--latencies", str(dump)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        raise SystemExit(f"p99: the load driver failed: {out.stderr.strip()[:500]}")
-    return json.loads(out.stdout)
 
 
 def bursts(path, p99_ms):
@@ -92,15 +80,7 @@ def main():
     subjects = args.subject or SUBJECTS
 
     tmp = Path(tempfile.mkdtemp(prefix="p99-"))
-    port = report.free_port()
-    conf = report.write_broker(tmp, port)
-    if args.broker:
-        conf.write_text(conf.read_text() + "\n".join(args.broker) + "\n")
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=open(tmp / "broker.log", "w"))
-    payload = tmp / "payload.json"
-    payload.write_text(json.dumps([round(0.1 * math.sin(i * 0.3), 4) for i in range(128)]))
-    time.sleep(0.3)
+    port, broker, payload = report.broker_and_payload(tmp, args.broker)
     p99 = {s: {r: [] for r in rates} for s in subjects}
     try:
         for rnd in range(args.rounds):
@@ -116,7 +96,8 @@ def main():
                         if args.dump:
                             args.dump.mkdir(parents=True, exist_ok=True)
                             dump = args.dump / f"{subject.split(',')[0]}-{rate}-r{rnd + 1}.txt"
-                        r = drive(args, port, payload, rate, max(1000, int(rate * args.step_s)), dump)
+                        count = max(1000, int(rate * args.step_s))
+                        r = report.drive(args.driver, port, payload, rate, count, latencies=dump)
                         extra = ""
                         if args.nstat:
                             after = nstat()

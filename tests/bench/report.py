@@ -212,10 +212,10 @@ def ratios(a, b):
 # --------------------------------------------------------------------------- 2, 3. MQTT
 
 
-def write_broker(tmp, port):
+def write_broker(tmp, port, extra=()):
     conf = tmp / "mosquitto.conf"
     lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "max_queued_messages 0",
-             "persistence false"]
+             "persistence false", *extra]
     if os.getuid() == 0:
         lines.append("user root")
     conf.write_text("\n".join(lines) + "\n")
@@ -265,12 +265,14 @@ def start_subject(args, subject, port, tmp):
                     "--log-level", "WARNING"], tmp / "peer.log")
 
 
-def drive(driver, port, payload, rate=None, count=None, since=None):
+def drive(driver, port, payload, rate=None, count=None, since=None, latencies=None):
     cmd = [str(driver), "--port", str(port), "--payload", str(payload), "--json"]
     if since is not None:
         cmd += ["--first-result-since", str(since)]
     else:
         cmd += ["--rate", str(rate), "--count", str(count)]
+    if latencies is not None:
+        cmd += ["--latencies", str(latencies)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise SystemExit(f"bench: the load driver failed: {out.stderr.strip()[:500]}")
@@ -309,12 +311,13 @@ def one_subject(args, subject, port, tmp, payload):
         proc.stop()
 
 
-def broker_and_payload(tmp):
-    """A Mosquitto on a free port, and the sensor message the load driver sends: 128
-    samples, the demo model's hop (after one priming message per stream, every message
-    completes exactly one 256-sample window, hence one result)."""
+def broker_and_payload(tmp, broker_lines=()):
+    """A Mosquitto on a free port (with extra configuration lines, if any), and the
+    sensor message the load driver sends: 128 samples, the demo model's hop (after one
+    priming message per stream, every message completes exactly one 256-sample window,
+    hence one result)."""
     port = free_port()
-    conf = write_broker(tmp, port)
+    conf = write_broker(tmp, port, broker_lines)
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=open(tmp / "broker.log", "w"))
     payload = tmp / "payload.json"

@@ -145,13 +145,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = r {
-            self.counter.add_received((buf.filled().len() - before) as u64);
+        let (r, n) = poll_read_len(&mut self.inner, cx, buf);
+        if n > 0 {
+            self.counter.add_received(n as u64);
         }
         r
     }
+}
+
+/// Polls one read of `inner` into `buf`: its result, and the bytes it brought (0 unless
+/// it completed with data). What the stream wrappers of the broker connection act on.
+fn poll_read_len<S: AsyncRead + Unpin>(
+    inner: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> (Poll<io::Result<()>>, usize) {
+    let before = buf.filled().len();
+    let r = Pin::new(inner).poll_read(cx, buf);
+    let n = if matches!(r, Poll::Ready(Ok(()))) { buf.filled().len() - before } else { 0 };
+    (r, n)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {

@@ -174,10 +174,7 @@ impl Job {
     /// receiver of its reply.
     fn new(model: Arc<LoadedModel>, req: &mut Request, shadow: bool) -> (Job, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
-        let mut job = Job::here(model, req);
-        job.reply = Some(reply);
-        job.shadow = shadow;
-        (job, rx)
+        (Job { reply: Some(reply), shadow, ..Job::here(model, req) }, rx)
     }
 
     /// The job for `req` on `model` run by its caller: no reply channel.
