@@ -357,13 +357,44 @@ def scenario_api(args):
 # --------------------------------------------------------------------------- 5. aarch64
 
 
-def scenario_aarch64(args):
+def build_features(binary, runner=()):
+    """The cargo features a binary was built with, as its `--version` names them
+    ("onnx, intra-threads"; "none" for the device build), or None for an older binary
+    that does not say."""
+    try:
+        out = subprocess.run([*runner, str(binary), "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.stdout.splitlines():
+        if line.startswith("cargo features:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def nnef_copies(args, tmp):
+    """Each test model's folder copied under tmp with its NNEF archive beside the ONNX
+    file (`edge-agent model convert` of the host's release build), which a device build
+    (no ONNX loader) needs and any build loads first."""
+    out = {}
+    for name, d in models.MODELS.items():
+        copy = tmp / f"nnef-{name}"
+        shutil.copytree(d, copy, dirs_exist_ok=True)
+        r = subprocess.run([str(args.bin), "model", "convert", "--model", str(copy), "--json"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: converting {name} to NNEF failed: {r.stderr.strip()[-300:]}")
+        out[name] = copy
+    return out
+
+
+def scenario_aarch64(args, tmp):
     binary = args.aarch64_dist_bin
     qemu = shutil.which("qemu-aarch64-static")
     if not binary.exists() or not qemu:
         return None
     rows = {}
-    for name, d in models.MODELS.items():
+    features = build_features(binary, [qemu])
+    for name, d in nnef_copies(args, tmp).items():
         n = 40 if name == "ppocr-cls" else 200
         eng, direct = [], []
         for r in range(args.rounds):
@@ -388,7 +419,7 @@ def scenario_aarch64(args):
                       "p99": ratios([e["p99_ms"] for e in eng], [t["p99_ms"] for t in direct]),
                       "n": n}
     size = binary.stat().st_size
-    return {"rows": rows, "size": size, "commit": build_commit(binary)}
+    return {"rows": rows, "size": size, "commit": build_commit(binary), "features": features}
 
 
 # --------------------------------------------------------------------------- device builds
@@ -412,6 +443,15 @@ def build_commit(binary):
     return commit + (" (with uncommitted changes)" if dirty else "")
 
 
+def build_kind(features):
+    """How a build's cargo features read in the report."""
+    if features is None:
+        return "cargo features not recorded"
+    if features == "none":
+        return "the device build, without the default cargo features"
+    return f"cargo features: {features}"
+
+
 def stripped_size(binary):
     """Bytes of the binary with its symbols stripped (the `dist` profile strips already;
     strip is idempotent), and xz-compressed (what an update or an image carries)."""
@@ -433,7 +473,9 @@ def scenario_device(args, tmp):
     out = {}
     for arch, binary in (("x86_64", args.dist_bin), ("aarch64", args.aarch64_dist_bin)):
         if binary.exists():
-            out[arch] = {"path": os.path.relpath(binary, ROOT), "commit": build_commit(binary), **stripped_size(binary)}
+            runner = [shutil.which("qemu-aarch64-static") or "qemu-aarch64-static"] if arch == "aarch64" else []
+            out[arch] = {"path": os.path.relpath(binary, ROOT), "commit": build_commit(binary),
+                         "features": build_features(binary, runner), **stripped_size(binary)}
             log(f"  {arch} dist: {out[arch]['bytes'] / 1e6:.2f} MB stripped, {out[arch]['xz_bytes'] / 1e6:.2f} MB xz")
     if not args.dist_bin.exists():
         return out
@@ -671,7 +713,8 @@ def write_report(args, res, out_path, plot_dir):
     a64 = dev.get("aarch64")
     if a64:
         row("binary", "the stripped aarch64 `dist` binary at most 12 MB",
-            f"{a64['bytes'] / 1e6:.1f} MB ({a64['xz_bytes'] / 1e6:.1f} MB xz-compressed; built at `{a64['commit']}`)",
+            f"{a64['bytes'] / 1e6:.1f} MB ({a64['xz_bytes'] / 1e6:.1f} MB xz-compressed; "
+            f"{build_kind(a64.get('features'))}; built at `{a64['commit']}`)",
             a64["bytes"] <= 12e6)
     else:
         row("binary", "the stripped aarch64 `dist` binary at most 12 MB", "not measured in this run", False)
@@ -840,12 +883,13 @@ def write_report(args, res, out_path, plot_dir):
         w("setting above (tests/bench/memory.py's rounds: RSS 1 s after the first result, again after")
         w(f"{args.settle:.0f} s more of idling, by when the agent has returned freed pages to the system")
         w(f"(it does so after 30 s idle), and the peak under the {args.flood:,}-message flood):\n")
-        w("| build | stripped MB | xz MB | built at |")
-        w("|---|---|---|---|")
+        w("| build | cargo features | stripped MB | xz MB | built at |")
+        w("|---|---|---|---|---|")
         for arch in ("x86_64", "aarch64"):
             if arch in dev:
                 b = dev[arch]
-                w(f"| {arch} `dist` | {b['bytes'] / 1e6:.2f} | {b['xz_bytes'] / 1e6:.2f} | `{b['commit']}` |")
+                w(f"| {arch} `dist` | {b.get('features') or 'not recorded'} | {b['bytes'] / 1e6:.2f} | "
+                  f"{b['xz_bytes'] / 1e6:.2f} | `{b['commit']}` |")
         w("")
         if dev.get("memory"):
             mem = dev["memory"]
@@ -899,7 +943,8 @@ def write_report(args, res, out_path, plot_dir):
         w("The aarch64 `dist` binary run by `qemu-aarch64-static` on this machine: emulated, so only")
         w("ratios between the engine and tract called directly, both inside the same emulated binary,")
         w("mean anything; absolute times do not describe any ARM board. onnxruntime is not run under")
-        w(f"emulation. Binary size {a['size'] / 1e6:.1f} MB, built at `{a.get('commit', '?')}`.\n")
+        w(f"emulation. Binary size {a['size'] / 1e6:.1f} MB ({build_kind(a.get('features'))}), built at")
+        w(f"`{a.get('commit', '?')}`; the models converted to NNEF first (`edge-agent model convert`).\n")
         w("| model (aarch64, emulated) | requests per round | engine / tract p50 | engine / tract p99 |")
         w("|---|---|---|---|")
         for n, r in a["rows"].items():
@@ -1034,7 +1079,7 @@ def main():
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     ap.add_argument("--command", default="tests/bench/run")
     ap.add_argument("--render-only", action="store_true",
-                    help="rewrite the report from target/bench/results.json without measuring")
+                    help="rewrite the report from docs/bench/results.json without measuring")
     ap.add_argument("--images-only", action="store_true",
                     help="rewrite only section 6 (device images) of the report, from target/images")
     ap.add_argument("--data-usage-only", action="store_true",
@@ -1051,12 +1096,13 @@ def main():
     plot_dir = args.out.parent / "bench"
     plot_dir.mkdir(parents=True, exist_ok=True)
     only = set(args.only.split(","))
-    raw_path = ROOT / "target" / "bench" / "results.json"
+    # The raw figures are kept beside the report and committed with it, so that a partial
+    # run on any checkout reuses the other scenarios from the run the report shows.
+    raw_path = plot_dir / "results.json"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
-    # A partial run reuses the other scenarios from the previous full run's raw results.
     if args.render_only:
         if not raw_path.exists():
-            raise SystemExit("bench: --render-only needs target/bench/results.json from a run")
+            raise SystemExit(f"bench: --render-only needs {os.path.relpath(raw_path, ROOT)} from a run")
         write_report(args, json.loads(raw_path.read_text()), args.out, plot_dir)
         log(f"rewrote {os.path.relpath(args.out, ROOT)} from {os.path.relpath(raw_path, ROOT)}")
         return
@@ -1081,7 +1127,7 @@ def main():
             res["device"] = scenario_device(args, tmp)
         if "aarch64" in only:
             log("5/5 aarch64 under qemu-user")
-            res["aarch64"] = scenario_aarch64(args)
+            res["aarch64"] = scenario_aarch64(args, tmp)
     m = res["machine"]
     for scenario in only:
         res.setdefault("measured", {})[SCENARIO_TITLES.get(scenario, scenario)] = {

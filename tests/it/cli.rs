@@ -14,7 +14,12 @@ fn every_command_has_help() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage:"), "{cmd:?}");
     }
     let out = run(&["--version"], secs(10));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("edge-agent "));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("edge-agent "), "{version}");
+    // The long version names the cargo features, so a device build can be told apart.
+    assert!(version.contains("\ncargo features: intra-threads, onnx"), "{version}");
+    let out = run(&["-V"], secs(10));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "-V stays one line");
     let out = run(&["infer"], secs(10));
     assert_eq!(out.status.code(), Some(2), "missing arguments are a usage error");
 }

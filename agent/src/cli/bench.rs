@@ -174,6 +174,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (1..=max_intra).contains(&args.intra_threads),
         "--intra-threads must be 1 to {max_intra}"
     );
+    anyhow::ensure!(
+        args.intra_threads == 1 || edge_infer::engine::intra::AVAILABLE,
+        "--intra-threads {}: this build has no threads inside a run (it was built without the \
+         `intra-threads` cargo feature); measure with --intra-threads 1 or a default build",
+        args.intra_threads
+    );
     let concurrency = args.concurrency.unwrap_or(args.threads).clamp(1, 1024);
     let rounds = args.rounds.clamp(1, args.iterations);
     let dir = super::model_dir(&args.model)?;

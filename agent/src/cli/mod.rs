@@ -44,7 +44,14 @@ pub const EXIT_SETUP: u8 = 2;
 
 /// edge-agent: local inference on sensor data, for edge devices.
 #[derive(Debug, Parser)]
-#[command(name = "edge-agent", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "edge-agent",
+    version,
+    long_version = concat!(env!("CARGO_PKG_VERSION"), "\ncargo features: ", env!("EDGE_AGENT_FEATURES")),
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

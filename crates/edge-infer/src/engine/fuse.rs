@@ -27,7 +27,7 @@ use tract_nnef::prelude::*;
 use tract_nnef::tract_core::ops::binary::TypedBinOp;
 use tract_nnef::tract_core::ops::math::{Add, Div, Max, Min, Mul, Sub};
 
-/// What [`fuse_activations`] and [`fold_channel_affine`] changed.
+/// What the engine's graph rewrites changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FuseReport {
     /// Hard-swish chains replaced by tract's `HardSwish` op.
@@ -35,6 +35,8 @@ pub struct FuseReport {
     /// Per-channel multiplications and additions after grouped (depthwise) convolutions
     /// folded into their weights and bias.
     pub channel_affine: usize,
+    /// 2x2 max-pools of stride 2 replaced by the engine's own (`engine/pool.rs`).
+    pub max_pool_2x2: usize,
 }
 
 /// tract's `into_optimized` with the engine's rewrites between decluttering (which
@@ -43,6 +45,7 @@ pub fn optimise(mut typed: TypedModel) -> TractResult<TypedModel> {
     typed.declutter()?;
     let mut report = fuse_activations(&mut typed)?;
     report.channel_affine = super::fold::fold_channel_affine(&mut typed)?;
+    report.max_pool_2x2 = super::pool::replace_max_pools(&mut typed)?;
     if report != FuseReport::default() {
         tracing::debug!(?report, "engine graph rewrites");
     }
@@ -376,14 +379,16 @@ mod tests {
         // HardSwish computes x * clamp(x + 3, 0, 6) * (1/6) where the chain divided by 6
         // last: a few ulps per activation, carried through the layers.
         const TOLERANCE: f32 = 1e-4;
-        // (model, hard-swish chains, per-channel steps after grouped convolutions)
-        let mut dirs = vec![(demo_dir(), 0, 0)];
-        dirs.extend(vad_dir().map(|d| (d, 0, 0)));
+        // (model, hard-swish chains, per-channel steps after grouped convolutions, 2x2
+        // max-pools of stride 2)
+        let mut dirs = vec![(demo_dir(), 0, 0, 0)];
+        dirs.extend(vad_dir().map(|d| (d, 0, 0, 0)));
         // PP-OCR's classifier has 18 hard-swish chains (one per Clip of the file) and 11
-        // depthwise convolutions, each followed by a batch normalisation (a Mul and an Add).
-        dirs.extend(cls_dir().map(|d| (d, 18, 22)));
+        // depthwise convolutions, each followed by a batch normalisation (a Mul and an Add),
+        // and one 2x2 max-pool of stride 2 at the end of its backbone.
+        dirs.extend(cls_dir().map(|d| (d, 18, 22, 1)));
         assert_eq!(dirs.len(), 3, "the test cache has silero-vad and ppocr-cls");
-        for (dir, chains, affine) in dirs {
+        for (dir, chains, affine, pools) in dirs {
             let model = LoadedModel::load_dir(&dir, &ModelLimits::default()).unwrap();
             let n = model.spec.data_input().len();
             let data: Vec<f32> = (0..n).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
@@ -418,6 +423,8 @@ mod tests {
             }
             let hard_swish = model.info.ops.get("HardSwish").copied().unwrap_or(0);
             assert_eq!(hard_swish, chains, "{}: {:?}", dir.display(), model.info.ops);
+            let max_pools = model.info.ops.get("EdgeMaxPool2x2").copied().unwrap_or(0);
+            assert_eq!(max_pools, pools, "{}: {:?}", dir.display(), model.info.ops);
             // No per-channel pass is left after a depthwise convolution.
             let chains_left =
                 model.info.ops.keys().filter(|op| op.as_str() == "OptBinChain(Mul+Add)").count();

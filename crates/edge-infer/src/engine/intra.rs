@@ -14,9 +14,15 @@ use tract_nnef::tract_core::tract_linalg::multithread::{Executor, multithread_tr
 /// The most threads one run may use; more than a device has cores only adds switching.
 pub const MAX_INTRA_THREADS: usize = 64;
 
+/// Whether this build can split a run over threads: the `intra-threads` cargo feature,
+/// on by default and left out of the device build (it brings rayon, about 2.9 MiB of
+/// code).
+pub const AVAILABLE: bool = cfg!(feature = "intra-threads");
+
 /// The pool for `threads` threads per run, or `None` for one (no pool, no threads).
 /// A pool that cannot be started (the system refuses threads) is logged and the engine
 /// runs single-threaded rather than not at all.
+#[cfg(feature = "intra-threads")]
 pub(super) fn executor(threads: usize) -> Option<Executor> {
     if threads <= 1 {
         return None;
@@ -31,6 +37,21 @@ pub(super) fn executor(threads: usize) -> Option<Executor> {
     }
 }
 
+/// A build without the feature runs every request on one thread, and says so when
+/// asked for more: a fleet's shared configuration may set the option for all devices,
+/// and a device built small must still start.
+#[cfg(not(feature = "intra-threads"))]
+pub(super) fn executor(threads: usize) -> Option<Executor> {
+    if threads > 1 {
+        tracing::warn!(
+            threads,
+            "engine.intra_threads: this build has no threads inside a run (built without the \
+             `intra-threads` feature); each request runs on one thread"
+        );
+    }
+    None
+}
+
 /// Runs `f` (a worker's loop) with tract's matrix products on `pool`, if any.
 pub(super) fn scoped<R>(pool: Option<Executor>, f: impl FnOnce() -> R) -> R {
     match pool {
@@ -39,7 +60,7 @@ pub(super) fn scoped<R>(pool: Option<Executor>, f: impl FnOnce() -> R) -> R {
     }
 }
 
-#[cfg(all(test, feature = "onnx"))] // uses the engine tests' ONNX models
+#[cfg(all(test, feature = "onnx", feature = "intra-threads"))] // the engine tests' ONNX models, a pool
 mod tests {
     use std::time::{Duration, Instant};
 

@@ -22,6 +22,7 @@ pub mod nnef;
 pub mod onnx_file;
 pub mod panic;
 pub mod plans;
+mod pool;
 pub mod post_spec;
 mod prepared;
 mod resize_spec;
