@@ -13,19 +13,21 @@
 //! aarch64 with a warning; LLVM's lld supports it there (measured in
 //! docs/build-profiles.md), so a build linked with lld can set `EDGE_AGENT_RELR=1`.
 //!
-//! It also names the cargo features the binary was built with (EDGE_AGENT_FEATURES,
+//! It also names the cargo features the binary was built with (BUILT_WITH_FEATURES,
 //! shown by `edge-agent --version`), so that a device's build can be told from its
 //! binary: the device build leaves out the ONNX loader and the intra-run threads.
 
 fn main() {
-    // Cargo sets CARGO_FEATURE_<NAME> for each enabled feature of this package.
+    // Cargo sets CARGO_FEATURE_<NAME> for each enabled feature of this package. The name
+    // passed on must not start with EDGE_AGENT_: `cargo test` and `cargo run` put it in the
+    // binary's environment too, where the configuration reads EDGE_AGENT_* as overrides.
     let mut features: Vec<String> = std::env::vars()
         .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(|f| f.to_lowercase().replace('_', "-")))
         .filter(|f| f != "default")
         .collect();
     features.sort();
     let features = if features.is_empty() { "none".to_string() } else { features.join(", ") };
-    println!("cargo:rustc-env=EDGE_AGENT_FEATURES={features}");
+    println!("cargo:rustc-env=BUILT_WITH_FEATURES={features}");
     println!("cargo:rerun-if-env-changed=EDGE_AGENT_RELR");
     let cfg = |name: &str| std::env::var(name).unwrap_or_default();
     let linux_gnu = cfg("CARGO_CFG_TARGET_OS") == "linux" && cfg("CARGO_CFG_TARGET_ENV") == "gnu";

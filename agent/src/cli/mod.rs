@@ -47,7 +47,7 @@ pub const EXIT_SETUP: u8 = 2;
 #[command(
     name = "edge-agent",
     version,
-    long_version = concat!(env!("CARGO_PKG_VERSION"), "\ncargo features: ", env!("EDGE_AGENT_FEATURES")),
+    long_version = concat!(env!("CARGO_PKG_VERSION"), "\ncargo features: ", env!("BUILT_WITH_FEATURES")),
     about,
     long_about = None,
     propagate_version = true
