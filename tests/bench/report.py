@@ -81,17 +81,16 @@ NOT_MET = {
                   "hand-overs between threads per message.",
     "binary": "**Binary size.** Where the bytes go (`cargo bloat --crates`, docs/build-profiles.md): tract's "
               "crates are about half of the code (tract-core alone 6.2 MiB of 28.7 MiB of `.text`), then the "
-              "standard library, rayon, the agent, ndarray and rustfft. The levers measured there "
-              "(dependencies optimised for size but tract's kernels and graph runtime, no HTTP/2, packed "
-              "relocations on x86_64) are in this build; optimising tract-core for size too slows the "
-              "convolutional classifier 2.3x. The NNEF-only build (`--no-default-features`: no ONNX loader, "
-              "models converted at `registry publish`) is 9.3% smaller on x86_64 (35.8 to 32.5 MB stripped, "
-              "measured 2026-12-07) at the same speed. The binary grew since the levers (28.7 to 35.4 MB on "
-              "x86_64) mostly by rayon (2.9 MiB of `.text`, from tract-linalg's multithreaded matrix products "
-              "behind `engine.intra_threads`) and the agent's own new code (2.0 to 3.3 MiB). Next: a cargo "
-              "feature for the intra-run threads, off in the device build with ONNX, then an operator subset "
-              "of tract-core proposed upstream; together with NNEF-only, the aarch64 device build would be "
-              "near 24 MB by these shares, still twice the target.",
+              "standard library, rayon, the agent, ndarray and rustfft. The levers measured there (dependencies "
+              "optimised for size but tract's kernels and graph runtime, no HTTP/2, packed relocations on x86_64) "
+              "are in every `dist` build; optimising tract-core for size too slows the convolutional classifier "
+              "2.3x. The device build (`--no-default-features`: no ONNX loader, models converted to NNEF at "
+              "`registry publish`; no intra-run threads, so no rayon) is 22.8 MB on aarch64, against 30.1 MB for "
+              "the default build at 738e4d1 (-24%), at the same speed relative to tract (section 5). What is left "
+              "is tract-core's operator set and its generic instantiations, ndarray, rustfft and std. Next: packed "
+              "relative relocations on aarch64 (they need lld there, measured in docs/build-profiles.md but not "
+              "wired into cross/build), then an operator subset of tract-core proposed upstream; 12 MB needs the "
+              "latter.",
     "idle": "**Idle memory.** Nearly all of the idle RSS is pages of the agent's own executable that start-up "
             "touched (the breakdown in section 3); the agent returns them every 30 s idle, and this "
             "kernel's page cache maps them back in large folios. Next: a smaller binary, and hot code "
@@ -105,6 +104,8 @@ NOT_MET = {
             "convolutions' matrix products and the depthwise convolutions (a third of those in their border "
             "zones through tract's generic path): kernels inside tract, not graph shapes a rewrite can change. "
             "Next: a depthwise border kernel proposed to tract upstream (this project does not fork tract).",
+    "unmeasured": "**Memory of the `dist` build.** Not measured in this run: it needs an x86_64 `dist` build "
+                  "(`tests/bench/run --dist`), which this run did not have.",
     "aarch64": "**aarch64.** Not measured in this run: `tests/bench/run --aarch64` builds the aarch64 `dist` "
                "binary and times it under qemu-user.",
 }
@@ -733,7 +734,7 @@ def write_report(args, res, out_path, plot_dir):
             f"{span(peaks, '{:.1f}')} MiB ({med([r['results_rate'] for r in mem]):,.0f} results/s, {lost} lost)",
             med(peaks) <= 32 and lost == 0)
     else:
-        row("idle", "idle RSS of the `dist` build with the demo model at most 15 MiB", "not measured in this run", False)
+        row("unmeasured", "idle RSS of the `dist` build with the demo model at most 15 MiB", "not measured in this run", False)
     if "ppocr-cls" in mo:
         c = mo["ppocr-cls"]
         conv = ratios(c["dir50"], c["ort50"])
