@@ -361,6 +361,11 @@ def scenario_api(args):
 # --------------------------------------------------------------------------- 5. aarch64
 
 
+def qemu_aarch64():
+    """qemu-user for aarch64 binaries, or None where it is not installed."""
+    return shutil.which("qemu-aarch64-static")
+
+
 def build_features(binary, runner=()):
     """The cargo features a binary was built with, as its `--version` names them
     ("onnx, intra-threads"; "none" for the device build), or None for an older binary
@@ -393,7 +398,7 @@ def nnef_copies(args, tmp):
 
 def scenario_aarch64(args, tmp):
     binary = args.aarch64_dist_bin
-    qemu = shutil.which("qemu-aarch64-static")
+    qemu = qemu_aarch64()
     if not binary.exists() or not qemu:
         return None
     rows = {}
@@ -477,9 +482,11 @@ def scenario_device(args, tmp):
     out = {}
     for arch, binary in (("x86_64", args.dist_bin), ("aarch64", args.aarch64_dist_bin)):
         if binary.exists():
-            runner = [shutil.which("qemu-aarch64-static") or "qemu-aarch64-static"] if arch == "aarch64" else []
+            qemu = qemu_aarch64() if arch == "aarch64" else None
+            runnable = arch == "x86_64" or qemu is not None
+            features = build_features(binary, [qemu] if qemu else []) if runnable else None
             out[arch] = {"path": os.path.relpath(binary, ROOT), "commit": build_commit(binary),
-                         "features": build_features(binary, runner), **stripped_size(binary)}
+                         "features": features, **stripped_size(binary)}
             log(f"  {arch} dist: {out[arch]['bytes'] / 1e6:.2f} MB stripped, {out[arch]['xz_bytes'] / 1e6:.2f} MB xz")
     if not args.dist_bin.exists():
         return out
