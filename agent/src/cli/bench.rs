@@ -331,12 +331,15 @@ fn run_block(
                         Some(shape) => model.plan_for(shape)?.spawn()?,
                         None => model.spawn_state()?,
                     };
+                    // Named once, as a stream's task holds its name: formatting it per
+                    // request would be the benchmark's cost, not the engine's.
+                    let stream = format!("bench-{c}");
                     for _ in 0..share {
                         let t = Instant::now();
                         if through_engine {
                             engine.infer_blocking(Request {
                                 model: model.name().to_string(),
-                                stream: Some(format!("bench-{c}")),
+                                stream: Some(stream.clone()),
                                 data: data.to_vec(),
                                 deadline: t + Duration::from_secs(60),
                                 reset: false,

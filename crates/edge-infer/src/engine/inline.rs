@@ -35,13 +35,11 @@
 //! service watchdog reads) sees a run that hangs there as it sees a wedged worker.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tract_nnef::prelude::TypedSimpleState;
-
+use super::run_states::RunStates;
 use super::{Engine, InferError, Job, LoadedModel, Reply, Request, check_length, record_outcome, run_job};
 
 /// Default of [`EngineConfig::inline_below`](super::EngineConfig::inline_below).
@@ -161,16 +159,16 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// A thread's tract run states, by model load id and input shape (as a worker keeps them).
+/// A thread's tract run states (as a worker keeps them).
 #[derive(Default)]
-struct States(HashMap<(u64, Vec<usize>), TypedSimpleState>);
+struct States(RunStates);
 
 impl Drop for States {
     /// Dropping a run state reaches into tract's own thread-local scratch space, which
     /// may already be gone when this thread's locals are destroyed (see `WARM`): a panic
     /// then is contained, and what is left of the states is leaked with the thread.
     fn drop(&mut self) {
-        let states = std::mem::take(&mut self.0);
+        let states = self.0.take();
         let _ = super::panic::contain(move || drop(states));
     }
 }
@@ -211,7 +209,7 @@ impl Engine {
         if !inline.small(&model, caller) || super::wedge_fault() {
             return Here::Queue(model, req);
         }
-        if let Err(err) = check_length(&model, &req) {
+        if let Err(err) = check_length(&model, &mut req) {
             self.count_error(&req.model, &err);
             return Here::Done(Err(err));
         }
@@ -223,7 +221,7 @@ impl Engine {
         let result = if WARM.get() {
             STATES.with_borrow_mut(|states| run_job(&mut job, &mut states.0, &self.shared))
         } else {
-            let mut first = HashMap::new();
+            let mut first = RunStates::default();
             let result = run_job(&mut job, &mut first, &self.shared);
             drop(first);
             WARM.set(true);
@@ -235,6 +233,10 @@ impl Engine {
             // requests of one stream, so wait in it. The data was not taken yet.
             req.data = std::mem::take(&mut job.data);
             req.shape = job.shape.take();
+            req.stream = match std::mem::take(&mut job.stream) {
+                std::borrow::Cow::Owned(s) => Some(s),
+                std::borrow::Cow::Borrowed(_) => None,
+            };
             return Here::Queue(job.model, req);
         }
         record_outcome(&self.shared, &job, &result);

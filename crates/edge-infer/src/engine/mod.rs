@@ -26,6 +26,7 @@ mod pool;
 pub mod post_spec;
 mod prepared;
 mod resize_spec;
+mod run_states;
 pub mod spec;
 mod spec_check;
 pub mod stats;
@@ -35,7 +36,7 @@ pub mod streams;
 #[cfg(all(test, feature = "onnx"))]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -52,6 +53,7 @@ pub use load::{Want, check_sizes};
 pub use model::{LoadedModel, ModelFormat};
 pub use stats::{ModelReport, Percentiles};
 
+use run_states::RunStates;
 use stats::Stats;
 use streams::{StreamTable, TakeError};
 
@@ -182,7 +184,7 @@ impl Job {
     fn here(model: Arc<LoadedModel>, req: &mut Request) -> Job {
         Job {
             model,
-            stream: req.stream.clone().map_or(std::borrow::Cow::Borrowed("default"), std::borrow::Cow::Owned),
+            stream: req.stream.take().map_or(std::borrow::Cow::Borrowed("default"), std::borrow::Cow::Owned),
             data: std::mem::take(&mut req.data),
             shape: req.shape.take(),
             deadline: req.deadline,
@@ -194,8 +196,9 @@ impl Job {
     }
 }
 
-/// Refuses input of a length the model's data input cannot take.
-fn check_length(model: &LoadedModel, req: &Request) -> Result<(), InferError> {
+/// Refuses input of a length the model's data input cannot take; for input that fits,
+/// sets the request's shape to the one it fits (worked out once, here, for the run).
+fn check_length(model: &LoadedModel, req: &mut Request) -> Result<(), InferError> {
     let input = model.spec.data_input();
     if let Some(shape) = &req.shape {
         let source = if !input.accepts(shape) {
@@ -215,7 +218,8 @@ fn check_length(model: &LoadedModel, req: &Request) -> Result<(), InferError> {
         };
         return Err(InferError::Input { model: req.model.clone(), source });
     }
-    if input.shape_for(req.data.len()).is_some() {
+    if let Some(shape) = input.shape_for(req.data.len()) {
+        req.shape = Some(shape);
         return Ok(());
     }
     let source = if input.ranges.is_empty() {
@@ -427,7 +431,7 @@ impl Engine {
     /// replaced it meanwhile: a caller that pre-processed the input for this version's
     /// spec gets this version's answer.
     pub fn submit_to(&self, model: Arc<LoadedModel>, mut req: Request) -> Result<Ticket, InferError> {
-        if let Err(err) = check_length(&model, &req) {
+        if let Err(err) = check_length(&model, &mut req) {
             self.count_error(&req.model, &err);
             return Err(err);
         }
@@ -541,7 +545,7 @@ impl Engine {
         model: Arc<LoadedModel>,
         mut req: Request,
     ) -> Result<Option<Ticket>, InferError> {
-        check_length(&model, &req)?;
+        check_length(&model, &mut req)?;
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
@@ -678,7 +682,7 @@ fn worker(ix: usize, rx: Receiver<Job>, shadow: Receiver<Job>, shared: Arc<Share
     // One tract run state per model: reusing it saves re-allocating the plan's buffers on
     // every call. Keyed by load id; cleared when models change often enough to pile up.
     // With a varying dimension, one per model and size.
-    let mut states: HashMap<(u64, Vec<usize>), TypedSimpleState> = HashMap::new();
+    let mut states = RunStates::default();
     while let Some(job) = next_job(&rx, &shadow, spin) {
         let started = Instant::now();
         let since = (shared.epoch.elapsed().as_millis() as u64).max(1);
@@ -717,13 +721,11 @@ fn record_outcome(shared: &Shared, job: &Job, result: &Reply) {
     }
 }
 
-fn run_job(
-    job: &mut Job,
-    states: &mut HashMap<(u64, Vec<usize>), TypedSimpleState>,
-    shared: &Shared,
-) -> Reply {
+fn run_job(job: &mut Job, states: &mut RunStates, shared: &Shared) -> Reply {
     let model = &job.model;
-    let now = Instant::now();
+    // A job run by its caller (no reply channel) starts as it is made: its submission
+    // time serves, one clock reading fewer on the path of the smallest models.
+    let now = if job.reply.is_none() { job.submitted } else { Instant::now() };
     if now > job.deadline {
         let deadline_ms = job.deadline.saturating_duration_since(job.submitted).as_millis() as u64;
         return Err(InferError::Deadline {
@@ -758,21 +760,17 @@ fn run_job(
     let fail = |reason: String| InferError::Run { model: model.name().into(), reason };
 
     let outcome = (|| {
-        if states.len() > 16 {
-            states.clear();
+        // The shape `check_length` worked out, checked again for a job made otherwise.
+        let shape = match job.shape.take() {
+            Some(s) => model.check_shape(job.data.len(), &s).map(|()| s),
+            None => model.data_shape(job.data.len(), None),
         }
-        let shape = model.data_shape(job.data.len(), job.shape.as_deref()).map_err(fail)?;
-        let key = (model.id, shape);
-        // Looked up by reference: a clone of the key per request would be an allocation
-        // on a path that runs in 10 µs for the smallest models.
-        if !states.contains_key(&key) {
-            let plan = model.plan_for(&key.1).map_err(|e| fail(e.to_string()))?;
-            states.insert(key.clone(), plan.spawn().map_err(|e| fail(format!("{e:#}")))?);
-        }
-        let Some(state) = states.get_mut(&key) else { return Err(fail("no run state".into())) };
+        .map_err(fail)?;
+        let at = states.find_or_spawn(model, &shape).map_err(fail)?;
+        let Some(state) = states.get(at) else { return Err(fail("no run state".into())) };
         let data = std::mem::take(&mut job.data);
         let inputs =
-            model.assemble_shaped(data, &key.1, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
+            model.assemble_shaped(data, &shape, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
         let started = Instant::now();
         let ran = panic::contain(|| state.run(inputs));
         let run = started.elapsed();
@@ -781,7 +779,7 @@ fn run_job(
             Ok(Err(e)) => Err(fail(format!("{e:#}"))),
             Err(message) => {
                 // The run state may be half-updated after a panic: rebuild it next time.
-                states.remove(&key);
+                states.discard(at);
                 Err(InferError::Panic { model: model.name().into(), message })
             }
         }
