@@ -53,17 +53,14 @@ NOT_MET = {
     "overhead": "**Engine overhead.** On the PP-OCR classifier and Silero VAD the hand-over to a worker thread "
                 "(about 30 µs) was the cause, and blocking callers (what `bench` measures) now run models under "
                 "2 ms on their own thread, async callers models under 100 µs (\"Engine overhead on small "
-                "models\" under *Reading these figures*). What is left on the demo model, which runs in 10 µs, "
-                "is the engine's own bookkeeping per request, about 0.6 µs: the model's counters and two "
-                "histograms under one lock, five clock readings (submission, deadline, the run's start and end, "
-                "latency), the output's name and shape copied into the answer. Eight `bench` runs in a row, two "
-                "builds alternating, gave +4.3 to +9.5% on the machine of the earlier runs, where the demo model "
-                "ran in 10 µs. On the AMD EPYC VM of the 2026-12-07 evening run everything is about 3x slower "
-                "(the demo model 26 to 32 µs, the classifier 2.6 ms), and so is the bookkeeping, about 2 µs; a "
-                "clock reading there costs 42 ns, so the five readings are a tenth of it. Next: counters and "
-                "histograms kept per thread and merged when read, the run states keyed without an allocated "
-                "shape and hashed with a faster hasher, and one clock reading shared by the deadline and the "
-                "latency.",
+                "models\" under *Reading these figures*). On the demo model, which runs in 13 to 30 µs depending "
+                "on the machine, what is left is the engine's own work per request: the model's counters and two "
+                "histograms under one lock, three or four clock readings, the output's name and shape copied into "
+                "the answer. The run-state lookup (hashed twice per request) and a second working-out of the "
+                "input's shape are gone since 2026-12-07 (engine / tract 1.066 to 1.036, medians of eight "
+                "alternating runs). A single round of a model this short moves by more than the overhead on a "
+                "shared VM. Next: counters and histograms kept per thread and merged when read, and the "
+                "answer's output names shared instead of copied.",
     "p99": "**p99.** The 40 ms stalls of earlier reports were delayed ACKs meeting the broker's Nagle "
            "algorithm, now answered on the agent's side (\"edge-agent's p99\" under *Reading these "
            "figures*). A rate not met here has another cause: each message's send time and latency "
@@ -996,8 +993,8 @@ def images_section(w):
         return
     w("Written by `firmware-images/build` and the boot tests of `tests/run` (`tests/it/images.rs`),")
     w("not by this run. The test images carry the builds under test, not the shipping one:")
-    w("amd64 the unstripped dev build (109 MB), arm64 the unoptimised `ci` build (61 MB")
-    w("stripped); `dist` is 25 MB. tests/run builds the base root file systems beside its")
+    w("amd64 the unstripped dev build, arm64 the unoptimised `ci` build, each several times")
+    w("the size of `dist` (section 3). tests/run builds the base root file systems beside its")
     w("two compiles, which slows them two to three and a half times;")
     w("firmware-images/README.md has the times of builds run alone.\n")
     rows = [
