@@ -55,7 +55,7 @@ NOT_MET = {
                 "2 ms on their own thread, async callers models under 100 µs (\"Engine overhead on small "
                 "models\" under *Reading these figures*). On the demo model, which runs in 13 to 30 µs depending "
                 "on the machine, what is left is the engine's own work per request: the model's counters and two "
-                "histograms under one lock, three or four clock readings, the output's name and shape copied into "
+                "histograms under one lock, four clock readings (five through a worker), the output's name and shape copied into "
                 "the answer. The run-state lookup (hashed twice per request) and a second working-out of the "
                 "input's shape are gone since 2026-12-07 (engine / tract 1.066 to 1.036, medians of eight "
                 "alternating runs). A single round of a model this short moves by more than the overhead on a "

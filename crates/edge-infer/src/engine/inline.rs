@@ -209,14 +209,18 @@ impl Engine {
         if !inline.small(&model, caller) || super::wedge_fault() {
             return Here::Queue(model, req);
         }
-        if let Err(err) = check_length(&model, &mut req) {
-            self.count_error(&req.model, &err);
-            return Here::Done(Err(err));
-        }
+        let shape = match check_length(&model, &mut req) {
+            Ok(shape) => shape,
+            Err(err) => {
+                self.count_error(&req.model, &err);
+                return Here::Done(Err(err));
+            }
+        };
         let Some(slot) = self.idle_slot() else {
+            req.shape = Some(shape);
             return Here::Queue(model, req);
         };
-        let mut job = Job::here(model, &mut req);
+        let mut job = Job::here(model, &mut req, shape);
         slot.started(job.submitted.saturating_duration_since(self.shared.epoch));
         let result = if WARM.get() {
             STATES.with_borrow_mut(|states| run_job(&mut job, &mut states.0, &self.shared))
@@ -232,7 +236,7 @@ impl Engine {
             // Another caller or a worker holds this stream's state: the queue serialises
             // requests of one stream, so wait in it. The data was not taken yet.
             req.data = std::mem::take(&mut job.data);
-            req.shape = job.shape.take();
+            req.shape = Some(std::mem::take(&mut job.shape));
             req.stream = match std::mem::take(&mut job.stream) {
                 std::borrow::Cow::Owned(s) => Some(s),
                 std::borrow::Cow::Borrowed(_) => None,

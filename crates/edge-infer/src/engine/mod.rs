@@ -161,7 +161,8 @@ struct Job {
     /// The request's stream, or `default` (borrowed: no allocation per request).
     stream: std::borrow::Cow<'static, str>,
     data: Vec<f32>,
-    shape: Option<Vec<usize>>,
+    /// The data input's shape, as [`check_length`] resolved it.
+    shape: Vec<usize>,
     deadline: Instant,
     reset: bool,
     submitted: Instant,
@@ -174,19 +175,24 @@ struct Job {
 
 impl Job {
     /// The job for `req` on `model`, taking its data (left empty in `req`), and the
-    /// receiver of its reply.
-    fn new(model: Arc<LoadedModel>, req: &mut Request, shadow: bool) -> (Job, oneshot::Receiver<Reply>) {
+    /// receiver of its reply. `shape` is what [`check_length`] resolved.
+    fn new(
+        model: Arc<LoadedModel>,
+        req: &mut Request,
+        shape: Vec<usize>,
+        shadow: bool,
+    ) -> (Job, oneshot::Receiver<Reply>) {
         let (reply, rx) = oneshot::channel();
-        (Job { reply: Some(reply), shadow, ..Job::here(model, req) }, rx)
+        (Job { reply: Some(reply), shadow, ..Job::here(model, req, shape) }, rx)
     }
 
     /// The job for `req` on `model` run by its caller: no reply channel.
-    fn here(model: Arc<LoadedModel>, req: &mut Request) -> Job {
+    fn here(model: Arc<LoadedModel>, req: &mut Request, shape: Vec<usize>) -> Job {
         Job {
             model,
             stream: req.stream.take().map_or(std::borrow::Cow::Borrowed("default"), std::borrow::Cow::Owned),
             data: std::mem::take(&mut req.data),
-            shape: req.shape.take(),
+            shape,
             deadline: req.deadline,
             reset: req.reset,
             submitted: Instant::now(),
@@ -197,30 +203,30 @@ impl Job {
 }
 
 /// Refuses input of a length the model's data input cannot take; for input that fits,
-/// sets the request's shape to the one it fits (worked out once, here, for the run).
-fn check_length(model: &LoadedModel, req: &mut Request) -> Result<(), InferError> {
+/// the shape of the data input it fills (the request's own, taken, or the one its length
+/// fits): worked out once, here, for the run.
+fn check_length(model: &LoadedModel, req: &mut Request) -> Result<Vec<usize>, InferError> {
     let input = model.spec.data_input();
-    if let Some(shape) = &req.shape {
-        let source = if !input.accepts(shape) {
+    if let Some(shape) = req.shape.take() {
+        let source = if !input.accepts(&shape) {
             crate::pipeline::InputError::ShapeRange {
                 input: input.name.clone(),
-                got: shape.clone(),
+                got: shape,
                 want: input.shape_text(),
             }
-        } else if budget::elements(shape) != Some(req.data.len()) {
+        } else if budget::elements(&shape) != Some(req.data.len()) {
             crate::pipeline::InputError::LengthRange {
                 input: input.name.clone(),
                 got: req.data.len(),
                 shape: format!("{shape:?}, as the request says"),
             }
         } else {
-            return Ok(());
+            return Ok(shape);
         };
         return Err(InferError::Input { model: req.model.clone(), source });
     }
     if let Some(shape) = input.shape_for(req.data.len()) {
-        req.shape = Some(shape);
-        return Ok(());
+        return Ok(shape);
     }
     let source = if input.ranges.is_empty() {
         crate::pipeline::InputError::Length {
@@ -431,11 +437,14 @@ impl Engine {
     /// replaced it meanwhile: a caller that pre-processed the input for this version's
     /// spec gets this version's answer.
     pub fn submit_to(&self, model: Arc<LoadedModel>, mut req: Request) -> Result<Ticket, InferError> {
-        if let Err(err) = check_length(&model, &mut req) {
-            self.count_error(&req.model, &err);
-            return Err(err);
-        }
-        let (job, rx) = Job::new(model, &mut req, false);
+        let shape = match check_length(&model, &mut req) {
+            Ok(shape) => shape,
+            Err(err) => {
+                self.count_error(&req.model, &err);
+                return Err(err);
+            }
+        };
+        let (job, rx) = Job::new(model, &mut req, shape, false);
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
@@ -545,7 +554,7 @@ impl Engine {
         model: Arc<LoadedModel>,
         mut req: Request,
     ) -> Result<Option<Ticket>, InferError> {
-        check_length(&model, &mut req)?;
+        let shape = check_length(&model, &mut req)?;
         let guard = self.tx.read().unwrap_or_else(|p| p.into_inner());
         let Some(lanes) = guard.as_ref() else {
             return Err(InferError::ShuttingDown);
@@ -553,7 +562,7 @@ impl Engine {
         if !lanes.requests.is_empty() || self.all_busy() {
             return Ok(None);
         }
-        let (job, rx) = Job::new(model, &mut req, true);
+        let (job, rx) = Job::new(model, &mut req, shape, true);
         match lanes.shadow.try_send(job) {
             Ok(()) => Ok(Some(self.ticket(rx, req))),
             Err(TrySendError::Full(_)) => Ok(None),
@@ -760,17 +769,11 @@ fn run_job(job: &mut Job, states: &mut RunStates, shared: &Shared) -> Reply {
     let fail = |reason: String| InferError::Run { model: model.name().into(), reason };
 
     let outcome = (|| {
-        // The shape `check_length` worked out, checked again for a job made otherwise.
-        let shape = match job.shape.take() {
-            Some(s) => model.check_shape(job.data.len(), &s).map(|()| s),
-            None => model.data_shape(job.data.len(), None),
-        }
-        .map_err(fail)?;
-        let at = states.find_or_spawn(model, &shape).map_err(fail)?;
-        let Some(state) = states.get(at) else { return Err(fail("no run state".into())) };
+        let (at, state) = states.find_or_spawn(model, &job.shape).map_err(fail)?;
         let data = std::mem::take(&mut job.data);
-        let inputs =
-            model.assemble_shaped(data, &shape, previous.as_deref()).map_err(|e| fail(format!("{e:#}")))?;
+        let inputs = model
+            .assemble_shaped(data, &job.shape, previous.as_deref())
+            .map_err(|e| fail(format!("{e:#}")))?;
         let started = Instant::now();
         let ran = panic::contain(|| state.run(inputs));
         let run = started.elapsed();

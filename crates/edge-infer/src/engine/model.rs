@@ -200,29 +200,17 @@ impl LoadedModel {
     pub fn data_shape(&self, len: usize, shape: Option<&[usize]>) -> Result<Vec<usize>, String> {
         let input = self.spec.data_input();
         match shape {
-            Some(s) => self.check_shape(len, s).map(|()| s.to_vec()),
+            Some(s) if !input.accepts(s) => {
+                Err(format!("shape {s:?} is not one input `{}` takes: {}", input.name, input.shape_text()))
+            }
+            Some(s) if super::budget::elements(s) != Some(len) => Err(format!(
+                "shape {s:?} holds {} values but the request has {len}",
+                super::budget::elements(s).map_or_else(|| "too many".into(), |n| n.to_string())
+            )),
+            Some(s) => Ok(s.to_vec()),
             None => input.shape_for(len).ok_or_else(|| {
                 format!("{len} values fit no shape of input `{}` {}", input.name, input.shape_text())
             }),
-        }
-    }
-
-    /// Whether `len` values in shape `s` are input the data input takes.
-    pub fn check_shape(&self, len: usize, s: &[usize]) -> Result<(), String> {
-        let input = self.spec.data_input();
-        if !input.accepts(s) {
-            return Err(format!(
-                "shape {s:?} is not one input `{}` takes: {}",
-                input.name,
-                input.shape_text()
-            ));
-        }
-        match super::budget::elements(s) {
-            Some(n) if n == len => Ok(()),
-            n => Err(format!(
-                "shape {s:?} holds {} values but the request has {len}",
-                n.map_or_else(|| "too many".into(), |n| n.to_string())
-            )),
         }
     }
 

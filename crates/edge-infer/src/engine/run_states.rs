@@ -26,24 +26,26 @@ struct Entry {
 }
 
 impl RunStates {
-    /// Where `model`'s state for input `shape` is, spawning it from the model's plan
-    /// for that shape the first time.
-    pub(super) fn find_or_spawn(&mut self, model: &LoadedModel, shape: &[usize]) -> Result<usize, String> {
-        if let Some(at) = self.0.iter().position(|e| e.model == model.id && e.shape == shape) {
-            return Ok(at);
-        }
-        if self.0.len() >= MAX_STATES {
-            self.0.clear();
-        }
-        let plan = model.plan_for(shape).map_err(|e| e.to_string())?;
-        let state = plan.spawn().map_err(|e| format!("{e:#}"))?;
-        self.0.push(Entry { model: model.id, shape: shape.to_vec(), state });
-        Ok(self.0.len() - 1)
-    }
-
-    /// The state at `at` (from [`RunStates::find_or_spawn`]).
-    pub(super) fn get(&mut self, at: usize) -> Option<&mut TypedSimpleState> {
-        self.0.get_mut(at).map(|e| &mut e.state)
+    /// `model`'s state for input `shape`, spawned from the model's plan for that shape
+    /// the first time, and where it is (for [`RunStates::discard`]).
+    pub(super) fn find_or_spawn(
+        &mut self,
+        model: &LoadedModel,
+        shape: &[usize],
+    ) -> Result<(usize, &mut TypedSimpleState), String> {
+        let at = match self.0.iter().position(|e| e.model == model.id && e.shape == shape) {
+            Some(at) => at,
+            None => {
+                if self.0.len() >= MAX_STATES {
+                    self.0.clear();
+                }
+                let plan = model.plan_for(shape).map_err(|e| e.to_string())?;
+                let state = plan.spawn().map_err(|e| format!("{e:#}"))?;
+                self.0.push(Entry { model: model.id, shape: shape.to_vec(), state });
+                self.0.len() - 1
+            }
+        };
+        Ok((at, &mut self.0[at].state))
     }
 
     /// Drops the state at `at`: after a panic inside a run it may be half-updated.
@@ -80,15 +82,14 @@ mod tests {
         let (v1, v2) = (load(), load());
         let shape = v1.spec.data_input().shape.clone();
         let mut states = RunStates::default();
-        let a = states.find_or_spawn(&v1, &shape).unwrap();
-        assert_eq!(states.find_or_spawn(&v1, &shape).unwrap(), a, "found, not spawned again");
-        let b = states.find_or_spawn(&v2, &shape).unwrap();
+        let a = states.find_or_spawn(&v1, &shape).unwrap().0;
+        assert_eq!(states.find_or_spawn(&v1, &shape).unwrap().0, a, "found, not spawned again");
+        let b = states.find_or_spawn(&v2, &shape).unwrap().0;
         assert_ne!(a, b, "another load of the model is another version with its own state");
         assert_eq!(states.len(), 2);
-        assert!(states.get(b).is_some());
         states.discard(a);
         assert_eq!(states.len(), 1);
-        assert_eq!(states.find_or_spawn(&v2, &shape).unwrap(), 0, "the other state stays");
+        assert_eq!(states.find_or_spawn(&v2, &shape).unwrap().0, 0, "the other state stays");
         let err = states.find_or_spawn(&v1, &[1, 3]).unwrap_err();
         assert!(err.contains("[1, 3]"), "a shape the model does not take is refused: {err}");
         assert_eq!(states.len(), 1, "and nothing is kept for it");
