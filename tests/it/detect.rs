@@ -112,7 +112,11 @@ fn the_daemon_detects_over_mqtt_and_the_local_api() {
     let mut broker = Broker::start(BrokerOptions { acl: None, ..broker_opts() });
     let body = daemon_body(&model("nudenet"), broker.port, "");
     let results = broker.subscribe("test", "edge/it/results/#");
+    let statuses = broker.subscribe("test", "edge/it/status");
     let d = Daemon::start("run", &body, "", &[]);
+    // Sensor topics are subscribed before the online status: an image sent earlier could
+    // reach no subscriber and be dropped by the broker.
+    statuses.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
     let reference = reference();
     for (i, case) in reference["cases"].as_array().unwrap().iter().enumerate() {
         let name = case["image"].as_str().unwrap();

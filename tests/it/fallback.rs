@@ -665,6 +665,7 @@ fn sensor_messages_over_mqtt_get_cloud_results_when_the_model_is_missing() {
     let results = broker.subscribe("test", "edge/it/results/#");
     let replies = broker.subscribe("test", "edge/it/cmd/+/+/reply");
     let telemetry = broker.subscribe("test", "edge/it/telemetry");
+    let statuses = broker.subscribe("test", "edge/it/status");
     // vibration is not installed here; ppocr-cls is, with an endpoint that may be forced.
     let body = format!(
         "{}\n[output]\nstdout = false\n\n[telemetry]\ninterval_s = 1\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\nusername = \"agent\"\npassword = \"agent-pass\"\n\n\
@@ -676,6 +677,9 @@ fn sensor_messages_over_mqtt_get_cloud_results_when_the_model_is_missing() {
         demo_model().display()
     );
     let agent = Daemon::start("run", &body, "", &[]);
+    // The agent subscribes to its sensor topics before it says it is online: a sensor
+    // message published earlier may reach no subscriber and be dropped by the broker.
+    statuses.wait_for("online status", secs(30), |_, p| p.contains("\"online\""));
     let samples: Vec<String> = (0..640).map(|i| format!("{:.4}", ((i as f64) * 0.3).sin() * 0.1)).collect();
     let payload = format!("[{}]", samples.join(","));
     for sensor in ["pump-1", "pump-2"] {
