@@ -56,6 +56,27 @@ fn aarch64_binary_is_arm64_and_answers_version_and_inspect() {
     assert_eq!(&head[..4], b"\x7fELF", "{} is not an ELF file", bin.display());
     assert_eq!(u16::from_le_bytes([head[18], head[19]]), 0xb7, "{} is not an aarch64 binary", bin.display());
 
+    // cross/build links through lld, which packs the relative relocations (DT_RELR) on
+    // aarch64 where Debian's GNU ld cannot; the binary records that it needs a glibc that
+    // reads them (GLIBC_ABI_DT_RELR), so an older one refuses it instead of crashing.
+    // The rest of this file runs that very binary under qemu.
+    let elf = Command::new("readelf")
+        .args(["--dynamic", "--version-info"])
+        .arg(&bin)
+        .output()
+        .expect("run readelf");
+    let elf = ok(&elf, "readelf");
+    assert!(
+        elf.contains("(RELR)"),
+        "{} has no packed relocations (DT_RELR): cross/build linked it without lld",
+        bin.display()
+    );
+    assert!(
+        elf.contains("GLIBC_ABI_DT_RELR"),
+        "{} does not ask for a glibc that reads DT_RELR",
+        bin.display()
+    );
+
     let version = ok(&run_with(&mut qemu(&["--version"]), None, secs(60)), "--version");
     let native = ok(&run(&["--version"], secs(30)), "native --version");
     assert_eq!(version, native, "the two builds report different versions");
