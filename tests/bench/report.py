@@ -80,7 +80,7 @@ NOT_MET = {
               "NNEF at `registry publish`; no intra-run threads, so no rayon) linked through LLVM's lld (packed "
               "relative relocations, which Debian's GNU ld does not write for aarch64, and identical code "
               "folding) is 21.6 MB on aarch64: 22.8 MB with GNU ld, 30.1 MB for the default build at 738e4d1, "
-              "each at the same speed relative to tract (section 5). Where its 17.2 MiB of code goes "
+              "each at the same speed relative to tract (section 5). Where its 17.0 MiB of code goes "
               "(docs/build-profiles.md, symbol sizes per crate): tract's crates and ndarray 7.3 MiB (43%), the "
               "standard library 2.1, the agent's own crates 2.6, serde and TOML 1.4, the network stack (tokio, "
               "rustls, hyper, MQTT) 1.8, rustfft 0.6. Unwinding tables, read-only data and relocated pointers add "
